@@ -1,0 +1,162 @@
+"""Errors of the spec, one class per condition, and their HTTP body.
+
+Body: ``{"error": <message>, "code": <CODE>, "retryable": <bool>, "job_id": <id|null>}``
+plus per-error extra fields (e.g. ``retry_after`` for rate limits).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class MontageError(Exception):
+    """Base of every error Montage reports to a client or a pipeline."""
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "INTERNAL_ERROR"
+    retryable: ClassVar[bool] = False
+    default_message: ClassVar[str] = "Internal server error"
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        job_id: str | None = None,
+        extra: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.message = message or self.default_message
+        self.job_id = job_id
+        self.extra = extra or {}
+        self.headers = headers or {}
+        super().__init__(self.message)
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": self.message,
+            "code": self.code,
+            "retryable": self.retryable,
+            "job_id": self.job_id,
+            **self.extra,
+        }
+
+
+class ValidationError(MontageError):
+    """Input validation failed."""
+
+    status, code, default_message = 400, "VALIDATION_ERROR", "Invalid request"
+
+
+class PayloadTooLarge(ValidationError):
+    """The request body is over its limit."""
+
+    status = 413
+
+
+class Unauthorized(MontageError):
+    """Missing or invalid credentials."""
+
+    status, code, default_message = 401, "UNAUTHORIZED", "Unauthorized"
+
+
+class Forbidden(MontageError):
+    """The caller may not touch this resource."""
+
+    status, code, default_message = 403, "FORBIDDEN", "Forbidden"
+
+
+class NotFound(MontageError):
+    """No such resource."""
+
+    status, code, default_message = 404, "NOT_FOUND", "Not found"
+
+
+class MethodNotAllowed(MontageError):
+    """The route exists but not with this method."""
+
+    status, code, default_message = 405, "METHOD_NOT_ALLOWED", "Method not allowed"
+
+
+class Conflict(MontageError):
+    """The resource is not in a state that allows this."""
+
+    status, code, default_message = 409, "CONFLICT", "Conflict"
+
+
+class Gone(MontageError):
+    """The resource existed but has expired or was deleted."""
+
+    status, code, default_message = 410, "GONE", "Gone"
+
+
+class BudgetExceededError(MontageError):
+    """The job's cost would pass its mode's cap."""
+
+    status, code, default_message = 402, "BUDGET_EXCEEDED", "Budget limit exceeded"
+
+
+class RateLimitError(MontageError):
+    """Too many requests."""
+
+    status, code, retryable, default_message = 429, "RATE_LIMIT_EXCEEDED", True, "Rate limit exceeded"
+
+
+class ServiceUnavailable(MontageError):
+    """A dependency is down or a capacity limit is reached."""
+
+    status, code, retryable, default_message = 503, "SERVICE_UNAVAILABLE", True, "Service unavailable"
+
+
+class UpstreamTimeout(MontageError):
+    """An internal or external service did not answer in time."""
+
+    status, code, retryable, default_message = 504, "TIMEOUT", True, "Upstream timed out"
+
+
+# --- pipeline errors (raised by stages, carried in results) -----------------------------
+class PipelineError(MontageError):
+    """A module failed and retrying will not help."""
+
+    code, default_message = "MODULE_FAILURE", "Pipeline module failed"
+
+
+class RetryableError(PipelineError):
+    """A transient failure: the runtime retries it with backoff."""
+
+    retryable = True
+
+
+class GenerationError(PipelineError):
+    """An AI generation provider failed."""
+
+    code, default_message = "GENERATION_ERROR", "Generation failed"
+
+
+class JobTimeout(PipelineError):
+    """The job exceeded its 15-minute limit."""
+
+    code, default_message = "TIMEOUT", "Job exceeded 15-minute timeout"
+
+
+class JobCancelled(PipelineError):
+    """The user cancelled the job."""
+
+    code, default_message = "CANCELLED", "Job cancelled by user"
+
+
+ERRORS_BY_CODE: dict[str, type[MontageError]] = {
+    cls.code: cls
+    for cls in (
+        ValidationError,
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        Gone,
+        BudgetExceededError,
+        RateLimitError,
+        PipelineError,
+        GenerationError,
+        JobTimeout,
+        JobCancelled,
+    )
+}

@@ -1,0 +1,81 @@
+"""Wire messages carried on Redis Streams: tagged, frozen Structs, one union per stream.
+
+- ``stage:<name>`` streams carry :class:`StageTask`.
+- the ``results`` stream carries :data:`ResultMessage` (result, progress text, cost).
+- per-job event logs carry :class:`JobEvent`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from montage_common.models import CostItem, StageInput
+
+
+class Wire(msgspec.Struct, frozen=True, kw_only=True):
+    pass
+
+
+class ErrorInfo(Wire, kw_only=True):
+    code: str
+    message: str
+    retryable: bool = False
+
+
+class StageTask(Wire, tag="task", kw_only=True):
+    job_id: str
+    user_id: str
+    stage: str
+    input: StageInput
+    budget_remaining: str = "0"  # Decimal as text: what the stage may still spend
+    dispatch: int = 1  # the orchestrator's dispatch number for this stage (dedupe key)
+
+
+class StageResult(Wire, tag="result", kw_only=True):
+    job_id: str
+    stage: str
+    dispatch: int = 1
+    ok: bool
+    output: msgspec.Raw | None = None  # JSON of the stage's output Struct
+    error: ErrorInfo | None = None
+    duration_seconds: float = 0.0
+    costs: list[CostItem] = []
+    attempts: int = 1
+
+
+class StageProgress(Wire, tag="progress", kw_only=True):
+    job_id: str
+    stage: str
+    text: str
+    dispatch: int = 1
+
+
+class StageCost(Wire, tag="cost", kw_only=True):
+    """A cost reported while a stage is still running (budget checked on each)."""
+
+    job_id: str
+    stage: str
+    cost: CostItem
+    dispatch: int = 1
+
+
+ResultMessage = StageResult | StageProgress | StageCost
+
+
+class JobEvent(Wire, kw_only=True):
+    """One SSE event of a job: ``event`` is the SSE event type, ``data`` its JSON body."""
+
+    event: str
+    data: dict[str, Any]
+
+
+task_encoder = msgspec.json.Encoder(decimal_format="number")
+task_decoder = msgspec.json.Decoder(StageTask)
+result_decoder = msgspec.json.Decoder(ResultMessage)
+event_decoder = msgspec.json.Decoder(JobEvent)
+
+
+def encode(msg: msgspec.Struct) -> bytes:
+    return task_encoder.encode(msg)

@@ -1,0 +1,195 @@
+"""Object storage: one interface, two backends (a local directory, Supabase Storage).
+
+Objects are addressed by *storage keys* ``"<bucket>/<path>"``. The buckets of the spec are
+``audio-uploads``, ``reference-images``, ``video-clips`` and ``video-outputs``.
+
+The local backend signs URLs with HMAC-SHA256 over ``<key>\\n<expires>``; the gateway serves
+``/files/<key>?expires=..&sig=..`` after :func:`verify_signature`, so a URL cannot be forged and
+stops working at its expiry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import os
+import shutil
+import time
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+from montage_common.errors import NotFound, ValidationError
+
+BUCKETS: tuple[str, ...] = ("audio-uploads", "reference-images", "video-clips", "video-outputs")
+
+
+@dataclass(frozen=True, slots=True)
+class StoredObject:
+    key: str
+    size: int
+    modified_at: float  # unix seconds
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """``"bucket/a/b"`` → ``("bucket", "a/b")``; refuses unknown buckets and traversal."""
+    bucket, _, path = key.partition("/")
+    if bucket not in BUCKETS or not path:
+        raise ValidationError(f"invalid storage key: {key!r}")
+    parts = path.split("/")
+    if any(p in ("", ".", "..") or "\\" in p or "\x00" in p for p in parts):
+        raise ValidationError(f"invalid storage key: {key!r}")
+    return bucket, path
+
+
+class Storage(ABC):
+    """What the services need from object storage."""
+
+    @abstractmethod
+    async def put_file(self, key: str, source: Path, content_type: str = "application/octet-stream") -> int:
+        """Upload a local file; returns its size."""
+
+    @abstractmethod
+    async def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> int:
+        """Upload bytes; returns the size."""
+
+    @abstractmethod
+    async def get_file(self, key: str, dest: Path) -> Path:
+        """Download an object to ``dest``; raises NotFound."""
+
+    @abstractmethod
+    async def delete(self, keys: list[str]) -> None:
+        """Delete objects; missing ones are ignored."""
+
+    @abstractmethod
+    async def list(self, prefix: str) -> list[StoredObject]:
+        """Objects whose key starts with ``prefix`` (``"bucket/"`` or ``"bucket/dir/"``)."""
+
+    @abstractmethod
+    async def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    async def signed_url(self, key: str, expires_in: int) -> str:
+        """A URL that reads the object until ``expires_in`` seconds from now."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+
+def sign(secret: str, key: str, expires: int) -> str:
+    msg = f"{key}\n{expires}".encode()
+    return hmac.new(secret.encode(), msg, hashlib.sha256).hexdigest()
+
+
+def verify_signature(secret: str, key: str, expires: str, sig: str, now: float | None = None) -> bool:
+    """True when ``sig`` is valid for ``key`` and ``expires`` has not passed."""
+    try:
+        exp = int(expires)
+    except ValueError:
+        return False
+    if exp < (time.time() if now is None else now):
+        return False
+    return hmac.compare_digest(sign(secret, key, exp), sig)
+
+
+class LocalStorage(Storage):
+    """A directory tree ``<root>/<bucket>/<path>``; URLs served by the gateway's ``/files/``."""
+
+    def __init__(self, root: str | Path, signing_key: str, public_base_url: str) -> None:
+        self.root = Path(root).resolve()
+        self.signing_key = signing_key
+        self.public_base_url = public_base_url.rstrip("/")
+
+    def path_of(self, key: str) -> Path:
+        bucket, path = split_key(key)
+        return self.root / bucket / path
+
+    async def put_file(self, key: str, source: Path, content_type: str = "application/octet-stream") -> int:
+        dest = self.path_of(key)
+
+        def copy() -> int:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+            shutil.copyfile(source, tmp)
+            os.replace(tmp, dest)
+            return dest.stat().st_size
+
+        return await asyncio.to_thread(copy)
+
+    async def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> int:
+        dest = self.path_of(key)
+
+        def write() -> int:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, dest)
+            return len(data)
+
+        return await asyncio.to_thread(write)
+
+    async def get_file(self, key: str, dest: Path) -> Path:
+        src = self.path_of(key)
+
+        def copy() -> Path:
+            if not src.is_file():
+                raise NotFound(f"object not found: {key}")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dest)
+            return dest
+
+        return await asyncio.to_thread(copy)
+
+    async def delete(self, keys: list[str]) -> None:
+        def remove() -> None:
+            for key in keys:
+                p = self.path_of(key)
+                p.unlink(missing_ok=True)
+                # prune empty parent directories up to the bucket
+                bucket_dir = self.root / split_key(key)[0]
+                parent = p.parent
+                while parent != bucket_dir and parent.is_dir() and not any(parent.iterdir()):
+                    parent.rmdir()
+                    parent = parent.parent
+
+        await asyncio.to_thread(remove)
+
+    async def list(self, prefix: str) -> list[StoredObject]:
+        bucket, _, rest = prefix.partition("/")
+        if bucket not in BUCKETS:
+            raise ValidationError(f"invalid storage prefix: {prefix!r}")
+
+        def walk() -> list[StoredObject]:
+            base = self.root / bucket
+            out: list[StoredObject] = []
+            if not base.is_dir():
+                return out
+            for p in base.rglob("*"):
+                if p.is_file() and not p.name.startswith("."):
+                    rel = p.relative_to(base).as_posix()
+                    if rel.startswith(rest):
+                        st = p.stat()
+                        out.append(StoredObject(f"{bucket}/{rel}", st.st_size, st.st_mtime))
+            return sorted(out, key=lambda o: o.key)
+
+        return await asyncio.to_thread(walk)
+
+    async def exists(self, key: str) -> bool:
+        return await asyncio.to_thread(self.path_of(key).is_file)
+
+    async def signed_url(self, key: str, expires_in: int) -> str:
+        split_key(key)
+        expires = int(time.time()) + expires_in
+        sig = sign(self.signing_key, key, expires)
+        return f"{self.public_base_url}/files/{quote(key)}?expires={expires}&sig={sig}"
+
+    async def iter_chunks(self, key: str, chunk_size: int = 256 * 1024) -> AsyncIterator[bytes]:
+        path = self.path_of(key)
+        if not path.is_file():
+            raise NotFound(f"object not found: {key}")
+        with path.open("rb") as fh:
+            while chunk := await asyncio.to_thread(fh.read, chunk_size):
+                yield chunk
