@@ -18,13 +18,13 @@ class Wire(msgspec.Struct, frozen=True, kw_only=True):
     pass
 
 
-class ErrorInfo(Wire, kw_only=True):
+class ErrorInfo(Wire, frozen=True, kw_only=True):
     code: str
     message: str
     retryable: bool = False
 
 
-class StageTask(Wire, tag="task", kw_only=True):
+class StageTask(Wire, tag="task", frozen=True, kw_only=True):
     job_id: str
     user_id: str
     stage: str
@@ -33,7 +33,7 @@ class StageTask(Wire, tag="task", kw_only=True):
     dispatch: int = 1  # the orchestrator's dispatch number for this stage (dedupe key)
 
 
-class StageResult(Wire, tag="result", kw_only=True):
+class StageResult(Wire, tag="result", frozen=True, kw_only=True):
     job_id: str
     stage: str
     dispatch: int = 1
@@ -45,14 +45,14 @@ class StageResult(Wire, tag="result", kw_only=True):
     attempts: int = 1
 
 
-class StageProgress(Wire, tag="progress", kw_only=True):
+class StageProgress(Wire, tag="progress", frozen=True, kw_only=True):
     job_id: str
     stage: str
     text: str
     dispatch: int = 1
 
 
-class StageCost(Wire, tag="cost", kw_only=True):
+class StageCost(Wire, tag="cost", frozen=True, kw_only=True):
     """A cost reported while a stage is still running (budget checked on each)."""
 
     job_id: str
@@ -64,7 +64,7 @@ class StageCost(Wire, tag="cost", kw_only=True):
 ResultMessage = StageResult | StageProgress | StageCost
 
 
-class JobEvent(Wire, kw_only=True):
+class JobEvent(Wire, frozen=True, kw_only=True):
     """One SSE event of a job: ``event`` is the SSE event type, ``data`` its JSON body."""
 
     event: str

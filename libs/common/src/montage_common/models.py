@@ -19,26 +19,26 @@ class Frozen(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Fa
 
 
 # --- audio_parser -----------------------------------------------------------------
-class Section(Frozen, kw_only=True):
+class Section(Frozen, frozen=True, kw_only=True):
     start: float
     end: float
     label: str  # "intro" | "verse" | "chorus" | "bridge" | "outro"
     energy: float = 0.0
 
 
-class Mood(Frozen, kw_only=True):
+class Mood(Frozen, frozen=True, kw_only=True):
     name: str  # e.g. "energetic", "calm", "melancholic", "uplifting"
     valence: float = 0.5  # 0 sad .. 1 happy
     arousal: float = 0.5  # 0 calm .. 1 intense
 
 
-class LyricLine(Frozen, kw_only=True):
+class LyricLine(Frozen, frozen=True, kw_only=True):
     start: float
     end: float
     text: str
 
 
-class AudioAnalysis(Frozen, kw_only=True):
+class AudioAnalysis(Frozen, frozen=True, kw_only=True):
     duration: float
     tempo: float  # BPM
     beat_timestamps: list[float]
@@ -52,20 +52,20 @@ class AudioAnalysis(Frozen, kw_only=True):
 
 
 # --- scene_planner ------------------------------------------------------------------
-class Character(Frozen, kw_only=True):
+class Character(Frozen, frozen=True, kw_only=True):
     id: str
     name: str
     description: str
 
 
-class Scene(Frozen, kw_only=True):
+class Scene(Frozen, frozen=True, kw_only=True):
     id: str
     description: str
     setting: str = ""
     palette: list[str] = []  # "#rrggbb"
 
 
-class ClipScript(Frozen, kw_only=True):
+class ClipScript(Frozen, frozen=True, kw_only=True):
     index: int
     start: float  # seconds in the song; boundaries fall on beats
     end: float
@@ -79,13 +79,13 @@ class ClipScript(Frozen, kw_only=True):
 TransitionKind = Literal["cut", "fade", "dissolve", "wipeleft", "wiperight", "slideleft", "circleopen"]
 
 
-class Transition(Frozen, kw_only=True):
+class Transition(Frozen, frozen=True, kw_only=True):
     after_clip: int  # the transition between clip i and clip i+1
     kind: TransitionKind = "cut"
     duration: float = 0.0
 
 
-class ScenePlan(Frozen, kw_only=True):
+class ScenePlan(Frozen, frozen=True, kw_only=True):
     style: str
     characters: list[Character]
     scenes: list[Scene]
@@ -96,7 +96,7 @@ class ScenePlan(Frozen, kw_only=True):
 
 
 # --- reference_generator ------------------------------------------------------------
-class ReferenceImage(Frozen, kw_only=True):
+class ReferenceImage(Frozen, frozen=True, kw_only=True):
     id: str  # scene or character id
     kind: Literal["scene", "character"]
     key: str  # storage key "reference-images/{job_id}/..."
@@ -104,13 +104,13 @@ class ReferenceImage(Frozen, kw_only=True):
     height: int = 0
 
 
-class ReferenceImages(Frozen, kw_only=True):
+class ReferenceImages(Frozen, frozen=True, kw_only=True):
     scene_references: list[ReferenceImage]
     character_references: list[ReferenceImage] = []
 
 
 # --- prompt_generator ---------------------------------------------------------------
-class ClipPrompt(Frozen, kw_only=True):
+class ClipPrompt(Frozen, frozen=True, kw_only=True):
     index: int
     prompt: str
     start: float
@@ -123,13 +123,13 @@ class ClipPrompt(Frozen, kw_only=True):
     beats: list[float] = []
 
 
-class ClipPrompts(Frozen, kw_only=True):
+class ClipPrompts(Frozen, frozen=True, kw_only=True):
     clips: list[ClipPrompt]
     text_only: bool = False
 
 
 # --- video_generator ----------------------------------------------------------------
-class Clip(Frozen, kw_only=True):
+class Clip(Frozen, frozen=True, kw_only=True):
     index: int
     key: str  # storage key "video-clips/{job_id}/clip_{index}.mp4"
     start: float
@@ -138,18 +138,18 @@ class Clip(Frozen, kw_only=True):
     provider: str = "local"
 
 
-class ClipFailure(Frozen, kw_only=True):
+class ClipFailure(Frozen, frozen=True, kw_only=True):
     index: int
     error: str
 
 
-class Clips(Frozen, kw_only=True):
+class Clips(Frozen, frozen=True, kw_only=True):
     clips: list[Clip]
     failed: list[ClipFailure] = []
 
 
 # --- composer -----------------------------------------------------------------------
-class VideoOutput(Frozen, kw_only=True):
+class VideoOutput(Frozen, frozen=True, kw_only=True):
     key: str  # "video-outputs/{job_id}/final_video.mp4"
     duration: float
     width: int
@@ -159,30 +159,30 @@ class VideoOutput(Frozen, kw_only=True):
 
 
 # --- per-stage inputs ---------------------------------------------------------------
-class AudioParserInput(Frozen, tag="audio_parser", kw_only=True):
+class AudioParserInput(Frozen, tag="audio_parser", frozen=True, kw_only=True):
     audio_key: str
 
 
-class ScenePlannerInput(Frozen, tag="scene_planner", kw_only=True):
+class ScenePlannerInput(Frozen, tag="scene_planner", frozen=True, kw_only=True):
     user_prompt: str
     audio: AudioAnalysis
 
 
-class ReferenceGeneratorInput(Frozen, tag="reference_generator", kw_only=True):
+class ReferenceGeneratorInput(Frozen, tag="reference_generator", frozen=True, kw_only=True):
     plan: ScenePlan
 
 
-class PromptGeneratorInput(Frozen, tag="prompt_generator", kw_only=True):
+class PromptGeneratorInput(Frozen, tag="prompt_generator", frozen=True, kw_only=True):
     plan: ScenePlan
     references: ReferenceImages | None = None  # None: text-only fallback mode
     fallback_mode: bool = False
 
 
-class VideoGeneratorInput(Frozen, tag="video_generator", kw_only=True):
+class VideoGeneratorInput(Frozen, tag="video_generator", frozen=True, kw_only=True):
     clip_prompts: ClipPrompts
 
 
-class ComposerInput(Frozen, tag="composer", kw_only=True):
+class ComposerInput(Frozen, tag="composer", frozen=True, kw_only=True):
     clips: Clips
     audio_key: str
     transitions: list[Transition]
@@ -210,7 +210,7 @@ STAGE_OUTPUT_TYPES: dict[str, type[msgspec.Struct]] = {
 }
 
 
-class CostItem(Frozen, kw_only=True):
+class CostItem(Frozen, frozen=True, kw_only=True):
     """One provider call's cost. ``call_id`` is stable under redelivery (idempotency key)."""
 
     call_id: str

@@ -1,0 +1,43 @@
+# Montage: two commands run everything.
+#   make up    - run the whole system locally (embedded Redis/Postgres when not configured)
+#   make demo  - bring the stack up if needed, render a sample song into ./out/
+#   make test  - lint, type-check and run every test
+SHELL := /bin/bash
+UV ?= $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
+PY := .venv/bin/python
+export UV_LINK_MODE ?= copy
+
+.PHONY: install up demo test lint typecheck pytest bench clean
+
+$(UV):
+	@python3 -m pip install --quiet --target .tools/uvpkg uv >/dev/null && mkdir -p .tools/bin && ln -sf ../uvpkg/bin/uv .tools/bin/uv
+
+.venv/.installed: uv.lock pyproject.toml $(wildcard libs/*/pyproject.toml services/*/pyproject.toml) | $(UV)
+	$(UV) sync --frozen --all-packages
+	@touch $@
+
+install: .venv/.installed
+
+up: install
+	$(PY) -m montage_common.devstack up
+
+demo: install
+	$(PY) -m montage_cli.demo $(if $(AUDIO),--audio "$(AUDIO)") $(if $(PROMPT),--prompt "$(PROMPT)")
+
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+typecheck: install
+	$(PY) -m mypy libs/common/src services/*/src
+
+pytest: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+bench: install
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf var out .pytest_cache .mypy_cache .ruff_cache

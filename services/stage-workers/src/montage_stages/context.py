@@ -1,0 +1,84 @@
+"""The context every stage receives: job identity, settings, storage, scratch space, callbacks.
+
+A stage module exports ``async def process(ctx, job_id, input) -> output``. The worker builds one
+:class:`StageContext` per task and wires the callbacks to its streams:
+
+- ``progress(text)``: a human-readable ``message`` event ("Rendering clip 3 of 8"); also a good
+  moment for the worker to extend its claim on the message.
+- ``cost(item)``: one :class:`~montage_common.models.CostItem` per provider call or unit of local
+  compute; ``call_id`` is stable under redelivery, so the orchestrator can dedupe.
+- ``check_cancelled()``: raises :class:`~montage_common.errors.JobCancelled` when the job was
+  cancelled; stages call it between units of work.
+
+Tests build one with :meth:`StageContext.create` (callbacks default to no-ops).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from montage_common.models import CostItem
+from montage_common.storage import Storage
+
+from montage_stages.settings import StageSettings
+
+ProgressFn = Callable[[str], Awaitable[None]]
+CostFn = Callable[[CostItem], Awaitable[None]]
+CancelCheckFn = Callable[[], Awaitable[None]]
+
+
+async def _no_progress(text: str) -> None:
+    return None
+
+
+async def _no_cost(item: CostItem) -> None:
+    return None
+
+
+async def _never_cancelled() -> None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class StageContext:
+    job_id: str
+    settings: StageSettings
+    storage: Storage
+    workdir: Path  # scratch directory owned by this task; the worker removes it afterwards
+    progress: ProgressFn = _no_progress
+    cost: CostFn = _no_cost
+    check_cancelled: CancelCheckFn = _never_cancelled
+
+    @classmethod
+    def create(
+        cls,
+        job_id: str,
+        storage: Storage,
+        *,
+        settings: StageSettings | None = None,
+        workdir: Path | None = None,
+        progress: ProgressFn | None = None,
+        cost: CostFn | None = None,
+        check_cancelled: CancelCheckFn | None = None,
+    ) -> StageContext:
+        """A context with defaults: default settings, a fresh temp workdir, no-op callbacks."""
+        wd = workdir if workdir is not None else Path(tempfile.mkdtemp(prefix=f"montage-{job_id}-"))
+        wd.mkdir(parents=True, exist_ok=True)
+        return cls(
+            job_id=job_id,
+            settings=settings or StageSettings(),
+            storage=storage,
+            workdir=wd,
+            progress=progress or _no_progress,
+            cost=cost or _no_cost,
+            check_cancelled=check_cancelled or _never_cancelled,
+        )
+
+    def scratch(self, name: str) -> Path:
+        """A subdirectory of the workdir (created)."""
+        path = self.workdir / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
