@@ -1,0 +1,69 @@
+"""Job events for the SSE stream: one durable log per job plus a live pub/sub notification.
+
+The orchestrator appends each event with :func:`event_emit`, atomically with whatever else it
+hands off (see :class:`~montage_common.streams.Emit`): an ``XADD`` to the job's event stream,
+whose entry id becomes the SSE ``id:``, and a ``PUBLISH`` of ``"<id> <json>"`` on the job's
+channel. A gateway subscribes to the channel for live delivery and reads the stream with
+:func:`replay` for what a reconnecting client missed (``Last-Event-ID``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from redis.asyncio import Redis
+
+from montage_common.keys import Keys
+from montage_common.messages import JobEvent, event_decoder
+from montage_common.streams import Emit
+
+EVENT_TYPES = ("stage_update", "progress", "message", "cost_update", "completed", "error")
+FINAL_EVENTS = ("completed", "error")
+EVENT_LOG_TTL_SECONDS = 24 * 3600  # refreshed on every event; the log outlives its job by a day
+EVENT_LOG_MAXLEN = 5000
+
+_encoder = msgspec.json.Encoder(decimal_format="number")
+
+
+def event_emit(keys: Keys, job_id: str, event: str, data: dict[str, Any]) -> Emit:
+    """The :class:`Emit` that appends and publishes one event of ``job_id``."""
+    payload = _encoder.encode(JobEvent(event=event, data=data))
+    return Emit(
+        keys.job_events_stream(job_id),
+        payload,
+        channel=keys.job_events_channel(job_id),
+        maxlen=EVENT_LOG_MAXLEN,
+        ttl_seconds=EVENT_LOG_TTL_SECONDS,
+    )
+
+
+def parse_published(message: bytes) -> tuple[str, JobEvent]:
+    """``b"<id> <json>"`` from the channel → ``(id, event)``."""
+    entry_id, _, payload = message.partition(b" ")
+    return entry_id.decode(), event_decoder.decode(payload)
+
+
+def id_key(entry_id: str) -> tuple[int, int]:
+    """Sort key of a stream entry id (``"<ms>-<seq>"``)."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def valid_event_id(value: str) -> bool:
+    ms, sep, seq = value.partition("-")
+    return bool(sep) and ms.isdigit() and seq.isdigit() and len(value) < 45
+
+
+async def replay(redis: Redis, keys: Keys, job_id: str, after: str = "0-0") -> list[tuple[str, JobEvent]]:
+    """Every logged event of the job after entry id ``after`` (exclusive), oldest first."""
+    out: list[tuple[str, JobEvent]] = []
+    start = f"({after}"
+    while True:
+        batch = await redis.xrange(keys.job_events_stream(job_id), min=start, count=500)
+        for raw_id, fields in batch:
+            eid = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
+            out.append((eid, event_decoder.decode(fields[b"m"])))
+        if len(batch) < 500:
+            return out
+        start = f"({out[-1][0]}"
