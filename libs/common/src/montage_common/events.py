@@ -60,7 +60,8 @@ async def replay(redis: Redis, keys: Keys, job_id: str, after: str = "0-0") -> l
     out: list[tuple[str, JobEvent]] = []
     start = f"({after}"
     while True:
-        batch = await redis.xrange(keys.job_events_stream(job_id), min=start, count=500)
+        r: Any = redis
+        batch: list[Any] = await r.xrange(keys.job_events_stream(job_id), min=start, count=500)
         for raw_id, fields in batch:
             eid = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
             out.append((eid, event_decoder.decode(fields[b"m"])))
