@@ -221,6 +221,7 @@ class Stack:
     def start(self, timeout: float = 60.0) -> dict[str, str]:
         env = self.start_infra()
         self.base_env = env
+        self.write_env_file(env)
         for i, spec in enumerate(self.service_specs(env)):
             self.spawn(spec, COLORS[i % len(COLORS)])
         deadline = time.monotonic() + timeout
@@ -232,6 +233,13 @@ class Stack:
                     self.stop()
                     raise RuntimeError(f"{spec.name} did not start listening on {spec.port}") from None
         return env
+
+    def write_env_file(self, env: Mapping[str, str]) -> None:
+        """``var/stack.env``: how tools (the CLI's operator view) find this stack's Redis."""
+        self.var_dir.mkdir(parents=True, exist_ok=True)
+        lines = [f"{k}={env[k]}" for k in ("REDIS_URL", "DATABASE_URL", "REDIS_NAMESPACE") if env.get(k)]
+        lines.append(f"MONTAGE_URL=http://127.0.0.1:{self.gateway_port}")
+        (self.var_dir / "stack.env").write_text("\n".join(lines) + "\n")
 
     def spawn(self, spec: ServiceSpec, color: str = "36") -> subprocess.Popen[bytes]:
         self.specs[spec.name] = spec
