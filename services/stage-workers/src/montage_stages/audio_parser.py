@@ -82,14 +82,8 @@ def analyse(x: np.ndarray, sr: int) -> AudioAnalysis:
     bar_times = downbeats if downbeats.size else np.zeros(0)
     bar_chroma = _sync(chroma, chroma_rate, bar_times, duration)
     bar_rms = _sync(rms[:, None], ENERGY_RATE, bar_times, duration)[:, 0]
-    bar_centroid = _sync(feats.centroid[:, None], feats.rate, bar_times, duration)[:, 0]
     bar_energy = np.clip(bar_rms / (float(np.percentile(rms, 99)) or 1.0), 0, 1)
-    bar_features = np.column_stack([
-        _unit(bar_chroma),
-        np.log1p(bar_rms * 100)[:, None] * 2,
-        np.log(bar_centroid + 1)[:, None],
-    ]) if bar_times.size else np.zeros((0, 14))
-    sections = structure.sections(bar_times, duration, bar_features, bar_energy)
+    sections = structure.sections(bar_times, duration, bar_chroma, bar_energy)
 
     loud_db = 20 * np.log10(float(np.sqrt(np.mean(x.astype(np.float64) ** 2))) + 1e-9)
     loudness = float(np.clip((loud_db + 40) / 30, 0, 1))

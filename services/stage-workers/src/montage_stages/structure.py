@@ -43,36 +43,43 @@ def estimate_mood(tempo: float, loudness: float, brightness: float, major: bool,
 
 
 def sections(
-    bar_times: np.ndarray, duration: float, bar_features: np.ndarray, bar_energy: np.ndarray
+    bar_times: np.ndarray, duration: float, bar_chroma: np.ndarray, bar_energy: np.ndarray
 ) -> list[Section]:
     """Segment at bar-level novelty peaks and label the segments intro/verse/chorus/bridge/outro.
 
-    ``bar_times`` are the downbeats (bar starts); ``bar_features`` one row per bar.
+    ``bar_times`` are the downbeats (bar starts); ``bar_chroma`` (bars, 12) and ``bar_energy`` (0..1)
+    describe each bar. Novelty at bar ``b`` compares the few bars before with the few after: the
+    level change in dB (3 dB counts 1) plus the harmonic change (relative to its typical size).
     """
     n = bar_times.size
     if n < 2 * MIN_SECTION_BARS:
         return [Section(start=0.0, end=round(duration, 3), label="verse", energy=_mean(bar_energy))]
-    feats = (bar_features - bar_features.mean(axis=0)) / (bar_features.std(axis=0) + 1e-9)
+    db = 20 * np.log10(np.maximum(bar_energy, 1e-4))
+    unit = bar_chroma / (np.linalg.norm(bar_chroma, axis=1, keepdims=True) + 1e-9)
     half = 2 if n < 24 else 4
-    novelty = np.zeros(n)
-    for b in range(1, n):
-        before = feats[max(0, b - half) : b].mean(axis=0)
-        after = feats[b : min(n, b + half)].mean(axis=0)
-        novelty[b] = float(np.linalg.norm(after - before))
+    nov_e, nov_c = np.zeros(n), np.zeros(n)
+    for b in range(2, n - 1):
+        lo, hi = max(0, b - half), min(n - 1, b + half)  # the last (partial) bar is left out
+        nov_e[b] = abs(float(db[b:hi].mean() - db[lo:b].mean()))
+        before, after = unit[lo:b].mean(axis=0), unit[b:hi].mean(axis=0)
+        nov_c[b] = 1 - float(before @ after) / (np.linalg.norm(before) * np.linalg.norm(after) + 1e-9)
+    typical = float(np.median(nov_c[2 : n - 1])) if n > 3 else 0.0
+    novelty = nov_e / 3.0 + nov_c / max(1e-3, 4 * typical)
     max_sections = max(2, int(duration // 12))
-    threshold = float(novelty.mean() + 0.5 * novelty.std())
     cuts: list[int] = []
     for b in np.argsort(-novelty):  # strongest first
-        if len(cuts) >= max_sections - 1 or novelty[b] < threshold:
+        if len(cuts) >= max_sections - 1 or novelty[b] < 1.0:
             break
+        if not novelty[b] >= max(novelty[b - 1], novelty[min(n - 1, b + 1)]):
+            continue
         if b < 2 or b > n - 2 or any(abs(int(b) - c) < MIN_SECTION_BARS for c in cuts):
             continue
         cuts.append(int(b))
     bounds = [0, *sorted(cuts), n]
     starts = [0.0] + [float(bar_times[b]) for b in bounds[1:-1]]
-    ends = starts[1:] + [duration]
+    ends = [*starts[1:], duration]
     energies = [_mean(bar_energy[bounds[i] : bounds[i + 1]]) for i in range(len(starts))]
-    labels = _labels(energies, [feats[bounds[i] : bounds[i + 1]].mean(axis=0) for i in range(len(starts))])
+    labels = _labels(energies, [unit[bounds[i] : bounds[i + 1]].mean(axis=0) for i in range(len(starts))])
     return [
         Section(start=round(s, 3), end=round(e, 3), label=lab, energy=round(en, 3))
         for s, e, lab, en in zip(starts, ends, labels, energies, strict=True)
