@@ -1,0 +1,79 @@
+"""``python -m montage_stages --stage <name>``: run one stage worker until SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+
+import structlog
+from aiohttp import web
+from montage_common import logs
+from montage_common import settings as settings_mod
+from montage_common import web as common_web
+from montage_common.keys import STAGES, Keys
+from montage_common.redis import create_redis
+from montage_common.storage import LocalStorage, Storage
+
+from montage_stages.worker import StageWorker, WorkerSettings
+
+log = structlog.get_logger()
+
+
+def make_storage(settings: WorkerSettings) -> Storage:
+    try:
+        from montage_common.storage import create_storage  # type: ignore[attr-defined]
+    except ImportError:  # pragma: no cover - until the factory lands
+        return LocalStorage(settings.storage_dir, settings.storage_signing_key, settings.public_base_url)
+    storage: Storage = create_storage(settings)
+    return storage
+
+
+async def serve_metrics(settings: WorkerSettings, worker: StageWorker) -> web.AppRunner | None:
+    if not settings.metrics_port:
+        return None
+    app = common_web.create_base_app(f"stage-{worker.stage}")
+
+    async def redis_ready() -> None:
+        await worker.redis.ping()
+
+    app[common_web.READY_CHECKS]["redis"] = redis_ready
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, settings.host, settings.metrics_port).start()
+    return runner
+
+
+async def run(settings: WorkerSettings, stage: str) -> None:
+    # Blocking stream reads need a socket timeout above their block time.
+    redis = create_redis(settings.redis_url, socket_timeout=10.0)
+    storage = make_storage(settings)
+    worker = StageWorker(settings, stage, redis, storage, Keys(settings.redis_namespace))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.stop)
+    runner = await serve_metrics(settings, worker)
+    log.info("stage_worker_started", stage=stage, consumer=worker.consumer.consumer)
+    try:
+        await worker.run()
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        with contextlib.suppress(Exception):
+            await storage.close()
+        await redis.aclose()
+        log.info("stage_worker_stopped", stage=stage)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="montage_stages", description="Run one Montage stage worker.")
+    parser.add_argument("--stage", required=True, choices=STAGES)
+    args = parser.parse_args(argv)
+    settings = settings_mod.load(WorkerSettings)
+    logs.configure(settings, f"stage-{args.stage}")
+    asyncio.run(run(settings, args.stage))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,226 @@
+"""The stage worker process: one stage's stream, read in its own consumer group.
+
+``python -m montage_stages --stage video_generator`` runs :class:`StageWorker` on
+``keys.stage_stream(stage)`` through the stream runtime. For each :class:`StageTask` it checks
+the cancel flag, builds a :class:`StageContext` wired to the results stream, runs the stage's
+``process`` and returns the :class:`StageResult`, which the runtime writes atomically with
+the task's ack. Progress texts and costs go out as they happen (``StageProgress``,
+``StageCost``) so the user sees them live and the orchestrator enforces the budget on each.
+
+Failures: a :class:`RetryableError` is retried by the runtime (2 s, 4 s, 8 s); any other error
+dead-letters the task and :meth:`StageWorker.dead_letter` tells the orchestrator with a failed
+``StageResult``. A cancelled job yields ``StageResult(ok=False, code="CANCELLED")``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import msgspec
+import structlog
+from montage_common.errors import JobCancelled
+from montage_common.keys import STAGES, Keys
+from montage_common.messages import ErrorInfo, StageCost, StageProgress, StageResult, StageTask, encode, task_decoder
+from montage_common.models import CostItem
+from montage_common.storage import Storage
+from montage_common.streams import DeadLetter, Delivery, Emit, StreamConsumer, StreamProducer, default_consumer_name
+from redis.asyncio import Redis
+
+from montage_stages import (
+    audio_parser,
+    composer,
+    prompt_generator,
+    reference_generator,
+    scene_planner,
+    video_generator,
+)
+from montage_stages.context import StageContext
+from montage_stages.settings import StageSettings
+
+log = structlog.get_logger()
+
+MODULES: dict[str, ModuleType] = {
+    "audio_parser": audio_parser,
+    "scene_planner": scene_planner,
+    "reference_generator": reference_generator,
+    "prompt_generator": prompt_generator,
+    "video_generator": video_generator,
+    "composer": composer,
+}
+assert tuple(MODULES) == STAGES
+
+HEARTBEAT_SECONDS = 10
+HEARTBEAT_TTL = 30
+_output_encoder = msgspec.json.Encoder(decimal_format="number")
+
+
+class WorkerSettings(StageSettings, frozen=True, kw_only=True):
+    """The stage-worker service: the stages' settings plus how the process consumes."""
+
+    worker_concurrency: int = 3  # tasks at once per process (the spec: 3)
+    claim_idle_ms: int = 30_000  # a dead worker's task is reclaimed after this
+    retry_count: int = 3
+    retry_base_seconds: float = 2.0  # 2 s, 4 s, 8 s
+    stage_timeout_seconds: float = 900.0  # a task running longer is cancelled (and retried)
+    metrics_port: int = 0  # 0: no HTTP listener (several workers share a host in development)
+
+    @property
+    def backoff(self) -> tuple[float, ...]:
+        return tuple(self.retry_base_seconds * 2**i for i in range(self.retry_count))
+
+
+class StageWorker:
+    """Runs one stage's tasks; see the module docstring."""
+
+    def __init__(
+        self, settings: WorkerSettings, stage: str, redis: Redis, storage: Storage, keys: Keys, *, consumer: str = ""
+    ) -> None:
+        if stage not in MODULES:
+            raise ValueError(f"unknown stage {stage!r}; one of {', '.join(STAGES)}")
+        self.settings = settings
+        self.stage = stage
+        self.redis = redis
+        self.storage = storage
+        self.keys = keys
+        self.module = MODULES[stage]
+        self.producer = StreamProducer(redis)
+        self.results = keys.results_stream()
+        self.consumer = StreamConsumer(
+            redis=redis,
+            stream=keys.stage_stream(stage),
+            group=keys.stage_group(stage),
+            handler=self.handle,
+            keys=keys,
+            consumer=consumer or default_consumer_name(),
+            concurrency=settings.worker_concurrency,
+            claim_idle_ms=settings.claim_idle_ms,
+            backoff=settings.backoff,
+            handler_timeout=settings.stage_timeout_seconds,
+            grace=settings.shutdown_grace_seconds,
+            on_dead_letter=self.dead_letter,
+        )
+
+    # --- the handler --------------------------------------------------------------
+    async def handle(self, d: Delivery) -> list[Emit]:
+        task = task_decoder.decode(d.payload)
+        with structlog.contextvars.bound_contextvars(job_id=task.job_id, stage=self.stage, attempt=d.attempt):
+            start = time.perf_counter()
+            costs: list[CostItem] = []
+            workdir = Path(tempfile.mkdtemp(prefix=f"montage-{self.stage}-"))
+            try:
+                ctx = StageContext(
+                    job_id=task.job_id,
+                    settings=self.settings,
+                    storage=self.storage,
+                    workdir=workdir,
+                    progress=self._progress(task),
+                    cost=self._cost(task, costs),
+                    check_cancelled=self._cancel_check(task.job_id),
+                )
+                await ctx.check_cancelled()
+                log.info("stage_started", delivery=d.delivery_count)
+                output = await self.module.process(ctx, task.job_id, task.input)
+            except JobCancelled as exc:
+                log.info("stage_cancelled")
+                return [self._result(task, d, start, costs, error=ErrorInfo(code="CANCELLED", message=exc.message))]
+            finally:
+                await asyncio.to_thread(shutil.rmtree, workdir, True)
+            log.info("stage_finished", seconds=round(time.perf_counter() - start, 3))
+            return [self._result(task, d, start, costs, output=msgspec.Raw(_output_encoder.encode(output)))]
+
+    def _result(
+        self,
+        task: StageTask,
+        d: Delivery,
+        start: float,
+        costs: list[CostItem],
+        *,
+        output: msgspec.Raw | None = None,
+        error: ErrorInfo | None = None,
+    ) -> Emit:
+        result = StageResult(
+            job_id=task.job_id,
+            stage=self.stage,
+            dispatch=task.dispatch,
+            ok=error is None,
+            output=output,
+            error=error,
+            duration_seconds=round(time.perf_counter() - start, 3),
+            costs=costs,
+            attempts=d.attempt,
+        )
+        return Emit(self.results, encode(result), message_id=f"{task.job_id}:{self.stage}:{task.dispatch}")
+
+    def dead_letter(self, d: Delivery, dead: DeadLetter) -> list[Emit]:
+        """Tell the orchestrator that the task failed for good."""
+        try:
+            task = task_decoder.decode(d.payload)
+        except msgspec.DecodeError:
+            log.error("stage_task_undecodable", entry=d.entry_id)
+            return []
+        error = ErrorInfo(code=dead.code, message=dead.message, retryable=False)
+        result = StageResult(
+            job_id=task.job_id, stage=self.stage, dispatch=task.dispatch, ok=False, error=error, attempts=dead.attempts
+        )
+        return [Emit(self.results, encode(result), message_id=f"{task.job_id}:{self.stage}:{task.dispatch}")]
+
+    # --- callbacks for the stage ----------------------------------------------------
+    def _progress(self, task: StageTask) -> Callable[[str], Awaitable[None]]:
+        async def progress(text: str) -> None:
+            msg = StageProgress(job_id=task.job_id, stage=self.stage, text=text, dispatch=task.dispatch)
+            with contextlib.suppress(Exception):  # progress is best effort; the result is not
+                await self.producer.emit([Emit(self.results, encode(msg))])
+
+        return progress
+
+    def _cost(self, task: StageTask, costs: list[CostItem]) -> Callable[[CostItem], Awaitable[None]]:
+        async def cost(item: CostItem) -> None:
+            costs.append(item)  # also carried by the final result: durable, deduped by call_id
+            msg = StageCost(job_id=task.job_id, stage=self.stage, cost=item, dispatch=task.dispatch)
+            with contextlib.suppress(Exception):
+                await self.producer.emit([Emit(self.results, encode(msg))])
+
+        return cost
+
+    def _cancel_check(self, job_id: str) -> Callable[[], Awaitable[None]]:
+        key = self.keys.job_cancel(job_id)
+
+        async def check() -> None:
+            if await self.redis.exists(key):
+                raise JobCancelled("Job cancelled by user", job_id=job_id)
+
+        return check
+
+    # --- lifecycle ------------------------------------------------------------------
+    async def heartbeat(self) -> None:
+        key = self.keys.worker_heartbeat(self.stage, self.consumer.consumer)
+        while True:
+            with contextlib.suppress(Exception):
+                await self.redis.set(key, str(time.time()), ex=HEARTBEAT_TTL)
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+
+    async def run(self) -> None:
+        beat = asyncio.create_task(self.heartbeat())
+        try:
+            await self.consumer.run()
+        finally:
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat
+            with contextlib.suppress(Exception):
+                await self.redis.delete(self.keys.worker_heartbeat(self.stage, self.consumer.consumer))
+
+    def stop(self) -> None:
+        self.consumer.stop()
+
+
+def describe(stage: str) -> dict[str, Any]:
+    return {"stage": stage, "module": MODULES[stage].__name__}
