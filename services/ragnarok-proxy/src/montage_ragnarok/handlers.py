@@ -1,0 +1,263 @@
+"""The Nexus endpoints. The gateway forwards ``/api/nexus/ragnarok/*`` unchanged after
+authenticating the user and adds ``X-Montage-Internal`` (shared secret) and ``X-Montage-User-Id``.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import structlog
+from aiohttp import web
+from montage_common import db
+from montage_common.errors import Forbidden, MontageError, NotFound, ServiceUnavailable, ValidationError
+from montage_common.web import Handler, internal_user, json_response
+
+from montage_ragnarok.ragnarok import RagnarokClient
+from montage_ragnarok.settings import ProxySettings
+from montage_ragnarok.store import Job, JobStore
+from montage_ragnarok.trinity import TrinityClient
+
+log = structlog.get_logger()
+
+PREFIX = "/api/nexus/ragnarok"
+MAX_NAME = 200
+TRACE_ID = "trace_id"
+HEADER_TRACE = "X-Trace-ID"
+
+
+def new_trace_id() -> str:
+    return f"nxs_{int(time.time())}_{secrets.token_hex(6)}"
+
+
+def new_job_id() -> str:
+    return f"job_{uuid.uuid4().hex}"
+
+
+def tracking_url(job_id: str) -> str:
+    return f"{PREFIX}/jobs/{job_id}"
+
+
+@web.middleware
+async def trace_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Give every Nexus request a ``trace_id``, bound to its log lines and put on error bodies."""
+    if not request.path.startswith(PREFIX):
+        return await handler(request)
+    trace_id = new_trace_id()
+    request[TRACE_ID] = trace_id
+    with structlog.contextvars.bound_contextvars(trace_id=trace_id):
+        try:
+            response = await handler(request)
+        except MontageError as err:
+            err.extra.setdefault("trace_id", trace_id)
+            err.headers.setdefault(HEADER_TRACE, trace_id)
+            raise
+        response.headers.setdefault(HEADER_TRACE, trace_id)
+        return response
+
+
+def job_view(job: Job) -> dict[str, Any]:
+    """The single job shape of ``GET /jobs/{job_id}``."""
+    return {
+        "job_id": job.job_id,
+        "workflow_id": job.workflow_id,
+        "status": job.status,
+        "tracking_url": tracking_url(job.job_id),
+        "business_name": job.business_name,
+        "video_url": job.video_url,
+        "cost_usd": float(job.cost_usd) if job.cost_usd is not None else None,
+        "quality_score": job.quality_score,
+        "error": job.error,
+        "enrichment": job.enrichment,
+        "trace_id": job.trace_id,
+        "created_at": job.created_at.isoformat(),
+        "updated_at": job.updated_at.isoformat(),
+        "completed_at": job.completed_at.isoformat() if job.completed_at else None,
+    }
+
+
+def _name(value: object, field: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValidationError(f"{field} is required")
+    if len(value) > MAX_NAME:
+        raise ValidationError(f"{field} must be at most {MAX_NAME} characters")
+    return value.strip()
+
+
+async def _json_object(request: web.Request, *, required: bool) -> dict[str, Any]:
+    raw = await request.read()
+    if not raw.strip():
+        if required:
+            raise ValidationError("A JSON object body is required")
+        return {}
+    try:
+        body = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        raise ValidationError("Body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ValidationError("Body must be a JSON object")
+    return body
+
+
+@dataclass(frozen=True, slots=True)
+class Deps:
+    """What the handlers need, built in the app's cleanup context."""
+
+    settings: ProxySettings
+    store: JobStore
+    ragnarok: RagnarokClient
+    trinity: TrinityClient
+
+
+DEPS: web.AppKey[Deps] = web.AppKey("ragnarok_deps", Deps)
+
+
+class NexusHandlers:
+    """Routes of the proxy; dependencies come from ``app[DEPS]``."""
+
+    def __init__(self, settings: ProxySettings) -> None:
+        self.secret = settings.internal_secret
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.post(f"{PREFIX}/generate/enriched", self.generate_enriched),
+            web.post(f"{PREFIX}/direct/submit", self.direct_submit),
+            web.get(f"{PREFIX}/jobs/{{job_id}}", self.get_job),
+        ]
+
+    async def generate_enriched(self, request: web.Request) -> web.Response:
+        user_id = internal_user(request, self.secret)
+        deps = request.app[DEPS]
+        trace_id = request[TRACE_ID]
+        with structlog.contextvars.bound_contextvars(user_id=user_id):
+            body = await _json_object(request, required=True)
+            company = _name(body.get("company_name"), "company_name")
+            industry = body.get("industry")
+            if industry is not None and not isinstance(industry, str):
+                raise ValidationError("industry must be a string")
+            enrichment = await deps.trinity.enrich(body, trace_id=trace_id)
+            payload = {**body, "business_name": company, "industry": industry}
+            payload.pop("company_name", None)
+            if enrichment.get("available"):
+                payload["enrichment"] = {k: v for k, v in enrichment.items() if k != "available"}
+            return await self._submit(
+                deps,
+                user_id=user_id,
+                trace_id=trace_id,
+                kind="enriched",
+                business=company,
+                record=body,
+                payload=payload,
+                enrichment=enrichment,
+            )
+
+    async def direct_submit(self, request: web.Request) -> web.Response:
+        user_id = internal_user(request, self.secret)
+        deps = request.app[DEPS]
+        trace_id = request[TRACE_ID]
+        with structlog.contextvars.bound_contextvars(user_id=user_id):
+            business = _name(request.query.get("business_name"), "business_name")
+            body = await _json_object(request, required=False)
+            payload = {**body, "business_name": business}
+            record = {**body, "business_name": business}
+            return await self._submit(
+                deps,
+                user_id=user_id,
+                trace_id=trace_id,
+                kind="direct",
+                business=business,
+                record=record,
+                payload=payload,
+                enrichment=None,
+            )
+
+    async def _submit(
+        self,
+        deps: Deps,
+        *,
+        user_id: str,
+        trace_id: str,
+        kind: str,
+        business: str,
+        record: dict[str, Any],
+        payload: dict[str, Any],
+        enrichment: dict[str, Any] | None,
+    ) -> web.Response:
+        job_id = new_job_id()
+        payload["client_reference"] = job_id
+        with structlog.contextvars.bound_contextvars(job_id=job_id):
+            submitted = await deps.ragnarok.submit(payload, trace_id=trace_id)
+            with structlog.contextvars.bound_contextvars(workflow_id=submitted.workflow_id):
+                job = await self._record(
+                    deps,
+                    job_id,
+                    submitted.workflow_id,
+                    submitted.status,
+                    user_id=user_id,
+                    trace_id=trace_id,
+                    kind=kind,
+                    business=business,
+                    record=record,
+                    enrichment=enrichment,
+                )
+                log.info("job_submitted", kind=kind, business_name=business)
+        response: dict[str, Any] = {
+            "job_id": job.job_id,
+            "workflow_id": job.workflow_id,
+            "status": job.status,
+            "tracking_url": tracking_url(job.job_id),
+            "trace_id": trace_id,
+        }
+        if kind == "enriched":
+            response["enrichment"] = enrichment
+        return json_response(response, status=202)
+
+    async def _record(
+        self,
+        deps: Deps,
+        job_id: str,
+        workflow_id: str,
+        status: str,
+        *,
+        user_id: str,
+        trace_id: str,
+        kind: str,
+        business: str,
+        record: dict[str, Any],
+        enrichment: dict[str, Any] | None,
+    ) -> Job:
+
+        async def insert() -> Job:
+            return await deps.store.insert(
+                job_id=job_id,
+                user_id=user_id,
+                workflow_id=workflow_id,
+                kind=kind,
+                business_name=business,
+                status=status,
+                request=record,
+                enrichment=enrichment,
+                trace_id=trace_id,
+                first_poll_in=deps.settings.poll_interval_seconds,
+            )
+
+        try:
+            return await db.retrying(insert)
+        except Exception as exc:
+            # RAGNAROK accepted the workflow but we could not record it: it runs unpolled.
+            log.error("job_record_failed", error=f"{type(exc).__name__}: {exc}")
+            raise ServiceUnavailable("The job could not be recorded; try again") from None
+
+    async def get_job(self, request: web.Request) -> web.Response:
+        user_id = internal_user(request, self.secret)
+        job_id = request.match_info["job_id"]
+        job = await request.app[DEPS].store.get(job_id)
+        if job is None:
+            raise NotFound(f"No job {job_id}")
+        if job.user_id != user_id:
+            raise Forbidden("This job belongs to another user", job_id=job_id)
+        return json_response(job_view(job), headers={HEADER_TRACE: job.trace_id})
