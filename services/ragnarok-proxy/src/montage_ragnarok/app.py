@@ -18,7 +18,7 @@ from montage_common.redis import create_redis
 from montage_common.web import READY_CHECKS, create_base_app
 
 from montage_ragnarok.events import EventPublisher
-from montage_ragnarok.handlers import DEPS, Deps, NexusHandlers, trace_middleware
+from montage_ragnarok.handlers import DEPS, Deps, NexusHandlers, trace_errors_middleware, trace_middleware
 from montage_ragnarok.poller import Poller
 from montage_ragnarok.ragnarok import RagnarokClient
 from montage_ragnarok.settings import ProxySettings
@@ -40,7 +40,9 @@ def create_app(settings: ProxySettings) -> web.Application:
         raise SystemExit("invalid configuration: " + "; ".join(problems))
     replica_id = settings.replica_id or default_replica_id()
     app = create_base_app(SERVICE)
-    app.middlewares.insert(1, trace_middleware)  # inside request ids, outside metrics and error mapping
+    # trace ids: bound outside the error mapping (so its log lines carry them), added to error bodies inside it
+    app.middlewares.insert(1, trace_middleware)
+    app.middlewares.append(trace_errors_middleware)
     app.router.add_routes(NexusHandlers(settings).routes())
 
     async def resources(app: web.Application) -> AsyncIterator[None]:

@@ -26,7 +26,7 @@ log = structlog.get_logger()
 
 PREFIX = "/api/nexus/ragnarok"
 MAX_NAME = 200
-TRACE_ID = "trace_id"
+TRACE_ID: web.RequestKey[str] = web.RequestKey("trace_id", str)
 HEADER_TRACE = "X-Trace-ID"
 
 
@@ -44,20 +44,26 @@ def tracking_url(job_id: str) -> str:
 
 @web.middleware
 async def trace_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Give every Nexus request a ``trace_id``, bound to its log lines and put on error bodies."""
+    """Outer: give every Nexus request a ``trace_id``, bound to all its log lines and sent back."""
     if not request.path.startswith(PREFIX):
         return await handler(request)
     trace_id = new_trace_id()
     request[TRACE_ID] = trace_id
     with structlog.contextvars.bound_contextvars(trace_id=trace_id):
-        try:
-            response = await handler(request)
-        except MontageError as err:
-            err.extra.setdefault("trace_id", trace_id)
-            err.headers.setdefault(HEADER_TRACE, trace_id)
-            raise
+        response = await handler(request)
         response.headers.setdefault(HEADER_TRACE, trace_id)
         return response
+
+
+@web.middleware
+async def trace_errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Inner (before errors become responses): put the request's ``trace_id`` on error bodies."""
+    try:
+        return await handler(request)
+    except MontageError as err:
+        if (trace_id := request.get(TRACE_ID)) is not None:
+            err.extra.setdefault("trace_id", trace_id)
+        raise
 
 
 def job_view(job: Job) -> dict[str, Any]:
