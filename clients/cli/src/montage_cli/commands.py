@@ -1,0 +1,88 @@
+"""What each ``montage`` subcommand does, given a connected client."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from montage_cli.client import MontageClient
+from montage_cli.errors import JobFailed
+from montage_cli.render import JobView, ProgressRenderer, money
+from montage_cli.sse import job_events
+
+
+def emit_json(value: Any, out: TextIO = sys.stdout) -> None:
+    out.write(json.dumps(value, indent=2, default=str) + "\n")
+
+
+async def follow(
+    client: MontageClient,
+    job_id: str,
+    *,
+    renderer: ProgressRenderer | None = None,
+    json_lines: TextIO | None = None,
+    last_event_id: str | None = None,
+) -> JobView:
+    """Follow the job's events to the end; raises :class:`JobFailed` if it fails."""
+    view = JobView(job_id)
+    renderer = renderer or ProgressRenderer()
+
+    def reconnecting(attempt: int, delay: float) -> None:
+        if json_lines is None:
+            renderer.note(f"stream dropped; reconnecting in {delay:g} s (attempt {attempt})")
+
+    try:
+        async for ev in job_events(client, job_id, last_event_id=last_event_id, on_reconnect=reconnecting):
+            if json_lines is not None:
+                json_lines.write(json.dumps({"id": ev.id, "event": ev.event, "data": ev.json()}) + "\n")
+                json_lines.flush()
+            if view.apply(ev) and json_lines is None:
+                renderer.draw(view)
+    finally:
+        renderer.finish()
+    if view.final == "failed":
+        raise JobFailed(job_id, view.error_code or "ERROR", view.error or "failed")
+    return view
+
+
+def format_job(job: dict[str, Any]) -> str:
+    lines = [
+        f"job        {job.get('job_id')}",
+        f"status     {job.get('status')}",
+        f"stage      {job.get('current_stage') or '-'}",
+        f"progress   {job.get('progress', 0)}%",
+        f"cost       {money(job.get('total_cost', 0))}",
+    ]
+    if job.get("estimated_remaining"):
+        lines.append(f"remaining  ~{job['estimated_remaining']} s")
+    if job.get("video_url"):
+        lines.append(f"video      {job['video_url']}")
+    if job.get("error_message"):
+        lines.append(f"error      {job['error_message']}")
+    lines.append(f"created    {job.get('created_at')}")
+    if job.get("updated_at"):
+        lines.append(f"updated    {job['updated_at']}")
+    return "\n".join(lines)
+
+
+def format_jobs(body: dict[str, Any]) -> str:
+    jobs = body.get("jobs") or []
+    if not jobs:
+        return "no jobs"
+    head = f"{'job_id':<38} {'status':<11} {'progress':>8} {'cost':>9}  created"
+    rows = [head, "─" * (len(head) + 20)]
+    for j in jobs:
+        rows.append(
+            f"{j.get('job_id', ''):<38} {j.get('status', ''):<11} {j.get('progress', 0):>7}% "
+            f"{money(j.get('total_cost', 0)):>9}  {j.get('created_at', '')}"
+        )
+    total = body.get("total")
+    if total is not None:
+        rows.append(f"{len(jobs)} of {total} (offset {body.get('offset', 0)})")
+    return "\n".join(rows)
+
+
+async def download(client: MontageClient, job_id: str, out_dir: Path) -> Path:
+    return await client.download(job_id, out_dir)

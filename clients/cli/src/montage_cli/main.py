@@ -1,0 +1,157 @@
+"""``montage``: submit songs, watch progress, fetch videos, and look at the queues.
+
+Talks to the gateway over HTTP (``MONTAGE_URL``, default http://127.0.0.1:8080) as the
+caller of ``MONTAGE_TOKEN``; in development, without a token, as ``demo-user`` with a
+development token it mints itself. ``montage queues`` reads Redis directly (``REDIS_URL``
+or ``var/stack.env``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import aiohttp
+
+from montage_cli import commands, queues
+from montage_cli.client import MontageClient
+from montage_cli.errors import CliError
+from montage_cli.settings import DEMO_USER, CliSettings, load_settings
+from montage_cli.tokens import dev_token, refuse_in_production, resolve_token
+
+JOB_STATUSES = ("queued", "processing", "completed", "failed")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="montage", description=(__doc__ or "").split("\n\n")[0])
+    p.add_argument("--url", help="gateway URL (default: MONTAGE_URL or http://127.0.0.1:8080)")
+    p.add_argument("--user", default=DEMO_USER, help="development only: the user a minted token is for")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("submit", help="upload a song with a prompt and create a job")
+    s.add_argument("song", type=Path)
+    s.add_argument("--prompt", required=True, help="what the video should look like (50-500 characters)")
+    s.add_argument("--watch", action="store_true", help="follow progress until the job ends")
+    s.add_argument("--json", action="store_true")
+
+    w = sub.add_parser("watch", help="follow a job's live progress (resumes dropped streams)")
+    w.add_argument("job")
+    w.add_argument("--last-event-id", help="resume after this event id")
+    w.add_argument("--json", action="store_true", help="one JSON line per event")
+
+    st = sub.add_parser("status", help="a job's current state")
+    st.add_argument("job")
+    st.add_argument("--json", action="store_true")
+
+    ls = sub.add_parser("list", help="your jobs, newest first")
+    ls.add_argument("--status", choices=JOB_STATUSES)
+    ls.add_argument("--limit", type=int, default=10)
+    ls.add_argument("--offset", type=int, default=0)
+    ls.add_argument("--json", action="store_true")
+
+    c = sub.add_parser("cancel", help="cancel a queued or running job")
+    c.add_argument("job")
+    c.add_argument("--json", action="store_true")
+
+    d = sub.add_parser("download", help="download a finished job's video")
+    d.add_argument("job")
+    d.add_argument("-o", "--out", type=Path, default=Path("out"), help="directory (default ./out)")
+
+    t = sub.add_parser("token", help="development only: print a development token")
+    t.add_argument("--user", dest="token_user", default=None, help="user id (default demo-user)")
+
+    q = sub.add_parser("queues", help="operator view: stream length, pending, lag, dead letters, consumers")
+    q.add_argument("--json", action="store_true")
+
+    sub.add_parser("health", help="the gateway's health report")
+    return p
+
+
+async def run_queues(settings: CliSettings, as_json: bool) -> int:
+    from montage_common.keys import Keys
+    from montage_common.redis import create_redis
+
+    redis = create_redis(settings.redis_url, max_connections=4)
+    try:
+        snap = await queues.snapshot(redis, Keys(settings.redis_namespace))
+    except OSError as exc:
+        raise CliError(f"cannot reach Redis at {settings.redis_url}: {exc}") from None
+    except Exception as exc:  # redis' own connection errors
+        if type(exc).__name__ in ("ConnectionError", "TimeoutError"):
+            raise CliError(f"cannot reach Redis at {settings.redis_url}: {exc}; is the stack running?") from None
+        raise
+    finally:
+        await redis.aclose()
+    if as_json:
+        commands.emit_json(snap)
+    else:
+        print(queues.format_table(snap))
+    return 0
+
+
+async def run(args: argparse.Namespace, settings: CliSettings) -> int:
+    if args.cmd == "queues":
+        return await run_queues(settings, args.json)
+    if args.cmd == "token":
+        refuse_in_production(settings)
+    url = args.url or settings.montage_url
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=120)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        client = MontageClient(session, url)
+        if args.cmd == "health":
+            commands.emit_json(await client.health())
+            return 0
+        if args.cmd == "token":
+            print(await dev_token(client, settings, args.token_user or args.user))
+            return 0
+        client.token = await resolve_token(client, settings, args.user)
+        return await dispatch(client, args)
+
+
+async def dispatch(client: MontageClient, args: argparse.Namespace) -> int:
+    match args.cmd:
+        case "submit":
+            job = await client.upload(args.song, args.prompt)
+            if args.json:
+                commands.emit_json(job)
+            else:
+                print(f"job {job['job_id']} {job.get('status')} (estimated cost ${job.get('estimated_cost')})")
+            if args.watch:
+                view = await commands.follow(client, job["job_id"])
+                print(f"completed: total cost ${view.cost:.2f}; `montage download {job['job_id']}`")
+        case "watch":
+            lines = sys.stdout if args.json else None
+            view = await commands.follow(client, args.job, json_lines=lines, last_event_id=args.last_event_id)
+            if not args.json:
+                print(f"completed: total cost ${view.cost:.2f}")
+        case "status":
+            job = await client.job(args.job)
+            commands.emit_json(job) if args.json else print(commands.format_job(job))
+        case "list":
+            body = await client.jobs(args.status, args.limit, args.offset)
+            commands.emit_json(body) if args.json else print(commands.format_jobs(body))
+        case "cancel":
+            body = await client.cancel(args.job)
+            commands.emit_json(body) if args.json else print(f"job {body.get('job_id')}: {body.get('message')}")
+        case "download":
+            print(await commands.download(client, args.job, args.out))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = load_settings(os.environ)
+    try:
+        return asyncio.run(run(args, settings))
+    except CliError as err:
+        print(f"montage: {err.message}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

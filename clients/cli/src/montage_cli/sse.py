@@ -1,0 +1,150 @@
+"""Server-Sent Events: a line parser and a job event stream that survives dropped connections.
+
+A dropped stream is resumed with ``Last-Event-ID`` (the gateway replays exactly what was
+missed) after a backoff of 2, 4, 8 s (then 8 s), bounded in attempts; any received event
+resets the backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from montage_cli.client import API, MontageClient
+from montage_cli.errors import ApiError, CliError, StackNotRunning
+
+FINAL_EVENTS = ("completed", "error")
+FINAL_STATUSES = ("completed", "failed")
+BACKOFF_SECONDS: tuple[float, ...] = (2.0, 4.0, 8.0)
+MAX_RECONNECTS = 8
+READ_TIMEOUT = 75.0  # heartbeats arrive every 30 s; silence for longer means a dead connection
+
+
+@dataclass
+class SseEvent:
+    event: str = "message"
+    data: str = ""
+    id: str | None = None
+    retry: int | None = None
+
+    def json(self) -> dict[str, Any]:
+        try:
+            value = json.loads(self.data) if self.data else {}
+        except ValueError:
+            return {"text": self.data}
+        return value if isinstance(value, dict) else {"value": value}
+
+
+@dataclass
+class SseParser:
+    """Feed decoded lines (without the line break); returns an event on each blank line."""
+
+    _event: str = ""
+    _data: list[str] = field(default_factory=list)
+    _id: str | None = None
+    _retry: int | None = None
+    last_id: str | None = None
+
+    def feed(self, line: str) -> SseEvent | None:
+        if line == "":
+            return self._dispatch()
+        if line.startswith(":"):
+            return None
+        name, sep, value = line.partition(":")
+        if sep and value.startswith(" "):
+            value = value[1:]
+        if name == "event":
+            self._event = value
+        elif name == "data":
+            self._data.append(value)
+        elif name == "id" and "\x00" not in value:
+            self._id = value
+        elif name == "retry" and value.isdigit():
+            self._retry = int(value)
+        return None
+
+    def _dispatch(self) -> SseEvent | None:
+        if self._id is not None:
+            self.last_id = self._id
+        if not self._data and not self._event:
+            self._id = None
+            return None
+        ev = SseEvent(self._event or "message", "\n".join(self._data), self._id, self._retry)
+        self._event, self._data, self._id, self._retry = "", [], None, None
+        return ev
+
+
+async def read_events(resp: aiohttp.ClientResponse, parser: SseParser) -> AsyncIterator[SseEvent]:
+    """Events of one open SSE response until it ends."""
+    buffer = b""
+    while True:
+        chunk = await asyncio.wait_for(resp.content.readany(), READ_TIMEOUT)
+        if not chunk:
+            return
+        buffer += chunk
+        *lines, buffer = buffer.split(b"\n")
+        for raw in lines:
+            ev = parser.feed(raw.rstrip(b"\r").decode("utf-8", errors="replace"))
+            if ev is not None:
+                yield ev
+
+
+def final_event_from_status(job: dict[str, Any]) -> SseEvent | None:
+    """A job found final by polling, as the final event the stream would have sent."""
+    status = job.get("status")
+    if status == "completed":
+        data = {"video_url": job.get("video_url"), "total_cost": job.get("total_cost")}
+        return SseEvent("completed", json.dumps(data))
+    if status == "failed":
+        data = {"error": job.get("error_message") or "Job failed", "code": job.get("error_code") or "FAILED"}
+        return SseEvent("error", json.dumps({**data, "retryable": False}))
+    return None
+
+
+async def job_events(
+    client: MontageClient,
+    job_id: str,
+    *,
+    last_event_id: str | None = None,
+    backoff: Sequence[float] = BACKOFF_SECONDS,
+    max_reconnects: int = MAX_RECONNECTS,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    on_reconnect: Callable[[int, float], None] | None = None,
+) -> AsyncIterator[SseEvent]:
+    """Every event of the job, resuming after drops, until ``completed`` or ``error``."""
+    parser = SseParser(last_id=last_event_id)
+    failures = 0
+    while True:
+        headers = {"Accept": "text/event-stream"}
+        if parser.last_id:
+            headers["Last-Event-ID"] = parser.last_id
+        try:
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
+            async with client.request("GET", f"{API}/jobs/{job_id}/stream", headers=headers, timeout=timeout) as resp:
+                async for ev in read_events(resp, parser):
+                    failures = 0
+                    yield ev
+                    if ev.event in FINAL_EVENTS:
+                        return
+            # The server closed the stream without a final event: is the job already over?
+            final = final_event_from_status(await client.job(job_id))
+            if final is not None:
+                yield final
+                return
+        except ApiError as err:
+            if err.status < 500 and err.status != 429:
+                raise
+        except (aiohttp.ClientError, TimeoutError, StackNotRunning):
+            pass
+        failures += 1
+        if failures > max_reconnects:
+            raise CliError(f"lost the progress stream of job {job_id} after {max_reconnects} reconnects")
+        delay = backoff[min(failures - 1, len(backoff) - 1)]
+        if on_reconnect is not None:
+            on_reconnect(failures, delay)
+        await sleep(delay)
