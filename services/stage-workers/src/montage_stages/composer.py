@@ -83,7 +83,7 @@ def filter_graph(segments: list[Segment], fps: int, width: int, height: int) -> 
         hold = max(0.0, need - seg.clip.duration) + 1.0 / fps
         parts.append(
             f"[{i}:v]fps={fps},scale={width}:{height},setsar=1,format=yuv420p,"
-            f"tpad=stop_mode=clone:stop_duration={hold:.3f},trim=duration={need:.4f},setpts=PTS-STARTPTS[v{i}]"
+            f"tpad=stop_mode=clone:stop_duration={hold:.3f},trim=duration={need:.4f},setpts=PTS-STARTPTS,settb=AVTB[v{i}]"
         )
     current = "v0"
     for i in range(1, len(segments)):
@@ -95,7 +95,7 @@ def filter_graph(segments: list[Segment], fps: int, width: int, height: int) -> 
                 f"duration={prev.tail:.3f}:offset={segments[i].start:.4f}[{out}]"
             )
         else:
-            parts.append(f"[{current}][v{i}]concat=n=2:v=1:a=0[{out}]")
+            parts.append(f"[{current}][v{i}]concat=n=2:v=1:a=0,fps={fps},settb=AVTB[{out}]")
         current = out
     parts.append(f"[{current}]settb=AVTB,format=yuv420p[vout]")
     return ";".join(parts)

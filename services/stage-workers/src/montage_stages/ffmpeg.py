@@ -58,9 +58,9 @@ async def run(args: list[str], *, exe: str = "", stdin: bytes | None = None) -> 
         raise
     text = err.decode("utf-8", "replace")
     if proc.returncode != 0:
-        tail = " | ".join(text.strip().splitlines()[-3:])
+        tail = " | ".join(text.strip().splitlines()[-8:])
         log.warning("ffmpeg_failed", returncode=proc.returncode, stderr=tail[-500:])
-        raise FfmpegError(f"ffmpeg failed ({proc.returncode}): {tail[-300:]}")
+        raise FfmpegError(f"ffmpeg failed ({proc.returncode}): {tail[-1500:]}")
     return out, text
 
 

@@ -1,0 +1,97 @@
+"""The six stages in sequence, on real songs, to a playable MP4."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from montage_common.models import (
+    AudioParserInput,
+    ComposerInput,
+    PromptGeneratorInput,
+    ReferenceGeneratorInput,
+    ScenePlannerInput,
+    VideoGeneratorInput,
+)
+from montage_common.storage import LocalStorage
+from montage_stages import (
+    audio_parser,
+    composer,
+    ffmpeg,
+    prompt_generator,
+    reference_generator,
+    scene_planner,
+    video_generator,
+)
+from montage_stages.context import StageContext
+
+from .conftest import SONG_SECONDS, Recorder
+from .media import correlation, decode_errors, envelope
+
+
+@pytest.mark.parametrize("ext", ["wav", "mp3", "flac"])
+async def test_song_to_music_video(
+    ext: str,
+    song_files: dict[str, Path],
+    storage: LocalStorage,
+    make_ctx: Callable[..., StageContext],
+    recorder: Recorder,
+) -> None:
+    job = f"job-{ext}"
+    audio_key = f"audio-uploads/{job}/song.{ext}"
+    await storage.put_file(audio_key, song_files[ext])
+    ctx = make_ctx(job)
+
+    analysis = await audio_parser.process(ctx, job, AudioParserInput(audio_key=audio_key))
+    plan = await scene_planner.process(
+        ctx, job, ScenePlannerInput(user_prompt="a neon city at night, two friends dancing", audio=analysis)
+    )
+    refs = await reference_generator.process(ctx, job, ReferenceGeneratorInput(plan=plan))
+    prompts = await prompt_generator.process(ctx, job, PromptGeneratorInput(plan=plan, references=refs))
+    clips = await video_generator.process(ctx, job, VideoGeneratorInput(clip_prompts=prompts))
+    out = await composer.process(
+        ctx,
+        job,
+        ComposerInput(
+            clips=clips,
+            audio_key=audio_key,
+            transitions=plan.transitions,
+            beats=analysis.beat_timestamps,
+            duration=analysis.duration,
+        ),
+    )
+
+    # the plan follows the song: clips tile it, inner boundaries on beats, lengths 3..8 s (+ folding)
+    scripts = plan.clip_scripts
+    assert scripts[0].start == 0.0 and scripts[-1].end == pytest.approx(analysis.duration)
+    assert all(a.end == b.start for a, b in zip(scripts, scripts[1:], strict=False))
+    assert all(min(abs(s.start - b) for b in analysis.beat_timestamps) < 1e-3 for s in scripts[1:])
+    assert all(1.5 <= s.end - s.start <= 12.0 for s in scripts)
+    assert len(refs.scene_references) == len(plan.scenes)
+    for ref in refs.scene_references + refs.character_references:
+        assert await storage.exists(ref.key)
+    assert all(p.reference_keys for p in prompts.clips) and not prompts.text_only
+    assert len(clips.clips) == len(scripts) and not clips.failed
+    assert f"Rendering clip {len(scripts)} of {len(scripts)}" in recorder.progress
+
+    # a playable MP4 of the song's length whose audio is the song
+    assert out.key == f"video-outputs/{job}/final_video.mp4"
+    video = storage.path_of(out.key)
+    assert await decode_errors(video) == ""
+    assert await ffmpeg.media_duration(video) == pytest.approx(analysis.duration, abs=0.1)
+    assert analysis.duration == pytest.approx(SONG_SECONDS, abs=0.1)
+    assert correlation(await envelope(video), await envelope(song_files[ext])) > 0.95
+
+    # cuts land on detected beats, within one frame
+    frame = 1.0 / ctx.settings.video_fps
+    assert out.cuts == [s.start for s in scripts[1:]]
+    assert all(min(abs(c - b) for b in analysis.beat_timestamps) <= frame for c in out.cuts)
+
+    # every stage priced its work with a stable call id
+    ids = {c.call_id for c in recorder.costs}
+    stages = ("audio_parser", "scene_planner", "reference_generator", "prompt_generator", "composer")
+    assert {f"{job}:{s}:local" for s in stages} <= ids
+    assert {f"{job}:video_generator:clip_{s.index}" for s in scripts} <= ids
+    assert all(c.amount >= 0 for c in recorder.costs)
