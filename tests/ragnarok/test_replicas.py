@@ -86,3 +86,13 @@ async def test_two_replicas_share_polling_and_survive_a_sigkill(  # noqa: PLR091
     events = [decoder.decode(fields[FIELD]) for _, fields in entries]
     assert {e.job_id for e in events} == {j["job_id"] for j in jobs}
     assert {e.status for e in events} == {"completed"}
+
+    # SIGTERM: the survivor stops its poller, releases its leases and exits cleanly
+    r2.proc.terminate()
+
+    async def exited() -> bool:
+        return r2.proc.poll() is not None
+
+    await wait_for(exited)
+    assert r2.proc.returncode == 0
+    assert "leases_released" in r2.log.read_text()
