@@ -6,7 +6,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
 from montage_common.models import CostItem
 from montage_common.storage import LocalStorage
 from montage_stages import synth

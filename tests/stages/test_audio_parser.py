@@ -5,7 +5,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from montage_common.errors import PipelineError
 from montage_common.models import AudioParserInput
 from montage_common.storage import LocalStorage
@@ -23,7 +22,9 @@ async def test_click_track_tempo_and_beats(
     path = synth.write_wav(tmp_path / "click.wav", synth.click_track(30.0, bpm, offset=CLICK_OFFSET))
     await storage.put_file("audio-uploads/job1/click.wav", path)
 
-    analysis = await audio_parser.process(make_ctx(), "job1", AudioParserInput(audio_key="audio-uploads/job1/click.wav"))
+    analysis = await audio_parser.process(
+        make_ctx(), "job1", AudioParserInput(audio_key="audio-uploads/job1/click.wav")
+    )
 
     assert abs(analysis.tempo - bpm) / bpm < 0.02
     assert analysis.duration == pytest.approx(30.0, abs=0.05)
@@ -49,7 +50,7 @@ async def test_song_structure(
     assert a.sections[0].start == 0.0 and a.sections[-1].end == pytest.approx(a.duration)
     assert all(s.label in {"intro", "verse", "chorus", "bridge", "outro"} for s in a.sections)
     assert len(a.energy) == pytest.approx(a.duration * a.energy_rate, abs=2)
-    assert 0.0 <= min(a.energy) and max(a.energy) <= 1.0
+    assert min(a.energy) >= 0.0 and max(a.energy) <= 1.0
     assert a.mood.name and 0.0 <= a.mood.valence <= 1.0
     assert a.lyrics is None
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
 from montage_common.models import (
     AudioParserInput,
     ComposerInput,
@@ -66,7 +66,7 @@ async def test_song_to_music_video(
     # the plan follows the song: clips tile it, inner boundaries on beats, lengths 3..8 s (+ folding)
     scripts = plan.clip_scripts
     assert scripts[0].start == 0.0 and scripts[-1].end == pytest.approx(analysis.duration)
-    assert all(a.end == b.start for a, b in zip(scripts, scripts[1:], strict=False))
+    assert all(a.end == b.start for a, b in itertools.pairwise(scripts))
     assert all(min(abs(s.start - b) for b in analysis.beat_timestamps) < 1e-3 for s in scripts[1:])
     assert all(1.5 <= s.end - s.start <= 12.0 for s in scripts)
     assert len(refs.scene_references) == len(plan.scenes)

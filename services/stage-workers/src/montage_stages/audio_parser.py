@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import asyncio
 
+import msgspec
 import numpy as np
 import structlog
-
 from montage_common.models import AudioAnalysis, AudioParserInput, LyricLine
 
 from montage_stages import beats, ffmpeg, spectrum, structure
@@ -41,7 +41,7 @@ async def process(ctx: StageContext, job_id: str, input: AudioParserInput) -> Au
             lyrics = await transcribe(ctx, local)
         await meter.report()
         if lyrics is not None:
-            result = AudioAnalysis(**{**_fields(result), "lyrics": lyrics})
+            result = msgspec.structs.replace(result, lyrics=lyrics)
         log.info(
             "audio_analysed",
             job_id=job_id,
@@ -117,7 +117,7 @@ def _sync(frames: np.ndarray, rate: float, bounds: np.ndarray, duration: float) 
 
 
 def _unit(rows: np.ndarray) -> np.ndarray:
-    return rows / (np.linalg.norm(rows, axis=1, keepdims=True) + 1e-9)
+    return np.asarray(rows / (np.linalg.norm(rows, axis=1, keepdims=True) + 1e-9))
 
 
 def _change(beat_chroma: np.ndarray) -> np.ndarray:
@@ -128,7 +128,3 @@ def _change(beat_chroma: np.ndarray) -> np.ndarray:
     sim = np.ones(u.shape[0])
     sim[1:] = (u[1:] * u[:-1]).sum(axis=1)
     return 1.0 - sim
-
-
-def _fields(a: AudioAnalysis) -> dict[str, object]:
-    return {f: getattr(a, f) for f in a.__struct_fields__}

@@ -52,7 +52,7 @@ def track_beats(onset: np.ndarray, rate: float, bpm: float) -> np.ndarray:
     sigma = period / 32
     k = np.arange(-int(period), int(period) + 1)
     local = np.convolve(onset, np.exp(-0.5 * (k / sigma) ** 2), mode="same")
-    window = np.arange(-int(round(2 * period)), -int(round(period / 2)) + 1)
+    window = np.arange(-round(2 * period), -round(period / 2) + 1)
     txwt = -TIGHTNESS * np.log(-window / period) ** 2
     cum = np.zeros(n)
     back = np.full(n, -1, dtype=np.int64)

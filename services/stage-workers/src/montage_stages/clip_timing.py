@@ -43,9 +43,7 @@ def clip_bounds(audio: AudioAnalysis, min_len: float, max_len: float) -> list[fl
                 break
             target = cur + _target_len(energy_at(audio, cur), min_len, max_len)
             hi = min(cur + max_len, end - min_len)
-            cands = [g for g in grid if cur + min_len <= g <= hi] or [
-                b for b in beats if cur + min_len <= b <= hi
-            ]
+            cands = [g for g in grid if cur + min_len <= g <= hi] or [b for b in beats if cur + min_len <= b <= hi]
             if not cands:
                 cands = [cur + min(max_len, (end - cur) / 2)] if not beats else []
             if not cands:
@@ -61,4 +59,4 @@ def clip_bounds(audio: AudioAnalysis, min_len: float, max_len: float) -> list[fl
 def _target_len(energy: float, min_len: float, max_len: float) -> float:
     """Loud passages cut faster: energy 1 → min length, energy 0 → max length."""
     e = min(1.0, max(0.0, energy))
-    return max_len - (max_len - min_len) * e ** 0.7
+    return float(max_len - (max_len - min_len) * e**0.7)

@@ -14,7 +14,6 @@ goes to ``video-outputs/{job_id}/final_video.mp4``.
 from __future__ import annotations
 
 import structlog
-
 from montage_common.errors import PipelineError
 from montage_common.models import Clip, ComposerInput, Transition, VideoOutput
 
@@ -137,5 +136,11 @@ async def process(ctx: StageContext, job_id: str, input: ComposerInput) -> Video
         await meter.report()
         cuts = [round(seg.start, 4) for seg in segments[1:]]
         log.info("video_composed", job_id=job_id, segments=len(segments), size=size)
-        return VideoOutput(key=key, duration=round(input.duration, 3), width=s.video_width,
-                           height=s.video_height, size_bytes=size, cuts=cuts)
+        return VideoOutput(
+            key=key,
+            duration=round(input.duration, 3),
+            width=s.video_width,
+            height=s.video_height,
+            size_bytes=size,
+            cuts=cuts,
+        )

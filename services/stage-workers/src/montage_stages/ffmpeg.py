@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import structlog
-
 from montage_common.errors import PipelineError
 
 log = structlog.get_logger()

@@ -10,7 +10,6 @@ import base64
 import binascii
 
 import aiohttp
-
 from montage_common.errors import GenerationError, RetryableError
 from montage_common.models import CostItem
 
@@ -21,13 +20,19 @@ from montage_stages.costing import usd
 async def generate_png(ctx: StageContext, call_id: str, prompt: str, width: int, height: int) -> bytes:
     s = ctx.settings
     url = s.image_provider_url.rstrip("/") + "/images/generations"
-    body = {"model": s.image_provider_model, "prompt": prompt, "size": f"{width}x{height}",
-            "response_format": "b64_json", "n": 1}
+    body = {
+        "model": s.image_provider_model,
+        "prompt": prompt,
+        "size": f"{width}x{height}",
+        "response_format": "b64_json",
+        "n": 1,
+    }
     headers = {"Authorization": f"Bearer {s.image_provider_api_key}"} if s.image_provider_api_key else {}
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session, session.post(
-            url, json=body, headers=headers
-        ) as resp:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session,
+            session.post(url, json=body, headers=headers) as resp,
+        ):
             if resp.status == 429 or resp.status >= 500:
                 raise RetryableError(f"image provider answered {resp.status}")
             if resp.status >= 400:
@@ -41,6 +46,7 @@ async def generate_png(ctx: StageContext, call_id: str, prompt: str, width: int,
         raise GenerationError(f"image provider answer unusable: {exc}") from None
     if not png.startswith(b"\x89PNG"):
         raise GenerationError("image provider did not return a PNG")
-    await ctx.cost(CostItem(call_id=call_id, api_name=f"image:{s.image_provider_model}",
-                            amount=usd(s.image_usd_per_image)))
+    await ctx.cost(
+        CostItem(call_id=call_id, api_name=f"image:{s.image_provider_model}", amount=usd(s.image_usd_per_image))
+    )
     return png

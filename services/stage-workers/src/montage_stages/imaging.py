@@ -44,7 +44,7 @@ def scene_image(palette: list[str], seed: str, width: int, height: int) -> np.nd
         bx, by, br = rng.uniform(0, 1), rng.uniform(0, 0.6), rng.uniform(0.01, 0.04)
         bd = np.sqrt(((x - bx) * width / height) ** 2 + (y - by) ** 2)
         img = img + 60 * np.clip(1 - bd / br, 0, 1)
-    return np.clip(img, 0, 255).astype(np.uint8)
+    return np.asarray(np.clip(img, 0, 255), dtype=np.uint8)
 
 
 def character_image(palette: list[str], seed: str, width: int, height: int) -> np.ndarray:
@@ -65,7 +65,7 @@ def character_image(palette: list[str], seed: str, width: int, height: int) -> n
     edge[:, :-2] |= figure[:, :-2] & ~figure[:, 2:]
     img = np.where(figure[..., None], c[3] * 0.35, img)
     img = np.where(edge[..., None], c[2] * 0.5 + 127, img)
-    return np.clip(img, 0, 255).astype(np.uint8)
+    return np.asarray(np.clip(img, 0, 255), dtype=np.uint8)
 
 
 def png_bytes(image: np.ndarray) -> bytes:

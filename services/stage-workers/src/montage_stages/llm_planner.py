@@ -13,7 +13,6 @@ from typing import Any
 
 import aiohttp
 import msgspec
-
 from montage_common.errors import GenerationError, RetryableError
 from montage_common.models import Character, ClipScript, CostItem, Scene, ScenePlan
 
@@ -42,7 +41,9 @@ async def enrich(ctx: StageContext, job_id: str, prompt: str, plan: ScenePlan) -
         "style": plan.style,
         "characters": [msgspec.to_builtins(c) for c in plan.characters],
         "scenes": [{"id": sc.id, "description": sc.description, "setting": sc.setting} for sc in plan.scenes],
-        "clips": [{"index": c.index, "scene_id": c.scene_id, "start": c.start, "end": c.end} for c in plan.clip_scripts],
+        "clips": [
+            {"index": c.index, "scene_id": c.scene_id, "start": c.start, "end": c.end} for c in plan.clip_scripts
+        ],
     }
     body = {
         "model": s.llm_model,
@@ -53,9 +54,10 @@ async def enrich(ctx: StageContext, job_id: str, prompt: str, plan: ScenePlan) -
     url = s.llm_url.rstrip("/") + "/chat/completions"
     try:
         timeout = aiohttp.ClientTimeout(total=s.llm_timeout_seconds)
-        async with aiohttp.ClientSession(timeout=timeout) as session, session.post(
-            url, json=body, headers=headers
-        ) as resp:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.post(url, json=body, headers=headers) as resp,
+        ):
             if resp.status == 429 or resp.status >= 500:
                 raise RetryableError(f"LLM provider answered {resp.status}")
             if resp.status >= 400:
@@ -69,8 +71,11 @@ async def enrich(ctx: StageContext, job_id: str, prompt: str, plan: ScenePlan) -
     except (KeyError, IndexError, TypeError, ValueError, msgspec.DecodeError) as exc:
         raise GenerationError(f"LLM answer unusable: {exc}") from None
     await ctx.cost(
-        CostItem(call_id=f"{job_id}:scene_planner:llm", api_name=f"llm:{s.llm_model}",
-                 amount=usd(tokens / 1000 * s.llm_usd_per_1k_tokens))
+        CostItem(
+            call_id=f"{job_id}:scene_planner:llm",
+            api_name=f"llm:{s.llm_model}",
+            amount=usd(tokens / 1000 * s.llm_usd_per_1k_tokens),
+        )
     )
     return _merge(plan, answer)
 
@@ -79,9 +84,12 @@ def _merge(plan: ScenePlan, answer: _Answer) -> ScenePlan:
     scenes = {d.get("id"): d for d in answer.scenes if isinstance(d, dict)}
     clips = {d.get("index"): d for d in answer.clips if isinstance(d, dict)}
     new_scenes = [
-        Scene(id=sc.id, palette=sc.palette,
-              description=str(scenes.get(sc.id, {}).get("description") or sc.description),
-              setting=str(scenes.get(sc.id, {}).get("setting") or sc.setting))
+        Scene(
+            id=sc.id,
+            palette=sc.palette,
+            description=str(scenes.get(sc.id, {}).get("description") or sc.description),
+            setting=str(scenes.get(sc.id, {}).get("setting") or sc.setting),
+        )
         for sc in plan.scenes
     ]
     new_clips = [
@@ -93,6 +101,10 @@ def _merge(plan: ScenePlan, answer: _Answer) -> ScenePlan:
     chars_list: list[Character] = chars
     clip_list: list[ClipScript] = new_clips
     return msgspec.structs.replace(
-        plan, style=answer.style or plan.style, characters=chars_list, scenes=new_scenes,
-        clip_scripts=clip_list, planner="llm",
+        plan,
+        style=answer.style or plan.style,
+        characters=chars_list,
+        scenes=new_scenes,
+        clip_scripts=clip_list,
+        planner="llm",
     )

@@ -6,9 +6,8 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from prometheus_client import Counter, Histogram
-
 from montage_common.errors import MontageError
+from prometheus_client import Counter, Histogram
 
 STAGE_DURATION = Histogram(
     "montage_stage_duration_seconds",
@@ -17,9 +16,7 @@ STAGE_DURATION = Histogram(
     buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 900),
 )
 STAGE_FAILURES = Counter("montage_stage_failures_total", "Stage runs that raised", ["stage", "code"])
-CLIPS_RENDERED = Counter(
-    "montage_clips_rendered_total", "Clips rendered by video_generator", ["provider", "outcome"]
-)
+CLIPS_RENDERED = Counter("montage_clips_rendered_total", "Clips rendered by video_generator", ["provider", "outcome"])
 
 
 @asynccontextmanager

@@ -42,7 +42,7 @@ def palette(prompt: str, mood: Mood, salt: str = "", size: int = 4) -> list[str]
 
 
 def rgb(color: str) -> tuple[int, int, int]:
-    """"#rrggbb" → (r, g, b); malformed colours become mid grey."""
+    """ "#rrggbb" → (r, g, b); malformed colours become mid grey."""
     c = color.lstrip("#")
     if len(c) != 6:
         return (128, 128, 128)

@@ -11,7 +11,6 @@ are text-only (no reference keys) and ``ClipPrompts.text_only`` is set.
 from __future__ import annotations
 
 import structlog
-
 from montage_common.models import ClipPrompt, ClipPrompts, PromptGeneratorInput
 
 from montage_stages.context import StageContext

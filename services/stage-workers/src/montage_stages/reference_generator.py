@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 
 import structlog
-
 from montage_common.models import ReferenceGeneratorInput, ReferenceImage, ReferenceImages
 
 from montage_stages import image_provider, imaging
@@ -41,7 +40,9 @@ async def process(ctx: StageContext, job_id: str, input: ReferenceGeneratorInput
         for scene in plan.scenes:
             prompt = f"{plan.style}. {scene.description}. {scene.setting}"
             with meter:
-                png = await _draw(ctx, job_id, "scene", scene.id, prompt, scene.palette, w, h)
+                png = await _draw(
+                    ctx, job_id, kind="scene", ref_id=scene.id, prompt=prompt, palette=scene.palette, w=w, h=h
+                )
             key = reference_key(job_id, "scene", scene.id)
             await ctx.storage.put_bytes(key, png, "image/png")
             scenes.append(ReferenceImage(id=scene.id, kind="scene", key=key, width=w, height=h))
@@ -49,7 +50,9 @@ async def process(ctx: StageContext, job_id: str, input: ReferenceGeneratorInput
         for char in plan.characters:
             prompt = f"{plan.style}. Character portrait: {char.name}, {char.description}"
             with meter:
-                png = await _draw(ctx, job_id, "character", char.id, prompt, base_palette, w, h)
+                png = await _draw(
+                    ctx, job_id, kind="character", ref_id=char.id, prompt=prompt, palette=base_palette, w=w, h=h
+                )
             key = reference_key(job_id, "character", char.id)
             await ctx.storage.put_bytes(key, png, "image/png")
             characters.append(ReferenceImage(id=char.id, kind="character", key=key, width=w, height=h))
@@ -59,7 +62,15 @@ async def process(ctx: StageContext, job_id: str, input: ReferenceGeneratorInput
 
 
 async def _draw(
-    ctx: StageContext, job_id: str, kind: str, ref_id: str, prompt: str, palette: list[str], w: int, h: int
+    ctx: StageContext,
+    job_id: str,
+    *,
+    kind: str,
+    ref_id: str,
+    prompt: str,
+    palette: list[str],
+    w: int,
+    h: int,
 ) -> bytes:
     if ctx.settings.image_provider_url:
         call_id = f"{job_id}:{STAGE}:{kind}_{ref_id}"

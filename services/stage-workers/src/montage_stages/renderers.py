@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Protocol
 
 import aiohttp
-
 from montage_common.errors import GenerationError, RetryableError
 from montage_common.models import ClipPrompt, CostItem
 
@@ -98,13 +97,18 @@ class RagnarokRenderer:
         s = ctx.settings
         base = s.ragnarok_proxy_url.rstrip("/")
         duration = prompt.end - prompt.start
-        body = {"prompt": prompt.prompt, "duration": duration, "negative_prompt": prompt.negative_prompt,
-                "reference_images": [await ctx.storage.signed_url(k, 3600) for k in prompt.reference_keys]}
+        body = {
+            "prompt": prompt.prompt,
+            "duration": duration,
+            "negative_prompt": prompt.negative_prompt,
+            "reference_images": [await ctx.storage.signed_url(k, 3600) for k in prompt.reference_keys],
+        }
         headers = {"X-Montage-Internal": s.internal_secret}
         try:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
-                job = await _json(session.post(f"{base}/api/nexus/ragnarok/generate/enriched", json=body,
-                                               headers=headers))
+                job = await _json(
+                    session.post(f"{base}/api/nexus/ragnarok/generate/enriched", json=body, headers=headers)
+                )
                 remote = str(job.get("job_id") or job.get("id") or "")
                 if not remote:
                     raise GenerationError("ragnarok-proxy returned no job id")
@@ -124,11 +128,17 @@ class RagnarokRenderer:
                 async with session.get(url) as resp:
                     if resp.status != 200:
                         raise RetryableError(f"ragnarok clip download answered {resp.status}")
-                    dest.write_bytes(await resp.read())
+                    data = await resp.read()
+                    await asyncio.to_thread(dest.write_bytes, data)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise RetryableError(f"ragnarok-proxy unreachable: {type(exc).__name__}") from None
-        await ctx.cost(CostItem(call_id=f"{job_id}:video_generator:ragnarok_{prompt.index}", api_name="ragnarok",
-                                amount=usd(duration * s.ragnarok_usd_per_second)))
+        await ctx.cost(
+            CostItem(
+                call_id=f"{job_id}:video_generator:ragnarok_{prompt.index}",
+                api_name="ragnarok",
+                amount=usd(duration * s.ragnarok_usd_per_second),
+            )
+        )
 
 
 async def _json(request: object) -> dict[str, object]:

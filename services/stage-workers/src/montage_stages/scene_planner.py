@@ -12,8 +12,9 @@ always stays local, and any LLM failure falls back to the local plan.
 
 from __future__ import annotations
 
-import structlog
+import itertools
 
+import structlog
 from montage_common.models import (
     AudioAnalysis,
     Character,
@@ -52,8 +53,9 @@ async def process(ctx: StageContext, job_id: str, input: ScenePlannerInput) -> S
         await ctx.check_cancelled()
         meter = ComputeMeter(ctx, job_id, STAGE)
         with meter:
-            plan = local_plan(input.user_prompt, input.audio, ctx.settings.clip_min_seconds,
-                              ctx.settings.clip_max_seconds)
+            plan = local_plan(
+                input.user_prompt, input.audio, ctx.settings.clip_min_seconds, ctx.settings.clip_max_seconds
+            )
         await meter.report()
         if ctx.settings.llm_url:
             try:
@@ -85,7 +87,7 @@ def local_plan(prompt: str, audio: AudioAnalysis, min_len: float = 3.0, max_len:
 
     bounds = clip_bounds(audio, min_len, max_len)
     clips: list[ClipScript] = []
-    for i, (start, end) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+    for i, (start, end) in enumerate(itertools.pairwise(bounds)):
         sec = _section_at(sections, (start + end) / 2)
         scene = scene_of_label[sec.label]
         energy = energy_at(audio, start)
@@ -117,7 +119,7 @@ def local_plan(prompt: str, audio: AudioAnalysis, min_len: float = 3.0, max_len:
 def _transitions(clips: list[ClipScript], sections: list[Section], audio: AudioAnalysis) -> list[Transition]:
     beat = 60.0 / audio.tempo if audio.tempo > 0 else 0.5
     out: list[Transition] = []
-    for a, b in zip(clips[:-1], clips[1:], strict=True):
+    for a, b in itertools.pairwise(clips):
         sa, sb = _section_at(sections, a.start), _section_at(sections, b.start)
         room = 0.4 * min(a.end - a.start, b.end - b.start)
         kind: TransitionKind

@@ -54,7 +54,7 @@ def _detrend(flux: np.ndarray, width: int) -> np.ndarray:
     kernel = np.ones(width) / width
     out = np.maximum(0.0, flux - np.convolve(flux, kernel, mode="same"))
     std = float(out.std())
-    return out / std if std > 0 else out
+    return np.asarray(out / std if std > 0 else out)
 
 
 def chroma(x: np.ndarray, sr: int) -> tuple[np.ndarray, float]:
@@ -70,7 +70,7 @@ def chroma(x: np.ndarray, sr: int) -> tuple[np.ndarray, float]:
 
 def rms_curve(x: np.ndarray, sr: int, rate: float) -> np.ndarray:
     """Root-mean-square level in consecutive windows of ``1 / rate`` seconds."""
-    hop = max(1, int(round(sr / rate)))
+    hop = max(1, round(sr / rate))
     n = int(np.ceil(x.size / hop))
     padded = np.zeros(n * hop, dtype=np.float64)
     padded[: x.size] = x

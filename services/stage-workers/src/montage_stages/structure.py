@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-
 from montage_common.models import Mood, Section
 
 # Krumhansl-Kessler key profiles (C major / C minor).
@@ -42,9 +41,7 @@ def estimate_mood(tempo: float, loudness: float, brightness: float, major: bool,
     return Mood(name=name, valence=round(valence, 3), arousal=round(arousal, 3))
 
 
-def sections(
-    bar_times: np.ndarray, duration: float, bar_chroma: np.ndarray, bar_energy: np.ndarray
-) -> list[Section]:
+def sections(bar_times: np.ndarray, duration: float, bar_chroma: np.ndarray, bar_energy: np.ndarray) -> list[Section]:
     """Segment at bar-level novelty peaks and label the segments intro/verse/chorus/bridge/outro.
 
     ``bar_times`` are the downbeats (bar starts); ``bar_chroma`` (bars, 12) and ``bar_energy`` (0..1)

@@ -27,7 +27,7 @@ def _hz(midi: float) -> float:
 
 
 def _env(n: int, decay: float, sr: int) -> np.ndarray:
-    return np.exp(-np.arange(n) / (decay * sr)).astype(np.float64)
+    return np.asarray(np.exp(-np.arange(n) / (decay * sr)), dtype=np.float64)
 
 
 def _kick(sr: int, rng: np.random.Generator) -> np.ndarray:
@@ -35,7 +35,7 @@ def _kick(sr: int, rng: np.random.Generator) -> np.ndarray:
     t = np.arange(n) / sr
     freq = 50 + 90 * np.exp(-t * 30)
     phase = 2 * np.pi * np.cumsum(freq) / sr
-    return np.sin(phase) * _env(n, 0.12, sr)
+    return np.asarray(np.sin(phase) * _env(n, 0.12, sr))
 
 
 def _snare(sr: int, rng: np.random.Generator) -> np.ndarray:
@@ -43,19 +43,19 @@ def _snare(sr: int, rng: np.random.Generator) -> np.ndarray:
     t = np.arange(n) / sr
     noise = rng.standard_normal(n) * _env(n, 0.05, sr)
     tone = np.sin(2 * np.pi * 190 * t) * _env(n, 0.04, sr)
-    return 0.5 * noise + 0.6 * tone
+    return np.asarray(0.5 * noise + 0.6 * tone)
 
 
 def _hat(sr: int, rng: np.random.Generator) -> np.ndarray:
     n = int(0.06 * sr)
     noise = np.diff(rng.standard_normal(n + 1))
-    return 0.25 * noise * _env(n, 0.012, sr)
+    return np.asarray(0.25 * noise * _env(n, 0.012, sr))
 
 
 def _click(sr: int) -> np.ndarray:
     n = int(0.03 * sr)
     t = np.arange(n) / sr
-    return np.sin(2 * np.pi * 1000 * t) * _env(n, 0.006, sr)
+    return np.asarray(np.sin(2 * np.pi * 1000 * t) * _env(n, 0.006, sr))
 
 
 def _tone(midi: float, n: int, sr: int, bright: float) -> np.ndarray:
@@ -80,7 +80,7 @@ def click_track(seconds: float, bpm: float, *, offset: float = 0.5, sr: int = SA
     click = _click(sr)
     period = 60.0 / bpm
     for k in range(int((seconds - offset) / period) + 1):
-        _add(buf, click, int(round((offset + k * period) * sr)), 0.8)
+        _add(buf, click, round((offset + k * period) * sr), 0.8)
     return buf.astype(np.float32)
 
 
@@ -105,7 +105,7 @@ def song(seconds: float, bpm: float, *, seed: int = 7, sr: int = SAMPLE_RATE) ->
         _add(buf, pad * pad_env, int(t0 * sr), 0.07 * loud)
         for k in range(4):
             tb = t0 + k * beat
-            at = int(round(tb * sr))
+            at = round(tb * sr)
             n_beat = int(beat * sr)
             bass = _tone(chord[0] - 24, n_beat, sr, 0.3) * _env(n_beat, beat * 0.5, sr)
             _add(buf, bass, at, 0.25 * loud)
@@ -115,7 +115,7 @@ def song(seconds: float, bpm: float, *, seed: int = 7, sr: int = SAMPLE_RATE) ->
                 else:
                     _add(buf, snare, at, 0.5 * loud)
             for half in (0, 1):
-                _add(buf, hat, int(round((tb + half * beat / 2) * sr)), (0.6 if half == 0 else 0.35) * loud)
+                _add(buf, hat, round((tb + half * beat / 2) * sr), (0.6 if half == 0 else 0.35) * loud)
     peak = float(np.max(np.abs(buf))) or 1.0
     return (0.89 * buf / peak).astype(np.float32)
 

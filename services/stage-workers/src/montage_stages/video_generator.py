@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 
 import structlog
-
 from montage_common.errors import JobCancelled, MontageError
 from montage_common.models import Clip, ClipFailure, ClipPrompt, Clips, VideoGeneratorInput
 
@@ -66,8 +65,16 @@ async def process(
                     return
                 CLIPS_RENDERED.labels(provider=chosen.name, outcome="ok").inc()
                 duration = round(prompt.end - prompt.start, 4)
-                done.append(Clip(index=prompt.index, key=key, start=prompt.start, end=prompt.end,
-                                 duration=duration, provider=chosen.name))
+                done.append(
+                    Clip(
+                        index=prompt.index,
+                        key=key,
+                        start=prompt.start,
+                        end=prompt.end,
+                        duration=duration,
+                        provider=chosen.name,
+                    )
+                )
 
         await _run_all(ctx, [one(p) for p in prompts])
         done.sort(key=lambda c: c.index)
