@@ -25,8 +25,11 @@ import msgspec
 import pytest
 from aiohttp import web
 from montage_common.devstack import free_port
+from montage_common.keys import Keys
 from montage_ragnarok.app import create_app
+from montage_ragnarok.events import FIELD, RagnarokJobFinished, decoder
 from montage_ragnarok.settings import ProxySettings
+from redis.asyncio import Redis
 
 FAKES = Path(__file__).resolve().parents[1] / "fakes"
 SECRET = "test-internal-secret"
@@ -229,3 +232,9 @@ async def spawn_replica(tmp_path: Path) -> AsyncIterator[Callable[[ProxySettings
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+async def ragnarok_events(redis: Redis, keys: Keys) -> list[RagnarokJobFinished]:
+    """Every event on the namespace's ragnarok events stream, decoded."""
+    entries: Any = await redis.xrange(keys.ragnarok_events_stream())
+    return [decoder.decode(fields[FIELD]) for _, fields in entries]

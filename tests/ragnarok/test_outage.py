@@ -84,7 +84,7 @@ async def test_jobs_recover_after_503_and_hang(
 
             async def failing_polls(before: int = polls_before) -> bool:
                 # wait until the poller has hit the outage a few times
-                return sum(fake_ragnarok.state.polls.get(j["workflow_id"], 0) for j in jobs) >= before + 6
+                return bool(sum(fake_ragnarok.state.polls.get(j["workflow_id"], 0) for j in jobs) >= before + 6)
 
             await wait_for(failing_polls)
             rows = await conn.fetch(

@@ -9,11 +9,10 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 import asyncpg
 from montage_common.keys import Keys
-from montage_ragnarok.events import FIELD, decoder
 from montage_ragnarok.settings import ProxySettings
 from redis.asyncio import Redis
 
-from .conftest import Replica, Served, headers, unique, wait_for
+from .conftest import Replica, Served, headers, ragnarok_events, unique, wait_for
 
 P = "/api/nexus/ragnarok"
 N = 50
@@ -82,8 +81,7 @@ async def test_two_replicas_share_polling_and_survive_a_sigkill(  # noqa: PLR091
             body = await resp.json()
             assert (body["status"], body["cost_usd"]) == ("completed", 2.64)
     # a final event for every job (at least once: a replica killed mid-publish may leave a duplicate)
-    entries = await redis.xrange(keys.ragnarok_events_stream())
-    events = [decoder.decode(fields[FIELD]) for _, fields in entries]
+    events = await ragnarok_events(redis, keys)
     assert {e.job_id for e in events} == {j["job_id"] for j in jobs}
     assert {e.status for e in events} == {"completed"}
 

@@ -9,11 +9,10 @@ from typing import Any
 import aiohttp
 import structlog
 from montage_common.keys import Keys
-from montage_ragnarok.events import FIELD, decoder
 from montage_ragnarok.settings import ProxySettings
 from redis.asyncio import Redis
 
-from .conftest import Served, headers, unique, wait_for
+from .conftest import Served, headers, ragnarok_events, unique, wait_for
 
 P = "/api/nexus/ragnarok"
 TRACE = re.compile(r"^nxs_\d{10}_[0-9a-f]+$")
@@ -97,9 +96,7 @@ async def test_enriched_generation_shape_and_polling_to_completed(  # noqa: PLR0
     assert done["enrichment"] == body["enrichment"]
 
     async def event() -> Any:
-        entries = await redis.xrange(keys.ragnarok_events_stream())
-        events = [decoder.decode(fields[FIELD]) for _, fields in entries]
-        return [e for e in events if e.job_id == body["job_id"]]
+        return [e for e in await ragnarok_events(redis, keys) if e.job_id == body["job_id"]]
 
     (finished, *_) = await wait_for(event)
     assert (finished.status, finished.user_id, finished.workflow_id) == ("completed", "user-1", body["workflow_id"])
