@@ -92,6 +92,10 @@ class Keys:
     def sse_user_connections(self, user_id: str) -> str:
         return f"{self.namespace}:sse_conns:{user_id}"
 
+    def sse_job_connections(self, job_id: str) -> str:
+        """Open SSE connections of one job across gateway replicas (sorted set of leases)."""
+        return f"{self.namespace}:sse_job_conns:{job_id}"
+
     # --- leases / liveness ----------------------------------------------------
     def lease(self, name: str) -> str:
         """A named lease (sweepers, cleanup) held by one replica at a time."""

@@ -1,0 +1,22 @@
+"""``python -m montage_gateway``: settings read once here, then the app runs until SIGTERM."""
+
+from __future__ import annotations
+
+from montage_common import logs
+from montage_common.settings import load
+from montage_common.web import run
+
+from montage_gateway.app import create_app
+from montage_gateway.settings import GatewaySettings
+
+
+def main() -> None:
+    settings = load(GatewaySettings)
+    if problems := settings.problems():
+        raise SystemExit("invalid configuration: " + "; ".join(problems))
+    logs.configure(settings, "gateway")
+    run(create_app(settings), settings)
+
+
+if __name__ == "__main__":
+    main()

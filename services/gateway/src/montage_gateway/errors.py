@@ -1,0 +1,29 @@
+"""Errors the gateway raises itself; bodies and status codes come from ``montage_common.errors``."""
+
+from __future__ import annotations
+
+from montage_common.errors import RateLimitError, ServiceUnavailable, UpstreamTimeout
+
+
+class TooManyConnections(ServiceUnavailable):
+    """The job or the user already has the maximum number of open SSE connections."""
+
+    code, default_message = "TOO_MANY_CONNECTIONS", "Too many connections"
+
+
+class RequestsThrottled(RateLimitError):
+    """The general per-user or per-IP request guard tripped."""
+
+    default_message = "Too many requests"
+
+
+class UpstreamUnavailable(ServiceUnavailable):
+    """An internal service could not be reached."""
+
+    default_message = "Service temporarily unavailable"
+
+
+class UpstreamTimedOut(UpstreamTimeout):
+    """An internal service did not answer in time."""
+
+    default_message = "Upstream service timed out"

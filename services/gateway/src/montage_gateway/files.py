@@ -1,0 +1,36 @@
+"""``GET /files/<bucket>/<path>?expires=&sig=``: local-storage signed URLs (``montage_common.storage``).
+
+The signature and expiry are checked first (403 otherwise); the file is streamed, with single
+HTTP ranges supported (video players seek with them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import mimetypes
+from pathlib import Path
+
+from aiohttp import web
+from montage_common.errors import Forbidden, MontageError, NotFound
+from montage_common.storage import LocalStorage, verify_signature
+
+
+class FilesHandler:
+    def __init__(self, storage: LocalStorage) -> None:
+        self.storage = storage
+
+    async def get(self, request: web.Request) -> web.StreamResponse:
+        key = request.match_info["key"]
+        expires = request.query.get("expires", "")
+        sig = request.query.get("sig", "")
+        if not verify_signature(self.storage.signing_key, key, expires, sig):
+            raise Forbidden("Invalid or expired signature")
+        try:
+            path: Path = self.storage.path_of(key)
+        except MontageError:
+            raise NotFound("No such file") from None
+        if not await asyncio.to_thread(path.is_file):
+            raise NotFound("No such file")
+        # FileResponse streams with sendfile and answers Range / If-Range / HEAD itself.
+        ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        return web.FileResponse(path, headers={"Content-Type": ctype, "Cache-Control": "private, max-age=300"})

@@ -1,0 +1,71 @@
+"""``GET /api/v1/health`` (no auth): the orchestrator's ``/internal/health`` plus our own Redis ping."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from aiohttp import web
+from montage_common.errors import MontageError
+from montage_common.web import REQUEST_ID, json_response
+from redis.asyncio import Redis
+
+from montage_gateway.proxy import Forwarder, Upstream
+
+_decoder = msgspec.json.Decoder(dict[str, Any])
+
+
+class HealthHandler:
+    def __init__(self, forwarder: Forwarder, orchestrator: Upstream, redis: Redis, *, timeout: float = 3.0) -> None:
+        self.forwarder = forwarder
+        self.orchestrator = orchestrator
+        self.redis = redis
+        self.timeout = timeout
+
+    async def _redis_ok(self) -> bool:
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self.redis.ping()
+            return True
+        except Exception:
+            return False
+
+    async def _orchestrator(self, request_id: str) -> dict[str, Any] | None:
+        try:
+            reply = await self.forwarder.call(
+                self.orchestrator,
+                "GET",
+                "/internal/health",
+                request_id=request_id,
+                user_id=None,
+                time_limit=self.timeout,
+            )
+            body = _decoder.decode(reply.body)
+        except (MontageError, msgspec.DecodeError):
+            return None
+        return body if reply.status in (200, 503) else None
+
+    async def health(self, request: web.Request) -> web.Response:
+        redis_ok, internal = await asyncio.gather(self._redis_ok(), self._orchestrator(request[REQUEST_ID]))
+        now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        issues: list[str] = []
+        if internal is None:
+            issues.append("orchestrator unreachable")
+            internal = {}
+        else:
+            issues.extend(str(i) for i in internal.get("issues") or [])
+        if not redis_ok and "redis connection failed" not in issues:
+            issues.append("redis connection failed")
+        if issues:
+            return json_response({"status": "unhealthy", "timestamp": now, "issues": issues}, status=503)
+        return json_response(
+            {
+                "status": "healthy",
+                "timestamp": now,
+                "queue": internal.get("queue", {}),
+                "database": internal.get("database", "connected"),
+                "redis": "connected",
+            }
+        )

@@ -1,0 +1,229 @@
+"""Forwarding to the internal services with streamed bodies and their status codes intact.
+
+Request and response bodies flow through in chunks (a 10 MB upload is never held whole). The
+caller's ``Authorization`` and any ``X-Montage-*`` headers are dropped; the internal secret and the
+verified user id are added (``docs/contracts.md``). An unreachable service answers 503, a slow one
+504, with the spec's error body.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import aiohttp
+import structlog
+from aiohttp import web
+from montage_common.errors import PayloadTooLarge
+from montage_common.web import HEADER_INTERNAL, HEADER_REQUEST_ID, HEADER_USER, REQUEST_ID
+from multidict import CIMultiDict
+
+from montage_gateway.errors import UpstreamTimedOut, UpstreamUnavailable
+from montage_gateway.metrics import UPSTREAM_ERRORS, UPSTREAM_LATENCY
+
+log = structlog.get_logger()
+
+HOP_BY_HOP = frozenset(
+    h.lower()
+    for h in (
+        "Connection",
+        "Keep-Alive",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+        "TE",
+        "Trailer",
+        "Trailers",
+        "Transfer-Encoding",
+        "Upgrade",
+        "Host",
+        "Content-Length",
+    )
+)
+DROP_FROM_CLIENT = HOP_BY_HOP | {"authorization", "cookie"}
+DROP_FROM_UPSTREAM = HOP_BY_HOP | {"access-control-allow-origin", "access-control-allow-credentials", "server", "date"}
+CHUNK = 64 * 1024
+
+StatusHook = Callable[[int], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    name: str
+    base_url: str
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamReply:
+    status: int
+    body: bytes
+    content_type: str
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def client_ip(request: web.Request, trust_forwarded_for: bool) -> str:
+    if trust_forwarded_for and (fwd := request.headers.get("X-Forwarded-For")):
+        return fwd.split(",")[0].strip()
+    return request.remote or "unknown"
+
+
+class Forwarder:
+    """Sends requests to internal services over one shared ``ClientSession``."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        internal_secret: str,
+        timeout: float,
+        connect_timeout: float,
+        max_body_bytes: int,
+    ) -> None:
+        self.session = session
+        self.internal_secret = internal_secret
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.max_body_bytes = max_body_bytes
+
+    def _client_timeout(self, total: float | None) -> aiohttp.ClientTimeout:
+        total = self.timeout if total is None else total
+        return aiohttp.ClientTimeout(total=total, connect=min(self.connect_timeout, total))
+
+    def internal_headers(self, request_id: str, user_id: str | None) -> CIMultiDict[str]:
+        headers: CIMultiDict[str] = CIMultiDict()
+        headers[HEADER_INTERNAL] = self.internal_secret
+        headers[HEADER_REQUEST_ID] = request_id
+        if user_id is not None:
+            headers[HEADER_USER] = user_id
+        return headers
+
+    def _forward_headers(self, request: web.Request, user_id: str | None) -> CIMultiDict[str]:
+        headers: CIMultiDict[str] = CIMultiDict()
+        for name, value in request.headers.items():
+            low = name.lower()
+            if low in DROP_FROM_CLIENT or low.startswith("x-montage-") or low == "x-request-id":
+                continue
+            headers.add(name, value)
+        if request.body_exists and request.content_length is not None:
+            headers["Content-Length"] = str(request.content_length)
+        headers.extend(self.internal_headers(request[REQUEST_ID], user_id))
+        if request.remote:
+            prior = request.headers.get("X-Forwarded-For")
+            headers["X-Forwarded-For"] = f"{prior}, {request.remote}" if prior else request.remote
+        return headers
+
+    async def _body(self, request: web.Request) -> AsyncIterator[bytes]:
+        sent = 0
+        async for chunk in request.content.iter_chunked(CHUNK):
+            sent += len(chunk)
+            if sent > self.max_body_bytes:
+                raise _TooLarge
+            yield chunk
+
+    async def forward(
+        self,
+        request: web.Request,
+        upstream: Upstream,
+        user_id: str | None,
+        *,
+        time_limit: float | None = None,
+        on_status: StatusHook | None = None,
+    ) -> web.StreamResponse:
+        """Send ``request`` (same method, path and query) to ``upstream`` and stream back its answer."""
+        if request.content_length is not None and request.content_length > self.max_body_bytes:
+            raise PayloadTooLarge("Request body too large")
+        url = upstream.base_url.rstrip("/") + request.rel_url.raw_path_qs
+        data = self._body(request) if request.body_exists else None
+        start = time.perf_counter()
+        status: int | None = None
+        try:
+            async with self.session.request(
+                request.method,
+                url,
+                headers=self._forward_headers(request, user_id),
+                data=data,
+                timeout=self._client_timeout(time_limit),
+                allow_redirects=False,
+            ) as reply:
+                status = reply.status
+                UPSTREAM_LATENCY.labels(upstream.name).observe(time.perf_counter() - start)
+                if on_status is not None:
+                    await on_status(reply.status)
+                return await self._relay(request, reply, upstream)
+        except _TooLarge:
+            raise PayloadTooLarge("Request body too large") from None
+        except TimeoutError:
+            UPSTREAM_ERRORS.labels(upstream.name, "timeout").inc()
+            if status is not None:
+                raise  # headers already relayed; the connection is aborted by _relay
+            await _notify(on_status, 504)
+            raise UpstreamTimedOut(f"{upstream.name} did not answer in time") from None
+        except aiohttp.ClientError as exc:
+            if isinstance(exc.__cause__, _TooLarge) or isinstance(exc.__context__, _TooLarge):
+                raise PayloadTooLarge("Request body too large") from None
+            UPSTREAM_ERRORS.labels(upstream.name, "unreachable").inc()
+            log.warning("upstream_unreachable", upstream=upstream.name, error=type(exc).__name__)
+            await _notify(on_status, 503)
+            raise UpstreamUnavailable(f"{upstream.name} is unavailable") from None
+
+    async def _relay(
+        self, request: web.Request, reply: aiohttp.ClientResponse, upstream: Upstream
+    ) -> web.StreamResponse:
+        resp = web.StreamResponse(status=reply.status, reason=reply.reason)
+        for name, value in reply.headers.items():
+            if name.lower() not in DROP_FROM_UPSTREAM:
+                resp.headers.add(name, value)
+        resp.headers[HEADER_REQUEST_ID] = request[REQUEST_ID]
+        if reply.content_length is not None:
+            resp.content_length = reply.content_length
+        await resp.prepare(request)
+        try:
+            async for chunk in reply.content.iter_chunked(CHUNK):
+                await resp.write(chunk)
+        except (TimeoutError, aiohttp.ClientError):
+            UPSTREAM_ERRORS.labels(upstream.name, "body").inc()
+            log.warning("upstream_body_failed", upstream=upstream.name)
+            if request.transport is not None:
+                request.transport.close()  # a truncated body must not look complete
+            return resp
+        await resp.write_eof()
+        return resp
+
+    async def call(
+        self,
+        upstream: Upstream,
+        method: str,
+        path: str,
+        *,
+        request_id: str,
+        user_id: str | None,
+        time_limit: float | None = None,
+    ) -> UpstreamReply:
+        """A small internal call whose whole answer is read (ownership checks, health)."""
+        url = upstream.base_url.rstrip("/") + path
+        start = time.perf_counter()
+        try:
+            async with self.session.request(
+                method,
+                url,
+                headers=self.internal_headers(request_id, user_id),
+                timeout=self._client_timeout(time_limit),
+            ) as reply:
+                body = await reply.read()
+                UPSTREAM_LATENCY.labels(upstream.name).observe(time.perf_counter() - start)
+                return UpstreamReply(reply.status, body, reply.headers.get("Content-Type", "application/json"))
+        except TimeoutError:
+            UPSTREAM_ERRORS.labels(upstream.name, "timeout").inc()
+            raise UpstreamTimedOut(f"{upstream.name} did not answer in time") from None
+        except aiohttp.ClientError as exc:
+            UPSTREAM_ERRORS.labels(upstream.name, "unreachable").inc()
+            log.warning("upstream_unreachable", upstream=upstream.name, error=type(exc).__name__)
+            raise UpstreamUnavailable(f"{upstream.name} is unavailable") from None
+
+
+async def _notify(hook: StatusHook | None, status: int) -> None:
+    if hook is not None:
+        await hook(status)

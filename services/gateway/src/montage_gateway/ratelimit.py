@@ -1,0 +1,120 @@
+"""Rate limits in Redis: job creations per user (sliding window) and a general request guard.
+
+Job creations: one sorted set per user (``keys.rate_limit(user)``), member = request id, score =
+Redis server time in ms. One Lua script trims the window, counts, and records the request only
+if it is under the limit, so concurrent requests can never overshoot. A creation the orchestrator
+does not accept gives its slot back (:meth:`JobRateLimiter.release`).
+
+Request guard: fixed windows counted with ``INCR`` per user and per client IP
+(``keys.request_guard``), checked in one round trip.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from montage_common.keys import Keys
+from redis.asyncio import Redis
+
+from montage_gateway.errors import RequestsThrottled
+from montage_gateway.metrics import RATE_LIMITED
+
+# KEYS: zset. ARGV: window_ms, limit, member. Returns {allowed, count, retry_after_ms}.
+_SLIDING = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local window = tonumber(ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+local n = redis.call('ZCARD', KEYS[1])
+if n < tonumber(ARGV[2]) then
+  redis.call('ZADD', KEYS[1], now, ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], window)
+  return {1, n + 1, 0}
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {0, n, tonumber(oldest[2]) + window - now}
+"""
+
+# KEYS: counter. ARGV: window_s. Returns {count, ttl_s}.
+_FIXED = """
+local n = redis.call('INCR', KEYS[1])
+local ttl = redis.call('TTL', KEYS[1])
+if ttl < 0 then
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
+  ttl = tonumber(ARGV[1])
+end
+return {n, ttl}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    count: int
+    retry_after: int  # seconds until the oldest entry leaves the window (0 when allowed)
+
+
+class JobRateLimiter:
+    """At most ``limit`` job creations per user per sliding ``window_seconds``."""
+
+    def __init__(self, redis: Redis, keys: Keys, *, limit: int = 5, window_seconds: int = 3600) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.limit = limit
+        self.window_seconds = window_seconds
+        self._script: Any = redis.register_script(_SLIDING)
+
+    async def acquire(self, user_id: str, request_id: str) -> Decision:
+        allowed, count, retry_ms = await self._script(
+            keys=[self.keys.rate_limit(user_id)], args=[self.window_seconds * 1000, self.limit, request_id]
+        )
+        if allowed:
+            return Decision(True, int(count), 0)
+        RATE_LIMITED.labels("jobs").inc()
+        return Decision(False, int(count), max(1, math.ceil(int(retry_ms) / 1000)))
+
+    async def release(self, user_id: str, request_id: str) -> None:
+        """Give a slot back (the creation was rejected or failed)."""
+        await self.redis.zrem(self.keys.rate_limit(user_id), request_id)
+
+    @property
+    def window_text(self) -> str:
+        if self.window_seconds % 3600 == 0:
+            hours = self.window_seconds // 3600
+            return "1 hour" if hours == 1 else f"{hours} hours"
+        return f"{self.window_seconds} seconds"
+
+
+class RequestGuard:
+    """Fixed-window request counters per user and per IP; raises :class:`RequestsThrottled`."""
+
+    def __init__(self, redis: Redis, keys: Keys, *, window_seconds: int, per_user: int, per_ip: int) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.window_seconds = window_seconds
+        self.per_user = per_user
+        self.per_ip = per_ip
+        self._script: Any = redis.register_script(_FIXED)
+
+    async def check(self, ip: str, user_id: str | None) -> None:
+        checks: list[tuple[str, str, int]] = []
+        if self.per_ip > 0:
+            checks.append(("ip", self.keys.request_guard(f"ip:{ip}"), self.per_ip))
+        if user_id is not None and self.per_user > 0:
+            checks.append(("user", self.keys.request_guard(f"user:{user_id}"), self.per_user))
+        if not checks:
+            return
+        pipe: Any = self.redis.pipeline(transaction=False)
+        for _, key, _ in checks:
+            await self._script(keys=[key], args=[self.window_seconds], client=pipe)
+        results = await pipe.execute()
+        for (kind, _, limit), (count, ttl) in zip(checks, results, strict=True):
+            if int(count) > limit:
+                RATE_LIMITED.labels(kind).inc()
+                retry = max(1, int(ttl))
+                raise RequestsThrottled(
+                    extra={"retry_after": retry, "limit": limit, "window": f"{self.window_seconds} seconds"},
+                    headers={"Retry-After": str(retry)},
+                )

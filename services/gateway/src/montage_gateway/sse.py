@@ -1,0 +1,186 @@
+"""``GET /api/v1/jobs/{job_id}/stream``: Server-Sent Events of one job.
+
+Order on the wire:
+
+1. ``event: state`` (no ``id:``): the job as the orchestrator reports it now (``job_id``,
+   ``status``, ``current_stage``, ``progress``, ``estimated_remaining``, ``total_cost``,
+   ``video_url``, ``error_message``).
+2. Every logged event after ``Last-Event-ID`` (or all of them), each with its ``id:``.
+3. Live events, each with its ``id:``; ``heartbeat`` without ``id:`` every 30 s.
+
+The client joins the hub (its channel subscription confirmed) *before* the log is read, and
+live events are buffered meanwhile; anything at or before the last replayed id is skipped. So a
+reconnecting client gets every event exactly once, in order. After ``completed`` or ``error``
+the stream is closed 30 s later.
+
+Auth: ``Authorization: Bearer`` or ``?ticket=`` (see :mod:`montage_gateway.tickets`). Ownership
+is the orchestrator's ``GET /api/v1/jobs/{job_id}`` answered for this user; its 403/404 pass
+through unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import msgspec
+import structlog
+from aiohttp import web
+from montage_common.errors import Unauthorized
+from montage_common.events import FINAL_EVENTS, id_key, replay, valid_event_id
+from montage_common.keys import Keys
+from montage_common.web import HEADER_REQUEST_ID, REQUEST_ID, json_response
+from redis.asyncio import Redis
+
+from montage_gateway.auth import Authenticator
+from montage_gateway.hub import Client, Frame, Hub, render
+from montage_gateway.metrics import AUTH_FAILURES, SSE_DELIVERED, SSE_DROPPED, SSE_OPEN
+from montage_gateway.proxy import Forwarder, Upstream
+from montage_gateway.slots import ConnectionSlots
+from montage_gateway.tickets import TicketStore
+
+log = structlog.get_logger()
+
+STATE_FIELDS = (
+    "job_id",
+    "status",
+    "current_stage",
+    "progress",
+    "estimated_remaining",
+    "total_cost",
+    "video_url",
+    "error_message",
+)
+FINAL_STATUSES = ("completed", "failed", "cancelled")
+_decoder = msgspec.json.Decoder(dict[str, Any])
+
+
+class _Gone(Exception):
+    """The client's connection is dead or too slow."""
+
+
+class StreamHandler:
+    def __init__(
+        self,
+        *,
+        hub: Hub,
+        slots: ConnectionSlots,
+        tickets: TicketStore,
+        auth: Authenticator,
+        forwarder: Forwarder,
+        orchestrator: Upstream,
+        redis: Redis,
+        keys: Keys,
+        close_after_final: float,
+        write_timeout: float,
+    ) -> None:
+        self.hub = hub
+        self.slots = slots
+        self.tickets = tickets
+        self.auth = auth
+        self.forwarder = forwarder
+        self.orchestrator = orchestrator
+        self.redis = redis
+        self.keys = keys
+        self.close_after_final = close_after_final
+        self.write_timeout = write_timeout
+
+    async def _user(self, request: web.Request, job_id: str) -> str:
+        ticket = request.query.get("ticket")
+        if ticket is None:
+            return await self.auth.authenticate(request)
+        user = await self.tickets.redeem(ticket, job_id)
+        if user is None:
+            AUTH_FAILURES.labels("bad_ticket").inc()
+            raise Unauthorized("Invalid or expired stream ticket")
+        return user
+
+    async def ticket(self, request: web.Request) -> web.Response:
+        """``POST /api/v1/jobs/{job_id}/stream-ticket`` → ``{ticket, expires_in}`` (owner only)."""
+        job_id = request.match_info["job_id"]
+        user = await self.auth.authenticate(request)
+        reply = await self.forwarder.call(
+            self.orchestrator, "GET", f"/api/v1/jobs/{job_id}", request_id=request[REQUEST_ID], user_id=user
+        )
+        if reply.status != 200:
+            return web.Response(status=reply.status, body=reply.body, content_type="application/json")
+        ticket = await self.tickets.issue(user, job_id)
+        return json_response({"ticket": ticket, "expires_in": self.tickets.ttl_seconds}, status=201)
+
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        job_id = request.match_info["job_id"]
+        user = await self._user(request, job_id)
+        reply = await self.forwarder.call(
+            self.orchestrator, "GET", f"/api/v1/jobs/{job_id}", request_id=request[REQUEST_ID], user_id=user
+        )
+        if reply.status != 200:
+            return web.Response(status=reply.status, body=reply.body, content_type="application/json")
+        job = _decoder.decode(reply.body)
+        after = request.headers.get("Last-Event-ID") or request.query.get("last_event_id") or "0-0"
+        if not valid_event_id(after):
+            after = "0-0"
+        lease = await self.slots.acquire(job_id, user)
+        try:
+            client = await self.hub.join(job_id)
+            SSE_OPEN.inc()
+            try:
+                return await self._serve(request, job_id, job, after, client)
+            finally:
+                SSE_OPEN.dec()
+                self.hub.leave(client)
+        finally:
+            await self.slots.release(lease)
+
+    async def _serve(
+        self, request: web.Request, job_id: str, job: dict[str, Any], after: str, client: Client
+    ) -> web.StreamResponse:
+        resp = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache, no-transform",
+                "X-Accel-Buffering": "no",
+                HEADER_REQUEST_ID: request[REQUEST_ID],
+            }
+        )
+        await resp.prepare(request)
+        state = {"job_id": job_id, **{k: job.get(k) for k in STATE_FIELDS if k != "job_id"}}
+        reason = "client_gone"
+        try:
+            await self._write(resp, Frame(render("state", state), kind="state"))
+            if state.get("status") in FINAL_STATUSES:
+                client.close_later(self.close_after_final)
+            last = id_key(after)
+            for entry_id, event in await replay(self.redis, self.keys, job_id, after=after):
+                final = event.event in FINAL_EVENTS
+                await self._write(resp, Frame(render(event.event, event.data, entry_id), id_key(entry_id), final))
+                last = id_key(entry_id)
+                if final:
+                    client.close_later(self.close_after_final)
+            while (frame := await client.queue.get()) is not None:
+                if frame.key is not None:
+                    if frame.key <= last:
+                        continue  # already sent by the replay
+                    last = frame.key
+                await self._write(resp, frame)
+                if frame.final:
+                    client.close_later(self.close_after_final)
+            reason = client.close_reason
+        except _Gone:
+            SSE_DROPPED.labels("write_failed").inc()
+            return resp
+        if reason != "job_finished":
+            SSE_DROPPED.labels(reason or "closed").inc()
+        try:
+            async with asyncio.timeout(self.write_timeout):
+                await resp.write_eof()
+        except (ConnectionError, TimeoutError, RuntimeError):
+            pass
+        return resp
+
+    async def _write(self, resp: web.StreamResponse, frame: Frame) -> None:
+        try:
+            async with asyncio.timeout(self.write_timeout):
+                await resp.write(frame.data)
+        except (ConnectionError, TimeoutError, RuntimeError):
+            raise _Gone from None
+        SSE_DELIVERED.labels(frame.kind).inc()
