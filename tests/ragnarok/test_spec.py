@@ -172,3 +172,27 @@ async def test_trace_id_is_bound_into_log_lines(http: aiohttp.ClientSession, pro
     assert submitted[0]["job_id"] == body["job_id"]
     assert submitted[0]["workflow_id"] == body["workflow_id"]
     assert changed[0]["trace_id"] == body["trace_id"]  # the poller logs under the job's trace id too
+
+
+async def test_metrics_exposed(http: aiohttp.ClientSession, proxy: str) -> None:
+    async with http.post(
+        f"{proxy}{P}/direct/submit", params={"business_name": unique("Metrics")}, headers=headers()
+    ) as r:
+        job = await r.json()
+    await poll_until_final(http, proxy, job["job_id"])
+
+    async def exposed() -> bool:
+        async with http.get(f"{proxy}/metrics") as resp:
+            text = await resp.text()
+        return all(
+            name in text
+            for name in (
+                'montage_ragnarok_calls_total{endpoint="submit",status="201"}',
+                'montage_ragnarok_calls_total{endpoint="status",status="200"}',
+                "montage_ragnarok_poll_lag_seconds_bucket",
+                "montage_ragnarok_poll_lag_last_seconds",
+                'montage_ragnarok_jobs{status="queued"}',
+            )
+        )
+
+    await wait_for(exposed)
