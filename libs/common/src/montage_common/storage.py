@@ -23,6 +23,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from montage_common.errors import NotFound, ValidationError
+from montage_common.settings import CommonSettings
 
 BUCKETS: tuple[str, ...] = ("audio-uploads", "reference-images", "video-clips", "video-outputs")
 
@@ -193,3 +194,12 @@ class LocalStorage(Storage):
         with path.open("rb") as fh:
             while chunk := await asyncio.to_thread(fh.read, chunk_size):
                 yield chunk
+
+
+def create_storage(settings: CommonSettings) -> Storage:
+    """The configured backend (``STORAGE_BACKEND``): ``local`` (default) or ``supabase``."""
+    if settings.storage_backend == "supabase":
+        from montage_common.storage_supabase import SupabaseStorage
+
+        return SupabaseStorage(settings.supabase_url, settings.supabase_service_key)
+    return LocalStorage(settings.storage_dir, settings.storage_signing_key, settings.public_base_url)

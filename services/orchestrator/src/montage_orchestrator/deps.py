@@ -1,0 +1,46 @@
+"""What handlers, the pipeline and the sweepers share, built once in ``app.cleanup_ctx``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+from aiohttp import web
+from montage_common.keys import Keys
+from montage_common.storage import Storage
+from montage_common.streams import StreamProducer
+from redis.asyncio import Redis
+
+from montage_orchestrator.cache import StatusCache
+from montage_orchestrator.outbox import Outbox
+from montage_orchestrator.settings import OrchestratorSettings
+
+
+@dataclass(frozen=True, slots=True)
+class Deps:
+    settings: OrchestratorSettings
+    pool: asyncpg.Pool
+    redis: Redis
+    keys: Keys
+    storage: Storage
+    cache: StatusCache
+    outbox: Outbox
+    producer: StreamProducer
+
+    @classmethod
+    def build(cls, settings: OrchestratorSettings, pool: asyncpg.Pool, redis: Redis, storage: Storage) -> Deps:
+        keys = Keys(settings.redis_namespace)
+        producer = StreamProducer(redis)
+        return cls(
+            settings=settings,
+            pool=pool,
+            redis=redis,
+            keys=keys,
+            storage=storage,
+            cache=StatusCache(redis, keys, settings.status_cache_seconds),
+            outbox=Outbox(pool, producer),
+            producer=producer,
+        )
+
+
+DEPS: web.AppKey[Deps] = web.AppKey("orchestrator_deps", Deps)

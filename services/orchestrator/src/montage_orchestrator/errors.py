@@ -1,0 +1,21 @@
+"""Errors of the orchestrator (the HTTP ones come from ``montage_common.errors``)."""
+
+from __future__ import annotations
+
+from montage_common.errors import MontageError, ValidationError
+
+
+class OrchestratorError(MontageError):
+    """Base of the orchestrator's own errors."""
+
+
+class UploadTooLarge(ValidationError):
+    """The uploaded file is over the size limit (the spec answers 400)."""
+
+
+class UnsupportedAudio(ValidationError):
+    """The uploaded bytes are not MP3, WAV or FLAC."""
+
+
+class JobNotCancellable(ValidationError):
+    """The job already completed or failed."""

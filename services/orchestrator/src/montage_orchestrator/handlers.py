@@ -1,0 +1,247 @@
+"""The internal HTTP API (the gateway forwards ``/api/v1/*`` here with the internal secret)."""
+
+from __future__ import annotations
+
+import hmac
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+import msgspec
+import structlog
+from aiohttp import web
+from montage_common.errors import BudgetExceededError, Forbidden, Gone, NotFound, Unauthorized, ValidationError
+from montage_common.keys import STAGES
+from montage_common.messages import StageTask
+from montage_common.models import AudioParserInput
+from montage_common.web import HEADER_INTERNAL, internal_user
+
+from montage_orchestrator import costs, metrics, store, upload
+from montage_orchestrator.cleanup import intermediate_prefixes
+from montage_orchestrator.deps import DEPS, Deps
+from montage_orchestrator.errors import JobNotCancellable
+from montage_orchestrator.health import health_report
+from montage_orchestrator.jobs import list_item, snapshot, status_body
+from montage_orchestrator.pipeline import stage_task_emit
+from montage_orchestrator.transitions import CANCELLED_MESSAGE, Effects, after_commit, fail_job
+
+log = structlog.get_logger()
+_json = msgspec.json.Encoder(decimal_format="number")
+
+
+def respond(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=_json.encode(body), status=status, content_type="application/json")
+
+
+def _job_uuid(request: web.Request) -> uuid.UUID:
+    job_id = store.as_uuid(request.match_info["job_id"])
+    if job_id is None:
+        raise NotFound("Job not found")
+    return job_id
+
+
+def _owned(row: asyncpg.Record | dict[str, Any] | None, user: str) -> None:
+    if row is None:
+        raise NotFound("Job not found")
+    if row["user_id"] != user:
+        raise Forbidden("Job belongs to another user", job_id=str(row["job_id"]))
+
+
+def _user(request: web.Request) -> tuple[Deps, str]:
+    deps = request.app[DEPS]
+    return deps, internal_user(request, deps.settings.internal_secret)
+
+
+async def upload_audio(request: web.Request) -> web.Response:
+    deps, user = _user(request)
+    s = deps.settings
+    try:
+        received = await upload.receive(request, s.max_upload_bytes)
+    except ValidationError as err:
+        metrics.UPLOAD_REJECTED.labels(err.code).inc()
+        raise
+    try:
+        prompt = upload.check_prompt(received.prompt, s.prompt_min_chars, s.prompt_max_chars)
+        audio = await upload.probe(received.path)
+        if audio.duration > s.max_audio_seconds:
+            raise ValidationError(f"Audio is {audio.duration:.0f} s long; the limit is {s.max_audio_seconds:.0f} s")
+        estimate = costs.estimate_job(s, audio.duration)
+        limit = s.cost_limit
+        if estimate > limit:
+            raise BudgetExceededError(f"Estimated cost ${estimate} exceeds the ${limit} limit per job")
+        job_id = uuid.uuid4()
+        filename = upload.safe_filename(received.filename, audio.kind)
+        audio_key = f"audio-uploads/{user}/{job_id}/{filename}"
+        await deps.storage.put_file(audio_key, received.path, audio.content_type)
+    except ValidationError as err:
+        metrics.UPLOAD_REJECTED.labels(err.code).inc()
+        raise
+    except BudgetExceededError:
+        metrics.UPLOAD_REJECTED.labels("BUDGET_EXCEEDED").inc()
+        raise
+    finally:
+        received.discard()
+    row, outbox_id = await _create_job(deps, job_id, user, prompt, audio_key, filename, audio.duration, estimate)
+    await deps.outbox.send_quietly(outbox_id)
+    metrics.JOBS_CREATED.inc()
+    log.info("job_created", job_id=str(job_id), duration=round(audio.duration, 2), estimate=str(estimate))
+    body = {
+        "job_id": str(job_id),
+        "status": row["status"],
+        "estimated_cost": estimate,
+        "created_at": store.iso(row["created_at"]),
+    }
+    return respond(body, status=201)
+
+
+async def _create_job(  # noqa: PLR0917
+    deps: Deps,
+    job_id: uuid.UUID,
+    user: str,
+    prompt: str,
+    audio_key: str,
+    filename: str,
+    duration: float,
+    estimate: Any,
+) -> tuple[asyncpg.Record, int]:
+    """Insert the job ``queued`` with its first dispatch in the outbox, in one transaction."""
+    s = deps.settings
+    eff = Effects(job_id=str(job_id))
+    async with deps.pool.acquire() as conn, conn.transaction():
+        now = await conn.fetchval("SELECT now()")
+        row = await store.insert_job(
+            conn,
+            {
+                "job_id": job_id,
+                "user_id": user,
+                "status": "queued",
+                "current_stage": STAGES[0],
+                "user_prompt": prompt,
+                "audio_key": audio_key,
+                "audio_filename": filename,
+                "audio_duration": duration,
+                "environment": s.environment,
+                "estimated_cost": estimate,
+                "cost_limit": s.cost_limit,
+                "created_at": now,
+                "updated_at": now,
+                "deadline_at": now + timedelta(seconds=s.job_timeout_seconds),
+            },
+        )
+        dispatch = await store.start_stage(conn, job_id, STAGES[0])
+        task = StageTask(
+            job_id=str(job_id),
+            user_id=user,
+            stage=STAGES[0],
+            input=AudioParserInput(audio_key=audio_key),
+            budget_remaining=str(s.cost_limit),
+            dispatch=dispatch,
+        )
+        eff.emits.append(stage_task_emit(deps, task))
+        eff.event(deps, "stage_update", {"stage": STAGES[0], "status": "started"})
+        outbox_id = await deps.outbox.add(conn, job_id, eff.emits)
+    return row, outbox_id
+
+
+async def _snapshot(deps: Deps, job_id: uuid.UUID) -> dict[str, Any] | None:
+    cached = await deps.cache.get(str(job_id))
+    if cached is not None:
+        return cached
+    row = await store.get_job(deps.pool, job_id)
+    if row is None:
+        return None
+    snap = snapshot(row)
+    await deps.cache.fill(str(job_id), snap)
+    return snap
+
+
+async def get_job(request: web.Request) -> web.Response:
+    deps, user = _user(request)
+    job_id = _job_uuid(request)
+    snap = await _snapshot(deps, job_id)
+    _owned(snap, user)
+    assert snap is not None
+    url = None
+    if snap["status"] == "completed" and snap["video_key"] and not snap["files_cleaned_at"]:
+        url = await deps.storage.signed_url(snap["video_key"], deps.settings.download_url_seconds)
+    return respond(status_body(snap, url))
+
+
+def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValidationError(f"{name} must be an integer") from None
+    if not low <= value <= high:
+        raise ValidationError(f"{name} must be between {low} and {high}")
+    return value
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    deps, user = _user(request)
+    status = request.query.get("status")
+    if status is not None and status not in store.JOB_STATUSES:
+        raise ValidationError(f"status must be one of {', '.join(store.JOB_STATUSES)}")
+    limit = _int_param(request, "limit", 10, 1, 50)
+    offset = _int_param(request, "offset", 0, 0, 1_000_000)
+    rows, total = await store.list_jobs(deps.pool, user, status, limit, offset)
+    return respond({"jobs": [list_item(r) for r in rows], "total": total, "limit": limit, "offset": offset})
+
+
+async def cancel_job(request: web.Request) -> web.Response:
+    deps, user = _user(request)
+    job_id = _job_uuid(request)
+    eff = Effects(job_id=str(job_id))
+    async with deps.pool.acquire() as conn, conn.transaction():
+        row = await store.lock_job(conn, job_id)
+        _owned(row, user)
+        assert row is not None
+        if row["status"] in store.FINAL:
+            raise JobNotCancellable(f"Job already {row['status']}; it cannot be cancelled", job_id=str(job_id))
+        was = row["status"]
+        await fail_job(conn, deps, eff, "CANCELLED", CANCELLED_MESSAGE)
+        outbox_id = await deps.outbox.add(conn, job_id, eff.emits)
+    eff.delete_prefixes = intermediate_prefixes(str(job_id))
+    await after_commit(deps, eff)
+    await deps.outbox.send_quietly(outbox_id)
+    log.info("job_cancelled", job_id=str(job_id), was=was)
+    return respond({"job_id": str(job_id), "status": "failed", "message": CANCELLED_MESSAGE})
+
+
+async def download(request: web.Request) -> web.Response:
+    deps, user = _user(request)
+    job_id = _job_uuid(request)
+    row = await store.get_job(deps.pool, job_id)
+    _owned(row, user)
+    assert row is not None
+    if row["status"] != "completed" or not row["video_key"]:
+        raise NotFound("Job not completed", job_id=str(job_id))
+    if row["files_cleaned_at"] is not None or not await deps.storage.exists(row["video_key"]):
+        raise Gone("Video expired or deleted", job_id=str(job_id))
+    expires = deps.settings.download_url_seconds
+    url = await deps.storage.signed_url(row["video_key"], expires)
+    return respond({"download_url": url, "expires_in": expires, "filename": f"music_video_{job_id}.mp4"})
+
+
+async def internal_health(request: web.Request) -> web.Response:
+    deps = request.app[DEPS]
+    given = request.headers.get(HEADER_INTERNAL, "")
+    if not given or not hmac.compare_digest(given.encode(), deps.settings.internal_secret.encode()):
+        raise Unauthorized("Missing or invalid internal credentials")
+    report = await health_report(deps)
+    return respond(report, status=200 if not report["issues"] else 503)
+
+
+def routes() -> list[web.RouteDef]:
+    return [
+        web.post("/api/v1/upload-audio", upload_audio),
+        web.get("/api/v1/jobs", list_jobs),
+        web.get("/api/v1/jobs/{job_id}", get_job),
+        web.post("/api/v1/jobs/{job_id}/cancel", cancel_job),
+        web.get("/api/v1/jobs/{job_id}/download", download),
+        web.get("/internal/health", internal_health),
+    ]

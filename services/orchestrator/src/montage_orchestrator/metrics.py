@@ -1,0 +1,19 @@
+"""Prometheus metrics of the orchestrator."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+JOBS_CREATED = Counter("montage_jobs_created_total", "Jobs created")
+JOBS_COMPLETED = Counter("montage_jobs_completed_total", "Jobs completed")
+JOBS_FAILED = Counter("montage_jobs_failed_total", "Jobs failed", ["code"])
+STAGE_DURATION = Histogram(
+    "montage_stage_duration_seconds",
+    "Stage duration from dispatch to result, as seen by the orchestrator",
+    ["stage", "outcome"],
+    buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 900),
+)
+COST_DOLLARS = Counter("montage_job_cost_dollars_total", "Recorded provider cost", ["stage"])
+ACTIVE_JOBS = Gauge("montage_active_jobs", "Jobs queued or processing")
+UPLOAD_REJECTED = Counter("montage_upload_rejected_total", "Uploads refused", ["code"])
+CLEANUP_DELETED = Counter("montage_cleanup_objects_total", "Cleanup actions", ["status"])

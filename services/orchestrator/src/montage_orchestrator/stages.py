@@ -1,0 +1,133 @@
+"""Stage inputs built from earlier outputs (``job_stages.output``), and the fallback plan."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, TypeVar
+
+import asyncpg
+import msgspec
+from montage_common.keys import STAGES
+from montage_common.models import (
+    AudioAnalysis,
+    AudioParserInput,
+    ClipPrompts,
+    Clips,
+    ClipScript,
+    ComposerInput,
+    PromptGeneratorInput,
+    ReferenceGeneratorInput,
+    ReferenceImages,
+    Scene,
+    ScenePlan,
+    ScenePlannerInput,
+    StageInput,
+    Transition,
+    VideoGeneratorInput,
+)
+
+T = TypeVar("T", bound=msgspec.Struct)
+
+FALLBACK_CLIP_SECONDS = 6.0
+MIN_CLIPS = 3
+MAX_FALLBACK_CLIPS = 24
+_MOTIONS = ("zoom_in", "pan_left", "zoom_out", "pan_right", "pulse")
+
+
+def next_stage(stage: str) -> str | None:
+    i = STAGES.index(stage)
+    return STAGES[i + 1] if i + 1 < len(STAGES) else None
+
+
+def _output(rows: dict[str, asyncpg.Record], stage: str, kind: type[T]) -> T | None:
+    row = rows.get(stage)
+    if row is None or row["output"] is None:
+        return None
+    return msgspec.json.decode(row["output"], type=kind)
+
+
+def _require(value: T | None, stage: str) -> T:
+    if value is None:
+        raise LookupError(f"no output of {stage}")
+    return value
+
+
+def fallback_enabled(rows: dict[str, asyncpg.Record], stage: str) -> bool:
+    row = rows.get(stage)
+    if row is None:
+        return False
+    meta: Any = row["metadata"]
+    data = msgspec.json.decode(meta) if isinstance(meta, str | bytes) else (meta or {})
+    return bool(data.get("fallback_mode", False))
+
+
+def build_input(stage: str, job: asyncpg.Record, rows: dict[str, asyncpg.Record]) -> StageInput:
+    """The input of ``stage`` from the job and the outputs of the stages before it."""
+    if stage == "audio_parser":
+        return AudioParserInput(audio_key=job["audio_key"])
+    audio = _require(_output(rows, "audio_parser", AudioAnalysis), "audio_parser")
+    if stage == "scene_planner":
+        return ScenePlannerInput(user_prompt=job["user_prompt"], audio=audio)
+    plan = _require(_output(rows, "scene_planner", ScenePlan), "scene_planner")
+    if stage == "reference_generator":
+        return ReferenceGeneratorInput(plan=plan)
+    if stage == "prompt_generator":
+        fallback = fallback_enabled(rows, "reference_generator")
+        refs = None if fallback else _output(rows, "reference_generator", ReferenceImages)
+        return PromptGeneratorInput(plan=plan, references=refs, fallback_mode=fallback or refs is None)
+    if stage == "video_generator":
+        prompts = _require(_output(rows, "prompt_generator", ClipPrompts), "prompt_generator")
+        return VideoGeneratorInput(clip_prompts=prompts)
+    if stage == "composer":
+        clips = _require(_output(rows, "video_generator", Clips), "video_generator")
+        return ComposerInput(
+            clips=clips,
+            audio_key=job["audio_key"],
+            transitions=plan.transitions,
+            beats=audio.beat_timestamps,
+            duration=audio.duration,
+        )
+    raise ValueError(f"unknown stage {stage!r}")
+
+
+def _snap(target: float, beats: list[float], low: float, high: float) -> float:
+    inside = [b for b in beats if low < b < high]
+    return min(inside, key=lambda b: abs(b - target)) if inside else target
+
+
+def fallback_plan(user_prompt: str, audio: AudioAnalysis) -> ScenePlan:
+    """A simple plan: evenly spaced clips with boundaries snapped to beats, hard cuts, one scene."""
+    duration = max(audio.duration, 0.3)
+    count = max(MIN_CLIPS, min(MAX_FALLBACK_CLIPS, round(duration / FALLBACK_CLIP_SECONDS)))
+    beats = sorted(b for b in audio.beat_timestamps if 0.0 < b < duration)
+    step = duration / count
+    bounds = [0.0]
+    for i in range(1, count):
+        target = step * i
+        # keep every clip at least a third of a step long
+        bounds.append(_snap(target, beats, bounds[-1] + step / 3, target + step * 2 / 3))
+    bounds.append(duration)
+    text = " ".join(user_prompt.split())[:300]
+    scene = Scene(id="scene_1", description=text, setting="")
+    scripts = [
+        ClipScript(
+            index=i,
+            start=round(start, 3),
+            end=round(end, 3),
+            scene_id=scene.id,
+            description=text,
+            motion=_MOTIONS[i % len(_MOTIONS)],
+            beats=[round(b - start, 3) for b in beats if start <= b < end],
+        )
+        for i, (start, end) in enumerate(itertools.pairwise(bounds))
+    ]
+    transitions = [Transition(after_clip=i, kind="cut") for i in range(count - 1)]
+    return ScenePlan(
+        style="simple",
+        characters=[],
+        scenes=[scene],
+        clip_scripts=scripts,
+        transitions=transitions,
+        planner="orchestrator-fallback",
+        fallback=True,
+    )

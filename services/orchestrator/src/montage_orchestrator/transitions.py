@@ -1,0 +1,89 @@
+"""Job-level transitions shared by the pipeline, the cancel endpoint and the sweepers.
+
+Each runs inside the caller's transaction (the job row locked) and records its side effects in
+:class:`Effects`: the emits that go out with the hand-off, and what happens after the commit
+(the cache write, the cancel flag, deleting intermediate files).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import structlog
+from montage_common.events import event_emit
+from montage_common.streams import Emit
+
+from montage_orchestrator import cleanup, metrics, store
+from montage_orchestrator.deps import Deps
+from montage_orchestrator.jobs import snapshot
+
+log = structlog.get_logger()
+
+CANCELLED_MESSAGE = "Job cancelled by user"
+BUDGET_MESSAGE = "Budget limit exceeded"
+TIMEOUT_MESSAGE = "Job exceeded 15-minute timeout"
+
+
+@dataclass
+class Effects:
+    job_id: str
+    total: Decimal = Decimal(0)
+    emits: list[Emit] = field(default_factory=list)
+    tomb: bytes | None = None
+    row: asyncpg.Record | None = None
+    cancel_flag: bool = False
+    delete_prefixes: list[str] = field(default_factory=list)
+
+    def event(self, deps: Deps, event: str, data: dict[str, Any]) -> None:
+        self.emits.append(event_emit(deps.keys, self.job_id, event, data))
+
+
+async def begin(deps: Deps, eff: Effects) -> None:
+    """Call inside the transaction, once the change is decided and before the commit."""
+    if eff.tomb is None:
+        eff.tomb = await deps.cache.begin_write(eff.job_id)
+
+
+async def after_commit(deps: Deps, eff: Effects) -> None:
+    """Cache write-through, cancel flag, intermediate-file cleanup; each best effort."""
+    if eff.tomb is not None and eff.row is not None:
+        try:
+            await deps.cache.end_write(eff.job_id, eff.tomb, snapshot(eff.row))
+        except Exception as exc:
+            log.warning("status_cache_write_failed", job_id=eff.job_id, error=str(exc)[:200])
+    if eff.cancel_flag:
+        try:
+            await deps.redis.set(deps.keys.job_cancel(eff.job_id), "1", ex=deps.settings.cancel_flag_seconds)
+        except Exception as exc:
+            log.warning("cancel_flag_failed", job_id=eff.job_id, error=str(exc)[:200])
+    if eff.delete_prefixes:
+        await cleanup.delete_prefixes(deps, uuid.UUID(eff.job_id), eff.delete_prefixes, reason="job_final")
+
+
+async def fail_job(conn: asyncpg.Connection, deps: Deps, eff: Effects, code: str, message: str) -> asyncpg.Record:
+    """Mark the job failed: error fields, running stages failed, files kept 7 days, ``error`` event."""
+    job_id = uuid.UUID(eff.job_id)
+    await begin(deps, eff)
+    await store.fail_running_stages(conn, job_id, message)
+    row = await store.update_job(
+        conn,
+        job_id,
+        status="failed",
+        error_message=message,
+        error_code=code,
+        completed_at=await conn.fetchval("SELECT now()"),
+        files_expire_at=await conn.fetchval(
+            "SELECT now() + $1::interval", timedelta(days=deps.settings.failed_retention_days)
+        ),
+    )
+    eff.event(deps, "error", {"error": message, "code": code, "retryable": False})
+    eff.cancel_flag = True  # any worker still on this job stops before its next step
+    eff.row = row
+    metrics.JOBS_FAILED.labels(code).inc()
+    log.info("job_failed", job_id=eff.job_id, code=code, error=message[:200])
+    return row

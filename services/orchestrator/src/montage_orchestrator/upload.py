@@ -1,0 +1,154 @@
+"""Upload validation: the multipart body streamed to a temporary file under a size limit, the
+audio type decided from the bytes (MP3, WAV or FLAC that mutagen parses), the duration, the
+prompt, and a safe file name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import tempfile
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import BodyPartReader, web
+from montage_common.errors import ValidationError
+from mutagen import MutagenError
+from mutagen.flac import FLAC
+from mutagen.mp3 import MP3
+from mutagen.wave import WAVE
+
+from montage_orchestrator.errors import UnsupportedAudio, UploadTooLarge
+
+CHUNK = 64 * 1024
+MAX_PROMPT_FIELD = 64 * 1024
+CONTENT_TYPES = {"mp3": "audio/mpeg", "wav": "audio/wav", "flac": "audio/flac"}
+_UNSAFE = re.compile(r"[^A-Za-z0-9._ -]+")
+
+
+@dataclass
+class Upload:
+    path: Path
+    size: int
+    filename: str  # as the client sent it
+    prompt: str | None
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    kind: str  # "mp3" | "wav" | "flac"
+    duration: float
+
+    @property
+    def content_type(self) -> str:
+        return CONTENT_TYPES[self.kind]
+
+
+async def _read_file_part(part: BodyPartReader, dest: Path, limit: int) -> int:
+    size = 0
+    with dest.open("wb") as fh:
+        while chunk := await part.read_chunk(CHUNK):
+            size += len(chunk)
+            if size > limit:
+                raise UploadTooLarge(f"File too large: the limit is {limit // (1024 * 1024)} MB")
+            fh.write(chunk)
+    return size
+
+
+async def receive(request: web.Request, limit: int, tmp_dir: str | None = None) -> Upload:
+    """Stream ``audio_file`` to a temporary file (refusing it as soon as it passes ``limit``)."""
+    if not request.content_type.startswith("multipart/"):
+        raise ValidationError("Expected multipart/form-data with audio_file and user_prompt")
+    reader = await request.multipart()
+    fd, name = tempfile.mkstemp(prefix="montage-upload-", dir=tmp_dir)
+    os.close(fd)
+    upload = Upload(Path(name), 0, "", None)
+    try:
+        got_file = False
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                raise ValidationError("Nested multipart is not supported")
+            if part.name == "audio_file" and not got_file:
+                upload.filename = part.filename or ""
+                upload.size = await _read_file_part(part, upload.path, limit)
+                got_file = True
+            elif part.name == "user_prompt":
+                raw = await part.read(decode=True)
+                if len(raw) > MAX_PROMPT_FIELD:
+                    raise ValidationError("user_prompt is too long")
+                upload.prompt = raw.decode("utf-8", errors="replace")
+            else:
+                await part.release()
+        if not got_file or upload.size == 0:
+            raise ValidationError("audio_file is required")
+    except BaseException:
+        upload.discard()
+        raise
+    return upload
+
+
+def check_prompt(prompt: str | None, low: int, high: int) -> str:
+    text = (prompt or "").strip()
+    if not low <= len(text) <= high:
+        raise ValidationError(f"user_prompt must be {low}-{high} characters (got {len(text)})")
+    return text
+
+
+def _sniff(head: bytes) -> str | None:
+    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        return "wav"
+    if head[:4] == b"fLaC":
+        return "flac"
+    if head[:3] == b"ID3":
+        # an ID3v2 tag may precede FLAC too; let the parsers decide between the two
+        return "id3"
+    if len(head) >= 2 and head[0] == 0xFF and (head[1] & 0xE0) == 0xE0:
+        return "mp3"
+    return None
+
+
+def _probe(path: Path) -> AudioInfo:
+    with path.open("rb") as fh:
+        head = fh.read(12)
+    kind = _sniff(head)
+    parsers: dict[str, list[tuple[str, Any]]] = {
+        "wav": [("wav", WAVE)],
+        "flac": [("flac", FLAC)],
+        "mp3": [("mp3", MP3)],
+        "id3": [("flac", FLAC), ("mp3", MP3)],
+    }
+    candidates = parsers.get(kind or "", [])
+    for name, cls in candidates:
+        try:
+            audio = cls(path)
+        except (MutagenError, OSError, ValueError, EOFError, IndexError):
+            continue
+        length = float(getattr(audio.info, "length", 0.0) or 0.0)
+        if length > 0:
+            return AudioInfo(name, length)
+    raise UnsupportedAudio("Unsupported audio: upload an MP3, WAV or FLAC file")
+
+
+async def probe(path: Path) -> AudioInfo:
+    """The type and duration from the bytes (not the client's MIME type or extension)."""
+    return await asyncio.to_thread(_probe, path)
+
+
+def safe_filename(name: str, kind: str) -> str:
+    """A name safe as one path segment: no directories, traversal or control characters."""
+    base = re.split(r"[\\/]", name)[-1]
+    base = unicodedata.normalize("NFKC", base)
+    base = "".join(ch for ch in base if unicodedata.category(ch)[0] != "C")
+    base = _UNSAFE.sub("_", base).strip(" .")
+    base = re.sub(r"\s+", "_", base)[:100].strip("._")
+    stem, dot, ext = base.rpartition(".")
+    if not (dot and ext.lower() in CONTENT_TYPES):
+        stem = base
+    stem = stem.strip("._") or "audio"
+    return f"{stem}.{kind}"
