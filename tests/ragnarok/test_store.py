@@ -45,10 +45,10 @@ async def test_concurrent_claims_are_disjoint_and_leases_expire(pool: asyncpg.Po
     async def expired() -> list[str]:
         return [c.job.job_id for c in await store.claim("taker", 30, 100)]
 
-    taken: list[str] = []
-    for _ in range(100):  # leases of 0.3 s expire; the next claim takes every job over
-        taken = await expired()
-        if taken:
+    taken: set[str] = set()
+    for _ in range(100):  # the 0.3 s leases expire; later claims take every job over
+        taken |= set(await expired())
+        if taken == ids:
             break
         await asyncio.sleep(0.05)
     assert set(taken) == ids
