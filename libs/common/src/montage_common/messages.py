@@ -38,7 +38,7 @@ class StageResult(Wire, tag="result", frozen=True, kw_only=True):
     stage: str
     dispatch: int = 1
     ok: bool
-    output: msgspec.Raw | None = None  # JSON of the stage's output Struct
+    output: msgspec.Raw = msgspec.Raw(b"null")  # JSON of the stage's output Struct (null on failure)
     error: ErrorInfo | None = None
     duration_seconds: float = 0.0
     costs: list[CostItem] = []
