@@ -19,8 +19,10 @@ class StageSettings(CommonSettings, frozen=True, kw_only=True):
     video_height: int = 360
     video_fps: int = 24
     max_parallel_clips: int = 5
-    x264_preset: str = "veryfast"
+    x264_preset: str = "veryfast"  # the final video
     x264_crf: int = 23
+    clip_x264_preset: str = "ultrafast"  # intermediate clips, re-encoded by the composer
+    clip_x264_crf: int = 20
     audio_bitrate: str = "160k"
     clip_min_seconds: float = 3.0
     clip_max_seconds: float = 8.0
@@ -38,7 +40,7 @@ class StageSettings(CommonSettings, frozen=True, kw_only=True):
     image_provider_model: str = "gpt-image-1"
     image_usd_per_image: float = 0.04
     video_provider: Literal["local", "ragnarok"] = "local"
-    ragnarok_proxy_url: str = "http://127.0.0.1:8003"
+    ragnarok_proxy_url: str = "http://127.0.0.1:8082"
     ragnarok_usd_per_second: float = 0.05
     ragnarok_poll_seconds: float = 2.0
     ragnarok_timeout_seconds: float = 600.0
