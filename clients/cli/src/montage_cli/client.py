@@ -120,7 +120,10 @@ class MontageClient:
 
     async def dev_token(self, user_id: str) -> str:
         body = await self.call("POST", f"{API}/dev/token", json={"user_id": user_id})
-        return str(body["token"])
+        token = body.get("access_token") or body.get("token")  # the gateway answers Supabase-style
+        if not token:
+            raise CliError(f"the development token endpoint answered without a token: {sorted(body)}")
+        return str(token)
 
     async def download(self, job_id: str, out_dir: Path, *, chunk: int = 1 << 16) -> Path:
         """Fetch the finished video through its signed URL into ``out_dir``; returns the file."""

@@ -42,6 +42,11 @@ class JobView:
         """Fold one event in; returns whether anything visible changed."""
         data = ev.json()
         match ev.event:
+            case "state":  # the job as it is when the stream opens (no id), before the log
+                self.progress = int(float(data.get("progress") or 0))
+                self.stage = str(data.get("current_stage") or data.get("status") or self.stage)
+                if data.get("total_cost") is not None:
+                    self.cost = float(data["total_cost"])
             case "progress":
                 self.progress = int(float(data.get("progress", self.progress)))
                 rem = data.get("estimated_remaining")
