@@ -66,8 +66,9 @@ def analyse(x: np.ndarray, sr: int) -> AudioAnalysis:
     """The whole analysis of mono PCM ``x`` (pure numpy, CPU-bound)."""
     duration = x.size / sr
     feats = spectrum.onset_features(x, sr)
-    coarse = beats.estimate_tempo(feats.onset, feats.rate)
-    beat_frames = beats.track_beats(feats.onset, feats.rate, coarse)
+    pulse = beats.pulse_envelope(feats.onset, feats.low)
+    coarse = beats.estimate_tempo(pulse, feats.rate)
+    beat_frames = beats.track_beats(pulse, feats.rate, coarse)
     beat_times = beat_frames / feats.rate
     tempo = beats.tempo_from_beats(beat_times, coarse)
 

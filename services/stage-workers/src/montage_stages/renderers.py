@@ -52,10 +52,11 @@ class LocalRenderer:
         frames = max(1, round(duration * s.video_fps))
         await ffmpeg.run(
             [
-                "-v", "error", "-y", "-loop", "1", "-framerate", str(s.video_fps), "-i", str(still),
+                "-v", "error", "-y", "-i", str(still),
                 "-vf", motion_filter(prompt, s.video_width, s.video_height, s.video_fps, frames),
                 "-frames:v", str(frames), "-r", str(s.video_fps),
-                "-c:v", "libx264", "-preset", s.x264_preset, "-crf", str(s.x264_crf), "-pix_fmt", "yuv420p",
+                "-c:v", "libx264", "-preset", s.clip_x264_preset, "-crf", str(s.clip_x264_crf),
+                "-pix_fmt", "yuv420p",
                 "-an", str(dest),
             ],
             exe=s.ffmpeg_path,
@@ -65,7 +66,10 @@ class LocalRenderer:
 
 
 def motion_filter(prompt: ClipPrompt, width: int, height: int, fps: int, frames: int) -> str:
-    """zoompan (zoom or pan over the clip) with scale pulses and an eq brightness flash on each beat."""
+    """zoompan (zoom or pan over the clip) with scale pulses and an eq brightness flash on each beat.
+
+    The still is decoded once and zoompan emits all ``frames`` from it (``d=frames``).
+    """
     beats = [b for b in prompt.beats if 0 <= b < frames / fps][:MAX_PULSES]
     t = f"(on/{fps})"
     zpulse = "+".join(f"0.035*exp(-9*({t}-{b:.3f}))*gte({t},{b:.3f})" for b in beats) or "0"
@@ -80,7 +84,7 @@ def motion_filter(prompt: ClipPrompt, width: int, height: int, fps: int, frames:
     }.get(prompt.motion, ("1.06", center_x))
     return (
         f"scale={2 * width}:{2 * height},setsar=1,"
-        f"zoompan=z='{zoom}+{zpulse}':x='{x}':y='{center_y}':d=1:s={width}x{height}:fps={fps},"
+        f"zoompan=z='{zoom}+{zpulse}':x='{x}':y='{center_y}':d={frames}:s={width}x{height}:fps={fps},"
         f"eq=brightness='{bpulse}':eval=frame,format=yuv420p"
     )
 
