@@ -33,7 +33,6 @@ from montage_common.messages import (
     StageResult,
     StageTask,
     encode,
-    result_decoder,
 )
 from montage_common.models import STAGE_OUTPUT_TYPES, AudioAnalysis, Clips, CostItem, VideoOutput
 from montage_common.streams import Delivery, Emit
@@ -52,6 +51,33 @@ KNOWN_CODES = frozenset(
 NO_FALLBACK_CODES = frozenset({"BUDGET_EXCEEDED", "CANCELLED"})
 BUDGET_CHECKED = ("reference_generator", "video_generator")
 _out = msgspec.json.Encoder(decimal_format="number")
+
+
+class _ResultIn(msgspec.Struct, tag="result", frozen=True, kw_only=True):
+    """Decoding side of :class:`StageResult`: msgspec cannot decode ``Raw | None`` (the shared
+    ``result_decoder`` fails on every successful result), so ``output`` is a plain ``Raw`` here."""
+
+    job_id: str
+    stage: str
+    dispatch: int = 1
+    ok: bool
+    output: msgspec.Raw = msgspec.Raw(b"null")
+    error: ErrorInfo | None = None
+    duration_seconds: float = 0.0
+    costs: list[CostItem] = []
+    attempts: int = 1
+
+
+_decoder = msgspec.json.Decoder(_ResultIn | StageProgress | StageCost)
+
+
+def decode_result(payload: bytes) -> StageResult | StageProgress | StageCost:
+    msg = _decoder.decode(payload)
+    if not isinstance(msg, _ResultIn):
+        return msg
+    output = None if bytes(msg.output) in (b"", b"null") else msg.output
+    fields = {f: getattr(msg, f) for f in msg.__struct_fields__ if f != "output"}
+    return StageResult(output=output, **fields)
 
 
 def stage_task_emit(deps: Deps, task: StageTask) -> Emit:
@@ -110,9 +136,9 @@ class Pipeline:
 
     async def handle(self, d: Delivery) -> list[Emit]:
         try:
-            msg = result_decoder.decode(d.payload)
-        except msgspec.DecodeError:
-            log.error("result_undecodable", entry=d.entry_id)
+            msg = decode_result(d.payload)
+        except msgspec.DecodeError as exc:
+            log.error("result_undecodable", entry=d.entry_id, error=str(exc)[:200])
             return []
         job_uuid = store.as_uuid(msg.job_id)
         if job_uuid is None:
