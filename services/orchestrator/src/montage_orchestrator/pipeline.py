@@ -72,12 +72,20 @@ _decoder = msgspec.json.Decoder(_ResultIn | StageProgress | StageCost)
 
 
 def decode_result(payload: bytes) -> StageResult | StageProgress | StageCost:
-    msg = _decoder.decode(payload)
+    msg: _ResultIn | StageProgress | StageCost = _decoder.decode(payload)
     if not isinstance(msg, _ResultIn):
         return msg
-    output = None if bytes(msg.output) in (b"", b"null") else msg.output
-    fields = {f: getattr(msg, f) for f in msg.__struct_fields__ if f != "output"}
-    return StageResult(output=output, **fields)
+    return StageResult(
+        job_id=msg.job_id,
+        stage=msg.stage,
+        dispatch=msg.dispatch,
+        ok=msg.ok,
+        output=None if bytes(msg.output) in (b"", b"null") else msg.output,  # type: ignore[arg-type]
+        error=msg.error,
+        duration_seconds=msg.duration_seconds,
+        costs=msg.costs,
+        attempts=msg.attempts,
+    )
 
 
 def stage_task_emit(deps: Deps, task: StageTask) -> Emit:
