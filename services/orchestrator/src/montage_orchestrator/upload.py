@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 from montage_common.errors import ValidationError
 from mutagen import MutagenError
 from mutagen.flac import FLAC
@@ -87,6 +88,9 @@ async def receive(request: web.Request, limit: int, tmp_dir: str | None = None) 
                 await part.release()
         if not got_file or upload.size == 0:
             raise ValidationError("audio_file is required")
+    except (HttpProcessingError, ValueError) as exc:
+        upload.discard()
+        raise ValidationError(f"Malformed multipart body: {type(exc).__name__}") from None
     except BaseException:
         upload.discard()
         raise
