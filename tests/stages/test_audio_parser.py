@@ -36,6 +36,19 @@ async def test_click_track_tempo_and_beats(
     assert errors.max() < 0.05, errors.max()
 
 
+@pytest.mark.parametrize("bpm", [100.0, 124.0, 140.0])
+async def test_drum_song_tempo(bpm: float) -> None:
+    """Hi-hats on eighth notes must not pull the tempo to 2/3 or 3/2 of the beat."""
+    samples = synth.song(40.0, bpm)[::2].copy()  # 44.1 kHz → 22.05 kHz
+
+    analysis = audio_parser.analyse(samples, 22050)
+
+    assert abs(analysis.tempo - bpm) / bpm < 0.02
+    period = 60.0 / bpm
+    phase = [(t / period) % 1.0 for t in analysis.beat_timestamps if t > 2.0]
+    assert all(min(p, 1 - p) * period < 0.05 for p in phase)  # on the synth's beat grid
+
+
 async def test_song_structure(
     song_files: dict[str, Path], storage: LocalStorage, make_ctx: Callable[..., StageContext]
 ) -> None:

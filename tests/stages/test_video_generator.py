@@ -21,6 +21,7 @@ from montage_stages.audio_parser import analyse
 from montage_stages.context import StageContext
 from montage_stages.renderers import LocalRenderer
 from montage_stages.scene_planner import local_plan
+from prometheus_client import REGISTRY
 
 from .media import decode_errors
 
@@ -79,6 +80,9 @@ async def test_failing_clips_do_not_stop_the_others(
     failing: set[int], expect_ok: int, storage: LocalStorage, make_ctx: Callable[..., StageContext]
 ) -> None:
     ctx = make_ctx()
+    before = (
+        REGISTRY.get_sample_value("montage_clips_rendered_total", {"provider": "flaky", "outcome": "failed"}) or 0.0
+    )
 
     clips = await video_generator.process(
         ctx, "job1", VideoGeneratorInput(clip_prompts=six_prompts()), renderer=FailingRenderer(failing)
@@ -87,6 +91,8 @@ async def test_failing_clips_do_not_stop_the_others(
     assert len(clips.clips) == expect_ok
     assert sorted(f.index for f in clips.failed) == sorted(failing)
     assert all("provider refused" in f.error for f in clips.failed)
+    after = REGISTRY.get_sample_value("montage_clips_rendered_total", {"provider": "flaky", "outcome": "failed"})
+    assert after == before + len(failing)
     for clip in clips.clips:
         assert await storage.exists(clip.key)
         assert clip.provider == "flaky"
@@ -113,9 +119,7 @@ async def test_composer_covers_failed_clips(
     assert await decode_errors(storage.path_of(out.key)) == ""
 
 
-async def test_cancel_stops_rendering(
-    storage: LocalStorage, make_ctx: Callable[..., StageContext], settings: object
-) -> None:
+async def test_cancel_stops_rendering(storage: LocalStorage, make_ctx: Callable[..., StageContext]) -> None:
     cancelled = False
     rendered: list[str] = []
 

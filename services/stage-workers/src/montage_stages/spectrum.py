@@ -52,7 +52,9 @@ def onset_features(x: np.ndarray, sr: int) -> OnsetFeatures:
 def _detrend(flux: np.ndarray, width: int) -> np.ndarray:
     """Subtract a moving average and half-wave rectify; scaled to unit standard deviation."""
     kernel = np.ones(width) / width
-    out = np.maximum(0.0, flux - np.convolve(flux, kernel, mode="same"))
+    padded = np.pad(flux, width, mode="edge")  # no false onsets where the song starts or ends
+    mean = np.convolve(padded, kernel, mode="same")[width:-width]
+    out = np.maximum(0.0, flux - mean)
     std = float(out.std())
     return np.asarray(out / std if std > 0 else out)
 
