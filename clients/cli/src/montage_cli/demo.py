@@ -28,7 +28,7 @@ import aiohttp
 from montage_cli import commands
 from montage_cli.client import MontageClient
 from montage_cli.errors import CliError, JobFailed, StackNotRunning
-from montage_cli.render import ProgressRenderer
+from montage_cli.render import ProgressRenderer, money
 from montage_cli.settings import DEMO_USER, CliSettings, load_settings
 from montage_cli.tokens import resolve_token
 
@@ -142,7 +142,7 @@ async def demo(args: argparse.Namespace, settings: CliSettings, environ: dict[st
             print(f"submitted job {job_id} (estimated cost ${job.get('estimated_cost')})", flush=True)
             view = await commands.follow(client, job_id, renderer=ProgressRenderer(sys.stdout))
             path = await client.download(job_id, Path(args.out))
-            print(f"total cost ${view.cost:.2f}; took {time.monotonic() - started:.1f} s")
+            print(f"total cost {money(view.cost)}; took {time.monotonic() - started:.1f} s")
             print(f"video: {path.resolve()}")
             return 0
         except JobFailed as err:

@@ -19,6 +19,7 @@ import aiohttp
 from montage_cli import commands, queues
 from montage_cli.client import MontageClient
 from montage_cli.errors import CliError
+from montage_cli.render import money
 from montage_cli.settings import DEMO_USER, CliSettings, load_settings
 from montage_cli.tokens import dev_token, refuse_in_production, resolve_token
 
@@ -121,12 +122,12 @@ async def dispatch(client: MontageClient, args: argparse.Namespace) -> int:
                 print(f"job {job['job_id']} {job.get('status')} (estimated cost ${job.get('estimated_cost')})")
             if args.watch:
                 view = await commands.follow(client, job["job_id"])
-                print(f"completed: total cost ${view.cost:.2f}; `montage download {job['job_id']}`")
+                print(f"completed: total cost {money(view.cost)}; `montage download {job['job_id']}`")
         case "watch":
             lines = sys.stdout if args.json else None
             view = await commands.follow(client, args.job, json_lines=lines, last_event_id=args.last_event_id)
             if not args.json:
-                print(f"completed: total cost ${view.cost:.2f}")
+                print(f"completed: total cost {money(view.cost)}")
         case "status":
             job = await client.job(args.job)
             commands.emit_json(job) if args.json else print(commands.format_job(job))

@@ -16,10 +16,12 @@ BAR_WIDTH = 28
 
 
 def money(value: Any) -> str:
+    """Dollars; sub-dollar amounts (local compute) keep four decimals so they do not read as $0.00."""
     try:
-        return f"${float(value):.2f}"
+        amount = float(value)
     except (TypeError, ValueError):
         return "$?"
+    return f"${amount:.2f}" if abs(amount) >= 1 or amount == 0 else f"${amount:.4f}"
 
 
 @dataclass

@@ -1,0 +1,102 @@
+"""(3) Cancel mid-pipeline: the job fails "Job cancelled by user", workers stop, intermediates go."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from montage_cli.errors import ApiError
+from montage_cli.sse import SseEvent
+from montage_common.keys import STAGES, Keys
+from montage_common.messages import StageTask
+from montage_common.redis import create_redis
+from redis.asyncio import Redis
+
+from tests.e2e.conftest import ClientFactory, RunningStack, unique
+from tests.e2e.flows import PROMPT, follow_to_end, stage_updates
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
+
+INTERMEDIATE_BUCKETS = ("reference-images", "video-clips")
+
+
+def intermediates(storage: Path, job_id: str) -> list[Path]:
+    """Behind the gateway: the job's files in the intermediate buckets of local storage."""
+    return [p for b in INTERMEDIATE_BUCKETS for p in (storage / b).rglob("*") if p.is_file() and job_id in str(p)]
+
+
+async def pending_tasks_of(redis: Redis, keys: Keys, job_id: str) -> list[str]:
+    """Behind the gateway: stage tasks of the job still queued or in a worker's hands."""
+    found: list[str] = []
+    r: Any = redis
+    for stage in STAGES:
+        stream = keys.stage_stream(stage)
+        for entry_id, fields in await r.xrange(stream):
+            task = msgspec.json.decode(fields[b"m"], type=StageTask) if b"m" in fields else None
+            if task is None or task.job_id != job_id:
+                continue
+            pending = await r.xpending_range(stream, keys.stage_group(stage), min=entry_id, max=entry_id, count=1)
+            info = await r.xinfo_groups(stream)
+            last = next((g["last-delivered-id"] for g in info if g["name"] in (stage, stage.encode())), b"0-0")
+            undelivered = _id(entry_id) > _id(last)
+            if pending or undelivered:
+                found.append(f"{stage}:{entry_id!r}")
+    return found
+
+
+def _id(raw: bytes | str) -> tuple[int, int]:
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+async def test_cancel_mid_pipeline(as_user: ClientFactory, e2e_stack: RunningStack, song: Path) -> None:
+    client = await as_user(unique("carol"))
+    job_id = str((await client.upload(song, PROMPT))["job_id"])
+    cancelled: dict[str, object] = {}
+
+    async def on_event(ev: SseEvent) -> None:
+        data = ev.json()
+        # once reference images exist and clips are being made: cancel
+        starting_clips = data.get("stage") == "video_generator" and data.get("status") == "started"
+        if not cancelled and ev.event == "stage_update" and starting_clips:
+            cancelled["files_before"] = len(intermediates(e2e_stack.storage_dir, job_id))
+            cancelled["body"] = await client.cancel(job_id)
+
+    events = await follow_to_end(client, job_id, on_event=on_event)
+    assert cancelled, f"the job ended before video_generator started: {stage_updates(events)}"
+    assert cancelled["body"] == {"job_id": job_id, "status": "failed", "message": "Job cancelled by user"}
+    assert cancelled["files_before"], "no reference images existed before the cancel (nothing to clean up)"
+
+    final = events[-1]
+    assert final.event == "error", [e.event for e in events[-3:]]
+    assert final.json()["error"] == "Job cancelled by user" and final.json()["retryable"] is False
+    started = [s for s, st in stage_updates(events) if st == "started"]
+    assert "composer" not in started, "a stage started after the cancel"
+
+    job = await client.job(job_id)
+    assert job["status"] == "failed" and job["error_message"] == "Job cancelled by user"
+
+    redis = create_redis(e2e_stack.redis_url)
+    keys = Keys(e2e_stack.namespace)
+    try:  # workers stop and intermediates go (condition polled for up to 30 s)
+        left: list[str] = []
+        for _ in range(120):
+            left = await pending_tasks_of(redis, keys, job_id)
+            if not left and not intermediates(e2e_stack.storage_dir, job_id):
+                break
+            await asyncio.sleep(0.25)
+        else:
+            pytest.fail(f"after 30 s: tasks {left}, files {intermediates(e2e_stack.storage_dir, job_id)}")
+    finally:
+        await redis.aclose()
+
+    # nothing brings it back to life
+    job = await client.job(job_id)
+    assert job["status"] == "failed" and job["error_message"] == "Job cancelled by user"
+    with pytest.raises(ApiError) as again:
+        await client.cancel(job_id)
+    assert again.value.status == 400
