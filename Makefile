@@ -7,7 +7,7 @@ UV ?= $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 PY := .venv/bin/python
 export UV_LINK_MODE ?= copy
 
-.PHONY: install up demo test lint typecheck pytest bench clean
+.PHONY: install browser up demo test lint typecheck pytest bench clean
 
 $(UV):
 	@python3 -m pip install --quiet --target .tools/uvpkg uv >/dev/null && mkdir -p .tools/bin && ln -sf ../uvpkg/bin/uv .tools/bin/uv
@@ -17,6 +17,11 @@ $(UV):
 	@touch $@
 
 install: .venv/.installed
+
+# The demo page's browser test drives Debian's chromium (no browser download).
+browser:
+	@command -v chromium >/dev/null || { echo "installing Debian's chromium for the browser test"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 up: install
 	$(PY) -m montage_common.devstack up
@@ -29,9 +34,9 @@ lint: install
 	$(PY) -m ruff format --check .
 
 typecheck: install
-	$(PY) -m mypy libs/common/src services/*/src
+	$(PY) -m mypy libs/common/src services/*/src clients/*/src
 
-pytest: install
+pytest: install browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test: lint typecheck pytest

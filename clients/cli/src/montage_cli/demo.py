@@ -29,7 +29,7 @@ from montage_cli import commands
 from montage_cli.client import MontageClient
 from montage_cli.errors import CliError, JobFailed, StackNotRunning
 from montage_cli.render import ProgressRenderer, money
-from montage_cli.settings import DEMO_USER, CliSettings, load_settings
+from montage_cli.settings import DEFAULT_URL, DEMO_USER, CliSettings, load_settings
 from montage_cli.tokens import resolve_token
 
 DEFAULT_PROMPT = (
@@ -113,18 +113,34 @@ async def make_song(path: Path, seconds: float) -> Path:
     return path
 
 
+async def find_running(client: MontageClient, candidates: list[str]) -> str | None:
+    """The first candidate URL whose gateway answers."""
+    for url in candidates:
+        client.base_url = url
+        try:
+            await client.health()
+            return url
+        except StackNotRunning:
+            continue
+    return None
+
+
 async def demo(args: argparse.Namespace, settings: CliSettings, environ: dict[str, str]) -> int:
     started = time.monotonic()
-    url = (args.url or settings.montage_url).rstrip("/")
+    explicit = args.url or environ.get("MONTAGE_URL")
+    # Without an explicit URL: the stack var/stack.env names (it may be stale), then the default.
+    candidates = [explicit] if explicit else list(dict.fromkeys([settings.montage_url, DEFAULT_URL]))
+    candidates = [c.rstrip("/") for c in candidates]
     stack: StackHandle | None = None
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=120)
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        client = MontageClient(session, url)
+        client = MontageClient(session, candidates[-1])
         try:
-            try:
-                await client.health()
+            url = await find_running(client, candidates)
+            if url is not None:
                 print(f"Montage is running at {url}")
-            except StackNotRunning:
+            else:
+                url = client.base_url = candidates[-1]
                 log = Path("var/demo-stack.log")
                 print(f"Nothing answers at {url}: starting the local stack (log: {log}) …", flush=True)
                 stack = StackHandle(log, _port(url), environ)
