@@ -108,11 +108,11 @@ class Authenticator:
         return identity.user_id
 
 
-USER_ID = "montage_user_id"  # request key: the verified user id
+USER_ID: web.RequestKey[str | None] = web.RequestKey("user_id", str)  # the verified user id
 
 
 def request_user(request: web.Request) -> str:
-    user: str | None = request.get(USER_ID)
+    user = request.get(USER_ID)
     if not user:
         raise Unauthorized("Missing bearer token")
     return user
