@@ -8,6 +8,8 @@ entry with bounded concurrency. Its guarantees:
   script, and only while this consumer still owns the entry. A crash before the script
   leaves the entry pending (another consumer reclaims it); a crash after it leaves nothing
   to redo. A consumer that lost its claim discards its result instead of duplicating it.
+  Hand-offs of entries that finish together go to Redis in one script call (each one still
+  checked and applied on its own).
 - **Live claims are kept.** While a handler runs, its entries' idle time is reset every
   ``claim_idle / 3``, so no other consumer reclaims a long job of a live worker.
 - **Dead consumers' entries are reclaimed** with ``XAUTOCLAIM`` after ``claim_idle``; entries
@@ -15,15 +17,17 @@ entry with bounded concurrency. Its guarantees:
   dead-lettered. Consumers gone for ``consumer_gc`` with nothing pending are removed.
 - **Durable retries.** A :class:`~montage_common.errors.RetryableError` (or any exception with
   ``retryable = True``) moves the entry, atomically with its ack, into a sorted set scored by
-  its due time (backoff 2 s, 4 s, 8 s by default); every consumer promotes due entries back
-  to their stream. After the last retry, or on a non-retryable error, the entry goes to the
-  dead-letter stream ``<stream>:dead`` with its error and history, and the caller's
-  ``on_dead_letter`` hook emits what it wants (e.g. a failure result) in the same script.
+  its due time (backoff 2 s, 4 s, 8 s by default: one delay per retry, so 1 + ``len(backoff)``
+  attempts); every consumer promotes due entries back to their stream. After the last retry,
+  or on a non-retryable error, the entry goes to the dead-letter stream ``<stream>:dead``
+  with its error and history, and the caller's ``on_dead_letter`` hook emits what it wants
+  (e.g. a failure result) in the same script.
 - **Recovers from a lost group** (``NOGROUP`` after FLUSHALL or a restart without
   persistence): the group is recreated from the last id this consumer saw, so a surviving
   stream is not replayed. Connection errors back off and retry forever.
 - **Safe trimming.** Streams are trimmed to about ``maxlen`` with ``XTRIM MINID ~`` but never
-  past the oldest entry that some group still has pending or has not yet read.
+  past the oldest entry that some group still has pending or has not yet read (decided and
+  applied in one script).
 - **Graceful stop.** :meth:`StreamConsumer.stop` stops reading; in-flight handlers get
   ``grace`` seconds, then are cancelled and their entries stay pending for another consumer.
 
@@ -35,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import socket
 import time
@@ -73,36 +78,51 @@ LAG = Gauge("montage_stream_lag_seconds", "Age of the oldest entry the group has
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 
 # --- Lua --------------------------------------------------------------------------------
-# Emit entries (and optionally PUBLISH each new id+payload) then XACK the source entry, only
-# while `consumer` owns it. KEYS: [source, emit streams...]; ARGV: group, entry, consumer, n,
-# then per emit: maxlen, channel, ttl, and a field count followed by field/value pairs.
+# Hand off a batch of entries: for each, only while `consumer` owns it, XADD its emits
+# (optionally PUBLISH "<id> <payload>" and EXPIRE the stream) and XACK it. An entry id of ''
+# means "no source entry" (the producer). Returns per entry the new ids, or nil if the claim
+# was lost. KEYS: [source, emit streams...]. ARGV: group, consumer, n_entries, then per
+# entry: entry id, n_emits, then per emit: key index, maxlen, channel, ttl, n_fields, pairs.
 _ACK_EMIT = """
-local src, group, entry, consumer = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
-if entry ~= '' then
-  local p = redis.call('XPENDING', src, group, entry, entry, 1)
-  if #p == 0 or p[1][2] ~= consumer then return false end
-end
-local ids = {}
-local i = 5
-for k = 2, #KEYS do
-  local maxlen, channel, ttl, nf = tonumber(ARGV[i]), ARGV[i+1], tonumber(ARGV[i+2]), tonumber(ARGV[i+3])
-  i = i + 4
-  local args = {'XADD', KEYS[k]}
-  if maxlen > 0 then table.insert(args, 'MAXLEN'); table.insert(args, '~'); table.insert(args, maxlen) end
-  table.insert(args, '*')
-  local payload = ''
-  for f = 1, nf do
-    table.insert(args, ARGV[i]); table.insert(args, ARGV[i+1])
-    if ARGV[i] == 'm' then payload = ARGV[i+1] end
-    i = i + 2
+local src, group, consumer = KEYS[1], ARGV[1], ARGV[2]
+local out = {}
+local i = 4
+for e = 1, tonumber(ARGV[3]) do
+  local entry, nemits = ARGV[i], tonumber(ARGV[i+1])
+  i = i + 2
+  local owned = true
+  if entry ~= '' then
+    local p = redis.call('XPENDING', src, group, entry, entry, 1)
+    owned = #p > 0 and p[1][2] == consumer
   end
-  local id = redis.call(unpack(args))
-  ids[#ids+1] = id
-  if channel ~= '' then redis.call('PUBLISH', channel, id .. ' ' .. payload) end
-  if ttl > 0 then redis.call('EXPIRE', KEYS[k], ttl) end
+  local ids = {}
+  for _ = 1, nemits do
+    local key, maxlen, channel, ttl, nf = KEYS[tonumber(ARGV[i])], tonumber(ARGV[i+1]), ARGV[i+2], tonumber(ARGV[i+3]), tonumber(ARGV[i+4])
+    i = i + 5
+    if owned then
+      local args = {'XADD', key}
+      if maxlen > 0 then args[3] = 'MAXLEN'; args[4] = '~'; args[5] = maxlen end
+      args[#args+1] = '*'
+      local payload = ''
+      for f = i, i + 2 * nf - 1, 2 do
+        args[#args+1] = ARGV[f]; args[#args+1] = ARGV[f+1]
+        if ARGV[f] == 'm' then payload = ARGV[f+1] end
+      end
+      local id = redis.call(unpack(args))
+      ids[#ids+1] = id
+      if channel ~= '' then redis.call('PUBLISH', channel, id .. ' ' .. payload) end
+      if ttl > 0 then redis.call('EXPIRE', key, ttl) end
+    end
+    i = i + 2 * nf
+  end
+  if owned then
+    if entry ~= '' then redis.call('XACK', src, group, entry) end
+    out[e] = ids
+  else
+    out[e] = false
+  end
 end
-if entry ~= '' then redis.call('XACK', src, group, entry) end
-return ids
+return out
 """
 
 # Move an owned entry to the delayed set (due at ARGV[4] ms) and ack it.
@@ -116,12 +136,27 @@ return 1
 """
 
 # Move due delayed entries back to their streams. KEYS: delayed zset. ARGV: now_ms, limit.
+# A member is netstrings "<len>:<bytes>" of [stream, field, value, ...] (binary safe); a
+# member starting with '{' is the older JSON form {"s": stream, "f": [fields]}.
 _PROMOTE = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
 for _, member in ipairs(due) do
-  local d = cjson.decode(member)
-  local args = {'XADD', d.s, '*'}
-  for _, v in ipairs(d.f) do table.insert(args, v) end
+  local parts = {}
+  if string.sub(member, 1, 1) == '{' then
+    local d = cjson.decode(member)
+    parts[1] = d.s
+    for _, v in ipairs(d.f) do parts[#parts+1] = v end
+  else
+    local i = 1
+    while i <= #member do
+      local c = string.find(member, ':', i, true)
+      local n = tonumber(string.sub(member, i, c - 1))
+      parts[#parts+1] = string.sub(member, c + 1, c + n)
+      i = c + n + 1
+    end
+  end
+  local args = {'XADD', parts[1], '*'}
+  for k = 2, #parts do args[#args+1] = parts[k] end
   redis.call(unpack(args))
   redis.call('ZREM', KEYS[1], member)
 end
@@ -140,6 +175,66 @@ for i = 3, #ARGV do
   end
 end
 return n
+"""
+
+# Ack this consumer's pending entries that no longer exist in the stream (deleted or trimmed
+# while pending; Redis 6.2's XAUTOCLAIM claims them without telling their ids).
+# KEYS: stream. ARGV: group, consumer, limit.
+_ACK_MISSING = """
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', tonumber(ARGV[3]), ARGV[2])
+local n = 0
+for _, e in ipairs(p) do
+  if #redis.call('XRANGE', KEYS[1], e[1], e[1]) == 0 then
+    redis.call('XACK', KEYS[1], ARGV[1], e[1])
+    n = n + 1
+  end
+end
+return n
+"""
+
+# Safe trim: cut to about `maxlen` entries but never past the oldest entry some group has
+# pending or not yet read. Looks at most `scan` entries per call. KEYS: stream.
+# ARGV: maxlen, scan. Returns the number of entries removed.
+_TRIM = """
+local len = redis.call('XLEN', KEYS[1])
+local maxlen = tonumber(ARGV[1])
+if len <= maxlen then return 0 end
+local head = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', math.min(len - maxlen, tonumber(ARGV[2])) + 1)
+local function key(id)
+  local d = string.find(id, '-', 1, true)
+  return tonumber(string.sub(id, 1, d - 1)), tonumber(string.sub(id, d + 1))
+end
+local function less(a, b)
+  local am, as = key(a)
+  local bm, bs = key(b)
+  return am < bm or (am == bm and as < bs)
+end
+local cut = head[#head][1]
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local info = {}
+  for k = 1, #g, 2 do info[g[k]] = g[k+1] end
+  local floor = info['last-delivered-id']
+  if tonumber(info['pending']) > 0 then
+    floor = redis.call('XPENDING', KEYS[1], info['name'])[2]
+  end
+  if less(floor, cut) then cut = floor end
+end
+return redis.call('XTRIM', KEYS[1], 'MINID', '~', cut)
+"""
+
+# Remove consumers idle longer than ARGV[3] ms with nothing pending (never ARGV[2], us).
+# KEYS: stream. ARGV: group, consumer, gc_ms. Returns the removed names.
+_GC_CONSUMERS = """
+local removed = {}
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local info = {}
+  for k = 1, #c, 2 do info[c[k]] = c[k+1] end
+  if info['name'] ~= ARGV[2] and tonumber(info['pending']) == 0 and tonumber(info['idle']) > tonumber(ARGV[3]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], info['name'])
+    removed[#removed+1] = info['name']
+  end
+end
+return removed
 """
 
 
@@ -195,14 +290,33 @@ def _fields(emit: Emit, attempt: int = 1, history: Sequence[str] = ()) -> list[s
     return out
 
 
-def _emit_args(emits: Sequence[Emit]) -> tuple[list[str], list[Any]]:
-    keys: list[str] = []
-    argv: list[Any] = []
-    for e in emits:
-        keys.append(e.stream)
-        fields = _fields(e)
-        argv += [e.maxlen, e.channel, e.ttl_seconds, len(fields) // 2, *fields]
+def _batch_args(source: str, batch: Sequence[tuple[str, Sequence[Emit]]]) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of :data:`_ACK_EMIT` (minus group and consumer) for ``(entry, emits)`` pairs."""
+    keys: list[str] = [source]
+    index: dict[str, int] = {source: 1}
+    argv: list[Any] = [len(batch)]
+    for entry_id, emits in batch:
+        argv += [entry_id, len(emits)]
+        for e in emits:
+            k = index.get(e.stream)
+            if k is None:
+                keys.append(e.stream)
+                k = index[e.stream] = len(keys)
+            fields = _fields(e)
+            argv += [k, e.maxlen, e.channel, e.ttl_seconds, len(fields) // 2, *fields]
     return keys, argv
+
+
+def _netstrings(parts: Sequence[str | bytes]) -> bytes:
+    out = bytearray()
+    for p in parts:
+        b = p.encode() if isinstance(p, str) else p
+        out += b"%d:%s" % (len(b), b)
+    return bytes(out)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def default_consumer_name() -> str:
@@ -223,9 +337,10 @@ class StreamProducer:
     async def emit(self, emits: Sequence[Emit]) -> list[str]:
         if not emits:
             return []
-        keys, argv = _emit_args(emits)
-        ids = await self._script(keys=["", *keys], args=["", "", "", len(emits), *argv])
-        return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+        # The first emitted stream stands in as the (unused) source key: no foreign slot.
+        keys, argv = _batch_args(emits[0].stream, [("", emits)])
+        res = await self._script(keys=keys, args=["", "", *argv])
+        return [_text(i) for i in res[0]]
 
 
 @dataclass
@@ -253,15 +368,25 @@ class StreamConsumer:
     def __post_init__(self) -> None:
         self._r: Any = self.redis  # redis-py's stubs type stream replies loosely
         self._stop = asyncio.Event()
+        self._closing = asyncio.Event()  # background loops end (after the drain)
         self._slots = asyncio.Semaphore(self.concurrency)
         self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._claimed: set[str] = set()  # reclaimed, waiting for a slot (renewed meanwhile)
         self._last_seen = "0-0"
         self._ack_emit = self._r.register_script(_ACK_EMIT)
         self._retry = self._r.register_script(_RETRY)
         self._promote = self._r.register_script(_PROMOTE)
         self._renew = self._r.register_script(_RENEW)
+        self._ack_missing = self._r.register_script(_ACK_MISSING)
+        self._trim = self._r.register_script(_TRIM)
+        self._gc = self._r.register_script(_GC_CONSUMERS)
         self._dead_stream = self.keys.dead_letter_stream(self.stream)
         self._labels = (self.stream, self.group)
+        self._processed = PROCESSED.labels(*self._labels)
+        self._failed = FAILED.labels(*self._labels)
+        self._duration = DURATION.labels(*self._labels)
+        self._commits: list[tuple[str, Sequence[Emit], asyncio.Future[bool]]] = []
+        self._flusher: asyncio.Task[None] | None = None
         self.started = asyncio.Event()
 
     # --- lifecycle ------------------------------------------------------------------
@@ -281,18 +406,26 @@ class StreamConsumer:
             await self._read_loop()
         finally:
             await self._drain()
+            self._closing.set()
             for t in loops:
                 t.cancel()
-            await asyncio.gather(*loops, return_exceptions=True)
+            # A cancel can be swallowed inside redis-py (Python 3.11); the loops also watch _closing.
+            _, stuck = await asyncio.wait(loops, timeout=5.0)
+            if stuck:
+                log.warning("stream_loops_stuck", stream=self.stream, count=len(stuck))
 
     async def _drain(self) -> None:
-        if self._inflight:
-            _, pending = await asyncio.wait(list(self._inflight.values()), timeout=self.grace)
-            for t in pending:
-                t.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-            if pending:
-                log.warning("stream_handlers_cancelled", stream=self.stream, count=len(pending))
+        deadline = time.monotonic() + self.grace
+        while self._inflight and (left := deadline - time.monotonic()) > 0:
+            await asyncio.wait(list(self._inflight.values()), timeout=left)
+        pending = list(self._inflight.values())
+        for t in pending:
+            t.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=5.0)  # bounded: a handler may ignore its cancel
+            log.warning("stream_handlers_cancelled", stream=self.stream, count=len(pending))
+        if self._flusher is not None:
+            await asyncio.wait([self._flusher], timeout=5.0)
 
     async def ensure_group(self, start_id: str = "0") -> None:
         try:
@@ -313,7 +446,7 @@ class StreamConsumer:
             try:
                 return await fn()
             except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
+                if not _group_lost(exc):
                     raise
                 await self._recreate_group_safely()
             except REDIS_DOWN as exc:
@@ -330,9 +463,10 @@ class StreamConsumer:
     # --- reading --------------------------------------------------------------------
     async def _read_loop(self) -> None:
         # Our own pending entries first (a restart under the same consumer name), then new ones.
-        cursor = "0"
-        while not self._stop.is_set():
-            await self._slots.acquire()
+        cursor = "0-0"
+        while True:
+            if not await self._acquire_unless_stopped():
+                return
             free = 1
             while free < self.concurrency and not self._slots.locked():
                 await self._slots.acquire()
@@ -346,22 +480,43 @@ class StreamConsumer:
                 continue
             except ResponseError as exc:
                 self._release(free)
-                if "NOGROUP" not in str(exc):
+                if not _group_lost(exc):
                     raise
                 await self._recreate_group_safely()
+                cursor = ">"  # the old pending list went with the group
                 continue
-            if cursor == "0" and not entries:
-                cursor = ">"
+            history = cursor != ">"
+            if history:
+                cursor = entries[-1][0] if entries else ">"
             for entry_id, fields in entries:
+                if entry_id in self._inflight:  # already running (reclaimed meanwhile)
+                    continue
                 free -= 1
-                if cursor == "0":
-                    cursor = entry_id  # continue through our backlog
-                if fields is None:  # trimmed away while pending
+                if fields is None:  # deleted or trimmed while pending
                     await self._ack_only(entry_id)
                     self._slots.release()
                     continue
-                self._start(entry_id, fields, delivery_count=1 if cursor == ">" else 2)
+                self._start(entry_id, fields, delivery_count=2 if history else 1)
             self._release(free)
+
+    async def _acquire_unless_stopped(self) -> bool:
+        """Take a slot; False (and no slot) once stopping, even while every slot is busy."""
+        if not self._slots.locked():
+            await self._slots.acquire()
+        else:
+            acquire = asyncio.ensure_future(self._slots.acquire())
+            stopping = asyncio.ensure_future(self._stop.wait())
+            await asyncio.wait([acquire, stopping], return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if not acquire.done():
+                acquire.cancel()
+                await asyncio.wait([acquire])
+            if acquire.cancelled() or acquire.exception() is not None:
+                return False
+        if self._stop.is_set():
+            self._slots.release()
+            return False
+        return True
 
     async def _read(self, cursor: str, count: int) -> list[tuple[str, dict[bytes, bytes] | None]]:
         block = None if cursor != ">" else self.block_ms
@@ -369,9 +524,12 @@ class StreamConsumer:
         out: list[tuple[str, dict[bytes, bytes] | None]] = []
         for _stream, items in resp or []:
             for entry_id, fields in items:
-                eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+                eid = _text(entry_id)
                 out.append((eid, fields or None))
-                self._last_seen = max(self._last_seen, eid, key=_id_key)
+        if out:
+            last = out[-1][0]
+            if _id_key(last) > _id_key(self._last_seen):
+                self._last_seen = last
         return out
 
     def _release(self, n: int) -> None:
@@ -382,18 +540,22 @@ class StreamConsumer:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._stop.wait(), seconds)
 
-    def _start(self, entry_id: str, fields: dict[bytes, bytes], delivery_count: int) -> None:
-        history = tuple(_history_decoder.decode(fields[b"h"])) if b"h" in fields else ()
-        delivery = Delivery(
-            stream=self.stream,
-            group=self.group,
-            entry_id=entry_id,
-            message_id=fields.get(b"id", entry_id.encode()).decode(),
-            attempt=int(fields.get(b"a", b"1")),
-            delivery_count=delivery_count,
-            payload=fields.get(b"m", b""),
-            history=history,
+    def _delivery(self, entry_id: str, fields: dict[bytes, bytes], delivery_count: int) -> Delivery:
+        raw_id = fields.get(b"id")
+        return Delivery(
+            self.stream,
+            self.group,
+            entry_id,
+            raw_id.decode() if raw_id else entry_id,
+            int(fields.get(b"a", b"1")),
+            delivery_count,
+            fields.get(b"m", b""),
+            tuple(_history_decoder.decode(fields[b"h"])) if b"h" in fields else (),
         )
+
+    def _start(self, entry_id: str, fields: dict[bytes, bytes], delivery_count: int) -> None:
+        """Run the handler of an entry; the caller holds a slot, released when the task ends."""
+        delivery = self._delivery(entry_id, fields, delivery_count)
         task = asyncio.create_task(self._handle(delivery), name=f"handle:{entry_id}")
         self._inflight[entry_id] = task
 
@@ -406,52 +568,85 @@ class StreamConsumer:
     # --- handling -------------------------------------------------------------------
     async def _handle(self, d: Delivery) -> None:
         start = time.perf_counter()
+        deadline = asyncio.timeout(self.handler_timeout)
         with structlog.contextvars.bound_contextvars(stream=self.stream, entry=d.entry_id, attempt=d.attempt):
             try:
-                if self.handler_timeout:
-                    async with asyncio.timeout(self.handler_timeout):
-                        emits = await self.handler(d)
-                else:
+                async with deadline:
                     emits = await self.handler(d)
             except asyncio.CancelledError:
                 raise  # shutdown: leave the entry pending for another consumer
             except Exception as exc:
-                DURATION.labels(*self._labels).observe(time.perf_counter() - start)
-                FAILED.labels(*self._labels).inc()
-                await self._fail(d, exc)
+                self._duration.observe(time.perf_counter() - start)
+                self._failed.inc()
+                await self._fail(d, exc, timed_out=deadline.expired())
                 return
-            DURATION.labels(*self._labels).observe(time.perf_counter() - start)
-            ok = await self._retrying(lambda: self._ack_with(d.entry_id, emits))
+            self._duration.observe(time.perf_counter() - start)
+            try:
+                ok = await self._commit(d.entry_id, emits)
+            except ResponseError as exc:  # e.g. an emit to a key of the wrong type
+                self._failed.inc()
+                await self._fail(d, _HandOffError(str(exc)))
+                return
             if ok:
-                PROCESSED.labels(*self._labels).inc()
+                self._processed.inc()
             else:
                 LOST.labels(*self._labels).inc()
                 log.warning("stream_claim_lost", message_id=d.message_id)
 
+    async def _commit(self, entry_id: str, emits: Sequence[Emit]) -> bool:
+        """Queue one hand-off; hand-offs queued while a call is in flight go in the next call."""
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._commits.append((entry_id, emits, fut))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name="hand-off")
+        return await fut
+
+    async def _flush(self) -> None:
+        while self._commits:
+            batch, self._commits = self._commits, []
+            results: list[bool | BaseException]
+            try:
+                results = await self._retrying(functools.partial(self._ack_batch, batch))
+            except ResponseError as exc:
+                # One bad hand-off (e.g. a wrong-type key) must not fail the others with it.
+                results = [exc] if len(batch) == 1 else [await self._commit_one(one) for one in batch]
+            except BaseException as exc:  # stopping while Redis is down, or cancelled
+                _settle(batch, [exc] * len(batch))
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                continue
+            _settle(batch, results)
+
+    async def _commit_one(self, one: tuple[str, Sequence[Emit], Any]) -> bool | BaseException:
+        try:
+            ok: bool = (await self._retrying(functools.partial(self._ack_batch, [one])))[0]
+        except Exception as exc:
+            return exc
+        return ok
+
+    async def _ack_batch(self, batch: Sequence[tuple[str, Sequence[Emit], Any]]) -> list[bool]:
+        keys, argv = _batch_args(self.stream, [(entry_id, emits) for entry_id, emits, _ in batch])
+        res = await self._ack_emit(keys=keys, args=[self.group, self.consumer, *argv])
+        return [r is not None for r in res]
+
     async def _ack_with(self, entry_id: str, emits: Sequence[Emit]) -> bool:
-        keys, argv = _emit_args(emits)
-        res = await self._ack_emit(
-            keys=[self.stream, *keys], args=[self.group, entry_id, self.consumer, len(emits), *argv]
-        )
-        return res is not None
+        return (await self._ack_batch([(entry_id, emits, None)]))[0]
 
     async def _ack_only(self, entry_id: str) -> None:
         await self._retrying(lambda: self._r.xack(self.stream, self.group, entry_id))
 
-    async def _fail(self, d: Delivery, exc: BaseException) -> None:
+    async def _fail(self, d: Delivery, exc: BaseException, *, timed_out: bool = False) -> None:
         code = str(getattr(exc, "code", type(exc).__name__))
         message = str(getattr(exc, "message", None) or exc) or type(exc).__name__
-        if isinstance(exc, TimeoutError):
+        if timed_out:
             code, message = "TIMEOUT", f"handler exceeded {self.handler_timeout}s"
-        retryable = bool(getattr(exc, "retryable", False)) or isinstance(exc, TimeoutError)
+        retryable = bool(getattr(exc, "retryable", False)) or timed_out
         history = (*d.history, f"attempt {d.attempt}: {code}: {message}"[:500])
         retry_no = d.attempt  # the n-th retry about to be scheduled
         if retryable and retry_no <= len(self.backoff):
             delay = self.backoff[retry_no - 1]
             fields = _fields(Emit(self.stream, d.payload, d.message_id), d.attempt + 1, history)
-            member = msgspec.json.encode(
-                {"s": self.stream, "f": [f if isinstance(f, str) else f.decode() for f in fields]}
-            )
+            member = _netstrings([self.stream, *fields])
             due = int((time.time() + delay) * 1000)
             moved = await self._retrying(
                 lambda: self._retry(
@@ -462,6 +657,9 @@ class StreamConsumer:
             if moved:
                 RETRIED.labels(*self._labels).inc()
                 log.info("stream_retry_scheduled", code=code, delay=delay, error=message[:200])
+            else:
+                LOST.labels(*self._labels).inc()
+                log.warning("stream_claim_lost", message_id=d.message_id)
             return
         await self._dead_letter(d, DeadLetter(code=code, message=message, attempts=d.attempt, history=list(history)))
 
@@ -474,127 +672,175 @@ class StreamConsumer:
             extra=(("error", dead.message[:2000]), ("code", dead.code), ("source", d.entry_id),
                    ("history", msgspec.json.encode(dead.history).decode())),
         )  # fmt: skip
-        emits = [dl, *(self.on_dead_letter(d, dead) if self.on_dead_letter else ())]
-        ok = await self._retrying(lambda: self._ack_with(d.entry_id, emits))
+        hooked: Sequence[Emit] = ()
+        if self.on_dead_letter is not None:
+            try:
+                hooked = self.on_dead_letter(d, dead)
+            except Exception as exc:  # a broken hook must not keep the entry cycling forever
+                log.exception("stream_dead_letter_hook_failed", error=str(exc)[:200])
+        try:
+            ok = await self._retrying(lambda: self._ack_with(d.entry_id, [dl, *hooked]))
+        except ResponseError as exc:
+            log.error("stream_dead_letter_hook_emit_failed", error=str(exc)[:200])
+            ok = await self._retrying(lambda: self._ack_with(d.entry_id, [dl]))
         if ok:
             DEAD.labels(*self._labels).inc()
             log.warning("stream_dead_lettered", code=dead.code, error=dead.message[:200], attempts=dead.attempts)
+        else:
+            LOST.labels(*self._labels).inc()
+            log.warning("stream_claim_lost", message_id=d.message_id)
 
     # --- background loops -----------------------------------------------------------
     async def _renew_loop(self) -> None:
         interval = max(self.claim_idle_ms / 3000, 0.05)
-        while True:
-            await asyncio.sleep(interval)
-            ids = list(self._inflight)
+        while await self._pause(interval):
+            ids = [*self._inflight, *self._claimed]
             if ids:
-                with contextlib.suppress(*REDIS_DOWN, ResponseError):
+                try:
                     await self._renew(keys=[self.stream], args=[self.group, self.consumer, *ids])
+                except Exception as exc:  # keep renewing whatever happens
+                    _reraise_if_cancelling()
+                    log.warning("stream_renew_failed", stream=self.stream, error=str(exc)[:200])
 
     async def _promote_loop(self) -> None:
         interval = min(max(min(self.backoff, default=1.0) / 8, 0.01), 0.5)
-        while True:
-            with contextlib.suppress(*REDIS_DOWN):
+        while not self._closing.is_set():
+            try:
                 moved = await self._promote(keys=[self.keys.delayed_zset()], args=[int(time.time() * 1000), 100])
                 if moved:
                     continue
-            await asyncio.sleep(interval)
+            except Exception as exc:
+                _reraise_if_cancelling()
+                log.warning("stream_promote_failed", stream=self.stream, error=str(exc)[:200])
+            await self._pause(interval)
 
     async def _maintenance_loop(self) -> None:
         interval = min(self.maintenance_interval, self.claim_idle_ms / 2000)
-        while True:
-            await asyncio.sleep(interval)
+        while await self._pause(interval):
             try:
                 if not self._stop.is_set():
                     await self.reclaim()
                 await self.maintain()
-            except REDIS_DOWN as exc:
-                log.warning("stream_maintenance_failed", error=str(exc)[:200])
-            except ResponseError as exc:
-                if "NOGROUP" in str(exc):
+            except Exception as exc:  # Redis down, or a bug: log it and keep the loop alive
+                _reraise_if_cancelling()
+                if isinstance(exc, ResponseError) and _group_lost(exc):
                     await self._recreate_group_safely()
-                else:
-                    log.warning("stream_maintenance_failed", error=str(exc)[:200])
+                    continue
+                log.warning("stream_maintenance_failed", error=str(exc)[:200])
+
+    async def _pause(self, seconds: float) -> bool:
+        """Sleep unless closing; False once closing."""
+        _reraise_if_cancelling()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._closing.wait()
+        return not self._closing.is_set()
 
     async def reclaim(self) -> int:
         """Take over entries idle longer than ``claim_idle_ms`` (their consumer is gone)."""
         taken = 0
         start = "0-0"
-        while not self._stop.is_set():
-            free = self.concurrency - len(self._inflight)
-            if free <= 0:
+        for _ in range(1000):  # bounded: one pass over the pending list
+            free = self.concurrency - len(self._inflight) - len(self._claimed)
+            if self._stop.is_set() or free <= 0:
                 break
-            resp = await self._r.execute_command(
-                "XAUTOCLAIM", self.stream, self.group, self.consumer, self.claim_idle_ms, start, "COUNT", free
+            resp = await self._r.xautoclaim(
+                self.stream, self.group, self.consumer, self.claim_idle_ms, start_id=start, count=free
             )
-            next_start = resp[0].decode() if isinstance(resp[0], bytes) else str(resp[0])
-            for item in resp[1]:
-                if not item:
+            next_start = _text(resp[0])
+            claimed: list[tuple[str, dict[bytes, bytes]]] = []
+            missing = False
+            for raw_id, fields in resp[1]:
+                if raw_id is None or not fields:  # deleted while pending (Redis 6.2 hides the id)
+                    missing = True
                     continue
-                raw_id, raw_fields = item[0], item[1]
-                eid = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
-                if eid in self._inflight:
-                    continue
-                if not raw_fields:  # deleted while pending
-                    await self._r.xack(self.stream, self.group, eid)
-                    continue
-                fields = dict(zip(raw_fields[::2], raw_fields[1::2], strict=True))
-                info = await self._r.xpending_range(self.stream, self.group, eid, eid, 1)
-                count = int(info[0]["times_delivered"]) if info else 2
-                RECLAIMED.labels(*self._labels).inc()
-                log.warning("stream_entry_reclaimed", entry=eid, deliveries=count)
-                await self._slots.acquire()
-                d_fields: dict[bytes, bytes] = fields
-                if count > self.max_deliveries:
-                    self._slots.release()
-                    d = Delivery(self.stream, self.group, eid, d_fields.get(b"id", b"").decode(),
-                                 int(d_fields.get(b"a", b"1")), count, d_fields.get(b"m", b""))  # fmt: skip
-                    await self._dead_letter(
-                        d, DeadLetter("POISON", f"delivered {count} times without completing", d.attempt, [])
-                    )
-                    continue
-                self._start(eid, d_fields, delivery_count=count)
-                taken += 1
-            for deleted in resp[2] if len(resp) > 2 else ():  # Redis 7: ids trimmed while pending
-                with contextlib.suppress(ResponseError):
-                    await self._r.xack(self.stream, self.group, deleted)
+                eid = _text(raw_id)
+                if eid not in self._inflight and eid not in self._claimed:
+                    claimed.append((eid, fields))
+            if missing:
+                await self._ack_missing(keys=[self.stream], args=[self.group, self.consumer, 1000])
+            if claimed:
+                taken += await self._take_over(claimed)
             if next_start == "0-0":
                 break
             start = next_start
         return taken
 
+    async def _take_over(self, claimed: list[tuple[str, dict[bytes, bytes]]]) -> int:
+        self._claimed.update(eid for eid, _ in claimed)
+        try:
+            ids = sorted((eid for eid, _ in claimed), key=_id_key)
+            info = await self._r.xpending_range(
+                self.stream, self.group, ids[0], ids[-1], 10 * len(ids) + 100, consumername=self.consumer
+            )
+            counts = {_text(p["message_id"]): int(p["times_delivered"]) for p in info}
+            taken = 0
+            for eid, fields in claimed:
+                count = counts.get(eid, 2)
+                RECLAIMED.labels(*self._labels).inc()
+                log.warning("stream_entry_reclaimed", entry=eid, deliveries=count)
+                d = self._delivery(eid, fields, count)
+                if count > self.max_deliveries:
+                    dead = DeadLetter("POISON", f"delivered {count} times without completing", d.attempt,
+                                      [*d.history, f"attempt {d.attempt}: POISON: delivered {count} times"])  # fmt: skip
+                    await self._dead_letter(d, dead)
+                    continue
+                await self._slots.acquire()
+                if self._stop.is_set():
+                    self._slots.release()
+                    break  # left pending: another consumer takes it
+                self._claimed.discard(eid)
+                self._start(eid, fields, delivery_count=count)
+                taken += 1
+            return taken
+        finally:
+            self._claimed.difference_update(eid for eid, _ in claimed)
+
     async def maintain(self) -> None:
         """Safe trimming, stale-consumer removal, pending and lag gauges."""
-        groups = await self._r.xinfo_groups(self.stream)
-        floor: str | None = None
-        for g in groups:
-            name = g["name"].decode() if isinstance(g["name"], bytes) else g["name"]
-            last = g["last-delivered-id"]
-            last = last.decode() if isinstance(last, bytes) else str(last)
-            oldest = last
-            if int(g["pending"]) > 0:
-                summary = await self._r.xpending(self.stream, name)
-                low = summary["min"]
-                oldest = low.decode() if isinstance(low, bytes) else str(low)
-            floor = oldest if floor is None else min(floor, oldest, key=_id_key)
-            if name == self.group:
-                PENDING.labels(*self._labels).set(int(g["pending"]))
-                first_unread = await self._r.xrange(self.stream, min=f"({last}", count=1) if last else []
-                lag = (time.time() * 1000 - _ms(first_unread[0][0].decode())) / 1000 if first_unread else 0.0
-                LAG.labels(*self._labels).set(max(lag, 0.0))
-        length = await self._r.xlen(self.stream)
-        if floor is not None and length > self.maxlen:
-            cut = await self._r.xrevrange(self.stream, count=1, min="-", max="+")
-            # the id `maxlen` entries from the end
-            window = await self._r.xrevrange(self.stream, count=self.maxlen + 1)
-            if cut and len(window) > self.maxlen:
-                cutoff = window[-1][0].decode()
-                minid = min(cutoff, floor, key=_id_key)
-                await self._r.execute_command("XTRIM", self.stream, "MINID", "~", minid)
-        for c in await self._r.xinfo_consumers(self.stream, self.group):
-            name = c["name"].decode() if isinstance(c["name"], bytes) else c["name"]
-            if name != self.consumer and int(c["pending"]) == 0 and int(c["idle"]) > self.consumer_gc_ms:
-                await self._r.xgroup_delconsumer(self.stream, self.group, name)
-                log.info("stream_consumer_removed", consumer=name)
+        removed = await self._trim(keys=[self.stream], args=[self.maxlen, 10_000])
+        if removed:
+            log.debug("stream_trimmed", stream=self.stream, removed=int(removed))
+        for g in await self._r.xinfo_groups(self.stream):
+            if _text(g["name"]) != self.group:
+                continue
+            last = _text(g["last-delivered-id"])
+            PENDING.labels(*self._labels).set(int(g["pending"]))
+            first_unread = await self._r.xrange(self.stream, min=f"({last}", count=1)
+            lag = (time.time() * 1000 - _ms(_text(first_unread[0][0]))) / 1000 if first_unread else 0.0
+            LAG.labels(*self._labels).set(max(lag, 0.0))
+        for name in await self._gc(keys=[self.stream], args=[self.group, self.consumer, self.consumer_gc_ms]):
+            log.info("stream_consumer_removed", consumer=_text(name))
+
+
+class _HandOffError(Exception):
+    """Redis refused a hand-off (retried: it may be transient, e.g. OOM)."""
+
+    code = "HANDOFF_FAILED"
+    retryable = True
+
+
+def _settle(batch: Sequence[tuple[str, Sequence[Emit], asyncio.Future[bool]]], results: Sequence[Any]) -> None:
+    for (_, _, fut), res in zip(batch, results, strict=True):
+        if fut.done():  # its handler was cancelled meanwhile
+            continue
+        if isinstance(res, BaseException):
+            fut.set_exception(res)
+        else:
+            fut.set_result(bool(res))
+
+
+def _reraise_if_cancelling() -> None:
+    """redis-py may turn a cancellation mid-command into a connection error: keep it a cancel."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+def _group_lost(exc: ResponseError) -> bool:
+    """NOGROUP; or Redis 7 waking a blocked XREADGROUP whose stream was deleted (FLUSHALL)."""
+    text = str(exc)
+    return text.startswith(("NOGROUP", "UNBLOCKED")) or "NOGROUP" in text
 
 
 def _id_key(entry_id: str) -> tuple[int, int]:
