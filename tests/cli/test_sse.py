@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from montage_cli.client import MontageClient
-from montage_cli.errors import ApiError
+from montage_cli.errors import ApiError, CliError
 from montage_cli.render import JobView
+from montage_cli.settings import load_settings
 from montage_cli.sse import SseParser, job_events
 
 EVENTS = [
@@ -91,3 +94,39 @@ async def test_rate_limit_message_names_the_wait() -> None:
         with pytest.raises(ApiError) as info:
             await client.cancel("j")
     assert "1234 s" in info.value.message and info.value.retry_after == 1234
+
+
+async def test_backoff_is_2_4_8_then_gives_up() -> None:
+    async def stream(request: web.Request) -> web.Response:
+        return web.json_response({"error": "Too many connections", "code": "TOO_MANY_CONNECTIONS"}, status=503)
+
+    app = web.Application()
+    app.router.add_get("/api/v1/jobs/{job_id}/stream", stream)
+    slept: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    async with TestServer(app) as server, aiohttp.ClientSession() as session:
+        client = MontageClient(session, str(server.make_url("")), "tok")
+        with pytest.raises(CliError, match="after 4 reconnects"):
+            _ = [ev async for ev in job_events(client, "j", max_reconnects=4, sleep=fake_sleep)]
+    assert slept == [2.0, 4.0, 8.0, 8.0]
+
+
+def test_settings_fill_in_from_stack_env(tmp_path: Path) -> None:
+    env_file = tmp_path / "stack.env"
+    env_file.write_text("REDIS_URL=redis://127.0.0.1:7777/0\nMONTAGE_URL=http://127.0.0.1:9999\n# comment\n")
+    s = load_settings({"MONTAGE_STACK_ENV": str(env_file), "MONTAGE_URL": "http://127.0.0.1:1234"})
+    assert s.redis_url == "redis://127.0.0.1:7777/0"  # from the file
+    assert s.montage_url == "http://127.0.0.1:1234"  # the environment wins
+    assert load_settings({"MONTAGE_STACK_ENV": str(tmp_path / "missing")}).montage_url == "http://127.0.0.1:8080"
+
+
+def test_queue_table_formats_rows() -> None:
+    from montage_cli.queues import format_table
+
+    row = {"stream": "composer", "group": "composer", "length": 3, "pending": 1, "lag": 2, "dead_letters": 0,
+           "consumers": 1, "live_workers": 1}  # fmt: skip
+    table = format_table({"namespace": "montage", "queues": [row], "delayed_retries": 0})
+    assert "composer" in table and table.splitlines()[-1] == "retries waiting for backoff: 0"
