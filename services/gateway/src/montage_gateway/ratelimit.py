@@ -15,11 +15,15 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
 from montage_common.keys import Keys
+from montage_common.streams import REDIS_DOWN
 from redis.asyncio import Redis
 
 from montage_gateway.errors import RequestsThrottled
 from montage_gateway.metrics import RATE_LIMITED
+
+log = structlog.get_logger()
 
 # KEYS: zset. ARGV: window_ms, limit, member. Returns {allowed, count, retry_after_ms}.
 _SLIDING = """
@@ -109,7 +113,11 @@ class RequestGuard:
         pipe: Any = self.redis.pipeline(transaction=False)
         for _, key, _ in checks:
             await self._script(keys=[key], args=[self.window_seconds], client=pipe)
-        results = await pipe.execute()
+        try:
+            results = await pipe.execute()
+        except REDIS_DOWN as exc:  # the guard fails open: an outage must not take the API down
+            log.warning("request_guard_unavailable", error=type(exc).__name__)
+            return
         for (kind, _, limit), (count, ttl) in zip(checks, results, strict=True):
             if int(count) > limit:
                 RATE_LIMITED.labels(kind).inc()
