@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ PROMPT = (
     "with the drums, soft pastel colours"
 )
 JOB_TIMEOUT = 150.0
+COST_PRECISION = 0.0001  # numeric(12, 4)
 
 
 @dataclass
@@ -92,10 +94,13 @@ def check_spec_order(events: list[SseEvent]) -> None:
     # cost: running totals never go down; the final total matches the last update
     totals = [float(e.json()["total"]) for e in logged if e.event == "cost_update"]
     assert totals, "no cost_update events"
-    assert totals == sorted(totals), [(e.id, e.json()) for e in logged if e.event == "cost_update"]
+    # Within the 4-decimal precision jobs.total_cost is stored with (stage costs carry 6 decimals,
+    # and the orchestrator reloads the rounded total before adding the next cost).
+    drops = [(a, b) for a, b in itertools.pairwise(totals) if b < a - COST_PRECISION]
+    assert not drops, [(e.id, e.json()) for e in logged if e.event == "cost_update"]
     final = events[-1].json()
     assert final["video_url"]
-    assert abs(float(final["total_cost"]) - totals[-1]) < 0.005, (final, totals[-1])
+    assert abs(float(final["total_cost"]) - totals[-1]) <= COST_PRECISION, (final, totals[-1])
     assert any(e.event == "message" and e.json().get("text") for e in logged), "no message events"
 
 
