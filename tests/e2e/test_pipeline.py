@@ -7,6 +7,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import pytest
+from montage_cli.sse import job_events
 
 from tests.e2e.conftest import ClientFactory
 from tests.e2e.flows import FinishedJob, check_spec_order
@@ -68,3 +69,14 @@ def probe_audio_seconds(path: Path) -> float:
     from mutagen import File
 
     return float(File(path).info.length)
+
+
+async def test_resume_with_last_event_id_gives_exactly_the_rest(
+    finished_job: FinishedJob, as_user: ClientFactory
+) -> None:
+    client = await as_user(finished_job.user)
+    logged = [e for e in finished_job.events if e.id]
+    cut = len(logged) // 2
+    rest = [e async for e in job_events(client, finished_job.job_id, last_event_id=logged[cut].id)]
+    assert rest[0].event == "state" and rest[0].id is None  # the job as it is now, then the log
+    assert [(e.id, e.event, e.data) for e in rest[1:]] == [(e.id, e.event, e.data) for e in logged[cut + 1 :]]
