@@ -1,21 +1,24 @@
 """Request authentication: ``Authorization: Bearer <jwt>`` → user id (Supabase tokens).
 
-Verification itself is :class:`montage_common.auth.TokenVerifier`. The optional Redis cache of the
-spec (``jwt_valid:{sha256(token)}``) is off by default because local verification measured faster
-(``bench/jwt_cache.py``); when on, an entry never outlives the token's ``exp``.
+Verification itself is :class:`montage_common.auth.TokenVerifier`. ``bench/jwt_cache.py`` measured
+the spec's Redis cache (``jwt_valid:{sha256(token)}``) slower than verifying locally, so the default
+(``JWT_CACHE=memory``) verifies locally and memoises verified tokens in a bounded in-process LRU for
+``JWT_CACHE_SECONDS``; ``redis`` keeps the spec's cache; ``none`` verifies every request. No cached
+entry ever outlives the token's ``exp``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
 import structlog
 from aiohttp import web
-from montage_common.auth import JwksKeys, TokenError, TokenVerifier
+from montage_common.auth import Identity, JwksKeys, TokenError, TokenVerifier
 from montage_common.errors import Unauthorized
 from montage_common.keys import Keys
 from redis.asyncio import Redis
@@ -67,25 +70,49 @@ class Authenticator:
     """Turns a request's bearer token into a user id, or raises :class:`Unauthorized`."""
 
     def __init__(
-        self, verifier: TokenVerifier, redis: Redis, keys: Keys, *, cache: str = "none", cache_seconds: int = 300
+        self,
+        verifier: TokenVerifier,
+        redis: Redis,
+        keys: Keys,
+        *,
+        cache: str = "memory",
+        cache_seconds: int = 300,
+        memo_size: int = 10_000,
     ) -> None:
         self.verifier = verifier
         self.redis = redis
         self.keys = keys
         self.cache = cache
         self.cache_seconds = cache_seconds
+        self.memo_size = memo_size
+        self._memo: OrderedDict[bytes, tuple[str, float]] = OrderedDict()
 
     async def authenticate(self, request: web.Request) -> str:
         return await self.user_of(bearer_token(request))
 
     async def user_of(self, token: str) -> str:
+        if self.cache == "memory":
+            return await self._memoised(token)
         if self.cache == "redis":
             return await self._cached(token)
-        return await self._verify(token)
+        return (await self._verify(token)).user_id
 
-    async def _verify(self, token: str) -> str:
+    async def _memoised(self, token: str) -> str:
+        digest = hashlib.sha256(token.encode()).digest()
+        hit = self._memo.get(digest)
+        now = time.time()
+        if hit is not None and hit[1] > now:
+            self._memo.move_to_end(digest)
+            return hit[0]
+        identity = await self._verify(token)
+        self._memo[digest] = (identity.user_id, min(identity.expires_at, now + self.cache_seconds))
+        if len(self._memo) > self.memo_size:
+            self._memo.popitem(last=False)
+        return identity.user_id
+
+    async def _verify(self, token: str) -> Identity:
         try:
-            return (await self.verifier.verify(token)).user_id
+            return await self.verifier.verify(token)
         except TokenError as err:
             AUTH_FAILURES.labels(err.reason).inc()
             log.info("auth_refused", reason=err.reason)
@@ -96,12 +123,7 @@ class Authenticator:
         hit = await self.redis.get(key)
         if hit is not None:
             return hit.decode() if isinstance(hit, bytes) else str(hit)
-        try:
-            identity = await self.verifier.verify(token)
-        except TokenError as err:
-            AUTH_FAILURES.labels(err.reason).inc()
-            log.info("auth_refused", reason=err.reason)
-            raise Unauthorized(str(err)) from None
+        identity = await self._verify(token)
         ttl = min(self.cache_seconds, int(identity.expires_at - time.time()))
         if ttl > 0:
             await self.redis.set(key, identity.user_id, ex=ttl)
@@ -112,7 +134,7 @@ USER_ID: web.RequestKey[str | None] = web.RequestKey("user_id", str)  # the veri
 
 
 def request_user(request: web.Request) -> str:
-    user = request.get(USER_ID)
+    user: str | None = request.get(USER_ID)
     if not user:
         raise Unauthorized("Missing bearer token")
     return user

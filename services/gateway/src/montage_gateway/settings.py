@@ -20,6 +20,9 @@ class GatewaySettings(CommonSettings, frozen=True, kw_only=True):
     # If X-Forwarded-For's first hop is the client address (behind a trusted load balancer).
     trust_forwarded_for: bool = False
 
+    # Pool of the gateway's command connections (SSE fan-out uses one more, of its own).
+    redis_max_connections: int = 256
+
     # --- auth -----------------------------------------------------------------------------
     # Legacy HS256 secret; empty outside development means HS256 tokens are refused.
     supabase_jwt_secret: str = ""
@@ -31,9 +34,9 @@ class GatewaySettings(CommonSettings, frozen=True, kw_only=True):
     jwt_leeway_seconds: float = 10.0
     jwks_cache_seconds: float = 600.0
     jwks_min_refetch_seconds: float = 30.0
-    # "none": verify every request locally (measured faster, see docs/benchmarks.md);
-    # "redis": the spec's jwt_valid:{hash} cache (5 min, never past the token's exp).
-    jwt_cache: Literal["none", "redis"] = "none"
+    # "memory": verify locally, memoise verified tokens in-process (fastest, see docs/benchmarks.md);
+    # "redis": the spec's jwt_valid:{hash} cache; "none": verify every request. Never past exp.
+    jwt_cache: Literal["memory", "redis", "none"] = "memory"
     jwt_cache_seconds: int = 300
 
     # --- rate limits ----------------------------------------------------------------------
