@@ -18,7 +18,6 @@ from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-
 from montage_common.auth import JwksKeys, TokenVerifier, mint_dev_token
 from montage_common.devstack import EmbeddedRedis
 from montage_common.keys import Keys

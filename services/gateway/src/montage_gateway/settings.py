@@ -21,7 +21,7 @@ class GatewaySettings(CommonSettings, frozen=True, kw_only=True):
     trust_forwarded_for: bool = False
 
     # Pool of the gateway's command connections (SSE fan-out uses one more, of its own).
-    redis_max_connections: int = 256
+    redis_max_connections: int = 64
 
     # --- auth -----------------------------------------------------------------------------
     # Legacy HS256 secret; empty outside development means HS256 tokens are refused.

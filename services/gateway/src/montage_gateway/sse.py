@@ -53,6 +53,7 @@ STATE_FIELDS = (
 )
 FINAL_STATUSES = ("completed", "failed", "cancelled")
 _decoder = msgspec.json.Decoder(dict[str, Any])
+_DELIVERED = {kind: SSE_DELIVERED.labels(kind) for kind in ("event", "state", "heartbeat")}
 
 
 class _Gone(Exception):
@@ -183,4 +184,4 @@ class StreamHandler:
                 await resp.write(frame.data)
         except (ConnectionError, TimeoutError, RuntimeError):
             raise _Gone from None
-        SSE_DELIVERED.labels(frame.kind).inc()
+        _DELIVERED[frame.kind].inc()
