@@ -26,16 +26,18 @@ from typing import Any
 import msgspec
 import structlog
 from aiohttp import web
-from montage_common.errors import Unauthorized
+from montage_common.errors import ServiceUnavailable, Unauthorized
 from montage_common.events import FINAL_EVENTS, id_key, replay, valid_event_id
 from montage_common.keys import Keys
+from montage_common.streams import REDIS_DOWN
 from montage_common.web import HEADER_REQUEST_ID, REQUEST_ID, json_response
 from redis.asyncio import Redis
 
-from montage_gateway.auth import Authenticator
+from montage_gateway.auth import Authenticator, request_user
 from montage_gateway.hub import Client, Frame, Hub, render
 from montage_gateway.metrics import AUTH_FAILURES, SSE_DELIVERED, SSE_DROPPED, SSE_OPEN
 from montage_gateway.proxy import Forwarder, Upstream
+from montage_gateway.pubsub import SubscriberUnavailable
 from montage_gateway.slots import ConnectionSlots
 from montage_gateway.tickets import TicketStore
 
@@ -99,7 +101,7 @@ class StreamHandler:
     async def ticket(self, request: web.Request) -> web.Response:
         """``POST /api/v1/jobs/{job_id}/stream-ticket`` → ``{ticket, expires_in}`` (owner only)."""
         job_id = request.match_info["job_id"]
-        user = await self.auth.authenticate(request)
+        user = request_user(request)
         reply = await self.forwarder.call(
             self.orchestrator, "GET", f"/api/v1/jobs/{job_id}", request_id=request[REQUEST_ID], user_id=user
         )
@@ -122,7 +124,10 @@ class StreamHandler:
             after = "0-0"
         lease = await self.slots.acquire(job_id, user)
         try:
-            client = await self.hub.join(job_id)
+            try:
+                client = await self.hub.join(job_id)
+            except SubscriberUnavailable:
+                raise ServiceUnavailable("Live events are unavailable; retry shortly", job_id=job_id) from None
             SSE_OPEN.inc()
             try:
                 return await self._serve(request, job_id, job, after, client)
@@ -169,7 +174,11 @@ class StreamHandler:
         except _Gone:
             SSE_DROPPED.labels("write_failed").inc()
             return resp
-        if reason != "job_finished":
+        except REDIS_DOWN as exc:  # the replay failed: end the stream, the client resumes from its last id
+            log.warning("sse_replay_failed", job_id=job_id, error=type(exc).__name__)
+            SSE_DROPPED.labels("redis_error").inc()
+            reason = "redis_error"
+        if reason not in ("job_finished", "redis_error"):
             SSE_DROPPED.labels(reason or "closed").inc()
         try:
             async with asyncio.timeout(self.write_timeout):
