@@ -182,6 +182,7 @@ class Stack:
             "ORCHESTRATOR_URL": f"http://127.0.0.1:{self.orchestrator_port}",
             "RAGNAROK_PROXY_URL": f"http://127.0.0.1:{self.proxy_port}",
             "PYTHONUNBUFFERED": "1",
+            "LOG_FORMAT": env.get("LOG_FORMAT") or ("console" if sys.stdout.isatty() else "json"),
         }
         specs: list[ServiceSpec] = []
         fakes = ROOT / "tests" / "fakes"
@@ -306,7 +307,12 @@ class Stack:
 def up(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     stack = Stack(
+        var_dir=Path(env.get("MONTAGE_VAR_DIR") or ROOT / "var"),
         gateway_port=int(env.get("GATEWAY_PORT", "8080")),
+        orchestrator_port=int(env.get("ORCHESTRATOR_PORT", "8081")),
+        proxy_port=int(env.get("RAGNAROK_PROXY_PORT", "8082")),
+        ragnarok_port=int(env.get("FAKE_RAGNAROK_PORT", "8001")),
+        trinity_port=int(env.get("FAKE_TRINITY_PORT", "8002")),
         workers_per_stage=args.workers,
         env=env,
     )
