@@ -18,13 +18,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
-from redis.asyncio import Redis
-
 from montage_common import db
 from montage_common.devstack import EmbeddedPostgres, EmbeddedRedis
 from montage_common.keys import Keys
 from montage_common.redis import create_redis
 from montage_common.storage import LocalStorage
+from redis.asyncio import Redis
 
 
 def _docker_redis() -> tuple[str, object]:

@@ -109,7 +109,7 @@ async def parked_jobs(database_url: str) -> None:
 
 
 @pytest.fixture
-def proxy_settings(  # noqa: PLR0917
+def proxy_settings(
     redis_url: str, database_url: str, namespace: str, fake_ragnarok: Served, fake_trinity: Served, parked_jobs: None
 ) -> Callable[..., ProxySettings]:
     def make(**overrides: Any) -> ProxySettings:
@@ -196,7 +196,7 @@ async def spawn_replica(tmp_path: Path) -> AsyncIterator[Callable[[ProxySettings
         env.update(PORT=str(port), REPLICA_ID=name, LOG_FORMAT="json", PYTHONUNBUFFERED="1")
         log = tmp_path / f"{name}.log"
         with log.open("wb") as out:
-            proc = subprocess.Popen(  # noqa: ASYNC220 - Popen returns at once
+            proc = subprocess.Popen(
                 [sys.executable, "-m", "montage_ragnarok"],
                 env=env,
                 stdout=out,

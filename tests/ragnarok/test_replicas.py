@@ -18,7 +18,7 @@ P = "/api/nexus/ragnarok"
 N = 50
 
 
-async def test_two_replicas_share_polling_and_survive_a_sigkill(  # noqa: PLR0917
+async def test_two_replicas_share_polling_and_survive_a_sigkill(
     http: aiohttp.ClientSession,
     fake_ragnarok: Served,
     proxy_settings: Callable[..., ProxySettings],

@@ -61,7 +61,7 @@ async def test_bad_input_400_passes_through(http: aiohttp.ClientSession, proxy: 
     assert body["code"] == "VALIDATION_ERROR"
 
 
-async def test_enriched_generation_shape_and_polling_to_completed(  # noqa: PLR0917
+async def test_enriched_generation_shape_and_polling_to_completed(
     http: aiohttp.ClientSession,
     proxy: str,
     fake_ragnarok: Served,

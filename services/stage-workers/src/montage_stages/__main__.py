@@ -14,20 +14,11 @@ from montage_common import settings as settings_mod
 from montage_common import web as common_web
 from montage_common.keys import STAGES, Keys
 from montage_common.redis import create_redis
-from montage_common.storage import LocalStorage, Storage
+from montage_common.storage import create_storage
 
 from montage_stages.worker import StageWorker, WorkerSettings
 
 log = structlog.get_logger()
-
-
-def make_storage(settings: WorkerSettings) -> Storage:
-    try:
-        from montage_common.storage import create_storage  # type: ignore[attr-defined]
-    except ImportError:  # pragma: no cover - until the factory lands
-        return LocalStorage(settings.storage_dir, settings.storage_signing_key, settings.public_base_url)
-    storage: Storage = create_storage(settings)
-    return storage
 
 
 async def serve_metrics(settings: WorkerSettings, worker: StageWorker) -> web.AppRunner | None:
@@ -48,7 +39,7 @@ async def serve_metrics(settings: WorkerSettings, worker: StageWorker) -> web.Ap
 async def run(settings: WorkerSettings, stage: str) -> None:
     # Blocking stream reads need a socket timeout above their block time.
     redis = create_redis(settings.redis_url, socket_timeout=10.0)
-    storage = make_storage(settings)
+    storage = create_storage(settings)
     worker = StageWorker(settings, stage, redis, storage, Keys(settings.redis_namespace))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -59,6 +59,7 @@ assert tuple(MODULES) == STAGES
 
 HEARTBEAT_SECONDS = 10
 HEARTBEAT_TTL = 30
+NULL_OUTPUT = msgspec.Raw(b"null")
 _output_encoder = msgspec.json.Encoder(decimal_format="number")
 
 
@@ -143,7 +144,7 @@ class StageWorker:
         start: float,
         costs: list[CostItem],
         *,
-        output: msgspec.Raw | None = None,
+        output: msgspec.Raw = NULL_OUTPUT,
         error: ErrorInfo | None = None,
     ) -> Emit:
         result = StageResult(
