@@ -10,6 +10,7 @@ test must look behind it (storage, queues) it says so.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -18,8 +19,10 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
+import asyncpg
 import pytest
 from montage_cli.client import MontageClient
 from montage_common.devstack import ROOT, ServiceSpec, Stack, free_port
@@ -93,14 +96,34 @@ async def _wait_healthy(url: str, stack: Stack, limit: float) -> dict[str, objec
 
 
 @pytest.fixture(scope="session")
-def e2e_stack(redis_url: str, database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+def e2e_database_url(server_database_url: str) -> Iterator[str]:
+    """A database of the suite's own (the stack's services migrate it), dropped at the end."""
+    name = f"montage_e2e_{uuid.uuid4().hex[:12]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(server_database_url)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    yield urlunsplit(urlsplit(server_database_url)._replace(path=f"/{name}"))
+    with contextlib.suppress(Exception):
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def e2e_stack(
+    redis_url: str, e2e_database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningStack]:
     var_dir = tmp_path_factory.mktemp("stack")
     namespace = f"e2e{uuid.uuid4().hex[:10]}"
     gateway_port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("MONTAGE_", "PYTEST_"))},
         "REDIS_URL": redis_url,
-        "DATABASE_URL": database_url,
+        "DATABASE_URL": e2e_database_url,
         "REDIS_NAMESPACE": namespace,
         "ENVIRONMENT": "development",
         "STORAGE_DIR": str(var_dir / "storage"),
