@@ -1,8 +1,15 @@
-"""(3) Cancel mid-pipeline: the job fails "Job cancelled by user", workers stop, intermediates go."""
+"""(3) Cancel mid-pipeline: the job fails "Job cancelled by user", workers stop, intermediates go.
+
+The clip worker is held still (SIGSTOP) from scene planning until the cancel has been answered,
+so the cancel always lands while ``video_generator`` has the job, however fast clips render.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -58,16 +65,30 @@ async def test_cancel_mid_pipeline(as_user: ClientFactory, e2e_stack: RunningSta
     job_id = str((await client.upload(song, PROMPT))["job_id"])
     cancelled: dict[str, object] = {}
 
+    video_worker = e2e_stack.stack.procs["video_generator"]
+
     async def on_event(ev: SseEvent) -> None:
         data = ev.json()
-        # once reference images exist and clips are being made: cancel
-        starting_clips = data.get("stage") == "video_generator" and data.get("status") == "started"
-        if not cancelled and ev.event == "stage_update" and starting_clips:
+        if ev.event != "stage_update":
+            return
+        if data.get("stage") == "scene_planner" and data.get("status") == "started":
+            # Hold the clip worker still so the cancel lands mid-stage however fast clips render.
+            os.killpg(video_worker.pid, signal.SIGSTOP)
+            cancelled["frozen"] = True
+        elif data.get("stage") == "video_generator" and data.get("status") == "started" and "body" not in cancelled:
+            # reference images exist and the clips task is out: cancel, then let the worker go on
             cancelled["files_before"] = len(intermediates(e2e_stack.storage_dir, job_id))
-            cancelled["body"] = await client.cancel(job_id)
+            try:
+                cancelled["body"] = await client.cancel(job_id)
+            finally:
+                os.killpg(video_worker.pid, signal.SIGCONT)
 
-    events = await follow_to_end(client, job_id, on_event=on_event)
-    assert cancelled, f"the job ended before video_generator started: {stage_updates(events)}"
+    try:
+        events = await follow_to_end(client, job_id, on_event=on_event)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(video_worker.pid, signal.SIGCONT)
+    assert "body" in cancelled, f"the job ended before video_generator started: {stage_updates(events)}"
     assert cancelled["body"] == {"job_id": job_id, "status": "failed", "message": "Job cancelled by user"}
     assert cancelled["files_before"], "no reference images existed before the cancel (nothing to clean up)"
 
