@@ -12,7 +12,7 @@ export UV_LINK_MODE ?= copy
 $(UV):
 	@python3 -m pip install --quiet --target .tools/uvpkg uv >/dev/null && mkdir -p .tools/bin && ln -sf ../uvpkg/bin/uv .tools/bin/uv
 
-.venv/.installed: uv.lock pyproject.toml $(wildcard libs/*/pyproject.toml services/*/pyproject.toml) | $(UV)
+.venv/.installed: uv.lock pyproject.toml $(wildcard libs/*/pyproject.toml services/*/pyproject.toml clients/*/pyproject.toml) | $(UV)
 	$(UV) sync --frozen --all-packages
 	@touch $@
 

@@ -33,7 +33,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
+
 from montage_common.keys import STAGES
+from montage_common.settings import load
 
 ROOT = Path(__file__).resolve().parents[4]  # the repository (libs/common/src/montage_common)
 COLORS = ("36", "35", "33", "32", "34", "31", "96", "95", "93", "92", "94", "91")
@@ -304,15 +307,27 @@ class Stack:
             self.postgres.stop()
 
 
+class StackSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """What ``make up`` reads (the services read their own settings)."""
+
+    gateway_port: int = 8080  # where the gateway listens (the only public port)
+    orchestrator_port: int = 8081
+    ragnarok_proxy_port: int = 8082
+    fake_ragnarok_port: int = 8001  # the development stand-in RAGNAROK, when RAGNAROK_URL is unset
+    fake_trinity_port: int = 8002  # the development stand-in Trinity, when TRINITY_URL is unset
+    montage_var_dir: str = ""  # data of the embedded Redis/Postgres and local storage (default ./var)
+
+
 def up(args: argparse.Namespace) -> int:
     env = dict(os.environ)
+    cfg = load(StackSettings, env)
     stack = Stack(
-        var_dir=Path(env.get("MONTAGE_VAR_DIR") or ROOT / "var"),
-        gateway_port=int(env.get("GATEWAY_PORT", "8080")),
-        orchestrator_port=int(env.get("ORCHESTRATOR_PORT", "8081")),
-        proxy_port=int(env.get("RAGNAROK_PROXY_PORT", "8082")),
-        ragnarok_port=int(env.get("FAKE_RAGNAROK_PORT", "8001")),
-        trinity_port=int(env.get("FAKE_TRINITY_PORT", "8002")),
+        var_dir=Path(cfg.montage_var_dir) if cfg.montage_var_dir else ROOT / "var",
+        gateway_port=cfg.gateway_port,
+        orchestrator_port=cfg.orchestrator_port,
+        proxy_port=cfg.ragnarok_proxy_port,
+        ragnarok_port=cfg.fake_ragnarok_port,
+        trinity_port=cfg.fake_trinity_port,
         workers_per_stage=args.workers,
         env=env,
     )

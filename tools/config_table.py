@@ -1,0 +1,92 @@
+"""Print the README's configuration table from the settings classes themselves.
+
+Every field of every service's settings Struct is one environment variable (its upper-cased
+name). The description is the field's comment (inline, or the comment lines just above it).
+``python tools/config_table.py`` prints the table; ``tests/test_readme.py`` checks that the
+README carries exactly this table, so the documentation cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import sys
+
+import msgspec
+from montage_cli.settings import CliSettings
+from montage_common.devstack import StackSettings
+from montage_common.settings import CommonSettings
+from montage_gateway.settings import GatewaySettings
+from montage_orchestrator.settings import OrchestratorSettings
+from montage_ragnarok.settings import ProxySettings
+from montage_stages.worker import WorkerSettings
+
+SERVICES: dict[str, type[msgspec.Struct]] = {
+    "all": CommonSettings,
+    "gateway": GatewaySettings,
+    "orchestrator": OrchestratorSettings,
+    "stage-workers": WorkerSettings,
+    "ragnarok-proxy": ProxySettings,
+    "cli": CliSettings,
+    "make up": StackSettings,
+}
+FIELD = re.compile(r"^\s{4}(\w+)\s*:\s*[^=]+?(?:=\s*(.*?))?\s*(?:#\s*(.*))?$")
+
+
+def comments(cls: type) -> dict[str, str]:
+    """``{field: description}`` from the comments in the class bodies along the MRO."""
+    out: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not (isinstance(klass, type) and issubclass(klass, msgspec.Struct)) or klass is msgspec.Struct:
+            continue
+        pending: list[str] = []
+        for line in inspect.getsource(klass).splitlines():
+            stripped = line.strip()
+            if stripped.startswith("#"):
+                text = stripped.lstrip("# ").strip()
+                if not set(text) <= set("-"):  # skip "# --- section ---" rulers
+                    pending.append(text.strip("- ").strip())
+                continue
+            m = FIELD.match(line)
+            if m and not stripped.startswith(("def ", "@", "return")):
+                inline = (m.group(3) or "").strip()
+                text = " ".join(t for t in [*pending, inline] if t)
+                if text:
+                    out[m.group(1)] = text
+            pending = []
+    return out
+
+
+def table() -> str:
+    rows: dict[str, dict[str, object]] = {}
+    common = {f.name for f in msgspec.structs.fields(CommonSettings)}
+    for service, cls in SERVICES.items():
+        notes = comments(cls)
+        for f in msgspec.structs.fields(cls):
+            if service != "all" and f.name in common and f.name != "port":
+                continue
+            env = f.name.upper()
+            default = f.default if f.default is not msgspec.NODEFAULT else "(required)"
+            row = rows.setdefault(env, {"default": {}, "services": [], "desc": notes.get(f.name, "")})
+            row["services"].append(service)  # type: ignore[union-attr]
+            row["default"][service] = default  # type: ignore[index]
+            if not row["desc"]:
+                row["desc"] = notes.get(f.name, "")
+    lines = ["| variable | default | used by | meaning |", "|---|---|---|---|"]
+    for env in sorted(rows, key=lambda e: (rows[e]["services"] != ["all"], e)):
+        row = rows[env]
+        defaults: dict[str, object] = row["default"]  # type: ignore[assignment]
+        distinct = {repr(v) for v in defaults.values()}
+        if len(distinct) == 1:
+            shown = f"`{next(iter(defaults.values()))!s}`"
+        else:
+            shown = ", ".join(f"{s}: `{v!s}`" for s, v in defaults.items())
+        services = ", ".join(row["services"])  # type: ignore[arg-type]
+        desc = str(row["desc"]).replace("|", "\\|")
+        shown = shown.replace("|", "\\|")
+        lines.append(f"| `{env}` | {shown} | {services} | {desc} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(table())
