@@ -78,16 +78,19 @@ LAG = Gauge("montage_stream_lag_seconds", "Age of the oldest entry the group has
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 
 # --- Lua --------------------------------------------------------------------------------
-# Hand off a batch of entries: for each, only while `consumer` owns it, XADD its emits
-# (optionally PUBLISH "<id> <payload>" and EXPIRE the stream) and XACK it. An entry id of ''
-# means "no source entry" (the producer). Returns per entry the new ids, or nil if the claim
-# was lost. KEYS: [source, emit streams...]. ARGV: group, consumer, n_entries, then per
-# entry: entry id, n_emits, then per emit: key index, maxlen, channel, ttl, n_fields, pairs.
+# Hand off a batch of entries, then fetch new ones for the slots this frees. For each entry,
+# only while `consumer` owns it: XADD its emits (fields id, a=1, m, extras; optionally PUBLISH
+# "<id> <payload>" and EXPIRE the stream) and XACK it. An entry id of '' means "no source
+# entry" (the producer). Returns per entry the new ids, or false if the claim was lost; then
+# up to `fetch` new entries (XREADGROUP >) or false. KEYS: [source, emit streams...].
+# ARGV: group, consumer, n_entries, fetch, then per entry: entry id, n_emits, then per emit:
+# "<key index> <maxlen> <ttl> <n_extra>", channel, message id, payload, extra pairs.
 _ACK_EMIT = """
 local src, group, consumer = KEYS[1], ARGV[1], ARGV[2]
+local n, fetch = tonumber(ARGV[3]), tonumber(ARGV[4])
 local out = {}
-local i = 4
-for e = 1, tonumber(ARGV[3]) do
+local i = 5
+for e = 1, n do
   local entry, nemits = ARGV[i], tonumber(ARGV[i+1])
   i = i + 2
   local owned = true
@@ -97,23 +100,23 @@ for e = 1, tonumber(ARGV[3]) do
   end
   local ids = {}
   for _ = 1, nemits do
-    local key, maxlen, channel, ttl, nf = KEYS[tonumber(ARGV[i])], tonumber(ARGV[i+1]), ARGV[i+2], tonumber(ARGV[i+3]), tonumber(ARGV[i+4])
-    i = i + 5
+    local k, maxlen, ttl, nx = string.match(ARGV[i], '(%d+) (%d+) (%d+) (%d+)')
+    local key, channel, payload = KEYS[tonumber(k)], ARGV[i+1], ARGV[i+3]
+    maxlen, ttl, nx = tonumber(maxlen), tonumber(ttl), tonumber(nx)
     if owned then
       local args = {'XADD', key}
       if maxlen > 0 then args[3] = 'MAXLEN'; args[4] = '~'; args[5] = maxlen end
       args[#args+1] = '*'
-      local payload = ''
-      for f = i, i + 2 * nf - 1, 2 do
-        args[#args+1] = ARGV[f]; args[#args+1] = ARGV[f+1]
-        if ARGV[f] == 'm' then payload = ARGV[f+1] end
-      end
+      args[#args+1] = 'id'; args[#args+1] = ARGV[i+2]
+      args[#args+1] = 'a'; args[#args+1] = '1'
+      args[#args+1] = 'm'; args[#args+1] = payload
+      for f = i + 4, i + 3 + 2 * nx do args[#args+1] = ARGV[f] end
       local id = redis.call(unpack(args))
       ids[#ids+1] = id
       if channel ~= '' then redis.call('PUBLISH', channel, id .. ' ' .. payload) end
       if ttl > 0 then redis.call('EXPIRE', key, ttl) end
     end
-    i = i + 2 * nf
+    i = i + 4 + 2 * nx
   end
   if owned then
     if entry ~= '' then redis.call('XACK', src, group, entry) end
@@ -121,6 +124,9 @@ for e = 1, tonumber(ARGV[3]) do
   else
     out[e] = false
   end
+end
+if fetch > 0 then
+  out[n+1] = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', fetch, 'STREAMS', src, '>')
 end
 return out
 """
@@ -290,11 +296,13 @@ def _fields(emit: Emit, attempt: int = 1, history: Sequence[str] = ()) -> list[s
     return out
 
 
-def _batch_args(source: str, batch: Sequence[tuple[str, Sequence[Emit]]]) -> tuple[list[str], list[Any]]:
+def _batch_args(
+    source: str, batch: Sequence[tuple[str, Sequence[Emit]]], fetch: int = 0
+) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of :data:`_ACK_EMIT` (minus group and consumer) for ``(entry, emits)`` pairs."""
     keys: list[str] = [source]
     index: dict[str, int] = {source: 1}
-    argv: list[Any] = [len(batch)]
+    argv: list[Any] = [len(batch), fetch]
     for entry_id, emits in batch:
         argv += [entry_id, len(emits)]
         for e in emits:
@@ -302,8 +310,10 @@ def _batch_args(source: str, batch: Sequence[tuple[str, Sequence[Emit]]]) -> tup
             if k is None:
                 keys.append(e.stream)
                 k = index[e.stream] = len(keys)
-            fields = _fields(e)
-            argv += [k, e.maxlen, e.channel, e.ttl_seconds, len(fields) // 2, *fields]
+            argv += [f"{k} {e.maxlen} {e.ttl_seconds} {len(e.extra)}", e.channel, e.message_id or uuid.uuid4().hex,
+                     e.payload]  # fmt: skip
+            for name, value in e.extra:
+                argv += [name, value]
     return keys, argv
 
 
@@ -385,7 +395,7 @@ class StreamConsumer:
         self._processed = PROCESSED.labels(*self._labels)
         self._failed = FAILED.labels(*self._labels)
         self._duration = DURATION.labels(*self._labels)
-        self._commits: list[tuple[str, Sequence[Emit], asyncio.Future[bool]]] = []
+        self._commits: list[tuple[str, Sequence[Emit], asyncio.Future[tuple[bool, Delivery | None]]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self.started = asyncio.Event()
 
@@ -527,10 +537,12 @@ class StreamConsumer:
                 eid = _text(entry_id)
                 out.append((eid, fields or None))
         if out:
-            last = out[-1][0]
-            if _id_key(last) > _id_key(self._last_seen):
-                self._last_seen = last
+            self._note_seen(out[-1][0])
         return out
+
+    def _note_seen(self, entry_id: str) -> None:
+        if _id_key(entry_id) > _id_key(self._last_seen):
+            self._last_seen = entry_id
 
     def _release(self, n: int) -> None:
         for _ in range(n):
@@ -554,83 +566,129 @@ class StreamConsumer:
         )
 
     def _start(self, entry_id: str, fields: dict[bytes, bytes], delivery_count: int) -> None:
-        """Run the handler of an entry; the caller holds a slot, released when the task ends."""
-        delivery = self._delivery(entry_id, fields, delivery_count)
-        task = asyncio.create_task(self._handle(delivery), name=f"handle:{entry_id}")
+        """Run the handler of an entry; the caller holds a slot, released when the task ends.
+
+        The task keeps its slot for the entries its hand-off fetches (see :meth:`_flush`).
+        """
+        current = [entry_id]
+        task = asyncio.create_task(self._run(self._delivery(entry_id, fields, delivery_count), current))
         self._inflight[entry_id] = task
 
         def done(_t: asyncio.Task[None]) -> None:
-            self._inflight.pop(entry_id, None)
+            self._inflight.pop(current[0], None)
             self._slots.release()
 
         task.add_done_callback(done)
 
-    # --- handling -------------------------------------------------------------------
-    async def _handle(self, d: Delivery) -> None:
-        start = time.perf_counter()
-        deadline = asyncio.timeout(self.handler_timeout)
-        with structlog.contextvars.bound_contextvars(stream=self.stream, entry=d.entry_id, attempt=d.attempt):
-            try:
-                async with deadline:
-                    emits = await self.handler(d)
-            except asyncio.CancelledError:
-                raise  # shutdown: leave the entry pending for another consumer
-            except Exception as exc:
-                self._duration.observe(time.perf_counter() - start)
-                self._failed.inc()
-                await self._fail(d, exc, timed_out=deadline.expired())
+    async def _run(self, d: Delivery, current: list[str]) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        for _ in range(10_000):  # then the slot goes back to the read loop for fairness
+            nxt = await self._handle(d)
+            if nxt is None:
                 return
-            self._duration.observe(time.perf_counter() - start)
-            try:
-                ok = await self._commit(d.entry_id, emits)
-            except ResponseError as exc:  # e.g. an emit to a key of the wrong type
-                self._failed.inc()
-                await self._fail(d, _HandOffError(str(exc)))
-                return
-            if ok:
-                self._processed.inc()
-            else:
-                LOST.labels(*self._labels).inc()
-                log.warning("stream_claim_lost", message_id=d.message_id)
+            self._inflight.pop(d.entry_id, None)
+            self._inflight[nxt.entry_id] = task
+            current[0] = nxt.entry_id
+            d = nxt
 
-    async def _commit(self, entry_id: str, emits: Sequence[Emit]) -> bool:
+    # --- handling -------------------------------------------------------------------
+    async def _handle(self, d: Delivery) -> Delivery | None:
+        """Run one entry to its outcome; returns the next entry if its hand-off fetched one."""
+        start = time.perf_counter()
+        structlog.contextvars.bind_contextvars(stream=self.stream, entry=d.entry_id, attempt=d.attempt)  # task-local
+        deadline = asyncio.timeout(self.handler_timeout)
+        try:
+            async with deadline:
+                emits = await self.handler(d)
+        except asyncio.CancelledError:
+            raise  # shutdown: leave the entry pending for another consumer
+        except Exception as exc:
+            self._duration.observe(time.perf_counter() - start)
+            self._failed.inc()
+            await self._fail(d, exc, timed_out=deadline.expired())
+            return None
+        self._duration.observe(time.perf_counter() - start)
+        try:
+            ok, nxt = await self._commit(d.entry_id, emits)
+        except ResponseError as exc:  # e.g. an emit to a key of the wrong type
+            self._failed.inc()
+            await self._fail(d, _HandOffError(str(exc)))
+            return None
+        if ok:
+            self._processed.inc()
+        else:
+            LOST.labels(*self._labels).inc()
+            log.warning("stream_claim_lost", message_id=d.message_id)
+        return nxt
+
+    async def _commit(self, entry_id: str, emits: Sequence[Emit]) -> tuple[bool, Delivery | None]:
         """Queue one hand-off; hand-offs queued while a call is in flight go in the next call."""
-        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[tuple[bool, Delivery | None]] = asyncio.get_running_loop().create_future()
         self._commits.append((entry_id, emits, fut))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush(), name="hand-off")
         return await fut
 
     async def _flush(self) -> None:
+        """Send queued hand-offs in one script call that also fetches an entry per freed slot."""
         while self._commits:
             batch, self._commits = self._commits, []
+            fetch = 0 if self._stop.is_set() else sum(not f.done() for _, _, f in batch)
+            fetched: list[tuple[str, dict[bytes, bytes]]] = []
             results: list[bool | BaseException]
             try:
-                results = await self._retrying(functools.partial(self._ack_batch, batch))
+                results, fetched = await self._retrying(functools.partial(self._ack_batch, batch, fetch))
             except ResponseError as exc:
                 # One bad hand-off (e.g. a wrong-type key) must not fail the others with it.
                 results = [exc] if len(batch) == 1 else [await self._commit_one(one) for one in batch]
             except BaseException as exc:  # stopping while Redis is down, or cancelled
-                _settle(batch, [exc] * len(batch))
+                for _, _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
                 if isinstance(exc, asyncio.CancelledError):
                     raise
                 continue
-            _settle(batch, results)
+            for (_, _, fut), res in zip(batch, results, strict=True):
+                if fut.done():  # its handler was cancelled meanwhile
+                    continue
+                if isinstance(res, BaseException):
+                    fut.set_exception(res)
+                    continue
+                nxt = None
+                if fetched:
+                    eid, fields = fetched.pop(0)
+                    nxt = self._delivery(eid, fields, 1)
+                fut.set_result((res, nxt))
+            for eid, fields in fetched:  # nobody left to take it (rare): run it if a slot is free
+                if self._slots.locked() or self._stop.is_set():
+                    break  # stays pending; reclaimed after claim_idle
+                await self._slots.acquire()
+                self._start(eid, fields, 1)
 
     async def _commit_one(self, one: tuple[str, Sequence[Emit], Any]) -> bool | BaseException:
         try:
-            ok: bool = (await self._retrying(functools.partial(self._ack_batch, [one])))[0]
+            oks, _ = await self._retrying(functools.partial(self._ack_batch, [one], 0))
         except Exception as exc:
             return exc
+        ok: bool = oks[0]
         return ok
 
-    async def _ack_batch(self, batch: Sequence[tuple[str, Sequence[Emit], Any]]) -> list[bool]:
-        keys, argv = _batch_args(self.stream, [(entry_id, emits) for entry_id, emits, _ in batch])
+    async def _ack_batch(
+        self, batch: Sequence[tuple[str, Sequence[Emit], Any]], fetch: int = 0
+    ) -> tuple[list[bool], list[tuple[str, dict[bytes, bytes]]]]:
+        keys, argv = _batch_args(self.stream, [(entry_id, emits) for entry_id, emits, _ in batch], fetch)
         res = await self._ack_emit(keys=keys, args=[self.group, self.consumer, *argv])
-        return [r is not None for r in res]
+        oks = [r is not None for r in res[: len(batch)]]
+        fetched: list[tuple[str, dict[bytes, bytes]]] = []
+        if len(res) > len(batch) and res[-1]:
+            for raw_id, flat in res[-1][0][1]:
+                fetched.append((_text(raw_id), dict(zip(flat[::2], flat[1::2], strict=True))))
+            self._note_seen(fetched[-1][0])
+        return oks, fetched
 
     async def _ack_with(self, entry_id: str, emits: Sequence[Emit]) -> bool:
-        return (await self._ack_batch([(entry_id, emits, None)]))[0]
+        return (await self._ack_batch([(entry_id, emits, None)]))[0][0]
 
     async def _ack_only(self, entry_id: str) -> None:
         await self._retrying(lambda: self._r.xack(self.stream, self.group, entry_id))
@@ -818,16 +876,6 @@ class _HandOffError(Exception):
 
     code = "HANDOFF_FAILED"
     retryable = True
-
-
-def _settle(batch: Sequence[tuple[str, Sequence[Emit], asyncio.Future[bool]]], results: Sequence[Any]) -> None:
-    for (_, _, fut), res in zip(batch, results, strict=True):
-        if fut.done():  # its handler was cancelled meanwhile
-            continue
-        if isinstance(res, BaseException):
-            fut.set_exception(res)
-        else:
-            fut.set_result(bool(res))
 
 
 def _reraise_if_cancelling() -> None:
