@@ -8,7 +8,7 @@ JOBS_CREATED = Counter("montage_jobs_created_total", "Jobs created")
 JOBS_COMPLETED = Counter("montage_jobs_completed_total", "Jobs completed")
 JOBS_FAILED = Counter("montage_jobs_failed_total", "Jobs failed", ["code"])
 STAGE_DURATION = Histogram(
-    "montage_stage_duration_seconds",
+    "montage_stage_roundtrip_seconds",
     "Stage duration from dispatch to result, as seen by the orchestrator",
     ["stage", "outcome"],
     buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 900),
