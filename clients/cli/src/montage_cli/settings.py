@@ -9,20 +9,32 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from montage_common.settings import CommonSettings, load
+import msgspec
+from montage_common.settings import Environment
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 DEMO_USER = "demo-user"
 
 
-class CliSettings(CommonSettings, frozen=True, kw_only=True):
-    """What the CLI needs: where the gateway is, who the caller is, and (operators) the Redis."""
+class CliSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """What the CLI needs: where the gateway is, who the caller is, and (operators) the Redis.
 
+    A client, not a service: it shares the services' variable names (``ENVIRONMENT``,
+    ``REDIS_URL``, ``REDIS_NAMESPACE``) but none of their server secrets or checks.
+    """
+
+    environment: Environment = "development"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_namespace: str = "montage"
     montage_url: str = DEFAULT_URL
     montage_token: str = ""
     # Development only: the HS256 secret to mint a token locally when the dev endpoint is absent.
     supabase_jwt_secret: str = ""
     montage_stack_env: str = "var/stack.env"
+
+    @property
+    def is_production(self) -> bool:
+        return self.environment in ("production", "staging")
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -45,5 +57,8 @@ def load_settings(environ: Mapping[str, str]) -> CliSettings:
     """The environment, over ``var/stack.env`` (or ``MONTAGE_STACK_ENV``)."""
     stack_env = read_env_file(Path(environ.get("MONTAGE_STACK_ENV") or "var/stack.env"))
     merged = {**stack_env, **{k: v for k, v in environ.items() if v != ""}}
-    settings = load(CliSettings, merged)
-    return settings
+    values = {f.name: merged[f.name.upper()] for f in msgspec.structs.fields(CliSettings) if f.name.upper() in merged}
+    try:
+        return msgspec.convert(values, CliSettings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise SystemExit(f"montage: invalid configuration: {exc}") from None
