@@ -292,7 +292,11 @@ def main() -> None:
         for p in procs:
             p.terminate()
         for p in procs:
-            p.wait(10)
+            try:
+                p.wait(60)  # the gateway first ends its SSE streams
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
         if server is not None:
             server.stop()
 

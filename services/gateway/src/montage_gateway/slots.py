@@ -16,6 +16,7 @@ from typing import Any
 
 import structlog
 from montage_common.keys import Keys
+from montage_common.streams import REDIS_DOWN
 from redis.asyncio import Redis
 
 from montage_gateway.errors import TooManyConnections
@@ -76,11 +77,15 @@ class ConnectionSlots:
         return lease
 
     async def release(self, lease: Lease) -> None:
+        """Free the slots; if Redis is unreachable the lease simply expires (it is no longer refreshed)."""
         self._live.pop(lease.id, None)
         pipe: Any = self.redis.pipeline(transaction=False)
         pipe.zrem(lease.job_key, lease.id)
         pipe.zrem(lease.user_key, lease.id)
-        await pipe.execute()
+        try:
+            await pipe.execute()
+        except REDIS_DOWN as exc:
+            log.warning("sse_lease_release_failed", error=type(exc).__name__)
 
     async def refresh_forever(self) -> None:
         """Extend every local lease each ``refresh_seconds`` (run as a task)."""
