@@ -176,11 +176,7 @@ async def _cancel(task: asyncio.Task[None]) -> None:
 def resources(settings: GatewaySettings):  # type: ignore[no-untyped-def]
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         keys = Keys(settings.redis_namespace)
-        redis = create_gateway_redis(
-            settings.redis_url,
-            max_connections=settings.redis_max_connections,
-            pool_wait_seconds=settings.redis_pool_wait_seconds,
-        )
+        redis = create_gateway_redis(settings.redis_url, max_connections=settings.redis_max_connections)
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(
                 limit=settings.upstream_pool_size, limit_per_host=settings.upstream_pool_size

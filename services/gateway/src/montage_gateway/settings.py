@@ -22,7 +22,6 @@ class GatewaySettings(CommonSettings, frozen=True, kw_only=True):
 
     # Pool of the gateway's command connections (SSE fan-out uses one more, of its own).
     redis_max_connections: int = 64
-    redis_pool_wait_seconds: float = 10.0
 
     # --- auth -----------------------------------------------------------------------------
     # Legacy HS256 secret; empty outside development means HS256 tokens are refused.
