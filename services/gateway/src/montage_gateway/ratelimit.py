@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from montage_common.errors import ServiceUnavailable
 from montage_common.keys import Keys
 from montage_common.streams import REDIS_DOWN
 from redis.asyncio import Redis
@@ -71,9 +72,12 @@ class JobRateLimiter:
         self._script: Any = redis.register_script(_SLIDING)
 
     async def acquire(self, user_id: str, request_id: str) -> Decision:
-        allowed, count, retry_ms = await self._script(
-            keys=[self.keys.rate_limit(user_id)], args=[self.window_seconds * 1000, self.limit, request_id]
-        )
+        try:
+            allowed, count, retry_ms = await self._script(
+                keys=[self.keys.rate_limit(user_id)], args=[self.window_seconds * 1000, self.limit, request_id]
+            )
+        except REDIS_DOWN:  # the job limit fails closed: no unlimited creations while Redis is away
+            raise ServiceUnavailable("Rate limiter unavailable; retry shortly") from None
         if allowed:
             return Decision(True, int(count), 0)
         RATE_LIMITED.labels("jobs").inc()
