@@ -36,7 +36,7 @@ _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
 
 SERVICE: web.AppKey[str] = web.AppKey("service", str)
 READY_CHECKS: web.AppKey[dict[str, Callable[[], Awaitable[object]]]] = web.AppKey("ready_checks", dict)
-REQUEST_ID: str = "request_id"
+REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _json = msgspec.json.Encoder()

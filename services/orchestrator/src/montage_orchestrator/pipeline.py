@@ -33,6 +33,7 @@ from montage_common.messages import (
     StageResult,
     StageTask,
     encode,
+    result_decoder,
 )
 from montage_common.models import STAGE_OUTPUT_TYPES, AudioAnalysis, Clips, CostItem, VideoOutput
 from montage_common.streams import Delivery, Emit
@@ -53,39 +54,9 @@ BUDGET_CHECKED = ("reference_generator", "video_generator")
 _out = msgspec.json.Encoder(decimal_format="number")
 
 
-class _ResultIn(msgspec.Struct, tag="result", frozen=True, kw_only=True):
-    """Decoding side of :class:`StageResult`: msgspec cannot decode ``Raw | None`` (the shared
-    ``result_decoder`` fails on every successful result), so ``output`` is a plain ``Raw`` here."""
-
-    job_id: str
-    stage: str
-    dispatch: int = 1
-    ok: bool
-    output: msgspec.Raw = msgspec.Raw(b"null")
-    error: ErrorInfo | None = None
-    duration_seconds: float = 0.0
-    costs: list[CostItem] = []
-    attempts: int = 1
-
-
-_decoder = msgspec.json.Decoder(_ResultIn | StageProgress | StageCost)
-
-
 def decode_result(payload: bytes) -> StageResult | StageProgress | StageCost:
-    msg: _ResultIn | StageProgress | StageCost = _decoder.decode(payload)
-    if not isinstance(msg, _ResultIn):
-        return msg
-    return StageResult(
-        job_id=msg.job_id,
-        stage=msg.stage,
-        dispatch=msg.dispatch,
-        ok=msg.ok,
-        output=None if bytes(msg.output) in (b"", b"null") else msg.output,  # type: ignore[arg-type]
-        error=msg.error,
-        duration_seconds=msg.duration_seconds,
-        costs=msg.costs,
-        attempts=msg.attempts,
-    )
+    msg: StageResult | StageProgress | StageCost = result_decoder.decode(payload)
+    return msg
 
 
 def stage_task_emit(deps: Deps, task: StageTask) -> Emit:
@@ -227,7 +198,7 @@ class Pipeline:
         error = msg.error
         if msg.ok:
             try:
-                raw = bytes(msg.output) if msg.output is not None else b""
+                raw = bytes(msg.output)
                 output = msgspec.json.decode(raw, type=STAGE_OUTPUT_TYPES[msg.stage])
             except (msgspec.DecodeError, KeyError) as exc:
                 error = ErrorInfo(code="MODULE_FAILURE", message=f"invalid output: {exc}"[:300])
