@@ -19,7 +19,7 @@ PROMPT = (
     "with the drums, soft pastel colours"
 )
 JOB_TIMEOUT = 150.0
-COST_PRECISION = 0.0001  # numeric(12, 4)
+COST_PRECISION = 1e-9  # float parsing only: money is numeric(14, 6) end to end
 
 
 @dataclass
@@ -94,8 +94,6 @@ def check_spec_order(events: list[SseEvent]) -> None:
     # cost: running totals never go down; the final total matches the last update
     totals = [float(e.json()["total"]) for e in logged if e.event == "cost_update"]
     assert totals, "no cost_update events"
-    # Within the 4-decimal precision jobs.total_cost is stored with (stage costs carry 6 decimals,
-    # and the orchestrator reloads the rounded total before adding the next cost).
     drops = [(a, b) for a, b in itertools.pairwise(totals) if b < a - COST_PRECISION]
     assert not drops, [(e.id, e.json()) for e in logged if e.event == "cost_update"]
     final = events[-1].json()

@@ -301,6 +301,7 @@ class Stack:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+        (self.var_dir / "stack.env").unlink(missing_ok=True)
         if self.redis:
             self.redis.stop()
         if self.postgres:

@@ -53,7 +53,29 @@ def clip_bounds(audio: AudioAnalysis, min_len: float, max_len: float) -> list[fl
         bounds.append(round(end, 4))
     if bounds[-1] < duration:
         bounds[-1] = round(duration, 4)
-    return bounds
+    return ensure_min_clips(bounds, beats)
+
+
+# The orchestrator fails a job with fewer than 3 clips, so a short song still gets 3.
+MIN_CLIPS = 3
+MIN_SPLIT_SECONDS = 0.5
+
+
+def ensure_min_clips(bounds: list[float], beats: list[float], n: int = MIN_CLIPS) -> list[float]:
+    """Split the longest clip (on the beat nearest its middle) until there are ``n`` clips."""
+    out = list(bounds)
+    for _ in range(n):  # bounded: each round adds one boundary or stops
+        if len(out) - 1 >= n:
+            break
+        i = max(range(len(out) - 1), key=lambda k: out[k + 1] - out[k])
+        lo, hi = out[i], out[i + 1]
+        if hi - lo < 2 * MIN_SPLIT_SECONDS:
+            break
+        inside = [b for b in beats if lo + MIN_SPLIT_SECONDS <= b <= hi - MIN_SPLIT_SECONDS]
+        mid = (lo + hi) / 2
+        cut = min(inside, key=lambda b: abs(b - mid)) if inside else mid
+        out.insert(i + 1, round(cut, 4))
+    return out
 
 
 def _target_len(energy: float, min_len: float, max_len: float) -> float:

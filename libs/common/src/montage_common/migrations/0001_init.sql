@@ -1,4 +1,4 @@
--- Montage base schema. Money is NUMERIC; times are timestamptz (UTC).
+-- Montage base schema. Money is NUMERIC (6 decimals: local compute is priced in fractions of a cent); times are timestamptz (UTC).
 CREATE TABLE jobs (
     job_id            uuid PRIMARY KEY,
     user_id           text NOT NULL,
@@ -10,9 +10,9 @@ CREATE TABLE jobs (
     audio_filename    text NOT NULL,
     audio_duration    double precision NOT NULL,
     environment       text NOT NULL,
-    estimated_cost    numeric(12, 4) NOT NULL DEFAULT 0,
-    cost_limit        numeric(12, 4) NOT NULL,
-    total_cost        numeric(12, 4) NOT NULL DEFAULT 0,
+    estimated_cost    numeric(14, 6) NOT NULL DEFAULT 0,
+    cost_limit        numeric(14, 6) NOT NULL,
+    total_cost        numeric(14, 6) NOT NULL DEFAULT 0,
     video_key         text,
     error_message     text,
     error_code        text,
@@ -48,7 +48,7 @@ CREATE TABLE job_costs (
     stage_name        text NOT NULL,
     api_name          text NOT NULL,
     call_id           text NOT NULL,
-    cost              numeric(12, 4) NOT NULL CHECK (cost >= 0),
+    cost              numeric(14, 6) NOT NULL CHECK (cost >= 0),
     created_at        timestamptz NOT NULL DEFAULT now(),
     UNIQUE (job_id, call_id)
 );
