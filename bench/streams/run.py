@@ -101,13 +101,11 @@ class Procs:
         self.procs.clear()
 
 
-async def wait_done(redis: Redis, n: int, limit: float, procs: Procs) -> bool:
+async def wait_done(redis: Redis, n: int, limit: float) -> bool:
     end = time.monotonic() + limit
     while time.monotonic() < end:
         if await redis.xlen(DONE) >= n:
             return True
-        if any(p.poll() is not None for p in procs.procs if p.args[-1] != "produce"):
-            pass
         await asyncio.sleep(0.01)
     return False
 
@@ -121,14 +119,14 @@ async def one_run(sys_: System, url: str, jobs: int, rate: float, logs: Path) ->
         for _ in range(2):
             procs.start(sys_, sys_.worker, url, log)
         warm = procs.start(sys_, [*sys_.produce, "--jobs", "30"], url, log)
-        if not await wait_done(redis, 30, 60, procs):
+        if not await wait_done(redis, 30, 60):
             print(f"  {sys_.name}: warm-up did not complete (see {log})", file=sys.stderr)
             return None
         warm.wait(10)
         await redis.delete(DONE)
         args = [*sys_.produce, "--jobs", str(jobs), *(["--rate", str(rate)] if rate else [])]
         producer = procs.start(sys_, args, url, log)
-        if not await wait_done(redis, jobs, 300, procs):
+        if not await wait_done(redis, jobs, 300):
             print(f"  {sys_.name}: {await redis.xlen(DONE)}/{jobs} done in time (see {log})", file=sys.stderr)
             return None
         producer.wait(30)
@@ -154,10 +152,10 @@ async def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--systems", default="bare,montage,taskiq,bullmq,arq")
     p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--jobs", type=int, default=20000, help="jobs per flat-out run (ours and bare)")
-    p.add_argument("--peer-jobs", type=int, default=3000, help="jobs per flat-out run of a peer")
-    p.add_argument("--rate", type=float, default=1000, help="offered jobs/s of the fixed-rate runs")
-    p.add_argument("--rate-jobs", type=int, default=3000)
+    p.add_argument("--jobs", type=int, default=10000, help="jobs per flat-out run (ours and bare)")
+    p.add_argument("--peer-jobs", type=int, default=1500, help="jobs per flat-out run of a peer")
+    p.add_argument("--rate", type=float, default=200, help="offered jobs/s of the fixed-rate runs (every system)")
+    p.add_argument("--rate-jobs", type=int, default=1500)
     p.add_argument("--json", type=Path, default=None)
     a = p.parse_args()
 
@@ -179,8 +177,6 @@ async def main() -> None:
                 continue
             peer = name not in ("montage", "bare")
             for mode, jobs, rate in (("max", a.peer_jobs if peer else a.jobs, 0.0), ("rate", a.rate_jobs, a.rate)):
-                if mode == "rate" and peer:
-                    rate = min(rate, 200.0)  # below every peer's saturation
                 rows = []
                 for _ in range(a.runs):
                     r = await one_run(sys_, url, jobs, rate, data)
