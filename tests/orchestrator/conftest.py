@@ -49,24 +49,19 @@ from montage_orchestrator.deps import DEPS, Deps
 from montage_orchestrator.settings import OrchestratorSettings
 from redis.asyncio import Redis
 
+from tests import support
+
 SECRET = "test-internal-secret"
 PROMPT = "A neon city at night, rain on the streets, a lone dancer moving to the beat of the song."
 N_CLIPS = 5
 
 
 def headers(user: str = "user-1", secret: str = SECRET) -> dict[str, str]:
-    return {"X-Montage-Internal": secret, "X-Montage-User-Id": user}
+    return support.internal_headers(user, secret)
 
 
 async def wait_for(check: Callable[[], Awaitable[Any]], *, attempts: int = 400, every: float = 0.05) -> Any:
-    """Poll ``check`` until it returns something truthy (bounded); returns that value."""
-    last: Any = None
-    for _ in range(attempts):
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(every)
-    raise AssertionError(f"condition not met after {attempts} checks; last value: {last!r}")
+    return await support.wait_for(check, attempts=attempts, every=every)
 
 
 # --- audio ------------------------------------------------------------------------------

@@ -5,7 +5,6 @@ subprocesses), real Postgres and Redis from the shared fixtures.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import importlib.util
 import os
@@ -31,6 +30,8 @@ from montage_ragnarok.events import FIELD, RagnarokJobFinished, decoder
 from montage_ragnarok.settings import ProxySettings
 from redis.asyncio import Redis
 
+from tests import support
+
 FAKES = Path(__file__).resolve().parents[1] / "fakes"
 SECRET = "test-internal-secret"
 
@@ -49,18 +50,11 @@ fake_trinity_module = _load("trinity")
 
 
 def headers(user: str = "user-1", secret: str = SECRET) -> dict[str, str]:
-    return {"X-Montage-Internal": secret, "X-Montage-User-Id": user}
+    return support.internal_headers(user, secret)
 
 
 async def wait_for(check: Callable[[], Awaitable[Any]], *, attempts: int = 300, every: float = 0.1) -> Any:
-    """Poll ``check`` until it returns something truthy (bounded); returns that value."""
-    last: Any = None
-    for _ in range(attempts):
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(every)
-    raise AssertionError(f"condition not met after {attempts} checks; last value: {last!r}")
+    return await support.wait_for(check, attempts=attempts, every=every)
 
 
 @dataclass
