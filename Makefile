@@ -41,8 +41,13 @@ pytest: install browser
 
 test: lint typecheck pytest
 
+# Benchmarks (not tests): figures and how to read them in docs/benchmarks.md.
 bench: install
-	$(PY) bench/run_all.py
+	$(PY) bench/streams/run.py --runs 3
+	$(PY) bench/sse_fanout.py
+	$(PY) bench/jwt_cache.py
+	$(PY) bench/upload_10mb.py 7
+	$(PY) bench/render_3min.py --runs 3
 
 clean:
 	rm -rf var out .pytest_cache .mypy_cache .ruff_cache
