@@ -13,28 +13,12 @@ import asyncio
 import os
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
-from montage_common.models import (
-    AudioParserInput,
-    ComposerInput,
-    PromptGeneratorInput,
-    ReferenceGeneratorInput,
-    ScenePlannerInput,
-    VideoGeneratorInput,
-)
 from montage_common.storage import LocalStorage
-from montage_stages import (
-    audio_parser,
-    composer,
-    prompt_generator,
-    reference_generator,
-    scene_planner,
-    synth,
-    video_generator,
-)
+from montage_stages import synth
 from montage_stages.context import StageContext
+from montage_stages.local_pipeline import run_all
 from montage_stages.settings import StageSettings
 
 STAGES = ("audio_parser", "scene_planner", "reference_generator", "prompt_generator", "video_generator", "composer")
@@ -46,39 +30,8 @@ async def run_once(root: Path, song: Path, run: int) -> tuple[dict[str, float], 
     audio_key = f"audio-uploads/{job}/song{song.suffix}"
     await storage.put_file(audio_key, song)
     ctx = StageContext.create(job, storage, settings=StageSettings(), workdir=root / f"work{run}")
-    times: dict[str, float] = {}
-
-    async def timed(stage: str, coro):  # type: ignore[no-untyped-def]
-        start = time.perf_counter()
-        result = await coro
-        times[stage] = time.perf_counter() - start
-        return result
-
-    analysis = await timed("audio_parser", audio_parser.process(ctx, job, AudioParserInput(audio_key=audio_key)))
-    plan = await timed(
-        "scene_planner",
-        scene_planner.process(ctx, job, ScenePlannerInput(user_prompt="a neon city at night", audio=analysis)),
-    )
-    refs = await timed("reference_generator", reference_generator.process(ctx, job, ReferenceGeneratorInput(plan=plan)))
-    prompts = await timed(
-        "prompt_generator", prompt_generator.process(ctx, job, PromptGeneratorInput(plan=plan, references=refs))
-    )
-    clips = await timed("video_generator", video_generator.process(ctx, job, VideoGeneratorInput(clip_prompts=prompts)))
-    await timed(
-        "composer",
-        composer.process(
-            ctx,
-            job,
-            ComposerInput(
-                clips=clips,
-                audio_key=audio_key,
-                transitions=plan.transitions,
-                beats=analysis.beat_timestamps,
-                duration=analysis.duration,
-            ),
-        ),
-    )
-    return times, len(clips.clips)
+    result = await run_all(ctx, job, audio_key, "a neon city at night")
+    return result.seconds, len(result.clips.clips)
 
 
 async def main() -> None:

@@ -7,25 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from montage_common.models import (
-    AudioParserInput,
-    ComposerInput,
-    PromptGeneratorInput,
-    ReferenceGeneratorInput,
-    ScenePlannerInput,
-    VideoGeneratorInput,
-)
 from montage_common.storage import LocalStorage
-from montage_stages import (
-    audio_parser,
-    composer,
-    ffmpeg,
-    prompt_generator,
-    reference_generator,
-    scene_planner,
-    video_generator,
-)
+from montage_stages import ffmpeg
 from montage_stages.context import StageContext
+from montage_stages.local_pipeline import run_all
 
 from .conftest import SONG_SECONDS, Recorder
 from .media import correlation, decode_errors, envelope
@@ -44,23 +29,14 @@ async def test_song_to_music_video(
     await storage.put_file(audio_key, song_files[ext])
     ctx = make_ctx(job)
 
-    analysis = await audio_parser.process(ctx, job, AudioParserInput(audio_key=audio_key))
-    plan = await scene_planner.process(
-        ctx, job, ScenePlannerInput(user_prompt="a neon city at night, two friends dancing", audio=analysis)
-    )
-    refs = await reference_generator.process(ctx, job, ReferenceGeneratorInput(plan=plan))
-    prompts = await prompt_generator.process(ctx, job, PromptGeneratorInput(plan=plan, references=refs))
-    clips = await video_generator.process(ctx, job, VideoGeneratorInput(clip_prompts=prompts))
-    out = await composer.process(
-        ctx,
-        job,
-        ComposerInput(
-            clips=clips,
-            audio_key=audio_key,
-            transitions=plan.transitions,
-            beats=analysis.beat_timestamps,
-            duration=analysis.duration,
-        ),
+    run = await run_all(ctx, job, audio_key, "a neon city at night, two friends dancing")
+    analysis, plan, refs, prompts, clips, out = (
+        run.analysis,
+        run.plan,
+        run.references,
+        run.prompts,
+        run.clips,
+        run.video,
     )
 
     # the plan follows the song: clips tile it, inner boundaries on beats, lengths 3..8 s (+ folding)
