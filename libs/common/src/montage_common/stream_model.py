@@ -1,0 +1,106 @@
+"""What flows through the stream runtime: emits, deliveries, dead letters; entry ids; failure kinds."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+
+
+@dataclass(frozen=True, slots=True)
+class Emit:
+    """An entry to add atomically with an ack (or on its own through ``StreamProducer``)."""
+
+    stream: str
+    payload: bytes
+    message_id: str = ""  # stable id; a new uuid when empty
+    channel: str = ""  # PUBLISH "<new entry id> <payload>" here after the XADD
+    maxlen: int = 0  # approximate cap at XADD; 0 = none (pipeline streams use safe trimming)
+    ttl_seconds: int = 0  # EXPIRE the stream key (per-job event logs)
+    extra: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One entry handed to a handler, with what it needs to be idempotent."""
+
+    stream: str
+    group: str
+    entry_id: str
+    message_id: str  # stable across retries and redeliveries
+    attempt: int  # 1 for the first run, +1 per retry
+    delivery_count: int  # times Redis delivered this entry (>1 after a reclaim)
+    payload: bytes
+    history: tuple[str, ...] = ()  # errors of earlier attempts
+
+
+class DeadLetter(msgspec.Struct, frozen=True):
+    """What a dead-letter hook learns."""
+
+    code: str
+    message: str
+    attempts: int
+    history: list[str]
+
+
+Handler = Callable[[Delivery], Awaitable[Sequence[Emit]]]
+DeadLetterHook = Callable[[Delivery, DeadLetter], Sequence[Emit]]
+
+_history_decoder = msgspec.json.Decoder(list[str])
+
+
+def delivery(stream: str, group: str, entry_id: str, fields: dict[bytes, bytes], delivery_count: int) -> Delivery:
+    """Decode an entry's fields (as written by ``ACK_EMIT`` or ``PROMOTE``)."""
+    raw_id = fields.get(b"id")
+    return Delivery(
+        stream,
+        group,
+        entry_id,
+        raw_id.decode() if raw_id else entry_id,
+        int(fields.get(b"a", b"1")),
+        delivery_count,
+        fields.get(b"m", b""),
+        tuple(_history_decoder.decode(fields[b"h"])) if b"h" in fields else (),
+    )
+
+
+def text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def id_key(entry_id: str) -> tuple[int, int]:
+    """An entry id as a sortable pair (ms, seq)."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def id_ms(entry_id: str) -> int:
+    return int(entry_id.split("-", 1)[0])
+
+
+class HandOffError(Exception):
+    """Redis refused a hand-off (retried: it may be transient, e.g. OOM)."""
+
+    code = "HANDOFF_FAILED"
+    retryable = True
+
+
+def reraise_if_cancelling() -> None:
+    """redis-py may turn a cancellation mid-command into a connection error: keep it a cancel."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+def group_lost(exc: ResponseError) -> bool:
+    """NOGROUP; or Redis 7 waking a blocked XREADGROUP whose stream was deleted (FLUSHALL)."""
+    text = str(exc)
+    return text.startswith(("NOGROUP", "UNBLOCKED")) or "NOGROUP" in text
