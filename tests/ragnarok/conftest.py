@@ -25,8 +25,10 @@ import pytest
 from aiohttp import web
 from montage_common.devstack import free_port
 from montage_common.keys import Keys
+from montage_common.messages import RagnarokJobFinished
+from montage_common.messages import ragnarok_event_decoder as decoder
 from montage_ragnarok.app import create_app
-from montage_ragnarok.events import FIELD, RagnarokJobFinished, decoder
+from montage_ragnarok.events import FIELD
 from montage_ragnarok.settings import ProxySettings
 from redis.asyncio import Redis
 

@@ -3,10 +3,13 @@
 - ``stage:<name>`` streams carry :class:`StageTask`.
 - the ``results`` stream carries :data:`ResultMessage` (result, progress text, cost).
 - per-job event logs carry :class:`JobEvent`.
+- the RAGNAROK events stream carries :class:`RagnarokJobFinished`.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import msgspec
@@ -71,10 +74,29 @@ class JobEvent(Wire, frozen=True, kw_only=True):
     data: dict[str, Any]
 
 
+class RagnarokJobFinished(msgspec.Struct, tag="ragnarok_job_finished", tag_field="type", frozen=True, kw_only=True):
+    """A RAGNAROK workflow reached a final state (``keys.ragnarok_events_stream()``, field ``data``).
+
+    Delivered at least once: consumers dedupe on ``job_id``.
+    """
+
+    job_id: str
+    user_id: str
+    workflow_id: str
+    status: str
+    video_url: str | None = None
+    cost_usd: Decimal | None = None
+    quality_score: float | None = None
+    error: str | None = None
+    trace_id: str = ""
+    finished_at: datetime | None = None
+
+
 task_encoder = msgspec.json.Encoder(decimal_format="number")
 task_decoder = msgspec.json.Decoder(StageTask)
 result_decoder = msgspec.json.Decoder(ResultMessage)
 event_decoder = msgspec.json.Decoder(JobEvent)
+ragnarok_event_decoder = msgspec.json.Decoder(RagnarokJobFinished)
 
 
 def encode(msg: msgspec.Struct) -> bytes:

@@ -1,6 +1,6 @@
 """The final-status event pushed to ``Keys.ragnarok_events_stream()``.
 
-Each entry has one field, ``data``: the JSON of :class:`RagnarokJobFinished`
+Each entry has one field, ``data``: the JSON of :class:`~montage_common.messages.RagnarokJobFinished`
 (``{"type": "ragnarok_job_finished", "job_id", "user_id", "workflow_id", "status", "video_url",
 "cost_usd", "quality_score", "error", "trace_id", "finished_at"}``, ``cost_usd`` a JSON number).
 Delivery is at least once: a replica that dies between storing a final status and publishing
@@ -10,33 +10,15 @@ leaves the job due, and whoever claims it next publishes; consumers dedupe on ``
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from decimal import Decimal
 
-import msgspec
 from montage_common.keys import Keys
+from montage_common.messages import RagnarokJobFinished, encode
 from redis.asyncio import Redis
 
 from montage_ragnarok.metrics import EVENTS
 from montage_ragnarok.store import Job
 
 FIELD = b"data"
-
-
-class RagnarokJobFinished(msgspec.Struct, tag="ragnarok_job_finished", tag_field="type", frozen=True, kw_only=True):
-    job_id: str
-    user_id: str
-    workflow_id: str
-    status: str
-    video_url: str | None = None
-    cost_usd: Decimal | None = None
-    quality_score: float | None = None
-    error: str | None = None
-    trace_id: str = ""
-    finished_at: datetime | None = None
-
-
-encoder = msgspec.json.Encoder(decimal_format="number")
-decoder = msgspec.json.Decoder(RagnarokJobFinished)
 
 
 class EventPublisher:
@@ -59,5 +41,5 @@ class EventPublisher:
             trace_id=job.trace_id,
             finished_at=job.completed_at or datetime.now(UTC),
         )
-        await self.redis.xadd(self.stream, {FIELD: encoder.encode(event)}, maxlen=self.maxlen, approximate=True)
+        await self.redis.xadd(self.stream, {FIELD: encode(event)}, maxlen=self.maxlen, approximate=True)
         EVENTS.labels(job.status).inc()
