@@ -57,6 +57,9 @@ def systems() -> dict[str, System]:
     return {
         "montage": System("montage", ours, ["montage.py", "worker"], ["montage.py", "produce"]),
         "bare": System("bare", ours, ["bare.py", "worker"], ["bare.py", "produce"]),
+        # The runtime as of another checkout (BENCH_BASE_SRC: a dir holding montage_common), for before/after.
+        "montage-base": System("montage-base", ours, ["montage.py", "worker"], ["montage.py", "produce"],
+                               {"PYTHONPATH": os.environ.get("BENCH_BASE_SRC", "")}),
         "taskiq": System("taskiq", peer("taskiq"),
                          ["-m", "taskiq", "worker", "peer_taskiq:broker", "--workers", "1", "--max-async-tasks", "3",
                           "--no-configure-logging"],
@@ -80,7 +83,8 @@ class Procs:
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self, sys_: System, args: list[str], url: str, log: Path) -> subprocess.Popen[bytes]:
-        env = {**os.environ, **sys_.env, "BENCH_REDIS_URL": url, "PYTHONPATH": str(HERE)}
+        path = os.pathsep.join(p for p in (str(HERE), sys_.env.get("PYTHONPATH", "")) if p)
+        env = {**os.environ, **sys_.env, "BENCH_REDIS_URL": url, "PYTHONPATH": path}
         cmd = [sys_.python, *args, *(["--url", url] if args[0].endswith(".py") else [])]
         with log.open("ab") as err:
             p = subprocess.Popen(cmd, cwd=HERE, env=env, stdout=err, stderr=err, start_new_session=True)
@@ -141,6 +145,7 @@ async def one_run(sys_: System, url: str, jobs: int, rate: float, logs: Path) ->
         "jobs_s": len(entries) / (max(t1) - min(t0)),
         "p50_ms": 1000 * lat[len(lat) // 2],
         "p99_ms": 1000 * lat[min(int(len(lat) * 0.99), len(lat) - 1)],
+        "max_ms": 1000 * lat[-1],
     }
 
 
@@ -154,7 +159,10 @@ async def main() -> None:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--jobs", type=int, default=10000, help="jobs per flat-out run (ours and bare)")
     p.add_argument("--peer-jobs", type=int, default=1500, help="jobs per flat-out run of a peer")
-    p.add_argument("--rate", type=float, default=200, help="offered jobs/s of the fixed-rate runs (every system)")
+    p.add_argument(
+        "--rate", default="200", help="offered jobs/s of the fixed-rate runs, comma-separated (every system)"
+    )
+    p.add_argument("--no-max", action="store_true", help="fixed-rate runs only")
     p.add_argument("--rate-jobs", type=int, default=1500)
     p.add_argument("--json", type=Path, default=None)
     a = p.parse_args()
@@ -175,12 +183,15 @@ async def main() -> None:
             if not Path(sys_.python).exists():
                 print(f"skip {name}: no {sys_.python}", file=sys.stderr)
                 continue
-            peer = name not in ("montage", "bare")
-            for mode, jobs, rate in (("max", a.peer_jobs if peer else a.jobs, 0.0), ("rate", a.rate_jobs, a.rate)):
+            peer = not name.startswith(("montage", "bare"))
+            modes = [] if a.no_max else [("max", a.peer_jobs if peer else a.jobs, 0.0)]
+            modes += [(f"rate{r:g}", a.rate_jobs, r) for r in map(float, a.rate.split(","))]
+            for mode, jobs, rate in modes:
                 rows = []
                 for _ in range(a.runs):
                     r = await one_run(sys_, url, jobs, rate, data)
                     if r:
+                        r["load1"] = os.getloadavg()[0]
                         rows.append(r)
                         print(f"{name} {mode} {rate or ''}: {r}", file=sys.stderr)
                 if rows:
@@ -190,12 +201,16 @@ async def main() -> None:
         server.wait(10)
         shutil.rmtree(data, ignore_errors=True)
 
-    print("| system | jobs/s (flat out) | p50 / p99 ms (flat out) | offered jobs/s | p50 / p99 ms (offered) |")
-    print("|---|---:|---:|---:|---:|")
+    rates = [f"rate{r:g}" for r in map(float, a.rate.split(","))]
+    print("| system | jobs/s (flat out) | p50 / p99 ms (flat out) | " + " | ".join(
+        f"p50 / p99 ms at {r[4:]} jobs/s" for r in rates) + " |")  # fmt: skip
+    print("|---|---:|---:|" + "---:|" * len(rates))
     for name, modes in results.items():
-        m, r = modes.get("max"), modes.get("rate")
-        cells = [f"{m['jobs_s']:,.0f}", f"{m['p50_ms']:.1f} / {m['p99_ms']:.1f}"] if m else ["-", "-"]
-        cells += [f"{r['rate']:.0f}", f"{r['p50_ms']:.1f} / {r['p99_ms']:.1f}"] if r else ["-", "-"]
+        m = modes.get("max")
+        cells = [f"{m['jobs_s']:,.0f}", f"{m['p50_ms']:,.1f} / {m['p99_ms']:,.1f}"] if m else ["-", "-"]
+        for rate in rates:
+            r = modes.get(rate)
+            cells.append(f"{r['p50_ms']:,.1f} / {r['p99_ms']:,.1f}" if r else "-")
         print(f"| {name} | " + " | ".join(cells) + " |")
     if a.json:
         a.json.write_text(json.dumps(results, indent=2))

@@ -42,14 +42,19 @@ for e = 1, n do
     local key, channel, payload = KEYS[tonumber(k)], ARGV[i+1], ARGV[i+3]
     maxlen, ttl, nx = tonumber(maxlen), tonumber(ttl), tonumber(nx)
     if owned then
-      local args = {'XADD', key}
-      if maxlen > 0 then args[3] = 'MAXLEN'; args[4] = '~'; args[5] = maxlen end
-      args[#args+1] = '*'
-      args[#args+1] = 'id'; args[#args+1] = ARGV[i+2]
-      args[#args+1] = 'a'; args[#args+1] = '1'
-      args[#args+1] = 'm'; args[#args+1] = payload
-      for f = i + 4, i + 3 + 2 * nx do args[#args+1] = ARGV[f] end
-      local id = redis.call(unpack(args))
+      local id
+      if maxlen == 0 and nx == 0 then  -- the common case: no argument table to build
+        id = redis.call('XADD', key, '*', 'id', ARGV[i+2], 'a', '1', 'm', payload)
+      else
+        local args = {'XADD', key}
+        if maxlen > 0 then args[3] = 'MAXLEN'; args[4] = '~'; args[5] = maxlen end
+        args[#args+1] = '*'
+        args[#args+1] = 'id'; args[#args+1] = ARGV[i+2]
+        args[#args+1] = 'a'; args[#args+1] = '1'
+        args[#args+1] = 'm'; args[#args+1] = payload
+        for f = i + 4, i + 3 + 2 * nx do args[#args+1] = ARGV[f] end
+        id = redis.call(unpack(args))
+      end
       ids[#ids+1] = id
       if channel ~= '' then redis.call('PUBLISH', channel, id .. ' ' .. payload) end
       if ttl > 0 then redis.call('EXPIRE', key, ttl) end

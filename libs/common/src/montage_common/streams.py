@@ -90,6 +90,8 @@ __all__ = [
 
 log = structlog.get_logger()
 
+_HANDOFF_CALLS = 2  # hand-off script calls in flight per consumer
+
 
 def default_consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
@@ -148,7 +150,8 @@ class StreamConsumer(ConsumerMaintenance):
         self._failed = FAILED.labels(*self._labels)
         self._duration = DURATION.labels(*self._labels)
         self._commits: list[tuple[str, Sequence[Emit], asyncio.Future[tuple[bool, Delivery | None]]]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._flushers: set[asyncio.Task[None]] = set()  # hand-off calls in flight (at most _HANDOFF_CALLS)
+        self._flush_due = False  # a flusher is created and has not taken its batch yet
         self.started = asyncio.Event()
 
     # --- lifecycle ------------------------------------------------------------------
@@ -186,8 +189,8 @@ class StreamConsumer(ConsumerMaintenance):
         if pending:
             await asyncio.wait(pending, timeout=5.0)  # bounded: a handler may ignore its cancel
             log.warning("stream_handlers_cancelled", stream=self.stream, count=len(pending))
-        if self._flusher is not None:
-            await asyncio.wait([self._flusher], timeout=5.0)
+        if self._flushers:
+            await asyncio.wait(list(self._flushers), timeout=5.0)
 
     async def ensure_group(self, start_id: str = "0") -> None:
         try:
@@ -339,16 +342,19 @@ class StreamConsumer(ConsumerMaintenance):
         """Run one entry to its outcome; returns the next entry if its hand-off fetched one."""
         start = time.perf_counter()
         structlog.contextvars.bind_contextvars(stream=self.stream, entry=d.entry_id, attempt=d.attempt)  # task-local
-        deadline = asyncio.timeout(self.handler_timeout)
+        deadline = None if self.handler_timeout is None else asyncio.timeout(self.handler_timeout)
         try:
-            async with deadline:
+            if deadline is None:
                 emits = await self.handler(d)
+            else:
+                async with deadline:
+                    emits = await self.handler(d)
         except asyncio.CancelledError:
             raise  # shutdown: leave the entry pending for another consumer
         except Exception as exc:
             self._duration.observe(time.perf_counter() - start)
             self._failed.inc()
-            await self._fail(d, exc, timed_out=deadline.expired())
+            await self._fail(d, exc, timed_out=deadline is not None and deadline.expired())
             return None
         self._duration.observe(time.perf_counter() - start)
         try:
@@ -365,16 +371,38 @@ class StreamConsumer(ConsumerMaintenance):
         return nxt
 
     async def _commit(self, entry_id: str, emits: Sequence[Emit]) -> tuple[bool, Delivery | None]:
-        """Queue one hand-off; hand-offs queued while a call is in flight go in the next call."""
+        """Queue one hand-off; those queued in the same loop turn go in one call.
+
+        Up to ``_HANDOFF_CALLS`` calls are in flight at once: a hand-off does not wait for the
+        round trip of an earlier batch (that wait was most of a hop's latency under load), and
+        hand-offs queued while every call is in flight go together in the next one.
+        """
         fut: asyncio.Future[tuple[bool, Delivery | None]] = asyncio.get_running_loop().create_future()
         self._commits.append((entry_id, emits, fut))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush(), name="hand-off")
+        if not self._flush_due and len(self._flushers) < _HANDOFF_CALLS:
+            self._flush_due = True
+            task = asyncio.create_task(self._flush(), name="hand-off")
+            self._flushers.add(task)
+            task.add_done_callback(self._flusher_done)
         return await fut
+
+    def _flusher_done(self, task: asyncio.Task[None]) -> None:
+        self._flushers.discard(task)
+        if task.cancelled():
+            self._flush_due = False  # it may have ended before taking its batch
 
     async def _flush(self) -> None:
         """Send queued hand-offs in one script call that also fetches an entry per freed slot."""
+        try:
+            await self._flush_queued()
+        finally:
+            # In the same step as the last look at the queue: a hand-off queued from now on
+            # sees a free call and starts its own flusher.
+            self._flushers.discard(asyncio.current_task())
+
+    async def _flush_queued(self) -> None:
         while self._commits:
+            self._flush_due = False
             batch, self._commits = self._commits, []
             fetch = 0 if self._stop.is_set() else sum(not f.done() for _, _, f in batch)
             fetched: list[tuple[str, dict[bytes, bytes]]] = []
