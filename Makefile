@@ -7,7 +7,7 @@ UV ?= $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 PY := .venv/bin/python
 export UV_LINK_MODE ?= copy
 
-.PHONY: install browser up demo test lint typecheck pytest bench clean
+.PHONY: install browser up demo test lint typecheck pytest bench docs clean
 
 $(UV):
 	@python3 -m pip install --quiet --target .tools/uvpkg uv >/dev/null && mkdir -p .tools/bin && ln -sf ../uvpkg/bin/uv .tools/bin/uv
@@ -48,6 +48,10 @@ bench: install
 	$(PY) bench/jwt_cache.py
 	$(PY) bench/upload_10mb.py 7
 	$(PY) bench/render_3min.py --runs 3
+
+# Regenerate the README configuration table from the settings classes.
+docs: install
+	$(PY) tools/config_table.py --write
 
 clean:
 	rm -rf var out .pytest_cache .mypy_cache .ruff_cache

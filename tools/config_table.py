@@ -2,7 +2,7 @@
 
 Every field of every service's settings Struct is one environment variable (its upper-cased
 name). The description is the field's comment (inline, or the comment lines just above it).
-``python tools/config_table.py`` prints the table; ``tests/test_readme.py`` checks that the
+``python tools/config_table.py`` prints the table (``--write`` updates the README, ``make docs``); ``tests/test_readme.py`` checks that the
 README carries exactly this table, so the documentation cannot drift from the code.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import re
 import sys
+from pathlib import Path
 
 import msgspec
 from montage_cli.settings import CliSettings
@@ -88,5 +89,17 @@ def table() -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_readme(path: Path) -> None:
+    """Replace the table between the README's config-table markers."""
+    text = path.read_text()
+    start, end = "<!-- config-table:start -->\n", "<!-- config-table:end -->"
+    head, _, rest = text.partition(start)
+    _, _, tail = rest.partition(end)
+    path.write_text(head + start + table() + end + tail)
+
+
 if __name__ == "__main__":
-    sys.stdout.write(table())
+    if sys.argv[1:] == ["--write"]:
+        write_readme(Path(__file__).resolve().parents[1] / "README.md")
+    else:
+        sys.stdout.write(table())

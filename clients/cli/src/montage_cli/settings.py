@@ -26,11 +26,11 @@ class CliSettings(msgspec.Struct, frozen=True, kw_only=True):
     environment: Environment = "development"
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_namespace: str = "montage"
-    montage_url: str = DEFAULT_URL
-    montage_token: str = ""
+    montage_url: str = DEFAULT_URL  # the gateway
+    montage_token: str = ""  # bearer token (development: minted when empty)
     # Development only: the HS256 secret to mint a token locally when the dev endpoint is absent.
     supabase_jwt_secret: str = ""
-    montage_stack_env: str = "var/stack.env"
+    montage_stack_env: str = "var/stack.env"  # file written by make up with the stack's URLs
 
     @property
     def is_production(self) -> bool:

@@ -150,7 +150,7 @@ class Stack:
     var_dir: Path = ROOT / "var"
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     gateway_port: int = 8080
-    orchestrator_port: int = 8081
+    orchestrator_port: int = 8081  # where the orchestrator listens
     proxy_port: int = 8082
     ragnarok_port: int = 8001
     trinity_port: int = 8002
@@ -312,8 +312,8 @@ class StackSettings(msgspec.Struct, frozen=True, kw_only=True):
     """What ``make up`` reads (the services read their own settings)."""
 
     gateway_port: int = 8080  # where the gateway listens (the only public port)
-    orchestrator_port: int = 8081
-    ragnarok_proxy_port: int = 8082
+    orchestrator_port: int = 8081  # where the orchestrator listens
+    ragnarok_proxy_port: int = 8082  # where ragnarok-proxy listens
     fake_ragnarok_port: int = 8001  # the development stand-in RAGNAROK, when RAGNAROK_URL is unset
     fake_trinity_port: int = 8002  # the development stand-in Trinity, when TRINITY_URL is unset
     montage_var_dir: str = ""  # data of the embedded Redis/Postgres and local storage (default ./var)

@@ -13,8 +13,8 @@ class GatewaySettings(CommonSettings, frozen=True, kw_only=True):
     """Environment: the upper-cased field names (``ORCHESTRATOR_URL``, ``SUPABASE_JWT_SECRET`` …)."""
 
     port: int = 8080
-    orchestrator_url: str = "http://127.0.0.1:8081"
-    ragnarok_proxy_url: str = "http://127.0.0.1:8082"
+    orchestrator_url: str = "http://127.0.0.1:8081"  # where /api/v1/* is forwarded
+    ragnarok_proxy_url: str = "http://127.0.0.1:8082"  # where ragnarok-proxy is (forwarding; RAGNAROK clip rendering)
     # CORS: the browser origin(s) allowed, comma-separated.
     frontend_url: str = "http://localhost:3000"
     # If X-Forwarded-For's first hop is the client address (behind a trusted load balancer).
@@ -28,44 +28,44 @@ class GatewaySettings(CommonSettings, frozen=True, kw_only=True):
     supabase_jwt_secret: str = ""
     # Asymmetric signing keys (RS256/ES256), e.g. https://<ref>.supabase.co/auth/v1/.well-known/jwks.json
     supabase_jwks_url: str = ""
-    jwt_audience: str = "authenticated"
+    jwt_audience: str = "authenticated"  # required aud claim
     jwt_issuer: str = ""  # checked when set
-    jwt_algorithms: str = "HS256,RS256,ES256"
-    jwt_leeway_seconds: float = 10.0
-    jwks_cache_seconds: float = 600.0
-    jwks_min_refetch_seconds: float = 30.0
+    jwt_algorithms: str = "HS256,RS256,ES256"  # accepted JWT algorithms (never none)
+    jwt_leeway_seconds: float = 10.0  # clock skew allowed on exp and nbf
+    jwks_cache_seconds: float = 600.0  # how long fetched signing keys are trusted
+    jwks_min_refetch_seconds: float = 30.0  # at most one JWKS refetch per this interval (unknown kid)
     # "memory": verify locally, memoise verified tokens in-process (fastest, see docs/benchmarks.md);
     # "redis": the spec's jwt_valid:{hash} cache; "none": verify every request. Never past exp.
     jwt_cache: Literal["memory", "redis", "none"] = "memory"
-    jwt_cache_seconds: int = 300
+    jwt_cache_seconds: int = 300  # how long a verified token is cached (never past its exp)
 
     # --- rate limits ----------------------------------------------------------------------
     job_rate_limit: int = 5
-    job_rate_window_seconds: int = 3600
+    job_rate_window_seconds: int = 3600  # sliding window of the job-creation limit
     # General request guard (fixed one-minute windows) on every endpoint but health/metrics.
     guard_window_seconds: int = 60
-    guard_user_requests: int = 600
-    guard_ip_requests: int = 1200
+    guard_user_requests: int = 600  # requests per window per user
+    guard_ip_requests: int = 1200  # requests per window per client IP
 
     # --- forwarding -----------------------------------------------------------------------
     upstream_timeout_seconds: float = 30.0
-    upload_timeout_seconds: float = 60.0
-    upstream_connect_timeout_seconds: float = 5.0
-    upstream_pool_size: int = 200
+    upload_timeout_seconds: float = 60.0  # forwarding timeout of uploads
+    upstream_connect_timeout_seconds: float = 5.0  # connect timeout to internal services
+    upstream_pool_size: int = 200  # connections to internal services
     # Largest request body forwarded (the 10 MB audio plus multipart overhead).
     max_body_bytes: int = 11 * 1024 * 1024
 
     # --- SSE ------------------------------------------------------------------------------
     sse_heartbeat_seconds: float = 30.0
-    sse_max_per_job: int = 10
-    sse_max_per_user: int = 30
-    sse_close_after_final_seconds: float = 30.0
+    sse_max_per_job: int = 10  # open streams per job (the next gets 503)
+    sse_max_per_user: int = 30  # open streams per user
+    sse_close_after_final_seconds: float = 30.0  # streams close this long after the job ends
     # A write that does not complete in this time drops the connection (dead client).
     sse_write_timeout_seconds: float = 30.0
-    sse_queue_size: int = 512
+    sse_queue_size: int = 512  # events buffered per slow client before it is dropped
     # A connection's slot expires if its replica stops refreshing it (crash).
     sse_slot_lease_seconds: float = 90.0
-    stream_ticket_ttl_seconds: int = 60
+    stream_ticket_ttl_seconds: int = 60  # validity of a single-use SSE ticket
 
     # --- development ----------------------------------------------------------------------
     dev_token_ttl_seconds: int = 3600

@@ -16,33 +16,33 @@ class StageSettings(CommonSettings, frozen=True, kw_only=True):
 
     # --- local rendering -----------------------------------------------------------
     video_width: int = 640
-    video_height: int = 360
-    video_fps: int = 24
-    max_parallel_clips: int = 5
+    video_height: int = 360  # height of clips and the final video
+    video_fps: int = 24  # frame rate of clips and the final video
+    max_parallel_clips: int = 5  # clips rendered at once per job
     x264_preset: str = "veryfast"  # the final video
-    x264_crf: int = 23
+    x264_crf: int = 23  # quality of the final video (lower is better)
     clip_x264_preset: str = "ultrafast"  # intermediate clips, re-encoded by the composer
-    clip_x264_crf: int = 20
-    audio_bitrate: str = "160k"
-    clip_min_seconds: float = 3.0
-    clip_max_seconds: float = 8.0
+    clip_x264_crf: int = 20  # quality of intermediate clips (lower is better)
+    audio_bitrate: str = "160k"  # AAC bitrate of the final video's audio
+    clip_min_seconds: float = 3.0  # shortest clip the planner makes (section changes may fold shorter ones)
+    clip_max_seconds: float = 8.0  # longest clip the planner makes
     # --- cost ----------------------------------------------------------------------
     # Local work is priced by measured compute seconds at this rate, so budgets are real offline.
     local_compute_rate_usd_per_second: float = 0.002
     # --- providers (empty URL = local path) ------------------------------------------
     llm_url: str = ""  # OpenAI-compatible base URL, e.g. http://127.0.0.1:9000/v1
-    llm_api_key: str = ""
-    llm_model: str = "gpt-4o-mini"
-    llm_usd_per_1k_tokens: float = 0.0006
-    llm_timeout_seconds: float = 60.0
+    llm_api_key: str = ""  # API key of the LLM planner
+    llm_model: str = "gpt-4o-mini"  # LLM model name
+    llm_usd_per_1k_tokens: float = 0.0006  # LLM price (cost tracking)
+    llm_timeout_seconds: float = 60.0  # LLM call timeout (then the local plan is used)
     image_provider_url: str = ""  # OpenAI-compatible images endpoint base URL
-    image_provider_api_key: str = ""
-    image_provider_model: str = "gpt-image-1"
-    image_usd_per_image: float = 0.04
-    video_provider: Literal["local", "ragnarok"] = "local"
-    ragnarok_proxy_url: str = "http://127.0.0.1:8082"
-    ragnarok_usd_per_second: float = 0.05
-    ragnarok_poll_seconds: float = 2.0
+    image_provider_api_key: str = ""  # API key of the image provider
+    image_provider_model: str = "gpt-image-1"  # image model name
+    image_usd_per_image: float = 0.04  # price per generated image (cost tracking)
+    video_provider: Literal["local", "ragnarok"] = "local"  # local (ffmpeg) or ragnarok
+    ragnarok_proxy_url: str = "http://127.0.0.1:8082"  # where ragnarok-proxy is (forwarding; RAGNAROK clip rendering)
+    ragnarok_usd_per_second: float = 0.05  # price per second of RAGNAROK video (cost tracking)
+    ragnarok_poll_seconds: float = 2.0  # how often a RAGNAROK-rendered clip is polled
     ragnarok_timeout_seconds: float = 600.0
     stt_url: str = ""  # speech-to-text provider for lyrics; empty = no lyrics
     ffmpeg_path: str = ""  # empty: system ffmpeg, else the imageio-ffmpeg binary

@@ -68,7 +68,7 @@ class WorkerSettings(StageSettings, frozen=True, kw_only=True):
 
     worker_concurrency: int = 3  # tasks at once per process (the spec: 3)
     claim_idle_ms: int = 30_000  # a dead worker's task is reclaimed after this
-    retry_count: int = 3
+    retry_count: int = 3  # retries of a retryable stage failure
     retry_base_seconds: float = 2.0  # 2 s, 4 s, 8 s
     stage_timeout_seconds: float = 900.0  # a task running longer is cancelled (and retried)
     metrics_port: int = 0  # 0: no HTTP listener (several workers share a host in development)
