@@ -1,12 +1,15 @@
 """Benchmark of the stream runtime against a bare Redis Streams loop and its peers.
 
-    .venv/bin/python bench/streams/run.py [--systems montage,bare,taskiq,bullmq,arq] [--runs 3]
+    .venv/bin/python bench/streams/run.py [--systems montage,bare,taskiq,bullmq,arq] [--runs 3] [--rate 200,500]
+
+``montage-base`` runs the same workload on another checkout's ``montage_common`` (the directory
+holding it in ``BENCH_BASE_SRC``), for before/after figures from one run.
 
 Starts its own redis-server (no persistence, FLUSHALL between runs). Per system and run: two
 worker processes (each: six stages, concurrency 3 per stage), a warm-up, then one producer
 process sends the jobs one by one; the final stage records each job's completion time. Reports
 the median over the runs of throughput (jobs / (last completion - first send)) and end-to-end
-latency p50/p99, both flat out and at a fixed offered rate below saturation.
+latency p50/p99, both flat out and at fixed offered rates below saturation.
 
 Peers run from their own venvs (never our lockfile):
     uv venv /tmp/peers-taskiq && uv pip install --python /tmp/peers-taskiq taskiq taskiq-redis hiredis

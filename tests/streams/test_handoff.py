@@ -113,3 +113,20 @@ async def _true(value: bool) -> bool:
 
 async def _zero(n: Awaitable[int]) -> bool:
     return await n == 0
+
+
+async def test_overlapping_hand_offs_emit_each_result_once(harness: Harness, running: Start) -> None:
+    """Handlers finishing at staggered times keep several hand-off calls in flight at once."""
+    mids = [f"m{i}" for i in range(120)]
+
+    async def staggered(d: Delivery) -> Sequence[Emit]:
+        await asyncio.sleep((int(d.message_id[1:]) % 4) / 1000)
+        return [Emit(harness.out_stream, json.dumps({"mid": d.message_id}).encode(), message_id=d.message_id)]
+
+    for name in ("a", "b"):
+        await running(StreamConsumer(harness.redis, harness.stream, harness.group, staggered, harness.keys,
+                                     consumer=name, concurrency=3, block_ms=100))  # fmt: skip
+    for mid in mids:
+        await harness.produce(mid)
+    assert await harness.wait_outputs(set(mids)) == dict.fromkeys(mids, 1)
+    assert await harness.pending() == 0
