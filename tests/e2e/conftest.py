@@ -42,6 +42,9 @@ E2E_ENV = {
     "X264_PRESET": "ultrafast",
     "AUDIO_BITRATE": "64k",
     "CLAIM_IDLE_MS": "4000",  # a SIGKILLed worker's task is reclaimed after 4 s
+    # A worker's blocking read outlasts the stages before video_generator, so a worker frozen
+    # while idle (test_worker_kill) is still the one Redis hands the video task to.
+    "STREAM_BLOCK_MS": "8000",
     "SSE_CLOSE_AFTER_FINAL_SECONDS": "2",
     "LOG_FORMAT": "json",
 }

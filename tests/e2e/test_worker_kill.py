@@ -1,7 +1,9 @@
 """(5) The video_generator worker is SIGKILLed holding the job's task; another takes it over and the job completes.
 
 To kill it *during* the stage however fast clips render at test resolution, the worker is first
-frozen (SIGSTOP) while idle in its blocking read: Redis delivers the job's video task to it,
+frozen (SIGSTOP) while idle in its blocking read (``STREAM_BLOCK_MS`` in the suite outlasts the
+stages before video_generator; if the task already arrived, the worker is frozen mid-render,
+which is as good): Redis delivers the job's video task to it,
 the task shows as pending on that consumer, and only then is the process SIGKILLed and a fresh
 worker started, which must reclaim the orphaned task (``CLAIM_IDLE_MS``) and finish the job.
 """
@@ -53,7 +55,7 @@ async def test_job_survives_a_killed_video_worker(
         data = ev.json()
         if ev.event != "stage_update":
             return
-        if data.get("stage") == "scene_planner" and data.get("status") == "started" and "frozen" not in seen:
+        if data.get("stage") == "prompt_generator" and data.get("status") == "started" and "frozen" not in seen:
             os.killpg(stack.procs[STAGE].pid, signal.SIGSTOP)
             seen["frozen"] = stack.procs[STAGE]
         elif data.get("stage") == STAGE and data.get("status") == "started" and "holder" not in seen:

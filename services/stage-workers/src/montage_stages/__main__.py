@@ -38,7 +38,7 @@ async def serve_metrics(settings: WorkerSettings, worker: StageWorker) -> web.Ap
 
 async def run(settings: WorkerSettings, stage: str) -> None:
     # Blocking stream reads need a socket timeout above their block time.
-    redis = create_redis(settings.redis_url, socket_timeout=10.0)
+    redis = create_redis(settings.redis_url, socket_timeout=settings.stream_block_ms / 1000 + 10.0)
     storage = create_storage(settings)
     worker = StageWorker(settings, stage, redis, storage, Keys(settings.redis_namespace))
     loop = asyncio.get_running_loop()

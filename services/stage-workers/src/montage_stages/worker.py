@@ -68,6 +68,7 @@ class WorkerSettings(StageSettings, frozen=True, kw_only=True):
 
     worker_concurrency: int = 3  # tasks at once per process (the spec: 3)
     claim_idle_ms: int = 30_000  # a dead worker's task is reclaimed after this
+    stream_block_ms: int = 1000  # how long one blocking read of the stage stream waits for a task
     retry_count: int = 3  # retries of a retryable stage failure
     retry_base_seconds: float = 2.0  # 2 s, 4 s, 8 s
     stage_timeout_seconds: float = 900.0  # a task running longer is cancelled (and retried)
@@ -103,6 +104,7 @@ class StageWorker:
             consumer=consumer or default_consumer_name(),
             concurrency=settings.worker_concurrency,
             claim_idle_ms=settings.claim_idle_ms,
+            block_ms=settings.stream_block_ms,
             backoff=settings.backoff,
             handler_timeout=settings.stage_timeout_seconds,
             grace=settings.shutdown_grace_seconds,
