@@ -7,7 +7,7 @@ UV ?= $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 PY := .venv/bin/python
 export UV_LINK_MODE ?= copy
 
-.PHONY: install browser up demo test lint typecheck pytest bench docs clean
+.PHONY: install browser promtool up demo test lint typecheck pytest bench docs clean
 
 $(UV):
 	@python3 -m pip install --quiet --target .tools/uvpkg uv >/dev/null && mkdir -p .tools/bin && ln -sf ../uvpkg/bin/uv .tools/bin/uv
@@ -23,6 +23,12 @@ browser:
 	@command -v chromium >/dev/null || { echo "installing Debian's chromium for the browser test"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
+# promtool (from Debian's prometheus package, unpacked under .tools/) checks the alert rules.
+promtool:
+	@command -v promtool >/dev/null || [ -x .tools/prometheus/usr/bin/promtool ] || { \
+	  mkdir -p .tools/prometheus && cd .tools && apt-get download prometheus >/dev/null 2>&1 && \
+	  dpkg-deb -x prometheus_*.deb prometheus && rm -f prometheus_*.deb; } || echo "promtool unavailable: its check will be skipped"
+
 up: install
 	$(PY) -m montage_common.devstack up
 
@@ -36,7 +42,7 @@ lint: install
 typecheck: install
 	$(PY) -m mypy libs/common/src services/*/src clients/*/src
 
-pytest: install browser
+pytest: install browser promtool
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test: lint typecheck pytest
