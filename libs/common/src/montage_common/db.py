@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from importlib import resources
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import asyncpg
 import structlog
@@ -98,7 +98,3 @@ async def migrate(pool: asyncpg.Pool) -> list[str]:
                 applied.append(name)
                 log.info("migration_applied", name=name)
     return applied
-
-
-def record_to_dict(record: asyncpg.Record | None) -> dict[str, Any] | None:
-    return None if record is None else dict(record)

@@ -22,7 +22,6 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Any
 
 import msgspec
 import structlog
@@ -223,7 +222,3 @@ class StageWorker:
 
     def stop(self) -> None:
         self.consumer.stop()
-
-
-def describe(stage: str) -> dict[str, Any]:
-    return {"stage": stage, "module": MODULES[stage].__name__}
