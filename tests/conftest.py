@@ -121,9 +121,18 @@ def database_url(server_database_url: str) -> Iterator[str]:
 
 
 @pytest.fixture
-def namespace() -> str:
-    """A Redis key namespace unique to this test."""
-    return f"t{uuid.uuid4().hex[:12]}"
+def namespace(redis_url: str) -> Iterator[str]:
+    """A Redis key namespace unique to this test; its keys are removed afterwards (only its own)."""
+    ns = f"t{uuid.uuid4().hex[:12]}"
+    yield ns
+    import redis as redis_sync
+
+    client = redis_sync.Redis.from_url(redis_url)
+    try:
+        for key in client.scan_iter(match=f"*{ns}*", count=1000):
+            client.delete(key)
+    finally:
+        client.close()
 
 
 @pytest.fixture
@@ -134,10 +143,7 @@ def keys(namespace: str) -> Keys:
 @pytest.fixture
 async def redis(redis_url: str, namespace: str) -> AsyncIterator[Redis]:
     client = create_redis(redis_url)
-    yield client
-    # remove this test's keys (only its own namespace)
-    async for key in client.scan_iter(match=f"*{namespace}*", count=1000):
-        await client.delete(key)
+    yield client  # the namespace fixture removes this test's keys
     await client.aclose()
 
 

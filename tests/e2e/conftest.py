@@ -26,6 +26,7 @@ import asyncpg
 import pytest
 from montage_cli.client import MontageClient
 from montage_common.devstack import ROOT, ServiceSpec, Stack, free_port
+from montage_common.redis import create_redis
 
 from tests.e2e.flows import FinishedJob, run_job
 
@@ -155,6 +156,18 @@ def e2e_stack(
         yield running
     finally:
         stack.stop()
+        asyncio.run(_drop_namespace(redis_url, namespace))
+
+
+async def _drop_namespace(redis_url: str, namespace: str) -> None:
+    """Remove the suite's keys from the shared Redis (its namespace only; nothing else is touched)."""
+    redis = create_redis(redis_url)
+    try:
+        for pattern in (f"{namespace}:*", f"{{{namespace}}}:*"):
+            async for key in redis.scan_iter(match=pattern, count=1000):
+                await redis.delete(key)
+    finally:
+        await redis.aclose()
 
 
 @pytest.fixture(scope="session")
