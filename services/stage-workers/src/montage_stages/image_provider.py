@@ -9,12 +9,12 @@ from __future__ import annotations
 import base64
 import binascii
 
-import aiohttp
-from montage_common.errors import GenerationError, RetryableError
+from montage_common.errors import GenerationError
 from montage_common.models import CostItem
 
 from montage_stages.context import StageContext
 from montage_stages.costing import usd
+from montage_stages.provider_http import post_json
 
 
 async def generate_png(ctx: StageContext, call_id: str, prompt: str, width: int, height: int) -> bytes:
@@ -27,19 +27,7 @@ async def generate_png(ctx: StageContext, call_id: str, prompt: str, width: int,
         "response_format": "b64_json",
         "n": 1,
     }
-    headers = {"Authorization": f"Bearer {s.image_provider_api_key}"} if s.image_provider_api_key else {}
-    try:
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session,
-            session.post(url, json=body, headers=headers) as resp,
-        ):
-            if resp.status == 429 or resp.status >= 500:
-                raise RetryableError(f"image provider answered {resp.status}")
-            if resp.status >= 400:
-                raise GenerationError(f"image provider answered {resp.status}")
-            data = await resp.json(content_type=None)
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        raise RetryableError(f"image provider unreachable: {type(exc).__name__}") from None
+    data = await post_json("image provider", url, body, api_key=s.image_provider_api_key, limit_seconds=120)
     try:
         png = base64.b64decode(data["data"][0]["b64_json"])
     except (KeyError, IndexError, TypeError, binascii.Error) as exc:

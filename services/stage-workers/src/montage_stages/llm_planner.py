@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import aiohttp
 import msgspec
-from montage_common.errors import GenerationError, RetryableError
+from montage_common.errors import GenerationError
 from montage_common.models import Character, ClipScript, CostItem, Scene, ScenePlan
 
 from montage_stages.context import StageContext
 from montage_stages.costing import usd
+from montage_stages.provider_http import post_json
 
 _SYSTEM = (
     "You plan music videos. Answer with one JSON object only: "
@@ -50,21 +50,8 @@ async def enrich(ctx: StageContext, job_id: str, prompt: str, plan: ScenePlan) -
         "response_format": {"type": "json_object"},
         "messages": [{"role": "system", "content": _SYSTEM}, {"role": "user", "content": json.dumps(skeleton)}],
     }
-    headers = {"Authorization": f"Bearer {s.llm_api_key}"} if s.llm_api_key else {}
     url = s.llm_url.rstrip("/") + "/chat/completions"
-    try:
-        timeout = aiohttp.ClientTimeout(total=s.llm_timeout_seconds)
-        async with (
-            aiohttp.ClientSession(timeout=timeout) as session,
-            session.post(url, json=body, headers=headers) as resp,
-        ):
-            if resp.status == 429 or resp.status >= 500:
-                raise RetryableError(f"LLM provider answered {resp.status}")
-            if resp.status >= 400:
-                raise GenerationError(f"LLM provider answered {resp.status}")
-            data = await resp.json(content_type=None)
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        raise RetryableError(f"LLM provider unreachable: {type(exc).__name__}") from None
+    data = await post_json("LLM provider", url, body, api_key=s.llm_api_key, limit_seconds=s.llm_timeout_seconds)
     try:
         tokens = int(data.get("usage", {}).get("total_tokens", 0))
         answer = msgspec.json.decode(data["choices"][0]["message"]["content"], type=_Answer)
