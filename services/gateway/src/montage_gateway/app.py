@@ -18,6 +18,7 @@ import structlog
 from aiohttp import web
 from montage_common.errors import RateLimitError, Unauthorized
 from montage_common.keys import Keys
+from montage_common.redis import create_redis
 from montage_common.storage import LocalStorage
 from montage_common.web import READY_CHECKS, REQUEST_ID, Handler, create_base_app
 from redis.asyncio import Redis
@@ -31,7 +32,6 @@ from montage_gateway.hub import Hub
 from montage_gateway.openapi import DocsHandler
 from montage_gateway.proxy import Forwarder, Upstream, client_ip
 from montage_gateway.ratelimit import JobRateLimiter, RequestGuard
-from montage_gateway.redis_pool import create_gateway_redis
 from montage_gateway.settings import GatewaySettings
 from montage_gateway.slots import ConnectionSlots
 from montage_gateway.sse import StreamHandler
@@ -176,7 +176,7 @@ async def _cancel(task: asyncio.Task[None]) -> None:
 def resources(settings: GatewaySettings):  # type: ignore[no-untyped-def]
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         keys = Keys(settings.redis_namespace)
-        redis = create_gateway_redis(settings.redis_url, max_connections=settings.redis_max_connections)
+        redis = create_redis(settings.redis_url, max_connections=settings.redis_max_connections, pool_wait_seconds=10.0)
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(
                 limit=settings.upstream_pool_size, limit_per_host=settings.upstream_pool_size
