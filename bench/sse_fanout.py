@@ -245,7 +245,7 @@ def main() -> None:
         server = EmbeddedRedis(Path(tempfile.mkdtemp(prefix="bench-redis-")))
         redis_url = server.start()
     ns = f"bench{uuid.uuid4().hex[:8]}"
-    orch_port, gw_port = free_port(), free_port()
+    orch_port, gw_port, gw_ops_port = free_port(), free_port(), free_port()
     env = {
         **os.environ,
         "ENVIRONMENT": "development",
@@ -254,6 +254,7 @@ def main() -> None:
         "REDIS_URL": redis_url,
         "REDIS_NAMESPACE": ns,
         "PORT": str(gw_port),
+        "OPS_PORT": str(gw_ops_port),
         "ORCHESTRATOR_URL": f"http://127.0.0.1:{orch_port}",
         "SUPABASE_JWT_SECRET": SECRET,
         "SSE_MAX_PER_USER": "100",
@@ -271,7 +272,7 @@ def main() -> None:
     ]
     try:
         wait_http(orch_port, "/internal/health")
-        wait_http(gw_port, "/readyz")
+        wait_http(gw_ops_port, "/readyz")
         gw_pid = procs[1].pid
         rows = []
         for n in (int(s) for s in args.sizes.split(",")):

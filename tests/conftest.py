@@ -25,6 +25,9 @@ from montage_common.redis import create_redis
 from montage_common.storage import LocalStorage
 from redis.asyncio import Redis
 
+# The running-stack fixtures of the end-to-end and security suites (one stack per session).
+pytest_plugins = ["tests.stack"]
+
 
 def _docker_redis() -> tuple[str, object]:
     from testcontainers.redis import RedisContainer

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from montage_common.web import HEADER_INTERNAL, HEADER_USER
+from aiohttp import web
+from montage_common.web import HEADER_INTERNAL, HEADER_USER, create_ops_app
 
 
 def internal_headers(user: str, secret: str) -> dict[str, str]:
@@ -23,3 +25,41 @@ async def wait_for(check: Callable[[], Awaitable[Any]], *, attempts: int = 400, 
             return last
         await asyncio.sleep(every)
     raise AssertionError(f"condition not met after {attempts} checks; last value: {last!r}")
+
+
+@contextlib.asynccontextmanager
+async def ops_server(api: web.Application) -> AsyncIterator[str]:
+    """Serve ``api``'s ops endpoints (``/healthz``, ``/readyz``, ``/metrics``) as its ops port does."""
+    runner = web.AppRunner(create_ops_app(api), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+async def raw_http(url: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send ``request`` byte for byte (no client normalises its path) and read the whole answer."""
+    host, _, port = url.removeprefix("http://").rstrip("/").partition(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(request)
+        await writer.drain()
+        raw = await reader.read()  # every answer here ends with Connection: close
+    finally:
+        writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+def raw_request(method: str, path: str, headers: dict[str, str] | None = None, body: bytes = b"") -> bytes:
+    """An HTTP/1.1 request with ``path`` exactly as given and ``Connection: close``."""
+    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", "Connection: close"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    if body:
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape") + body

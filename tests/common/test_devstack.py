@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
@@ -52,6 +53,8 @@ def _get(url: str) -> tuple[int, bytes]:
     try:
         with urllib.request.urlopen(url, timeout=2) as resp:
             return resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
     except OSError:
         return 0, b""
 
@@ -59,8 +62,12 @@ def _get(url: str) -> tuple[int, bytes]:
 def test_up_starts_embedded_infra_and_services_and_ctrl_c_stops_all(tmp_path: Path) -> None:
     mark = uuid.uuid4().hex
     ports = {
-        name: free_port() for name in ("GATEWAY", "ORCHESTRATOR", "RAGNAROK_PROXY", "FAKE_RAGNAROK", "FAKE_TRINITY")
-    }
+        name: free_port()
+        for name in (
+            "GATEWAY", "ORCHESTRATOR", "RAGNAROK_PROXY", "FAKE_RAGNAROK", "FAKE_TRINITY",
+            "GATEWAY_OPS", "ORCHESTRATOR_OPS", "RAGNAROK_PROXY_OPS",
+        )
+    }  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
     env |= {f"{k}_PORT": str(v) for k, v in ports.items()}
     env |= {"MONTAGE_STACK_MARK": mark, "MONTAGE_VAR_DIR": str(tmp_path / "var"), "REDIS_NAMESPACE": "montage"}
@@ -97,8 +104,9 @@ def test_up_starts_embedded_infra_and_services_and_ctrl_c_stops_all(tmp_path: Pa
             missing = [e for e in expected if not any(e in c for c in cmdlines)]
             time.sleep(0.2)
         assert not missing, missing
-        for name in ("ORCHESTRATOR", "RAGNAROK_PROXY"):
-            assert _get(f"http://127.0.0.1:{ports[name]}/healthz")[0] == 200
+        for name in ("GATEWAY", "ORCHESTRATOR", "RAGNAROK_PROXY"):  # ops endpoints: their own port only
+            assert _get(f"http://127.0.0.1:{ports[name + '_OPS']}/healthz")[0] == 200
+            assert _get(f"http://127.0.0.1:{ports[name]}/healthz")[0] == 404
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)  # what Ctrl-C delivers

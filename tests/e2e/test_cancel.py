@@ -22,7 +22,7 @@ from montage_common.messages import StageTask
 from montage_common.redis import create_redis
 from redis.asyncio import Redis
 
-from tests.e2e.conftest import ClientFactory, RunningStack, unique
+from tests.stack import ClientFactory, RunningStack, unique
 from tests.e2e.flows import PROMPT, follow_to_end, stage_updates
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import RunningStack, unique
+from tests.stack import RunningStack, unique
 from tests.e2e.flows import PROMPT, FinishedJob
 from tests.e2e.media import decodes
 

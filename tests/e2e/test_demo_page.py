@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.cdp import Page, chromium_page
-from tests.e2e.conftest import ARTIFACTS, RunningStack, unique
+from tests.stack import ARTIFACTS, RunningStack, unique
 from tests.e2e.flows import PROMPT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]

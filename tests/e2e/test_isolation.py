@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from tests.e2e.conftest import ClientFactory, RunningStack, unique
+from tests.stack import ClientFactory, RunningStack, unique
 from tests.e2e.flows import FinishedJob
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]

@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 from montage_cli.sse import job_events
 
-from tests.e2e.conftest import ClientFactory
+from tests.stack import ClientFactory
 from tests.e2e.flows import FinishedJob, check_spec_order
 from tests.e2e.media import audio_similarity, decodes, probe
 

@@ -9,7 +9,7 @@ import pytest
 from montage_cli.client import MontageClient
 from montage_cli.errors import ApiError
 
-from tests.e2e.conftest import ClientFactory, unique
+from tests.stack import ClientFactory, unique
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 NEXUS = "/api/nexus/ragnarok"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from montage_cli.errors import ApiError
 
-from tests.e2e.conftest import ClientFactory, unique
+from tests.stack import ClientFactory, unique
 from tests.e2e.flows import PROMPT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]

@@ -23,7 +23,7 @@ from montage_common.keys import Keys
 from montage_common.messages import StageTask
 from montage_common.redis import create_redis
 
-from tests.e2e.conftest import ClientFactory, RunningStack, unique
+from tests.stack import ClientFactory, RunningStack, unique
 from tests.e2e.flows import PROMPT, follow_to_end, stage_updates
 from tests.e2e.media import decodes, probe
 

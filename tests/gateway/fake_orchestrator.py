@@ -93,6 +93,10 @@ class FakeOrchestrator:
         return job
 
     async def get_job(self, request: web.Request) -> web.Response:
+        # Job ids that act out an upstream behaviour (the gateway forwards only its real routes).
+        special = {"teapot": self.teapot, "slow": self.slow}.get(request.match_info["job_id"])
+        if special is not None:
+            return await special(request)
         job = self._job(request)
         return json_response({k: v for k, v in job.items() if k != "user_id"})
 
@@ -159,9 +163,7 @@ class FakeOrchestrator:
         r.add_get("/api/v1/jobs", self.list_jobs)
         r.add_get("/api/v1/jobs/{job_id}", self.get_job)
         r.add_get("/internal/health", self.internal_health)
-        r.add_get("/api/v1/slow", self.slow)
-        r.add_get("/api/v1/teapot", self.teapot)
-        r.add_route("*", "/api/v1/echo", self.echo)
+        r.add_post("/api/v1/jobs/{job_id}/cancel", self.echo)
         r.add_route("*", "/api/nexus/ragnarok/jobs/{job_id}", self.echo)
         return app
 

@@ -12,7 +12,7 @@ from tests.gateway.fake_orchestrator import SECRET
 
 
 async def test_status_body_and_headers_pass_through(gw: Any) -> None:
-    resp = await gw.get("/api/v1/teapot", headers=bearer("amy"))
+    resp = await gw.get("/api/v1/jobs/teapot", headers=bearer("amy"))
     assert resp.status == 418
     assert await resp.text() == "short and stout"
     assert resp.headers["X-Custom"] == "kept"
@@ -37,7 +37,7 @@ async def test_identity_headers_are_set_by_the_gateway_only(gw: Any) -> None:
         "X-Montage-Internal": "guess",
         "X-Request-ID": "req-12345678",
     }
-    resp = await gw.post("/api/v1/echo?a=1&b=2", headers=headers, data=b"x")
+    resp = await gw.post("/api/v1/jobs/echo/cancel?a=1&b=2", headers=headers, data=b"x")
     body = await resp.json()
     assert body["user"] == "real-user"
     assert body["headers"]["x-montage-internal"] == SECRET
@@ -64,7 +64,7 @@ async def test_unreachable_upstream_is_503(gateways: Gateways) -> None:
 async def test_slow_upstream_is_504(gateways: Gateways, orchestrator: Orchestrator) -> None:
     orchestrator.fake.slow_seconds = 30
     gw = await gateways.start(upstream_timeout_seconds=0.3)
-    resp = await gw.get("/api/v1/slow", headers=bearer("amy"))
+    resp = await gw.get("/api/v1/jobs/slow", headers=bearer("amy"))
     assert resp.status == 504
     assert (await resp.json())["code"] == "TIMEOUT"
 

@@ -252,6 +252,7 @@ class Orchestrator:
     deps: Deps
     session: aiohttp.ClientSession
     fakes: FakeStages
+    app: web.Application
 
     async def upload(self, data: bytes | None = None, user: str = "user-1", **form: Any) -> aiohttp.ClientResponse:
         return await self.session.post(
@@ -335,7 +336,7 @@ async def orchestrator_factory(
         if workers:
             await fakes.start()
         fakes_all.append(fakes)
-        return Orchestrator(f"http://127.0.0.1:{port}", app[DEPS], session, fakes)
+        return Orchestrator(f"http://127.0.0.1:{port}", app[DEPS], session, fakes, app)
 
     yield make
     for f in fakes_all:

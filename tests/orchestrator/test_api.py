@@ -12,6 +12,7 @@ import asyncpg
 from montage_common.keys import STAGES
 from montage_common.messages import ErrorInfo
 
+from tests.support import ops_server
 from tests.orchestrator.conftest import (
     PROMPT,
     SECRET,
@@ -239,5 +240,6 @@ async def test_internal_health(orchestrator_factory: Any) -> None:
     assert body["queue"]["size"] == 1 and body["queue"]["stages"]["audio_parser"] == 1
     assert body["queue"]["active_jobs"] >= 1 and body["queue"]["workers"] == 0
     assert (await orch.session.get(f"{orch.url}/internal/health")).status == 401
-    ready = await orch.session.get(f"{orch.url}/readyz")
-    assert ready.status == 200
+    async with ops_server(orch.app) as ops:
+        ready = await orch.session.get(f"{ops}/readyz")
+        assert ready.status == 200

@@ -53,14 +53,16 @@ async def test_killed_orchestrator_resumes_without_duplicates(
     redis_url: str, database_url: str, namespace: str, keys: Keys, redis: Redis, pool: asyncpg.Pool, tmp_path: Path
 ) -> None:
     storage_dir = tmp_path / "storage"
-    port = free_port()
+    port, ops_port = free_port(), free_port()
     url = f"http://127.0.0.1:{port}"
+    ops = f"http://127.0.0.1:{ops_port}"
     env = {
         **os.environ,
         "REDIS_URL": redis_url,
         "DATABASE_URL": database_url,
         "REDIS_NAMESPACE": namespace,
         "PORT": str(port),
+        "OPS_PORT": str(ops_port),
         "STORAGE_DIR": str(storage_dir),
         "STORAGE_SIGNING_KEY": "test-signing-key",
         "INTERNAL_SECRET": SECRET,
@@ -78,7 +80,7 @@ async def test_killed_orchestrator_resumes_without_duplicates(
     proc = _spawn(env, log)
     session = aiohttp.ClientSession()
     try:
-        await wait_for(lambda: _ready(session, url))
+        await wait_for(lambda: _ready(session, ops))
         resp = await session.post(f"{url}/api/v1/upload-audio", data=upload_form(wav_bytes()), headers=headers())
         assert resp.status == 201, await resp.text()
         job_id = (await resp.json())["job_id"]
@@ -89,7 +91,7 @@ async def test_killed_orchestrator_resumes_without_duplicates(
         r: Any = redis
         await wait_for(lambda: _stream_len_at_least(r, keys.results_stream(), 1))
         proc = _spawn(env, log)
-        await wait_for(lambda: _ready(session, url))
+        await wait_for(lambda: _ready(session, ops))
 
         async def completed() -> bool:
             return await pool.fetchval("SELECT status FROM jobs WHERE job_id = $1::uuid", job_id) == "completed"

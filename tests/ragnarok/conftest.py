@@ -167,6 +167,7 @@ class Replica:
     url: str
     proc: subprocess.Popen[bytes]
     log: Path
+    ops_url: str = ""  # /healthz, /readyz, /metrics
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -185,11 +186,11 @@ async def spawn_replica(tmp_path: Path) -> AsyncIterator[Callable[[ProxySettings
     replicas = Replicas()
 
     async def spawn(settings: ProxySettings, name: str) -> Replica:
-        port = free_port()
+        port, ops_port = free_port(), free_port()
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR", "PYTHONPATH")}
         for key, value in msgspec.structs.asdict(settings).items():
             env[key.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
-        env.update(PORT=str(port), REPLICA_ID=name, LOG_FORMAT="json", PYTHONUNBUFFERED="1")
+        env.update(PORT=str(port), OPS_PORT=str(ops_port), REPLICA_ID=name, LOG_FORMAT="json", PYTHONUNBUFFERED="1")
         log = tmp_path / f"{name}.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(
@@ -199,7 +200,7 @@ async def spawn_replica(tmp_path: Path) -> AsyncIterator[Callable[[ProxySettings
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        replica = Replica(name, f"http://127.0.0.1:{port}", proc, log)
+        replica = Replica(name, f"http://127.0.0.1:{port}", proc, log, f"http://127.0.0.1:{ops_port}")
         replicas.started.append(replica)
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as session:
 
@@ -207,7 +208,7 @@ async def spawn_replica(tmp_path: Path) -> AsyncIterator[Callable[[ProxySettings
                 if proc.poll() is not None:
                     raise AssertionError(f"{name} exited: {log.read_text()[-2000:]}")
                 try:
-                    async with session.get(f"{replica.url}/readyz") as resp:
+                    async with session.get(f"{replica.ops_url}/readyz") as resp:
                         return resp.status == 200
                 except aiohttp.ClientError:
                     return False

@@ -9,8 +9,11 @@ from typing import Any
 import aiohttp
 import structlog
 from montage_common.keys import Keys
+from montage_common.web import create_base_app
 from montage_ragnarok.settings import ProxySettings
 from redis.asyncio import Redis
+
+from tests.support import ops_server
 
 from .conftest import Served, headers, ragnarok_events, unique, wait_for
 
@@ -182,7 +185,8 @@ async def test_metrics_exposed(http: aiohttp.ClientSession, proxy: str) -> None:
     await poll_until_final(http, proxy, job["job_id"])
 
     async def exposed() -> bool:
-        async with http.get(f"{proxy}/metrics") as resp:
+        # the registry is per process: any ops listener of this process serves the proxy's series
+        async with ops_server(create_base_app("ragnarok-proxy")) as ops, http.get(f"{ops}/metrics") as resp:
             text = await resp.text()
         return all(
             name in text

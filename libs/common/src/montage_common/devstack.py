@@ -100,6 +100,10 @@ class EmbeddedRedis:
         wait_port("127.0.0.1", self.port, time.monotonic() + timeout)
         return self.url
 
+    def alive(self) -> bool:
+        """False once the process has exited (polling also reaps it: no zombie)."""
+        return self.proc is not None and self.proc.poll() is None
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
@@ -123,6 +127,23 @@ class EmbeddedPostgres:
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         self.server = pgserver.get_server(self.data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
         return str(self.server.get_uri())
+
+    def alive(self) -> bool:
+        """Whether the postmaster runs (a killed one left as a zombie counts as dead)."""
+        if self.server is None:
+            return False
+        try:
+            pid = int(self.server.get_pid())  # type: ignore[attr-defined]
+            os.kill(pid, 0)
+            status = Path(f"/proc/{pid}/status").read_text()
+        except (OSError, TypeError, ValueError):
+            return False
+        return "zombie" not in status
+
+    def restart(self) -> str:
+        """Start the server again on the same data directory and socket (same URL)."""
+        self.server.ensure_postgres_running()  # type: ignore[attr-defined]
+        return str(self.server.get_uri())  # type: ignore[attr-defined]
 
     def stop(self) -> None:
         if self.server is not None:
@@ -154,6 +175,10 @@ class Stack:
     proxy_port: int = 8082
     ragnarok_port: int = 8001
     trinity_port: int = 8002
+    # /healthz, /readyz, /metrics of each HTTP service (never on its API port)
+    gateway_ops_port: int = 9080
+    orchestrator_ops_port: int = 9081
+    proxy_ops_port: int = 9082
     workers_per_stage: int = 1
     prefix_output: bool = True
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -204,20 +229,32 @@ class Stack:
         if _installed("montage_orchestrator"):
             specs.append(
                 ServiceSpec("orchestrator", [py, "-m", "montage_orchestrator"],
-                            {"PORT": str(self.orchestrator_port)}, self.orchestrator_port)
+                            {"PORT": str(self.orchestrator_port), "OPS_PORT": str(self.orchestrator_ops_port)},
+                            self.orchestrator_port)
             )  # fmt: skip
         if _installed("montage_ragnarok"):
             specs.append(
-                ServiceSpec("ragnarok-proxy", [py, "-m", "montage_ragnarok"], {"PORT": str(self.proxy_port)},
-                            self.proxy_port)
+                ServiceSpec("ragnarok-proxy", [py, "-m", "montage_ragnarok"],
+                            {"PORT": str(self.proxy_port), "OPS_PORT": str(self.proxy_ops_port)}, self.proxy_port)
             )  # fmt: skip
         if _installed("montage_stages"):
             for stage in STAGES:
                 for n in range(self.workers_per_stage):
                     suffix = f"-{n + 1}" if self.workers_per_stage > 1 else ""
-                    specs.append(ServiceSpec(f"{stage}{suffix}", [py, "-m", "montage_stages", "--stage", stage]))
+                    specs.append(
+                        ServiceSpec(
+                            f"{stage}{suffix}", [py, "-m", "montage_stages", "--stage", stage], {"OPS_PORT": "0"}
+                        )
+                    )
         if _installed("montage_gateway"):
-            specs.append(ServiceSpec("gateway", [py, "-m", "montage_gateway"], {"PORT": str(gw)}, gw))
+            specs.append(
+                ServiceSpec(
+                    "gateway",
+                    [py, "-m", "montage_gateway"],
+                    {"PORT": str(gw), "OPS_PORT": str(self.gateway_ops_port)},
+                    gw,
+                )
+            )
         for spec in specs:
             spec.env = {**env, **common, **self.extra_env, **spec.env}
         return specs
@@ -264,6 +301,17 @@ class Stack:
 
             threading.Thread(target=pump, daemon=True).start()
         return proc
+
+    def revive_infra(self) -> list[str]:
+        """Restart an embedded Redis or Postgres that died (same port, socket and data); their names."""
+        revived: list[str] = []
+        if self.redis is not None and not self.redis.alive():
+            self.redis.start()
+            revived.append("redis")
+        if self.postgres is not None and self.postgres.server is not None and not self.postgres.alive():
+            self.postgres.restart()
+            revived.append("postgres")
+        return revived
 
     def restart(self, name: str) -> subprocess.Popen[bytes]:
         """Start a service again (after a test killed it)."""
@@ -316,6 +364,9 @@ class StackSettings(msgspec.Struct, frozen=True, kw_only=True):
     ragnarok_proxy_port: int = 8082  # where ragnarok-proxy listens
     fake_ragnarok_port: int = 8001  # the development stand-in RAGNAROK, when RAGNAROK_URL is unset
     fake_trinity_port: int = 8002  # the development stand-in Trinity, when TRINITY_URL is unset
+    gateway_ops_port: int = 9080  # the gateway's /healthz, /readyz and /metrics
+    orchestrator_ops_port: int = 9081  # the orchestrator's /healthz, /readyz and /metrics
+    ragnarok_proxy_ops_port: int = 9082  # ragnarok-proxy's /healthz, /readyz and /metrics
     montage_var_dir: str = ""  # data of the embedded Redis/Postgres and local storage (default ./var)
 
 
@@ -329,6 +380,9 @@ def up(args: argparse.Namespace) -> int:
         proxy_port=cfg.ragnarok_proxy_port,
         ragnarok_port=cfg.fake_ragnarok_port,
         trinity_port=cfg.fake_trinity_port,
+        gateway_ops_port=cfg.gateway_ops_port,
+        orchestrator_ops_port=cfg.orchestrator_ops_port,
+        proxy_ops_port=cfg.ragnarok_proxy_ops_port,
         workers_per_stage=args.workers,
         env=env,
     )
@@ -346,6 +400,8 @@ def up(args: argparse.Namespace) -> int:
             flush=True,
         )
         while not stopping.is_set():
+            for name in stack.revive_infra():
+                print(f"[stack] embedded {name} had stopped; restarted it", flush=True)
             for name, proc in stack.procs.items():
                 if proc.poll() is not None and not stopping.is_set():
                     print(f"[stack] {name} exited with {proc.returncode}; restarting", flush=True)

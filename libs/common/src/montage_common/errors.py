@@ -53,6 +53,12 @@ class PayloadTooLarge(ValidationError):
     status = 413
 
 
+class RequestTimeout(ValidationError):
+    """The client did not send its request (body) in time."""
+
+    status, default_message = 408, "Request body not received in time"
+
+
 class Unauthorized(MontageError):
     """Missing or invalid credentials."""
 

@@ -50,9 +50,21 @@ def id_key(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+_U64 = 2**64 - 1
+
+
 def valid_event_id(value: str) -> bool:
+    """A stream entry id Redis accepts: ``<ms>-<seq>``, ASCII digits, each part a 64-bit integer."""
     ms, sep, seq = value.partition("-")
-    return bool(sep) and ms.isdigit() and seq.isdigit() and len(value) < 45
+    return (
+        bool(sep)
+        and len(value) <= 41
+        and value.isascii()
+        and ms.isdigit()
+        and seq.isdigit()
+        and int(ms) <= _U64
+        and int(seq) <= _U64
+    )
 
 
 async def replay(redis: Redis, keys: Keys, job_id: str, after: str = "0-0") -> list[tuple[str, JobEvent]]:

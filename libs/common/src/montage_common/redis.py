@@ -9,6 +9,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 OPERATION_TIMEOUT = 2.0
+# What a call raises while Redis is unreachable (refused, reset, timed out, still loading).
+REDIS_DOWN: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 
 
 def create_redis(

@@ -33,7 +33,9 @@ class CommonSettings(msgspec.Struct, frozen=True, kw_only=True):
     # Shared secret proving a request comes from the gateway (X-Montage-Internal).
     internal_secret: str = "dev-internal-secret"
     host: str = "127.0.0.1"  # listen address (0.0.0.0 in containers)
-    port: int = 8080  # listen port (each service has its own default)
+    port: int = 8080  # listen port of the API (each service has its own default)
+    # Listen port of /healthz, /readyz and /metrics (never on the API port); 0: none.
+    ops_port: int = 0
     shutdown_grace_seconds: float = 20.0  # in-flight work gets this long after SIGTERM
     # Storage: "local" (a directory, HMAC-signed URLs served by the gateway) or "supabase".
     storage_backend: Literal["local", "supabase"] = "local"

@@ -86,14 +86,16 @@ def sign(secret: str, key: str, expires: int) -> str:
 
 
 def verify_signature(secret: str, key: str, expires: str, sig: str, now: float | None = None) -> bool:
-    """True when ``sig`` is valid for ``key`` and ``expires`` has not passed."""
-    try:
-        exp = int(expires)
-    except ValueError:
+    """True when ``sig`` is valid for ``key`` and ``expires`` has not passed.
+
+    Anything but ASCII digits in ``expires`` or ASCII in ``sig`` is simply invalid (never an error).
+    """
+    if not (expires.isascii() and expires.isdigit() and len(expires) <= 12 and sig.isascii()):
         return False
+    exp = int(expires)
     if exp < (time.time() if now is None else now):
         return False
-    return hmac.compare_digest(sign(secret, key, exp), sig)
+    return hmac.compare_digest(sign(secret, key, exp).encode(), sig.encode())
 
 
 class LocalStorage(Storage):

@@ -58,10 +58,10 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from montage_common.keys import Keys
+from montage_common.redis import REDIS_DOWN
 from montage_common.stream_maintenance import ConsumerMaintenance
 from montage_common.stream_metrics import DEAD, DURATION, FAILED, LOST, PROCESSED, RETRIED
 from montage_common.stream_model import (
-    REDIS_DOWN,
     DeadLetter,
     DeadLetterHook,
     Delivery,
@@ -77,7 +77,6 @@ from montage_common.stream_scripts import Scripts, batch_args, entry_fields, net
 
 __all__ = [
     "LOST",
-    "REDIS_DOWN",
     "DeadLetter",
     "DeadLetterHook",
     "Delivery",

@@ -52,8 +52,12 @@ PUBLIC_ROUTES = frozenset(
     }
 )
 SELF_AUTH_ROUTES = frozenset({"/api/v1/jobs/{job_id}/stream"})
-UNGUARDED_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
-# Orchestrator endpoints of the spec, registered by name (per-route metrics); others use the prefix.
+# Not counted by the per-IP guard: load balancers and monitors poll the health route.
+UNGUARDED_ROUTES = frozenset({"/api/v1/health"})
+# What the gateway forwards: exactly these routes, nothing else (no prefix, no catch-all). A
+# request reaches an internal service only through a route matched here on the decoded path,
+# and paths that another hop could resolve differently (dot segments …) never get this far
+# (``montage_common.web.unsafe_path``).
 ORCHESTRATOR_ROUTES: tuple[tuple[str, str], ...] = (
     ("GET", "/api/v1/jobs"),
     ("GET", "/api/v1/jobs/{job_id}"),
@@ -65,8 +69,6 @@ RAGNAROK_ROUTES: tuple[tuple[str, str], ...] = (
     ("POST", "/api/nexus/ragnarok/generate/enriched"),
     ("GET", "/api/nexus/ragnarok/jobs/{job_id}"),
 )
-ORCHESTRATOR_PREFIX = "/api/v1/{tail:.*}"
-RAGNAROK_PREFIX = "/api/nexus/ragnarok/{tail:.*}"
 
 
 @dataclass
@@ -96,14 +98,19 @@ def _route(request: web.Request) -> str:
 
 @web.middleware
 async def access_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Bearer auth where required, then the per-IP and per-user request guard."""
+    """Bearer auth where required, then the per-IP and per-user request guard.
+
+    Unknown routes (404) and wrong methods (405) are answered as such without asking for a
+    token: the router's verdict comes first.
+    """
     route = _route(request)
     if route in UNGUARDED_ROUTES:
         return await handler(request)
     gw = request.app[GATEWAY]
     ip = client_ip(request, gw.settings.trust_forwarded_for)
     user: str | None = None
-    if route and route not in PUBLIC_ROUTES and route not in SELF_AUTH_ROUTES:
+    matched = request.match_info.http_exception is None
+    if matched and route and route not in PUBLIC_ROUTES and route not in SELF_AUTH_ROUTES:
         try:
             user = await gw.auth.authenticate(request)
         except Unauthorized:
@@ -308,6 +315,4 @@ def create_app(settings: GatewaySettings) -> web.Application:
         r.add_route(method, path, forward_orchestrator)
     for method, path in RAGNAROK_ROUTES:
         r.add_route(method, path, forward_ragnarok)
-    r.add_route("*", ORCHESTRATOR_PREFIX, forward_orchestrator)
-    r.add_route("*", RAGNAROK_PREFIX, forward_ragnarok)
     return app

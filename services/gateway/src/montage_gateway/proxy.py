@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import aiohttp
 import structlog
 from aiohttp import web
-from montage_common.errors import PayloadTooLarge
+from montage_common.errors import PayloadTooLarge, RequestTimeout
 from montage_common.web import HEADER_INTERNAL, HEADER_REQUEST_ID, HEADER_USER, REQUEST_ID
 from multidict import CIMultiDict
 
@@ -62,6 +62,13 @@ class UpstreamReply:
 
 class _TooLarge(Exception):
     pass
+
+
+@dataclass(slots=True)
+class _BodyProgress:
+    """Whether the client's whole body was read (a timeout before that is the client's)."""
+
+    done: bool = False
 
 
 def client_ip(request: web.Request, trust_forwarded_for: bool) -> str:
@@ -115,13 +122,14 @@ class Forwarder:
             headers["X-Forwarded-For"] = f"{prior}, {request.remote}" if prior else request.remote
         return headers
 
-    async def _body(self, request: web.Request) -> AsyncIterator[bytes]:
+    async def _body(self, request: web.Request, progress: _BodyProgress) -> AsyncIterator[bytes]:
         sent = 0
         async for chunk in request.content.iter_chunked(CHUNK):
             sent += len(chunk)
             if sent > self.max_body_bytes:
                 raise _TooLarge
             yield chunk
+        progress.done = True
 
     async def forward(
         self,
@@ -136,7 +144,8 @@ class Forwarder:
         if request.content_length is not None and request.content_length > self.max_body_bytes:
             raise PayloadTooLarge("Request body too large")
         url = upstream.base_url.rstrip("/") + request.rel_url.raw_path_qs
-        data = self._body(request) if request.body_exists else None
+        progress = _BodyProgress(done=not request.body_exists)
+        data = self._body(request, progress) if request.body_exists else None
         start = time.perf_counter()
         status: int | None = None
         try:
@@ -159,6 +168,9 @@ class Forwarder:
             UPSTREAM_ERRORS.labels(upstream.name, "timeout").inc()
             if status is not None:
                 raise  # headers already relayed; the connection is aborted by _relay
+            if not progress.done:  # the client was still sending its body: its fault, not ours
+                await _notify(on_status, 408)
+                raise RequestTimeout("The request body was not received in time") from None
             await _notify(on_status, 504)
             raise UpstreamTimedOut(f"{upstream.name} did not answer in time") from None
         except aiohttp.ClientError as exc:

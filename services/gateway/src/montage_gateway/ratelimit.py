@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 from montage_common.errors import ServiceUnavailable
 from montage_common.keys import Keys
-from montage_common.streams import REDIS_DOWN
+from montage_common.redis import REDIS_DOWN
 from redis.asyncio import Redis
 
 from montage_gateway.errors import RequestsThrottled

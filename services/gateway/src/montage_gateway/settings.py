@@ -13,6 +13,7 @@ class GatewaySettings(CommonSettings, frozen=True, kw_only=True):
     """Environment: the upper-cased field names (``ORCHESTRATOR_URL``, ``SUPABASE_JWT_SECRET`` …)."""
 
     port: int = 8080
+    ops_port: int = 9080  # /healthz, /readyz, /metrics
     orchestrator_url: str = "http://127.0.0.1:8081"  # where /api/v1/* is forwarded
     ragnarok_proxy_url: str = "http://127.0.0.1:8082"  # where ragnarok-proxy is (forwarding; RAGNAROK clip rendering)
     # CORS: the browser origin(s) allowed, comma-separated.

@@ -26,10 +26,10 @@ from typing import Any
 import msgspec
 import structlog
 from aiohttp import web
-from montage_common.errors import ServiceUnavailable, Unauthorized
+from montage_common.errors import ServiceUnavailable, Unauthorized, ValidationError
 from montage_common.events import FINAL_EVENTS, id_key, replay, valid_event_id
 from montage_common.keys import Keys
-from montage_common.streams import REDIS_DOWN
+from montage_common.redis import REDIS_DOWN
 from montage_common.web import HEADER_REQUEST_ID, REQUEST_ID, json_response
 from redis.asyncio import Redis
 
@@ -121,7 +121,7 @@ class StreamHandler:
         job = _decoder.decode(reply.body)
         after = request.headers.get("Last-Event-ID") or request.query.get("last_event_id") or "0-0"
         if not valid_event_id(after):
-            after = "0-0"
+            raise ValidationError("Last-Event-ID must be an event id this stream sent (<ms>-<seq>)", job_id=job_id)
         lease = await self.slots.acquire(job_id, user)
         try:
             try:

@@ -18,7 +18,7 @@ from montage_common.keys import ORCHESTRATOR_GROUP
 from montage_common.redis import create_redis
 from montage_common.storage import create_storage
 from montage_common.streams import StreamConsumer
-from montage_common.web import READY_CHECKS, create_base_app
+from montage_common.web import READY_CHECKS, create_base_app, internal_only
 
 from montage_orchestrator.deps import DEPS, Deps
 from montage_orchestrator.handlers import routes
@@ -43,6 +43,7 @@ def create_app(settings: OrchestratorSettings) -> web.Application:
     replica = settings.replica_id or default_replica_id()
     # The upload handler streams the body itself; this bound only covers other routes.
     app = create_base_app(SERVICE, client_max_size=settings.max_upload_bytes + 1024**2)
+    app.middlewares.append(internal_only(settings.internal_secret))
     app.router.add_routes(routes())
 
     async def resources(app: web.Application) -> AsyncIterator[None]:

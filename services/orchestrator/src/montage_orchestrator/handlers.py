@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import hmac
+import asyncio
+import contextlib
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -11,11 +12,12 @@ import asyncpg
 import msgspec
 import structlog
 from aiohttp import web
-from montage_common.errors import BudgetExceededError, Forbidden, Gone, NotFound, Unauthorized, ValidationError
+from montage_common.errors import BudgetExceededError, Forbidden, Gone, NotFound, ValidationError
 from montage_common.keys import STAGES
 from montage_common.messages import StageTask
 from montage_common.models import AudioParserInput
-from montage_common.web import HEADER_INTERNAL, internal_user
+from montage_common.redis import REDIS_DOWN
+from montage_common.web import internal_user
 
 from montage_orchestrator import costs, metrics, store, upload
 from montage_orchestrator.cleanup import intermediate_prefixes
@@ -82,7 +84,13 @@ async def upload_audio(request: web.Request) -> web.Response:
         raise
     finally:
         received.discard()
-    row, outbox_id = await _create_job(deps, job_id, user, prompt, audio_key, filename, audio.duration, estimate)
+    try:
+        row, outbox_id = await _create_job(deps, job_id, user, prompt, audio_key, filename, audio.duration, estimate)
+    except BaseException:
+        # No job row: the stored song must not stay behind (nothing is left by a failed upload).
+        with contextlib.suppress(Exception):
+            await asyncio.shield(deps.storage.delete([audio_key]))
+        raise
     await deps.outbox.send_quietly(outbox_id)
     metrics.JOBS_CREATED.inc()
     log.info("job_created", job_id=str(job_id), duration=round(audio.duration, 2), estimate=str(estimate))
@@ -145,14 +153,22 @@ async def _create_job(  # noqa: PLR0917
 
 
 async def _snapshot(deps: Deps, job_id: uuid.UUID) -> dict[str, Any] | None:
-    cached = await deps.cache.get(str(job_id))
+    """The job's status: from the cache, else Postgres (also while Redis is down)."""
+    cache_up = True
+    try:
+        cached = await deps.cache.get(str(job_id))
+    except REDIS_DOWN as exc:
+        log.warning("status_cache_unavailable", job_id=str(job_id), error=type(exc).__name__)
+        cached, cache_up = None, False
     if cached is not None:
         return cached
     row = await store.get_job(deps.pool, job_id)
     if row is None:
         return None
     snap = snapshot(row)
-    await deps.cache.fill(str(job_id), snap)
+    if cache_up:
+        with contextlib.suppress(*REDIS_DOWN):
+            await deps.cache.fill(str(job_id), snap)
     return snap
 
 
@@ -228,10 +244,8 @@ async def download(request: web.Request) -> web.Response:
 
 
 async def internal_health(request: web.Request) -> web.Response:
+    """The gateway's ``/api/v1/health`` asks this (the internal credential is checked by the app)."""
     deps = request.app[DEPS]
-    given = request.headers.get(HEADER_INTERNAL, "")
-    if not given or not hmac.compare_digest(given.encode(), deps.settings.internal_secret.encode()):
-        raise Unauthorized("Missing or invalid internal credentials")
     report = await health_report(deps)
     return respond(report, status=200 if not report["issues"] else 503)
 

@@ -11,6 +11,7 @@ class OrchestratorSettings(CommonSettings, frozen=True, kw_only=True):
     """Environment: the upper-cased field names (``MAX_UPLOAD_BYTES``, ``JOB_TIMEOUT_SECONDS`` …)."""
 
     port: int = 8081
+    ops_port: int = 9081  # /healthz, /readyz, /metrics
     max_upload_bytes: int = 10 * 1024 * 1024  # upload size limit, enforced while streaming
     max_audio_seconds: float = 600.0  # longer songs are rejected at upload
     prompt_min_chars: int = 50  # shortest prompt accepted (after trimming)

@@ -6,6 +6,7 @@ prompt, and a safe file name.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import tempfile
@@ -17,6 +18,7 @@ from typing import Any
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 from montage_common.errors import ValidationError
+from montage_common.media import ffmpeg_exe
 from mutagen import MutagenError
 from mutagen.flac import FLAC
 from mutagen.mp3 import MP3
@@ -66,7 +68,10 @@ async def receive(request: web.Request, limit: int, tmp_dir: str | None = None) 
     """Stream ``audio_file`` to a temporary file (refusing it as soon as it passes ``limit``)."""
     if not request.content_type.startswith("multipart/"):
         raise ValidationError("Expected multipart/form-data with audio_file and user_prompt")
-    reader = await request.multipart()
+    try:
+        reader = await request.multipart()
+    except (ValueError, AssertionError, KeyError):  # e.g. no boundary parameter
+        raise ValidationError("Malformed multipart body: the Content-Type needs a boundary") from None
     fd, name = tempfile.mkstemp(prefix="montage-upload-", dir=tmp_dir)
     os.close(fd)
     upload = Upload(Path(name), 0, "", None)
@@ -97,10 +102,15 @@ async def receive(request: web.Request, limit: int, tmp_dir: str | None = None) 
     return upload
 
 
+_ALLOWED_CONTROLS = frozenset("\t\n\r")
+
+
 def check_prompt(prompt: str | None, low: int, high: int) -> str:
     text = (prompt or "").strip()
     if not low <= len(text) <= high:
         raise ValidationError(f"user_prompt must be {low}-{high} characters (got {len(text)})")
+    if any(unicodedata.category(ch) in ("Cc", "Cs") and ch not in _ALLOWED_CONTROLS for ch in text):
+        raise ValidationError("user_prompt must not contain control characters")
     return text
 
 
@@ -139,9 +149,49 @@ def _probe(path: Path) -> AudioInfo:
     raise UnsupportedAudio("Unsupported audio: upload an MP3, WAV or FLAC file")
 
 
+# How much audio the upload check decodes at the start and at the end of the song.
+DECODE_WINDOW_SECONDS = 2.0
+_DECODE_RATE = 8000  # mono s16le samples per second: cheap, enough to prove samples exist
+_DECODE_MIN_SHARE = 0.8  # a window must yield at least this share of its samples
+
+
+async def _decoded_bytes(path: Path, start: float, seconds: float, exe: str) -> int:
+    proc = await asyncio.create_subprocess_exec(
+        exe, "-hide_banner", "-nostdin", "-v", "error",
+        "-ss", f"{start:.3f}", "-t", f"{seconds:.3f}", "-i", str(path),
+        "-map", "0:a:0", "-ac", "1", "-ar", str(_DECODE_RATE), "-f", "s16le", "pipe:1",
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        out, _ = await proc.communicate()
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        raise
+    return len(out) if proc.returncode == 0 else 0
+
+
+async def check_decodes(path: Path, duration: float, exe: str = "") -> None:
+    """Decode the first and the last seconds: a header with no (or too little) audio is refused.
+
+    The parsers trust a file's header for its duration; a 44-byte WAV header, a FLAC
+    STREAMINFO with no frames or a truncated MP3 would pass them and fail only in the pipeline,
+    after taking a rate-limit slot. Decoding two short windows proves the samples are there.
+    """
+    exe = exe or ffmpeg_exe()
+    window = min(DECODE_WINDOW_SECONDS, duration)
+    for start in sorted({0.0, max(0.0, duration - window - 0.25)}):
+        need = window * _DECODE_RATE * 2 * _DECODE_MIN_SHARE
+        if await _decoded_bytes(path, start, window, exe) < need:
+            raise UnsupportedAudio("The audio could not be decoded: the file holds no (or truncated) audio")
+
+
 async def probe(path: Path) -> AudioInfo:
     """The type and duration from the bytes (not the client's MIME type or extension)."""
-    return await asyncio.to_thread(_probe, path)
+    info = await asyncio.to_thread(_probe, path)
+    await check_decodes(path, info.duration)
+    return info
 
 
 def safe_filename(name: str, kind: str) -> str:

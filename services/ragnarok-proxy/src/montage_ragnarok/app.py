@@ -15,7 +15,7 @@ from aiohttp import web
 from montage_common import db
 from montage_common.keys import Keys
 from montage_common.redis import create_redis
-from montage_common.web import READY_CHECKS, create_base_app
+from montage_common.web import READY_CHECKS, create_base_app, internal_only
 
 from montage_ragnarok.events import EventPublisher
 from montage_ragnarok.handlers import DEPS, Deps, NexusHandlers, trace_errors_middleware, trace_middleware
@@ -43,6 +43,7 @@ def create_app(settings: ProxySettings) -> web.Application:
     # trace ids: bound outside the error mapping (so its log lines carry them), added to error bodies inside it
     app.middlewares.insert(1, trace_middleware)
     app.middlewares.append(trace_errors_middleware)
+    app.middlewares.append(internal_only(settings.internal_secret))
     app.router.add_routes(NexusHandlers(settings).routes())
 
     async def resources(app: web.Application) -> AsyncIterator[None]:

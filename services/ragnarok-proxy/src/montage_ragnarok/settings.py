@@ -9,6 +9,7 @@ class ProxySettings(CommonSettings, frozen=True, kw_only=True):
     """Environment: the upper-cased field names (``RAGNAROK_URL``, ``POLL_INTERVAL_SECONDS`` …)."""
 
     port: int = 8082
+    ops_port: int = 9082  # /healthz, /readyz, /metrics
     ragnarok_url: str = "http://127.0.0.1:8001"  # the RAGNAROK service (make up starts a stand-in when unset)
     # Sent as ``Authorization: Bearer …`` to RAGNAROK when set.
     ragnarok_api_key: str = ""

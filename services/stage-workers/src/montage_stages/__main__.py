@@ -22,17 +22,18 @@ log = structlog.get_logger()
 
 
 async def serve_metrics(settings: WorkerSettings, worker: StageWorker) -> web.AppRunner | None:
-    if not settings.metrics_port:
+    if not settings.ops_port:
         return None
-    app = common_web.create_base_app(f"stage-{worker.stage}")
+    api = common_web.create_base_app(f"stage-{worker.stage}")  # no API: only its ops endpoints
 
     async def redis_ready() -> None:
         await worker.redis.ping()
 
-    app[common_web.READY_CHECKS]["redis"] = redis_ready
-    runner = web.AppRunner(app, access_log=None)
+    api[common_web.READY_CHECKS]["redis"] = redis_ready
+    api[common_web.LIFECYCLE].started = True
+    runner = web.AppRunner(common_web.create_ops_app(api), access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, settings.host, settings.metrics_port).start()
+    await web.TCPSite(runner, settings.host, settings.ops_port).start()
     return runner
 
 

@@ -71,7 +71,6 @@ class WorkerSettings(StageSettings, frozen=True, kw_only=True):
     retry_count: int = 3  # retries of a retryable stage failure
     retry_base_seconds: float = 2.0  # 2 s, 4 s, 8 s
     stage_timeout_seconds: float = 900.0  # a task running longer is cancelled (and retried)
-    metrics_port: int = 0  # 0: no HTTP listener (several workers share a host in development)
 
     @property
     def backoff(self) -> tuple[float, ...]:
