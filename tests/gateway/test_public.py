@@ -126,7 +126,9 @@ async def test_signed_files_with_range(gateways: Gateways, tmp_path: Path) -> No
     assert resp.status == 200 and await resp.read() == data and resp.headers["Content-Type"] == "video/mp4"
     part = await gw.get(url, headers={"Range": "bytes=100-199"})
     assert part.status == 206 and await part.read() == data[100:200]
-    assert (await gw.get(f"/files/{key}?expires={expires}&sig=bad")).status == 403
+    assert (await gw.get(f"/files/{key}?expires={expires}&sig={'0' * 64}")).status == 403
+    assert (await gw.get(f"/files/{key}?expires={expires}&sig=bad")).status == 400  # not even hex
+    assert (await gw.get(f"/files/{key}?expires={expires}&sig=%C3%A9%C3%A9")).status == 400
     past = int(time.time()) - 1
     assert (await gw.get(f"/files/{key}?expires={past}&sig={sign('k', key, past)}")).status == 403
     missing = "video-outputs/j1/nope.mp4"

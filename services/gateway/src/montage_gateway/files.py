@@ -1,6 +1,6 @@
 """``GET /files/<bucket>/<path>?expires=&sig=``: local-storage signed URLs (``montage_common.storage``).
 
-The signature and expiry are checked first (403 otherwise); the file is streamed, with single
+A malformed ``sig`` or ``expires`` is a 400; a wrong or expired signature a 403; the file is streamed, with single
 HTTP ranges supported (video players seek with them).
 """
 
@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import mimetypes
+import re
 from pathlib import Path
 
 from aiohttp import web
-from montage_common.errors import Forbidden, MontageError, NotFound
+from montage_common.errors import Forbidden, MontageError, NotFound, ValidationError
 from montage_common.storage import LocalStorage, verify_signature
+
+
+_HEX = re.compile(r"[0-9a-f]{16,128}")
 
 
 class FilesHandler:
@@ -23,6 +27,8 @@ class FilesHandler:
         key = request.match_info["key"]
         expires = request.query.get("expires", "")
         sig = request.query.get("sig", "")
+        if not (_HEX.fullmatch(sig) and expires.isascii() and expires.isdigit()):
+            raise ValidationError("A signed URL needs expires (seconds) and sig (hex)")
         if not verify_signature(self.storage.signing_key, key, expires, sig):
             raise Forbidden("Invalid or expired signature")
         try:
