@@ -22,7 +22,7 @@ import kubernetes_validate
 import msgspec
 import pytest
 import yaml
-from montage_common.keys import STAGES, Keys
+from montage_common.keys import STAGES
 from montage_common.settings import CommonSettings
 
 from . import kustomize_lite
@@ -36,8 +36,6 @@ HTTP_SERVICES = {"gateway": 8080, "orchestrator": 8081, "ragnarok-proxy": 8082}
 LONG_STAGES = {"video_generator", "composer"}
 SECRET_NAME = "montage-secrets"
 REQUIRED_SECRETS = {"INTERNAL_SECRET", "SUPABASE_JWT_SECRET", "SUPABASE_SERVICE_KEY", "DATABASE_URL", "REDIS_URL"}
-# Environment variables that are not settings fields: read by KEDA from the scaled workload.
-NON_SETTINGS_ENV = {"REDIS_ADDRESS", "REDIS_PASSWORD"}
 CRD_GROUPS = ("keda.sh/", "monitoring.coreos.com/")
 
 Obj = dict[str, Any]
@@ -176,6 +174,7 @@ def test_custom_resources_are_known_and_point_at_real_objects(overlay: str) -> N
             continue
         assert (obj["apiVersion"], obj["kind"]) in {
             ("keda.sh/v1alpha1", "ScaledObject"),
+            ("keda.sh/v1alpha1", "TriggerAuthentication"),
             ("monitoring.coreos.com/v1", "ServiceMonitor"),
             ("monitoring.coreos.com/v1", "PodMonitor"),
             ("monitoring.coreos.com/v1", "PrometheusRule"),
@@ -336,7 +335,7 @@ def settings_env_names() -> frozenset[str]:
 @parametrize_overlays
 def test_settings_names_exist_in_code(overlay: str) -> None:
     objs = render(overlay)
-    known = settings_env_names() | NON_SETTINGS_ENV
+    known = settings_env_names()
     assert set(config_data(objs)) <= known, "ConfigMap keys that no settings class reads"
     for deploy in of_kind(objs, "Deployment"):
         for c in pod_spec(deploy)["containers"]:
@@ -408,8 +407,10 @@ def test_production_overlay() -> None:
     assert config["STORAGE_BACKEND"] == "supabase"
     assert config["SUPABASE_URL"].startswith("https://")
     deployments = by_name(objs, "Deployment")
+    hpas = {h["spec"]["scaleTargetRef"]["name"]: h for h in of_kind(objs, "HorizontalPodAutoscaler")}
     for name in HTTP_SERVICES:
-        assert deployments[name]["spec"]["replicas"] >= 2, name
+        replicas = hpas[name]["spec"]["minReplicas"] if name in hpas else deployments[name]["spec"]["replicas"]
+        assert replicas >= 2, name
     for deploy in deployments.values():
         image = pod_spec(deploy)["containers"][0]["image"]
         assert ":" in image and not image.endswith(":latest"), image
@@ -418,27 +419,7 @@ def test_production_overlay() -> None:
     assert hpa["spec"]["minReplicas"] >= 2
 
 
-def test_keda_scales_each_stage_on_its_stream() -> None:
-    objs = render("overlays/production")
-    keys = Keys(config_data(objs)["REDIS_NAMESPACE"])
-    deployments = by_name(objs, "Deployment")
-    scaled = {}
-    for so in of_kind(objs, "ScaledObject"):
-        deploy = deployments[so["spec"]["scaleTargetRef"]["name"]]
-        stage = deploy["metadata"]["labels"]["montage.dev/stage"]
-        scaled[stage] = so
-        assert so["spec"]["minReplicaCount"] >= 1
-        kinds = set()
-        for trigger in so["spec"]["triggers"]:
-            meta = trigger["metadata"]
-            assert trigger["type"] == "redis-streams"
-            assert meta["stream"] == keys.stage_stream(stage)
-            assert meta["consumerGroup"] == keys.stage_group(stage)
-            kinds |= {k for k in ("pendingEntriesCount", "lagCount") if k in meta}
-            env = {e["name"] for e in pod_spec(deploy)["containers"][0]["env"]}
-            assert {meta["addressFromEnv"], meta["passwordFromEnv"]} <= env
-        assert kinds == {"pendingEntriesCount", "lagCount"}
-    assert sorted(scaled) == sorted(STAGES)
+# KEDA and the gateway HPA: tests/deploy/test_scaling.py.
 
 
 # --- image ---------------------------------------------------------------------------------------
