@@ -48,6 +48,9 @@ E2E_ENV = {
     "STREAM_BLOCK_MS": "8000",
     "SSE_CLOSE_AFTER_FINAL_SECONDS": "2",
     "LOG_FORMAT": "json",
+    # A client that has not sent its whole upload by then gets 408 (tests/security); the suite's
+    # songs are a few hundred KB, sent in milliseconds.
+    "UPLOAD_TIMEOUT_SECONDS": "8",
 }
 
 

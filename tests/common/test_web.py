@@ -10,8 +10,8 @@ import pytest
 from aiohttp import ClientSession, web
 from montage_common import web as common_web
 from montage_common.errors import BudgetExceededError
-from redis.exceptions import ConnectionError as RedisConnectionError
 from prometheus_client.parser import text_string_to_metric_families
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from tests.support import raw_http, raw_request
 
@@ -55,7 +55,7 @@ async def client() -> AsyncIterator[tuple[ClientSession, str, str]]:
 
 
 async def test_request_id_generated_and_kept(client: tuple[ClientSession, str, str]) -> None:
-    session, base, ops = client
+    session, base, _ops = client
     async with session.get(f"{base}/fine") as resp:
         generated = resp.headers["X-Request-ID"]
         assert uuid.UUID(generated).version == 4
@@ -71,7 +71,7 @@ async def test_request_id_generated_and_kept(client: tuple[ClientSession, str, s
 
 
 async def test_unhandled_error_is_spec_body_without_internals(client: tuple[ClientSession, str, str]) -> None:
-    session, base, ops = client
+    session, base, _ops = client
     async with session.get(f"{base}/boom") as resp:
         assert resp.status == 500
         body = await resp.json()
@@ -167,7 +167,7 @@ async def test_server_header_names_no_framework(client: tuple[ClientSession, str
     for url in (f"{base}/fine", f"{base}/nope", f"{ops}/healthz"):
         async with session.get(url) as resp:
             assert resp.headers["Server"] == "montage"
-    status, headers, _ = await raw_http(base, raw_request("GET", "/x" * 5000))
+    _status, headers, _ = await raw_http(base, raw_request("GET", "/x" * 5000))
     assert headers["server"] == "montage"
 
 

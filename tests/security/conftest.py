@@ -1,0 +1,1 @@
+"""The security suite attacks the stack of ``tests/stack.py`` (the services as ``make up`` runs them)."""
