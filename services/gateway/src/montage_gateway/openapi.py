@@ -1,377 +1,511 @@
-"""The OpenAPI 3.1 document of the public API and a dependency-free docs page.
+"""The OpenAPI 3.1 document of the public API, generated, and a dependency-free docs page.
 
-Kept true by ``tests/gateway/test_openapi.py``: every public route of the app is documented and
-every documented path is served (by a gateway route or a forwarding prefix).
+Every schema in the document comes from a type: the request and response bodies are the msgspec
+Structs of :mod:`montage_common.api`, parameters are annotated Python types, and
+``msgspec.json.schema_components`` turns them into JSON Schema. This module only holds route
+metadata: path, method, ``operationId``, parameters, security, and every status a route can
+answer with its body type and headers.
+
+Kept true by ``tests/gateway/test_openapi.py`` (every public route of the app is documented and
+every documented operation is served; the document is valid OpenAPI 3.1) and by
+``tests/security/test_fuzz.py`` (schemathesis against the live stack: no 5xx, no response that
+contradicts the document).
 """
 
 from __future__ import annotations
 
 import html
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
 
+import msgspec
 from aiohttp import web
+from montage_common import api
 from montage_common.web import json_response
+from msgspec import Meta
 
 JSON = "application/json"
+SSE = "text/event-stream"
+HTML = "text/html"
+REF = "#/components/schemas/{name}"
+Security = Literal["bearer", "public", "stream"]
 
 
-def _ref(name: str) -> dict[str, Any]:
-    return {"$ref": f"#/components/schemas/{name}"}
+@dataclass(frozen=True)
+class Param:
+    name: str
+    where: Literal["path", "query", "header"]
+    type: Any
+    required: bool = False
+    description: str = ""
 
 
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {JSON: {"schema": schema}}}
+@dataclass(frozen=True)
+class Reply:
+    """One documented status: its body type (or types: any of them), media type and extra headers."""
+
+    description: str
+    type: Any = None
+    media: str = JSON
+    headers: tuple[str, ...] = ()
 
 
-def _errors(*codes: int) -> dict[str, Any]:
-    text = {
-        400: "Validation error",
-        401: "Missing or invalid token",
-        403: "Not the caller's job",
-        404: "Not found",
-        410: "Expired or deleted",
-        413: "Body too large",
-        429: "Rate limited",
-        503: "Service unavailable / too many connections",
-        504: "Upstream timeout",
-    }
-    return {str(c): _json(_ref("RateLimited" if c == 429 else "Error"), text[c]) for c in codes}
+@dataclass(frozen=True)
+class Body:
+    type: Any
+    media: str = JSON
+    required: bool = True
 
 
-JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
-NEXUS_JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
-AUTHED: list[dict[str, list[str]]] = [{"bearer": []}]
+@dataclass(frozen=True)
+class Op:
+    method: str
+    path: str
+    operation_id: str
+    summary: str
+    tag: str
+    responses: dict[int, Reply]
+    security: Security = "bearer"
+    params: tuple[Param, ...] = ()
+    body: Body | None = None
+    description: str = ""
+    development: bool = False
+    extensions: dict[str, Any] = field(default_factory=dict)
 
 
-def _schemas() -> dict[str, Any]:
-    num = {"type": ["number", "null"]}
-    text = {"type": ["string", "null"]}
-    return {
-        "Error": {
-            "type": "object",
-            "required": ["error", "code", "retryable"],
-            "properties": {
-                "error": {"type": "string"},
-                "code": {"type": "string"},
-                "retryable": {"type": "boolean"},
-                "job_id": text,
-            },
-        },
-        "RateLimited": {
-            "allOf": [
-                _ref("Error"),
-                {
-                    "type": "object",
-                    "properties": {
-                        "retry_after": {"type": "integer"},
-                        "limit": {"type": "integer"},
-                        "window": {"type": "string", "examples": ["1 hour"]},
-                    },
-                },
-            ]
-        },
-        "JobCreated": {
-            "type": "object",
-            "properties": {
-                "job_id": {"type": "string"},
-                "status": {"type": "string"},
-                "estimated_cost": {"type": "number"},
-                "created_at": {"type": "string", "format": "date-time"},
-            },
-        },
-        "Job": {
-            "type": "object",
-            "properties": {
-                "job_id": {"type": "string"},
-                "status": {"type": "string", "enum": ["queued", "processing", "completed", "failed"]},
-                "current_stage": text,
-                "progress": {"type": "integer"},
-                "estimated_remaining": num,
-                "total_cost": num,
-                "video_url": text,
-                "error_message": text,
-                "created_at": {"type": "string", "format": "date-time"},
-                "updated_at": {"type": "string", "format": "date-time"},
-            },
-        },
-        "JobList": {
-            "type": "object",
-            "properties": {
-                "jobs": {"type": "array", "items": _ref("Job")},
-                "total": {"type": "integer"},
-                "limit": {"type": "integer"},
-                "offset": {"type": "integer"},
-            },
-        },
-        "Health": {
-            "type": "object",
-            "properties": {
-                "status": {"type": "string", "enum": ["healthy", "unhealthy"]},
-                "timestamp": {"type": "string", "format": "date-time"},
-                "queue": {
-                    "type": "object",
-                    "properties": {n: {"type": "integer"} for n in ("size", "active_jobs", "workers")},
-                },
-                "database": {"type": "string"},
-                "redis": {"type": "string"},
-                "issues": {"type": "array", "items": {"type": "string"}},
-            },
-        },
-        "StreamTicket": {
-            "type": "object",
-            "properties": {"ticket": {"type": "string"}, "expires_in": {"type": "integer"}},
-        },
-        "NexusJob": {"type": "object", "additionalProperties": True},
-    }
+# --- parameter types ------------------------------------------------------------------------
+JOB_ID = Param("job_id", "path", api.JobId, required=True)
+NEXUS_JOB_ID = Param("job_id", "path", Annotated[api.PathSegment, Meta(examples=["job_0f8e…"])], required=True)
+Limit = Annotated[int, Meta(ge=1, le=50, extra_json_schema={"default": 10})]
+Offset = Annotated[int, Meta(ge=0, le=1_000_000, extra_json_schema={"default": 0})]
+ResumeId = Annotated[
+    str,
+    Meta(
+        description="Resume after this event id (`<ms>-<seq>`); any other value replays from the start",
+        examples=["1700000000000-0"],
+    ),
+]
 
-
-def _paths() -> dict[str, Any]:
-    jobs_tag = ["jobs"]
-    return {
-        "/api/v1/health": {
-            "get": {
-                "summary": "Health of the system (no auth)",
-                "tags": ["ops"],
-                "security": [],
-                "responses": {"200": _json(_ref("Health"), "Healthy"), "503": _json(_ref("Health"), "Unhealthy")},
-            }
-        },
-        "/api/v1/upload-audio": {
-            "post": {
-                "summary": "Upload a song and a prompt; creates a job (5 per user per hour)",
-                "tags": jobs_tag,
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "multipart/form-data": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["audio_file", "user_prompt"],
-                                "properties": {
-                                    "audio_file": {"type": "string", "format": "binary", "description": "≤10 MB"},
-                                    "user_prompt": {"type": "string", "minLength": 50, "maxLength": 500},
-                                },
-                            }
-                        }
-                    },
-                },
-                "responses": {
-                    "201": _json(_ref("JobCreated"), "Job created"),
-                    **_errors(400, 401, 413, 429, 503, 504),
-                },
-            }
-        },
-        "/api/v1/jobs": {
-            "get": {
-                "summary": "The caller's jobs",
-                "tags": jobs_tag,
-                "parameters": [
-                    {"name": "status", "in": "query", "schema": {"type": "string"}},
-                    {"name": "limit", "in": "query", "schema": {"type": "integer", "default": 10, "maximum": 50}},
-                    {"name": "offset", "in": "query", "schema": {"type": "integer", "default": 0}},
-                ],
-                "responses": {"200": _json(_ref("JobList"), "Jobs"), **_errors(400, 401)},
-            }
-        },
-        "/api/v1/jobs/{job_id}": {
-            "get": {
-                "summary": "One job's status",
-                "tags": jobs_tag,
-                "parameters": [JOB_ID],
-                "responses": {"200": _json(_ref("Job"), "The job"), **_errors(401, 403, 404)},
-            }
-        },
-        "/api/v1/jobs/{job_id}/cancel": {
-            "post": {
-                "summary": "Cancel a queued or processing job",
-                "tags": jobs_tag,
-                "parameters": [JOB_ID],
-                "responses": {"200": _json({"type": "object"}, "Cancelled"), **_errors(400, 401, 403, 404)},
-            }
-        },
-        "/api/v1/jobs/{job_id}/download": {
-            "get": {
-                "summary": "A signed URL of the finished video (1 hour)",
-                "tags": jobs_tag,
-                "parameters": [JOB_ID],
-                "responses": {
-                    "200": _json(
-                        {
-                            "type": "object",
-                            "properties": {
-                                "download_url": {"type": "string"},
-                                "expires_in": {"type": "integer"},
-                                "filename": {"type": "string"},
-                            },
-                        },
-                        "Download link",
-                    ),
-                    **_errors(401, 403, 404, 410),
-                },
-            }
-        },
-        "/api/v1/jobs/{job_id}/stream-ticket": {
-            "post": {
-                "summary": "A single-use ticket (60 s) to open the SSE stream from a browser (?ticket=)",
-                "tags": jobs_tag,
-                "parameters": [JOB_ID],
-                "responses": {"201": _json(_ref("StreamTicket"), "Ticket"), **_errors(401, 403, 404)},
-            }
-        },
-        "/api/v1/jobs/{job_id}/stream": {
-            "get": {
-                "summary": "Server-Sent Events of one job",
-                "description": (
-                    "First `event: state` (no id) with job_id, status, current_stage, progress, "
-                    "estimated_remaining, total_cost, video_url, error_message; then every logged event after "
-                    "Last-Event-ID, then live events (stage_update, progress, message, cost_update, completed, "
-                    "error), each with `id:`; `heartbeat` without id every 30 s. Closed 30 s after completed/error. "
-                    "Auth: Bearer header, or `ticket` from stream-ticket."
-                ),
-                "tags": jobs_tag,
-                "security": [{"bearer": []}, {}],
-                "parameters": [
-                    JOB_ID,
-                    {"name": "ticket", "in": "query", "schema": {"type": "string"}},
-                    {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"}},
-                ],
-                "responses": {
-                    "200": {
-                        "description": "Event stream",
-                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
-                    },
-                    **_errors(401, 403, 404, 503),
-                },
-            }
-        },
-        "/api/nexus/ragnarok/direct/submit": {
-            "post": {
-                "summary": "Submit a RAGNAROK workflow directly",
-                "tags": ["nexus"],
-                "parameters": [{"name": "business_name", "in": "query", "schema": {"type": "string"}}],
-                "responses": {"200": _json(_ref("NexusJob"), "Submitted"), **_errors(401, 429, 503, 504)},
-            }
-        },
-        "/api/nexus/ragnarok/generate/enriched": {
-            "post": {
-                "summary": "Submit a Trinity-enriched RAGNAROK workflow",
-                "tags": ["nexus"],
-                "requestBody": {"content": {JSON: {"schema": {"type": "object"}}}},
-                "responses": {"200": _json(_ref("NexusJob"), "Submitted"), **_errors(401, 429, 503, 504)},
-            }
-        },
-        "/api/nexus/ragnarok/jobs/{job_id}": {
-            "get": {
-                "summary": "Poll a Nexus job",
-                "tags": ["nexus"],
-                "parameters": [NEXUS_JOB_ID],
-                "responses": {"200": _json(_ref("NexusJob"), "The job"), **_errors(401, 404)},
-            }
-        },
-        "/api/v1/openapi.json": {
-            "get": {
-                "summary": "This document",
-                "tags": ["ops"],
-                "security": [],
-                "responses": {"200": {"description": "OpenAPI"}},
-            }
-        },
-        "/api/v1/docs": {
-            "get": {
-                "summary": "Human-readable API docs",
-                "tags": ["ops"],
-                "security": [],
-                "responses": {"200": {"description": "HTML"}},
-            }
-        },
-        "/files/{key}": {
-            "get": {
-                "summary": "A locally stored object through a signed URL (Range supported)",
-                "tags": ["files"],
-                "security": [],
-                "parameters": [
-                    {"name": "key", "in": "path", "required": True, "schema": {"type": "string"}},
-                    {"name": "expires", "in": "query", "required": True, "schema": {"type": "integer"}},
-                    {"name": "sig", "in": "query", "required": True, "schema": {"type": "string"}},
-                ],
-                "responses": {
-                    "200": {"description": "The file"},
-                    "206": {"description": "A range"},
-                    **_errors(403, 404),
-                },
-            }
-        },
-    }
-
-
-DEV_PATHS: dict[str, Any] = {
-    "/api/v1/dev/token": {
-        "post": {
-            "summary": "Development only: a HS256 token for a user id",
-            "tags": ["dev"],
-            "security": [],
-            "requestBody": {
-                "content": {JSON: {"schema": {"type": "object", "properties": {"user_id": {"type": "string"}}}}}
-            },
-            "responses": {
-                "200": _json(
-                    {
-                        "type": "object",
-                        "properties": {"access_token": {"type": "string"}, "expires_in": {"type": "integer"}},
-                    },
-                    "Token",
-                )
-            },
-        }
-    },
-    "/demo": {
-        "get": {
-            "summary": "Development only: demo page",
-            "tags": ["dev"],
-            "security": [],
-            "responses": {"200": {"description": "HTML"}},
-        }
-    },
-    "/demo/{path}": {
-        "get": {
-            "summary": "Development only: demo assets",
-            "tags": ["dev"],
-            "security": [],
-            "parameters": [{"name": "path", "in": "path", "required": True, "schema": {"type": "string"}}],
-            "responses": {"200": {"description": "Asset"}},
-        }
-    },
+# --- replies --------------------------------------------------------------------------------
+ERROR_TEXT = {
+    400: "Invalid request (code `VALIDATION_ERROR`), including a malformed path",
+    401: "Missing or invalid credentials (`UNAUTHORIZED`)",
+    402: "The estimated cost is over the per-job cap (`BUDGET_EXCEEDED`)",
+    403: "Not the caller's (`FORBIDDEN`)",
+    404: "Not found (`NOT_FOUND`)",
+    408: "The request body arrived too slowly",
+    410: "The video expired or was deleted (`GONE`)",
+    413: "Request body too large",
+    429: "Rate limited (`RATE_LIMIT_EXCEEDED`): the request guard, or the job-creation limit",
+    502: "RAGNAROK answered something unexpected (`UPSTREAM_ERROR`)",
+    503: "A dependency is unavailable, or too many open streams (`SERVICE_UNAVAILABLE`, `TOO_MANY_CONNECTIONS`)",
+    504: "An internal or external service did not answer in time (`TIMEOUT`)",
 }
 
 
+def errors(*codes: int, body: Any = api.Error, **per_code: Any) -> dict[int, Reply]:
+    """Error replies; ``per_code`` (``e429=...``) overrides the body type of one status."""
+    out: dict[int, Reply] = {}
+    for code in codes:
+        kind = per_code.get(f"e{code}", api.RateLimited if code == 429 else body)
+        headers = ("Retry-After",) if code == 429 else ("Retry-After-Optional",) if code == 503 else ()
+        out[code] = Reply(ERROR_TEXT[code], kind, headers=headers)
+    return out
+
+
+NEXUS_429 = ERROR_TEXT[429] + ", or RAGNAROK's daily limit (`Retry-After` when RAGNAROK sent one)"
+
+# Authenticated routes: the bearer token (401), the request guard (429), an unreachable or slow
+# internal service (503, 504).
+AUTHED = (401, 429, 503, 504)
+
+SSE_DESCRIPTION = """\
+Server-Sent Events of one job. Authenticate with `Authorization: Bearer`, or (browsers, whose
+`EventSource` cannot send headers) with `?ticket=` from `POST /api/v1/jobs/{job_id}/stream-ticket`
+(single use, 60 s). Only the job's owner may open it.
+
+Order on the wire:
+
+1. `event: state` (no `id:`): the job as it is now.
+2. Every logged event after `Last-Event-ID` (header) or `last_event_id` (query), or all of them.
+3. Live events as they happen, each with its `id:`; `event: heartbeat` (no `id:`) every 30 s.
+
+Logged events: `stage_update`, `progress`, `message`, `cost_update`, and the final `completed` or
+`error`. The stream closes 30 s after a final event. A reconnecting client that sends the last
+`id:` it saw gets every event exactly once, in order. Each message's `event:` and `data:` (JSON)
+are described by the `SseEvent` schema: a union tagged by `event`; `data` is JSON text whose
+schema is the `contentSchema` of each member.
+"""
+
+OPERATIONS: tuple[Op, ...] = (
+    Op(
+        "get",
+        "/api/v1/health",
+        "getHealth",
+        "Health of the system (no auth)",
+        "ops",
+        {200: Reply("Healthy", api.Healthy), 503: Reply("Unhealthy", api.Unhealthy), **errors(429)},
+        security="public",
+    ),
+    Op(
+        "post",
+        "/api/v1/upload-audio",
+        "uploadAudio",
+        "Upload a song and a prompt; creates a job (5 per user per hour)",
+        "jobs",
+        {201: Reply("Job created", api.JobCreated), **errors(400, 402, 408, 413, *AUTHED)},
+        body=Body(api.UploadForm, media="multipart/form-data"),
+    ),
+    Op(
+        "get",
+        "/api/v1/jobs",
+        "listJobs",
+        "The caller's jobs, newest first",
+        "jobs",
+        {200: Reply("Jobs", api.JobList), **errors(400, *AUTHED)},
+        params=(
+            Param("status", "query", api.JobStatusName),
+            Param("limit", "query", Limit),
+            Param("offset", "query", Offset),
+        ),
+    ),
+    Op(
+        "get",
+        "/api/v1/jobs/{job_id}",
+        "getJob",
+        "One job's status",
+        "jobs",
+        {200: Reply("The job", api.JobStatus), **errors(400, 403, 404, *AUTHED)},
+        params=(JOB_ID,),
+    ),
+    Op(
+        "post",
+        "/api/v1/jobs/{job_id}/cancel",
+        "cancelJob",
+        "Cancel a queued or processing job (400 when it is already final)",
+        "jobs",
+        {200: Reply("Cancelled", api.Cancelled), **errors(400, 403, 404, *AUTHED)},
+        params=(JOB_ID,),
+    ),
+    Op(
+        "get",
+        "/api/v1/jobs/{job_id}/download",
+        "getDownload",
+        "A signed URL of the finished video (valid 1 hour); 404 until completed",
+        "jobs",
+        {200: Reply("Download link", api.Download), **errors(400, 403, 404, 410, *AUTHED)},
+        params=(JOB_ID,),
+    ),
+    Op(
+        "post",
+        "/api/v1/jobs/{job_id}/stream-ticket",
+        "createStreamTicket",
+        "A single-use ticket (60 s) to open the job's event stream from a browser",
+        "jobs",
+        {201: Reply("Ticket", api.StreamTicket), **errors(400, 403, 404, *AUTHED)},
+        params=(JOB_ID,),
+    ),
+    Op(
+        "get",
+        "/api/v1/jobs/{job_id}/stream",
+        "streamJobEvents",
+        "Server-Sent Events of one job",
+        "jobs",
+        {
+            200: Reply("Event stream (each message: `SseEvent`)", api.SseEvent, media=SSE),
+            **errors(400, 403, 404, *AUTHED),
+        },
+        security="stream",
+        params=(
+            JOB_ID,
+            Param("Last-Event-ID", "header", ResumeId),
+            Param("last_event_id", "query", ResumeId, description="Same as the `Last-Event-ID` header"),
+        ),
+        description=SSE_DESCRIPTION,
+    ),
+    Op(
+        "post",
+        "/api/nexus/ragnarok/direct/submit",
+        "nexusDirectSubmit",
+        "Submit a RAGNAROK workflow directly",
+        "nexus",
+        {
+            202: Reply("Accepted by RAGNAROK", api.NexusSubmitted, headers=("X-Trace-ID",)),
+            **errors(400, 413, 502, *AUTHED, e400=api.NexusError, e502=api.NexusError),
+            429: Reply(NEXUS_429, (api.RateLimited, api.NexusError), headers=("Retry-After-Optional",)),
+        },
+        params=(Param("business_name", "query", api.BusinessName, required=True),),
+        body=Body(api.DirectSubmitBody, required=False),
+    ),
+    Op(
+        "post",
+        "/api/nexus/ragnarok/generate/enriched",
+        "nexusEnrichedSubmit",
+        "Submit a Trinity-enriched RAGNAROK workflow",
+        "nexus",
+        {
+            202: Reply("Accepted by RAGNAROK", api.NexusEnrichedSubmitted, headers=("X-Trace-ID",)),
+            **errors(400, 413, 502, *AUTHED, e400=api.NexusError, e502=api.NexusError),
+            429: Reply(NEXUS_429, (api.RateLimited, api.NexusError), headers=("Retry-After-Optional",)),
+        },
+        body=Body(api.EnrichedRequest),
+    ),
+    Op(
+        "get",
+        "/api/nexus/ragnarok/jobs/{job_id}",
+        "nexusGetJob",
+        "Poll a Nexus job",
+        "nexus",
+        {
+            200: Reply("The job", api.NexusJob, headers=("X-Trace-ID",)),
+            **errors(400, 403, 404, *AUTHED, e403=api.NexusError),
+        },
+        params=(NEXUS_JOB_ID,),
+    ),
+    Op(
+        "get",
+        "/api/v1/openapi.json",
+        "getOpenApi",
+        "This document",
+        "ops",
+        {200: Reply("OpenAPI 3.1", dict[str, Any]), **errors(429)},
+        security="public",
+    ),
+    Op(
+        "get",
+        "/api/v1/docs",
+        "getDocs",
+        "Human-readable API docs",
+        "ops",
+        {200: Reply("HTML", str, media=HTML), **errors(429)},
+        security="public",
+    ),
+    Op(
+        "get",
+        "/files/{key}",
+        "getFile",
+        "A locally stored object through a signed URL (single `Range` supported)",
+        "files",
+        {
+            200: Reply("The file"),
+            206: Reply("A range of the file"),
+            **errors(400, 403, 404, 429),
+        },
+        security="public",
+        params=(
+            Param(
+                "key",
+                "path",
+                Annotated[
+                    api.PathSegment,
+                    Meta(
+                        description="The storage key `<bucket>/<path>`, its slashes unencoded (as signed URLs have it)"
+                    ),
+                ],
+                required=True,
+            ),
+            Param("expires", "query", Annotated[int, Meta(ge=0, description="Unix time")], required=True),
+            Param(
+                "sig",
+                "query",
+                Annotated[str, Meta(pattern="^[0-9a-f]{16,128}$", description="HMAC of key and expiry (hex)")],
+                required=True,
+            ),
+        ),
+    ),
+    Op(
+        "post",
+        "/api/v1/dev/token",
+        "createDevToken",
+        "Development only: a HS256 token for a user id",
+        "dev",
+        {200: Reply("Token", api.DevToken), **errors(400, 429)},
+        security="public",
+        body=Body(api.DevTokenRequest),
+        development=True,
+    ),
+    Op(
+        "get",
+        "/demo",
+        "getDemoPage",
+        "Development only: the demo page",
+        "dev",
+        {200: Reply("HTML", str, media=HTML), **errors(404, 429)},
+        security="public",
+        development=True,
+    ),
+    Op(
+        "get",
+        "/demo/{path}",
+        "getDemoAsset",
+        "Development only: the demo page's assets",
+        "dev",
+        {200: Reply("The asset"), **errors(400, 404, 429)},
+        security="public",
+        params=(Param("path", "path", api.PathSegment, required=True),),
+        development=True,
+    ),
+)
+
+HEADERS: dict[str, tuple[str, Any, bool, str]] = {
+    # component name: (header name, type, required, description)
+    "X-Request-ID": ("X-Request-ID", str, True, "The request's id (the caller's if valid, else a new UUID)"),
+    "Retry-After": ("Retry-After", Annotated[int, Meta(ge=1)], True, "Seconds to wait before retrying"),
+    "Retry-After-Optional": ("Retry-After", Annotated[int, Meta(ge=1)], False, "Seconds to wait, when known"),
+    "X-Trace-ID": ("X-Trace-ID", str, True, "The Nexus trace id (`nxs_<unix seconds>_<hex>`)"),
+}
+SECURITY: dict[Security, list[dict[str, list[str]]]] = {
+    "bearer": [{"bearer": []}],
+    "public": [],
+    "stream": [{"bearer": []}, {"streamTicket": []}],
+}
+
+
+def _types(op: Op) -> list[Any]:
+    out: list[Any] = [p.type for p in op.params]
+    if op.body is not None:
+        out.append(op.body.type)
+    for reply in op.responses.values():
+        if isinstance(reply.type, tuple):
+            out.extend(reply.type)
+        elif reply.type is not None:
+            out.append(reply.type)
+    return out
+
+
+class _Schemas:
+    """One ``schema_components`` call over every type of the document; ``of(t)`` is t's schema."""
+
+    def __init__(self, ops: tuple[Op, ...]) -> None:
+        types: list[Any] = [api.SseEvent]
+        types.extend(t for op in ops for t in _types(op))
+        types.extend(t for _, t, _, _ in HEADERS.values())
+        unique = list(dict.fromkeys(types))
+        schemas, self.components = msgspec.json.schema_components(unique, ref_template=REF)
+        self._by_type = dict(zip(unique, schemas, strict=True))
+        self.components["SseEvent"] = self._by_type[api.SseEvent]
+        # On the wire an SSE message's `data:` is JSON text: the payload Struct's schema becomes
+        # its `contentSchema` (OpenAPI 3.1 reads a text/event-stream `schema` as one message).
+        text: dict[str, Any] = msgspec.json.schema(Annotated[str, Meta(extra_json_schema={"contentMediaType": JSON})])
+        for cls in api.SSE_EVENTS:
+            props = self.components[cls.__name__]["properties"]
+            props["data"] = {**text, "contentSchema": props["data"]}
+
+    def of(self, t: Any) -> dict[str, Any]:
+        if isinstance(t, tuple):
+            return {"anyOf": [self._by_type[x] for x in t]}
+        schema: dict[str, Any] = self._by_type[t]
+        return schema
+
+
+def _operation(op: Op, schemas: _Schemas) -> dict[str, Any]:
+    out: dict[str, Any] = {"operationId": op.operation_id, "summary": op.summary, "tags": [op.tag]}
+    if op.description:
+        out["description"] = op.description
+    if op.security != "bearer":
+        out["security"] = SECURITY[op.security]
+    if op.params:
+        out["parameters"] = [
+            {
+                "name": p.name,
+                "in": p.where,
+                "required": p.required,
+                "schema": schemas.of(p.type),
+                **({"description": p.description} if p.description else {}),
+            }
+            for p in op.params
+        ]
+    if op.body is not None:
+        out["requestBody"] = {
+            "required": op.body.required,
+            "content": {op.body.media: {"schema": schemas.of(op.body.type)}},
+        }
+    responses: dict[str, Any] = {}
+    for status, reply in sorted(op.responses.items()):
+        headers = {"X-Request-ID": {"$ref": "#/components/headers/X-Request-ID"}}
+        for name in reply.headers:
+            headers[HEADERS[name][0]] = {"$ref": f"#/components/headers/{name}"}
+        entry: dict[str, Any] = {"description": reply.description, "headers": headers}
+        if reply.type is not None:
+            entry["content"] = {reply.media: {"schema": schemas.of(reply.type)}}
+        responses[str(status)] = entry
+    out["responses"] = responses
+    out.update(op.extensions)
+    return out
+
+
 def document(*, development: bool, server_url: str = "/") -> dict[str, Any]:
-    paths = _paths()
-    if development:
-        paths.update(DEV_PATHS)
+    ops = tuple(op for op in OPERATIONS if development or not op.development)
+    schemas = _Schemas(ops)
+    paths: dict[str, dict[str, Any]] = {}
+    for op in ops:
+        paths.setdefault(op.path, {})[op.method] = _operation(op, schemas)
+    headers = {
+        key: {"description": text, "required": required, "schema": schemas.of(t)}
+        for key, (_, t, required, text) in HEADERS.items()
+    }
     return {
         "openapi": "3.1.0",
-        "info": {"title": "Montage API", "version": "1.0.0", "description": "Music-video generation (public gateway)."},
+        "info": {
+            "title": "Montage API",
+            "version": "1.0.0",
+            "description": (
+                "Music-video generation (public gateway). Every error has the body `Error` "
+                '(`{"error", "code", "retryable", "job_id"}` plus per-error fields); every response carries '
+                "`X-Request-ID`; 429 carries `Retry-After`. Unlisted methods on a documented path answer 405."
+            ),
+        },
         "servers": [{"url": server_url}],
-        "security": AUTHED,
+        "security": SECURITY["bearer"],
+        "tags": [{"name": n} for n in dict.fromkeys(op.tag for op in ops)],
         "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
-            "schemas": _schemas(),
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+                "streamTicket": {
+                    "type": "apiKey",
+                    "in": "query",
+                    "name": "ticket",
+                    "description": "Only on the event stream: a ticket from `POST …/stream-ticket`",
+                },
+            },
+            "headers": headers,
+            "schemas": schemas.components,
         },
         "paths": paths,
     }
+
+
+def _fields(schema: dict[str, Any]) -> str:
+    props = schema.get("properties", {})
+    required = set(schema.get("required", []))
+    return ", ".join(f"{name}{'' if name in required else '?'}" for name in props)
 
 
 def docs_page(doc: dict[str, Any]) -> str:
     rows = []
     for path, ops in doc["paths"].items():
         for method, op in ops.items():
-            auth = "public" if op.get("security") == [] else "bearer"
+            auth = {None: "bearer", "[]": "public"}.get(
+                None if "security" not in op else str(op["security"]), "bearer or ticket"
+            )
             codes = ", ".join(op.get("responses", {}))
             rows.append(
-                f"<tr><td><b>{method.upper()}</b></td><td><code>{html.escape(path)}</code></td>"
-                f"<td>{html.escape(op.get('summary', ''))}<br><small>{html.escape(op.get('description', ''))}</small></td>"
-                f"<td>{auth}</td><td>{codes}</td></tr>"
+                f"<tr><td><b>{method.upper()}</b></td><td><code>{html.escape(path)}</code><br>"
+                f"<small>{html.escape(op['operationId'])}</small></td>"
+                f"<td>{html.escape(op.get('summary', ''))}<br><small>{html.escape(op.get('description', ''))}</small>"
+                f"</td><td>{auth}</td><td>{codes}</td></tr>"
             )
+    components = doc["components"]["schemas"]
+    events = []
+    for cls in api.SSE_EVENTS:
+        name = api.sse_event_name(cls)
+        data_ref = components[cls.__name__]["properties"]["data"]["contentSchema"]["$ref"].rsplit("/", 1)[-1]
+        has_id = "id" in components[cls.__name__]["properties"]
+        events.append(
+            f"<tr><td><code>{name}</code></td><td>{'yes' if has_id else 'no'}</td>"
+            f"<td><code>{html.escape(_fields(components[data_ref]))}</code></td>"
+            f"<td>{html.escape(components[cls.__name__].get('description', ''))}</td></tr>"
+        )
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>Montage API</title>"
         "<style>body{font-family:sans-serif;margin:2em}td{border-top:1px solid #ddd;padding:.4em;vertical-align:top}</style>"
@@ -379,7 +513,9 @@ def docs_page(doc: dict[str, Any]) -> str:
         "(OpenAPI 3.1). Authenticate with <code>Authorization: Bearer &lt;Supabase JWT&gt;</code>.</p>"
         "<table><tr><th>Method</th><th>Path</th><th>What</th><th>Auth</th><th>Responses</th></tr>"
         + "".join(rows)
-        + "</table></body></html>"
+        + "</table><h2>Events of <code>GET /api/v1/jobs/{job_id}/stream</code></h2>"
+        "<table><tr><th>event</th><th>id</th><th>data</th><th>when</th></tr>" + "".join(events) + "</table>"
+        "</body></html>"
     )
 
 

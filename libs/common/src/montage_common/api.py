@@ -1,0 +1,412 @@
+"""The bodies of the public HTTP API as msgspec Structs: the source of the OpenAPI document.
+
+The gateway's ``/api/v1/openapi.json`` is generated from these types
+(``msgspec.json.schema_components``) plus route metadata (``montage_gateway.openapi``); nothing in
+the document is a hand-written schema. Each Struct is the shape of one body *on the wire*: money
+is a JSON number (the services encode ``Decimal`` with ``decimal_format="number"``), times are
+RFC 3339 strings. A field without a default is present in every such body (``required`` in the
+schema); ``X | None`` without a default is present and may be ``null``; a field with a default
+may be absent.
+
+The SSE stream of a job is described by :data:`SseEvent`, a union of one Struct per event type
+tagged by ``event`` (the SSE ``event:`` line), each carrying the ``data:`` payload Struct and,
+for logged events, the ``id:`` to resume from with ``Last-Event-ID``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+# One path segment as the gateway accepts it: not empty, not `.` or `..`, no `/` (not even
+# encoded), no control characters.
+PathSegment = Annotated[str, Meta(pattern=r"^(?!\.\.?$)[^/\x00-\x1f\x7f]+$")]
+JobStatusName = Literal["queued", "processing", "completed", "failed"]
+StageName = Literal[
+    "audio_parser", "scene_planner", "reference_generator", "prompt_generator", "video_generator", "composer"
+]
+Money = Annotated[float, Meta(description="US dollars (a JSON number, up to 6 decimals)", examples=[0.0125])]
+Progress = Annotated[int, Meta(ge=0, le=100, description="Percent done (fixed marks per stage)")]
+Seconds = Annotated[int, Meta(ge=0, description="Seconds")]
+JobId = Annotated[str, Meta(description="The job's UUID", extra_json_schema={"format": "uuid"})]
+ErrorCode = Annotated[
+    str,
+    Meta(
+        description="Machine-readable error code",
+        examples=[
+            "VALIDATION_ERROR",
+            "UNAUTHORIZED",
+            "FORBIDDEN",
+            "NOT_FOUND",
+            "GONE",
+            "BUDGET_EXCEEDED",
+            "RATE_LIMIT_EXCEEDED",
+            "SERVICE_UNAVAILABLE",
+            "TOO_MANY_CONNECTIONS",
+            "TIMEOUT",
+            "UPSTREAM_ERROR",
+            "GENERATION_ERROR",
+            "MODULE_FAILURE",
+            "CANCELLED",
+        ],
+    ),
+]
+
+
+# --- errors ---------------------------------------------------------------------------------
+class Error(Struct, kw_only=True):
+    """Every error response: a message, a code, whether retrying may help, the job if any."""
+
+    error: Annotated[str, Meta(description="Human-readable message")]
+    code: ErrorCode
+    retryable: bool
+    job_id: Annotated[str | None, Meta(description="The job concerned, if any")]
+
+
+class RateLimited(Error, kw_only=True):
+    """429 of the gateway: the job-creation limit (5 per user per hour) or the request guard."""
+
+    retry_after: Annotated[int, Meta(ge=1, description="Seconds until a retry can succeed (also `Retry-After`)")]
+    limit: Annotated[int, Meta(ge=1, description="Requests (or jobs) allowed per window")]
+    window: Annotated[str, Meta(description="The window", examples=["1 hour", "60 seconds"])]
+
+
+class NexusError(Error, kw_only=True):
+    """An error answered by the Nexus proxy: Montage's error body plus RAGNAROK's ``detail``."""
+
+    trace_id: Annotated[str, Meta(description="The Nexus trace id of the request", examples=["nxs_1700000000_ab12cd"])]
+    detail: Annotated[str | None, Meta(description="RAGNAROK's own error detail, when RAGNAROK answered")] = None
+    retry_after: Annotated[int | str | None, Meta(description="RAGNAROK's `Retry-After`, when it sent one")] = None
+
+
+# --- jobs -----------------------------------------------------------------------------------
+class UploadForm(Struct, kw_only=True):
+    """``multipart/form-data`` of ``POST /api/v1/upload-audio``."""
+
+    audio_file: Annotated[
+        str,
+        Meta(
+            description="MP3, WAV or FLAC (decided from the bytes), at most 10 MB and 10 minutes",
+            extra_json_schema={"contentMediaType": "application/octet-stream"},
+        ),
+    ]
+    user_prompt: Annotated[str, Meta(min_length=50, max_length=500, description="What the video should show")]
+
+
+class JobCreated(Struct, kw_only=True):
+    """201 of the upload: the job is queued."""
+
+    job_id: JobId
+    status: Literal["queued"]
+    estimated_cost: Money
+    created_at: datetime
+
+
+class JobStatus(Struct, kw_only=True):
+    """One job (``GET /api/v1/jobs/{job_id}``)."""
+
+    job_id: JobId
+    status: JobStatusName
+    current_stage: StageName | None
+    progress: Progress
+    estimated_remaining: Annotated[Seconds, Meta(description="Expected seconds left (0 when final)")]
+    total_cost: Money
+    video_url: Annotated[str | None, Meta(description="Signed URL of the video (1 hour) once completed")]
+    error_message: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class JobListItem(Struct, kw_only=True):
+    """One entry of ``GET /api/v1/jobs`` (a summary: no URL, no error text)."""
+
+    job_id: JobId
+    status: JobStatusName
+    current_stage: StageName | None
+    progress: Progress
+    total_cost: Money
+    created_at: datetime
+    completed_at: datetime | None
+
+
+class JobList(Struct, kw_only=True):
+    """The caller's jobs, newest first."""
+
+    jobs: list[JobListItem]
+    total: Annotated[int, Meta(ge=0, description="All of the caller's jobs matching the filter")]
+    limit: Annotated[int, Meta(ge=1, le=50)]
+    offset: Annotated[int, Meta(ge=0)]
+
+
+class Cancelled(Struct, kw_only=True):
+    """200 of the cancel: the job is now failed with code ``CANCELLED``."""
+
+    job_id: JobId
+    status: Literal["failed"]
+    message: str
+
+
+class Download(Struct, kw_only=True):
+    """A signed link to the finished video."""
+
+    download_url: str
+    expires_in: Annotated[int, Meta(ge=1, description="Seconds the link stays valid")]
+    filename: Annotated[str, Meta(examples=["music_video_6f1c….mp4"])]
+
+
+class StreamTicket(Struct, kw_only=True):
+    """A single-use ticket for ``GET …/stream?ticket=`` (browsers' ``EventSource`` sends no headers)."""
+
+    ticket: str
+    expires_in: Annotated[int, Meta(ge=1, description="Seconds the ticket stays valid")]
+
+
+# --- health ---------------------------------------------------------------------------------
+class Queue(Struct, kw_only=True):
+    size: Annotated[int, Meta(ge=0, description="Stage tasks not yet finished, all stages")]
+    active_jobs: Annotated[int, Meta(ge=0)]
+    workers: Annotated[int, Meta(ge=0, description="Live stage-worker processes")]
+    stages: Annotated[dict[str, int], Meta(description="Unfinished tasks per stage")]
+
+
+class Healthy(Struct, kw_only=True):
+    """200 of ``GET /api/v1/health``."""
+
+    status: Literal["healthy"]
+    timestamp: datetime
+    queue: Queue
+    database: Literal["connected"]
+    redis: Literal["connected"]
+
+
+class Unhealthy(Struct, kw_only=True):
+    """503 of ``GET /api/v1/health``."""
+
+    status: Literal["unhealthy"]
+    timestamp: datetime
+    issues: Annotated[list[str], Meta(min_length=1, examples=[["database connection failed"]])]
+
+
+# --- development ----------------------------------------------------------------------------
+class DevTokenRequest(Struct, kw_only=True):
+    user_id: Annotated[str, Meta(pattern="^[A-Za-z0-9._@:-]{1,128}$", examples=["alice"])]
+
+
+class DevToken(Struct, kw_only=True):
+    access_token: Annotated[str, Meta(description="HS256 JWT signed with the development secret")]
+    token_type: Literal["bearer"]
+    expires_in: Annotated[int, Meta(ge=1)]
+    user_id: str
+
+
+# --- Nexus (RAGNAROK) -----------------------------------------------------------------------
+NexusStatus = Literal["queued", "processing", "completed", "failed"]
+BusinessName = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=200,
+        pattern=r"^[^\x00]*[^\s\x00][^\x00]*$",
+        description="Not blank; no NUL characters (they cannot be stored)",
+    ),
+]
+Industry = Annotated[str | None, Meta(description="Optional industry")]
+Duration = Annotated[float, Meta(ge=5, le=120, description="Optional video length in seconds")] | None
+
+
+class DirectSubmitBody(Struct, kw_only=True):
+    """Optional JSON body of the direct submit: forwarded to RAGNAROK with ``business_name``."""
+
+    industry: Industry = None
+    duration_seconds: Duration = None
+    enrichment: dict[str, Any] | None = None
+
+
+class EnrichedRequest(Struct, kw_only=True):
+    """Body of the enriched submit: Trinity enriches it, then it is forwarded to RAGNAROK."""
+
+    company_name: BusinessName
+    industry: Industry = None
+    duration_seconds: Duration = None
+
+
+class NexusSubmitted(Struct, kw_only=True):
+    """202: RAGNAROK accepted the workflow; poll ``tracking_url``."""
+
+    job_id: Annotated[str, Meta(examples=["job_0f8e…"])]
+    workflow_id: str
+    status: NexusStatus
+    tracking_url: str
+    trace_id: str
+
+
+class NexusEnrichedSubmitted(NexusSubmitted, kw_only=True):
+    """202 of the enriched submit, with Trinity's answer (``available: false`` when it could not help)."""
+
+    enrichment: dict[str, Any]
+
+
+class NexusJob(Struct, kw_only=True):
+    """A Nexus job and the last known state of its RAGNAROK workflow."""
+
+    job_id: str
+    workflow_id: str
+    status: NexusStatus
+    tracking_url: str
+    business_name: str
+    video_url: str | None
+    cost_usd: float | None
+    quality_score: float | None
+    error: str | None
+    enrichment: dict[str, Any] | None
+    trace_id: str
+    created_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None
+
+
+# --- SSE (GET /api/v1/jobs/{job_id}/stream) ---------------------------------------------------
+EventId = Annotated[str, Meta(pattern=r"^[0-9]+-[0-9]+$", description="SSE `id:`; resume with `Last-Event-ID`")]
+
+
+class StateData(Struct, kw_only=True):
+    job_id: JobId
+    status: JobStatusName
+    current_stage: StageName | None
+    progress: Progress
+    estimated_remaining: Seconds
+    total_cost: Money
+    video_url: str | None
+    error_message: str | None
+
+
+class StageUpdateData(Struct, kw_only=True):
+    stage: StageName
+    status: Literal["started", "completed", "failed"]
+    duration: Annotated[float | None, Meta(description="Seconds the stage took (on `completed`)")] = None
+
+
+class ProgressData(Struct, kw_only=True):
+    progress: Progress
+    estimated_remaining: Seconds
+
+
+class MessageData(Struct, kw_only=True):
+    text: str
+    stage: StageName
+
+
+class CostUpdateData(Struct, kw_only=True):
+    stage: StageName
+    cost: Money
+    total: Money
+
+
+class CompletedData(Struct, kw_only=True):
+    video_url: Annotated[str, Meta(description="Signed URL of the video (1 hour)")]
+    total_cost: Money
+
+
+class ErrorData(Struct, kw_only=True):
+    error: str
+    code: ErrorCode
+    retryable: bool
+
+
+class HeartbeatData(Struct, kw_only=True):
+    timestamp: datetime
+
+
+class StateEvent(Struct, kw_only=True, tag="state", tag_field="event"):
+    """First message of every stream (no ``id:``): the job as it is now."""
+
+    data: StateData
+
+
+class StageUpdateEvent(Struct, kw_only=True, tag="stage_update", tag_field="event"):
+    """A stage started or completed."""
+
+    id: EventId
+    data: StageUpdateData
+
+
+class ProgressEvent(Struct, kw_only=True, tag="progress", tag_field="event"):
+    """Progress after a stage completed."""
+
+    id: EventId
+    data: ProgressData
+
+
+class MessageEvent(Struct, kw_only=True, tag="message", tag_field="event"):
+    """A stage's progress text, or a fallback notice."""
+
+    id: EventId
+    data: MessageData
+
+
+class CostUpdateEvent(Struct, kw_only=True, tag="cost_update", tag_field="event"):
+    """A new cost was recorded."""
+
+    id: EventId
+    data: CostUpdateData
+
+
+class CompletedEvent(Struct, kw_only=True, tag="completed", tag_field="event"):
+    """Final: the video is ready."""
+
+    id: EventId
+    data: CompletedData
+
+
+class ErrorEvent(Struct, kw_only=True, tag="error", tag_field="event"):
+    """Final: the job failed (or was cancelled)."""
+
+    id: EventId
+    data: ErrorData
+
+
+class HeartbeatEvent(Struct, kw_only=True, tag="heartbeat", tag_field="event"):
+    """Every 30 s (no ``id:``), to keep proxies from closing an idle stream."""
+
+    data: HeartbeatData
+
+
+SseEvent = (
+    StateEvent
+    | StageUpdateEvent
+    | ProgressEvent
+    | MessageEvent
+    | CostUpdateEvent
+    | CompletedEvent
+    | ErrorEvent
+    | HeartbeatEvent
+)
+SSE_EVENTS: tuple[type[Struct], ...] = (
+    StateEvent,
+    StageUpdateEvent,
+    ProgressEvent,
+    MessageEvent,
+    CostUpdateEvent,
+    CompletedEvent,
+    ErrorEvent,
+    HeartbeatEvent,
+)
+
+
+def sse_event_name(cls: type[Struct]) -> str:
+    """The SSE ``event:`` name of one of :data:`SSE_EVENTS`."""
+    tag = cls.__struct_config__.tag
+    assert isinstance(tag, str)
+    return tag
+
+
+def decode_sse(event: str, data: bytes, event_id: str | None = None) -> SseEvent:
+    """One received SSE message as its Struct (strict: unknown events or bad payloads raise)."""
+    wire = {"event": event, "data": msgspec.json.decode(data)}
+    if event_id is not None:
+        wire["id"] = event_id
+    result: SseEvent = msgspec.convert(wire, type=SseEvent)
+    return result
