@@ -86,11 +86,38 @@ def job_view(job: Job) -> dict[str, Any]:
     }
 
 
+def _storable(text: str) -> bool:
+    """Postgres text and jsonb hold neither NUL characters nor lone surrogates."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _check_storable(body: object) -> None:
+    """Refuse (400) what the job record could not store, before RAGNAROK is called."""
+    stack = [body]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if not _storable(item):
+                raise ValidationError("Text must not contain NUL characters or unpaired surrogates")
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
 def _name(value: object, field: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValidationError(f"{field} is required")
     if len(value) > MAX_NAME:
         raise ValidationError(f"{field} must be at most {MAX_NAME} characters")
+    _check_storable(value)
     return value.strip()
 
 
@@ -106,6 +133,7 @@ async def _json_object(request: web.Request, *, required: bool) -> dict[str, Any
         raise ValidationError("Body is not valid JSON") from None
     if not isinstance(body, dict):
         raise ValidationError("Body must be a JSON object")
+    _check_storable(body)
     return body
 
 
