@@ -32,11 +32,16 @@ K8S = ROOT / "deploy" / "k8s"
 RULES = ROOT / "deploy" / "prometheus" / "rules.yml"
 KUBERNETES_VERSION = "1.32.0"
 OVERLAYS = ("base", "overlays/development", "overlays/production")
-HTTP_SERVICES = {"gateway": 8080, "orchestrator": 8081, "ragnarok-proxy": 8082}
+HTTP_SERVICES = ("gateway", "orchestrator", "ragnarok-proxy")
+# Every pod: the API on PORT (port "http", HTTP services only); /metrics, /healthz and /readyz
+# only on OPS_PORT (port "ops").
+API_PORT, OPS_PORT = 8080, 9090
 LONG_STAGES = {"video_generator", "composer"}
 SECRET_NAME = "montage-secrets"
 REQUIRED_SECRETS = {"INTERNAL_SECRET", "SUPABASE_JWT_SECRET", "SUPABASE_SERVICE_KEY", "DATABASE_URL", "REDIS_URL"}
 CRD_GROUPS = ("keda.sh/", "monitoring.coreos.com/")
+# Ports of the development overlay's Redis and Postgres.
+_DEPENDENCY_PORTS = ("redis", "postgres", 6379, 5432)
 
 Obj = dict[str, Any]
 
@@ -238,7 +243,8 @@ def test_probes_and_resources(overlay: str) -> None:
             assert c["readinessProbe"]["httpGet"]["path"] == "/readyz", name
             for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
                 if probe in c:
-                    assert c[probe]["httpGet"]["port"] in ports, f"{name}: {probe} on an unknown port"
+                    assert c[probe]["httpGet"]["port"] == "ops", f"{name}: {probe} is served on the ops port only"
+                    assert ports["ops"] == OPS_PORT, name
             for kind in ("requests", "limits"):
                 assert set(c["resources"][kind]) >= {"cpu", "memory"}, f"{name}: {kind}"
 
@@ -257,9 +263,13 @@ def test_services_select_pods_and_ports_exist(overlay: str) -> None:
         ports = container_ports(pod_spec(targets[0]))
         for port in svc["spec"]["ports"]:
             assert port.get("targetPort", port["port"]) in ports, f"{name}: port {port} has no container port"
-            assert port["port"] == HTTP_SERVICES[name]
+        assert {p["name"]: (p["port"], p["targetPort"]) for p in svc["spec"]["ports"]} == {
+            "http": (API_PORT, "http"),
+            "ops": (OPS_PORT, "ops"),
+        }, name
         env = effective_env(objs, pod_spec(targets[0])["containers"][0])
-        assert int(env["PORT"]) == HTTP_SERVICES[name], f"{name} listens on PORT"
+        assert int(env["PORT"]) == ports["http"] == API_PORT, f"{name} serves its API on PORT"
+        assert int(env["OPS_PORT"]) == ports["ops"] == OPS_PORT, f"{name} serves ops endpoints on OPS_PORT"
         assert env["HOST"] == "0.0.0.0", f"{name} listens on the pod address"
 
 
@@ -276,7 +286,8 @@ def test_commands_start_real_modules(overlay: str) -> None:
             assert command[3] == "--stage"
             stages_seen.append(command[4])
             env = effective_env(render(overlay), c)
-            assert int(env["METRICS_PORT"]) in container_ports(pod_spec(deploy))
+            assert int(env["OPS_PORT"]) == container_ports(pod_spec(deploy))["ops"] == OPS_PORT
+            assert "http" not in container_ports(pod_spec(deploy)), "a stage worker has no API"
     assert sorted(stages_seen) == sorted(STAGES), "one Deployment per stage"
 
 
@@ -302,7 +313,7 @@ def test_prometheus_annotations(overlay: str) -> None:
         annotations = deploy["spec"]["template"]["metadata"]["annotations"]
         assert annotations["prometheus.io/scrape"] == "true"
         assert annotations["prometheus.io/path"] == "/metrics"
-        assert int(annotations["prometheus.io/port"]) in container_ports(pod_spec(deploy))
+        assert int(annotations["prometheus.io/port"]) == container_ports(pod_spec(deploy))["ops"]
 
 
 @parametrize_overlays
@@ -386,6 +397,33 @@ def test_gateway_alone_is_exposed_and_internal_services_only_to_it() -> None:
         assert sources == allowed
     for svc in of_kind(objs, "Service"):
         assert svc["spec"]["type"] == "ClusterIP"
+
+
+@parametrize_overlays
+def test_ops_port_is_open_to_prometheus_only(overlay: str) -> None:
+    """Every rule admitting the ops port admits the monitoring namespace and nothing else."""
+    objs = render(overlay)
+    scrape_sources = []
+    for policy in of_kind(objs, "NetworkPolicy"):
+        for rule in policy["spec"].get("ingress", []):
+            ports = {p["port"] for p in rule.get("ports", [])}
+            if not rule.get("ports") or "ops" in ports or OPS_PORT in ports:
+                assert rule.get("ports"), f"{policy['metadata']['name']}: a rule open on every port"
+                assert ports == {"ops"}, f"{policy['metadata']['name']}: ops shares a rule with {ports}"
+                scrape_sources.extend(rule["from"])
+            else:
+                assert ports <= {"http", API_PORT} | set(_DEPENDENCY_PORTS), policy["metadata"]["name"]
+    assert scrape_sources == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    scraped = [
+        p
+        for p in of_kind(objs, "NetworkPolicy")
+        if any("ops" in {x["port"] for x in r["ports"]} for r in p["spec"].get("ingress", []))
+    ]
+    for deploy in of_kind(objs, "Deployment"):
+        labels = deploy["spec"]["template"]["metadata"]["labels"]
+        assert any(matches(p["spec"]["podSelector"].get("matchLabels", {}), labels) for p in scraped), deploy[
+            "metadata"
+        ]["name"]
 
 
 def test_development_overlay() -> None:
