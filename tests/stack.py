@@ -105,7 +105,14 @@ async def _wait_healthy(url: str, stack: Stack, limit: float) -> dict[str, objec
 @pytest.fixture(scope="session")
 def e2e_database_url(server_database_url: str) -> Iterator[str]:
     """A database of the suite's own (the stack's services migrate it), dropped at the end."""
-    name = f"montage_e2e_{uuid.uuid4().hex[:12]}"
+    with fresh_database(server_database_url, "montage_e2e") as url:
+        yield url
+
+
+@contextlib.contextmanager
+def fresh_database(server_database_url: str, prefix: str) -> Iterator[str]:
+    """A new empty database on the server, dropped afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
 
     async def admin(sql: str) -> None:
         conn = await asyncpg.connect(server_database_url)

@@ -89,6 +89,7 @@ class EmbeddedRedis:
                 "--bind", "127.0.0.1",
                 "--dir", str(self.data_dir),
                 "--appendonly", "yes",
+                "--appendfsync", "always",  # a killed Redis comes back with every acknowledged write
                 "--save", "",
                 "--daemonize", "no",
                 "--logfile", str(self.data_dir / "redis.log"),
