@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 
 from montage_common.devstack import free_port
-from montage_common.keys import STAGES
+from montage_common.pipeline import STAGES
 
 
 def _marked_pids(mark: str, var_dir: Path) -> set[int]:

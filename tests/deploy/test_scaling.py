@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from montage_common.keys import STAGES, Keys
+from montage_common.keys import Keys
+from montage_common.pipeline import STAGES
 from montage_stages.worker import WorkerSettings
 
 from . import kustomize_lite

@@ -17,13 +17,14 @@ import msgspec
 import pytest
 from montage_cli.errors import ApiError
 from montage_cli.sse import SseEvent
-from montage_common.keys import STAGES, Keys
+from montage_common.keys import Keys
 from montage_common.messages import StageTask
+from montage_common.pipeline import STAGES
 from montage_common.redis import create_redis
 from redis.asyncio import Redis
 
-from tests.stack import ClientFactory, RunningStack, unique
 from tests.e2e.flows import PROMPT, follow_to_end, stage_updates
+from tests.stack import ClientFactory, RunningStack, unique
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 

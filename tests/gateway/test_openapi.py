@@ -14,7 +14,7 @@ import msgspec
 import pytest
 import schemathesis
 from montage_common import api
-from montage_common.keys import STAGES
+from montage_common.pipeline import STAGES
 from montage_gateway.app import create_app
 from montage_gateway.openapi import document
 from montage_gateway.settings import GatewaySettings

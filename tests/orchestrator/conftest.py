@@ -23,7 +23,7 @@ import pytest
 from aiohttp import web
 from montage_common import events
 from montage_common.devstack import free_port
-from montage_common.keys import STAGES, Keys
+from montage_common.keys import Keys
 from montage_common.messages import ErrorInfo, StageCost, StageProgress, StageResult, StageTask, encode, task_decoder
 from montage_common.models import (
     AudioAnalysis,
@@ -41,6 +41,7 @@ from montage_common.models import (
     Transition,
     VideoOutput,
 )
+from montage_common.pipeline import STAGES
 from montage_common.settings import load
 from montage_common.storage import LocalStorage
 from montage_common.streams import Delivery, Emit, StreamConsumer, StreamProducer

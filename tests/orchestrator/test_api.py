@@ -9,10 +9,9 @@ from typing import Any
 
 import aiohttp
 import asyncpg
-from montage_common.keys import STAGES
 from montage_common.messages import ErrorInfo
+from montage_common.pipeline import STAGES
 
-from tests.support import ops_server
 from tests.orchestrator.conftest import (
     PROMPT,
     SECRET,
@@ -23,6 +22,7 @@ from tests.orchestrator.conftest import (
     upload_form,
     wav_bytes,
 )
+from tests.support import ops_server
 
 
 async def test_upload_wav_creates_queued_job_and_dispatches(orchestrator_factory: Any, pool: asyncpg.Pool) -> None:

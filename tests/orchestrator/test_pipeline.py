@@ -7,9 +7,9 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
-from montage_common.keys import STAGE_PROGRESS, STAGES
 from montage_common.messages import ErrorInfo, StageTask
 from montage_common.models import ComposerInput, PromptGeneratorInput
+from montage_common.pipeline import STAGE_PROGRESS, STAGES, timeout_message
 
 from tests.orchestrator.conftest import Orchestrator, Reply, headers, wait_for
 
@@ -222,7 +222,7 @@ async def test_timeout_even_when_workers_are_dead(orchestrator_factory: Any, poo
     orch = await orchestrator_factory(workers=False, job_timeout_seconds=0.5)
     job_id = await orch.create_job()
     body = await orch.wait_final(job_id)
-    assert body["status"] == "failed" and body["error_message"] == "Job exceeded 15-minute timeout"
+    assert body["status"] == "failed" and body["error_message"] == "Job exceeded 0.5-second timeout"
     events = await orch.events(job_id)
     assert shape(events) == [("stage_update", "audio_parser", "started"), ("error", "TIMEOUT")]
     assert await orch.deps.redis.exists(orch.deps.keys.job_cancel(job_id))
@@ -254,3 +254,9 @@ async def test_scene_planner_fallback_plan(orch: Orchestrator) -> None:
     assert plan.clip_scripts[0].start == 0 and plan.clip_scripts[-1].end == 30.0
     beats = {0.5 * i for i in range(1, 60)}
     assert all(c.start in beats for c in plan.clip_scripts[1:])
+
+
+def test_timeout_message_follows_the_setting() -> None:
+    assert timeout_message(900.0) == "Job exceeded 15-minute timeout"
+    assert timeout_message(1800.0) == "Job exceeded 30-minute timeout"
+    assert timeout_message(90.0) == "Job exceeded 90-second timeout"

@@ -14,8 +14,9 @@ import aiohttp
 import asyncpg
 from montage_common import events
 from montage_common.devstack import free_port
-from montage_common.keys import STAGES, Keys
+from montage_common.keys import Keys
 from montage_common.messages import StageResult, encode
+from montage_common.pipeline import STAGES
 from montage_common.storage import LocalStorage
 from montage_common.streams import Delivery
 from montage_orchestrator.pipeline import Pipeline

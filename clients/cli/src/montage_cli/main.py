@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import aiohttp
+from montage_common.pipeline import JOB_STATUSES
 
 from montage_cli import commands, queues
 from montage_cli.client import MontageClient
@@ -22,8 +23,6 @@ from montage_cli.errors import CliError
 from montage_cli.render import money
 from montage_cli.settings import DEMO_USER, CliSettings, load_settings
 from montage_cli.tokens import dev_token, refuse_in_production, resolve_token
-
-JOB_STATUSES = ("queued", "processing", "completed", "failed")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from montage_common.keys import ORCHESTRATOR_GROUP, STAGES, Keys
+from montage_common.keys import ORCHESTRATOR_GROUP, Keys
+from montage_common.pipeline import STAGES
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 

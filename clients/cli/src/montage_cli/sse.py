@@ -14,12 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+from montage_common.events import FINAL_EVENTS
 
 from montage_cli.client import API, MontageClient
 from montage_cli.errors import ApiError, CliError, StackNotRunning
 
-FINAL_EVENTS = ("completed", "error")
-FINAL_STATUSES = ("completed", "failed")
 BACKOFF_SECONDS: tuple[float, ...] = (2.0, 4.0, 8.0)
 MAX_RECONNECTS = 8
 READ_TIMEOUT = 75.0  # heartbeats arrive every 30 s; silence for longer means a dead connection

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import msgspec
 
-from montage_common.keys import STAGES
+from montage_common.pipeline import STAGES
 from montage_common.settings import load
 
 ROOT = Path(__file__).resolve().parents[4]  # the repository (libs/common/src/montage_common)

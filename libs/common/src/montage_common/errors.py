@@ -83,12 +83,6 @@ class MethodNotAllowed(MontageError):
     status, code, default_message = 405, "METHOD_NOT_ALLOWED", "Method not allowed"
 
 
-class Conflict(MontageError):
-    """The resource is not in a state that allows this."""
-
-    status, code, default_message = 409, "CONFLICT", "Conflict"
-
-
 class Gone(MontageError):
     """The resource existed but has expired or was deleted."""
 
@@ -138,31 +132,7 @@ class GenerationError(PipelineError):
     code, default_message = "GENERATION_ERROR", "Generation failed"
 
 
-class JobTimeout(PipelineError):
-    """The job exceeded its 15-minute limit."""
-
-    code, default_message = "TIMEOUT", "Job exceeded 15-minute timeout"
-
-
 class JobCancelled(PipelineError):
     """The user cancelled the job."""
 
     code, default_message = "CANCELLED", "Job cancelled by user"
-
-
-ERRORS_BY_CODE: dict[str, type[MontageError]] = {
-    cls.code: cls
-    for cls in (
-        ValidationError,
-        Unauthorized,
-        Forbidden,
-        NotFound,
-        Gone,
-        BudgetExceededError,
-        RateLimitError,
-        PipelineError,
-        GenerationError,
-        JobTimeout,
-        JobCancelled,
-    )
-}

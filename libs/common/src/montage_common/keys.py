@@ -9,25 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-STAGES: tuple[str, ...] = (
-    "audio_parser",
-    "scene_planner",
-    "reference_generator",
-    "prompt_generator",
-    "video_generator",
-    "composer",
-)
-
-# Fixed progress marks of the spec.
-STAGE_PROGRESS: dict[str, int] = {
-    "audio_parser": 10,
-    "scene_planner": 20,
-    "reference_generator": 30,
-    "prompt_generator": 40,
-    "video_generator": 85,
-    "composer": 100,
-}
-
 ORCHESTRATOR_GROUP = "orchestrator"
 
 

@@ -198,16 +198,6 @@ StageInput = (
     | VideoGeneratorInput
     | ComposerInput
 )
-StageOutput = AudioAnalysis | ScenePlan | ReferenceImages | ClipPrompts | Clips | VideoOutput
-
-STAGE_OUTPUT_TYPES: dict[str, type[msgspec.Struct]] = {
-    "audio_parser": AudioAnalysis,
-    "scene_planner": ScenePlan,
-    "reference_generator": ReferenceImages,
-    "prompt_generator": ClipPrompts,
-    "video_generator": Clips,
-    "composer": VideoOutput,
-}
 
 
 class CostItem(Frozen, frozen=True, kw_only=True):

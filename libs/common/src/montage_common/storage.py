@@ -17,7 +17,6 @@ import os
 import shutil
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -188,14 +187,6 @@ class LocalStorage(Storage):
         expires = int(time.time()) + expires_in
         sig = sign(self.signing_key, key, expires)
         return f"{self.public_base_url}/files/{quote(key)}?expires={expires}&sig={sig}"
-
-    async def iter_chunks(self, key: str, chunk_size: int = 256 * 1024) -> AsyncIterator[bytes]:
-        path = self.path_of(key)
-        if not path.is_file():
-            raise NotFound(f"object not found: {key}")
-        with path.open("rb") as fh:
-            while chunk := await asyncio.to_thread(fh.read, chunk_size):
-                yield chunk
 
 
 def create_storage(settings: CommonSettings) -> Storage:

@@ -33,8 +33,8 @@ from urllib.parse import unquote_to_bytes
 import msgspec
 import structlog
 from aiohttp import web, web_protocol
-from aiohttp.typedefs import Middleware
 from aiohttp.http_exceptions import LineTooLong
+from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from montage_common.errors import (

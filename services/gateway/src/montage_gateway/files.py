@@ -15,7 +15,6 @@ from aiohttp import web
 from montage_common.errors import Forbidden, MontageError, NotFound, ValidationError
 from montage_common.storage import LocalStorage, verify_signature
 
-
 _HEX = re.compile(r"[0-9a-f]{16,128}")
 
 

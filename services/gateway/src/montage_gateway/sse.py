@@ -29,6 +29,7 @@ from aiohttp import web
 from montage_common.errors import ServiceUnavailable, Unauthorized, ValidationError
 from montage_common.events import FINAL_EVENTS, id_key, replay, valid_event_id
 from montage_common.keys import Keys
+from montage_common.pipeline import FINAL_STATUSES
 from montage_common.redis import REDIS_DOWN
 from montage_common.web import HEADER_REQUEST_ID, REQUEST_ID, json_response
 from redis.asyncio import Redis
@@ -53,7 +54,6 @@ STATE_FIELDS = (
     "video_url",
     "error_message",
 )
-FINAL_STATUSES = ("completed", "failed", "cancelled")
 _decoder = msgspec.json.Decoder(dict[str, Any])
 _DELIVERED = {kind: SSE_DELIVERED.labels(kind) for kind in ("event", "state", "heartbeat")}
 

@@ -10,20 +10,14 @@ from __future__ import annotations
 
 from decimal import ROUND_HALF_UP, Decimal
 
+from montage_common.pipeline import spec
+
 from montage_orchestrator.settings import OrchestratorSettings
 
 CENT = Decimal("0.01")
 
-# (base, per minute of audio) for the whole job, and per-stage shares of a job's estimate.
+# (base, per minute of audio) for the whole job; each stage's share is in its StageSpec.
 _JOB_ESTIMATE = {True: (Decimal("180"), Decimal("2")), False: (Decimal("2"), Decimal("0.30"))}
-_STAGE_SHARE = {
-    "audio_parser": Decimal("0.01"),
-    "scene_planner": Decimal("0.04"),
-    "reference_generator": Decimal("0.10"),
-    "prompt_generator": Decimal("0.02"),
-    "video_generator": Decimal("0.78"),
-    "composer": Decimal("0.05"),
-}
 
 
 def money(value: Decimal) -> Decimal:
@@ -39,7 +33,7 @@ def estimate_job(settings: OrchestratorSettings, duration_seconds: float) -> Dec
 
 def estimate_stage(stage: str, job_estimate: Decimal) -> Decimal:
     """What ``stage`` is expected to spend: its share of the job's estimate."""
-    return money(job_estimate * _STAGE_SHARE.get(stage, Decimal(0)))
+    return money(job_estimate * spec(stage).cost_share)
 
 
 def within(total: Decimal, extra: Decimal, limit: Decimal) -> bool:

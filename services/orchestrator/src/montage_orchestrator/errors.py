@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-from montage_common.errors import MontageError, ValidationError
-
-
-class OrchestratorError(MontageError):
-    """Base of the orchestrator's own errors."""
+from montage_common.errors import ValidationError
 
 
 class UploadTooLarge(ValidationError):

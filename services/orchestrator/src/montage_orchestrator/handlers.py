@@ -13,9 +13,9 @@ import msgspec
 import structlog
 from aiohttp import web
 from montage_common.errors import BudgetExceededError, Forbidden, Gone, NotFound, ValidationError
-from montage_common.keys import STAGES
 from montage_common.messages import StageTask
 from montage_common.models import AudioParserInput
+from montage_common.pipeline import FINAL_STATUSES, JOB_STATUSES, STAGES
 from montage_common.redis import REDIS_DOWN
 from montage_common.web import internal_user
 
@@ -200,8 +200,8 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
 async def list_jobs(request: web.Request) -> web.Response:
     deps, user = _user(request)
     status = request.query.get("status")
-    if status is not None and status not in store.JOB_STATUSES:
-        raise ValidationError(f"status must be one of {', '.join(store.JOB_STATUSES)}")
+    if status is not None and status not in JOB_STATUSES:
+        raise ValidationError(f"status must be one of {', '.join(JOB_STATUSES)}")
     limit = _int_param(request, "limit", 10, 1, 50)
     offset = _int_param(request, "offset", 0, 0, 1_000_000)
     rows, total = await store.list_jobs(deps.pool, user, status, limit, offset)
@@ -216,7 +216,7 @@ async def cancel_job(request: web.Request) -> web.Response:
         row = await store.lock_job(conn, job_id)
         _owned(row, user)
         assert row is not None
-        if row["status"] in store.FINAL:
+        if row["status"] in FINAL_STATUSES:
             raise JobNotCancellable(f"Job already {row['status']}; it cannot be cancelled", job_id=str(job_id))
         was = row["status"]
         await fail_job(conn, deps, eff, "CANCELLED", CANCELLED_MESSAGE)

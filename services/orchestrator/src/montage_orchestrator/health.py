@@ -6,7 +6,7 @@ import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
-from montage_common.keys import STAGES
+from montage_common.pipeline import STAGES
 
 from montage_orchestrator import metrics, store
 from montage_orchestrator.deps import Deps

@@ -6,27 +6,16 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
-from montage_common.keys import STAGES
+from montage_common.pipeline import FINAL_STATUSES, remaining_after
 
-from montage_orchestrator.store import FINAL, iso
-
-# What each stage usually takes (seconds), for ``estimated_remaining``.
-STAGE_EXPECTED_SECONDS: dict[str, int] = {
-    "audio_parser": 15,
-    "scene_planner": 15,
-    "reference_generator": 45,
-    "prompt_generator": 10,
-    "video_generator": 240,
-    "composer": 45,
-}
+from montage_orchestrator.store import iso
 
 
 def estimated_remaining(status: str, current_stage: str | None, *, finished: bool = False) -> int:
     """Seconds left: the expected time of the stages not yet finished."""
-    if status in FINAL:
+    if status in FINAL_STATUSES:
         return 0
-    start = STAGES.index(current_stage) + (1 if finished else 0) if current_stage in STAGES else 0
-    return sum(STAGE_EXPECTED_SECONDS[s] for s in STAGES[start:])
+    return sum(s.expected_seconds for s in remaining_after(current_stage, finished=finished))
 
 
 def snapshot(row: asyncpg.Record) -> dict[str, Any]:

@@ -25,7 +25,6 @@ import msgspec
 import structlog
 from montage_common import db
 from montage_common.errors import RetryableError
-from montage_common.keys import STAGE_PROGRESS
 from montage_common.messages import (
     ErrorInfo,
     StageCost,
@@ -35,7 +34,8 @@ from montage_common.messages import (
     encode,
     result_decoder,
 )
-from montage_common.models import STAGE_OUTPUT_TYPES, AudioAnalysis, Clips, CostItem, VideoOutput
+from montage_common.models import AudioAnalysis, Clips, CostItem, VideoOutput
+from montage_common.pipeline import FINAL_STATUSES, next_stage, spec
 from montage_common.streams import Delivery, Emit
 
 from montage_orchestrator import costs, metrics, stages, store
@@ -50,7 +50,6 @@ KNOWN_CODES = frozenset(
     {"MODULE_FAILURE", "GENERATION_ERROR", "BUDGET_EXCEEDED", "TIMEOUT", "CANCELLED", "VALIDATION_ERROR"}
 )
 NO_FALLBACK_CODES = frozenset({"BUDGET_EXCEEDED", "CANCELLED"})
-BUDGET_CHECKED = ("reference_generator", "video_generator")
 _out = msgspec.json.Encoder(decimal_format="number")
 
 
@@ -69,7 +68,7 @@ async def dispatch_stage(conn: asyncpg.Connection, deps: Deps, job: asyncpg.Reco
     """Start ``stage`` (budget check first for the expensive ones); False when the job failed instead."""
     job_id = job["job_id"]
     limit: Decimal = job["cost_limit"]
-    if stage in BUDGET_CHECKED:
+    if spec(stage).budget_checked:
         need = costs.estimate_stage(stage, job["estimated_cost"])
         if not costs.within(eff.total, need, limit):
             log.info("budget_precheck_failed", job_id=str(job_id), stage=stage, need=str(need), total=str(eff.total))
@@ -142,7 +141,7 @@ class Pipeline:
             stage_row = await store.get_stage(conn, job_id, msg.stage)
             if (
                 job is None
-                or job["status"] in store.FINAL
+                or job["status"] in FINAL_STATUSES
                 or stage_row is None
                 or stage_row["status"] != "running"
                 or stage_row["dispatch"] != msg.dispatch
@@ -196,15 +195,16 @@ class Pipeline:
                 return
         output: msgspec.Struct | None = None
         error = msg.error
+        stage = spec(msg.stage)
         if msg.ok:
             try:
                 raw = bytes(msg.output)
-                output = msgspec.json.decode(raw, type=STAGE_OUTPUT_TYPES[msg.stage])
-            except (msgspec.DecodeError, KeyError) as exc:
+                output = msgspec.json.decode(raw, type=stage.output_type)
+            except msgspec.DecodeError as exc:
                 error = ErrorInfo(code="MODULE_FAILURE", message=f"invalid output: {exc}"[:300])
-        if output is not None and msg.stage == "video_generator":
+        if output is not None and stage.min_clips:
             assert isinstance(output, Clips)
-            if len(output.clips) < stages.MIN_CLIPS:
+            if len(output.clips) < stage.min_clips:
                 total = len(output.clips) + len(output.failed)
                 error = ErrorInfo(
                     code="MODULE_FAILURE",
@@ -241,7 +241,7 @@ class Pipeline:
             error=error,
         )
         metrics.STAGE_DURATION.labels(stage, status).observe(duration)
-        progress = STAGE_PROGRESS[stage]
+        progress = spec(stage).progress
         eff.row = await store.update_job(conn, job_id, progress=progress)
         eff.event(self.deps, "stage_update", {"stage": stage, "status": "completed", "duration": round(duration, 3)})
         eff.event(
@@ -249,19 +249,20 @@ class Pipeline:
             "progress",
             {"progress": progress, "estimated_remaining": estimated_remaining("processing", stage, finished=True)},
         )
-        following = stages.next_stage(stage)
+        following = next_stage(stage)
         if following is None:
             assert isinstance(output, VideoOutput)
             await self._complete(conn, job, output, eff)
             return
-        await dispatch_stage(conn, self.deps, job, following, eff)
+        await dispatch_stage(conn, self.deps, job, following.name, eff)
 
     async def _stage_failed(
         self, conn: asyncpg.Connection, job: asyncpg.Record, msg: StageResult, err: ErrorInfo, eff: Effects
     ) -> None:
         stage = msg.stage
-        log.info("stage_failed", code=err.code, error=err.message[:200])
-        if err.code not in NO_FALLBACK_CODES and stage == "reference_generator":
+        policy = spec(stage).on_failure if err.code not in NO_FALLBACK_CODES else "fail"
+        log.info("stage_failed", code=err.code, error=err.message[:200], policy=policy)
+        if policy == "continue_text_only":
             eff.event(
                 self.deps,
                 "message",
@@ -270,7 +271,7 @@ class Pipeline:
             meta = {"fallback_mode": True, "fallback_reason": err.message[:500]}
             await self._stage_done(conn, job, msg, None, eff, meta, status="failed", error=err.message)
             return
-        if err.code not in NO_FALLBACK_CODES and stage == "scene_planner":
+        if policy == "fallback_plan":
             rows = await store.stage_outputs(conn, job["job_id"])
             audio = msgspec.json.decode(rows["audio_parser"]["output"], type=AudioAnalysis)
             plan = stages.fallback_plan(job["user_prompt"], audio)

@@ -7,7 +7,6 @@ from typing import Any, TypeVar
 
 import asyncpg
 import msgspec
-from montage_common.keys import STAGES
 from montage_common.models import (
     AudioAnalysis,
     AudioParserInput,
@@ -25,18 +24,13 @@ from montage_common.models import (
     Transition,
     VideoGeneratorInput,
 )
+from montage_common.pipeline import MIN_CLIPS
 
 T = TypeVar("T", bound=msgspec.Struct)
 
 FALLBACK_CLIP_SECONDS = 6.0
-MIN_CLIPS = 3
 MAX_FALLBACK_CLIPS = 24
 _MOTIONS = ("zoom_in", "pan_left", "zoom_out", "pan_right", "pulse")
-
-
-def next_stage(stage: str) -> str | None:
-    i = STAGES.index(stage)
-    return STAGES[i + 1] if i + 1 < len(STAGES) else None
 
 
 def _output(rows: dict[str, asyncpg.Record], stage: str, kind: type[T]) -> T | None:

@@ -8,14 +8,11 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import datetime
-from decimal import Decimal
 from typing import Any
 
 import asyncpg
 from montage_common.models import CostItem
 
-JOB_STATUSES = ("queued", "processing", "completed", "failed")
-FINAL = ("completed", "failed")
 _JOB_COLUMNS = frozenset(
     {
         "status",
@@ -191,11 +188,6 @@ async def insert_cost(conn: asyncpg.Connection, job_id: uuid.UUID, stage: str, i
 
 async def cost_recorded(conn: asyncpg.Connection, job_id: uuid.UUID, call_id: str) -> bool:
     return bool(await conn.fetchval("SELECT 1 FROM job_costs WHERE job_id = $1 AND call_id = $2", job_id, call_id))
-
-
-async def job_cost_sum(conn: asyncpg.Connection | asyncpg.Pool, job_id: uuid.UUID) -> Decimal:
-    total: Decimal = await conn.fetchval("SELECT COALESCE(sum(cost), 0) FROM job_costs WHERE job_id = $1", job_id)
-    return total
 
 
 # --- handled results and the outbox -----------------------------------------------------

@@ -13,10 +13,11 @@ import asyncio
 import contextlib
 
 import structlog
+from montage_common.pipeline import timeout_message
 
 from montage_orchestrator import cleanup, metrics, store
 from montage_orchestrator.deps import Deps
-from montage_orchestrator.transitions import TIMEOUT_MESSAGE, Effects, after_commit, fail_job
+from montage_orchestrator.transitions import Effects, after_commit, fail_job
 
 log = structlog.get_logger()
 
@@ -31,7 +32,8 @@ async def fail_overdue(deps: Deps) -> int:
         for row in await store.overdue_jobs(conn, BATCH):
             eff = Effects(job_id=str(row["job_id"]))
             with structlog.contextvars.bound_contextvars(job_id=eff.job_id):
-                await fail_job(conn, deps, eff, "TIMEOUT", TIMEOUT_MESSAGE)
+                message = timeout_message(deps.settings.job_timeout_seconds)
+                await fail_job(conn, deps, eff, "TIMEOUT", message)
             done.append((eff, await deps.outbox.add(conn, row["job_id"], eff.emits)))
     for eff, outbox_id in done:
         await after_commit(deps, eff)

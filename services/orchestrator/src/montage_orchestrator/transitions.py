@@ -26,7 +26,6 @@ log = structlog.get_logger()
 
 CANCELLED_MESSAGE = "Job cancelled by user"
 BUDGET_MESSAGE = "Budget limit exceeded"
-TIMEOUT_MESSAGE = "Job exceeded 15-minute timeout"
 
 
 @dataclass

@@ -12,7 +12,8 @@ from aiohttp import web
 from montage_common import logs
 from montage_common import settings as settings_mod
 from montage_common import web as common_web
-from montage_common.keys import STAGES, Keys
+from montage_common.keys import Keys
+from montage_common.pipeline import STAGES
 from montage_common.redis import create_redis
 from montage_common.storage import create_storage
 

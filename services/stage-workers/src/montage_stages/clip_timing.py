@@ -9,6 +9,7 @@ from __future__ import annotations
 import bisect
 
 from montage_common.models import AudioAnalysis
+from montage_common.pipeline import MIN_CLIPS
 
 
 def energy_at(audio: AudioAnalysis, t: float) -> float:
@@ -57,7 +58,6 @@ def clip_bounds(audio: AudioAnalysis, min_len: float, max_len: float) -> list[fl
 
 
 # The orchestrator fails a job with fewer than 3 clips, so a short song still gets 3.
-MIN_CLIPS = 3
 MIN_SPLIT_SECONDS = 0.5
 
 

@@ -26,9 +26,10 @@ from types import ModuleType
 import msgspec
 import structlog
 from montage_common.errors import JobCancelled
-from montage_common.keys import STAGES, Keys
+from montage_common.keys import Keys
 from montage_common.messages import ErrorInfo, StageCost, StageProgress, StageResult, StageTask, encode, task_decoder
 from montage_common.models import CostItem
+from montage_common.pipeline import STAGES
 from montage_common.storage import Storage
 from montage_common.streams import DeadLetter, Delivery, Emit, StreamConsumer, StreamProducer, default_consumer_name
 from redis.asyncio import Redis

@@ -1,0 +1,93 @@
+"""The pipeline as data: the six stages, in order, with every fact about each in one place.
+
+Everything that used to compare stage names (progress marks, output types, cost shares, expected
+durations, budget checks, what a failure means) asks a :class:`StageSpec` instead. The job
+statuses and the pipeline-wide rules (the clip minimum, the timeout message) live here too.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Literal
+
+import msgspec
+
+from montage_common.models import AudioAnalysis, ClipPrompts, Clips, ReferenceImages, ScenePlan, VideoOutput
+
+# What a stage's failure means for the job (after the runtime's retries):
+# "fail" ends the job; "continue_text_only" records the stage as failed and carries on without
+# its output; "fallback_plan" substitutes the orchestrator's simple plan for the stage's output.
+FailurePolicy = Literal["fail", "continue_text_only", "fallback_plan"]
+
+MIN_CLIPS = 3  # fewer rendered clips than this fails the job (spec); also the least the timing plans
+
+
+@dataclass(frozen=True, slots=True)
+class StageSpec:
+    name: str
+    output_type: type[msgspec.Struct]
+    progress: int  # the spec's fixed progress mark once the stage has finished (percent)
+    expected_seconds: int  # typical duration, for ``estimated_remaining``
+    cost_share: Decimal  # the stage's share of a job's pre-flight estimate
+    budget_checked: bool  # the remaining budget must cover its share before it is dispatched
+    on_failure: FailurePolicy
+    min_clips: int = 0  # an output with fewer clips than this is a failure (video_generator)
+
+
+PIPELINE: tuple[StageSpec, ...] = (
+    StageSpec("audio_parser", AudioAnalysis, 10, 15, Decimal("0.01"), False, "fail"),
+    StageSpec("scene_planner", ScenePlan, 20, 15, Decimal("0.04"), False, "fallback_plan"),
+    StageSpec("reference_generator", ReferenceImages, 30, 45, Decimal("0.10"), True, "continue_text_only"),
+    StageSpec("prompt_generator", ClipPrompts, 40, 10, Decimal("0.02"), False, "fail"),
+    StageSpec("video_generator", Clips, 85, 240, Decimal("0.78"), True, "fail", min_clips=MIN_CLIPS),
+    StageSpec("composer", VideoOutput, 100, 45, Decimal("0.05"), False, "fail"),
+)
+
+STAGES: tuple[str, ...] = tuple(s.name for s in PIPELINE)
+STAGE_PROGRESS: dict[str, int] = {s.name: s.progress for s in PIPELINE}
+_BY_NAME: dict[str, StageSpec] = {s.name: s for s in PIPELINE}
+
+
+def spec(name: str) -> StageSpec:
+    """The spec of stage ``name`` (``KeyError`` for an unknown stage)."""
+    return _BY_NAME[name]
+
+
+def next_stage(name: str) -> StageSpec | None:
+    """The stage after ``name``, or ``None`` after the last one."""
+    i = STAGES.index(name)
+    return PIPELINE[i + 1] if i + 1 < len(PIPELINE) else None
+
+
+def remaining_after(name: str | None, *, finished: bool) -> tuple[StageSpec, ...]:
+    """The stages not yet finished when ``name`` is running (or has ``finished``)."""
+    if name not in _BY_NAME:
+        return PIPELINE
+    i = STAGES.index(name) + (1 if finished else 0)
+    return PIPELINE[i:]
+
+
+class JobStatus(enum.StrEnum):
+    """A job's status; ``cancelled`` is not one: a cancelled job is ``failed`` with code CANCELLED."""
+
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+    @property
+    def final(self) -> bool:
+        return self in FINAL_STATUSES
+
+
+FINAL_STATUSES: frozenset[JobStatus] = frozenset({JobStatus.COMPLETED, JobStatus.FAILED})
+JOB_STATUSES: tuple[str, ...] = tuple(s.value for s in JobStatus)
+
+
+def timeout_message(seconds: float) -> str:
+    """The error message of a job that ran past ``JOB_TIMEOUT_SECONDS``."""
+    minutes = seconds / 60
+    span = f"{minutes:g}-minute" if seconds % 60 == 0 else f"{seconds:g}-second"
+    return f"Job exceeded {span} timeout"
