@@ -1,0 +1,43 @@
+"""The pipeline's one definition is self-consistent."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from montage_common.pipeline import FINAL_STATUSES, MIN_CLIPS, PIPELINE, STAGES, JobStatus, next_stage, spec
+
+
+def test_stages_in_order_with_rising_progress_to_100() -> None:
+    assert STAGES == (
+        "audio_parser", "scene_planner", "reference_generator", "prompt_generator", "video_generator", "composer",
+    )  # fmt: skip
+    marks = [s.progress for s in PIPELINE]
+    assert marks == sorted(set(marks)) and marks[-1] == 100
+
+
+def test_cost_shares_cover_the_whole_estimate() -> None:
+    assert sum((s.cost_share for s in PIPELINE), Decimal(0)) == Decimal(1)
+
+
+def test_next_stage_walks_the_pipeline_once() -> None:
+    walked, current = [STAGES[0]], spec(STAGES[0])
+    while (following := next_stage(current.name)) is not None:
+        walked.append(following.name)
+        current = following
+    assert tuple(walked) == STAGES
+
+
+def test_failure_policies_of_the_spec() -> None:
+    assert spec("scene_planner").on_failure == "fallback_plan"
+    assert spec("reference_generator").on_failure == "continue_text_only"
+    assert {s.name for s in PIPELINE if s.on_failure == "fail"} == {
+        "audio_parser", "prompt_generator", "video_generator", "composer",
+    }  # fmt: skip
+    assert {s.name for s in PIPELINE if s.budget_checked} == {"reference_generator", "video_generator"}
+    assert spec("video_generator").min_clips == MIN_CLIPS == 3
+
+
+def test_job_statuses_and_the_final_set() -> None:
+    assert [s.value for s in JobStatus] == ["queued", "processing", "completed", "failed"]
+    assert {"completed", "failed"} == FINAL_STATUSES and "cancelled" not in FINAL_STATUSES
+    assert JobStatus("failed").final and not JobStatus.PROCESSING.final
