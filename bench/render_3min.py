@@ -1,9 +1,11 @@
-"""Benchmark: a 3-minute synthetic song through the six stages at the default resolution.
+"""Benchmark: a 3-minute synthetic song through the six stages.
 
-    .venv/bin/python bench/render_3min.py [--runs 3] [--seconds 180] [--bpm 124]
+    .venv/bin/python bench/render_3min.py [--runs 3] [--seconds 180] [--bpm 124] [--resolution 720p]
 
 Prints each run's per-stage wall time and the medians. Everything is local (LocalStorage in a
-temporary directory, the local renderers), as in development mode.
+temporary directory, the local renderers), as in development mode, with the default settings
+(``--resolution`` sets VIDEO_RESOLUTION). To compare with another checkout, run this file with
+``PYTHONPATH=<checkout>/services/stage-workers/src``: it only uses what every version has.
 """
 
 from __future__ import annotations
@@ -24,12 +26,12 @@ from montage_stages.settings import StageSettings
 STAGES = ("audio_parser", "scene_planner", "reference_generator", "prompt_generator", "video_generator", "composer")
 
 
-async def run_once(root: Path, song: Path, run: int) -> tuple[dict[str, float], int]:
+async def run_once(root: Path, song: Path, run: int, settings: StageSettings) -> tuple[dict[str, float], int]:
     storage = LocalStorage(root / f"storage{run}", "bench", "http://127.0.0.1")
     job = f"bench{run}"
     audio_key = f"audio-uploads/{job}/song{song.suffix}"
     await storage.put_file(audio_key, song)
-    ctx = StageContext.create(job, storage, settings=StageSettings(), workdir=root / f"work{run}")
+    ctx = StageContext.create(job, storage, settings=settings, workdir=root / f"work{run}")
     result = await run_all(ctx, job, audio_key, "a neon city at night")
     return result.seconds, len(result.clips.clips)
 
@@ -39,22 +41,26 @@ async def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=180.0)
     parser.add_argument("--bpm", type=float, default=124.0)
+    parser.add_argument("--resolution", default="", help="360p, 720p or 1080p (default: the settings' default)")
     args = parser.parse_args()
-    s = StageSettings()
+    s = StageSettings(video_resolution=args.resolution) if args.resolution else StageSettings()
+    width, height = getattr(s, "frame_size", (s.video_width, s.video_height))
+    params = getattr(s, "x264_params", "")
     print(
-        f"{args.seconds:.0f} s song at {args.bpm} BPM, {s.video_width}x{s.video_height} {s.video_fps} fps, "
-        f"{s.max_parallel_clips} clips in parallel, x264 {s.x264_preset}, {os.cpu_count()} CPUs"
+        f"{args.seconds:.0f} s song at {args.bpm} BPM, {width}x{height} {s.video_fps} fps, "
+        f"{s.max_parallel_clips} clips in parallel, x264 {s.x264_preset} {params}, {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.1f}"
     )
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         song = await synth.write_audio(root / "song.mp3", synth.song(args.seconds, args.bpm))
         runs: list[dict[str, float]] = []
         for r in range(args.runs):
-            times, n_clips = await run_once(root, song, r)
+            times, n_clips = await run_once(root, song, r, s)
             runs.append(times)
             total = sum(times.values())
             print(
-                f"run {r + 1}: total {total:.1f} s, {n_clips} clips: "
+                f"run {r + 1}: total {total:.1f} s, {n_clips} clips, load {os.getloadavg()[0]:.1f}: "
                 + ", ".join(f"{k} {v:.2f}" for k, v in times.items())
             )
         print("median:")

@@ -11,9 +11,10 @@ from montage_common.storage import LocalStorage
 from montage_stages import ffmpeg
 from montage_stages.context import StageContext
 from montage_stages.local_pipeline import run_all
+from montage_stages.timeline import load_layout
 
 from .conftest import SONG_SECONDS, Recorder
-from .media import correlation, decode_errors, envelope
+from .media import correlation, decode_errors, envelope, frame_count
 
 
 @pytest.mark.parametrize("ext", ["wav", "mp3", "flac"])
@@ -51,12 +52,16 @@ async def test_song_to_music_video(
     assert all(p.reference_keys for p in prompts.clips) and not prompts.text_only
     assert len(clips.clips) == len(scripts) and not clips.failed
     assert f"Rendering clip {len(scripts)} of {len(scripts)}" in recorder.progress
+    # the plan's transitions reached video_generator (its input carries only the prompts)
+    planned = {t.after_clip: t for t in plan.transitions if t.kind != "cut"}
+    assert planned and await load_layout(ctx, job, prompts.clips) == planned
 
     # a playable MP4 of the song's length whose audio is the song
     assert out.key == f"video-outputs/{job}/final_video.mp4"
     video = storage.path_of(out.key)
     assert await decode_errors(video) == ""
     assert await ffmpeg.media_duration(video) == pytest.approx(analysis.duration, abs=0.1)
+    assert await frame_count(video) == round(analysis.duration * ctx.settings.video_fps)
     assert analysis.duration == pytest.approx(SONG_SECONDS, abs=0.1)
     assert correlation(await envelope(video), await envelope(song_files[ext])) > 0.95
 

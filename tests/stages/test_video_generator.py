@@ -18,6 +18,7 @@ from montage_common.models import (
 from montage_common.storage import LocalStorage
 from montage_stages import composer, prompt_generator, synth, video_generator
 from montage_stages.audio_parser import analyse
+from montage_stages.clip_encoder import Source
 from montage_stages.context import StageContext
 from montage_stages.renderers import LocalRenderer
 from montage_stages.scene_planner import local_plan
@@ -57,10 +58,10 @@ class FailingRenderer:
         self.failing = failing
         self.local = LocalRenderer()
 
-    async def render(self, ctx: StageContext, job_id: str, prompt: ClipPrompt, dest: Path) -> None:
+    async def render(self, ctx: StageContext, job_id: str, prompt: ClipPrompt, dest: Path) -> Source:
         if prompt.index in self.failing:
             raise GenerationError(f"provider refused clip {prompt.index}")
-        await self.local.render(ctx, job_id, prompt, dest)
+        return await self.local.render(ctx, job_id, prompt, dest)
 
 
 async def test_text_only_prompts_render(tmp_path: Path, make_ctx: Callable[..., StageContext]) -> None:
@@ -144,4 +145,4 @@ async def test_cancel_stops_rendering(storage: LocalStorage, make_ctx: Callable[
         await video_generator.process(ctx, "job1", VideoGeneratorInput(clip_prompts=six_prompts()))
 
     assert rendered == ["Rendering clip 1 of 6"]
-    assert len(await storage.list("video-clips/job1/")) <= 1
+    assert len([o for o in await storage.list("video-clips/job1/") if o.key.endswith(".mp4")]) <= 1

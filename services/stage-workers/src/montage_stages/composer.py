@@ -1,31 +1,33 @@
-"""Stage 6, composer (critical): cut the clips on beats, apply transitions, mux the original song.
+"""Stage 6, composer (critical): join the clips without re-encoding and mux the original song.
 
 ``async def process(ctx, job_id, input: ComposerInput) -> VideoOutput``
 
-The timeline is the song: clip ``i`` owns ``[start_i, start_{i+1})`` with every inner cut snapped
-to the nearest beat. A failed clip's span goes to the clip before it (the first clip's to the one
-after), looping that clip when it is too short. A transition of ``d`` seconds after clip ``i`` is an
-``xfade`` starting at the cut, so clip ``i`` runs ``d`` seconds longer (its last frame held) and
-the incoming clip still starts on the beat; a ``cut`` is a plain concat. The last clip is padded or
-trimmed to the song, the original audio is muxed, and the result (H.264 yuv420p, AAC, faststart)
-goes to ``video-outputs/{job_id}/final_video.mp4``.
+video_generator encodes every clip in its final form: cut on the beat, transitions inside the clips
+that meet, failed clips' spans covered by their neighbours, and together the clips tile the song
+frame by frame (see :mod:`timeline`). The composer checks that they do and that every clip has the
+same H.264 configuration, then joins them with the concat demuxer and ``-c:v copy`` (each clip's
+packets unchanged), encodes the song as AAC beside them and writes
+``video-outputs/{job_id}/final_video.mp4`` with ``+faststart`` (H.264 High yuv420p and AAC: plays
+in browsers). Its length is ``round(duration * fps)`` frames. ``input.transitions`` and
+``input.beats`` are not needed any more: the clips carry them.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import structlog
 from montage_common.errors import PipelineError
-from montage_common.models import Clip, ComposerInput, Transition, VideoOutput
+from montage_common.models import Clip, ComposerInput, VideoOutput
 
-from montage_stages import ffmpeg
-from montage_stages.clip_timing import nearest
+from montage_stages import ffmpeg, mp4box
+from montage_stages.clip_encoder import timescale
 from montage_stages.context import StageContext
 from montage_stages.costing import ComputeMeter
 from montage_stages.metrics import track_stage
 
 STAGE = "composer"
-SNAP_SECONDS = 0.25  # cuts within this distance of a beat move onto it
-LOOP_ABOVE_SECONDS = 1.0  # a clip short by more than this is looped instead of holding its last frame
+TILE_TOLERANCE = 1e-3  # seconds: clips meet where one ends and the next starts
 log = structlog.get_logger()
 
 
@@ -33,114 +35,89 @@ def output_key(job_id: str) -> str:
     return f"video-outputs/{job_id}/final_video.mp4"
 
 
-class Segment:
-    __slots__ = ("clip", "end", "start", "transition")
-
-    def __init__(self, clip: Clip, start: float, end: float, transition: Transition | None) -> None:
-        self.clip, self.start, self.end, self.transition = clip, start, end, transition
-
-    @property
-    def tail(self) -> float:
-        """Extra seconds this segment runs into the next one (its outgoing xfade)."""
-        t = self.transition
-        return t.duration if t is not None and t.kind != "cut" else 0.0
-
-
-def timeline(input: ComposerInput) -> list[Segment]:
-    """The segments covering ``[0, duration)``, cuts on beats, failed clips absorbed by neighbours."""
-    clips = sorted(input.clips.clips, key=lambda c: c.index)
+def check_tiling(clips: list[Clip], duration: float) -> None:
+    """Clips must cover ``[0, duration)`` back to back (raises PipelineError otherwise)."""
     if not clips:
         raise PipelineError("no clips to compose")
-    beats = sorted(input.beats)
-    starts = [0.0]
-    for c in clips[1:]:
-        snapped = nearest(beats, c.start)
-        starts.append(snapped if abs(snapped - c.start) <= SNAP_SECONDS else c.start)
-    ends = [*starts[1:], input.duration]
-    by_after = {t.after_clip: t for t in input.transitions}
-    segments: list[Segment] = []
-    for i, (clip, s, e) in enumerate(zip(clips, starts, ends, strict=True)):
-        if e - s <= 0.05:
-            continue
-        trans = None
-        if i < len(clips) - 1:
-            # the plan's transition after this clip, only when its neighbour is the planned next clip
-            t = by_after.get(clip.index)
-            nxt = clips[i + 1]
-            if t is not None and nxt.index == clip.index + 1 and t.kind != "cut":
-                room = 0.45 * min(e - s, ends[i + 1] - starts[i + 1])
-                dur = min(t.duration, room)
-                trans = Transition(after_clip=clip.index, kind=t.kind, duration=round(dur, 3)) if dur >= 0.1 else None
-        segments.append(Segment(clip, s, e, trans))
-    return segments
+    edge = 0.0
+    for clip in clips:
+        if abs(clip.start - edge) > TILE_TOLERANCE:
+            raise PipelineError(f"clip {clip.index} starts at {clip.start:.3f} s, expected {edge:.3f} s")
+        edge = clip.end
+    if abs(edge - duration) > TILE_TOLERANCE:
+        raise PipelineError(f"the clips end at {edge:.3f} s, the song at {duration:.3f} s")
 
 
-def filter_graph(segments: list[Segment], fps: int, width: int, height: int) -> str:
-    parts = []
-    for i, seg in enumerate(segments):
-        need = seg.end - seg.start + seg.tail
-        hold = max(0.0, need - seg.clip.duration) + 1.0 / fps
-        parts.append(
-            f"[{i}:v]fps={fps},scale={width}:{height},setsar=1,format=yuv420p,"
-            f"tpad=stop_mode=clone:stop_duration={hold:.3f},trim=duration={need:.4f},setpts=PTS-STARTPTS,settb=AVTB[v{i}]"
-        )
-    current = "v0"
-    for i in range(1, len(segments)):
-        prev = segments[i - 1]
-        out = f"x{i}"
-        if prev.tail > 0 and prev.transition is not None:
-            parts.append(
-                f"[{current}][v{i}]xfade=transition={prev.transition.kind}:"
-                f"duration={prev.tail:.3f}:offset={segments[i].start:.4f}[{out}]"
-            )
-        else:
-            parts.append(f"[{current}][v{i}]concat=n=2:v=1:a=0,fps={fps},settb=AVTB[{out}]")
-        current = out
-    parts.append(f"[{current}]settb=AVTB,format=yuv420p[vout]")
-    return ";".join(parts)
+def concat_list(paths: list[Path]) -> str:
+    """An ffconcat script naming ``paths`` (relative to the script, which sits beside them)."""
+    return "ffconcat version 1.0\n" + "".join(f"file '{p.name}'\n" for p in paths)
+
+
+def compose_args(listing: Path, audio: Path, final: Path, fps: int, audio_bitrate: str) -> list[str]:
+    """Join the listed clips' video packets as they are and encode the song beside them."""
+    return [
+        "-v", "error", "-y",
+        "-f", "concat", "-safe", "0", "-auto_convert", "0", "-i", str(listing),
+        "-i", str(audio),
+        "-map", "0:v:0", "-map", "1:a:0",
+        "-c:v", "copy", "-video_track_timescale", str(timescale(fps)),
+        "-c:a", "aac", "-b:a", audio_bitrate,
+        "-map_metadata", "-1", "-movflags", "+faststart", str(final),
+    ]  # fmt: skip
 
 
 async def process(ctx: StageContext, job_id: str, input: ComposerInput) -> VideoOutput:
     async with track_stage(STAGE):
         await ctx.check_cancelled()
         s = ctx.settings
-        segments = timeline(input)
+        clips = sorted(input.clips.clips, key=lambda c: c.index)
+        check_tiling(clips, input.duration)
         work = ctx.scratch("compose")
         meter = ComputeMeter(ctx, job_id, STAGE)
         with meter:
             audio = await ctx.storage.get_file(input.audio_key, work / "song")
-            args = ["-v", "error", "-y"]
-            for i, seg in enumerate(segments):
-                local = work / f"clip_{seg.clip.index}.mp4"
-                if not local.exists():
-                    await ctx.storage.get_file(seg.clip.key, local)
-                if seg.end - seg.start + seg.tail - seg.clip.duration > LOOP_ABOVE_SECONDS:
-                    args += ["-stream_loop", "-1"]
-                args += ["-i", str(local)]
+            paths: list[Path] = []
+            for i, clip in enumerate(clips):
+                local = work / f"clip_{clip.index}.mp4"
+                await ctx.storage.get_file(clip.key, local)
+                paths.append(local)
                 if i % 8 == 7:
                     await ctx.check_cancelled()
-            args += ["-i", str(audio)]
-            graph = filter_graph(segments, s.video_fps, s.video_width, s.video_height)
+            track = _same_codec(paths)
+            listing = work / "clips.ffconcat"
+            listing.write_text(concat_list(paths))
             final = work / "final_video.mp4"
-            args += [
-                "-filter_complex", graph,
-                "-map", "[vout]", "-map", f"{len(segments)}:a:0",
-                "-t", f"{input.duration:.4f}", "-r", str(s.video_fps),
-                "-c:v", "libx264", "-preset", s.x264_preset, "-crf", str(s.x264_crf), "-pix_fmt", "yuv420p",
-                "-c:a", "aac", "-b:a", s.audio_bitrate, "-movflags", "+faststart", str(final),
-            ]  # fmt: skip
-            await ctx.progress(f"Composing {len(segments)} clips")
-            await ffmpeg.run(args, exe=s.ffmpeg_path)
+            await ctx.progress(f"Composing {len(clips)} clips")
+            await ffmpeg.run(compose_args(listing, audio, final, s.video_fps, s.audio_bitrate), exe=s.ffmpeg_path)
             key = output_key(job_id)
             size = await ctx.storage.put_file(key, final, "video/mp4")
         await meter.report()
-        cuts = [round(seg.start, 4) for seg in segments[1:]]
-        log.info("video_composed", job_id=job_id, segments=len(segments), size=size)
+        cuts = [round(c.start, 4) for c in clips[1:]]
+        log.info("video_composed", job_id=job_id, clips=len(clips), size=size)
         return VideoOutput(
             key=key,
             duration=round(input.duration, 3),
-            width=s.video_width,
-            height=s.video_height,
+            width=track.width,
+            height=track.height,
             size_bytes=size,
             cuts=cuts,
         )
+
+
+def _same_codec(paths: list[Path]) -> mp4box.VideoTrack:
+    """The clips' common H.264 configuration; PipelineError when a clip differs (it cannot be
+    joined without re-encoding, e.g. the video settings changed between the two stages)."""
+    try:
+        tracks = [mp4box.video_track(p) for p in paths]
+    except mp4box.Mp4Error as exc:
+        raise PipelineError(f"unreadable clip: {exc}") from None
+    first = tracks[0]
+    if first.codec != "avc1" or not first.avcc:
+        raise PipelineError(f"clips are {first.codec}, not H.264 (avc1)")
+    for path, track in zip(paths, tracks, strict=True):
+        if track != first:
+            raise PipelineError(
+                f"{path.name} is encoded differently from {paths[0].name} "
+                f"({track.width}x{track.height}, {track.profile}) and cannot be joined without re-encoding"
+            )
+    return first

@@ -32,7 +32,8 @@ async def process(ctx: StageContext, job_id: str, input: ReferenceGeneratorInput
     async with track_stage(STAGE):
         await ctx.check_cancelled()
         plan = input.plan
-        w, h = 2 * ctx.settings.video_width, 2 * ctx.settings.video_height
+        width, height = ctx.settings.frame_size
+        w, h = 2 * width, 2 * height
         meter = ComputeMeter(ctx, job_id, STAGE)
         scenes: list[ReferenceImage] = []
         characters: list[ReferenceImage] = []

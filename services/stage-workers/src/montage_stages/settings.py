@@ -15,14 +15,16 @@ class StageSettings(CommonSettings, frozen=True, kw_only=True):
     """What the six stages need: render size, parallelism, pricing and provider selection."""
 
     # --- local rendering -----------------------------------------------------------
-    video_width: int = 640
-    video_height: int = 360  # height of clips and the final video
+    # Size of clips and the final video: 360p (640x360), 720p (1280x720) or 1080p (1920x1080);
+    # empty: VIDEO_WIDTH x VIDEO_HEIGHT.
+    video_resolution: Literal["", "360p", "720p", "1080p"] = ""
+    video_width: int = 640  # width of clips and the final video when VIDEO_RESOLUTION is empty
+    video_height: int = 360  # height of clips and the final video when VIDEO_RESOLUTION is empty
     video_fps: int = 24  # frame rate of clips and the final video
     max_parallel_clips: int = 5  # clips rendered at once per job
-    x264_preset: str = "veryfast"  # the final video
-    x264_crf: int = 23  # quality of the final video (lower is better)
-    clip_x264_preset: str = "ultrafast"  # intermediate clips, re-encoded by the composer
-    clip_x264_crf: int = 20  # quality of intermediate clips (lower is better)
+    # Clips are encoded once, with these settings, and joined without re-encoding.
+    x264_preset: str = "veryfast"
+    x264_crf: int = 23  # quality of the video (lower is better)
     audio_bitrate: str = "160k"  # AAC bitrate of the final video's audio
     clip_min_seconds: float = 3.0  # shortest clip the planner makes (section changes may fold shorter ones)
     clip_max_seconds: float = 8.0  # longest clip the planner makes
@@ -46,3 +48,11 @@ class StageSettings(CommonSettings, frozen=True, kw_only=True):
     ragnarok_timeout_seconds: float = 600.0
     stt_url: str = ""  # speech-to-text provider for lyrics; empty = no lyrics
     ffmpeg_path: str = ""  # empty: system ffmpeg, else the imageio-ffmpeg binary
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        """(width, height) of clips and the final video."""
+        return RESOLUTIONS.get(self.video_resolution, (self.video_width, self.video_height))
+
+
+RESOLUTIONS: dict[str, tuple[int, int]] = {"360p": (640, 360), "720p": (1280, 720), "1080p": (1920, 1080)}

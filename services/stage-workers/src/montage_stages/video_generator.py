@@ -1,26 +1,45 @@
-"""Stage 5, video_generator: render every clip, at most ``settings.max_parallel_clips`` at once.
+"""Stage 5, video_generator: every clip rendered and encoded once, in its final form.
 
 ``async def process(ctx, job_id, input: VideoGeneratorInput, renderer: ClipRenderer | None = None) -> Clips``
 
-The renderer defaults to the one chosen by ``settings.video_provider`` (see :mod:`renderers`);
-tests and other providers inject their own. Clips are stored at ``video-clips/{job_id}/clip_{i}.mp4``.
-A clip that fails is recorded in ``Clips.failed`` and the others go on (whether enough succeeded is
-the orchestrator's rule). Cancellation is checked before each clip and polled while clips render;
-when it raises, in-flight ffmpeg processes are killed and :class:`JobCancelled` propagates.
-Progress reads "Rendering clip n of total".
+Two steps per clip, at most ``settings.max_parallel_clips`` of each at once:
+
+1. the renderer (chosen by ``settings.video_provider``, see :mod:`renderers`; tests inject their
+   own) provides the clip's source: a still to animate, or a provider's video;
+2. as soon as the clip's place in the video is known (:func:`timeline.plan_segments`: it depends
+   on whether its neighbours rendered), one ffmpeg run draws its frames, including the transition
+   from the previous clip, and encodes them with the final codec settings
+   (:func:`clip_encoder.segment_args`).
+
+The clips stored at ``video-clips/{job_id}/clip_{i}.mp4`` tile the song frame by frame, so the
+composer joins them without re-encoding; ``Clip.start``/``end`` are the span a clip covers in the
+video (a failed clip's span goes to the clip before it, the first clip's to the one after) and
+``Clip.duration`` its exact length. A clip that fails is recorded in ``Clips.failed`` and the others
+go on (whether enough succeeded is the orchestrator's rule); a clip whose encode fails is failed
+too and its neighbours are encoded again to cover it. Cancellation is checked before each step and
+polled while clips render; when it raises, in-flight ffmpeg processes are killed and
+:class:`JobCancelled` propagates. Progress reads "Rendering clip n of total".
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
+from collections.abc import Coroutine
+from typing import Any
 
 import structlog
 from montage_common.errors import JobCancelled, MontageError
-from montage_common.models import Clip, ClipFailure, ClipPrompt, Clips, VideoGeneratorInput
+from montage_common.models import Clip, ClipFailure, ClipPrompt, Clips, Transition, VideoGeneratorInput
 
+from montage_stages import ffmpeg
+from montage_stages.clip_encoder import Source, StillSource, VideoSource, segment_args
 from montage_stages.context import StageContext
+from montage_stages.costing import local_cost
 from montage_stages.metrics import CLIPS_RENDERED, track_stage
 from montage_stages.renderers import ClipRenderer, renderer_for
+from montage_stages.timeline import Segment, load_layout, plan_segments, too_short
 
 STAGE = "video_generator"
 CANCEL_POLL_SECONDS = 0.5
@@ -36,70 +55,146 @@ async def process(
 ) -> Clips:
     async with track_stage(STAGE):
         await ctx.check_cancelled()
-        chosen = renderer or renderer_for(ctx)
-        prompts = input.clip_prompts.clips
-        sem = asyncio.Semaphore(max(1, ctx.settings.max_parallel_clips))
-        out_dir = ctx.scratch("clips")
-        done: list[Clip] = []
-        failed: list[ClipFailure] = []
-        started = 0
+        prompts = sorted(input.clip_prompts.clips, key=lambda p: p.index)
+        transitions = await load_layout(ctx, job_id, prompts)
+        render = _Render(ctx, job_id, renderer or renderer_for(ctx), prompts, transitions)
+        clips = await render.run()
+        log.info("clips_rendered", job_id=job_id, ok=len(clips.clips), failed=len(clips.failed))
+        return clips
 
-        async def one(prompt: ClipPrompt) -> None:
-            nonlocal started
-            async with sem:
-                await ctx.check_cancelled()
-                started += 1
-                await ctx.progress(f"Rendering clip {started} of {len(prompts)}")
-                dest = out_dir / f"clip_{prompt.index}.mp4"
-                try:
-                    await chosen.render(ctx, job_id, prompt, dest)
-                    key = clip_key(job_id, prompt.index)
-                    await ctx.storage.put_file(key, dest, "video/mp4")
-                except JobCancelled:
-                    raise
-                except Exception as exc:
-                    message = exc.message if isinstance(exc, MontageError) else f"{type(exc).__name__}: {exc}"
-                    log.warning("clip_failed", job_id=job_id, clip=prompt.index, error=message[:300])
-                    CLIPS_RENDERED.labels(provider=chosen.name, outcome="failed").inc()
-                    failed.append(ClipFailure(index=prompt.index, error=message[:500]))
-                    return
-                CLIPS_RENDERED.labels(provider=chosen.name, outcome="ok").inc()
-                duration = round(prompt.end - prompt.start, 4)
-                done.append(
-                    Clip(
-                        index=prompt.index,
-                        key=key,
-                        start=prompt.start,
-                        end=prompt.end,
-                        duration=duration,
-                        provider=chosen.name,
-                    )
+
+class _Render:
+    """One job's clips: sources fetched, segments encoded as their neighbours' outcomes arrive."""
+
+    def __init__(
+        self,
+        ctx: StageContext,
+        job_id: str,
+        renderer: ClipRenderer,
+        prompts: list[ClipPrompt],
+        transitions: dict[int, Transition],
+    ) -> None:
+        self.ctx, self.job_id, self.renderer = ctx, job_id, renderer
+        self.prompts = prompts
+        self.by_index = {p.index: p for p in prompts}
+        self.transitions = transitions
+        self.fps = ctx.settings.video_fps
+        parallel = max(1, ctx.settings.max_parallel_clips)
+        self.fetch_slots = asyncio.Semaphore(parallel)
+        self.encode_slots = asyncio.Semaphore(parallel)
+        self.sources_dir = ctx.scratch("sources")
+        self.out_dir = ctx.scratch("clips")
+        self.ok: dict[int, bool] = {}
+        self.sources: dict[int, Source] = {}
+        self.errors: dict[int, str] = {}
+        self.encoded: dict[int, Segment] = {}  # what is stored under clip_key(i)
+        self.encoding: dict[int, Segment] = {}
+        self.tasks: dict[asyncio.Task[Any], tuple[str, int, Segment | None]] = {}
+        self.started: set[int] = set()
+        self.attempts = 0
+
+    async def run(self) -> Clips:
+        for p in self.prompts:
+            if too_short(p, self.fps):
+                self._fail(p.index, "clip is shorter than one frame")
+            else:
+                self._spawn(self._fetch(p), "fetch", p.index)
+        poller = asyncio.create_task(_poll_cancel(self.ctx))
+        try:
+            while True:
+                plan = plan_segments(self.prompts, self.ok, self.transitions, self.fps)
+                for index, seg in plan.items():
+                    if self.encoded.get(index) != seg and index not in self.encoding:
+                        self.encoding[index] = seg
+                        self._spawn(self._encode(seg), "encode", index, seg)
+                if not self.tasks:
+                    break
+                finished, _ = await asyncio.wait({*self.tasks, poller}, return_when=asyncio.FIRST_COMPLETED)
+                if poller in finished:
+                    poller.result()  # raises JobCancelled
+                for task in finished - {poller}:
+                    self._finished(task)
+        finally:
+            for t in (*self.tasks, poller):
+                t.cancel()
+            await asyncio.gather(*self.tasks, poller, return_exceptions=True)
+        done = []
+        for index, seg in sorted(plan.items()):
+            assert self.encoded.get(index) == seg, "every decided segment is encoded"
+            span = seg.span
+            CLIPS_RENDERED.labels(provider=self.renderer.name, outcome="ok").inc()
+            done.append(
+                Clip(
+                    index=index,
+                    key=clip_key(self.job_id, index),
+                    start=span.start,
+                    end=span.end,
+                    duration=round(span.frames / self.fps, 4),
+                    provider=self.renderer.name,
                 )
-
-        await _run_all(ctx, [one(p) for p in prompts])
-        done.sort(key=lambda c: c.index)
-        failed.sort(key=lambda f: f.index)
-        log.info("clips_rendered", job_id=job_id, ok=len(done), failed=len(failed))
+            )
+        failed = [ClipFailure(index=i, error=e[:500]) for i, e in sorted(self.errors.items())]
         return Clips(clips=done, failed=failed)
 
+    def _spawn(self, coro: Coroutine[Any, Any, Any], kind: str, index: int, seg: Segment | None = None) -> None:
+        self.tasks[asyncio.create_task(coro)] = (kind, index, seg)
 
-async def _run_all(ctx: StageContext, jobs: list) -> None:  # type: ignore[type-arg]
-    """Run the clip coroutines; a cancellation (from a clip or the poller) stops all of them."""
-    tasks = {asyncio.create_task(j) for j in jobs}
-    poller = asyncio.create_task(_poll_cancel(ctx))
-    try:
-        pending = set(tasks)
-        while pending:
-            finished, _ = await asyncio.wait(pending | {poller}, return_when=asyncio.FIRST_COMPLETED)
-            if poller in finished:
-                poller.result()  # raises JobCancelled
-            for t in finished:
-                pending.discard(t)
-                t.result()  # only JobCancelled (or a bug) escapes a clip
-    finally:
-        for t in (*tasks, poller):
-            t.cancel()
-        await asyncio.gather(*tasks, poller, return_exceptions=True)
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        kind, index, seg = self.tasks.pop(task)
+        if kind == "encode":
+            self.encoding.pop(index, None)
+        exc = task.exception()
+        if isinstance(exc, JobCancelled):
+            raise exc
+        if exc is not None and not isinstance(exc, Exception):
+            raise exc
+        if exc is not None:
+            message = exc.message if isinstance(exc, MontageError) else f"{type(exc).__name__}: {exc}"
+            log.warning(f"clip_{kind}_failed", job_id=self.job_id, clip=index, error=message[:300])
+            self._fail(index, message)
+        elif kind == "fetch":
+            self.sources[index] = task.result()
+            self.ok[index] = True
+        elif self.ok.get(index):
+            assert seg is not None
+            self.encoded[index] = seg
+
+    def _fail(self, index: int, message: str) -> None:
+        CLIPS_RENDERED.labels(provider=self.renderer.name, outcome="failed").inc()
+        self.ok[index] = False
+        self.errors[index] = message
+        self.sources.pop(index, None)
+        self.encoded.pop(index, None)
+
+    async def _fetch(self, prompt: ClipPrompt) -> Source:
+        async with self.fetch_slots:
+            await self.ctx.check_cancelled()
+            dest = self.sources_dir / f"clip_{prompt.index}.mp4"
+            source = await self.renderer.render(self.ctx, self.job_id, prompt, dest)
+            if not isinstance(source, StillSource | VideoSource):
+                raise TypeError(f"renderer {self.renderer.name} gave {type(source).__name__}, not a clip source")
+            return source
+
+    async def _encode(self, seg: Segment) -> None:
+        index = seg.span.index
+        own = self.sources[index]
+        previous = self.sources.get(seg.previous.index) if seg.previous is not None else None
+        async with self.encode_slots:
+            await self.ctx.check_cancelled()
+            if index not in self.started:
+                self.started.add(index)
+                await self.ctx.progress(f"Rendering clip {len(self.started)} of {len(self.prompts)}")
+            started = time.perf_counter()
+            self.attempts += 1
+            dest = self.out_dir / f"clip_{index}.{self.attempts}.mp4"
+            s = self.ctx.settings
+            await ffmpeg.run(segment_args(seg, own, previous, s, dest), exe=s.ffmpeg_path)
+            seconds = time.perf_counter() - started
+        await self.ctx.storage.put_file(clip_key(self.job_id, index), dest, "video/mp4")
+        with contextlib.suppress(OSError):
+            dest.unlink()
+        call_id = f"{self.job_id}:{STAGE}:clip_{index}"
+        await self.ctx.cost(local_cost(self.ctx, call_id, "local:render", seconds))
 
 
 async def _poll_cancel(ctx: StageContext) -> None:
