@@ -3,6 +3,7 @@ and Ctrl-C leaves no process behind."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -120,3 +121,42 @@ def test_up_starts_embedded_infra_and_services_and_ctrl_c_stops_all(tmp_path: Pa
     assert not left, f"processes left behind: {[_cmdline(p) for p in left]}"
     assert not _port_open(redis_port)
     assert b"[stack] stopped" in out
+
+
+def test_a_killed_embedded_postgres_and_redis_are_revived(tmp_path: Path) -> None:
+    """What ``make up``'s loop does when an embedded server dies: restart it on the same address."""
+    import asyncio
+
+    import asyncpg
+    from montage_common.devstack import EmbeddedPostgres, EmbeddedRedis, Stack
+
+    stack = Stack(var_dir=tmp_path)
+    stack.redis = EmbeddedRedis(tmp_path / "redis")
+    stack.postgres = EmbeddedPostgres(tmp_path / "postgres")
+    redis_url = stack.redis.start()
+    pg_url = stack.postgres.start()
+    try:
+        assert stack.revive_infra() == []
+        assert stack.redis.proc is not None
+        os.kill(stack.redis.proc.pid, signal.SIGKILL)
+        os.kill(int(stack.postgres.server.get_pid()), signal.SIGKILL)  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 30  # liveness guard only
+        revived: list[str] = []
+        while time.monotonic() < deadline and sorted(revived) != ["postgres", "redis"]:
+            with contextlib.suppress(Exception):  # postgres refuses to start while its old children exit
+                revived += stack.revive_infra()
+            time.sleep(0.2)
+        assert sorted(revived) == ["postgres", "redis"]
+        assert stack.redis.url == redis_url and _port_open(stack.redis.port)
+
+        async def select_one() -> int:
+            conn = await asyncpg.connect(pg_url)
+            try:
+                return int(await conn.fetchval("SELECT 1"))
+            finally:
+                await conn.close()
+
+        assert asyncio.run(select_one()) == 1
+    finally:
+        stack.redis.stop()
+        stack.postgres.stop()

@@ -142,7 +142,18 @@ class EmbeddedPostgres:
         return "zombie" not in status
 
     def restart(self) -> str:
-        """Start the server again on the same data directory and socket (same URL)."""
+        """Start the server again on the same data directory and socket (same URL).
+
+        A SIGKILLed postmaster nobody has reaped yet is a zombie whose pid still "exists", so its
+        lock files (``postmaster.pid`` and the socket's ``.lock``) would stop the new server.
+        """
+        from urllib.parse import parse_qs, urlsplit
+
+        uri = str(self.server.get_uri())  # type: ignore[attr-defined]
+        sockets = parse_qs(urlsplit(uri).query).get("host", [])
+        stale = [self.data_dir / "postmaster.pid", *(p for d in sockets for p in Path(d).glob(".s.PGSQL.*.lock"))]
+        for lock in stale:
+            lock.unlink(missing_ok=True)
         self.server.ensure_postgres_running()  # type: ignore[attr-defined]
         return str(self.server.get_uri())  # type: ignore[attr-defined]
 
