@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.stack import RunningStack, unique
 from tests.e2e.flows import PROMPT, FinishedJob
 from tests.e2e.media import decodes
+from tests.stack import RunningStack, unique
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 MONTAGE = [sys.executable, "-m", "montage_cli.main"]

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.cdp import Page, chromium_page
-from tests.stack import ARTIFACTS, RunningStack, unique
 from tests.e2e.flows import PROMPT
+from tests.stack import ARTIFACTS, RunningStack, unique
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 SCREENSHOT = ARTIFACTS / "demo-finished.png"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from tests.stack import ClientFactory, RunningStack, unique
 from tests.e2e.flows import FinishedJob
+from tests.stack import ClientFactory, RunningStack, unique
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 

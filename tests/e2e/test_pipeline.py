@@ -9,9 +9,9 @@ import aiohttp
 import pytest
 from montage_cli.sse import job_events
 
-from tests.stack import ClientFactory
 from tests.e2e.flows import FinishedJob, check_spec_order
 from tests.e2e.media import audio_similarity, decodes, probe
+from tests.stack import ClientFactory
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from montage_cli.errors import ApiError
 
-from tests.stack import ClientFactory, unique
 from tests.e2e.flows import PROMPT
+from tests.stack import ClientFactory, unique
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 

@@ -23,9 +23,9 @@ from montage_common.keys import Keys
 from montage_common.messages import StageTask
 from montage_common.redis import create_redis
 
-from tests.stack import ClientFactory, RunningStack, unique
 from tests.e2e.flows import PROMPT, follow_to_end, stage_updates
 from tests.e2e.media import decodes, probe
+from tests.stack import ClientFactory, RunningStack, unique
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 STAGE = "video_generator"
