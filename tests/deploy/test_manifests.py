@@ -22,7 +22,7 @@ import kubernetes_validate
 import msgspec
 import pytest
 import yaml
-from montage_common.keys import STAGES
+from montage_common.pipeline import STAGES
 from montage_common.settings import CommonSettings
 
 from . import kustomize_lite
