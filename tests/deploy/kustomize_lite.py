@@ -7,13 +7,16 @@ one does, the tests check that both render the same objects. Supported:
 - ``components`` (``kind: Component``: their resources are added, then their patches applied),
 - ``patches`` with strategic-merge YAML (``path`` or inline ``patch``), aimed either by the patch's
   own kind and name or by ``target`` (``kind``, ``name``, equality ``labelSelector``),
-- ``namespace`` and ``images`` (``newName``, ``newTag``, ``digest``).
+- ``namespace`` and ``images`` (``newName``, ``newTag``, ``digest``),
+- ``secretGenerator`` (``envs`` files and ``literals``, type Opaque) with
+  ``generatorOptions.disableNameSuffixHash: true`` (name hashing is refused, not imitated).
 
 Anything else in a kustomization is refused rather than silently ignored.
 """
 
 from __future__ import annotations
 
+import base64
 import copy
 from pathlib import Path
 from typing import Any
@@ -22,7 +25,17 @@ import yaml
 
 Obj = dict[str, Any]
 
-SUPPORTED = {"apiVersion", "kind", "resources", "components", "patches", "namespace", "images"}
+SUPPORTED = {
+    "apiVersion",
+    "kind",
+    "resources",
+    "components",
+    "patches",
+    "namespace",
+    "images",
+    "secretGenerator",
+    "generatorOptions",
+}
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "PersistentVolume"}
 # Strategic-merge keys of the list fields used here (k8s.io/api patchMergeKey).
 MERGE_KEYS = {
@@ -144,6 +157,55 @@ def _set_images(objs: list[Obj], images: list[Obj]) -> None:
                 container["image"] = new
 
 
+def _encode(value: str) -> str:
+    """Base64 as kustomize writes it (kyaml encodeBase64: 70-character lines when longer)."""
+    encoded = base64.b64encode(value.encode()).decode()
+    line = 70
+    if len(encoded) < line:
+        return encoded
+    return "".join(encoded[i : i + line] + "\n" for i in range(0, len(encoded), line))
+
+
+def _env_file(path: Path) -> list[tuple[str, str]]:
+    pairs = []
+    for raw in path.read_text().splitlines():
+        text = raw.lstrip()
+        if not text or text.startswith("#"):
+            continue
+        if "=" not in text:
+            raise ValueError(f"{path}: {text!r} takes its value from the environment: not supported")
+        key, value = text.split("=", 1)
+        pairs.append((key, value))
+    return pairs
+
+
+def _generate_secrets(spec: Obj, directory: Path) -> list[Obj]:
+    options = spec.get("generatorOptions") or {}
+    if set(options) - {"disableNameSuffixHash"}:
+        raise ValueError(f"unsupported generatorOptions {sorted(options)}")
+    out = []
+    for gen in spec.get("secretGenerator", []):
+        unsupported = set(gen) - {"name", "envs", "literals", "type"}
+        if unsupported:
+            raise ValueError(f"unsupported secretGenerator fields {sorted(unsupported)}")
+        if not options.get("disableNameSuffixHash"):
+            raise ValueError(
+                "secretGenerator without generatorOptions.disableNameSuffixHash: name hashes not supported"
+            )
+        pairs = [p for env in gen.get("envs", []) for p in _env_file(directory / env)]
+        pairs += [tuple(lit.split("=", 1)) for lit in gen.get("literals", [])]
+        out.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": gen["name"]},
+                "type": gen.get("type", "Opaque"),
+                "data": {key: _encode(value) for key, value in pairs},
+            }
+        )
+    return out
+
+
 def build(directory: Path, *, component: bool = False) -> list[Obj]:
     """Render the kustomization (or, with ``component``, the component) in ``directory``."""
     return _build(directory, [], component=component)
@@ -162,6 +224,7 @@ def _build(directory: Path, accumulated: list[Obj], *, component: bool) -> list[
     for res in spec.get("resources", []):
         path = directory / res
         objs.extend(build(path) if path.is_dir() else load_docs(path))
+    objs.extend(_generate_secrets(spec, directory))
     for comp in spec.get("components", []):
         objs = _build(directory / comp, objs, component=True)
     objs = _apply_patches(objs, spec.get("patches", []), directory)

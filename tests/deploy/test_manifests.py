@@ -8,6 +8,7 @@ validated against the Kubernetes OpenAPI schema (``kubernetes-validate --strict`
 
 from __future__ import annotations
 
+import base64
 import importlib
 import importlib.util
 import re
@@ -17,6 +18,7 @@ import sys
 from functools import cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import kubernetes_validate
 import msgspec
@@ -253,7 +255,11 @@ def test_probes_and_resources(overlay: str) -> None:
 def test_services_select_pods_and_ports_exist(overlay: str) -> None:
     objs = render(overlay)
     deployments = of_kind(objs, "Deployment")
-    services = by_name(objs, "Service")
+    services = {
+        name: svc
+        for name, svc in by_name(objs, "Service").items()
+        if svc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "montage"
+    }
     assert set(services) == set(HTTP_SERVICES)
     for name, svc in services.items():
         targets = [
@@ -354,24 +360,111 @@ def test_settings_names_exist_in_code(overlay: str) -> None:
             assert names <= known, f"{deploy['metadata']['name']}: {sorted(names - known)} are read by nothing"
 
 
+def secret_references(objs: tuple[Obj, ...]) -> dict[str, bool]:
+    """Every key of montage-secrets the workloads read: {key: optional}."""
+    keys: dict[str, bool] = {}
+    pods = [pod_spec(o) for o in objs if o["kind"] in {"Deployment", "StatefulSet", "Job"}]
+    for pod in pods:
+        for c in pod["containers"] + pod.get("initContainers", []):
+            for e in c.get("env", []):
+                ref = e.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    assert ref["name"] == SECRET_NAME
+                    keys[ref["key"]] = keys.get(ref["key"], True) and bool(ref.get("optional"))
+    for auth in of_kind(objs, "TriggerAuthentication"):
+        for ref in auth["spec"]["secretTargetRef"]:
+            assert ref["name"] == SECRET_NAME
+            keys[ref["key"]] = False
+    return keys
+
+
 @parametrize_overlays
 def test_secrets_are_referenced_not_defined(overlay: str) -> None:
     objs = render(overlay)
-    assert not of_kind(objs, "Secret"), "secret values are never committed"
-    referenced: set[str] = set()
+    secrets = of_kind(objs, "Secret")
+    if overlay == "overlays/development":
+        assert [s["metadata"]["name"] for s in secrets] == [SECRET_NAME], "development generates its own"
+    else:
+        assert not secrets, "secret values are never committed"
     for deploy in of_kind(objs, "Deployment"):
         for c in pod_spec(deploy)["containers"]:
             for e in c.get("env", []):
                 ref = e.get("valueFrom", {}).get("secretKeyRef")
                 if ref:
-                    assert ref["name"] == SECRET_NAME
                     assert ref["key"] == e["name"]
-                    if not ref.get("optional"):
-                        referenced.add(ref["key"])
             for source in c.get("envFrom", []):
                 assert "secretRef" not in source, "each service gets only the secrets it needs"
-    assert referenced >= REQUIRED_SECRETS
+    required = {k for k, optional in secret_references(objs).items() if not optional}
+    assert required >= REQUIRED_SECRETS
     assert not REQUIRED_SECRETS & set(config_data(objs)), "secrets stay out of the ConfigMap"
+
+
+def _env_keys(path: Path) -> list[str]:
+    return [line.split("=", 1)[0] for line in path.read_text().splitlines() if line and not line.startswith("#")]
+
+
+def test_production_secret_template_lists_exactly_what_is_read() -> None:
+    keys = _env_keys(K8S / "overlays" / "production" / "secrets.env.example")
+    assert len(keys) == len(set(keys))
+    assert set(keys) == set(secret_references(render("overlays/production")))
+
+
+def _decoded_secret(objs: tuple[Obj, ...]) -> dict[str, str]:
+    data = by_name(objs, "Secret")[SECRET_NAME]["data"]
+    return {k: base64.b64decode(v).decode() for k, v in data.items()}
+
+
+def test_development_secret_is_complete_and_consistent() -> None:
+    objs = render("overlays/development")
+    values = _decoded_secret(objs)
+    assert set(values) >= {k for k, optional in secret_references(objs).items() if not optional}
+    redis = urlsplit(values["REDIS_URL"])
+    assert values["REDIS_ADDRESS"] == f"{redis.hostname}:{redis.port}"
+    assert values["REDIS_PASSWORD"] == (redis.password or "")
+    assert values["REDIS_TLS"] == ("enable" if redis.scheme == "rediss" else "disable")
+    database = urlsplit(values["DATABASE_URL"])
+    assert database.password == values["POSTGRES_PASSWORD"]
+    services = by_name(objs, "Service")
+    sets = by_name(objs, "StatefulSet")
+    for url, name in ((redis, "redis"), (database, "postgres")):
+        assert url.hostname == name and url.port == services[name]["spec"]["ports"][0]["port"]
+        assert matches(services[name]["spec"]["selector"], sets[name]["spec"]["template"]["metadata"]["labels"])
+        assert sets[name]["spec"]["volumeClaimTemplates"], f"{name} keeps its data on a PVC"
+    postgres_env = {e["name"]: e.get("value") for e in pod_spec(sets["postgres"])["containers"][0]["env"]}
+    assert (database.username, database.path.lstrip("/")) == (
+        postgres_env["POSTGRES_USER"],
+        postgres_env["POSTGRES_DB"],
+    )
+    # KEDA reads the database number from its triggers, not from a secret: they must agree.
+    index = redis.path.lstrip("/") or "0"
+    for so in of_kind(render("overlays/production"), "ScaledObject"):
+        assert {t["metadata"]["databaseIndex"] for t in so["spec"]["triggers"]} == {index}
+
+
+def test_development_dependencies_are_reachable_only_by_their_clients() -> None:
+    objs = render("overlays/development")
+    policies = by_name(objs, "NetworkPolicy")
+    deployments = of_kind(objs, "Deployment")
+    jobs = of_kind(objs, "Job")
+
+    def admitted(policy: Obj, labels: dict[str, str]) -> bool:
+        for rule in policy["spec"]["ingress"]:
+            for peer in rule["from"]:
+                sel = peer["podSelector"]
+                ok = matches(sel.get("matchLabels", {}), labels) and all(
+                    labels.get(e["key"]) in e["values"]
+                    for e in sel.get("matchExpressions", [])
+                    if e["operator"] == "In"
+                )
+                if ok:
+                    return True
+        return False
+
+    for workload in deployments + jobs:
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        env = {e["name"] for c in pod_spec(workload)["containers"] for e in c.get("env", [])}
+        assert admitted(policies["redis-ingress"], labels) == ("REDIS_URL" in env), workload["metadata"]["name"]
+        assert admitted(policies["postgres-ingress"], labels) == ("DATABASE_URL" in env), workload["metadata"]["name"]
 
 
 def test_gateway_alone_is_exposed_and_internal_services_only_to_it() -> None:
@@ -424,6 +517,12 @@ def test_ops_port_is_open_to_prometheus_only(overlay: str) -> None:
         assert any(matches(p["spec"]["podSelector"].get("matchLabels", {}), labels) for p in scraped), deploy[
             "metadata"
         ]["name"]
+
+
+def test_base_is_production_safe_and_development_opts_in() -> None:
+    assert config_data(render("base"))["ENVIRONMENT"] == "production"
+    assert config_data(render("overlays/production"))["ENVIRONMENT"] == "production"
+    assert config_data(render("overlays/development"))["ENVIRONMENT"] == "development"
 
 
 def test_development_overlay() -> None:
