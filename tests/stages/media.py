@@ -33,9 +33,11 @@ async def frame_count(path: Path) -> int:
     return sum(1 for line in out.decode().splitlines() if line and not line.startswith("#"))
 
 
-async def packet_hashes(path: Path) -> list[str]:
-    """MD5 of each video packet as stored (no decoding): equal lists mean byte-identical video."""
-    out, _ = await ffmpeg.run(["-v", "error", "-i", str(path), "-map", "0:v:0", "-c", "copy", "-f", "framemd5", "-"])
+async def packet_hashes(path: Path, stream: str = "v") -> list[str]:
+    """MD5 of each packet of the first video (or ``stream="a"``: audio) stream as stored, without
+    decoding: equal lists mean byte-identical streams."""
+    args = ["-v", "error", "-i", str(path), "-map", f"0:{stream}:0", "-c", "copy"]
+    out, _ = await ffmpeg.run([*args, "-f", "framemd5", "-"])
     return [line.rsplit(",", 1)[1].strip() for line in out.decode().splitlines() if line and not line.startswith("#")]
 
 

@@ -23,10 +23,11 @@ from montage_common.models import (
     VideoOutput,
 )
 from montage_common.storage import LocalStorage
-from montage_stages import composer, ffmpeg, imaging, mp4box, synth, video_generator
+from montage_stages import composer, ffmpeg, imaging, mp4box, soundtrack, synth, video_generator
 from montage_stages.clip_encoder import Source, StillSource, VideoSource
 from montage_stages.context import StageContext
 from montage_stages.settings import StageSettings
+from montage_stages.soundtrack import soundtrack_key
 from montage_stages.timeline import Layout, layout_key
 
 from .media import decode_errors, frame_colours, frame_count, packet_hashes, stream_lines
@@ -176,17 +177,24 @@ async def test_composer_joins_the_clips_without_re_encoding(
         return await real_run(args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(composer.ffmpeg, "run", recording_run)
+    # the AAC track audio_parser encodes while it analyses the song
+    song = synth.write_wav(tmp_path / "song.wav", synth.song(SONG_SECONDS, 120.0))
+    assert await soundtrack.prepare(ctx, ctx.job_id, song)
 
     clips, _, video = await render_and_compose(ctx, storage, tmp_path, SolidRenderer())
 
     compose = [c for c in commands if "concat" in c]
     assert len(compose) == 1
     args = compose[0]
-    assert args[args.index("-c:v") + 1] == "copy" and "libx264" not in args
+    assert args[args.index("-c:v") + 1] == "copy" and args[args.index("-c:a") + 1] == "copy"
+    assert "libx264" not in args and "aac" not in args
     joined: list[str] = []
     for clip in clips.clips:
         joined += await packet_hashes(storage.path_of(clip.key))
     assert await packet_hashes(video) == joined  # every video packet is a clip's, byte for byte
+    track = storage.path_of(soundtrack_key(ctx.job_id))
+    assert await packet_hashes(video, "a") == await packet_hashes(track, "a")
+    assert any("Audio: aac" in line for line in await stream_lines(video))
 
 
 async def test_transitions_are_rendered_inside_the_incoming_clip(

@@ -11,6 +11,7 @@ from montage_common.storage import LocalStorage
 from montage_stages import ffmpeg
 from montage_stages.context import StageContext
 from montage_stages.local_pipeline import run_all
+from montage_stages.soundtrack import soundtrack_key
 from montage_stages.timeline import load_layout
 
 from .conftest import SONG_SECONDS, Recorder
@@ -64,6 +65,7 @@ async def test_song_to_music_video(
     assert await frame_count(video) == round(analysis.duration * ctx.settings.video_fps)
     assert analysis.duration == pytest.approx(SONG_SECONDS, abs=0.1)
     assert correlation(await envelope(video), await envelope(song_files[ext])) > 0.95
+    assert await storage.exists(soundtrack_key(job))  # encoded by audio_parser, copied by the composer
 
     # cuts land on detected beats, within one frame
     frame = 1.0 / ctx.settings.video_fps

@@ -3,7 +3,8 @@
 ``async def process(ctx, job_id, input: AudioParserInput) -> AudioAnalysis``
 
 Decodes the stored file with ffmpeg to mono float PCM, then measures duration, tempo, beats,
-downbeats, sections, an energy curve and a mood. Lyrics come only from a configured speech-to-text
+downbeats, sections, an energy curve and a mood. Meanwhile it encodes the song's AAC track for
+the final video (:mod:`soundtrack`). Lyrics come only from a configured speech-to-text
 provider (``ctx.settings.stt_url``; none is built in, so lyrics stay ``None``). Undecodable audio
 raises :class:`~montage_common.errors.PipelineError`.
 """
@@ -11,13 +12,14 @@ raises :class:`~montage_common.errors.PipelineError`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import msgspec
 import numpy as np
 import structlog
 from montage_common.models import AudioAnalysis, AudioParserInput, LyricLine
 
-from montage_stages import beats, ffmpeg, spectrum, structure
+from montage_stages import beats, ffmpeg, soundtrack, spectrum, structure
 from montage_stages.context import StageContext
 from montage_stages.costing import ComputeMeter
 from montage_stages.metrics import track_stage
@@ -36,9 +38,16 @@ async def process(ctx: StageContext, job_id: str, input: AudioParserInput) -> Au
         with meter:
             local = ctx.scratch("audio") / "song"
             await ctx.storage.get_file(input.audio_key, local)
-            samples = await ffmpeg.decode_audio(local, SAMPLE_RATE, exe=ctx.settings.ffmpeg_path)
-            result = await asyncio.to_thread(analyse, samples, SAMPLE_RATE)
-            lyrics = await transcribe(ctx, local)
+            track = asyncio.create_task(soundtrack.prepare(ctx, job_id, local))
+            try:
+                samples = await ffmpeg.decode_audio(local, SAMPLE_RATE, exe=ctx.settings.ffmpeg_path)
+                result = await asyncio.to_thread(analyse, samples, SAMPLE_RATE)
+                lyrics = await transcribe(ctx, local)
+                await track
+            finally:
+                track.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await track
         await meter.report()
         if lyrics is not None:
             result = msgspec.structs.replace(result, lyrics=lyrics)

@@ -6,9 +6,9 @@ video_generator encodes every clip in its final form: cut on the beat, transitio
 that meet, failed clips' spans covered by their neighbours, and together the clips tile the song
 frame by frame (see :mod:`timeline`). The composer checks that they do and that every clip has the
 same H.264 configuration, then joins them with the concat demuxer and ``-c:v copy`` (each clip's
-packets unchanged), encodes the song as AAC beside them and writes
-``video-outputs/{job_id}/final_video.mp4`` with ``+faststart`` (H.264 High yuv420p and AAC: plays
-in browsers). Its length is ``round(duration * fps)`` frames. ``input.transitions`` and
+packets unchanged), adds the song's AAC track (encoded during audio_parser, see :mod:`soundtrack`;
+encoded here when missing) and writes ``video-outputs/{job_id}/final_video.mp4`` with
+``+faststart`` (H.264 High yuv420p and AAC: plays in browsers). Its length is ``round(duration * fps)`` frames. ``input.transitions`` and
 ``input.beats`` are not needed any more: the clips carry them.
 """
 
@@ -25,6 +25,8 @@ from montage_stages.clip_encoder import timescale
 from montage_stages.context import StageContext
 from montage_stages.costing import ComputeMeter
 from montage_stages.metrics import track_stage
+from montage_stages.settings import StageSettings
+from montage_stages.soundtrack import aac_args, soundtrack_key
 
 STAGE = "composer"
 TILE_TOLERANCE = 1e-3  # seconds: clips meet where one ends and the next starts
@@ -53,15 +55,16 @@ def concat_list(paths: list[Path]) -> str:
     return "ffconcat version 1.0\n" + "".join(f"file '{p.name}'\n" for p in paths)
 
 
-def compose_args(listing: Path, audio: Path, final: Path, fps: int, audio_bitrate: str) -> list[str]:
-    """Join the listed clips' video packets as they are and encode the song beside them."""
+def compose_args(listing: Path, audio: Path, final: Path, s: StageSettings, *, audio_is_aac: bool) -> list[str]:
+    """Join the listed clips' video packets as they are, with the song's AAC track (copied when
+    ``audio`` is already the encoded track, else encoded here)."""
     return [
         "-v", "error", "-y",
         "-f", "concat", "-safe", "0", "-auto_convert", "0", "-i", str(listing),
         "-i", str(audio),
         "-map", "0:v:0", "-map", "1:a:0",
-        "-c:v", "copy", "-video_track_timescale", str(timescale(fps)),
-        "-c:a", "aac", "-b:a", audio_bitrate,
+        "-c:v", "copy", "-video_track_timescale", str(timescale(s.video_fps)),
+        *(["-c:a", "copy"] if audio_is_aac else aac_args(s)),
         "-map_metadata", "-1", "-movflags", "+faststart", str(final),
     ]  # fmt: skip
 
@@ -75,7 +78,12 @@ async def process(ctx: StageContext, job_id: str, input: ComposerInput) -> Video
         work = ctx.scratch("compose")
         meter = ComputeMeter(ctx, job_id, STAGE)
         with meter:
-            audio = await ctx.storage.get_file(input.audio_key, work / "song")
+            track = soundtrack_key(job_id)
+            audio_is_aac = await ctx.storage.exists(track)
+            if audio_is_aac:
+                audio = await ctx.storage.get_file(track, work / "soundtrack.m4a")
+            else:
+                audio = await ctx.storage.get_file(input.audio_key, work / "song")
             paths: list[Path] = []
             for i, clip in enumerate(clips):
                 local = work / f"clip_{clip.index}.mp4"
@@ -83,12 +91,12 @@ async def process(ctx: StageContext, job_id: str, input: ComposerInput) -> Video
                 paths.append(local)
                 if i % 8 == 7:
                     await ctx.check_cancelled()
-            track = _same_codec(paths)
+            video = _same_codec(paths)
             listing = work / "clips.ffconcat"
             listing.write_text(concat_list(paths))
             final = work / "final_video.mp4"
             await ctx.progress(f"Composing {len(clips)} clips")
-            await ffmpeg.run(compose_args(listing, audio, final, s.video_fps, s.audio_bitrate), exe=s.ffmpeg_path)
+            await ffmpeg.run(compose_args(listing, audio, final, s, audio_is_aac=audio_is_aac), exe=s.ffmpeg_path)
             key = output_key(job_id)
             size = await ctx.storage.put_file(key, final, "video/mp4")
         await meter.report()
@@ -97,8 +105,8 @@ async def process(ctx: StageContext, job_id: str, input: ComposerInput) -> Video
         return VideoOutput(
             key=key,
             duration=round(input.duration, 3),
-            width=track.width,
-            height=track.height,
+            width=video.width,
+            height=video.height,
             size_bytes=size,
             cuts=cuts,
         )

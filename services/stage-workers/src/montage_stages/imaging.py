@@ -42,8 +42,12 @@ def scene_image(palette: list[str], seed: str, width: int, height: int) -> np.nd
         img = np.where((y[..., 0] > ridge)[..., None], shade, img)
     for _ in range(12):
         bx, by, br = rng.uniform(0, 1), rng.uniform(0, 0.6), rng.uniform(0.01, 0.04)
-        bd = np.sqrt(((x - bx) * width / height) ** 2 + (y - by) ** 2)
-        img = img + 60 * np.clip(1 - bd / br, 0, 1)
+        # only the pixels within br of the centre change: compute on that box alone
+        rx = br * height / width
+        x0, x1 = max(0, int((bx - rx) * (width - 1))), min(width, int((bx + rx) * (width - 1)) + 2)
+        y0, y1 = max(0, int((by - br) * (height - 1))), min(height, int((by + br) * (height - 1)) + 2)
+        bd = np.sqrt(((x[:, x0:x1] - bx) * width / height) ** 2 + (y[y0:y1] - by) ** 2)
+        img[y0:y1, x0:x1] = img[y0:y1, x0:x1] + 60 * np.clip(1 - bd / br, 0, 1)
     return np.asarray(np.clip(img, 0, 255), dtype=np.uint8)
 
 

@@ -45,8 +45,12 @@ def layout_key(job_id: str) -> str:
 
 
 async def store_layout(ctx: StageContext, job_id: str, plan: ScenePlan) -> None:
+    """Best effort: without a layout the clips are cut, so a failed write only loses the transitions."""
     layout = Layout(clips=[(c.index, c.start, c.end) for c in plan.clip_scripts], transitions=plan.transitions)
-    await ctx.storage.put_bytes(layout_key(job_id), msgspec.json.encode(layout), "application/json")
+    try:
+        await ctx.storage.put_bytes(layout_key(job_id), msgspec.json.encode(layout), "application/json")
+    except Exception as exc:
+        log.warning("layout_not_stored", job_id=job_id, error=f"{type(exc).__name__}: {exc}"[:300])
 
 
 async def load_layout(ctx: StageContext, job_id: str, prompts: Sequence[ClipPrompt]) -> dict[int, Transition]:
