@@ -13,7 +13,7 @@ from urllib.parse import urljoin
 
 import aiohttp
 
-from montage_cli.errors import ApiError, CliError, StackNotRunning
+from montage_cli.errors import ApiError, StackNotRunning, Unavailable, UsageError
 
 AUDIO_TYPES = {".mp3": "audio/mpeg", ".wav": "audio/wav", ".flac": "audio/flac"}
 API = "/api/v1"
@@ -68,8 +68,10 @@ class MontageClient:
                 yield resp
         except aiohttp.ClientConnectorError as exc:
             raise StackNotRunning(self.base_url, str(exc.os_error or exc)) from None
-        except aiohttp.ServerDisconnectedError:
-            raise StackNotRunning(self.base_url, "server disconnected") from None
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            raise StackNotRunning(self.base_url, str(exc) or "server disconnected") from None
+        except TimeoutError:  # asyncio.TimeoutError and aiohttp's timeouts
+            raise Unavailable(f"{method} {path}: Montage at {self.base_url} did not answer in time") from None
 
     async def call(self, method: str, path: str, **kwargs: Any) -> Any:
         async with self.request(method, path, **kwargs) as resp:
@@ -82,12 +84,14 @@ class MontageClient:
             async with self.session.get(self.url(f"{API}/health")) as resp:
                 body = await resp.json(content_type=None)
                 return body if isinstance(body, dict) else {"status": "unknown"}
-        except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as exc:
+        except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
             raise StackNotRunning(self.base_url, str(exc)) from None
+        except TimeoutError:
+            raise Unavailable(f"Montage at {self.base_url} did not answer its health check in time") from None
 
     async def upload(self, song: Path, prompt: str) -> dict[str, Any]:
         if not await asyncio.to_thread(song.is_file):
-            raise CliError(f"no such file: {song}")
+            raise UsageError(f"no such file: {song}")
         form = aiohttp.FormData()
         form.add_field("user_prompt", prompt)
         with song.open("rb") as fh:
@@ -122,7 +126,13 @@ class MontageClient:
         body = await self.call("POST", f"{API}/dev/token", json={"user_id": user_id})
         token = body.get("access_token") or body.get("token")  # the gateway answers Supabase-style
         if not token:
-            raise CliError(f"the development token endpoint answered without a token: {sorted(body)}")
+            raise ApiError(
+                502,
+                {
+                    "error": f"the development token endpoint answered without a token: {sorted(body)}",
+                    "code": "BAD_RESPONSE",
+                },
+            )
         return str(token)
 
     async def download(self, job_id: str, out_dir: Path, *, chunk: int = 1 << 16) -> Path:

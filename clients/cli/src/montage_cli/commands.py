@@ -13,8 +13,16 @@ from montage_cli.render import JobView, ProgressRenderer, money
 from montage_cli.sse import job_events
 
 
-def emit_json(value: Any, out: TextIO = sys.stdout) -> None:
+def emit_json(value: Any, out: TextIO | None = None) -> None:
+    out = out or sys.stdout  # looked up per call: redirections of sys.stdout apply
     out.write(json.dumps(value, indent=2, default=str) + "\n")
+
+
+def emit_json_line(value: Any, out: TextIO | None = None) -> None:
+    """One JSON object on one line (JSON lines: ``watch --json``, ``submit --json --watch``)."""
+    out = out or sys.stdout
+    out.write(json.dumps(value, default=str) + "\n")
+    out.flush()
 
 
 async def follow(
@@ -36,8 +44,7 @@ async def follow(
     try:
         async for ev in job_events(client, job_id, last_event_id=last_event_id, on_reconnect=reconnecting):
             if json_lines is not None:
-                json_lines.write(json.dumps({"id": ev.id, "event": ev.event, "data": ev.json()}) + "\n")
-                json_lines.flush()
+                emit_json_line({"id": ev.id, "event": ev.event, "data": ev.json()}, json_lines)
             if view.apply(ev) and json_lines is None:
                 renderer.draw(view)
     finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 from pathlib import Path
@@ -19,14 +20,19 @@ from montage_common.pipeline import JOB_STATUSES
 
 from montage_cli import commands, queues
 from montage_cli.client import MontageClient
-from montage_cli.errors import CliError
+from montage_cli.errors import EXIT_CODES_HELP, CliError, Exit, Unavailable
 from montage_cli.render import money
 from montage_cli.settings import DEMO_USER, CliSettings, load_settings
 from montage_cli.tokens import dev_token, refuse_in_production, resolve_token
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="montage", description=(__doc__ or "").split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="montage",
+        description=(__doc__ or "").split("\n\n")[0],
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--url", help="gateway URL (default: MONTAGE_URL or http://127.0.0.1:8080)")
     p.add_argument("--user", default=DEMO_USER, help="development only: the user a minted token is for")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
@@ -35,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("song", type=Path)
     s.add_argument("--prompt", required=True, help="what the video should look like (50-500 characters)")
     s.add_argument("--watch", action="store_true", help="follow progress until the job ends")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="JSON (with --watch: the job, then one line per event)")
 
     w = sub.add_parser("watch", help="follow a job's live progress (resumes dropped streams)")
     w.add_argument("job")
@@ -59,14 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("download", help="download a finished job's video")
     d.add_argument("job")
     d.add_argument("-o", "--out", type=Path, default=Path("out"), help="directory (default ./out)")
+    d.add_argument("--json", action="store_true", help='{"job_id", "path"}')
 
     t = sub.add_parser("token", help="development only: print a development token")
     t.add_argument("--user", dest="token_user", default=None, help="user id (default demo-user)")
+    t.add_argument("--json", action="store_true", help='{"access_token", "user_id"}')
 
     q = sub.add_parser("queues", help="operator view: stream length, pending, lag, dead letters, consumers")
     q.add_argument("--json", action="store_true")
 
-    sub.add_parser("health", help="the gateway's health report")
+    h = sub.add_parser("health", help="the gateway's health report (JSON); exit 7 when unhealthy")
+    h.add_argument("--json", action="store_true", help="accepted for symmetry: the report is always JSON")
     return p
 
 
@@ -78,10 +87,10 @@ async def run_queues(settings: CliSettings, as_json: bool) -> int:
     try:
         snap = await queues.snapshot(redis, Keys(settings.redis_namespace))
     except OSError as exc:
-        raise CliError(f"cannot reach Redis at {settings.redis_url}: {exc}") from None
+        raise Unavailable(f"cannot reach Redis at {settings.redis_url}: {exc}") from None
     except Exception as exc:  # redis' own connection errors
         if type(exc).__name__ in ("ConnectionError", "TimeoutError"):
-            raise CliError(f"cannot reach Redis at {settings.redis_url}: {exc}; is the stack running?") from None
+            raise Unavailable(f"cannot reach Redis at {settings.redis_url}: {exc}; is the stack running?") from None
         raise
     finally:
         await redis.aclose()
@@ -102,10 +111,17 @@ async def run(args: argparse.Namespace, settings: CliSettings) -> int:
     async with aiohttp.ClientSession(timeout=timeout) as session:
         client = MontageClient(session, url)
         if args.cmd == "health":
-            commands.emit_json(await client.health())
-            return 0
+            report = await client.health()
+            commands.emit_json(report)
+            if report.get("status") != "healthy":
+                issues = "; ".join(map(str, report.get("issues") or [])) or f"status {report.get('status')}"
+                print(f"montage: unhealthy: {issues}", file=sys.stderr)
+                return Exit.UNAVAILABLE
+            return Exit.OK
         if args.cmd == "token":
-            print(await dev_token(client, settings, args.token_user or args.user))
+            user = args.token_user or args.user
+            token = await dev_token(client, settings, user)
+            commands.emit_json({"access_token": token, "user_id": user}) if args.json else print(token)
             return 0
         client.token = await resolve_token(client, settings, args.user)
         return await dispatch(client, args)
@@ -115,11 +131,14 @@ async def dispatch(client: MontageClient, args: argparse.Namespace) -> int:
     match args.cmd:
         case "submit":
             job = await client.upload(args.song, args.prompt)
-            if args.json:
+            if args.json and args.watch:  # JSON lines: the job, then its events
+                commands.emit_json_line(job)
+                await commands.follow(client, job["job_id"], json_lines=sys.stdout)
+            elif args.json:
                 commands.emit_json(job)
             else:
                 print(f"job {job['job_id']} {job.get('status')} (estimated cost ${job.get('estimated_cost')})")
-            if args.watch:
+            if args.watch and not args.json:
                 view = await commands.follow(client, job["job_id"])
                 print(f"completed: total cost {money(view.cost)}; `montage download {job['job_id']}`")
         case "watch":
@@ -137,7 +156,8 @@ async def dispatch(client: MontageClient, args: argparse.Namespace) -> int:
             body = await client.cancel(args.job)
             commands.emit_json(body) if args.json else print(f"job {body.get('job_id')}: {body.get('message')}")
         case "download":
-            print(await commands.download(client, args.job, args.out))
+            path = await commands.download(client, args.job, args.out)
+            commands.emit_json({"job_id": args.job, "path": str(path)}) if args.json else print(path)
     return 0
 
 
@@ -147,10 +167,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return asyncio.run(run(args, settings))
     except CliError as err:
-        print(f"montage: {err.message}", file=sys.stderr)
-        return err.exit_code
+        return report_error(err, as_json=getattr(args, "json", False))
     except KeyboardInterrupt:
-        return 130
+        return Exit.INTERRUPTED
+
+
+def report_error(err: CliError, *, as_json: bool) -> int:
+    """The message on stderr; with --json also one JSON object on stdout (the last line)."""
+    print(f"montage: {err.message}", file=sys.stderr)
+    if as_json:
+        sys.stdout.write(json.dumps(err.as_json()) + "\n")
+        sys.stdout.flush()
+    return int(err.exit_code)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import aiohttp
 from montage_common.events import FINAL_EVENTS
 
 from montage_cli.client import API, MontageClient
-from montage_cli.errors import ApiError, CliError, StackNotRunning
+from montage_cli.errors import ApiError, StackNotRunning, Unavailable
 
 BACKOFF_SECONDS: tuple[float, ...] = (2.0, 4.0, 8.0)
 MAX_RECONNECTS = 8
@@ -142,7 +142,7 @@ async def job_events(
             pass
         failures += 1
         if failures > max_reconnects:
-            raise CliError(f"lost the progress stream of job {job_id} after {max_reconnects} reconnects")
+            raise Unavailable(f"lost the progress stream of job {job_id} after {max_reconnects} reconnects")
         delay = backoff[min(failures - 1, len(backoff) - 1)]
         if on_reconnect is not None:
             on_reconnect(failures, delay)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import cast
 
 from montage_cli.client import MontageClient
-from montage_cli.errors import ApiError, CliError
+from montage_cli.errors import ApiError, AuthRequired, UsageError
 from montage_cli.settings import CliSettings
 
 DEV_TOKEN_TTL = 12 * 3600
@@ -20,7 +20,7 @@ DEV_TOKEN_TTL = 12 * 3600
 
 def refuse_in_production(settings: CliSettings) -> None:
     if settings.is_production:
-        raise CliError(
+        raise UsageError(
             f"development tokens are not available when ENVIRONMENT={settings.environment}; set MONTAGE_TOKEN"
         )
 
@@ -53,5 +53,5 @@ async def resolve_token(client: MontageClient, settings: CliSettings, user_id: s
     if settings.montage_token:
         return settings.montage_token
     if settings.is_production:
-        raise CliError("MONTAGE_TOKEN is not set (development tokens are refused in production)")
+        raise AuthRequired("MONTAGE_TOKEN is not set (development tokens are refused in production)")
     return await dev_token(client, settings, user_id)
