@@ -74,9 +74,13 @@ def segment_args(seg: Segment, own: Source, previous: Source | None, s: StageSet
         # the outgoing clip runs on past its cut; a little longer than needed, xfade drops the rest
         tail = source_chain(previous, seg.previous, seg.previous.frames, d + 2, s)
         args += _input(previous, seg.previous, seg.previous.frames, d + 2, s.video_fps)
+        # xfade works in 4:4:4: only the transition's frames go through it, the rest of the clip
+        # is appended as it is
         graph = (
-            f"[0:v]{chain}[in];[1:v]{tail}[out];"
-            f"[out][in]xfade=transition={seg.kind}:duration={d / s.video_fps:.6f}:offset=0,{FINISH}[v]"
+            f"[0:v]{chain},split[head][body];[1:v]{tail}[out];"
+            f"[head]trim=end_frame={d}[in];[body]trim=start_frame={d},setpts=PTS-STARTPTS[rest];"
+            f"[out][in]xfade=transition={seg.kind}:duration={d / s.video_fps:.6f}:offset=0,format=yuv420p[mix];"
+            f"[mix][rest]concat=n=2:v=1:a=0,{FINISH}[v]"
         )
     else:
         graph = f"[0:v]{chain},{FINISH}[v]"
