@@ -24,6 +24,7 @@ WORKDIR /src
 #    the local launcher (make up).
 COPY uv.lock pyproject.toml ./
 COPY libs/common/pyproject.toml libs/common/
+COPY libs/streams/pyproject.toml libs/streams/
 COPY services/gateway/pyproject.toml services/gateway/
 COPY services/orchestrator/pyproject.toml services/orchestrator/
 COPY services/ragnarok-proxy/pyproject.toml services/ragnarok-proxy/

@@ -40,7 +40,7 @@ lint: install
 	$(PY) -m ruff format --check .
 
 typecheck: install
-	$(PY) -m mypy libs/common/src services/*/src clients/*/src
+	$(PY) -m mypy libs/*/src services/*/src clients/*/src
 
 pytest: install browser promtool
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -32,7 +32,7 @@ from montage_common.devstack import EmbeddedRedis
 from montage_common.events import event_emit
 from montage_common.keys import Keys
 from montage_common.redis import create_redis
-from montage_common.streams import StreamProducer
+from montage_streams import StreamProducer
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable

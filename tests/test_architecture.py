@@ -1,6 +1,8 @@
 """The import rules of the workspace (README "Architecture"), checked on the source.
 
-- Services depend on ``montage_common`` only, never on each other; the CLI likewise.
+- ``montage_streams`` (the stream runtime) imports no other Montage package.
+- Services depend on ``montage_common`` and ``montage_streams`` only, never on each other; the
+  CLI likewise.
 - ``montage_common`` never imports a service or the CLI.
 - The contracts (``keys``, ``models``, ``messages``, ``errors``, ``pipeline``, ``api``) import
   only the standard library, msgspec and each other, so any service or client can use them
@@ -19,6 +21,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {
     "montage_common": ROOT / "libs/common/src/montage_common",
+    "montage_streams": ROOT / "libs/streams/src/montage_streams",
     "montage_gateway": ROOT / "services/gateway/src/montage_gateway",
     "montage_orchestrator": ROOT / "services/orchestrator/src/montage_orchestrator",
     "montage_stages": ROOT / "services/stage-workers/src/montage_stages",
@@ -48,16 +51,20 @@ def _files(package: str) -> list[Path]:
     return sorted(PACKAGES[package].rglob("*.py"))
 
 
+ALLOWED = {
+    "montage_streams": {"montage_streams"},
+    "montage_common": {"montage_common", "montage_streams"},
+}
+
+
 @pytest.mark.parametrize("package", sorted(PACKAGES))
-def test_packages_depend_only_on_common(package: str) -> None:
-    others = set(PACKAGES) - {package, "montage_common"}
+def test_packages_depend_only_on_the_libraries(package: str) -> None:
+    allowed = ALLOWED.get(package, {package, "montage_common", "montage_streams"})
     bad = {
         (str(f.relative_to(ROOT)), m)
         for f in _files(package)
         for m in imports_of(f)
-        if _top(m) in others
-        or _top(m) == "tests"
-        or (package == "montage_common" and _top(m) in PACKAGES and _top(m) != package)
+        if (_top(m) in PACKAGES and _top(m) not in allowed) or _top(m) == "tests"
     }
     assert not bad, f"{package} imports what it may not: {sorted(bad)}"
 

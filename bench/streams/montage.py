@@ -10,7 +10,11 @@ from collections.abc import Sequence
 from common import DONE, STAGES, parse, produce
 from montage_common.keys import Keys
 from montage_common.redis import create_redis
-from montage_common.streams import Delivery, Emit, StreamConsumer, StreamProducer
+
+try:
+    from montage_streams import Delivery, Emit, StreamConsumer, StreamProducer
+except ImportError:  # a "montage-base" checkout from before the runtime became its own package
+    from montage_common.streams import Delivery, Emit, StreamConsumer, StreamProducer  # type: ignore[no-redef]
 
 KEYS = Keys("bench")
 

@@ -44,10 +44,10 @@ from montage_common.models import (
 from montage_common.pipeline import STAGES
 from montage_common.settings import load
 from montage_common.storage import LocalStorage
-from montage_common.streams import Delivery, Emit, StreamConsumer, StreamProducer
 from montage_orchestrator.app import create_app
 from montage_orchestrator.deps import DEPS, Deps
 from montage_orchestrator.settings import OrchestratorSettings
+from montage_streams import Delivery, Emit, StreamConsumer, StreamProducer
 from redis.asyncio import Redis
 
 from tests import support

@@ -18,8 +18,8 @@ from montage_common.keys import Keys
 from montage_common.messages import StageResult, encode
 from montage_common.pipeline import STAGES
 from montage_common.storage import LocalStorage
-from montage_common.streams import Delivery
 from montage_orchestrator.pipeline import Pipeline
+from montage_streams import Delivery
 from redis.asyncio import Redis
 
 from tests.orchestrator.conftest import (

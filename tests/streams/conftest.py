@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from montage_common.devstack import free_port, redis_executable, wait_port
 from montage_common.keys import Keys
-from montage_common.streams import Emit, StreamConsumer, StreamProducer
+from montage_streams import Emit, StreamConsumer, StreamProducer
 from redis.asyncio import Redis
 
 RUNNER = Path(__file__).with_name("runner.py")

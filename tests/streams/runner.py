@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from montage_common.errors import PipelineError, RetryableError
 from montage_common.keys import Keys
 from montage_common.redis import create_redis
-from montage_common.streams import DeadLetter, Delivery, Emit, StreamConsumer
+from montage_streams import DeadLetter, Delivery, Emit, StreamConsumer
 
 
 def test_key(ns: str, *parts: str) -> str:

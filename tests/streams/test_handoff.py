@@ -6,7 +6,7 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable, Sequence
 
-from montage_common.streams import LOST, Delivery, Emit, StreamConsumer
+from montage_streams import LOST, Delivery, Emit, StreamConsumer
 
 from tests.streams.conftest import Harness, wait_until
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from montage_common.redis import create_redis
-from montage_common.streams import Emit, StreamProducer
+from montage_streams import Emit, StreamProducer
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from tests.streams.conftest import Harness, RedisServer, wait_until

@@ -8,7 +8,7 @@ import signal
 from collections.abc import Awaitable, Callable, Sequence
 
 from montage_common.errors import RetryableError
-from montage_common.streams import DeadLetter, Delivery, Emit, StreamConsumer
+from montage_streams import DeadLetter, Delivery, Emit, StreamConsumer
 
 from tests.streams.conftest import Harness, wait_until
 

@@ -1,7 +1,7 @@
 """Job events for the SSE stream: one durable log per job plus a live pub/sub notification.
 
 The orchestrator appends each event with :func:`event_emit`, atomically with whatever else it
-hands off (see :class:`~montage_common.streams.Emit`): an ``XADD`` to the job's event stream,
+hands off (see :class:`~montage_streams.Emit`): an ``XADD`` to the job's event stream,
 whose entry id becomes the SSE ``id:``, and a ``PUBLISH`` of ``"<id> <json>"`` on the job's
 channel. A gateway subscribes to the channel for live delivery and reads the stream with
 :func:`replay` for what a reconnecting client missed (``Last-Event-ID``).
@@ -12,11 +12,11 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+from montage_streams import Emit
 from redis.asyncio import Redis
 
 from montage_common.keys import Keys
 from montage_common.messages import JobEvent, event_decoder
-from montage_common.streams import Emit
 
 EVENT_TYPES = ("stage_update", "progress", "message", "cost_update", "completed", "error")
 FINAL_EVENTS = ("completed", "error")

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from montage_streams import REDIS_DOWN
 from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+__all__ = ["OPERATION_TIMEOUT", "REDIS_DOWN", "create_redis"]
+
 OPERATION_TIMEOUT = 2.0
-# What a call raises while Redis is unreachable (refused, reset, timed out, still loading).
-REDIS_DOWN: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 
 
 def create_redis(

@@ -17,8 +17,8 @@ from montage_common import db
 from montage_common.keys import ORCHESTRATOR_GROUP
 from montage_common.redis import create_redis
 from montage_common.storage import create_storage
-from montage_common.streams import StreamConsumer
 from montage_common.web import READY_CHECKS, create_base_app, internal_only
+from montage_streams import StreamConsumer
 
 from montage_orchestrator.deps import DEPS, Deps
 from montage_orchestrator.handlers import routes

@@ -8,7 +8,7 @@ import asyncpg
 from aiohttp import web
 from montage_common.keys import Keys
 from montage_common.storage import Storage
-from montage_common.streams import StreamProducer
+from montage_streams import StreamProducer
 from redis.asyncio import Redis
 
 from montage_orchestrator.cache import StatusCache

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import asyncpg
 import msgspec
 import structlog
-from montage_common.streams import Emit, StreamProducer
+from montage_streams import Emit, StreamProducer
 
 from montage_orchestrator import store
 

@@ -36,7 +36,7 @@ from montage_common.messages import (
 )
 from montage_common.models import AudioAnalysis, Clips, CostItem, VideoOutput
 from montage_common.pipeline import FINAL_STATUSES, next_stage, spec
-from montage_common.streams import Delivery, Emit
+from montage_streams import Delivery, Emit
 
 from montage_orchestrator import costs, metrics, stages, store
 from montage_orchestrator.deps import Deps

@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 import structlog
 from montage_common.events import event_emit
-from montage_common.streams import Emit
+from montage_streams import Emit
 
 from montage_orchestrator import cleanup, metrics, store
 from montage_orchestrator.deps import Deps

@@ -31,7 +31,7 @@ from montage_common.messages import ErrorInfo, StageCost, StageProgress, StageRe
 from montage_common.models import CostItem
 from montage_common.pipeline import STAGES
 from montage_common.storage import Storage
-from montage_common.streams import DeadLetter, Delivery, Emit, StreamConsumer, StreamProducer, default_consumer_name
+from montage_streams import DeadLetter, Delivery, Emit, StreamConsumer, StreamProducer, default_consumer_name
 from redis.asyncio import Redis
 
 from montage_stages import (

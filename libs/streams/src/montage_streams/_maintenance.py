@@ -1,6 +1,6 @@
 """The background work of a stream consumer: claim renewal, retry promotion, reclaim, upkeep.
 
-:class:`ConsumerMaintenance` is a mixin of :class:`~montage_common.streams.StreamConsumer`;
+:class:`ConsumerMaintenance` is a mixin of :class:`~montage_streams.StreamConsumer`;
 it runs beside the read loop and never blocks it for longer than one Redis round trip.
 """
 
@@ -15,10 +15,18 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from redis.exceptions import ResponseError
 
-from montage_common.keys import Keys
-from montage_common.stream_metrics import LAG, PENDING, RECLAIMED
-from montage_common.stream_model import DeadLetter, Delivery, group_lost, id_key, id_ms, reraise_if_cancelling, text
-from montage_common.stream_scripts import Scripts
+from montage_streams._metrics import LAG, PENDING, RECLAIMED
+from montage_streams._model import (
+    DeadLetter,
+    Delivery,
+    KeyLayout,
+    group_lost,
+    id_key,
+    id_ms,
+    reraise_if_cancelling,
+    text,
+)
+from montage_streams._scripts import Scripts
 
 log = structlog.get_logger()
 
@@ -31,7 +39,7 @@ class ConsumerMaintenance:
     stream: str
     group: str
     consumer: str
-    keys: Keys
+    keys: KeyLayout
     concurrency: int
     claim_idle_ms: int
     backoff: tuple[float, ...]

@@ -15,8 +15,7 @@ entry with bounded concurrency. Its guarantees:
 - **Dead consumers' entries are reclaimed** with ``XAUTOCLAIM`` after ``claim_idle``; entries
   delivered more than ``max_deliveries`` times (a message that kills its worker) are
   dead-lettered. Consumers gone for ``consumer_gc`` with nothing pending are removed.
-- **Durable retries.** A :class:`~montage_common.errors.RetryableError` (or any exception with
-  ``retryable = True``) moves the entry, atomically with its ack, into a sorted set scored by
+- **Durable retries.** An exception with ``retryable = True`` (Montage's ``RetryableError``) moves the entry, atomically with its ack, into a sorted set scored by
   its due time (backoff 2 s, 4 s, 8 s by default: one delay per retry, so 1 + ``len(backoff)``
   attempts); every consumer promotes due entries back to their stream. After the last retry,
   or on a non-retryable error, the entry goes to the dead-letter stream ``<stream>:dead``
@@ -31,13 +30,14 @@ entry with bounded concurrency. Its guarantees:
 - **Graceful stop.** :meth:`StreamConsumer.stop` stops reading; in-flight handlers get
   ``grace`` seconds, then are cancelled and their entries stay pending for another consumer.
 
-All keys one script touches share a hash tag (see :mod:`montage_common.keys`), so this also
-runs on Redis Cluster. Works with Redis 6.2+.
+All keys one script touches share a hash tag (the caller's :class:`KeyLayout` decides the
+names), so this also runs on Redis Cluster. Works with Redis 6.2+. The package knows nothing
+of Montage's pipeline: it depends on redis, msgspec, structlog and prometheus-client only.
 
 Layout: this module holds the consumer's lifecycle, reading and hand-off;
-:mod:`~montage_common.stream_maintenance` its background loops (renewal, promotion, reclaim,
-trimming); :mod:`~montage_common.stream_scripts` the Lua scripts; :mod:`~montage_common.stream_model`
-the entry types; :mod:`~montage_common.stream_metrics` the Prometheus metrics.
+:mod:`._maintenance` its background loops (renewal, promotion, reclaim, trimming);
+:mod:`._scripts` the Lua scripts; :mod:`._model` the entry types and the key layout;
+:mod:`._metrics` the Prometheus metrics.
 """
 
 from __future__ import annotations
@@ -57,35 +57,23 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from montage_common.keys import Keys
-from montage_common.redis import REDIS_DOWN
-from montage_common.stream_maintenance import ConsumerMaintenance
-from montage_common.stream_metrics import DEAD, DURATION, FAILED, LOST, PROCESSED, RETRIED
-from montage_common.stream_model import (
+from montage_streams._maintenance import ConsumerMaintenance
+from montage_streams._metrics import DEAD, DURATION, FAILED, LOST, PROCESSED, RETRIED
+from montage_streams._model import (
+    REDIS_DOWN,
     DeadLetter,
     DeadLetterHook,
     Delivery,
     Emit,
     Handler,
     HandOffError,
+    KeyLayout,
     delivery,
     group_lost,
     id_key,
     text,
 )
-from montage_common.stream_scripts import Scripts, batch_args, entry_fields, netstrings
-
-__all__ = [
-    "LOST",
-    "DeadLetter",
-    "DeadLetterHook",
-    "Delivery",
-    "Emit",
-    "Handler",
-    "StreamConsumer",
-    "StreamProducer",
-    "default_consumer_name",
-]
+from montage_streams._scripts import Scripts, batch_args, entry_fields, netstrings
 
 log = structlog.get_logger()
 
@@ -120,7 +108,7 @@ class StreamConsumer(ConsumerMaintenance):
     stream: str
     group: str
     handler: Handler
-    keys: Keys
+    keys: KeyLayout
     consumer: str = field(default_factory=default_consumer_name)
     concurrency: int = 3
     block_ms: int = 1000

@@ -5,10 +5,27 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+# What a call raises while Redis is unreachable (refused, reset, timed out, still loading).
+REDIS_DOWN: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+
+
+class KeyLayout(Protocol):
+    """The two key names the runtime derives (Montage's ``Keys`` provides them)."""
+
+    def delayed_zset(self) -> str:
+        """The sorted set of entries waiting for their retry (one per hash tag)."""
+        ...
+
+    def dead_letter_stream(self, stream: str) -> str:
+        """Where ``stream``'s dead letters go (same hash tag as ``stream``)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

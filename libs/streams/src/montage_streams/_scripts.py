@@ -1,6 +1,6 @@
 """The Lua scripts of the stream runtime and the packing of their arguments.
 
-Every check-then-act of :mod:`montage_common.streams` (owner check before an ack, a retry or
+Every check-then-act of :mod:`montage_streams` (owner check before an ack, a retry or
 a renewal; the safe trim floor; consumer removal) runs inside one script, so no other client
 can act between the check and the action. All keys one script touches share a hash tag.
 """
@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 from redis.asyncio import Redis
 
-from montage_common.stream_model import Emit
+from montage_streams._model import Emit
 
 # Hand off a batch of entries, then fetch new ones for the slots this frees. For each entry,
 # only while `consumer` owns it: XADD its emits (fields id, a=1, m, extras; optionally PUBLISH
