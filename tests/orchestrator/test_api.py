@@ -243,3 +243,17 @@ async def test_internal_health(orchestrator_factory: Any) -> None:
     async with ops_server(orch.app) as ops:
         ready = await orch.session.get(f"{ops}/readyz")
         assert ready.status == 200
+
+
+async def test_stage_gauges_show_work_waiting_with_no_worker(orchestrator_factory: Any) -> None:
+    """The series the "work waiting, no workers" alert needs come from the orchestrator itself."""
+    from montage_orchestrator.health import export_stage_gauges
+    from prometheus_client import REGISTRY
+
+    orch: Orchestrator = await orchestrator_factory(workers=False)
+    await orch.create_job()
+    await export_stage_gauges(orch.deps)
+    backlog = REGISTRY.get_sample_value("montage_stage_backlog", {"stage": "audio_parser"})
+    workers = REGISTRY.get_sample_value("montage_stage_workers", {"stage": "audio_parser"})
+    assert backlog == 1 and workers == 0
+    assert REGISTRY.get_sample_value("montage_stage_backlog", {"stage": "composer"}) == 0

@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import msgspec
 from montage_common import events
 from montage_common.devstack import free_port
 from montage_common.keys import Keys
@@ -160,3 +161,20 @@ async def test_redelivered_result_resends_the_recorded_emits(orchestrator_factor
     # the same result in another entry (a duplicate delivery of the task) is stale: ignored
     dup = Delivery(orch.deps.keys.results_stream(), "orchestrator", "1-2", "m1", 1, 1, encode(result))
     assert await pipeline.handle(dup) == []
+
+
+def test_migrate_command_applies_then_is_a_no_op(server_database_url: str) -> None:
+    """``python -m montage_orchestrator.migrate`` (the Kubernetes migrate Job) on a fresh database."""
+    from tests.stack import fresh_database
+
+    with fresh_database(server_database_url, "montage_migrate") as url:
+        env = {**os.environ, "DATABASE_URL": url, "LOG_FORMAT": "json"}
+        runs = [
+            subprocess.run(
+                [sys.executable, "-m", "montage_orchestrator.migrate"], env=env, capture_output=True, timeout=120
+            )
+            for _ in range(2)
+        ]
+    assert [r.returncode for r in runs] == [0, 0], runs[0].stderr
+    first, second = (msgspec.json.decode(r.stderr.splitlines()[-1]) for r in runs)
+    assert first["count"] >= 3 and second["count"] == 0

@@ -10,8 +10,8 @@ from typing import Any
 
 from montage_common.keys import ORCHESTRATOR_GROUP, Keys
 from montage_common.pipeline import STAGES
+from montage_streams import group_stats
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
 
 
 @dataclass(frozen=True)
@@ -29,22 +29,6 @@ class QueueRow:
         return asdict(self)
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-async def _group_info(redis: Redis, stream: str, group: str) -> dict[str, Any]:
-    try:
-        groups: list[dict[Any, Any]] = await redis.xinfo_groups(stream)
-    except ResponseError:  # no such stream yet
-        return {}
-    for g in groups:
-        info = {_text(k): v for k, v in g.items()}
-        if _text(info.get("name")) == group:
-            return info
-    return {}
-
-
 async def _live_workers(redis: Redis, keys: Keys, stage: str) -> int:
     pattern = keys.worker_heartbeat(stage, "*")
     count = 0
@@ -54,16 +38,15 @@ async def _live_workers(redis: Redis, keys: Keys, stage: str) -> int:
 
 
 async def _row(redis: Redis, keys: Keys, name: str, stream: str, group: str, *, live: int) -> QueueRow:
-    info = await _group_info(redis, stream, group)
-    lag = info.get("lag")
+    stats = await group_stats(redis, stream, group, dead_letter_stream=keys.dead_letter_stream(stream))
     return QueueRow(
         stream=name,
         group=group,
-        length=int(await redis.xlen(stream)),
-        pending=int(info.get("pending") or 0),
-        lag=int(lag) if lag is not None else None,
-        dead_letters=int(await redis.xlen(keys.dead_letter_stream(stream))),
-        consumers=int(info.get("consumers") or 0),
+        length=stats.length,
+        pending=stats.pending,
+        lag=stats.lag if stats.exists else None,
+        dead_letters=stats.dead_letters,
+        consumers=stats.consumers,
         live_workers=live,
     )
 

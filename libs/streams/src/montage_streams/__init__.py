@@ -20,6 +20,7 @@ from montage_streams._model import (
     HandOffError,
     KeyLayout,
 )
+from montage_streams._stats import GroupStats, group_stats
 
 __all__ = [
     "LOST",
@@ -28,10 +29,12 @@ __all__ = [
     "DeadLetterHook",
     "Delivery",
     "Emit",
+    "GroupStats",
     "HandOffError",
     "Handler",
     "KeyLayout",
     "StreamConsumer",
     "StreamProducer",
     "default_consumer_name",
+    "group_stats",
 ]

@@ -22,11 +22,11 @@ from montage_streams._model import (
     KeyLayout,
     group_lost,
     id_key,
-    id_ms,
     reraise_if_cancelling,
     text,
 )
 from montage_streams._scripts import Scripts
+from montage_streams._stats import group_stats
 
 log = structlog.get_logger()
 
@@ -174,13 +174,9 @@ class ConsumerMaintenance:
         removed = await self._scripts.trim(keys=[self.stream], args=[self.maxlen, 10_000])
         if removed:
             log.debug("stream_trimmed", stream=self.stream, removed=int(removed))
-        for g in await self._r.xinfo_groups(self.stream):
-            if text(g["name"]) != self.group:
-                continue
-            last = text(g["last-delivered-id"])
-            PENDING.labels(*self._labels).set(int(g["pending"]))
-            first_unread = await self._r.xrange(self.stream, min=f"({last}", count=1)
-            lag = (time.time() * 1000 - id_ms(text(first_unread[0][0]))) / 1000 if first_unread else 0.0
-            LAG.labels(*self._labels).set(max(lag, 0.0))
+        stats = await group_stats(self._r, self.stream, self.group)
+        if stats.exists:
+            PENDING.labels(*self._labels).set(stats.pending)
+            LAG.labels(*self._labels).set(stats.oldest_unread_age)
         for name in await self._scripts.gc(keys=[self.stream], args=[self.group, self.consumer, self.consumer_gc_ms]):
             log.info("stream_consumer_removed", consumer=text(name))

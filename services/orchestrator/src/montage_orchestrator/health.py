@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from montage_common.pipeline import STAGES
+from montage_streams import group_stats
 
 from montage_orchestrator import metrics, store
 from montage_orchestrator.deps import Deps
@@ -15,28 +16,32 @@ CHECK_SECONDS = 2.0
 MAX_SCAN = 10_000
 
 
-async def _stage_backlog(deps: Deps, stage: str) -> int:
+async def stage_backlog(deps: Deps, stage: str) -> int:
     """Tasks not yet finished: unread (lag) plus delivered-but-unacked (pending)."""
-    r: Any = deps.redis
-    stream = deps.keys.stage_stream(stage)
-    if not await r.exists(stream):
-        return 0
-    for g in await r.xinfo_groups(stream):
-        name = g["name"].decode() if isinstance(g["name"], bytes) else g["name"]
-        if name == deps.keys.stage_group(stage):
-            lag = g.get("lag")
-            unread = int(lag) if lag is not None else int(await r.xlen(stream))
-            return unread + int(g["pending"])
-    return int(await r.xlen(stream))
+    stats = await group_stats(deps.redis, deps.keys.stage_stream(stage), deps.keys.stage_group(stage))
+    return stats.backlog
 
 
-async def _workers(deps: Deps) -> int:
+async def _count(deps: Deps, pattern: str) -> int:
     n = 0
-    async for _ in deps.redis.scan_iter(match=deps.keys.worker_heartbeat_pattern(), count=500):
+    async for _ in deps.redis.scan_iter(match=pattern, count=500):
         n += 1
         if n >= MAX_SCAN:
             break
     return n
+
+
+async def stage_workers(deps: Deps, stage: str) -> int:
+    """Workers of ``stage`` with a live heartbeat."""
+    return await _count(deps, deps.keys.worker_heartbeat(stage, "*"))
+
+
+async def export_stage_gauges(deps: Deps) -> None:
+    """``montage_stage_backlog`` and ``montage_stage_workers`` for every stage, from outside the
+    workers, so "work waiting and no worker" stays visible when every worker is gone."""
+    for stage in STAGES:
+        metrics.STAGE_BACKLOG.labels(stage).set(await stage_backlog(deps, stage))
+        metrics.STAGE_WORKERS.labels(stage).set(await stage_workers(deps, stage))
 
 
 async def health_report(deps: Deps) -> dict[str, Any]:
@@ -54,8 +59,8 @@ async def health_report(deps: Deps) -> dict[str, Any]:
     try:
         await asyncio.wait_for(deps.redis.ping(), CHECK_SECONDS)
         for stage in STAGES:
-            by_stage[stage] = await asyncio.wait_for(_stage_backlog(deps, stage), CHECK_SECONDS)
-        workers = await asyncio.wait_for(_workers(deps), CHECK_SECONDS)
+            by_stage[stage] = await asyncio.wait_for(stage_backlog(deps, stage), CHECK_SECONDS)
+        workers = await asyncio.wait_for(_count(deps, deps.keys.worker_heartbeat_pattern()), CHECK_SECONDS)
     except Exception:
         redis = "failed"
         issues.append("redis connection failed")

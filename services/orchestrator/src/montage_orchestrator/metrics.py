@@ -15,5 +15,7 @@ STAGE_DURATION = Histogram(
 )
 COST_DOLLARS = Counter("montage_job_cost_dollars_total", "Recorded provider cost", ["stage"])
 ACTIVE_JOBS = Gauge("montage_active_jobs", "Jobs queued or processing")
+STAGE_BACKLOG = Gauge("montage_stage_backlog", "Stage tasks not finished: unread plus in flight", ["stage"])
+STAGE_WORKERS = Gauge("montage_stage_workers", "Stage workers with a live heartbeat", ["stage"])
 UPLOAD_REJECTED = Counter("montage_upload_rejected_total", "Uploads refused", ["code"])
 CLEANUP_DELETED = Counter("montage_cleanup_objects_total", "Cleanup actions", ["status"])

@@ -17,6 +17,7 @@ from montage_common.pipeline import timeout_message
 
 from montage_orchestrator import cleanup, metrics, store
 from montage_orchestrator.deps import Deps
+from montage_orchestrator.health import export_stage_gauges
 from montage_orchestrator.transitions import Effects, after_commit, fail_job
 
 log = structlog.get_logger()
@@ -52,6 +53,7 @@ class Sweeper:
         await self.deps.outbox.sweep(s.outbox_grace_seconds)
         await cleanup.run_if_due(self.deps, self.holder)
         metrics.ACTIVE_JOBS.set(await store.count_active(self.deps.pool))
+        await export_stage_gauges(self.deps)
 
     async def run(self, stop: asyncio.Event) -> None:
         ticks = 0
