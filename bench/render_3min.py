@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/render_3min.py [--runs 3] [--seconds 180] [--bpm 124] [--resolution 720p]
 
-Prints each run's per-stage wall time and the medians. Everything is local (LocalStorage in a
+Prints each run's per-stage wall time, the CPU time it used (this process and its ffmpeg
+children: less sensitive to other work on the machine than wall time) and the medians. Everything is local (LocalStorage in a
 temporary directory, the local renderers), as in development mode, with the default settings
 (``--resolution`` sets VIDEO_RESOLUTION). To compare with another checkout, run this file with
 ``PYTHONPATH=<checkout>/services/stage-workers/src``: it only uses what every version has.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import resource
 import statistics
 import tempfile
 from pathlib import Path
@@ -32,8 +34,15 @@ async def run_once(root: Path, song: Path, run: int, settings: StageSettings) ->
     audio_key = f"audio-uploads/{job}/song{song.suffix}"
     await storage.put_file(audio_key, song)
     ctx = StageContext.create(job, storage, settings=settings, workdir=root / f"work{run}")
+    cpu = _cpu_seconds()
     result = await run_all(ctx, job, audio_key, "a neon city at night")
-    return result.seconds, len(result.clips.clips)
+    return {**result.seconds, "cpu": _cpu_seconds() - cpu}, len(result.clips.clips)
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the ffmpeg runs), user + system."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 async def main() -> None:
@@ -58,15 +67,16 @@ async def main() -> None:
         for r in range(args.runs):
             times, n_clips = await run_once(root, song, r, s)
             runs.append(times)
-            total = sum(times.values())
+            total = sum(times[stage] for stage in STAGES)
             print(
-                f"run {r + 1}: total {total:.1f} s, {n_clips} clips, load {os.getloadavg()[0]:.1f}: "
-                + ", ".join(f"{k} {v:.2f}" for k, v in times.items())
+                f"run {r + 1}: total {total:.1f} s, cpu {times['cpu']:.1f} s, {n_clips} clips, "
+                f"load {os.getloadavg()[0]:.1f}: " + ", ".join(f"{k} {times[k]:.2f}" for k in STAGES)
             )
         print("median:")
         for stage in STAGES:
             print(f"  {stage:20s} {statistics.median(t[stage] for t in runs):7.2f} s")
-        print(f"  {'total':20s} {statistics.median(sum(t.values()) for t in runs):7.2f} s")
+        print(f"  {'total':20s} {statistics.median(sum(t[k] for k in STAGES) for t in runs):7.2f} s")
+        print(f"  {'cpu (all processes)':20s} {statistics.median(t['cpu'] for t in runs):7.2f} s")
 
 
 if __name__ == "__main__":
