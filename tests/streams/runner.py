@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from montage_common.errors import PipelineError, RetryableError
 from montage_common.keys import Keys
 from montage_common.redis import create_redis
-from montage_streams import DeadLetter, Delivery, Emit, StreamConsumer
+from montage_streams import DeadLetter, Delivery, Emit, RetryPolicy, StreamConsumer
 
 
 def test_key(ns: str, *parts: str) -> str:
@@ -66,7 +66,7 @@ async def main(args: argparse.Namespace) -> None:
         concurrency=args.concurrency,
         block_ms=200,
         claim_idle_ms=args.claim_idle_ms,
-        backoff=tuple(float(x) for x in args.backoff.split(",") if x),
+        retry=RetryPolicy(tuple(float(x) for x in args.backoff.split(",") if x)),
         grace=args.grace,
         on_dead_letter=dead,
     )

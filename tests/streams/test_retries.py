@@ -7,8 +7,9 @@ import json
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 
+import pytest
 from montage_common.errors import RetryableError
-from montage_streams import DeadLetter, Delivery, Emit, StreamConsumer
+from montage_streams import DeadLetter, Delivery, Emit, RetryPolicy, StreamConsumer
 
 from tests.streams.conftest import Harness, wait_until
 
@@ -36,7 +37,7 @@ def recording_consumer(h: Harness, starts: list[tuple[str, int, float]], **kw: o
 async def test_poison_is_dead_lettered_and_does_not_delay_healthy_entries(harness: Harness, running: Start) -> None:
     starts: list[tuple[str, int, float]] = []
     # One slot only: healthy entries can pass the poison only if its retries wait outside the stream.
-    await running(recording_consumer(harness, starts, concurrency=1, backoff=(0.5, 0.5, 0.5)))
+    await running(recording_consumer(harness, starts, concurrency=1, retry=RetryPolicy((0.5, 0.5, 0.5))))
     await harness.produce("poison", fail=True)
     healthy = {f"ok{i}" for i in range(5)}
     for mid in sorted(healthy):
@@ -63,7 +64,7 @@ async def test_poison_is_dead_lettered_and_does_not_delay_healthy_entries(harnes
 
 async def test_retry_delays_double(harness: Harness, running: Start) -> None:
     starts: list[tuple[str, int, float]] = []
-    await running(recording_consumer(harness, starts, backoff=(0.2, 0.4, 0.8)))
+    await running(recording_consumer(harness, starts, retry=RetryPolicy((0.2, 0.4, 0.8))))
     await harness.produce("flaky", fail=True)
     dead_stream = harness.keys.dead_letter_stream(harness.stream)
     await wait_until(lambda: harness.redis.xlen(dead_stream), "the dead letter")
@@ -104,3 +105,13 @@ async def test_pending_retry_survives_restart_of_every_consumer(harness: Harness
     (out,) = await harness.outputs()
     assert out["attempt"] == 2 and out["consumer"] == "c"
     assert await harness.runs("retry-me") == 2
+
+
+def test_retry_policy_is_the_one_home_of_retry_rules() -> None:
+    policy = RetryPolicy.exponential(3, 2.0, handler_timeout=900.0)
+    assert policy.delays == (2.0, 4.0, 8.0) and policy.attempts == 4
+    assert [policy.delay_before(n) for n in (1, 2, 3, 4)] == [2.0, 4.0, 8.0, None]
+    assert RetryPolicy().max_deliveries == 5 and RetryPolicy().handler_timeout is None
+    for bad in ({"delays": (-1.0,)}, {"max_deliveries": 0}, {"handler_timeout": 0.0}):
+        with pytest.raises(ValueError):
+            RetryPolicy(**bad)  # type: ignore[arg-type]

@@ -20,6 +20,7 @@ from montage_streams._model import (
     HandOffError,
     KeyLayout,
 )
+from montage_streams._retry import RetryPolicy
 from montage_streams._stats import GroupStats, group_stats
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "HandOffError",
     "Handler",
     "KeyLayout",
+    "RetryPolicy",
     "StreamConsumer",
     "StreamProducer",
     "default_consumer_name",

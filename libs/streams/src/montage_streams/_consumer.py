@@ -13,11 +13,11 @@ entry with bounded concurrency. Its guarantees:
 - **Live claims are kept.** While a handler runs, its entries' idle time is reset every
   ``claim_idle / 3``, so no other consumer reclaims a long job of a live worker.
 - **Dead consumers' entries are reclaimed** with ``XAUTOCLAIM`` after ``claim_idle``; entries
-  delivered more than ``max_deliveries`` times (a message that kills its worker) are
+  delivered more than ``retry.max_deliveries`` times (a message that kills its worker) are
   dead-lettered. Consumers gone for ``consumer_gc`` with nothing pending are removed.
 - **Durable retries.** An exception with ``retryable = True`` (Montage's ``RetryableError``) moves the entry, atomically with its ack, into a sorted set scored by
-  its due time (backoff 2 s, 4 s, 8 s by default: one delay per retry, so 1 + ``len(backoff)``
-  attempts); every consumer promotes due entries back to their stream. After the last retry,
+  its due time (its :class:`RetryPolicy`: 2 s, 4 s, 8 s by default, one delay per retry, so
+  1 + ``len(delays)`` attempts); every consumer promotes due entries back to their stream. After the last retry,
   or on a non-retryable error, the entry goes to the dead-letter stream ``<stream>:dead``
   with its error and history, and the caller's ``on_dead_letter`` hook emits what it wants
   (e.g. a failure result) in the same script.
@@ -73,6 +73,7 @@ from montage_streams._model import (
     id_key,
     text,
 )
+from montage_streams._retry import RetryPolicy
 from montage_streams._scripts import Scripts, batch_args, entry_fields, netstrings
 
 log = structlog.get_logger()
@@ -113,9 +114,7 @@ class StreamConsumer(ConsumerMaintenance):
     concurrency: int = 3
     block_ms: int = 1000
     claim_idle_ms: int = 30_000
-    backoff: tuple[float, ...] = (2.0, 4.0, 8.0)  # one delay per retry; len = number of retries
-    max_deliveries: int = 5  # reclaims before an entry counts as poison
-    handler_timeout: float | None = None  # seconds; on expiry the handler is cancelled (retryable)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)  # every retry rule (delays, poison, timeout)
     maxlen: int = 100_000
     consumer_gc_ms: int = 3_600_000
     grace: float = 20.0
@@ -329,7 +328,8 @@ class StreamConsumer(ConsumerMaintenance):
         """Run one entry to its outcome; returns the next entry if its hand-off fetched one."""
         start = time.perf_counter()
         structlog.contextvars.bind_contextvars(stream=self.stream, entry=d.entry_id, attempt=d.attempt)  # task-local
-        deadline = None if self.handler_timeout is None else asyncio.timeout(self.handler_timeout)
+        limit = self.retry.handler_timeout
+        deadline = None if limit is None else asyncio.timeout(limit)
         try:
             if deadline is None:
                 emits = await self.handler(d)
@@ -454,12 +454,12 @@ class StreamConsumer(ConsumerMaintenance):
         code = str(getattr(exc, "code", type(exc).__name__))
         message = str(getattr(exc, "message", None) or exc) or type(exc).__name__
         if timed_out:
-            code, message = "TIMEOUT", f"handler exceeded {self.handler_timeout}s"
+            code, message = "TIMEOUT", f"handler exceeded {self.retry.handler_timeout}s"
         retryable = bool(getattr(exc, "retryable", False)) or timed_out
         history = (*d.history, f"attempt {d.attempt}: {code}: {message}"[:500])
         retry_no = d.attempt  # the n-th retry about to be scheduled
-        if retryable and retry_no <= len(self.backoff):
-            delay = self.backoff[retry_no - 1]
+        delay = self.retry.delay_before(retry_no) if retryable else None
+        if delay is not None:
             fields = entry_fields(Emit(self.stream, d.payload, d.message_id), d.attempt + 1, history)
             member = netstrings([self.stream, *fields])
             due = int((time.time() + delay) * 1000)

@@ -25,6 +25,7 @@ from montage_streams._model import (
     reraise_if_cancelling,
     text,
 )
+from montage_streams._retry import RetryPolicy
 from montage_streams._scripts import Scripts
 from montage_streams._stats import group_stats
 
@@ -42,8 +43,7 @@ class ConsumerMaintenance:
     keys: KeyLayout
     concurrency: int
     claim_idle_ms: int
-    backoff: tuple[float, ...]
-    max_deliveries: int
+    retry: RetryPolicy
     maxlen: int
     consumer_gc_ms: int
     maintenance_interval: float
@@ -74,7 +74,7 @@ class ConsumerMaintenance:
                     log.warning("stream_renew_failed", stream=self.stream, error=str(exc)[:200])
 
     async def _promote_loop(self) -> None:
-        interval = min(max(min(self.backoff, default=1.0) / 8, 0.01), 0.5)
+        interval = min(max(min(self.retry.delays, default=1.0) / 8, 0.01), 0.5)
         while not self._closing.is_set():
             try:
                 moved = await self._scripts.promote(
@@ -153,7 +153,7 @@ class ConsumerMaintenance:
                 RECLAIMED.labels(*self._labels).inc()
                 log.warning("stream_entry_reclaimed", entry=eid, deliveries=count)
                 d = self._delivery(eid, fields, count)
-                if count > self.max_deliveries:
+                if count > self.retry.max_deliveries:
                     dead = DeadLetter("POISON", f"delivered {count} times without completing", d.attempt,
                                       [*d.history, f"attempt {d.attempt}: POISON: delivered {count} times"])  # fmt: skip
                     await self._dead_letter(d, dead)

@@ -18,7 +18,7 @@ from montage_common.keys import ORCHESTRATOR_GROUP
 from montage_common.redis import create_redis
 from montage_common.storage import create_storage
 from montage_common.web import READY_CHECKS, create_base_app, internal_only
-from montage_streams import StreamConsumer
+from montage_streams import RetryPolicy, StreamConsumer
 
 from montage_orchestrator.deps import DEPS, Deps
 from montage_orchestrator.handlers import routes
@@ -29,7 +29,8 @@ from montage_orchestrator.sweeper import Sweeper
 log = structlog.get_logger()
 
 SERVICE = "orchestrator"
-RESULT_BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0)
+# A result whose transaction failed (Postgres blip) is retried quickly, then dead-lettered.
+RESULT_RETRY = RetryPolicy(delays=(0.5, 1.0, 2.0, 4.0, 8.0))
 
 
 def default_replica_id() -> str:
@@ -66,7 +67,7 @@ def create_app(settings: OrchestratorSettings) -> web.Application:
                 consumer=replica,
                 concurrency=settings.results_concurrency,
                 claim_idle_ms=settings.claim_idle_ms,
-                backoff=RESULT_BACKOFF,
+                retry=RESULT_RETRY,
                 grace=settings.shutdown_grace_seconds,
             )
             stop = asyncio.Event()

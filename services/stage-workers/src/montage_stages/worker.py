@@ -31,7 +31,15 @@ from montage_common.messages import ErrorInfo, StageCost, StageProgress, StageRe
 from montage_common.models import CostItem
 from montage_common.pipeline import STAGES
 from montage_common.storage import Storage
-from montage_streams import DeadLetter, Delivery, Emit, StreamConsumer, StreamProducer, default_consumer_name
+from montage_streams import (
+    DeadLetter,
+    Delivery,
+    Emit,
+    RetryPolicy,
+    StreamConsumer,
+    StreamProducer,
+    default_consumer_name,
+)
 from redis.asyncio import Redis
 
 from montage_stages import (
@@ -74,8 +82,11 @@ class WorkerSettings(StageSettings, frozen=True, kw_only=True):
     stage_timeout_seconds: float = 900.0  # a task running longer is cancelled (and retried)
 
     @property
-    def backoff(self) -> tuple[float, ...]:
-        return tuple(self.retry_base_seconds * 2**i for i in range(self.retry_count))
+    def retry_policy(self) -> RetryPolicy:
+        """The stage consumer's retry rules (2 s, 4 s, 8 s; a stage past its timeout is retried)."""
+        return RetryPolicy.exponential(
+            self.retry_count, self.retry_base_seconds, handler_timeout=self.stage_timeout_seconds
+        )
 
 
 class StageWorker:
@@ -104,8 +115,7 @@ class StageWorker:
             concurrency=settings.worker_concurrency,
             claim_idle_ms=settings.claim_idle_ms,
             block_ms=settings.stream_block_ms,
-            backoff=settings.backoff,
-            handler_timeout=settings.stage_timeout_seconds,
+            retry=settings.retry_policy,
             grace=settings.shutdown_grace_seconds,
             on_dead_letter=self.dead_letter,
         )
