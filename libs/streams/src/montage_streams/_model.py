@@ -71,7 +71,7 @@ _history_decoder = msgspec.json.Decoder(list[str])
 
 
 def delivery(stream: str, group: str, entry_id: str, fields: dict[bytes, bytes], delivery_count: int) -> Delivery:
-    """Decode an entry's fields (as written by ``ACK_EMIT`` or ``PROMOTE``)."""
+    """Decode an entry's fields (as written by ``ack_emit.lua`` or ``promote.lua``)."""
     raw_id = fields.get(b"id")
     return Delivery(
         stream,
