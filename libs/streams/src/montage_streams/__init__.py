@@ -9,6 +9,17 @@ trimming, graceful stop).
 from __future__ import annotations
 
 from montage_streams._consumer import StreamConsumer, StreamProducer, default_consumer_name
+from montage_streams._inspect import (
+    ConsumerStats,
+    DeadLetterEntry,
+    consumer_stats,
+    dead_letter,
+    dead_letters,
+    delayed_by_stream,
+    delete_dead_letter,
+    oldest_pending_age,
+    requeue_dead_letter,
+)
 from montage_streams._metrics import LOST
 from montage_streams._model import (
     REDIS_DOWN,
@@ -26,7 +37,9 @@ from montage_streams._stats import GroupStats, group_stats
 __all__ = [
     "LOST",
     "REDIS_DOWN",
+    "ConsumerStats",
     "DeadLetter",
+    "DeadLetterEntry",
     "DeadLetterHook",
     "Delivery",
     "Emit",
@@ -37,6 +50,13 @@ __all__ = [
     "RetryPolicy",
     "StreamConsumer",
     "StreamProducer",
+    "consumer_stats",
+    "dead_letter",
+    "dead_letters",
     "default_consumer_name",
+    "delayed_by_stream",
+    "delete_dead_letter",
     "group_stats",
+    "oldest_pending_age",
+    "requeue_dead_letter",
 ]

@@ -1,0 +1,200 @@
+"""Looking at a consumer group from outside, and acting on its dead letters (operators' tools).
+
+Everything here reads the runtime's own formats (the dead-letter entry written by
+``StreamConsumer._dead_letter``, the delayed set's netstring members) so no caller has to know
+them: :func:`consumer_stats` and :func:`oldest_pending_age` (beside ``group_stats``),
+:func:`delayed_by_stream`,
+:func:`dead_letters` / :func:`dead_letter`, :func:`requeue_dead_letter` (back onto the source
+stream as a fresh first attempt, atomically with its removal) and :func:`delete_dead_letter`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from montage_streams._model import KeyLayout, id_ms, text
+
+_history = msgspec.json.Decoder(list[str])
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerStats:
+    """One consumer of a group as Redis sees it."""
+
+    name: str
+    pending: int  # entries delivered to it and not yet acknowledged
+    idle_ms: int  # since its last attempted interaction (read, claim, ack)
+    inactive_ms: int | None  # since its last successful one (Redis 7.2+; None before)
+
+
+def _kv(raw: Any) -> dict[str, Any]:
+    if isinstance(raw, dict):
+        return {text(k): v for k, v in raw.items()}
+    return {text(raw[i]): raw[i + 1] for i in range(0, len(raw), 2)}
+
+
+async def consumer_stats(redis: Redis, stream: str, group: str) -> list[ConsumerStats]:
+    """The consumers of ``group`` (empty when the stream or group does not exist)."""
+    r: Any = redis
+    try:
+        rows = await r.xinfo_consumers(stream, group)
+    except ResponseError:  # no such stream or group yet
+        return []
+    out: list[ConsumerStats] = []
+    for c in rows:
+        row = _kv(c)
+        inactive = row.get("inactive")
+        out.append(
+            ConsumerStats(
+                name=text(row.get("name")),
+                pending=int(row.get("pending") or 0),
+                idle_ms=int(row.get("idle") or 0),
+                inactive_ms=None if inactive is None or int(inactive) < 0 else int(inactive),
+            )
+        )
+    return out
+
+
+async def oldest_pending_age(redis: Redis, stream: str, group: str) -> float | None:
+    """Seconds since the oldest in-flight entry of ``group`` was added (None when nothing is in flight)."""
+    r: Any = redis
+    try:
+        summary = await r.xpending(stream, group)
+    except ResponseError:
+        return None
+    lowest = summary.get("min") if isinstance(summary, dict) else summary[1]
+    if not lowest:
+        return None
+    return max(time.time() - id_ms(text(lowest)) / 1000, 0.0)
+
+
+def _netstrings(member: bytes) -> list[bytes]:
+    parts: list[bytes] = []
+    i = 0
+    for _ in range(10_000):
+        if i >= len(member):
+            break
+        colon = member.index(b":", i)
+        n = int(member[i:colon])
+        parts.append(member[colon + 1 : colon + 1 + n])
+        i = colon + 1 + n
+    return parts
+
+
+def delayed_stream(member: bytes) -> str:
+    """The stream a delayed-set member goes back to (netstrings, or the older JSON form)."""
+    if member.startswith(b"{"):
+        return str(msgspec.json.decode(member).get("s", ""))
+    parts = _netstrings(member)
+    return parts[0].decode() if parts else ""
+
+
+async def delayed_by_stream(redis: Redis, keys: KeyLayout, *, limit: int = 10_000) -> dict[str, int]:
+    """Retries waiting for their backoff, per stream (the first ``limit`` members of the set)."""
+    r: Any = redis
+    out: dict[str, int] = {}
+    for member in await r.zrange(keys.delayed_zset(), 0, limit - 1):
+        raw = member if isinstance(member, bytes) else str(member).encode()
+        name = delayed_stream(raw)
+        out[name] = out.get(name, 0) + 1
+    return out
+
+
+class DeadLetterEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """One entry of ``<stream>:dead`` as the runtime wrote it."""
+
+    stream: str  # the source stream
+    entry_id: str  # its id in the dead-letter stream
+    message_id: str  # stable id of the message across retries
+    source_entry: str  # its last id in the source stream
+    code: str
+    error: str
+    history: list[str]  # one line per attempt, oldest first
+    attempts: int  # attempts made (= lines of history)
+    dead_at_ms: int
+    payload: bytes
+
+
+def _entry(stream: str, raw_id: Any, fields: dict[bytes, bytes]) -> DeadLetterEntry:
+    eid = text(raw_id)
+    history: list[str] = []
+    if raw := fields.get(b"history"):
+        try:
+            history = _history.decode(raw)
+        except msgspec.DecodeError:
+            history = [raw.decode(errors="replace")]
+    return DeadLetterEntry(
+        stream=stream,
+        entry_id=eid,
+        message_id=fields.get(b"id", b"").decode(errors="replace") or eid,
+        source_entry=fields.get(b"source", b"").decode(errors="replace"),
+        code=fields.get(b"code", b"").decode(errors="replace"),
+        error=fields.get(b"error", b"").decode(errors="replace"),
+        history=history,
+        attempts=max(len(history), 1),
+        dead_at_ms=id_ms(eid),
+        payload=fields.get(b"m", b""),
+    )
+
+
+async def dead_letters(
+    redis: Redis,
+    keys: KeyLayout,
+    stream: str,
+    *,
+    count: int = 50,
+    before: str | None = None,
+    oldest_first: bool = False,
+) -> list[DeadLetterEntry]:
+    """Up to ``count`` dead letters of ``stream``, newest first (or oldest first); ``before`` pages."""
+    r: Any = redis
+    dead = keys.dead_letter_stream(stream)
+    if oldest_first:
+        rows = await r.xrange(dead, min=f"({before}" if before else "-", count=count)
+    else:
+        rows = await r.xrevrange(dead, max=f"({before}" if before else "+", count=count)
+    return [_entry(stream, raw_id, fields) for raw_id, fields in rows if fields]
+
+
+async def dead_letter(redis: Redis, keys: KeyLayout, stream: str, entry_id: str) -> DeadLetterEntry | None:
+    """One dead letter by its id in the dead-letter stream, or None."""
+    r: Any = redis
+    rows = await r.xrange(keys.dead_letter_stream(stream), min=entry_id, max=entry_id, count=1)
+    return _entry(stream, rows[0][0], rows[0][1]) if rows and rows[0][1] else None
+
+
+# Move a dead letter back onto its stream as a first attempt (same message id and payload, no
+# history), and remove it, in one step. KEYS: dead-letter stream, source stream. ARGV: entry id.
+# Returns the new entry id, or false when the dead letter is gone.
+_REQUEUE = """
+local rows = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
+if #rows == 0 then return false end
+local f = rows[1][2]
+local id, m = nil, nil
+for i = 1, #f, 2 do
+  if f[i] == 'id' then id = f[i+1] elseif f[i] == 'm' then m = f[i+1] end
+end
+if m == nil then return false end
+local new = redis.call('XADD', KEYS[2], '*', 'id', id or ARGV[1], 'a', '1', 'm', m)
+redis.call('XDEL', KEYS[1], ARGV[1])
+return new
+"""
+
+
+async def requeue_dead_letter(redis: Redis, keys: KeyLayout, stream: str, entry_id: str) -> str | None:
+    """Put a dead letter back on ``stream`` (a fresh first attempt) and remove it; None if it is gone."""
+    r: Any = redis
+    new = await r.eval(_REQUEUE, 2, keys.dead_letter_stream(stream), stream, entry_id)
+    return text(new) if new else None
+
+
+async def delete_dead_letter(redis: Redis, keys: KeyLayout, stream: str, entry_id: str) -> bool:
+    """Remove one dead letter; False if it was already gone."""
+    r: Any = redis
+    return bool(await r.xdel(keys.dead_letter_stream(stream), entry_id))
