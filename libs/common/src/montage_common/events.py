@@ -12,11 +12,24 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from montage_streams import Emit
+from montage_streams import Emit, id_key, read_last, read_range
 from redis.asyncio import Redis
 
 from montage_common.keys import Keys
 from montage_common.messages import JobEvent, event_decoder
+
+__all__ = [
+    "EVENT_LOG_MAXLEN",
+    "EVENT_LOG_TTL_SECONDS",
+    "EVENT_TYPES",
+    "FINAL_EVENTS",
+    "event_emit",
+    "id_key",
+    "last_event",
+    "parse_published",
+    "replay",
+    "valid_event_id",
+]
 
 EVENT_TYPES = ("stage_update", "progress", "message", "cost_update", "completed", "error")
 FINAL_EVENTS = ("completed", "error")
@@ -44,10 +57,10 @@ def parse_published(message: bytes) -> tuple[str, JobEvent]:
     return entry_id.decode(), event_decoder.decode(payload)
 
 
-def id_key(entry_id: str) -> tuple[int, int]:
-    """Sort key of a stream entry id (``"<ms>-<seq>"``)."""
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
+async def last_event(redis: Redis, keys: Keys, job_id: str) -> tuple[str, JobEvent] | None:
+    """The newest logged event of the job (``None`` when its log is empty or gone)."""
+    entry = await read_last(redis, keys.job_events_stream(job_id))
+    return None if entry is None else (entry.entry_id, event_decoder.decode(entry.payload))
 
 
 _U64 = 2**64 - 1
@@ -69,14 +82,5 @@ def valid_event_id(value: str) -> bool:
 
 async def replay(redis: Redis, keys: Keys, job_id: str, after: str = "0-0") -> list[tuple[str, JobEvent]]:
     """Every logged event of the job after entry id ``after`` (exclusive), oldest first."""
-    out: list[tuple[str, JobEvent]] = []
-    start = f"({after}"
-    while True:
-        r: Any = redis
-        batch: list[Any] = await r.xrange(keys.job_events_stream(job_id), min=start, count=500)
-        for raw_id, fields in batch:
-            eid = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
-            out.append((eid, event_decoder.decode(fields[b"m"])))
-        if len(batch) < 500:
-            return out
-        start = f"({out[-1][0]}"
+    entries = await read_range(redis, keys.job_events_stream(job_id), after=after, limit=EVENT_LOG_MAXLEN * 2)
+    return [(e.entry_id, event_decoder.decode(e.payload)) for e in entries]

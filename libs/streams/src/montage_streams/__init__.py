@@ -27,10 +27,13 @@ from montage_streams._model import (
     DeadLetterHook,
     Delivery,
     Emit,
+    Entry,
     Handler,
     HandOffError,
     KeyLayout,
+    id_key,
 )
+from montage_streams._reader import read_last, read_one, read_range
 from montage_streams._retry import RetryPolicy
 from montage_streams._stats import GroupStats, group_stats
 
@@ -43,6 +46,7 @@ __all__ = [
     "DeadLetterHook",
     "Delivery",
     "Emit",
+    "Entry",
     "GroupStats",
     "HandOffError",
     "Handler",
@@ -57,6 +61,10 @@ __all__ = [
     "delayed_by_stream",
     "delete_dead_letter",
     "group_stats",
+    "id_key",
     "oldest_pending_age",
+    "read_last",
+    "read_one",
+    "read_range",
     "requeue_dead_letter",
 ]

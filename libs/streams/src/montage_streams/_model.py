@@ -70,19 +70,34 @@ DeadLetterHook = Callable[[Delivery, DeadLetter], Sequence[Emit]]
 _history_decoder = msgspec.json.Decoder(list[str])
 
 
-def delivery(stream: str, group: str, entry_id: str, fields: dict[bytes, bytes], delivery_count: int) -> Delivery:
-    """Decode an entry's fields (as written by ``ack_emit.lua`` or ``promote.lua``)."""
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A stream entry as the runtime wrote it, read outside a consumer group (logs, operators)."""
+
+    entry_id: str
+    message_id: str
+    attempt: int
+    payload: bytes
+    history: tuple[str, ...] = ()
+
+
+def decode_entry(entry_id: str, fields: dict[bytes, bytes]) -> Entry:
+    """An entry's fields (as written by ``ack_emit.lua`` or ``promote.lua``): the only place that
+    knows the wire field names (``id``, ``a``, ``m``, ``h``)."""
     raw_id = fields.get(b"id")
-    return Delivery(
-        stream,
-        group,
+    return Entry(
         entry_id,
         raw_id.decode() if raw_id else entry_id,
         int(fields.get(b"a", b"1")),
-        delivery_count,
         fields.get(b"m", b""),
         tuple(_history_decoder.decode(fields[b"h"])) if b"h" in fields else (),
     )
+
+
+def delivery(stream: str, group: str, entry_id: str, fields: dict[bytes, bytes], delivery_count: int) -> Delivery:
+    """The :class:`Delivery` of an entry read in ``group``."""
+    e = decode_entry(entry_id, fields)
+    return Delivery(stream, group, entry_id, e.message_id, e.attempt, delivery_count, e.payload, e.history)
 
 
 def text(value: Any) -> str:
