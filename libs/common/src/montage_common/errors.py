@@ -6,14 +6,50 @@ plus per-error extra fields (e.g. ``retry_after`` for rate limits).
 
 from __future__ import annotations
 
+import enum
 from typing import Any, ClassVar
+
+
+class ErrorCode(enum.StrEnum):
+    """Every ``code`` an error body or a failed job can carry: the catalogue, in one place."""
+
+    INTERNAL_ERROR = "INTERNAL_ERROR"
+    VALIDATION_ERROR = "VALIDATION_ERROR"
+    UNAUTHORIZED = "UNAUTHORIZED"
+    FORBIDDEN = "FORBIDDEN"
+    NOT_FOUND = "NOT_FOUND"
+    METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
+    GONE = "GONE"
+    BUDGET_EXCEEDED = "BUDGET_EXCEEDED"
+    RATE_LIMIT_EXCEEDED = "RATE_LIMIT_EXCEEDED"
+    SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"
+    TOO_MANY_CONNECTIONS = "TOO_MANY_CONNECTIONS"
+    TIMEOUT = "TIMEOUT"
+    UPSTREAM_ERROR = "UPSTREAM_ERROR"
+    MODULE_FAILURE = "MODULE_FAILURE"
+    GENERATION_ERROR = "GENERATION_ERROR"
+    CANCELLED = "CANCELLED"
+
+
+# The codes a failed job ends with (``jobs.error_code``); anything else a stage reports is
+# recorded as MODULE_FAILURE.
+JOB_FAILURE_CODES: frozenset[ErrorCode] = frozenset(
+    {
+        ErrorCode.MODULE_FAILURE,
+        ErrorCode.GENERATION_ERROR,
+        ErrorCode.BUDGET_EXCEEDED,
+        ErrorCode.TIMEOUT,
+        ErrorCode.CANCELLED,
+        ErrorCode.VALIDATION_ERROR,
+    }
+)
 
 
 class MontageError(Exception):
     """Base of every error Montage reports to a client or a pipeline."""
 
     status: ClassVar[int] = 500
-    code: ClassVar[str] = "INTERNAL_ERROR"
+    code: ClassVar[str] = ErrorCode.INTERNAL_ERROR
     retryable: ClassVar[bool] = False
     default_message: ClassVar[str] = "Internal server error"
 
@@ -44,7 +80,7 @@ class MontageError(Exception):
 class ValidationError(MontageError):
     """Input validation failed."""
 
-    status, code, default_message = 400, "VALIDATION_ERROR", "Invalid request"
+    status, code, default_message = 400, ErrorCode.VALIDATION_ERROR, "Invalid request"
 
 
 class PayloadTooLarge(ValidationError):
@@ -62,62 +98,62 @@ class RequestTimeout(ValidationError):
 class Unauthorized(MontageError):
     """Missing or invalid credentials."""
 
-    status, code, default_message = 401, "UNAUTHORIZED", "Unauthorized"
+    status, code, default_message = 401, ErrorCode.UNAUTHORIZED, "Unauthorized"
 
 
 class Forbidden(MontageError):
     """The caller may not touch this resource."""
 
-    status, code, default_message = 403, "FORBIDDEN", "Forbidden"
+    status, code, default_message = 403, ErrorCode.FORBIDDEN, "Forbidden"
 
 
 class NotFound(MontageError):
     """No such resource."""
 
-    status, code, default_message = 404, "NOT_FOUND", "Not found"
+    status, code, default_message = 404, ErrorCode.NOT_FOUND, "Not found"
 
 
 class MethodNotAllowed(MontageError):
     """The route exists but not with this method."""
 
-    status, code, default_message = 405, "METHOD_NOT_ALLOWED", "Method not allowed"
+    status, code, default_message = 405, ErrorCode.METHOD_NOT_ALLOWED, "Method not allowed"
 
 
 class Gone(MontageError):
     """The resource existed but has expired or was deleted."""
 
-    status, code, default_message = 410, "GONE", "Gone"
+    status, code, default_message = 410, ErrorCode.GONE, "Gone"
 
 
 class BudgetExceededError(MontageError):
     """The job's cost would pass its mode's cap."""
 
-    status, code, default_message = 402, "BUDGET_EXCEEDED", "Budget limit exceeded"
+    status, code, default_message = 402, ErrorCode.BUDGET_EXCEEDED, "Budget limit exceeded"
 
 
 class RateLimitError(MontageError):
     """Too many requests."""
 
-    status, code, retryable, default_message = 429, "RATE_LIMIT_EXCEEDED", True, "Rate limit exceeded"
+    status, code, retryable, default_message = 429, ErrorCode.RATE_LIMIT_EXCEEDED, True, "Rate limit exceeded"
 
 
 class ServiceUnavailable(MontageError):
     """A dependency is down or a capacity limit is reached."""
 
-    status, code, retryable, default_message = 503, "SERVICE_UNAVAILABLE", True, "Service unavailable"
+    status, code, retryable, default_message = 503, ErrorCode.SERVICE_UNAVAILABLE, True, "Service unavailable"
 
 
 class UpstreamTimeout(MontageError):
     """An internal or external service did not answer in time."""
 
-    status, code, retryable, default_message = 504, "TIMEOUT", True, "Upstream timed out"
+    status, code, retryable, default_message = 504, ErrorCode.TIMEOUT, True, "Upstream timed out"
 
 
 # --- pipeline errors (raised by stages, carried in results) -----------------------------
 class PipelineError(MontageError):
     """A module failed and retrying will not help."""
 
-    code, default_message = "MODULE_FAILURE", "Pipeline module failed"
+    code, default_message = ErrorCode.MODULE_FAILURE, "Pipeline module failed"
 
 
 class RetryableError(PipelineError):
@@ -129,10 +165,10 @@ class RetryableError(PipelineError):
 class GenerationError(PipelineError):
     """An AI generation provider failed."""
 
-    code, default_message = "GENERATION_ERROR", "Generation failed"
+    code, default_message = ErrorCode.GENERATION_ERROR, "Generation failed"
 
 
 class JobCancelled(PipelineError):
     """The user cancelled the job."""
 
-    code, default_message = "CANCELLED", "Job cancelled by user"
+    code, default_message = ErrorCode.CANCELLED, "Job cancelled by user"

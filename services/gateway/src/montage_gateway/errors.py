@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from montage_common.errors import RateLimitError, ServiceUnavailable, UpstreamTimeout
+from montage_common.errors import ErrorCode, RateLimitError, ServiceUnavailable, UpstreamTimeout
 
 
 class TooManyConnections(ServiceUnavailable):
     """The job or the user already has the maximum number of open SSE connections."""
 
-    code, default_message = "TOO_MANY_CONNECTIONS", "Too many connections"
+    code, default_message = ErrorCode.TOO_MANY_CONNECTIONS, "Too many connections"
 
 
 class RequestsThrottled(RateLimitError):

@@ -12,7 +12,7 @@ import asyncpg
 import msgspec
 import structlog
 from aiohttp import web
-from montage_common.errors import BudgetExceededError, Forbidden, Gone, NotFound, ValidationError
+from montage_common.errors import BudgetExceededError, ErrorCode, Forbidden, Gone, NotFound, ValidationError
 from montage_common.messages import StageTask
 from montage_common.models import AudioParserInput
 from montage_common.pipeline import FINAL_STATUSES, JOB_STATUSES, STAGES
@@ -80,7 +80,7 @@ async def upload_audio(request: web.Request) -> web.Response:
         metrics.UPLOAD_REJECTED.labels(err.code).inc()
         raise
     except BudgetExceededError:
-        metrics.UPLOAD_REJECTED.labels("BUDGET_EXCEEDED").inc()
+        metrics.UPLOAD_REJECTED.labels(ErrorCode.BUDGET_EXCEEDED).inc()
         raise
     finally:
         received.discard()
@@ -219,7 +219,7 @@ async def cancel_job(request: web.Request) -> web.Response:
         if row["status"] in FINAL_STATUSES:
             raise JobNotCancellable(f"Job already {row['status']}; it cannot be cancelled", job_id=str(job_id))
         was = row["status"]
-        await fail_job(conn, deps, eff, "CANCELLED", CANCELLED_MESSAGE)
+        await fail_job(conn, deps, eff, ErrorCode.CANCELLED, CANCELLED_MESSAGE)
         outbox_id = await deps.outbox.add(conn, job_id, eff.emits)
     eff.delete_prefixes = intermediate_prefixes(str(job_id))
     await after_commit(deps, eff)

@@ -24,7 +24,7 @@ import asyncpg
 import msgspec
 import structlog
 from montage_common import db
-from montage_common.errors import RetryableError
+from montage_common.errors import JOB_FAILURE_CODES, ErrorCode, RetryableError
 from montage_common.messages import (
     ErrorInfo,
     StageCost,
@@ -46,10 +46,8 @@ from montage_orchestrator.transitions import BUDGET_MESSAGE, Effects, after_comm
 
 log = structlog.get_logger()
 
-KNOWN_CODES = frozenset(
-    {"MODULE_FAILURE", "GENERATION_ERROR", "BUDGET_EXCEEDED", "TIMEOUT", "CANCELLED", "VALIDATION_ERROR"}
-)
-NO_FALLBACK_CODES = frozenset({"BUDGET_EXCEEDED", "CANCELLED"})
+# A stage that failed this way takes no fallback: the job itself must stop.
+NO_FALLBACK_CODES = frozenset({ErrorCode.BUDGET_EXCEEDED, ErrorCode.CANCELLED})
 _out = msgspec.json.Encoder(decimal_format="number")
 
 
@@ -72,7 +70,7 @@ async def dispatch_stage(conn: asyncpg.Connection, deps: Deps, job: asyncpg.Reco
         need = costs.estimate_stage(stage, job["estimated_cost"])
         if not costs.within(eff.total, need, limit):
             log.info("budget_precheck_failed", job_id=str(job_id), stage=stage, need=str(need), total=str(eff.total))
-            await fail_job(conn, deps, eff, "BUDGET_EXCEEDED", BUDGET_MESSAGE)
+            await fail_job(conn, deps, eff, ErrorCode.BUDGET_EXCEEDED, BUDGET_MESSAGE)
             return False
     rows = await store.stage_outputs(conn, job_id)
     stage_input = stages.build_input(stage, job, rows)
@@ -179,7 +177,7 @@ class Pipeline:
                 conn, job_id, stage, {"budget_rejected_call": item.call_id, "budget_rejected_amount": str(item.amount)}
             )
             log.warning("budget_exceeded", amount=str(item.amount), total=str(eff.total), api=item.api_name)
-            await fail_job(conn, self.deps, eff, "BUDGET_EXCEEDED", BUDGET_MESSAGE)
+            await fail_job(conn, self.deps, eff, ErrorCode.BUDGET_EXCEEDED, BUDGET_MESSAGE)
             return False
         await store.insert_cost(conn, job_id, stage, item)
         eff.total += item.amount
@@ -201,20 +199,20 @@ class Pipeline:
                 raw = bytes(msg.output)
                 output = msgspec.json.decode(raw, type=stage.output_type)
             except msgspec.DecodeError as exc:
-                error = ErrorInfo(code="MODULE_FAILURE", message=f"invalid output: {exc}"[:300])
+                error = ErrorInfo(code=ErrorCode.MODULE_FAILURE, message=f"invalid output: {exc}"[:300])
         if output is not None and stage.min_clips:
             assert isinstance(output, Clips)
             if len(output.clips) < stage.min_clips:
                 total = len(output.clips) + len(output.failed)
                 error = ErrorInfo(
-                    code="MODULE_FAILURE",
+                    code=ErrorCode.MODULE_FAILURE,
                     message=f"Insufficient clips generated ({len(output.clips)} of {total})",
                 )
                 output = None
         if output is not None:
             await self._stage_done(conn, job, msg, output, eff, {})
             return
-        err = error or ErrorInfo(code="MODULE_FAILURE", message="stage failed")
+        err = error or ErrorInfo(code=ErrorCode.MODULE_FAILURE, message="stage failed")
         await self._stage_failed(conn, job, msg, err, eff)
 
     async def _stage_done(  # noqa: PLR0917
@@ -280,8 +278,8 @@ class Pipeline:
             await self._stage_done(conn, job, msg, plan, eff, meta)
             return
         await store.finish_stage(conn, job["job_id"], stage, status="failed", attempts=msg.attempts, error=err.message)
-        code = err.code if err.code in KNOWN_CODES else "MODULE_FAILURE"
-        message = err.message if code in ("BUDGET_EXCEEDED", "CANCELLED") else f"{stage} failed: {err.message}"
+        code = err.code if err.code in JOB_FAILURE_CODES else ErrorCode.MODULE_FAILURE
+        message = err.message if code in NO_FALLBACK_CODES else f"{stage} failed: {err.message}"
         await fail_job(conn, self.deps, eff, code, message[:1000])
 
     async def _complete(self, conn: asyncpg.Connection, job: asyncpg.Record, output: VideoOutput, eff: Effects) -> None:

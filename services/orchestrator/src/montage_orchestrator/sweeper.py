@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 
 import structlog
+from montage_common.errors import ErrorCode
 from montage_common.pipeline import timeout_message
 
 from montage_orchestrator import cleanup, metrics, store
@@ -34,7 +35,7 @@ async def fail_overdue(deps: Deps) -> int:
             eff = Effects(job_id=str(row["job_id"]))
             with structlog.contextvars.bound_contextvars(job_id=eff.job_id):
                 message = timeout_message(deps.settings.job_timeout_seconds)
-                await fail_job(conn, deps, eff, "TIMEOUT", message)
+                await fail_job(conn, deps, eff, ErrorCode.TIMEOUT, message)
             done.append((eff, await deps.outbox.add(conn, row["job_id"], eff.emits)))
     for eff, outbox_id in done:
         await after_commit(deps, eff)

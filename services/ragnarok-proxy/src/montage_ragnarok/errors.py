@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from montage_common.errors import MontageError
+from montage_common.errors import ErrorCode, MontageError
 
 
 class RagnarokAPIError(MontageError):
     """RAGNAROK refused a call or could not be reached."""
 
     status: ClassVar[int] = 502
-    code: ClassVar[str] = "UPSTREAM_ERROR"
+    code: ClassVar[str] = ErrorCode.UPSTREAM_ERROR
     retryable: ClassVar[bool] = True
     default_message: ClassVar[str] = "RAGNAROK returned an unexpected response"
 
@@ -44,19 +44,19 @@ class RagnarokAPIError(MontageError):
 class RagnarokBadRequest(RagnarokAPIError):
     """RAGNAROK rejected the input (400)."""
 
-    status, code, retryable, default_message = 400, "VALIDATION_ERROR", False, "RAGNAROK rejected the request"
+    status, code, retryable, default_message = 400, ErrorCode.VALIDATION_ERROR, False, "RAGNAROK rejected the request"
 
 
 class RagnarokRateLimited(RagnarokAPIError):
     """RAGNAROK's rate or daily limit was hit (429)."""
 
-    status, code, retryable, default_message = 429, "RATE_LIMIT_EXCEEDED", True, "RAGNAROK rate limit exceeded"
+    status, code, retryable, default_message = 429, ErrorCode.RATE_LIMIT_EXCEEDED, True, "RAGNAROK rate limit exceeded"
 
 
 class RagnarokUnavailable(RagnarokAPIError):
     """RAGNAROK said it is unavailable (503)."""
 
-    status, code, retryable, default_message = 503, "SERVICE_UNAVAILABLE", True, "RAGNAROK is unavailable"
+    status, code, retryable, default_message = 503, ErrorCode.SERVICE_UNAVAILABLE, True, "RAGNAROK is unavailable"
 
 
 class RagnarokUnreachable(RagnarokUnavailable):
@@ -68,7 +68,7 @@ class RagnarokUnreachable(RagnarokUnavailable):
 class RagnarokTimeout(RagnarokAPIError):
     """RAGNAROK did not answer within the configured timeout (504)."""
 
-    status, code, retryable, default_message = 504, "TIMEOUT", True, "RAGNAROK did not answer in time"
+    status, code, retryable, default_message = 504, ErrorCode.TIMEOUT, True, "RAGNAROK did not answer in time"
 
 
 class WorkflowNotFound(RagnarokAPIError):

@@ -25,7 +25,7 @@ from types import ModuleType
 
 import msgspec
 import structlog
-from montage_common.errors import JobCancelled
+from montage_common.errors import ErrorCode, JobCancelled
 from montage_common.keys import Keys
 from montage_common.messages import ErrorInfo, StageCost, StageProgress, StageResult, StageTask, encode, task_decoder
 from montage_common.models import CostItem
@@ -142,7 +142,9 @@ class StageWorker:
                 output = await self.module.process(ctx, task.job_id, task.input)
             except JobCancelled as exc:
                 log.info("stage_cancelled")
-                return [self._result(task, d, start, costs, error=ErrorInfo(code="CANCELLED", message=exc.message))]
+                return [
+                    self._result(task, d, start, costs, error=ErrorInfo(code=ErrorCode.CANCELLED, message=exc.message))
+                ]
             finally:
                 await asyncio.to_thread(shutil.rmtree, workdir, True)
             log.info("stage_finished", seconds=round(time.perf_counter() - start, 3))
