@@ -410,3 +410,240 @@ def decode_sse(event: str, data: bytes, event_id: str | None = None) -> SseEvent
         wire["id"] = event_id
     result: SseEvent = msgspec.convert(wire, type=SseEvent)
     return result
+
+
+# --- the operator console: /api/v1/admin/* (admins only) -------------------------------------
+# (Bodies built by montage_orchestrator.admin, montage_ragnarok.admin and montage_gateway.admin.)
+AdminStreamName = Annotated[
+    str, Meta(description="A stage name, or `results` (the orchestrator's input)", examples=["composer"])
+]
+EntryId = Annotated[str, Meta(pattern=r"^[0-9]{1,20}-[0-9]{1,20}$", examples=["1700000000000-0"])]
+
+
+class AdminConsumer(Struct, kw_only=True):
+    """A consumer of the stage's group, joined with the worker heartbeats."""
+
+    name: str
+    pending: int
+    idle_seconds: float | None  # since its last interaction with the stream (None: not in the group yet)
+    heartbeat_age_seconds: float | None  # since its last heartbeat (None: no live heartbeat)
+    alive: bool | None  # a live heartbeat (None for the results stream: the orchestrator has none)
+
+
+class AdminQueue(Struct, kw_only=True):
+    """One stream and its consumer group; throughput and p95 over the window (stages only)."""
+
+    name: str
+    stream: str
+    group: str
+    length: int
+    waiting: int  # not yet delivered to the group (its lag)
+    oldest_waiting_seconds: float | None
+    pending: int  # delivered, not acknowledged: in flight
+    oldest_pending_seconds: float | None
+    delayed: int  # retries waiting for their backoff
+    dead_letters: int
+    consumers: list[AdminConsumer]
+    workers_alive: int | None
+    completed: int = 0  # finished attempts in the window
+    failed: int = 0
+    throughput_per_minute: float = 0.0
+    p95_seconds: float | None = None
+
+
+class AdminQueues(Struct, kw_only=True):
+    namespace: str
+    generated_at: datetime
+    window_seconds: int
+    stages: list[AdminQueue]
+    results: AdminQueue
+    delayed_total: int
+
+
+class AdminDeadLetter(Struct, kw_only=True):
+    stream: str
+    entry_id: str
+    message_id: str
+    code: str
+    error: str
+    attempts: int
+    history: list[str]
+    dead_at: datetime
+    job_id: str | None
+    user_id: str | None
+    dispatch: int | None
+    job_status: str | None
+
+
+class AdminDeadLetters(Struct, kw_only=True):
+    dead_letters: list[AdminDeadLetter]
+
+
+class AdminRetried(Struct, kw_only=True):
+    """A retried dead letter: its stage re-dispatched (`retried`) or put back on the results stream (`requeued`)."""
+
+    entry_id: str
+    outcome: Literal["retried", "requeued"]
+    job_id: str | None = None
+    job_status: str | None = None
+    new_entry_id: str | None = None
+
+
+class AdminRetryOutcome(Struct, kw_only=True):
+    entry_id: str
+    outcome: Literal["retried", "requeued", "conflict", "not_found"]
+    job_id: str | None = None
+    job_status: str | None = None
+    new_entry_id: str | None = None
+    reason: str | None = None
+
+
+class AdminRetryAll(Struct, kw_only=True):
+    stream: str
+    retried: int
+    skipped: int
+    outcomes: list[AdminRetryOutcome]
+
+
+class AdminDeleted(Struct, kw_only=True):
+    entry_id: str
+    outcome: Literal["deleted"]
+
+
+class AdminJob(Struct, kw_only=True):
+    job_id: JobId
+    user_id: str
+    status: JobStatusName
+    current_stage: str | None
+    progress: Progress
+    total_cost: Money
+    estimated_cost: Money
+    video_key: str | None
+    error_message: str | None
+    error_code: str | None
+    created_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None
+    files_expire_at: datetime | None
+    files_cleaned_at: datetime | None
+
+
+class AdminJobs(Struct, kw_only=True):
+    jobs: list[AdminJob]
+    total: int
+    limit: int
+    offset: int
+
+
+class AdminJobFull(AdminJob, kw_only=True):
+    user_prompt: str
+    audio_filename: str
+    audio_duration: float
+    cost_limit: Money
+    started_at: datetime | None
+    deadline_at: datetime | None
+
+
+class AdminStage(Struct, kw_only=True):
+    stage: str
+    status: str
+    dispatch: int
+    attempts: int
+    started_at: datetime | None
+    completed_at: datetime | None
+    duration_seconds: float | None
+    error: str | None
+    metadata: dict[str, Any]
+
+
+class AdminEvent(Struct, kw_only=True):
+    id: str
+    at: datetime
+    event: str
+    data: dict[str, Any]
+
+
+class AdminCost(Struct, kw_only=True):
+    stage: str
+    api_name: str
+    call_id: str
+    cost: Money
+    created_at: datetime
+
+
+class AdminJobError(Struct, kw_only=True):
+    where: str
+    code: str | None
+    message: str
+
+
+class AdminFile(Struct, kw_only=True):
+    key: str
+    size: int
+    modified_at: datetime
+
+
+class AdminAction(Struct, kw_only=True):
+    """One entry of the action log: who did what to which target, and what came of it."""
+
+    id: int
+    actor: str
+    action: str
+    target: str
+    job_id: str | None
+    outcome: Literal["done", "not_found", "conflict"]
+    detail: dict[str, Any]
+    request_id: str | None
+    created_at: datetime
+
+
+class AdminActions(Struct, kw_only=True):
+    actions: list[AdminAction]
+
+
+class AdminJobDetail(Struct, kw_only=True):
+    job: AdminJobFull
+    stages: list[AdminStage]
+    events: list[AdminEvent]
+    costs: list[AdminCost]
+    errors: list[AdminJobError]
+    dead_letters: list[AdminDeadLetter]
+    files: list[AdminFile]
+    actions: list[AdminAction]
+    cancellable: bool
+
+
+class AdminNexusJob(Struct, kw_only=True):
+    job_id: str
+    user_id: str
+    workflow_id: str
+    kind: str
+    business_name: str
+    status: JobStatusName
+    trace_id: str
+    video_url: str | None
+    error: str | None
+    poll_attempts: int
+    lease_owner: str | None
+    cost_usd: float | None
+    last_polled_at: datetime | None
+    next_poll_at: datetime | None
+    event_published_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None
+
+
+class AdminNexusJobs(Struct, kw_only=True):
+    jobs: list[AdminNexusJob]
+    total: int
+    limit: int
+    offset: int
+    counts: dict[str, int]
+
+
+class AdminMe(Struct, kw_only=True):
+    user_id: str
+    admin: bool
+    claim: str
+    namespace: str

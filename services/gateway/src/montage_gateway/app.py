@@ -23,6 +23,7 @@ from montage_common.storage import LocalStorage
 from montage_common.web import READY_CHECKS, REQUEST_ID, Handler, create_base_app
 from redis.asyncio import Redis
 
+from montage_gateway import admin
 from montage_gateway.auth import USER_ID, Authenticator, build_verifier, request_user
 from montage_gateway.cors import Cors
 from montage_gateway.dev import DevHandlers
@@ -51,6 +52,8 @@ PUBLIC_ROUTES = frozenset(
         "/files/{key}",
     }
 )
+# The operator console's page authenticates itself (header or cookie; montage_gateway.admin).
+PUBLIC_ROUTES |= admin.PAGE_ROUTES
 SELF_AUTH_ROUTES = frozenset({"/api/v1/jobs/{job_id}/stream"})
 # Not counted by the per-IP guard: load balancers and monitors poll the health route.
 UNGUARDED_ROUTES = frozenset({"/api/v1/health"})
@@ -307,6 +310,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
             audience=settings.jwt_audience,
             issuer=settings.jwt_issuer,
             ttl_seconds=settings.dev_token_ttl_seconds,
+            role_claim=settings.admin_role_claim,
         )
         r.add_post("/api/v1/dev/token", dev.token)
         r.add_get("/demo", dev.demo)
@@ -315,4 +319,6 @@ def create_app(settings: GatewaySettings) -> web.Application:
         r.add_route(method, path, forward_orchestrator)
     for method, path in RAGNAROK_ROUTES:
         r.add_route(method, path, forward_ragnarok)
+    # The operator console: /admin/queues and /api/v1/admin/* (admins only; each route listed in admin.API_ROUTES).
+    admin.register(r, settings, lambda a: a[GATEWAY])
     return app

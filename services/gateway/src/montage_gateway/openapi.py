@@ -137,6 +137,148 @@ are described by the `SseEvent` schema: a union tagged by `event`; `data` is JSO
 schema is the `contentSchema` of each member.
 """
 
+# --- the operator console (admins only: 403 for every other user; montage_gateway.admin) --------
+ADMIN_TEXT = " (admins only)"
+ADMIN_403 = Reply("Not an admin (`FORBIDDEN`)", api.Error)
+CONFLICT = Reply("The action does not apply to the target's current state (`CONFLICT`)", api.Error)
+STREAM = Param("stream", "path", api.AdminStreamName, required=True)
+ENTRY = Param("entry_id", "path", api.EntryId, required=True)
+ADMIN_OPERATIONS: tuple[Op, ...] = (
+    Op(
+        "get",
+        "/admin/queues",
+        "getAdminConsole",
+        "The operator console (HTML; the token from `Authorization` or the `montage_admin` cookie)",
+        "admin",
+        {200: Reply("HTML", str, media=HTML), 403: ADMIN_403, **errors(*AUTHED)},
+    ),
+    Op(
+        "get",
+        "/admin/assets/{path}",
+        "getAdminAsset",
+        "The console's scripts and styles (no data)",
+        "admin",
+        {200: Reply("The asset"), **errors(400, 404, 429)},
+        security="public",
+        params=(Param("path", "path", api.PathSegment, required=True),),
+    ),
+    Op(
+        "get",
+        "/api/v1/admin/me",
+        "getAdminMe",
+        "Who the console is signed in as" + ADMIN_TEXT,
+        "admin",
+        {200: Reply("The admin", api.AdminMe), 403: ADMIN_403, **errors(*AUTHED)},
+    ),
+    Op(
+        "get",
+        "/api/v1/admin/queues",
+        "getAdminQueues",
+        "Every stage's stream: waiting, in flight, delayed, dead letters, consumers, throughput, p95" + ADMIN_TEXT,
+        "admin",
+        {200: Reply("The queues", api.AdminQueues), 403: ADMIN_403, **errors(400, *AUTHED)},
+        params=(Param("window", "query", Annotated[int, Meta(ge=60, le=3600, description="Seconds (default 300)")]),),
+    ),
+    Op(
+        "get",
+        "/api/v1/admin/dead-letters",
+        "listAdminDeadLetters",
+        "Dead letters, newest first, with error, attempts and history" + ADMIN_TEXT,
+        "admin",
+        {200: Reply("Dead letters", api.AdminDeadLetters), 403: ADMIN_403, **errors(400, 404, *AUTHED)},
+        params=(
+            Param("stream", "query", api.AdminStreamName),
+            Param("limit", "query", Annotated[int, Meta(ge=1, le=500)]),
+            Param("before", "query", api.EntryId),
+        ),
+    ),
+    Op(
+        "post",
+        "/api/v1/admin/dead-letters/{stream}/retry-all",
+        "retryAllAdminDeadLetters",
+        "Retry every dead letter of a stream, oldest first, each on its own" + ADMIN_TEXT,
+        "admin",
+        {200: Reply("Each entry's outcome", api.AdminRetryAll), 403: ADMIN_403, **errors(400, 404, *AUTHED)},
+        params=(STREAM, Param("limit", "query", Annotated[int, Meta(ge=1, le=200)])),
+    ),
+    Op(
+        "post",
+        "/api/v1/admin/dead-letters/{stream}/{entry_id}/retry",
+        "retryAdminDeadLetter",
+        "Retry one dead letter: re-dispatch its stage through the job's state machine" + ADMIN_TEXT,
+        "admin",
+        {200: Reply("Retried", api.AdminRetried), 403: ADMIN_403, 409: CONFLICT, **errors(400, 404, *AUTHED)},
+        params=(STREAM, ENTRY),
+    ),
+    Op(
+        "delete",
+        "/api/v1/admin/dead-letters/{stream}/{entry_id}",
+        "deleteAdminDeadLetter",
+        "Delete one dead letter" + ADMIN_TEXT,
+        "admin",
+        {200: Reply("Deleted", api.AdminDeleted), 403: ADMIN_403, **errors(400, 404, *AUTHED)},
+        params=(STREAM, ENTRY),
+    ),
+    Op(
+        "get",
+        "/api/v1/admin/jobs",
+        "searchAdminJobs",
+        "Jobs of every user, newest first; `q` is a job id or a user id" + ADMIN_TEXT,
+        "admin",
+        {200: Reply("Jobs", api.AdminJobs), 403: ADMIN_403, **errors(400, *AUTHED)},
+        params=(
+            Param("q", "query", Annotated[str, Meta(max_length=200)]),
+            Param("status", "query", api.JobStatusName),
+            Param("limit", "query", Annotated[int, Meta(ge=1, le=100)]),
+            Param("offset", "query", Offset),
+        ),
+    ),
+    Op(
+        "get",
+        "/api/v1/admin/jobs/{job_id}",
+        "getAdminJob",
+        "A job's stages and timings, events, costs, errors, dead letters, files and admin actions" + ADMIN_TEXT,
+        "admin",
+        {200: Reply("The job", api.AdminJobDetail), 403: ADMIN_403, **errors(400, 404, *AUTHED)},
+        params=(JOB_ID,),
+    ),
+    Op(
+        "post",
+        "/api/v1/admin/jobs/{job_id}/cancel",
+        "cancelAdminJob",
+        "Cancel any user's queued or processing job" + ADMIN_TEXT,
+        "admin",
+        {200: Reply("Cancelled", api.Cancelled), 403: ADMIN_403, 409: CONFLICT, **errors(400, 404, *AUTHED)},
+        params=(JOB_ID,),
+    ),
+    Op(
+        "get",
+        "/api/v1/admin/actions",
+        "listAdminActions",
+        "The action log: every retry, delete and cancel, who asked and what came of it" + ADMIN_TEXT,
+        "admin",
+        {200: Reply("Actions", api.AdminActions), 403: ADMIN_403, **errors(400, *AUTHED)},
+        params=(
+            Param("limit", "query", Annotated[int, Meta(ge=1, le=500)]),
+            Param("job_id", "query", api.JobId),
+        ),
+    ),
+    Op(
+        "get",
+        "/api/v1/admin/ragnarok/jobs",
+        "listAdminNexusJobs",
+        "Nexus jobs with their workflow ids, statuses and trace ids" + ADMIN_TEXT,
+        "admin",
+        {200: Reply("Nexus jobs", api.AdminNexusJobs), 403: ADMIN_403, **errors(400, *AUTHED)},
+        params=(
+            Param("q", "query", Annotated[str, Meta(max_length=200, description="job, workflow, trace or user id")]),
+            Param("status", "query", api.JobStatusName),
+            Param("limit", "query", Annotated[int, Meta(ge=1, le=200)]),
+            Param("offset", "query", Offset),
+        ),
+    ),
+)
+
 OPERATIONS: tuple[Op, ...] = (
     Op(
         "get",
@@ -345,6 +487,7 @@ OPERATIONS: tuple[Op, ...] = (
         params=(Param("path", "path", api.PathSegment, required=True),),
         development=True,
     ),
+    *ADMIN_OPERATIONS,
 )
 
 HEADERS: dict[str, tuple[str, Any, bool, str]] = {

@@ -9,7 +9,7 @@ verified user id are added (``docs/contracts.md``). An unreachable service answe
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -107,7 +107,9 @@ class Forwarder:
             headers[HEADER_USER] = user_id
         return headers
 
-    def _forward_headers(self, request: web.Request, user_id: str | None) -> CIMultiDict[str]:
+    def _forward_headers(
+        self, request: web.Request, user_id: str | None, extra: Mapping[str, str] | None = None
+    ) -> CIMultiDict[str]:
         headers: CIMultiDict[str] = CIMultiDict()
         for name, value in request.headers.items():
             low = name.lower()
@@ -117,6 +119,8 @@ class Forwarder:
         if request.body_exists and request.content_length is not None:
             headers["Content-Length"] = str(request.content_length)
         headers.extend(self.internal_headers(request[REQUEST_ID], user_id))
+        if extra:  # the gateway's own X-Montage-* headers (e.g. the admin role), after the client's were dropped
+            headers.update(extra)
         if request.remote:
             prior = request.headers.get("X-Forwarded-For")
             headers["X-Forwarded-For"] = f"{prior}, {request.remote}" if prior else request.remote
@@ -139,6 +143,7 @@ class Forwarder:
         *,
         time_limit: float | None = None,
         on_status: StatusHook | None = None,
+        extra_headers: Mapping[str, str] | None = None,
     ) -> web.StreamResponse:
         """Send ``request`` (same method, path and query) to ``upstream`` and stream back its answer."""
         if request.content_length is not None and request.content_length > self.max_body_bytes:
@@ -152,7 +157,7 @@ class Forwarder:
             async with self.session.request(
                 request.method,
                 url,
-                headers=self._forward_headers(request, user_id),
+                headers=self._forward_headers(request, user_id, extra_headers),
                 data=data,
                 timeout=self._client_timeout(time_limit),
                 allow_redirects=False,

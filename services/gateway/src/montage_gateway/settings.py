@@ -71,6 +71,11 @@ class GatewaySettings(CommonSettings, frozen=True, kw_only=True):
     # --- development ----------------------------------------------------------------------
     dev_token_ttl_seconds: int = 3600
 
+    # --- operator console (/admin/queues, /api/v1/admin/*) ---------------------------------
+    # The token claim (dotted path) that must equal ADMIN_ROLE_VALUE (or, if a list, hold it).
+    admin_role_claim: str = "app_metadata.role"  # Supabase: set by the service role only
+    admin_role_value: str = "admin"
+
     @property
     def jwt_secret(self) -> str:
         """The HS256 secret in force: the configured one, or a fixed default in development."""
@@ -98,6 +103,8 @@ class GatewaySettings(CommonSettings, frozen=True, kw_only=True):
             found.append(f"JWT_ALGORITHMS has unsupported values: {sorted(bad)}")
         if self.sse_max_per_job < 1 or self.sse_max_per_user < 1:
             found.append("SSE_MAX_PER_JOB and SSE_MAX_PER_USER must be >= 1")
+        if not self.admin_role_claim.strip(".") or not self.admin_role_value:
+            found.append("ADMIN_ROLE_CLAIM and ADMIN_ROLE_VALUE must not be empty")
         if self.sse_slot_lease_seconds <= self.sse_heartbeat_seconds:
             found.append("SSE_SLOT_LEASE_SECONDS must exceed SSE_HEARTBEAT_SECONDS")
         return found

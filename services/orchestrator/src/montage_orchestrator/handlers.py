@@ -19,7 +19,7 @@ from montage_common.pipeline import FINAL_STATUSES, JOB_STATUSES, STAGES
 from montage_common.redis import REDIS_DOWN
 from montage_common.web import internal_user
 
-from montage_orchestrator import costs, metrics, store, upload
+from montage_orchestrator import admin, costs, metrics, store, upload
 from montage_orchestrator.cleanup import intermediate_prefixes
 from montage_orchestrator.deps import DEPS, Deps
 from montage_orchestrator.errors import JobNotCancellable
@@ -258,4 +258,5 @@ def routes() -> list[web.RouteDef]:
         web.post("/api/v1/jobs/{job_id}/cancel", cancel_job),
         web.get("/api/v1/jobs/{job_id}/download", download),
         web.get("/internal/health", internal_health),
+        *admin.routes(),  # /api/v1/admin/*: the operator console (admins only; see admin.py)
     ]

@@ -17,6 +17,7 @@ from montage_common import db
 from montage_common.errors import Forbidden, MontageError, NotFound, ServiceUnavailable, ValidationError
 from montage_common.web import Handler, internal_user, json_response
 
+from montage_ragnarok import admin
 from montage_ragnarok.ragnarok import RagnarokClient
 from montage_ragnarok.settings import ProxySettings
 from montage_ragnarok.store import Job, JobStore
@@ -161,6 +162,8 @@ class NexusHandlers:
             web.post(f"{PREFIX}/generate/enriched", self.generate_enriched),
             web.post(f"{PREFIX}/direct/submit", self.direct_submit),
             web.get(f"{PREFIX}/jobs/{{job_id}}", self.get_job),
+            # The operator console's list (admins only; see admin.py).
+            admin.list_route(self.secret, lambda app: app[DEPS].store.pool),
         ]
 
     async def generate_enriched(self, request: web.Request) -> web.Response:

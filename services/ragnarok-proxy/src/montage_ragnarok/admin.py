@@ -1,0 +1,90 @@
+"""The operator console's view of the Nexus jobs: ``GET /api/v1/admin/ragnarok/jobs``.
+
+The gateway forwards it to admins only and marks the request ``X-Montage-Role: admin``; like
+every route here it needs the internal credential (``internal_only``) and a user id.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from montage_common.errors import Forbidden, ValidationError
+from montage_common.web import internal_user, json_response
+
+HEADER_ROLE = "X-Montage-Role"
+ADMIN_ROLE = "admin"
+STATUSES = ("queued", "processing", "completed", "failed")
+_COLUMNS = (
+    "job_id, user_id, workflow_id, kind, business_name, status, trace_id, video_url, cost_usd, error,"
+    " poll_attempts, last_polled_at, next_poll_at, event_published_at, lease_owner, created_at, updated_at,"
+    " completed_at"
+)
+
+
+def _iso(value: Any) -> str | None:
+    return None if value is None else value.isoformat().replace("+00:00", "Z")
+
+
+def _int(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValidationError(f"{name} must be an integer") from None
+    if not low <= value <= high:
+        raise ValidationError(f"{name} must be between {low} and {high}")
+    return value
+
+
+def list_route(secret: str, pool_of: Any) -> web.RouteDef:
+    """The route; ``pool_of(app)`` gives the Postgres pool (built in the app's cleanup context)."""
+
+    async def list_jobs(request: web.Request) -> web.Response:
+        internal_user(request, secret)
+        if request.headers.get(HEADER_ROLE, "") != ADMIN_ROLE:
+            raise Forbidden("Admins only")
+        limit = _int(request, "limit", 50, 1, 200)
+        offset = _int(request, "offset", 0, 0, 1_000_000)
+        where, args = [], []
+        if status := request.query.get("status"):
+            if status not in STATUSES:
+                raise ValidationError(f"status must be one of {', '.join(STATUSES)}")
+            args.append(status)
+            where.append(f"status = ${len(args)}")
+        if q := request.query.get("q", "").strip():
+            if len(q) > 200:
+                raise ValidationError("q is at most 200 characters")
+            args.append(q)
+            n = len(args)
+            where.append(f"(job_id = ${n} OR workflow_id = ${n} OR trace_id = ${n} OR user_id = ${n})")
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        pool = pool_of(request.app)
+        total = await pool.fetchval(f"SELECT count(*) FROM nexus_jobs {clause}", *args)
+        rows = await pool.fetch(
+            f"SELECT {_COLUMNS} FROM nexus_jobs {clause} ORDER BY created_at DESC, job_id"
+            f" LIMIT ${len(args) + 1} OFFSET ${len(args) + 2}",
+            *args,
+            limit,
+            offset,
+        )
+        counts = {r["status"]: int(r["n"]) for r in await pool.fetch(
+            "SELECT status, count(*) AS n FROM nexus_jobs GROUP BY status")}  # fmt: skip
+        jobs = [
+            {
+                **{k: r[k] for k in ("job_id", "user_id", "workflow_id", "kind", "business_name", "status",
+                                     "trace_id", "video_url", "error", "poll_attempts", "lease_owner")},
+                "cost_usd": float(r["cost_usd"]) if r["cost_usd"] is not None else None,
+                **{k: _iso(r[k]) for k in ("last_polled_at", "next_poll_at", "event_published_at", "created_at",
+                                           "updated_at", "completed_at")},
+            }
+            for r in rows
+        ]  # fmt: skip
+        return json_response(
+            {"jobs": jobs, "total": total, "limit": limit, "offset": offset,
+             "counts": {s: counts.get(s, 0) for s in STATUSES}}
+        )  # fmt: skip
+
+    return web.get("/api/v1/admin/ragnarok/jobs", list_jobs)
