@@ -24,7 +24,7 @@ import asyncpg
 import msgspec
 import structlog
 from montage_common import db
-from montage_common.errors import JOB_FAILURE_CODES, ErrorCode, RetryableError
+from montage_common.errors import ErrorCode, RetryableError
 from montage_common.messages import (
     ErrorInfo,
     StageCost,
@@ -34,11 +34,11 @@ from montage_common.messages import (
     encode,
     result_decoder,
 )
-from montage_common.models import AudioAnalysis, Clips, CostItem, VideoOutput
-from montage_common.pipeline import FINAL_STATUSES, next_stage, spec
+from montage_common.models import AudioAnalysis, CostItem, VideoOutput
+from montage_common.pipeline import FINAL_STATUSES, spec
 from montage_streams import Delivery, Emit
 
-from montage_orchestrator import costs, metrics, stages, store
+from montage_orchestrator import costs, decisions, metrics, stages, store
 from montage_orchestrator.deps import Deps
 from montage_orchestrator.jobs import estimated_remaining
 from montage_orchestrator.outbox import pack, unpack
@@ -46,8 +46,6 @@ from montage_orchestrator.transitions import BUDGET_MESSAGE, Effects, after_comm
 
 log = structlog.get_logger()
 
-# A stage that failed this way takes no fallback: the job itself must stop.
-NO_FALLBACK_CODES = frozenset({ErrorCode.BUDGET_EXCEEDED, ErrorCode.CANCELLED})
 _out = msgspec.json.Encoder(decimal_format="number")
 
 
@@ -66,12 +64,10 @@ async def dispatch_stage(conn: asyncpg.Connection, deps: Deps, job: asyncpg.Reco
     """Start ``stage`` (budget check first for the expensive ones); False when the job failed instead."""
     job_id = job["job_id"]
     limit: Decimal = job["cost_limit"]
-    if spec(stage).budget_checked:
-        need = costs.estimate_stage(stage, job["estimated_cost"])
-        if not costs.within(eff.total, need, limit):
-            log.info("budget_precheck_failed", job_id=str(job_id), stage=stage, need=str(need), total=str(eff.total))
-            await fail_job(conn, deps, eff, ErrorCode.BUDGET_EXCEEDED, BUDGET_MESSAGE)
-            return False
+    if not decisions.budget_allows(stage, eff.total, job["estimated_cost"], limit):
+        log.info("budget_precheck_failed", job_id=str(job_id), stage=stage, total=str(eff.total))
+        await fail_job(conn, deps, eff, ErrorCode.BUDGET_EXCEEDED, BUDGET_MESSAGE)
+        return False
     rows = await store.stage_outputs(conn, job_id)
     stage_input = stages.build_input(stage, job, rows)
     dispatch = await store.start_stage(conn, job_id, stage)
@@ -191,29 +187,11 @@ class Pipeline:
         for item in msg.costs:
             if not await self._cost(conn, job, msg.stage, item, eff):
                 return
-        output: msgspec.Struct | None = None
-        error = msg.error
-        stage = spec(msg.stage)
-        if msg.ok:
-            try:
-                raw = bytes(msg.output)
-                output = msgspec.json.decode(raw, type=stage.output_type)
-            except msgspec.DecodeError as exc:
-                error = ErrorInfo(code=ErrorCode.MODULE_FAILURE, message=f"invalid output: {exc}"[:300])
-        if output is not None and stage.min_clips:
-            assert isinstance(output, Clips)
-            if len(output.clips) < stage.min_clips:
-                total = len(output.clips) + len(output.failed)
-                error = ErrorInfo(
-                    code=ErrorCode.MODULE_FAILURE,
-                    message=f"Insufficient clips generated ({len(output.clips)} of {total})",
-                )
-                output = None
-        if output is not None:
-            await self._stage_done(conn, job, msg, output, eff, {})
+        judged = decisions.judge_result(msg.stage, msg.ok, bytes(msg.output) if msg.ok else b"", msg.error)
+        if judged.error is None:
+            await self._stage_done(conn, job, msg, judged.output, eff, {})
             return
-        err = error or ErrorInfo(code=ErrorCode.MODULE_FAILURE, message="stage failed")
-        await self._stage_failed(conn, job, msg, err, eff)
+        await self._stage_failed(conn, job, msg, judged.error, eff)
 
     async def _stage_done(  # noqa: PLR0917
         self,
@@ -247,7 +225,7 @@ class Pipeline:
             "progress",
             {"progress": progress, "estimated_remaining": estimated_remaining("processing", stage, finished=True)},
         )
-        following = next_stage(stage)
+        following = decisions.after_success(stage)
         if following is None:
             assert isinstance(output, VideoOutput)
             await self._complete(conn, job, output, eff)
@@ -258,29 +236,23 @@ class Pipeline:
         self, conn: asyncpg.Connection, job: asyncpg.Record, msg: StageResult, err: ErrorInfo, eff: Effects
     ) -> None:
         stage = msg.stage
-        policy = spec(stage).on_failure if err.code not in NO_FALLBACK_CODES else "fail"
-        log.info("stage_failed", code=err.code, error=err.message[:200], policy=policy)
-        if policy == "continue_text_only":
-            eff.event(
-                self.deps,
-                "message",
-                {"text": "Reference images unavailable, continuing with text-only prompts", "stage": stage},
+        decision = decisions.on_failure(stage, err)
+        log.info("stage_failed", code=err.code, error=err.message[:200], decision=type(decision).__name__)
+        if isinstance(decision, decisions.FailJob):
+            await store.finish_stage(
+                conn, job["job_id"], stage, status="failed", attempts=msg.attempts, error=err.message
             )
-            meta = {"fallback_mode": True, "fallback_reason": err.message[:500]}
+            await fail_job(conn, self.deps, eff, decision.code, decision.message)
+            return
+        eff.event(self.deps, "message", {"text": decision.message, "stage": stage})
+        meta = {"fallback_mode": True, "fallback_reason": decision.reason}
+        if decision.policy == "continue_text_only":
             await self._stage_done(conn, job, msg, None, eff, meta, status="failed", error=err.message)
             return
-        if policy == "fallback_plan":
-            rows = await store.stage_outputs(conn, job["job_id"])
-            audio = msgspec.json.decode(rows["audio_parser"]["output"], type=AudioAnalysis)
-            plan = stages.fallback_plan(job["user_prompt"], audio)
-            eff.event(self.deps, "message", {"text": "Scene planning failed, using a simple plan", "stage": stage})
-            meta = {"fallback_mode": True, "fallback_reason": err.message[:500]}
-            await self._stage_done(conn, job, msg, plan, eff, meta)
-            return
-        await store.finish_stage(conn, job["job_id"], stage, status="failed", attempts=msg.attempts, error=err.message)
-        code = err.code if err.code in JOB_FAILURE_CODES else ErrorCode.MODULE_FAILURE
-        message = err.message if code in NO_FALLBACK_CODES else f"{stage} failed: {err.message}"
-        await fail_job(conn, self.deps, eff, code, message[:1000])
+        rows = await store.stage_outputs(conn, job["job_id"])
+        audio = msgspec.json.decode(rows["audio_parser"]["output"], type=AudioAnalysis)
+        plan = stages.fallback_plan(job["user_prompt"], audio)
+        await self._stage_done(conn, job, msg, plan, eff, meta)
 
     async def _complete(self, conn: asyncpg.Connection, job: asyncpg.Record, output: VideoOutput, eff: Effects) -> None:
         job_id = job["job_id"]
