@@ -71,10 +71,10 @@ class GatewaySettings(CommonSettings, frozen=True, kw_only=True):
     # --- development ----------------------------------------------------------------------
     dev_token_ttl_seconds: int = 3600
 
-    # --- operator console (/admin/queues, /api/v1/admin/*) ---------------------------------
-    # The token claim (dotted path) that must equal ADMIN_ROLE_VALUE (or, if a list, hold it).
-    admin_role_claim: str = "app_metadata.role"  # Supabase: set by the service role only
-    admin_role_value: str = "admin"
+    # --- operator console -----------------------------------------------------------------
+    # The token claim (a dotted path) naming an admin of /admin/queues and /api/v1/admin/*.
+    admin_role_claim: str = "app_metadata.role"
+    admin_role_value: str = "admin"  # an admin's value of ADMIN_ROLE_CLAIM (or an element of it, if a list)
 
     @property
     def jwt_secret(self) -> str:
