@@ -51,10 +51,10 @@ async def test_resumes_with_last_event_id_after_a_drop() -> None:
         seen_ids.append(last)
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
-        start = 0 if last is None else [e[0] for e in EVENTS].index(last) + 1
+        start = 0 if last == "0-0" else [e[0] for e in EVENTS].index(last) + 1
         for i, (eid, name, data) in enumerate(EVENTS[start:]):
             await resp.write(f"id: {eid}\nevent: {name}\ndata: {data}\n\n".encode())
-            if last is None and i == 1:  # drop the first connection after two events
+            if last == "0-0" and i == 1:  # drop the first connection after two events
                 request.transport.close()  # type: ignore[union-attr]
                 return resp
         return resp
@@ -66,7 +66,7 @@ async def test_resumes_with_last_event_id_after_a_drop() -> None:
         delays: list[float] = []
         got = [ev async for ev in job_events(client, "j", backoff=(0.01,), on_reconnect=lambda n, d: delays.append(d))]
     assert [e.id for e in got] == [e[0] for e in EVENTS]  # every event exactly once, in order
-    assert seen_ids == [None, "2-0"] and delays == [0.01]
+    assert seen_ids == ["0-0", "2-0"] and delays == [0.01]  # the whole log first, then the rest
 
 
 async def test_client_errors_are_not_retried() -> None:

@@ -41,24 +41,47 @@ async def wait_until(cond: Callable[[], Awaitable[bool]], tries: int = 500) -> N
 
 async def test_state_first_then_events_then_close_after_final(gw: Any, orchestrator: Orchestrator, emit: Emit) -> None:
     job = orchestrator.fake.add_job("u1", progress=20, current_stage="scene_planner", total_cost=1.25)
-    await emit(job, "progress", {"progress": 10, "estimated_remaining": 300})
+    old = await emit(job, "progress", {"progress": 10, "estimated_remaining": 300})
     resp = await open_stream(gw, job, "u1")
     assert resp.status == 200
     assert resp.headers["Content-Type"].startswith("text/event-stream")
     assert resp.headers["X-Accel-Buffering"] == "no"
     assert "Content-Encoding" not in resp.headers
     state = await next_event(resp)
-    assert state is not None and state.event == "state" and state.id is None
+    # A fresh connection: the state stands for the log up to the newest event, whose id it
+    # carries; that older event is not sent again as if new.
+    assert state is not None and state.event == "state" and state.id == old
     assert state.data["progress"] == 20 and state.data["current_stage"] == "scene_planner"
     assert state.data["total_cost"] == 1.25 and state.data["job_id"] == job
-    replayed = await next_event(resp)
-    assert replayed is not None and replayed.event == "progress" and replayed.id
     await emit(job, "stage_update", {"stage": "audio_parser", "status": "completed", "duration": 1.5})
     await emit(job, "completed", {"video_url": "http://x/v.mp4", "total_cost": 2.0})
     live = await collect(resp, 2)
     assert [e.event for e in live] == ["stage_update", "completed"]
     assert live[0].data == {"stage": "audio_parser", "status": "completed", "duration": 1.5}
     assert await next_event(resp) is None  # closed shortly after the final event
+
+
+async def test_fresh_connection_replays_nothing_old_and_0_0_replays_all(
+    gw: Any, orchestrator: Orchestrator, emit: Emit
+) -> None:
+    job = orchestrator.fake.add_job("u1b")
+    empty = await open_stream(gw, job, "u1b")
+    assert (await collect(empty, 1))[0].id == "0-0"  # an empty log: everything that comes is new
+    empty.close()
+    sent = [await emit(job, "cost_update", {"stage": "audio_parser", "cost": 0.01, "total": 0.01 * (i + 1)})
+            for i in range(3)]  # fmt: skip
+    fresh = await open_stream(gw, job, "u1b")
+    state = (await collect(fresh, 1))[0]
+    assert state.event == "state" and state.id == sent[-1]
+    sent.append(await emit(job, "message", {"text": "new", "stage": "audio_parser"}))
+    (live,) = await collect(fresh, 1)
+    assert (live.event, live.id) == ("message", sent[-1])
+    fresh.close()
+    whole = await open_stream(gw, job, "u1b", last_id="0-0")
+    events = await collect(whole, 5)
+    assert events[0].event == "state" and events[0].id == "0-0"
+    assert [e.id for e in events[1:]] == sent
+    whole.close()
 
 
 async def test_reconnect_with_last_event_id_gets_every_event_once(
@@ -100,10 +123,10 @@ async def test_no_gap_no_duplicate_while_events_race_the_connect(
     async def consumer(delay_events: int) -> list[str]:
         while len(sent) < delay_events:
             await asyncio.sleep(0.001)
-        resp = await open_stream(gw, job, "u3")
+        resp = await open_stream(gw, job, "u3", last_id="0-0")  # the whole log
         ids = []
         while (ev := await next_event(resp)) is not None:
-            if ev.id:
+            if ev.id and ev.event != "state":
                 ids.append(ev.id)
         return ids
 
@@ -200,25 +223,38 @@ async def test_ownership_is_checked_first(gw: Any, orchestrator: Orchestrator) -
     assert (await gw.get(f"/api/v1/jobs/{job}/stream")).status == 401
 
 
-async def test_stream_ticket_is_single_use_and_bound(gw: Any, orchestrator: Orchestrator, emit: Emit) -> None:
+async def test_stream_ticket_is_reusable_by_its_user_for_its_job(
+    gw: Any, orchestrator: Orchestrator, emit: Emit, redis: Any, keys: Any
+) -> None:
     job = orchestrator.fake.add_job("u7")
     other = orchestrator.fake.add_job("u7")
     resp = await gw.post(f"/api/v1/jobs/{job}/stream-ticket", headers=bearer("u7"))
     assert resp.status == 201
     body = await resp.json()
-    assert body["expires_in"] == 60 and len(body["ticket"]) >= 40
+    assert body["expires_in"] == 1200 and len(body["ticket"]) >= 40
+    first = await emit(job, "message", {"text": "a", "stage": "audio_parser"})
     stream = await gw.get(f"/api/v1/jobs/{job}/stream", params={"ticket": body["ticket"]})
     assert stream.status == 200
-    assert (await collect(stream, 1))[0].event == "state"
+    assert (await collect(stream, 1))[0].id == first
     stream.close()
-    reused = await gw.get(f"/api/v1/jobs/{job}/stream", params={"ticket": body["ticket"]})
-    assert reused.status == 401
-    # A ticket is bound to its job.
-    t2 = (await (await gw.post(f"/api/v1/jobs/{job}/stream-ticket", headers=bearer("u7"))).json())["ticket"]
-    assert (await gw.get(f"/api/v1/jobs/{other}/stream", params={"ticket": t2})).status == 401
-    # Only the owner gets tickets.
+    # What an EventSource does after a drop: the same URL again, with Last-Event-ID.
+    second = await emit(job, "message", {"text": "b", "stage": "audio_parser"})
+    again = await gw.get(
+        f"/api/v1/jobs/{job}/stream", params={"ticket": body["ticket"]}, headers={"Last-Event-ID": first}
+    )
+    assert again.status == 200
+    events = await collect(again, 2)
+    assert [e.event for e in events] == ["state", "message"] and events[1].id == second
+    again.close()
+    # A ticket is bound to its job (and trying another job does not spend it).
+    assert (await gw.get(f"/api/v1/jobs/{other}/stream", params={"ticket": body["ticket"]})).status == 401
+    # Only the owner gets tickets; forged and expired tickets are refused; only a hash is stored.
     assert (await gw.post(f"/api/v1/jobs/{job}/stream-ticket", headers=bearer("u8"))).status == 403
     assert (await gw.get(f"/api/v1/jobs/{job}/stream", params={"ticket": "forged"})).status == 401
+    assert await redis.get(keys.stream_ticket(body["ticket"])) is None
+    async for key in redis.scan_iter(match=keys.stream_ticket("*")):
+        await redis.delete(key)  # every ticket of this namespace expires now
+    assert (await gw.get(f"/api/v1/jobs/{job}/stream", params={"ticket": body["ticket"]})).status == 401
 
 
 async def test_heartbeats_have_no_id(gateways: Gateways, orchestrator: Orchestrator) -> None:
@@ -240,3 +276,12 @@ async def test_finished_job_stream_replays_and_closes(gw: Any, orchestrator: Orc
     assert [e.event for e in events] == ["state", "completed"] and events[1].id == ids[1]
     assert await next_event(resp) is None
     assert id_key(ids[1]) > id_key(ids[0])
+    # A fresh connection gets the final state, not the old `completed` as if it just happened.
+    fresh = await open_stream(gw, job, "u10")
+    state = await next_event(fresh)
+    assert state is not None and state.event == "state" and state.id == ids[1]
+    assert state.data["status"] == "completed"
+    assert await next_event(fresh) is None
+    # Resuming after the final event: 204, which stops an EventSource's reconnects.
+    done = await open_stream(gw, job, "u10", last_id=ids[1])
+    assert done.status == 204 and done.headers["X-Request-ID"]

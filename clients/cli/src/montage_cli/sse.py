@@ -115,8 +115,12 @@ async def job_events(
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     on_reconnect: Callable[[int, float], None] | None = None,
 ) -> AsyncIterator[SseEvent]:
-    """Every event of the job, resuming after drops, until ``completed`` or ``error``."""
-    parser = SseParser(last_id=last_event_id)
+    """Every event of the job, resuming after drops, until ``completed`` or ``error``.
+
+    Without ``last_event_id`` the whole log is asked for (``Last-Event-ID: 0-0``): a fresh
+    connection would otherwise start at the job's current state (docs/sse.md).
+    """
+    parser = SseParser(last_id=last_event_id or "0-0")
     failures = 0
     while True:
         headers = {"Accept": "text/event-stream"}

@@ -32,6 +32,10 @@ Money = Annotated[float, Meta(description="US dollars (a JSON number, up to 6 de
 Progress = Annotated[int, Meta(ge=0, le=100, description="Percent done (fixed marks per stage)")]
 Seconds = Annotated[int, Meta(ge=0, description="Seconds")]
 JobId = Annotated[str, Meta(description="The job's UUID", extra_json_schema={"format": "uuid"})]
+# The code of a failed job (``montage_common.errors.JOB_FAILURE_CODES``).
+JobErrorCode = Literal[
+    "CANCELLED", "TIMEOUT", "BUDGET_EXCEEDED", "MODULE_FAILURE", "GENERATION_ERROR", "VALIDATION_ERROR"
+]
 ErrorCode = Annotated[
     str,
     Meta(
@@ -158,7 +162,10 @@ class Download(Struct, kw_only=True):
 
 
 class StreamTicket(Struct, kw_only=True):
-    """A single-use ticket for ``GET …/stream?ticket=`` (browsers' ``EventSource`` sends no headers)."""
+    """A ticket for ``GET …/stream?ticket=`` (browsers' ``EventSource`` sends no headers).
+
+    Valid for the caller and this job only, for any number of connections until it expires, so
+    an ``EventSource`` reconnects with the same URL by itself (docs/sse.md)."""
 
     ticket: str
     expires_in: Annotated[int, Meta(ge=1, description="Seconds the ticket stays valid")]
@@ -281,6 +288,7 @@ class StateData(Struct, kw_only=True):
     total_cost: Money
     video_url: str | None
     error_message: str | None
+    error_code: Annotated[JobErrorCode | None, Meta(description="Why the job failed (`null` unless failed)")] = None
 
 
 class StageUpdateData(Struct, kw_only=True):
@@ -321,8 +329,11 @@ class HeartbeatData(Struct, kw_only=True):
 
 
 class StateEvent(Struct, kw_only=True, tag="state", tag_field="event"):
-    """First message of every stream (no ``id:``): the job as it is now."""
+    """First message of every stream: the job as it is now. Its ``id:`` is the resume point: the
+    client's ``Last-Event-ID``, or on a fresh connection the newest logged event (``0-0`` for an
+    empty log); the state reflects every event up to it, and only events after it follow."""
 
+    id: EventId
     data: StateData
 
 

@@ -61,6 +61,7 @@ _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
 SERVICE: web.AppKey[str] = web.AppKey("service", str)
 READY_CHECKS: web.AppKey[dict[str, Callable[[], Awaitable[object]]]] = web.AppKey("ready_checks", dict)
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
+ON_CONNECTION_LOST: web.RequestKey[list[Callable[[], None]]] = web.RequestKey("on_connection_lost", list)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _json = msgspec.json.Encoder()
@@ -340,7 +341,32 @@ def parser_error_body(exc: BaseException | None, status: int) -> tuple[int, dict
     return 400, ValidationError("Malformed HTTP request").body()
 
 
+def on_connection_lost(request: web.Request, callback: Callable[[], None]) -> None:
+    """Call ``callback`` once if the client's connection closes while ``request`` is handled.
+
+    The server does not cancel handlers when a client goes away (``handler_cancellation`` is
+    off, as in ``web.run_app``), so a handler that waits on something else (an SSE stream waiting
+    for events) would notice only at its next write. :func:`serve`'s connections call these
+    callbacks from ``connection_lost``. A connection already gone gets the callback at once.
+    """
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        asyncio.get_running_loop().call_soon(callback)
+        return
+    request.setdefault(ON_CONNECTION_LOST, []).append(callback)
+
+
 class _RequestHandler(web_protocol.RequestHandler):
+    def connection_lost(self, exc: BaseException | None) -> None:
+        request = self._current_request
+        super().connection_lost(exc)
+        if request is not None:
+            for callback in request.get(ON_CONNECTION_LOST, ()):
+                try:
+                    callback()
+                except Exception:
+                    log.exception("connection_lost_callback_failed")
+
     def handle_error(
         self,
         request: Any,

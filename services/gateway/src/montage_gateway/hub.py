@@ -38,7 +38,7 @@ class Frame:
 
 
 def render(event: str, data: object, entry_id: str | None = None) -> bytes:
-    head = f"id: {entry_id}\nevent: {event}\n" if entry_id else f"event: {event}\n"
+    head = f"event: {event}\nid: {entry_id}\n" if entry_id else f"event: {event}\n"
     return head.encode() + b"data: " + _json.encode(data) + b"\n\n"
 
 

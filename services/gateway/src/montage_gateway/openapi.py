@@ -120,9 +120,11 @@ NEXUS_429 = ERROR_TEXT[429] + ", or RAGNAROK's daily limit (`Retry-After` when R
 AUTHED = (401, 429, 503, 504)
 
 SSE_DESCRIPTION = """\
-Server-Sent Events of one job. Authenticate with `Authorization: Bearer`, or (browsers, whose
-`EventSource` cannot send headers) with `?ticket=` from `POST /api/v1/jobs/{job_id}/stream-ticket`
-(single use, 60 s). Only the job's owner may open it.
+Server-Sent Events of one job; the protocol in full is `docs/sse.md`. Authenticate with
+`Authorization: Bearer`, or (browsers, whose `EventSource` cannot send headers) with `?ticket=`
+from `POST /api/v1/jobs/{job_id}/stream-ticket`: valid for that user and job, for any number of
+connections, until it expires (20 minutes), so `EventSource` reconnects by itself. Only the
+job's owner may open it.
 
 Order on the wire:
 
@@ -131,10 +133,13 @@ Order on the wire:
 3. Live events as they happen, each with its `id:`; `event: heartbeat` (no `id:`) every 30 s.
 
 Logged events: `stage_update`, `progress`, `message`, `cost_update`, and the final `completed` or
-`error`. The stream closes 30 s after a final event. A reconnecting client that sends the last
-`id:` it saw gets every event exactly once, in order. Each message's `event:` and `data:` (JSON)
-are described by the `SseEvent` schema: a union tagged by `event`; `data` is JSON text whose
-schema is the `contentSchema` of each member.
+`error`. The stream closes 30 s after a final event; resuming after the final event answers 204
+(an `EventSource` then stops reconnecting). A reconnecting client that sends the last `id:` it
+saw gets every event exactly once, in order. An `EventSource` cannot read the status of a
+refused connection (401, 403, 404, 429, 503): it fires `error` with `readyState` CLOSED; ask
+`POST …/stream-ticket` for the reason and a new ticket. Each message's `event:` and `data:`
+(JSON) are described by the `SseEvent` schema: a union tagged by `event`; `data` is JSON text
+whose schema is the `contentSchema` of each member.
 """
 
 # --- the operator console (admins only: 403 for every other user; montage_gateway.admin) --------
@@ -342,7 +347,7 @@ OPERATIONS: tuple[Op, ...] = (
         "post",
         "/api/v1/jobs/{job_id}/stream-ticket",
         "createStreamTicket",
-        "A single-use ticket (60 s) to open the job's event stream from a browser",
+        "A ticket (20 minutes, reusable for this job) to open the job's event stream from a browser",
         "jobs",
         {201: Reply("Ticket", api.StreamTicket), **errors(400, 403, 404, *AUTHED)},
         params=(JOB_ID,),
@@ -355,6 +360,7 @@ OPERATIONS: tuple[Op, ...] = (
         "jobs",
         {
             200: Reply("Event stream (each message: `SseEvent`)", api.SseEvent, media=SSE),
+            204: Reply("Resumed after the job's final event: nothing more will come (stops `EventSource`)"),
             **errors(400, 403, 404, *AUTHED),
         },
         security="stream",

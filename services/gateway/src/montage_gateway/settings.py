@@ -66,7 +66,9 @@ class GatewaySettings(CommonSettings, frozen=True, kw_only=True):
     sse_queue_size: int = 512  # events buffered per slow client before it is dropped
     # A connection's slot expires if its replica stops refreshing it (crash).
     sse_slot_lease_seconds: float = 90.0
-    stream_ticket_ttl_seconds: int = 60  # validity of a single-use SSE ticket
+    # Lifetime of an SSE ticket (reusable by its user for its job: EventSource reconnects with it);
+    # longer than JOB_TIMEOUT_SECONDS so one ticket covers a whole job. See docs/sse.md.
+    stream_ticket_ttl_seconds: int = 1200
 
     # --- development ----------------------------------------------------------------------
     dev_token_ttl_seconds: int = 3600

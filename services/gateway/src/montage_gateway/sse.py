@@ -1,17 +1,25 @@
-"""``GET /api/v1/jobs/{job_id}/stream``: Server-Sent Events of one job.
+"""``GET /api/v1/jobs/{job_id}/stream``: Server-Sent Events of one job (protocol: ``docs/sse.md``).
 
 Order on the wire:
 
-1. ``event: state`` (no ``id:``): the job as the orchestrator reports it now (``job_id``,
-   ``status``, ``current_stage``, ``progress``, ``estimated_remaining``, ``total_cost``,
-   ``video_url``, ``error_message``).
-2. Every logged event after ``Last-Event-ID`` (or all of them), each with its ``id:``.
+1. ``event: state`` with ``id:`` = the resume point *P*: the job as the orchestrator reports it
+   now (``job_id``, ``status``, ``current_stage``, ``progress``, ``estimated_remaining``,
+   ``total_cost``, ``video_url``, ``error_message``, ``error_code``), which reflects at least
+   every logged event up to *P*. *P* is ``Last-Event-ID`` (header, else ``?last_event_id=``) when
+   the client sent one; on a fresh connection it is the newest logged event, read *before* the
+   snapshot, so old events (an earlier ``cost_update``, the final ``completed``) are not sent
+   again as if new. ``Last-Event-ID: 0-0`` asks for the whole log.
+2. Every logged event after *P*, each with its ``id:``.
 3. Live events, each with its ``id:``; ``heartbeat`` without ``id:`` every 30 s.
 
 The client joins the hub (its channel subscription confirmed) *before* the log is read, and
 live events are buffered meanwhile; anything at or before the last replayed id is skipped. So a
 reconnecting client gets every event exactly once, in order. After ``completed`` or ``error``
-the stream is closed 30 s later.
+the stream is closed 30 s later; a client that resumes after the final event gets ``204 No
+Content``, which tells an ``EventSource`` to stop reconnecting.
+
+A stream whose client goes away ends at once (the server does not cancel handlers; see
+:func:`montage_common.web.on_connection_lost`), releasing its connection slot.
 
 Auth: ``Authorization: Bearer`` or ``?ticket=`` (see :mod:`montage_gateway.tickets`). Ownership
 is the orchestrator's ``GET /api/v1/jobs/{job_id}`` answered for this user; its 403/404 pass
@@ -27,11 +35,11 @@ import msgspec
 import structlog
 from aiohttp import web
 from montage_common.errors import ServiceUnavailable, Unauthorized, ValidationError
-from montage_common.events import FINAL_EVENTS, id_key, replay, valid_event_id
+from montage_common.events import FINAL_EVENTS, id_key, last_event, replay, valid_event_id
 from montage_common.keys import Keys
 from montage_common.pipeline import FINAL_STATUSES
 from montage_common.redis import REDIS_DOWN
-from montage_common.web import HEADER_REQUEST_ID, REQUEST_ID, json_response
+from montage_common.web import HEADER_REQUEST_ID, REQUEST_ID, json_response, on_connection_lost
 from redis.asyncio import Redis
 
 from montage_gateway.auth import Authenticator, request_user
@@ -53,6 +61,7 @@ STATE_FIELDS = (
     "total_cost",
     "video_url",
     "error_message",
+    "error_code",
 )
 _decoder = msgspec.json.Decoder(dict[str, Any])
 _DELIVERED = {kind: SSE_DELIVERED.labels(kind) for kind in ("event", "state", "heartbeat")}
@@ -113,21 +122,37 @@ class StreamHandler:
     async def stream(self, request: web.Request) -> web.StreamResponse:
         job_id = request.match_info["job_id"]
         user = await self._user(request, job_id)
+        # Read before the snapshot: the snapshot then reflects every event up to it (the
+        # orchestrator commits a change before it logs its events).
+        newest = await last_event(self.redis, self.keys, job_id)
         reply = await self.forwarder.call(
             self.orchestrator, "GET", f"/api/v1/jobs/{job_id}", request_id=request[REQUEST_ID], user_id=user
         )
         if reply.status != 200:
             return web.Response(status=reply.status, body=reply.body, content_type="application/json")
         job = _decoder.decode(reply.body)
-        after = request.headers.get("Last-Event-ID") or request.query.get("last_event_id") or "0-0"
-        if not valid_event_id(after):
+        resume = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
+        if resume is not None and not valid_event_id(resume):
             raise ValidationError("Last-Event-ID must be an event id this stream sent (<ms>-<seq>)", job_id=job_id)
+        if (
+            resume is not None
+            and newest is not None
+            and newest[1].event in FINAL_EVENTS
+            and id_key(resume) >= id_key(newest[0])
+        ):
+            # The client has seen the job's final event: nothing will ever follow. 204 is what
+            # makes an EventSource stop reconnecting.
+            return web.Response(status=204, headers={HEADER_REQUEST_ID: request[REQUEST_ID]})
+        after = resume if resume is not None else newest[0] if newest is not None else "0-0"
         lease = await self.slots.acquire(job_id, user)
         try:
             try:
                 client = await self.hub.join(job_id)
             except SubscriberUnavailable:
                 raise ServiceUnavailable("Live events are unavailable; retry shortly", job_id=job_id) from None
+            # The server does not cancel a handler whose client went away: wake the loop at
+            # once so the slot is released now, not at the next heartbeat write.
+            on_connection_lost(request, lambda: client.close("client_gone"))
             SSE_OPEN.inc()
             try:
                 return await self._serve(request, job_id, job, after, client)
@@ -152,7 +177,7 @@ class StreamHandler:
         state = {"job_id": job_id, **{k: job.get(k) for k in STATE_FIELDS if k != "job_id"}}
         reason = "client_gone"
         try:
-            await self._write(resp, Frame(render("state", state), kind="state"))
+            await self._write(resp, Frame(render("state", state, after), kind="state"))
             if state.get("status") in FINAL_STATUSES:
                 client.close_later(self.close_after_final)
             last = id_key(after)

@@ -1,10 +1,13 @@
-"""Short-lived, single-use SSE stream tickets.
+"""SSE stream tickets: reusable by their user for their job until they expire.
 
 A browser's ``EventSource`` cannot send ``Authorization``; it first calls
 ``POST /api/v1/jobs/{job_id}/stream-ticket`` with its JWT and then opens
 ``/api/v1/jobs/{job_id}/stream?ticket=<ticket>``. A ticket is 32 random bytes, bound to one
-user and one job, lives ``ttl`` seconds and is consumed with ``GETDEL`` on first use, so a
-leaked URL is worthless. Only a hash of the ticket is stored as the key.
+user and one job, and valid for ``ttl`` seconds (default 20 minutes: longer than a job may run)
+for any number of connections, so ``EventSource``'s own reconnects (same URL, plus the
+``Last-Event-ID`` header it adds itself) are accepted. It grants nothing else: no other job,
+no other route. Only a hash of the ticket is stored as the key. The reasoning is in
+``docs/sse.md``.
 """
 
 from __future__ import annotations
@@ -15,13 +18,15 @@ import secrets
 from montage_common.keys import Keys
 from redis.asyncio import Redis
 
+MAX_TICKET_CHARS = 128
+
 
 def _digest(ticket: str) -> str:
     return hashlib.sha256(ticket.encode()).hexdigest()
 
 
 class TicketStore:
-    def __init__(self, redis: Redis, keys: Keys, *, ttl_seconds: int = 60) -> None:
+    def __init__(self, redis: Redis, keys: Keys, *, ttl_seconds: int = 1200) -> None:
         self.redis = redis
         self.keys = keys
         self.ttl_seconds = ttl_seconds
@@ -32,10 +37,10 @@ class TicketStore:
         return ticket
 
     async def redeem(self, ticket: str, job_id: str) -> str | None:
-        """The user the ticket was issued to, if it is valid for ``job_id``; the ticket is spent either way."""
-        if not ticket or len(ticket) > 128:
+        """The user the ticket was issued to, if it is unexpired and valid for ``job_id`` (it stays valid)."""
+        if not ticket or len(ticket) > MAX_TICKET_CHARS:
             return None
-        raw = await self.redis.getdel(self.keys.stream_ticket(_digest(ticket)))
+        raw = await self.redis.get(self.keys.stream_ticket(_digest(ticket)))
         if raw is None:
             return None
         text = raw.decode() if isinstance(raw, bytes) else str(raw)
