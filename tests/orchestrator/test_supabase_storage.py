@@ -15,7 +15,7 @@ from montage_common.devstack import free_port
 from montage_common.errors import NotFound
 from montage_common.settings import CommonSettings
 from montage_common.storage import create_storage
-from montage_common.storage_supabase import StorageUnavailable, SupabaseStorage
+from montage_common.storage.supabase import StorageUnavailable, SupabaseStorage
 
 KEY = "service-role-key"
 

@@ -19,7 +19,7 @@ from aiohttp import web
 from montage_common.errors import RateLimitError, Unauthorized
 from montage_common.keys import Keys
 from montage_common.redis import create_redis
-from montage_common.storage import LocalStorage
+from montage_common.storage import LocalFiles
 from montage_common.web import READY_CHECKS, REQUEST_ID, Handler, create_base_app
 from redis.asyncio import Redis
 
@@ -295,12 +295,13 @@ def create_app(settings: GatewaySettings) -> web.Application:
 
     development = settings.environment == "development"
     docs = DocsHandler(development=development)
-    files = FilesHandler(LocalStorage(settings.storage_dir, settings.storage_signing_key, settings.public_base_url))
     r = app.router
     r.add_get("/api/v1/health", health)
     r.add_get("/api/v1/openapi.json", docs.openapi)
     r.add_get("/api/v1/docs", docs.docs)
-    r.add_get("/files/{key:.*}", files.get)
+    if settings.storage_backend == "local":  # Supabase serves its own signed URLs
+        files = FilesHandler(LocalFiles(settings.storage_dir, settings.storage_signing_key))
+        r.add_get("/files/{key:.*}", files.get)
     r.add_post("/api/v1/upload-audio", upload_audio)
     r.add_get("/api/v1/jobs/{job_id}/stream", stream)
     r.add_post("/api/v1/jobs/{job_id}/stream-ticket", stream_ticket)

@@ -13,14 +13,14 @@ from pathlib import Path
 
 from aiohttp import web
 from montage_common.errors import Forbidden, MontageError, NotFound, ValidationError
-from montage_common.storage import LocalStorage, verify_signature
+from montage_common.storage import LocalFiles
 
 _HEX = re.compile(r"[0-9a-f]{16,128}")
 
 
 class FilesHandler:
-    def __init__(self, storage: LocalStorage) -> None:
-        self.storage = storage
+    def __init__(self, files: LocalFiles) -> None:
+        self.files = files
 
     async def get(self, request: web.Request) -> web.StreamResponse:
         key = request.match_info["key"]
@@ -28,10 +28,10 @@ class FilesHandler:
         sig = request.query.get("sig", "")
         if not (_HEX.fullmatch(sig) and expires.isascii() and expires.isdigit()):
             raise ValidationError("A signed URL needs expires (seconds) and sig (hex)")
-        if not verify_signature(self.storage.signing_key, key, expires, sig):
+        if not self.files.verify(key, expires, sig):
             raise Forbidden("Invalid or expired signature")
         try:
-            path: Path = self.storage.path_of(key)
+            path: Path = self.files.path_of(key)
         except MontageError:
             raise NotFound("No such file") from None
         if not await asyncio.to_thread(path.is_file):

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 import structlog
-from montage_common.storage import BUCKETS
+from montage_common.storage import layout
+from montage_common.storage.layout import BUCKETS, INTERMEDIATE_BUCKETS
 
 from montage_orchestrator import metrics
 from montage_orchestrator.store import as_uuid
@@ -34,15 +35,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger()
 
-INTERMEDIATE_BUCKETS = ("reference-images", "video-clips")
-
-
-def intermediate_prefixes(job_id: str) -> list[str]:
-    return [f"{bucket}/{job_id}/" for bucket in INTERMEDIATE_BUCKETS]
-
-
-def all_prefixes(job_id: str, user_id: str) -> list[str]:
-    return [f"audio-uploads/{user_id}/{job_id}/", *intermediate_prefixes(job_id), f"video-outputs/{job_id}/"]
+intermediate_prefixes = layout.intermediate_prefixes  # re-exported for the operator console
 
 
 async def _log(  # noqa: PLR0917
@@ -113,7 +106,7 @@ async def run(deps: Deps, limit: int = 500) -> CleanupReport:
     )
     for row in rows:
         job_id = str(row["job_id"])
-        if await delete_prefixes(deps, row["job_id"], all_prefixes(job_id, row["user_id"]), "expired"):
+        if await delete_prefixes(deps, row["job_id"], layout.job_prefixes(job_id, row["user_id"]), "expired"):
             await deps.pool.execute("UPDATE jobs SET files_cleaned_at = now() WHERE job_id = $1", row["job_id"])
             await deps.redis.delete(deps.keys.job_status_cache(job_id))
             report.expired_jobs += 1

@@ -17,14 +17,14 @@ from montage_common.messages import StageTask
 from montage_common.models import AudioParserInput
 from montage_common.pipeline import FINAL_STATUSES, JOB_STATUSES, STAGES
 from montage_common.redis import REDIS_DOWN
+from montage_common.storage import layout
 from montage_common.web import internal_user
 
 from montage_orchestrator import admin, costs, metrics, store, upload
-from montage_orchestrator.cleanup import intermediate_prefixes
 from montage_orchestrator.deps import DEPS, Deps
 from montage_orchestrator.errors import JobNotCancellable
 from montage_orchestrator.health import health_report
-from montage_orchestrator.jobs import list_item, snapshot, status_body
+from montage_orchestrator.jobs import RATES, STARTED_MESSAGES, list_item, snapshot, status_body
 from montage_orchestrator.pipeline import stage_task_emit
 from montage_orchestrator.transitions import CANCELLED_MESSAGE, Effects, after_commit, fail_job
 
@@ -74,7 +74,7 @@ async def upload_audio(request: web.Request) -> web.Response:
             raise BudgetExceededError(f"Estimated cost ${estimate} exceeds the ${limit} limit per job")
         job_id = uuid.uuid4()
         filename = upload.safe_filename(received.filename, audio.kind)
-        audio_key = f"audio-uploads/{user}/{job_id}/{filename}"
+        audio_key = layout.audio_upload(user, str(job_id), filename)
         await deps.storage.put_file(audio_key, received.path, audio.content_type)
     except ValidationError as err:
         metrics.UPLOAD_REJECTED.labels(err.code).inc()
@@ -148,6 +148,7 @@ async def _create_job(  # noqa: PLR0917
         )
         eff.emits.append(stage_task_emit(deps, task))
         eff.event(deps, "stage_update", {"stage": STAGES[0], "status": "started"})
+        eff.event(deps, "message", {"text": STARTED_MESSAGES[STAGES[0]], "stage": STAGES[0]})
         outbox_id = await deps.outbox.add(conn, job_id, eff.emits)
     return row, outbox_id
 
@@ -181,6 +182,8 @@ async def get_job(request: web.Request) -> web.Response:
     url = None
     if snap["status"] == "completed" and snap["video_key"] and not snap["files_cleaned_at"]:
         url = await deps.storage.signed_url(snap["video_key"], deps.settings.download_url_seconds)
+    with contextlib.suppress(asyncpg.PostgresError, *db.TRANSIENT):
+        await RATES.refresh(deps.pool)  # at most once a minute; the spec's priors meanwhile
     return respond(status_body(snap, url))
 
 
@@ -221,7 +224,7 @@ async def cancel_job(request: web.Request) -> web.Response:
         was = row["status"]
         await fail_job(conn, deps, eff, ErrorCode.CANCELLED, CANCELLED_MESSAGE)
         outbox_id = await deps.outbox.add(conn, job_id, eff.emits)
-    eff.delete_prefixes = intermediate_prefixes(str(job_id))
+    eff.delete_prefixes = layout.intermediate_prefixes(str(job_id))
     await after_commit(deps, eff)
     await deps.outbox.send_quietly(outbox_id)
     log.info("job_cancelled", job_id=str(job_id), was=was)

@@ -36,11 +36,12 @@ from montage_common.messages import (
 )
 from montage_common.models import AudioAnalysis, CostItem, VideoOutput
 from montage_common.pipeline import FINAL_STATUSES, spec
+from montage_common.storage import layout
 from montage_streams import Delivery, Emit
 
 from montage_orchestrator import costs, decisions, metrics, stages, store
 from montage_orchestrator.deps import Deps
-from montage_orchestrator.jobs import estimated_remaining
+from montage_orchestrator.jobs import RATES, STARTED_MESSAGES, estimated_remaining
 from montage_orchestrator.outbox import pack, unpack
 from montage_orchestrator.transitions import BUDGET_MESSAGE, Effects, after_commit, begin, fail_job
 
@@ -82,6 +83,7 @@ async def dispatch_stage(conn: asyncpg.Connection, deps: Deps, job: asyncpg.Reco
     )
     eff.emits.append(stage_task_emit(deps, task))
     eff.event(deps, "stage_update", {"stage": stage, "status": "started"})
+    eff.event(deps, "message", {"text": STARTED_MESSAGES[stage], "stage": stage})
     return True
 
 
@@ -220,11 +222,9 @@ class Pipeline:
         progress = spec(stage).progress
         eff.row = await store.update_job(conn, job_id, progress=progress)
         eff.event(self.deps, "stage_update", {"stage": stage, "status": "completed", "duration": round(duration, 3)})
-        eff.event(
-            self.deps,
-            "progress",
-            {"progress": progress, "estimated_remaining": estimated_remaining("processing", stage, finished=True)},
-        )
+        await RATES.refresh(conn)
+        remaining = estimated_remaining("processing", stage, job["audio_duration"], finished=True)
+        eff.event(self.deps, "progress", {"progress": progress, "estimated_remaining": remaining})
         following = decisions.after_success(stage)
         if following is None:
             assert isinstance(output, VideoOutput)
@@ -268,6 +268,6 @@ class Pipeline:
         )
         url = await self.deps.storage.signed_url(output.key, self.deps.settings.download_url_seconds)
         eff.event(self.deps, "completed", {"video_url": url, "total_cost": eff.total})
-        eff.delete_prefixes = [f"{b}/{job_id}/" for b in ("reference-images", "video-clips")]
+        eff.delete_prefixes = layout.intermediate_prefixes(str(job_id))
         metrics.JOBS_COMPLETED.inc()
         log.info("job_completed", total_cost=str(eff.total))

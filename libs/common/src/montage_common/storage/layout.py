@@ -1,0 +1,45 @@
+"""Every storage key of a job, built in one place (the buckets of the spec and their layout).
+
+A key is ``"<bucket>/<path>"``; per-job objects live under ``<bucket>/<job_id>/`` (the song under
+``audio-uploads/<user_id>/<job_id>/``), so a job's files are deleted by prefix.
+"""
+
+from __future__ import annotations
+
+AUDIO_UPLOADS = "audio-uploads"
+REFERENCE_IMAGES = "reference-images"
+VIDEO_CLIPS = "video-clips"
+VIDEO_OUTPUTS = "video-outputs"
+BUCKETS: tuple[str, ...] = (AUDIO_UPLOADS, REFERENCE_IMAGES, VIDEO_CLIPS, VIDEO_OUTPUTS)
+# What a job needs only while it runs (deleted when it completes or is cancelled).
+INTERMEDIATE_BUCKETS: tuple[str, ...] = (REFERENCE_IMAGES, VIDEO_CLIPS)
+
+
+def audio_upload(user_id: str, job_id: str, filename: str) -> str:
+    return f"{AUDIO_UPLOADS}/{user_id}/{job_id}/{filename}"
+
+
+def reference_image(job_id: str, kind: str, ref_id: str) -> str:
+    return f"{REFERENCE_IMAGES}/{job_id}/{kind}_{ref_id}.png"
+
+
+def clip(job_id: str, index: int) -> str:
+    return f"{VIDEO_CLIPS}/{job_id}/clip_{index}.mp4"
+
+
+def clip_work_file(job_id: str, name: str) -> str:
+    """A file the video stages share beside the clips (the soundtrack, the clip layout)."""
+    return f"{VIDEO_CLIPS}/{job_id}/{name}"
+
+
+def final_video(job_id: str) -> str:
+    return f"{VIDEO_OUTPUTS}/{job_id}/final_video.mp4"
+
+
+def intermediate_prefixes(job_id: str) -> list[str]:
+    return [f"{bucket}/{job_id}/" for bucket in INTERMEDIATE_BUCKETS]
+
+
+def job_prefixes(job_id: str, user_id: str) -> list[str]:
+    """Every prefix holding one of the job's objects."""
+    return [f"{AUDIO_UPLOADS}/{user_id}/{job_id}/", *intermediate_prefixes(job_id), f"{VIDEO_OUTPUTS}/{job_id}/"]
