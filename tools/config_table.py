@@ -1,7 +1,7 @@
 """Print the README's configuration table from the settings classes themselves.
 
 Every field of every service's settings Struct is one environment variable (its upper-cased
-name). The description is the field's comment (inline, or the comment lines just above it).
+name). The description is the field's ``msgspec.Meta(description=…)``, read from its type.
 ``python tools/config_table.py`` prints the table (``--write`` updates the README, ``make docs``); ``tests/test_readme.py`` checks that the
 README carries exactly this table, so the documentation cannot drift from the code.
 """
@@ -58,11 +58,23 @@ def comments(cls: type) -> dict[str, str]:
     return out
 
 
+def descriptions(cls: type[msgspec.Struct]) -> dict[str, str]:
+    """``{field: description}`` from each field's ``Annotated[..., Meta(description=...)]``."""
+    out: dict[str, str] = {}
+    info = msgspec.inspect.type_info(cls)
+    assert isinstance(info, msgspec.inspect.StructType)
+    for f in info.fields:
+        extra = getattr(f.type, "extra_json_schema", None) or {}
+        if extra.get("description"):
+            out[f.name] = str(extra["description"])
+    return out
+
+
 def table() -> str:
     rows: dict[str, dict[str, object]] = {}
     common = {f.name for f in msgspec.structs.fields(CommonSettings)}
     for service, cls in SERVICES.items():
-        notes = comments(cls)
+        notes = {**comments(cls), **descriptions(cls)}  # comments: classes not yet described in types
         for f in msgspec.structs.fields(cls):
             if service != "all" and f.name in common and f.name != "port":
                 continue

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Annotated
 
 import msgspec
 from montage_common.settings import Environment
+from msgspec import Meta
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 DEMO_USER = "demo-user"
@@ -26,11 +28,15 @@ class CliSettings(msgspec.Struct, frozen=True, kw_only=True):
     environment: Environment = "development"
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_namespace: str = "montage"
-    montage_url: str = DEFAULT_URL  # the gateway
-    montage_token: str = ""  # bearer token (development: minted when empty)
-    # Development only: the HS256 secret to mint a token locally when the dev endpoint is absent.
-    supabase_jwt_secret: str = ""
-    montage_stack_env: str = "var/stack.env"  # file written by make up with the stack's URLs
+    montage_url: Annotated[str, Meta(description="the gateway")] = DEFAULT_URL
+    montage_token: Annotated[str, Meta(description="bearer token (development: minted when empty)")] = ""
+    supabase_jwt_secret: Annotated[
+        str,
+        Meta(description="Development only: the HS256 secret to mint a token locally when the dev endpoint is absent."),
+    ] = ""
+    montage_stack_env: Annotated[str, Meta(description="file written by make up with the stack's URLs")] = (
+        "var/stack.env"
+    )
 
     @property
     def is_production(self) -> bool:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Literal, TypeVar
+from typing import Annotated, Literal, TypeVar
 
 import msgspec
+from msgspec import Meta
 
 Environment = Literal["development", "staging", "production"]
 
@@ -22,28 +23,41 @@ S = TypeVar("S", bound=msgspec.Struct)
 class CommonSettings(msgspec.Struct, frozen=True, kw_only=True):
     """Settings every service shares."""
 
-    # development (cheap local models, $50 cap, dev tokens) | staging | production ($2000 cap)
-    environment: Environment = "development"
-    log_level: str = "info"  # debug | info | warning | error
-    log_format: Literal["auto", "json", "console"] = "auto"  # auto: console on a terminal, else JSON
-    redis_url: str = "redis://127.0.0.1:6379/0"  # streams, rate limits, events, caches
-    database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"  # the system of record
-    # Prefix for every Redis key, so several deployments (or tests) can share one Redis.
-    redis_namespace: str = "montage"
-    # Shared secret proving a request comes from the gateway (X-Montage-Internal).
-    internal_secret: str = "dev-internal-secret"
-    host: str = "127.0.0.1"  # listen address (0.0.0.0 in containers)
-    port: int = 8080  # listen port of the API (each service has its own default)
-    # Listen port of /healthz, /readyz and /metrics (never on the API port); 0: none.
-    ops_port: int = 0
-    shutdown_grace_seconds: float = 20.0  # in-flight work gets this long after SIGTERM
-    # Storage: "local" (a directory, HMAC-signed URLs served by the gateway) or "supabase".
-    storage_backend: Literal["local", "supabase"] = "local"
-    storage_dir: str = "var/storage"  # root of the local storage backend
-    storage_signing_key: str = "dev-storage-signing-key"  # HMAC key of local signed URLs
-    public_base_url: str = "http://127.0.0.1:8080"  # the gateway as browsers reach it (signed URLs)
-    supabase_url: str = ""  # https://<ref>.supabase.co (storage backend "supabase")
-    supabase_service_key: str = ""  # service-role key for Supabase Storage
+    environment: Annotated[
+        Environment,
+        Meta(description="development (cheap local models, $50 cap, dev tokens) | staging | production ($2000 cap)"),
+    ] = "development"
+    log_level: Annotated[str, Meta(description="debug | info | warning | error")] = "info"
+    log_format: Annotated[
+        Literal["auto", "json", "console"], Meta(description="auto: console on a terminal, else JSON")
+    ] = "auto"
+    redis_url: Annotated[str, Meta(description="streams, rate limits, events, caches")] = "redis://127.0.0.1:6379/0"
+    database_url: Annotated[str, Meta(description="the system of record")] = (
+        "postgresql://postgres@127.0.0.1:5432/postgres"
+    )
+    redis_namespace: Annotated[
+        str, Meta(description="Prefix for every Redis key, so several deployments (or tests) can share one Redis.")
+    ] = "montage"
+    internal_secret: Annotated[
+        str, Meta(description="Shared secret proving a request comes from the gateway (X-Montage-Internal).")
+    ] = "dev-internal-secret"
+    host: Annotated[str, Meta(description="listen address (0.0.0.0 in containers)")] = "127.0.0.1"
+    port: Annotated[int, Meta(description="listen port of the API (each service has its own default)")] = 8080
+    ops_port: Annotated[
+        int, Meta(description="Listen port of /healthz, /readyz and /metrics (never on the API port); 0: none.")
+    ] = 0
+    shutdown_grace_seconds: Annotated[float, Meta(description="in-flight work gets this long after SIGTERM")] = 20.0
+    storage_backend: Annotated[
+        Literal["local", "supabase"],
+        Meta(description='Storage: "local" (a directory, HMAC-signed URLs served by the gateway) or "supabase".'),
+    ] = "local"
+    storage_dir: Annotated[str, Meta(description="root of the local storage backend")] = "var/storage"
+    storage_signing_key: Annotated[str, Meta(description="HMAC key of local signed URLs")] = "dev-storage-signing-key"
+    public_base_url: Annotated[str, Meta(description="the gateway as browsers reach it (signed URLs)")] = (
+        "http://127.0.0.1:8080"
+    )
+    supabase_url: Annotated[str, Meta(description='https://<ref>.supabase.co (storage backend "supabase")')] = ""
+    supabase_service_key: Annotated[str, Meta(description="service-role key for Supabase Storage")] = ""
 
     @property
     def is_production(self) -> bool:

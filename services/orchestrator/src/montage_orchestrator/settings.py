@@ -3,39 +3,52 @@
 from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
+from typing import Annotated
 
 from montage_common.settings import CommonSettings
+from msgspec import Meta
 
 
 class OrchestratorSettings(CommonSettings, frozen=True, kw_only=True):
     """Environment: the upper-cased field names (``MAX_UPLOAD_BYTES``, ``JOB_TIMEOUT_SECONDS`` …)."""
 
     port: int = 8081
-    ops_port: int = 9081  # /healthz, /readyz, /metrics
-    max_upload_bytes: int = 10 * 1024 * 1024  # upload size limit, enforced while streaming
-    max_audio_seconds: float = 600.0  # longer songs are rejected at upload
-    prompt_min_chars: int = 50  # shortest prompt accepted (after trimming)
-    prompt_max_chars: int = 500  # longest prompt accepted (after trimming)
-    # Per-job hard cap; empty: the mode's cap (production/staging $2000, development $50).
-    job_cost_limit: str = ""
-    job_timeout_seconds: float = 900.0  # a job running longer fails with TIMEOUT
-    status_cache_seconds: int = 30  # TTL of the cached job status
-    cancel_flag_seconds: int = 900  # TTL of the job_cancel:{job_id} flag workers check
-    download_url_seconds: int = 3600  # validity of signed download URLs
-    video_retention_days: float = 14.0  # how long a finished video is kept
-    failed_retention_days: float = 7.0  # how long a failed job's files are kept
-    # Scheduled cleanup: at most once per interval across every replica (a Redis lease).
-    cleanup_interval_seconds: float = 86400.0
-    # Files with no job row are deleted only when older than this (an upload in flight has none yet).
-    orphan_grace_seconds: float = 3600.0
-    # Timeout and outbox sweeps: how often, and how old an unsent outbox entry must be.
-    sweep_interval_seconds: float = 5.0
-    outbox_grace_seconds: float = 10.0  # an unsent first dispatch older than this is re-sent by the sweeper
-    results_concurrency: int = 8  # results handled at once per orchestrator process
-    claim_idle_ms: int = 30_000
-    db_pool_size: int = 10  # Postgres connections per process
-    run_migrations: bool = True  # apply database migrations at start-up
-    replica_id: str = ""
+    ops_port: int = 9081
+    max_upload_bytes: Annotated[int, Meta(description="upload size limit, enforced while streaming")] = 10 * 1024 * 1024
+    max_audio_seconds: Annotated[float, Meta(description="longer songs are rejected at upload")] = 600.0
+    prompt_min_chars: Annotated[int, Meta(description="shortest prompt accepted (after trimming)")] = 50
+    prompt_max_chars: Annotated[int, Meta(description="longest prompt accepted (after trimming)")] = 500
+    job_cost_limit: Annotated[
+        str, Meta(description="Per-job hard cap; empty: the mode's cap (production/staging $2000, development $50).")
+    ] = ""
+    job_timeout_seconds: Annotated[float, Meta(description="a job running longer fails with TIMEOUT")] = 900.0
+    status_cache_seconds: Annotated[int, Meta(description="TTL of the cached job status")] = 30
+    cancel_flag_seconds: Annotated[int, Meta(description="TTL of the job_cancel:{job_id} flag workers check")] = 900
+    download_url_seconds: Annotated[int, Meta(description="validity of signed download URLs")] = 3600
+    video_retention_days: Annotated[float, Meta(description="how long a finished video is kept")] = 14.0
+    failed_retention_days: Annotated[float, Meta(description="how long a failed job's files are kept")] = 7.0
+    cleanup_interval_seconds: Annotated[
+        float, Meta(description="Scheduled cleanup: at most once per interval across every replica (a Redis lease).")
+    ] = 86400.0
+    orphan_grace_seconds: Annotated[
+        float,
+        Meta(
+            description="Files with no job row are deleted only when older than this (an upload in flight has none yet)."
+        ),
+    ] = 3600.0
+    sweep_interval_seconds: Annotated[float, Meta(description="how often the timeout and outbox sweeps run")] = 5.0
+    outbox_grace_seconds: Annotated[
+        float, Meta(description="an unsent first dispatch older than this is re-sent by the sweeper")
+    ] = 10.0
+    results_concurrency: Annotated[int, Meta(description="results handled at once per orchestrator process")] = 8
+    claim_idle_ms: Annotated[
+        int, Meta(description="an entry left unacknowledged this long by a dead consumer is taken over")
+    ] = 30_000
+    db_pool_size: Annotated[int, Meta(description="Postgres connections per process")] = 10
+    run_migrations: Annotated[bool, Meta(description="apply database migrations at start-up")] = True
+    replica_id: Annotated[
+        str, Meta(description="this process's name in consumer groups and leases; empty: host-pid-random")
+    ] = ""
 
     @property
     def cost_limit(self) -> Decimal:

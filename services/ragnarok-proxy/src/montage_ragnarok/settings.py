@@ -2,42 +2,60 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from montage_common.settings import CommonSettings
+from msgspec import Meta
 
 
 class ProxySettings(CommonSettings, frozen=True, kw_only=True):
     """Environment: the upper-cased field names (``RAGNAROK_URL``, ``POLL_INTERVAL_SECONDS`` …)."""
 
     port: int = 8082
-    ops_port: int = 9082  # /healthz, /readyz, /metrics
-    ragnarok_url: str = "http://127.0.0.1:8001"  # the RAGNAROK service (make up starts a stand-in when unset)
-    # Sent as ``Authorization: Bearer …`` to RAGNAROK when set.
-    ragnarok_api_key: str = ""
-    # Total time allowed for one RAGNAROK call (submit or status); past it the client gets 504.
-    ragnarok_timeout_seconds: float = 10.0
-    ragnarok_connect_timeout_seconds: float = 3.0  # connect timeout of RAGNAROK calls
-    # Empty: no Trinity; enriched jobs go ahead with the enrichment marked unavailable.
-    trinity_url: str = ""
-    trinity_timeout_seconds: float = 5.0  # Trinity enrichment timeout (then the job goes ahead without it)
-    # Background polling: first poll after ``poll_interval_seconds``; while a workflow's status does
-    # not change (or RAGNAROK fails) the interval grows by ``poll_backoff_factor`` up to the max.
-    poll_interval_seconds: float = 2.0
-    poll_backoff_factor: float = 1.5  # growth of the polling interval while a workflow is unchanged
-    poll_max_interval_seconds: float = 30.0  # longest polling interval
-    # How often an idle replica looks for due jobs, and how many it claims at once.
-    poll_tick_seconds: float = 0.5
-    poll_batch_size: int = 20  # workflows claimed per polling round
-    poll_concurrency: int = 10  # RAGNAROK status calls at once per replica
-    # A claimed job's lease; must comfortably exceed ``ragnarok_timeout_seconds``.
-    lease_seconds: float = 60.0
-    # Jobs still not final after this long are marked failed and no longer polled.
-    job_max_age_seconds: float = 6 * 3600.0
-    # Identifies this replica in leases and outgoing calls; default: host-pid-random.
-    replica_id: str = ""
-    events_stream_maxlen: int = 100_000  # approximate cap of the RAGNAROK events stream
-    jobs_gauge_interval_seconds: float = 15.0  # how often the jobs-by-status gauge is refreshed
-    db_pool_size: int = 10  # Postgres connections per process
-    run_migrations: bool = True  # apply database migrations at start-up
+    ops_port: int = 9082
+    ragnarok_url: Annotated[str, Meta(description="the RAGNAROK service (make up starts a stand-in when unset)")] = (
+        "http://127.0.0.1:8001"
+    )
+    ragnarok_api_key: Annotated[str, Meta(description="Sent as ``Authorization: Bearer …`` to RAGNAROK when set.")] = ""
+    ragnarok_timeout_seconds: Annotated[
+        float,
+        Meta(description="Total time allowed for one RAGNAROK call (submit or status); past it the client gets 504."),
+    ] = 10.0
+    ragnarok_connect_timeout_seconds: Annotated[float, Meta(description="connect timeout of RAGNAROK calls")] = 3.0
+    trinity_url: Annotated[
+        str, Meta(description="Empty: no Trinity; enriched jobs go ahead with the enrichment marked unavailable.")
+    ] = ""
+    trinity_timeout_seconds: Annotated[
+        float, Meta(description="Trinity enrichment timeout (then the job goes ahead without it)")
+    ] = 5.0
+    poll_interval_seconds: Annotated[
+        float,
+        Meta(
+            description="first poll of a workflow after this; while its status does not change (or RAGNAROK fails) the interval grows by POLL_BACKOFF_FACTOR up to POLL_MAX_INTERVAL_SECONDS"
+        ),
+    ] = 2.0
+    poll_backoff_factor: Annotated[
+        float, Meta(description="growth of the polling interval while a workflow is unchanged")
+    ] = 1.5
+    poll_max_interval_seconds: Annotated[float, Meta(description="longest polling interval")] = 30.0
+    poll_tick_seconds: Annotated[float, Meta(description="how often an idle replica looks for due jobs")] = 0.5
+    poll_batch_size: Annotated[int, Meta(description="workflows claimed per polling round")] = 20
+    poll_concurrency: Annotated[int, Meta(description="RAGNAROK status calls at once per replica")] = 10
+    lease_seconds: Annotated[
+        float, Meta(description="a claimed job's polling lease; must comfortably exceed RAGNAROK_TIMEOUT_SECONDS")
+    ] = 60.0
+    job_max_age_seconds: Annotated[
+        float, Meta(description="Jobs still not final after this long are marked failed and no longer polled.")
+    ] = 6 * 3600.0
+    replica_id: Annotated[
+        str, Meta(description="Identifies this replica in leases and outgoing calls; default: host-pid-random.")
+    ] = ""
+    events_stream_maxlen: Annotated[int, Meta(description="approximate cap of the RAGNAROK events stream")] = 100_000
+    jobs_gauge_interval_seconds: Annotated[
+        float, Meta(description="how often the jobs-by-status gauge is refreshed")
+    ] = 15.0
+    db_pool_size: Annotated[int, Meta(description="Postgres connections per process")] = 10
+    run_migrations: Annotated[bool, Meta(description="apply database migrations at start-up")] = True
 
     def problems(self) -> list[str]:
         """Configuration that cannot work (checked at start-up)."""
