@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from montage_common.settings import CommonSettings
+from msgspec import Meta
 
 DEV_JWT_SECRET = "montage-dev-jwt-secret-not-for-production"
 
@@ -13,70 +14,101 @@ class GatewaySettings(CommonSettings, frozen=True, kw_only=True):
     """Environment: the upper-cased field names (``ORCHESTRATOR_URL``, ``SUPABASE_JWT_SECRET`` …)."""
 
     port: int = 8080
-    ops_port: int = 9080  # /healthz, /readyz, /metrics
-    orchestrator_url: str = "http://127.0.0.1:8081"  # where /api/v1/* is forwarded
-    ragnarok_proxy_url: str = "http://127.0.0.1:8082"  # where ragnarok-proxy is (forwarding; RAGNAROK clip rendering)
-    # CORS: the browser origin(s) allowed, comma-separated.
-    frontend_url: str = "http://localhost:3000"
-    # If X-Forwarded-For's first hop is the client address (behind a trusted load balancer).
-    trust_forwarded_for: bool = False
+    ops_port: int = 9080
+    orchestrator_url: Annotated[str, Meta(description="where /api/v1/* is forwarded")] = "http://127.0.0.1:8081"
+    ragnarok_proxy_url: Annotated[
+        str, Meta(description="where ragnarok-proxy is (forwarding; RAGNAROK clip rendering)")
+    ] = "http://127.0.0.1:8082"
+    frontend_url: Annotated[str, Meta(description="CORS: the browser origin(s) allowed, comma-separated.")] = (
+        "http://localhost:3000"
+    )
+    trust_forwarded_for: Annotated[
+        bool, Meta(description="If X-Forwarded-For's first hop is the client address (behind a trusted load balancer).")
+    ] = False
 
-    # Pool of the gateway's command connections (SSE fan-out uses one more, of its own).
-    redis_max_connections: int = 64
+    redis_max_connections: Annotated[
+        int, Meta(description="Pool of the gateway's command connections (SSE fan-out uses one more, of its own).")
+    ] = 64
 
     # --- auth -----------------------------------------------------------------------------
-    # Legacy HS256 secret; empty outside development means HS256 tokens are refused.
-    supabase_jwt_secret: str = ""
-    # Asymmetric signing keys (RS256/ES256), e.g. https://<ref>.supabase.co/auth/v1/.well-known/jwks.json
-    supabase_jwks_url: str = ""
-    jwt_audience: str = "authenticated"  # required aud claim
-    jwt_issuer: str = ""  # checked when set
-    jwt_algorithms: str = "HS256,RS256,ES256"  # accepted JWT algorithms (never none)
-    jwt_leeway_seconds: float = 10.0  # clock skew allowed on exp and nbf
-    jwks_cache_seconds: float = 600.0  # how long fetched signing keys are trusted
-    jwks_min_refetch_seconds: float = 30.0  # at most one JWKS refetch per this interval (unknown kid)
-    # "memory": verify locally, memoise verified tokens in-process (fastest, see docs/benchmarks.md);
-    # "redis": the spec's jwt_valid:{hash} cache; "none": verify every request. Never past exp.
-    jwt_cache: Literal["memory", "redis", "none"] = "memory"
-    jwt_cache_seconds: int = 300  # how long a verified token is cached (never past its exp)
+    supabase_jwt_secret: Annotated[
+        str, Meta(description="Legacy HS256 secret; empty outside development means HS256 tokens are refused.")
+    ] = ""
+    supabase_jwks_url: Annotated[
+        str,
+        Meta(
+            description="Asymmetric signing keys (RS256/ES256), e.g. https://<ref>.supabase.co/auth/v1/.well-known/jwks.json"
+        ),
+    ] = ""
+    jwt_audience: Annotated[str, Meta(description="required aud claim")] = "authenticated"
+    jwt_issuer: Annotated[str, Meta(description="checked when set")] = ""
+    jwt_algorithms: Annotated[str, Meta(description="accepted JWT algorithms (never none)")] = "HS256,RS256,ES256"
+    jwt_leeway_seconds: Annotated[float, Meta(description="clock skew allowed on exp and nbf")] = 10.0
+    jwks_cache_seconds: Annotated[float, Meta(description="how long fetched signing keys are trusted")] = 600.0
+    jwks_min_refetch_seconds: Annotated[
+        float, Meta(description="at most one JWKS refetch per this interval (unknown kid)")
+    ] = 30.0
+    jwt_cache: Annotated[
+        Literal["memory", "redis", "none"],
+        Meta(
+            description='"memory": verify locally, memoise verified tokens in-process (fastest, see docs/benchmarks.md); "redis": the spec\'s jwt_valid:{hash} cache; "none": verify every request. Never past exp.'
+        ),
+    ] = "memory"
+    jwt_cache_seconds: Annotated[int, Meta(description="how long a verified token is cached (never past its exp)")] = (
+        300
+    )
 
     # --- rate limits ----------------------------------------------------------------------
-    job_rate_limit: int = 5
-    job_rate_window_seconds: int = 3600  # sliding window of the job-creation limit
-    # General request guard (fixed one-minute windows) on every endpoint but health/metrics.
-    guard_window_seconds: int = 60
-    guard_user_requests: int = 600  # requests per window per user
-    guard_ip_requests: int = 1200  # requests per window per client IP
+    job_rate_limit: Annotated[int, Meta(description="jobs a user may create per JOB_RATE_WINDOW_SECONDS")] = 5
+    job_rate_window_seconds: Annotated[int, Meta(description="sliding window of the job-creation limit")] = 3600
+    guard_window_seconds: Annotated[
+        int, Meta(description="window of the general request guard (every route but /api/v1/health)")
+    ] = 60
+    guard_user_requests: Annotated[int, Meta(description="requests per window per user")] = 600
+    guard_ip_requests: Annotated[int, Meta(description="requests per window per client IP")] = 1200
 
     # --- forwarding -----------------------------------------------------------------------
-    upstream_timeout_seconds: float = 30.0
-    upload_timeout_seconds: float = 60.0  # forwarding timeout of uploads
-    upstream_connect_timeout_seconds: float = 5.0  # connect timeout to internal services
-    upstream_pool_size: int = 200  # connections to internal services
-    # Largest request body forwarded (the 10 MB audio plus multipart overhead).
-    max_body_bytes: int = 11 * 1024 * 1024
+    upstream_timeout_seconds: Annotated[float, Meta(description="forwarding timeout of every route but uploads")] = 30.0
+    upload_timeout_seconds: Annotated[float, Meta(description="forwarding timeout of uploads")] = 60.0
+    upstream_connect_timeout_seconds: Annotated[float, Meta(description="connect timeout to internal services")] = 5.0
+    upstream_pool_size: Annotated[int, Meta(description="connections to internal services")] = 200
+    max_body_bytes: Annotated[
+        int, Meta(description="Largest request body forwarded (the 10 MB audio plus multipart overhead).")
+    ] = 11 * 1024 * 1024
 
     # --- SSE ------------------------------------------------------------------------------
-    sse_heartbeat_seconds: float = 30.0
-    sse_max_per_job: int = 10  # open streams per job (the next gets 503)
-    sse_max_per_user: int = 30  # open streams per user
-    sse_close_after_final_seconds: float = 30.0  # streams close this long after the job ends
-    # A write that does not complete in this time drops the connection (dead client).
-    sse_write_timeout_seconds: float = 30.0
-    sse_queue_size: int = 512  # events buffered per slow client before it is dropped
-    # A connection's slot expires if its replica stops refreshing it (crash).
-    sse_slot_lease_seconds: float = 90.0
-    # Lifetime of an SSE ticket (reusable by its user for its job: EventSource reconnects with it);
-    # longer than JOB_TIMEOUT_SECONDS so one ticket covers a whole job. See docs/sse.md.
-    stream_ticket_ttl_seconds: int = 1200
+    sse_heartbeat_seconds: Annotated[float, Meta(description="interval of SSE heartbeat events")] = 30.0
+    sse_max_per_job: Annotated[int, Meta(description="open streams per job (the next gets 503)")] = 10
+    sse_max_per_user: Annotated[int, Meta(description="open streams per user")] = 30
+    sse_close_after_final_seconds: Annotated[float, Meta(description="streams close this long after the job ends")] = (
+        30.0
+    )
+    sse_write_timeout_seconds: Annotated[
+        float, Meta(description="A write that does not complete in this time drops the connection (dead client).")
+    ] = 30.0
+    sse_queue_size: Annotated[int, Meta(description="events buffered per slow client before it is dropped")] = 512
+    sse_slot_lease_seconds: Annotated[
+        float, Meta(description="A connection's slot expires if its replica stops refreshing it (crash).")
+    ] = 90.0
+    stream_ticket_ttl_seconds: Annotated[
+        int,
+        Meta(
+            description="Lifetime of an SSE ticket (reusable by its user for its job: EventSource reconnects with it); longer than JOB_TIMEOUT_SECONDS so one ticket covers a whole job. See docs/sse.md."
+        ),
+    ] = 1200
 
     # --- development ----------------------------------------------------------------------
-    dev_token_ttl_seconds: int = 3600
+    dev_token_ttl_seconds: Annotated[
+        int, Meta(description="lifetime of development tokens (ENVIRONMENT=development only)")
+    ] = 3600
 
     # --- operator console -----------------------------------------------------------------
-    # The token claim (a dotted path) naming an admin of /admin/queues and /api/v1/admin/*.
-    admin_role_claim: str = "app_metadata.role"
-    admin_role_value: str = "admin"  # an admin's value of ADMIN_ROLE_CLAIM (or an element of it, if a list)
+    admin_role_claim: Annotated[
+        str, Meta(description="The token claim (a dotted path) naming an admin of /admin/queues and /api/v1/admin/*.")
+    ] = "app_metadata.role"
+    admin_role_value: Annotated[
+        str, Meta(description="an admin's value of ADMIN_ROLE_CLAIM (or an element of it, if a list)")
+    ] = "admin"
 
     @property
     def jwt_secret(self) -> str:
