@@ -36,6 +36,7 @@ def shape(events: Events) -> list[tuple[Any, ...]]:
 def stage_block(stage: str, *, messages: int = 1, costs: int = 1) -> list[tuple[Any, ...]]:
     return [
         ("stage_update", stage, "started"),
+        ("message", stage),  # every stage starts with a message (jobs.STARTED_MESSAGES)
         *[("message", stage)] * messages,
         *[("cost_update", stage)] * costs,
         ("stage_update", stage, "completed"),
@@ -92,6 +93,7 @@ async def test_reference_generator_fallback(orch: Orchestrator, pool: asyncpg.Po
         *stage_block("audio_parser"),
         *stage_block("scene_planner"),
         ("stage_update", "reference_generator", "started"),
+        ("message", "reference_generator"),  # the stage's start message
         ("message", "reference_generator"),
         ("stage_update", "reference_generator", "completed"),
         ("progress", 30),
@@ -133,8 +135,9 @@ async def test_fewer_than_three_clips_fails(orch: Orchestrator) -> None:
     body = await orch.wait_final(job_id)
     assert body["status"] == "failed" and "Insufficient clips" in body["error_message"]
     events = await orch.events(job_id)
-    assert shape(events)[-3:] == [
+    assert shape(events)[-4:] == [
         ("stage_update", "video_generator", "started"),
+        ("message", "video_generator"),  # the stage's start message
         ("cost_update", "video_generator"),
         ("error", "MODULE_FAILURE"),
     ]
@@ -151,6 +154,7 @@ async def test_budget_stop_on_reported_cost(orch_factory_budget: Orchestrator, p
     expected = [
         *[step for s in STAGES[:4] for step in stage_block(s)],
         ("stage_update", "video_generator", "started"),
+        ("message", "video_generator"),  # the stage's start message
         ("cost_update", "video_generator"),
         ("error", "BUDGET_EXCEEDED"),
     ]
@@ -193,6 +197,7 @@ async def test_cancel_mid_pipeline(orch: Orchestrator, pool: asyncpg.Pool) -> No
     expected = [
         *[step for s in STAGES[:4] for step in stage_block(s)],
         ("stage_update", "video_generator", "started"),
+        ("message", "video_generator"),  # the stage's start message
         ("error", "CANCELLED"),
     ]
     events = await orch.events(job_id)
@@ -224,7 +229,12 @@ async def test_timeout_even_when_workers_are_dead(orchestrator_factory: Any, poo
     body = await orch.wait_final(job_id)
     assert body["status"] == "failed" and body["error_message"] == "Job exceeded 0.5-second timeout"
     events = await orch.events(job_id)
-    assert shape(events) == [("stage_update", "audio_parser", "started"), ("error", "TIMEOUT")]
+    assert shape(events) == [
+        ("stage_update", "audio_parser", "started"),
+        ("message", "audio_parser"),
+        ("error", "TIMEOUT"),
+    ]
+    assert events[-1][1]["retryable"] is True  # the same song may well finish next time
     assert await orch.deps.redis.exists(orch.deps.keys.job_cancel(job_id))
 
 
@@ -237,6 +247,7 @@ async def test_audio_parser_failure_fails_job(orch: Orchestrator) -> None:
     assert body["status"] == "failed" and "bad audio" in body["error_message"]
     assert shape(await orch.events(job_id)) == [
         ("stage_update", "audio_parser", "started"),
+        ("message", "audio_parser"),  # the stage's start message
         ("error", "MODULE_FAILURE"),
     ]
 

@@ -15,7 +15,7 @@ for logged events, the ``id:`` to resume from with ``Last-Event-ID``.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -58,6 +58,16 @@ ErrorCode = Annotated[
         ],
     ),
 ]
+
+
+def timestamp(moment: datetime) -> str:
+    """The one time format of every API: RFC 3339 in UTC, milliseconds, ``Z``.
+
+    The same text as JavaScript's ``Date.prototype.toISOString()``: ``2026-01-01T12:00:00.000Z``.
+    """
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 # --- errors ---------------------------------------------------------------------------------
@@ -120,6 +130,13 @@ class JobStatus(Struct, kw_only=True):
     total_cost: Money
     video_url: Annotated[str | None, Meta(description="Signed URL of the video (1 hour) once completed")]
     error_message: str | None
+    error_code: Annotated[
+        JobErrorCode | None,
+        Meta(description="Why the job failed (`CANCELLED` for a cancelled job); `null` unless failed"),
+    ]
+    retryable: Annotated[
+        bool, Meta(description="The job failed, and submitting the same song and prompt again may succeed")
+    ]
     created_at: datetime
     updated_at: datetime
 

@@ -22,6 +22,7 @@ from montage_common.models import AudioAnalysis, ClipPrompts, Clips, ReferenceIm
 FailurePolicy = Literal["fail", "continue_text_only", "fallback_plan"]
 
 MIN_CLIPS = 3  # fewer rendered clips than this fails the job (spec); also the least the timing plans
+TYPICAL_SONG_SECONDS = 180.0  # the song length each stage's ``expected_seconds`` is written for
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,11 +30,16 @@ class StageSpec:
     name: str
     output_type: type[msgspec.Struct]
     progress: int  # the spec's fixed progress mark once the stage has finished (percent)
-    expected_seconds: int  # typical duration, for ``estimated_remaining``
+    expected_seconds: int  # typical duration for a TYPICAL_SONG_SECONDS song (the prior of ``estimated_remaining``)
     cost_share: Decimal  # the stage's share of a job's pre-flight estimate
     budget_checked: bool  # the remaining budget must cover its share before it is dispatched
     on_failure: FailurePolicy
     min_clips: int = 0  # an output with fewer clips than this is a failure (video_generator)
+
+    @property
+    def seconds_per_audio_second(self) -> float:
+        """The prior rate of work per second of song, used until the orchestrator has measured one."""
+        return self.expected_seconds / TYPICAL_SONG_SECONDS
 
 
 PIPELINE: tuple[StageSpec, ...] = (

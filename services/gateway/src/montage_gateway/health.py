@@ -8,6 +8,7 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
+from montage_common.api import timestamp
 from montage_common.errors import MontageError
 from montage_common.web import REQUEST_ID, json_response
 from redis.asyncio import Redis
@@ -49,7 +50,7 @@ class HealthHandler:
 
     async def health(self, request: web.Request) -> web.Response:
         redis_ok, internal = await asyncio.gather(self._redis_ok(), self._orchestrator(request[REQUEST_ID]))
-        now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        now = timestamp(datetime.now(UTC))
         issues: list[str] = []
         if internal is None:
             issues.append("orchestrator unreachable")

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 
 import msgspec
 import structlog
+from montage_common.api import timestamp
 from montage_common.events import FINAL_EVENTS, id_key, parse_published
 from montage_common.keys import Keys
 
@@ -43,7 +44,7 @@ def render(event: str, data: object, entry_id: str | None = None) -> bytes:
 
 
 def heartbeat_frame() -> Frame:
-    now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    now = timestamp(datetime.now(UTC))
     return Frame(render("heartbeat", {"timestamp": now}), kind="heartbeat")
 
 

@@ -12,6 +12,7 @@ import asyncpg
 import msgspec
 import structlog
 from aiohttp import web
+from montage_common import db
 from montage_common.errors import BudgetExceededError, ErrorCode, Forbidden, Gone, NotFound, ValidationError
 from montage_common.messages import StageTask
 from montage_common.models import AudioParserInput

@@ -6,6 +6,7 @@ import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
+from montage_common.api import timestamp
 from montage_common.pipeline import STAGES
 from montage_streams import group_stats
 
@@ -66,7 +67,7 @@ async def health_report(deps: Deps) -> dict[str, Any]:
         issues.append("redis connection failed")
     return {
         "status": "healthy" if not issues else "unhealthy",
-        "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        "timestamp": timestamp(datetime.now(UTC)),
         "database": database,
         "redis": redis,
         "queue": {"size": sum(by_stage.values()), "active_jobs": active, "workers": workers, "stages": by_stage},

@@ -2,20 +2,88 @@
 
 from __future__ import annotations
 
+import math
+import time
 from decimal import Decimal
 from typing import Any
 
 import asyncpg
-from montage_common.pipeline import FINAL_STATUSES, remaining_after
+from montage_common.pipeline import FINAL_STATUSES, StageSpec, remaining_after
 
 from montage_orchestrator.store import iso
 
+# Failure codes of a job for which submitting the same song and prompt again may succeed.
+RETRYABLE_JOB_CODES = frozenset({"TIMEOUT", "GENERATION_ERROR"})
 
-def estimated_remaining(status: str, current_stage: str | None, *, finished: bool = False) -> int:
-    """Seconds left: the expected time of the stages not yet finished."""
+# The `message` event each stage starts with (every stage has at least this one).
+STARTED_MESSAGES: dict[str, str] = {
+    "audio_parser": "Analysing the song: tempo, beats, sections and mood",
+    "scene_planner": "Planning scenes that cut on the beat",
+    "reference_generator": "Rendering a reference still for each scene",
+    "prompt_generator": "Writing a prompt for each clip",
+    "video_generator": "Rendering the clips",
+    "composer": "Composing the video with the song",
+}
+
+_RATES_SQL = """
+SELECT stage_name, percentile_cont(0.5) WITHIN GROUP (ORDER BY rate) AS rate, count(*) AS samples
+FROM (
+    SELECT s.stage_name, s.duration_seconds / j.audio_duration AS rate,
+           row_number() OVER (PARTITION BY s.stage_name ORDER BY s.completed_at DESC) AS k
+    FROM job_stages s JOIN jobs j ON j.job_id = s.job_id
+    WHERE s.status = 'completed' AND s.duration_seconds IS NOT NULL AND j.audio_duration > 0
+      AND s.completed_at > now() - interval '7 days'
+) recent
+WHERE k <= $1
+GROUP BY stage_name
+"""
+
+
+class StageRates:
+    """Seconds of work per second of song, per stage, measured on this deployment.
+
+    The median over each stage's most recent completed runs (``window``, last 7 days), read at
+    most every ``refresh_seconds``; a stage with fewer than ``min_samples`` runs uses its spec's
+    prior (:attr:`StageSpec.seconds_per_audio_second`).
+    """
+
+    def __init__(self, *, refresh_seconds: float = 60.0, min_samples: int = 3, window: int = 50) -> None:
+        self.refresh_seconds = refresh_seconds
+        self.min_samples = min_samples
+        self.window = window
+        self.measured: dict[str, float] = {}
+        self._read_at = -math.inf
+
+    async def refresh(self, db: asyncpg.Pool | asyncpg.Connection) -> None:
+        if time.monotonic() - self._read_at < self.refresh_seconds:
+            return
+        self._read_at = time.monotonic()
+        rows = await db.fetch(_RATES_SQL, self.window)
+        self.measured = {r["stage_name"]: float(r["rate"]) for r in rows if r["samples"] >= self.min_samples}
+
+    def rate(self, stage: StageSpec) -> float:
+        return self.measured.get(stage.name, stage.seconds_per_audio_second)
+
+
+RATES = StageRates()  # one per process: every replica measures the same table
+
+
+def estimated_remaining(
+    status: str,
+    current_stage: str | None,
+    audio_seconds: float | None,
+    *,
+    finished: bool = False,
+    rates: StageRates = RATES,
+) -> int:
+    """Seconds left: the song's duration times the measured rate of each stage not yet finished."""
     if status in FINAL_STATUSES:
         return 0
-    return sum(s.expected_seconds for s in remaining_after(current_stage, finished=finished))
+    seconds = audio_seconds if audio_seconds and audio_seconds > 0 else 0.0
+    stages = remaining_after(current_stage, finished=finished)
+    if not seconds:  # an old cached snapshot without the duration: the spec's typical song
+        return sum(s.expected_seconds for s in stages)
+    return math.ceil(sum(rates.rate(s) * seconds for s in stages))
 
 
 def snapshot(row: asyncpg.Record) -> dict[str, Any]:
@@ -28,6 +96,7 @@ def snapshot(row: asyncpg.Record) -> dict[str, Any]:
         "progress": row["progress"],
         "total_cost": row["total_cost"],
         "estimated_cost": row["estimated_cost"],
+        "audio_duration": row["audio_duration"],
         "video_key": row["video_key"],
         "error_message": row["error_message"],
         "error_code": row["error_code"],
@@ -41,15 +110,18 @@ def snapshot(row: asyncpg.Record) -> dict[str, Any]:
 
 def status_body(snap: dict[str, Any], video_url: str | None) -> dict[str, Any]:
     """``GET /api/v1/jobs/{job_id}``."""
+    code = snap.get("error_code") if snap["status"] == "failed" else None
     return {
         "job_id": snap["job_id"],
         "status": snap["status"],
         "current_stage": snap["current_stage"],
         "progress": snap["progress"],
-        "estimated_remaining": estimated_remaining(snap["status"], snap["current_stage"]),
+        "estimated_remaining": estimated_remaining(snap["status"], snap["current_stage"], snap.get("audio_duration")),
         "total_cost": _num(snap["total_cost"]),
         "video_url": video_url,
         "error_message": snap["error_message"],
+        "error_code": code,
+        "retryable": code in RETRYABLE_JOB_CODES,
         "created_at": snap["created_at"],
         "updated_at": snap["updated_at"],
     }

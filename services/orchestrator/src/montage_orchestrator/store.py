@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+from montage_common.api import timestamp
 from montage_common.models import CostItem
 
 _JOB_COLUMNS = frozenset(
@@ -241,4 +242,4 @@ async def prune_handled(conn: asyncpg.Pool, older_than_seconds: float) -> int:
 
 
 def iso(ts: datetime | None) -> str | None:
-    return None if ts is None else ts.isoformat().replace("+00:00", "Z")
+    return None if ts is None else timestamp(ts)

@@ -20,7 +20,7 @@ from montage_streams import Emit
 
 from montage_orchestrator import cleanup, metrics, store
 from montage_orchestrator.deps import Deps
-from montage_orchestrator.jobs import snapshot
+from montage_orchestrator.jobs import RETRYABLE_JOB_CODES, snapshot
 
 log = structlog.get_logger()
 
@@ -80,7 +80,7 @@ async def fail_job(conn: asyncpg.Connection, deps: Deps, eff: Effects, code: str
             "SELECT now() + $1::interval", timedelta(days=deps.settings.failed_retention_days)
         ),
     )
-    eff.event(deps, "error", {"error": message, "code": code, "retryable": False})
+    eff.event(deps, "error", {"error": message, "code": code, "retryable": code in RETRYABLE_JOB_CODES})
     eff.cancel_flag = True  # any worker still on this job stops before its next step
     eff.row = row
     metrics.JOBS_FAILED.labels(code).inc()

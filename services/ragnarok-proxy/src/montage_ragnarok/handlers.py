@@ -14,6 +14,7 @@ import msgspec
 import structlog
 from aiohttp import web
 from montage_common import db
+from montage_common.api import timestamp
 from montage_common.errors import Forbidden, MontageError, NotFound, ServiceUnavailable, ValidationError
 from montage_common.web import Handler, internal_user, json_response
 
@@ -81,9 +82,9 @@ def job_view(job: Job) -> dict[str, Any]:
         "error": job.error,
         "enrichment": job.enrichment,
         "trace_id": job.trace_id,
-        "created_at": job.created_at.isoformat(),
-        "updated_at": job.updated_at.isoformat(),
-        "completed_at": job.completed_at.isoformat() if job.completed_at else None,
+        "created_at": timestamp(job.created_at),
+        "updated_at": timestamp(job.updated_at),
+        "completed_at": timestamp(job.completed_at) if job.completed_at else None,
     }
 
 
