@@ -80,12 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def run_queues(settings: CliSettings, as_json: bool) -> int:
-    from montage_common.keys import Keys
-    from montage_common.redis import create_redis
+    from montage_common.redis import create_redis, keys_for, target_of
 
-    redis = create_redis(settings.redis_url, max_connections=4)
+    redis = create_redis(target_of(settings), max_connections=4)
     try:
-        snap = await queues.snapshot(redis, Keys(settings.redis_namespace))
+        snap = await queues.snapshot(redis, keys_for(settings))
     except OSError as exc:
         raise Unavailable(f"cannot reach Redis at {settings.redis_url}: {exc}") from None
     except Exception as exc:  # redis' own connection errors

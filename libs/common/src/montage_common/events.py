@@ -46,6 +46,7 @@ def event_emit(keys: Keys, job_id: str, event: str, data: dict[str, Any]) -> Emi
         keys.job_events_stream(job_id),
         payload,
         channel=keys.job_events_channel(job_id),
+        sharded=keys.sharded_events,
         maxlen=EVENT_LOG_MAXLEN,
         ttl_seconds=EVENT_LOG_TTL_SECONDS,
     )

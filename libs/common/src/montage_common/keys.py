@@ -1,33 +1,121 @@
 """Every Redis key, stream, consumer group and channel name, built in one place.
 
-Keys that one Lua script or MULTI touches together share the hash tag ``{<namespace>}``
-so the pipeline also runs on Redis Cluster (they then live in one slot). Per-user and
-per-token keys carry no tag: they are only ever touched one at a time.
+Keys that one Lua script or MULTI touches together share a hash tag, so the pipeline also runs on
+Redis Cluster (they then live in one slot). Per-user and per-token keys carry no tag: they are
+only ever touched one at a time.
+
+**Partitions** (``REDIS_PARTITIONS``, default 1). The pipeline is split into P partitions; a job
+belongs to one (:meth:`Keys.partition_of`, a stable hash of its id) and every key its hand-offs
+touch carries that partition's hash tag: each stage's stream, the results stream, the delayed
+retries, the dead letters, the job's event log, its live-event channel and its liveness keys.
+So one Lua script (emit the next task + the job's events, ack the result) never spans two slots.
+With P = 1 the tag is ``{<namespace>}`` (the layout of a single Redis). With P > 1 each
+partition's tag is chosen so that the partitions' slots are spread evenly over the 16 384 slots
+(partition k lands in the k-th of P equal slot ranges), so a cluster whose primaries own equal
+slot ranges (``redis-cli --cluster create``) gets the same number of partitions on each.
 """
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
+from functools import cache
 
 ORCHESTRATOR_GROUP = "orchestrator"
+SLOTS = 16384
+
+
+def _crc16_table() -> list[int]:
+    table = []
+    for byte in range(256):
+        crc = byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+        table.append(crc & 0xFFFF)
+    return table
+
+
+_CRC16 = _crc16_table()
+
+
+def key_slot(key: str) -> int:
+    """The Redis Cluster slot of ``key`` (CRC16/XMODEM of its hash tag, mod 16 384)."""
+    data = key.encode()
+    start = data.find(b"{")
+    if start >= 0:
+        end = data.find(b"}", start + 1)
+        if end > start + 1:
+            data = data[start + 1 : end]
+    crc = 0
+    for b in data:
+        crc = ((crc << 8) & 0xFFFF) ^ _CRC16[((crc >> 8) ^ b) & 0xFF]
+    return crc % SLOTS
+
+
+@cache
+def partition_tags(namespace: str, partitions: int) -> tuple[str, ...]:
+    """The hash tag of each partition (see the module docstring)."""
+    if partitions <= 1:
+        return ("{" + namespace + "}",)
+    tags: list[str] = []
+    for k in range(partitions):
+        low, high = k * SLOTS // partitions, (k + 1) * SLOTS // partitions
+        for n in range(200_000):  # about `partitions` tries are expected per tag
+            tag = "{" + f"{namespace}:p{k}:{n}" + "}"
+            if low <= key_slot(tag) < high:
+                tags.append(tag)
+                break
+        else:  # pragma: no cover - CRC16 covers every range long before
+            raise RuntimeError(f"no hash tag for partition {k} of {partitions}")
+    return tuple(tags)
 
 
 @dataclass(frozen=True, slots=True)
 class Keys:
-    """Name builder bound to one namespace (``REDIS_NAMESPACE``)."""
+    """Name builder bound to one namespace (``REDIS_NAMESPACE``) and partition count."""
 
     namespace: str = "montage"
+    partitions: int = 1  # REDIS_PARTITIONS
+    sharded_events: bool = False  # live events by SPUBLISH on the job's partition (Redis Cluster)
 
     @property
     def tag(self) -> str:
-        return "{" + self.namespace + "}"
+        """The hash tag of partition 0 (the only one when ``partitions`` is 1)."""
+        return self.partition_tag(0)
 
-    # --- pipeline streams (hash-tagged) --------------------------------------
-    def stage_stream(self, stage: str) -> str:
-        return f"{self.tag}:stage:{stage}"
+    def partition_tag(self, partition: int) -> str:
+        return partition_tags(self.namespace, max(self.partitions, 1))[partition]
 
-    def results_stream(self) -> str:
-        return f"{self.tag}:results"
+    def partition_of(self, job_id: str) -> int:
+        """The partition a job belongs to (stable: a hash of its id)."""
+        if self.partitions <= 1:
+            return 0
+        return zlib.crc32(job_id.encode()) % self.partitions
+
+    @property
+    def all_partitions(self) -> range:
+        return range(max(self.partitions, 1))
+
+    @staticmethod
+    def tag_of(key: str) -> str:
+        """The hash tag a key starts with (``""`` when it has none)."""
+        if key.startswith("{") and (end := key.find("}")) > 0:
+            return key[: end + 1]
+        return ""
+
+    # --- pipeline streams (hash-tagged by partition) -----------------------------------
+    def stage_stream(self, stage: str, partition: int = 0) -> str:
+        return f"{self.partition_tag(partition)}:stage:{stage}"
+
+    def stage_streams(self, stage: str) -> list[str]:
+        """The stream of ``stage`` in every partition."""
+        return [self.stage_stream(stage, p) for p in self.all_partitions]
+
+    def results_stream(self, partition: int = 0) -> str:
+        return f"{self.partition_tag(partition)}:results"
+
+    def results_streams(self) -> list[str]:
+        return [self.results_stream(p) for p in self.all_partitions]
 
     def ragnarok_events_stream(self) -> str:
         return f"{self.tag}:ragnarok:events"
@@ -35,16 +123,25 @@ class Keys:
     def dead_letter_stream(self, stream: str) -> str:
         return f"{stream}:dead"
 
-    def delayed_zset(self) -> str:
-        """Retries waiting for their backoff, shared by every stream of the namespace."""
-        return f"{self.tag}:delayed"
+    def delayed_zset(self, stream: str = "") -> str:
+        """Retries waiting for their backoff: one set per hash tag (``stream``'s; partition 0's by default)."""
+        return f"{self.tag_of(stream) or self.tag}:delayed"
+
+    def delayed_zsets(self) -> list[str]:
+        return [f"{self.partition_tag(p)}:delayed" for p in self.all_partitions]
 
     def job_events_stream(self, job_id: str) -> str:
-        """Durable per-job event log (SSE replay with Last-Event-ID)."""
-        return f"{self.tag}:job_events:{job_id}"
+        """Durable per-job event log (SSE replay with Last-Event-ID), in the job's partition."""
+        return f"{self.partition_tag(self.partition_of(job_id))}:job_events:{job_id}"
 
     def job_events_channel(self, job_id: str) -> str:
-        """Pub/sub channel carrying each event live (spec: ``job_events:{job_id}``)."""
+        """Channel carrying each event live (spec: ``job_events:{job_id}``).
+
+        With sharded events (Redis Cluster) it is a shard channel with the job's partition tag, so
+        the hand-off script can ``SPUBLISH`` it and only the node owning the slot carries it.
+        """
+        if self.sharded_events:
+            return f"{self.partition_tag(self.partition_of(job_id))}:job_events:{job_id}"
         return f"{self.namespace}:job_events:{job_id}"
 
     def stage_group(self, stage: str) -> str:
@@ -56,6 +153,10 @@ class Keys:
 
     def job_status_cache(self, job_id: str) -> str:
         return f"{self.namespace}:job_status:{job_id}"
+
+    def stage_alive(self, job_id: str, stage: str) -> str:
+        """A worker's liveness for one job's stage while it runs it (value: the dispatch number)."""
+        return f"{self.partition_tag(self.partition_of(job_id))}:alive:{job_id}:{stage}"
 
     # --- gateway --------------------------------------------------------------
     def rate_limit(self, user_id: str) -> str:

@@ -38,6 +38,31 @@ class CommonSettings(msgspec.Struct, frozen=True, kw_only=True):
     redis_namespace: Annotated[
         str, Meta(description="Prefix for every Redis key, so several deployments (or tests) can share one Redis.")
     ] = "montage"
+    redis_sentinels: Annotated[
+        str,
+        Meta(
+            description="host:port,host:port of Redis Sentinels: clients then follow the primary they name"
+            " (REDIS_URL gives only password, database and TLS); empty: REDIS_URL is the server"
+        ),
+    ] = ""
+    redis_sentinel_master: Annotated[str, Meta(description="the primary's name at the Sentinels")] = "montage"
+    redis_cluster: Annotated[
+        bool, Meta(description="REDIS_URL is a node of a Redis Cluster (7+): cluster client, sharded live events")
+    ] = False
+    redis_partitions: Annotated[
+        int,
+        Meta(
+            description="pipeline partitions: a job's keys share its partition's hash tag; on a cluster,"
+            " at least the number of primaries (every service must use the same value)"
+        ),
+    ] = 1
+    job_heartbeat_seconds: Annotated[
+        float,
+        Meta(
+            description="how often a worker reports a running stage alive; the orchestrator re-dispatches"
+            " a stage Redis lost after twice this long without a report (same value everywhere)"
+        ),
+    ] = 5.0
     internal_secret: Annotated[
         str, Meta(description="Shared secret proving a request comes from the gateway (X-Montage-Internal).")
     ] = "dev-internal-secret"

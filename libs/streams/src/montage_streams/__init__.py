@@ -17,6 +17,7 @@ from montage_streams._inspect import (
     dead_letters,
     delayed_by_stream,
     delete_dead_letter,
+    in_flight,
     oldest_pending_age,
     requeue_dead_letter,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "delete_dead_letter",
     "group_stats",
     "id_key",
+    "in_flight",
     "oldest_pending_age",
     "read_last",
     "read_one",

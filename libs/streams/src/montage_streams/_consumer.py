@@ -465,7 +465,7 @@ class StreamConsumer(ConsumerMaintenance):
             due = int((time.time() + delay) * 1000)
             moved = await self._retrying(
                 lambda: self._scripts.retry(
-                    keys=[self.stream, self.keys.delayed_zset()],
+                    keys=[self.stream, self.keys.delayed_zset(self.stream)],
                     args=[self.group, d.entry_id, self.consumer, due, member],
                 )
             )

@@ -11,6 +11,7 @@ stream as a fresh first attempt, atomically with its removal) and :func:`delete_
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from montage_streams._model import KeyLayout, id_ms, text
+from montage_streams._scripts import lua
 
 _history = msgspec.json.Decoder(list[str])
 
@@ -95,15 +97,45 @@ def delayed_stream(member: bytes) -> str:
     return parts[0].decode() if parts else ""
 
 
-async def delayed_by_stream(redis: Redis, keys: KeyLayout, *, limit: int = 10_000) -> dict[str, int]:
-    """Retries waiting for their backoff, per stream (the first ``limit`` members of the set)."""
+async def delayed_by_stream(redis: Redis, keys: KeyLayout, *, limit: int = 10_000, stream: str = "") -> dict[str, int]:
+    """Retries waiting for their backoff, per stream (the first ``limit`` members of the set of
+    ``stream``'s hash tag; the layout's default set when empty)."""
     r: Any = redis
     out: dict[str, int] = {}
-    for member in await r.zrange(keys.delayed_zset(), 0, limit - 1):
+    for member in await r.zrange(keys.delayed_zset(stream), 0, limit - 1):
         raw = member if isinstance(member, bytes) else str(member).encode()
         name = delayed_stream(raw)
         out[name] = out.get(name, 0) + 1
     return out
+
+
+async def in_flight(
+    redis: Redis,
+    sources: Sequence[tuple[str, str]],
+    delayed_zset: str,
+    prefixes: Iterable[str],
+    *,
+    separator: str = ":",
+    limit: int = 10_000,
+) -> set[str] | None:
+    """Which ``prefixes`` have a message in flight in ``sources`` (``(stream, group)`` pairs) or the
+    delayed set: not yet read by the group, read and not acknowledged, or waiting for a retry.
+
+    A message's prefix is its message id up to the first ``separator``. Looked at in one script,
+    so an entry moving from one place to the next (read, retried, handed off to the next stream
+    of ``sources``) is always seen; every key must share one hash tag. ``None`` when a scan
+    stopped at ``limit`` entries (a backlog that long: the caller cannot tell).
+    """
+    wanted = sorted(set(prefixes))
+    if not wanted:
+        return set()
+    r: Any = redis
+    keys = [s for s, _ in sources] + [delayed_zset]
+    args: list[Any] = [limit, separator, len(sources), *(g for _, g in sources), *wanted]
+    res = await r.eval(lua("in_flight"), len(keys), *keys, *args)
+    if not int(res[0]):
+        return None
+    return {text(p) for p in res[1:]}
 
 
 class DeadLetterEntry(msgspec.Struct, frozen=True, kw_only=True):

@@ -78,7 +78,7 @@ class ConsumerMaintenance:
         while not self._closing.is_set():
             try:
                 moved = await self._scripts.promote(
-                    keys=[self.keys.delayed_zset()], args=[int(time.time() * 1000), 100]
+                    keys=[self.keys.delayed_zset(self.stream)], args=[int(time.time() * 1000), 100]
                 )
                 if moved:
                     continue

@@ -19,8 +19,8 @@ REDIS_DOWN: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeou
 class KeyLayout(Protocol):
     """The two key names the runtime derives (Montage's ``Keys`` provides them)."""
 
-    def delayed_zset(self) -> str:
-        """The sorted set of entries waiting for their retry (one per hash tag)."""
+    def delayed_zset(self, stream: str = "") -> str:
+        """The sorted set of ``stream``'s entries waiting for their retry (one per hash tag)."""
         ...
 
     def dead_letter_stream(self, stream: str) -> str:
@@ -36,6 +36,7 @@ class Emit:
     payload: bytes
     message_id: str = ""  # stable id; a new uuid when empty
     channel: str = ""  # PUBLISH "<new entry id> <payload>" here after the XADD
+    sharded: bool = False  # SPUBLISH instead (Redis 7 shard channel; same hash tag as the stream)
     maxlen: int = 0  # approximate cap at XADD; 0 = none (pipeline streams use safe trimming)
     ttl_seconds: int = 0  # EXPIRE the stream key (per-job event logs)
     extra: tuple[tuple[str, str], ...] = ()

@@ -17,8 +17,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 from montage_common.errors import RateLimitError, Unauthorized
-from montage_common.keys import Keys
-from montage_common.redis import create_redis
+from montage_common.redis import create_redis, keys_for, target_of
 from montage_common.storage import LocalFiles
 from montage_common.web import READY_CHECKS, REQUEST_ID, Handler, create_base_app
 from redis.asyncio import Redis
@@ -185,8 +184,8 @@ async def _cancel(task: asyncio.Task[None]) -> None:
 
 def resources(settings: GatewaySettings):  # type: ignore[no-untyped-def]
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        keys = Keys(settings.redis_namespace)
-        redis = create_redis(settings.redis_url, max_connections=settings.redis_max_connections, pool_wait_seconds=10.0)
+        keys = keys_for(settings)
+        redis = create_redis(target_of(settings), max_connections=settings.redis_max_connections, pool_wait_seconds=10.0)
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(
                 limit=settings.upstream_pool_size, limit_per_host=settings.upstream_pool_size

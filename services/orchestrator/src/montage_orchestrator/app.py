@@ -15,7 +15,7 @@ import structlog
 from aiohttp import web
 from montage_common import db
 from montage_common.keys import ORCHESTRATOR_GROUP
-from montage_common.redis import create_redis
+from montage_common.redis import create_redis, target_of
 from montage_common.storage import create_storage
 from montage_common.web import READY_CHECKS, create_base_app, internal_only
 from montage_streams import RetryPolicy, StreamConsumer
@@ -49,7 +49,7 @@ def create_app(settings: OrchestratorSettings) -> web.Application:
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         pool = await db.create_pool(settings.database_url, max_size=settings.db_pool_size)
-        redis = create_redis(settings.redis_url, socket_timeout=10.0)
+        redis = create_redis(target_of(settings), socket_timeout=10.0)
         storage = create_storage(settings)
         try:
             if settings.run_migrations:
@@ -58,28 +58,34 @@ def create_app(settings: OrchestratorSettings) -> web.Application:
             app[DEPS] = deps
             app[READY_CHECKS]["postgres"] = lambda: pool.fetchval("SELECT 1")
             app[READY_CHECKS]["redis"] = redis.ping
-            consumer = StreamConsumer(
-                redis=redis,
-                stream=deps.keys.results_stream(),
-                group=ORCHESTRATOR_GROUP,
-                handler=Pipeline(deps).handle,
-                keys=deps.keys,
-                consumer=replica,
-                concurrency=settings.results_concurrency,
-                claim_idle_ms=settings.claim_idle_ms,
-                retry=RESULT_RETRY,
-                grace=settings.shutdown_grace_seconds,
-            )
+            pipeline = Pipeline(deps)
+            # One results consumer per partition (see montage_common.keys), sharing the pipeline.
+            consumers = [
+                StreamConsumer(
+                    redis=redis,
+                    stream=stream,
+                    group=ORCHESTRATOR_GROUP,
+                    handler=pipeline.handle,
+                    keys=deps.keys,
+                    consumer=replica,
+                    concurrency=settings.results_concurrency,
+                    claim_idle_ms=settings.claim_idle_ms,
+                    retry=RESULT_RETRY,
+                    grace=settings.shutdown_grace_seconds,
+                )
+                for stream in deps.keys.results_streams()
+            ]
             stop = asyncio.Event()
             tasks = [
-                asyncio.create_task(consumer.run(), name="results-consumer"),
+                *(asyncio.create_task(c.run(), name=f"results-consumer-{i}") for i, c in enumerate(consumers)),
                 asyncio.create_task(Sweeper(deps, replica).run(stop), name="sweeper"),
             ]
             log.info("orchestrator_started", replica=replica, environment=settings.environment)
             try:
                 yield
             finally:
-                consumer.stop()
+                for c in consumers:
+                    c.stop()
                 stop.set()
                 _done, pending = await asyncio.wait(tasks, timeout=settings.shutdown_grace_seconds + 1)
                 for t in pending:

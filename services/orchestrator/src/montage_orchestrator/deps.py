@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import asyncpg
 from aiohttp import web
 from montage_common.keys import Keys
+from montage_common.redis import keys_for
 from montage_common.storage import Storage
 from montage_streams import StreamProducer
 from redis.asyncio import Redis
@@ -29,7 +30,7 @@ class Deps:
 
     @classmethod
     def build(cls, settings: OrchestratorSettings, pool: asyncpg.Pool, redis: Redis, storage: Storage) -> Deps:
-        keys = Keys(settings.redis_namespace)
+        keys = keys_for(settings)
         producer = StreamProducer(redis)
         return cls(
             settings=settings,

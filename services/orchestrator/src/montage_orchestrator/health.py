@@ -18,9 +18,11 @@ MAX_SCAN = 10_000
 
 
 async def stage_backlog(deps: Deps, stage: str) -> int:
-    """Tasks not yet finished: unread (lag) plus delivered-but-unacked (pending)."""
-    stats = await group_stats(deps.redis, deps.keys.stage_stream(stage), deps.keys.stage_group(stage))
-    return stats.backlog
+    """Tasks not yet finished: unread (lag) plus delivered-but-unacked (pending), in every partition."""
+    total = 0
+    for stream in deps.keys.stage_streams(stage):
+        total += (await group_stats(deps.redis, stream, deps.keys.stage_group(stage))).backlog
+    return total
 
 
 async def _count(deps: Deps, pattern: str) -> int:

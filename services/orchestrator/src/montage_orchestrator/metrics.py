@@ -19,3 +19,6 @@ STAGE_BACKLOG = Gauge("montage_stage_backlog", "Stage tasks not finished: unread
 STAGE_WORKERS = Gauge("montage_stage_workers", "Stage workers with a live heartbeat", ["stage"])
 UPLOAD_REJECTED = Counter("montage_upload_rejected_total", "Uploads refused", ["code"])
 CLEANUP_DELETED = Counter("montage_cleanup_objects_total", "Cleanup actions", ["status"])
+STAGES_REDISPATCHED = Counter(
+    "montage_stages_redispatched_total", "Stages dispatched again because Redis lost their task or result", ["stage"]
+)

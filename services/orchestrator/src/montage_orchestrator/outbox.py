@@ -29,6 +29,7 @@ class EmitRecord(msgspec.Struct, frozen=True, array_like=True):
     channel: str = ""
     maxlen: int = 0
     ttl_seconds: int = 0
+    sharded: bool = False
 
 
 _encoder = msgspec.json.Encoder()
@@ -37,14 +38,20 @@ _decoder = msgspec.json.Decoder(list[EmitRecord])
 
 def pack(emits: Sequence[Emit]) -> bytes:
     return _encoder.encode(
-        [EmitRecord(e.stream, e.payload, e.message_id, e.channel, e.maxlen, e.ttl_seconds) for e in emits]
+        [EmitRecord(e.stream, e.payload, e.message_id, e.channel, e.maxlen, e.ttl_seconds, e.sharded) for e in emits]
     )
 
 
 def unpack(data: bytes) -> list[Emit]:
     return [
         Emit(
-            r.stream, r.payload, message_id=r.message_id, channel=r.channel, maxlen=r.maxlen, ttl_seconds=r.ttl_seconds
+            r.stream,
+            r.payload,
+            message_id=r.message_id,
+            channel=r.channel,
+            maxlen=r.maxlen,
+            ttl_seconds=r.ttl_seconds,
+            sharded=r.sharded,
         )
         for r in _decoder.decode(data)
     ]

@@ -3,6 +3,7 @@
 - **timeouts**: jobs past ``deadline_at`` fail with TIMEOUT even if every worker died
   (``FOR UPDATE SKIP LOCKED``: each overdue job is taken by one replica);
 - **outbox**: entries a crashed process did not send are sent (row locks, see ``outbox``);
+- **reconcile**: stages whose task or result Redis lost are dispatched again (see ``reconciler``);
 - **cleanup**: the scheduled file cleanup, at most once per interval (a Redis lease);
 - **housekeeping**: old handled-result records are pruned; the active-jobs gauge.
 """
@@ -19,6 +20,7 @@ from montage_common.pipeline import timeout_message
 from montage_orchestrator import cleanup, metrics, store
 from montage_orchestrator.deps import Deps
 from montage_orchestrator.health import export_stage_gauges
+from montage_orchestrator.reconciler import Reconciler
 from montage_orchestrator.transitions import Effects, after_commit, fail_job
 
 log = structlog.get_logger()
@@ -47,11 +49,14 @@ class Sweeper:
     def __init__(self, deps: Deps, holder: str) -> None:
         self.deps = deps
         self.holder = holder
+        self.reconciler = Reconciler(deps)
 
     async def tick(self) -> None:
         s = self.deps.settings
         await fail_overdue(self.deps)
         await self.deps.outbox.sweep(s.outbox_grace_seconds)
+        if self.reconciler.due():
+            await self.reconciler.tick()
         await cleanup.run_if_due(self.deps, self.holder)
         metrics.ACTIVE_JOBS.set(await store.count_active(self.deps.pool))
         await export_stage_gauges(self.deps)

@@ -13,8 +13,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 from montage_common import db
-from montage_common.keys import Keys
-from montage_common.redis import create_redis
+from montage_common.redis import create_redis, keys_for, target_of
 from montage_common.web import READY_CHECKS, create_base_app, internal_only
 
 from montage_ragnarok.events import EventPublisher
@@ -48,7 +47,7 @@ def create_app(settings: ProxySettings) -> web.Application:
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         pool = await db.create_pool(settings.database_url, max_size=settings.db_pool_size)
-        redis = create_redis(settings.redis_url)
+        redis = create_redis(target_of(settings))
         session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
         try:
             if settings.run_migrations:
@@ -62,7 +61,7 @@ def create_app(settings: ProxySettings) -> web.Application:
                 settings,
                 store,
                 ragnarok,
-                EventPublisher(redis, Keys(settings.redis_namespace), settings.events_stream_maxlen),
+                EventPublisher(redis, keys_for(settings), settings.events_stream_maxlen),
                 replica_id,
             )
             stop = asyncio.Event()

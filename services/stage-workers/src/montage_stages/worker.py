@@ -7,6 +7,11 @@ the cancel flag, builds a :class:`StageContext` wired to the results stream, run
 the task's ack. Progress texts and costs go out as they happen (``StageProgress``,
 ``StageCost``) so the user sees them live and the orchestrator enforces the budget on each.
 
+Liveness: while a task runs, the worker refreshes ``keys.stage_alive(job_id, stage)`` (value: the
+dispatch number, TTL ``2 x JOB_HEARTBEAT_SECONDS``) every ``JOB_HEARTBEAT_SECONDS``. The
+orchestrator's reconciler dispatches a stage again only when Redis has neither its task nor its
+result and no worker has reported on it for that long (``montage_orchestrator.reconciler``).
+
 Failures: a :class:`RetryableError` is retried by the runtime (2 s, 4 s, 8 s); any other error
 dead-letters the task and :meth:`StageWorker.dead_letter` tells the orchestrator with a failed
 ``StageResult``. A cancelled job yields ``StageResult(ok=False, code="CANCELLED")``.
@@ -16,10 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import shutil
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -89,6 +95,32 @@ class WorkerSettings(StageSettings, frozen=True, kw_only=True):
         )
 
 
+@contextlib.asynccontextmanager
+async def job_liveness(redis: Redis, keys: Keys, task: StageTask, interval: float) -> AsyncIterator[None]:
+    """Report ``task``'s job and stage alive every ``interval`` seconds while the block runs.
+
+    Best effort: a failed write is retried at the next beat (Redis down or flushed meanwhile).
+    """
+    key = keys.stage_alive(task.job_id, task.stage)
+    ttl_ms = max(int(interval * 2000), 1)
+
+    async def beat() -> None:
+        for _ in range(10_000_000):  # bounded by the stage's own timeout in practice
+            with contextlib.suppress(Exception):
+                await redis.set(key, str(task.dispatch), px=ttl_ms)
+            await asyncio.sleep(interval)
+
+    beating = asyncio.create_task(beat(), name=f"alive-{task.job_id}-{task.stage}")
+    try:
+        yield
+    finally:
+        beating.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beating
+        with contextlib.suppress(Exception):
+            await redis.delete(key)
+
+
 class StageWorker:
     """Runs one stage's tasks; see the module docstring."""
 
@@ -104,25 +136,41 @@ class StageWorker:
         self.keys = keys
         self.module = MODULES[stage]
         self.producer = StreamProducer(redis)
-        self.results = keys.results_stream()
-        self.consumer = StreamConsumer(
-            redis=redis,
-            stream=keys.stage_stream(stage),
-            group=keys.stage_group(stage),
-            handler=self.handle,
-            keys=keys,
-            consumer=consumer or default_consumer_name(),
-            concurrency=settings.worker_concurrency,
-            claim_idle_ms=settings.claim_idle_ms,
-            block_ms=settings.stream_block_ms,
-            retry=settings.retry_policy,
-            grace=settings.shutdown_grace_seconds,
-            on_dead_letter=self.dead_letter,
-        )
+        name = consumer or default_consumer_name()
+        # One consumer per partition (a stream per partition; on Redis Cluster they live on
+        # different nodes, and one XREADGROUP cannot span slots). The process's concurrency is
+        # shared out: each partition runs ceil(WORKER_CONCURRENCY / partitions) tasks at once.
+        per_partition = max(1, math.ceil(settings.worker_concurrency / len(keys.all_partitions)))
+        self.consumers = [
+            StreamConsumer(
+                redis=redis,
+                stream=keys.stage_stream(stage, p),
+                group=keys.stage_group(stage),
+                handler=self.handle,
+                keys=keys,
+                consumer=name,
+                concurrency=per_partition,
+                claim_idle_ms=settings.claim_idle_ms,
+                block_ms=settings.stream_block_ms,
+                retry=settings.retry_policy,
+                grace=settings.shutdown_grace_seconds,
+                on_dead_letter=self.dead_letter,
+            )
+            for p in keys.all_partitions
+        ]
+        self.consumer = self.consumers[0]
+
+    def results_stream(self, job_id: str) -> str:
+        """Where the results of a job's tasks go: the results stream of the job's partition."""
+        return self.keys.results_stream(self.keys.partition_of(job_id))
 
     # --- the handler --------------------------------------------------------------
     async def handle(self, d: Delivery) -> list[Emit]:
         task = task_decoder.decode(d.payload)
+        async with job_liveness(self.redis, self.keys, task, self.settings.job_heartbeat_seconds):
+            return await self._handle(d, task)
+
+    async def _handle(self, d: Delivery, task: StageTask) -> list[Emit]:
         with structlog.contextvars.bound_contextvars(job_id=task.job_id, stage=self.stage, attempt=d.attempt):
             start = time.perf_counter()
             costs: list[CostItem] = []
@@ -171,7 +219,9 @@ class StageWorker:
             costs=costs,
             attempts=d.attempt,
         )
-        return Emit(self.results, encode(result), message_id=f"{task.job_id}:{self.stage}:{task.dispatch}")
+        return Emit(
+            self.results_stream(task.job_id), encode(result), message_id=f"{task.job_id}:{self.stage}:{task.dispatch}"
+        )
 
     def dead_letter(self, d: Delivery, dead: DeadLetter) -> list[Emit]:
         """Tell the orchestrator that the task failed for good."""
@@ -184,14 +234,15 @@ class StageWorker:
         result = StageResult(
             job_id=task.job_id, stage=self.stage, dispatch=task.dispatch, ok=False, error=error, attempts=dead.attempts
         )
-        return [Emit(self.results, encode(result), message_id=f"{task.job_id}:{self.stage}:{task.dispatch}")]
+        results = self.results_stream(task.job_id)
+        return [Emit(results, encode(result), message_id=f"{task.job_id}:{self.stage}:{task.dispatch}")]
 
     # --- callbacks for the stage ----------------------------------------------------
     def _progress(self, task: StageTask) -> Callable[[str], Awaitable[None]]:
         async def progress(text: str) -> None:
             msg = StageProgress(job_id=task.job_id, stage=self.stage, text=text, dispatch=task.dispatch)
             with contextlib.suppress(Exception):  # progress is best effort; the result is not
-                await self.producer.emit([Emit(self.results, encode(msg))])
+                await self.producer.emit([Emit(self.results_stream(task.job_id), encode(msg))])
 
         return progress
 
@@ -200,7 +251,7 @@ class StageWorker:
             costs.append(item)  # also carried by the final result: durable, deduped by call_id
             msg = StageCost(job_id=task.job_id, stage=self.stage, cost=item, dispatch=task.dispatch)
             with contextlib.suppress(Exception):
-                await self.producer.emit([Emit(self.results, encode(msg))])
+                await self.producer.emit([Emit(self.results_stream(task.job_id), encode(msg))])
 
         return cost
 
@@ -224,7 +275,7 @@ class StageWorker:
     async def run(self) -> None:
         beat = asyncio.create_task(self.heartbeat())
         try:
-            await self.consumer.run()
+            await asyncio.gather(*(c.run() for c in self.consumers))
         finally:
             beat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -233,4 +284,5 @@ class StageWorker:
                 await self.redis.delete(self.keys.worker_heartbeat(self.stage, self.consumer.consumer))
 
     def stop(self) -> None:
-        self.consumer.stop()
+        for c in self.consumers:
+            c.stop()

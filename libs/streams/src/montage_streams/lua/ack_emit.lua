@@ -4,7 +4,8 @@
 -- entry" (the producer). Returns per entry the new ids, or false if the claim was lost; then
 -- up to `fetch` new entries (XREADGROUP >) or false. KEYS: [source, emit streams...].
 -- ARGV: group, consumer, n_entries, fetch, then per entry: entry id, n_emits, then per emit:
--- "<key index> <maxlen> <ttl> <n_extra>", channel, message id, payload, extra pairs.
+-- "<key index> <maxlen> <ttl> <n_extra> <sharded>", channel, message id, payload, extra pairs
+-- (sharded = 1: SPUBLISH to the channel, a shard channel in the stream's slot).
 local src, group, consumer = KEYS[1], ARGV[1], ARGV[2]
 local n, fetch = tonumber(ARGV[3]), tonumber(ARGV[4])
 local out = {}
@@ -19,7 +20,7 @@ for e = 1, n do
   end
   local ids = {}
   for _ = 1, nemits do
-    local k, maxlen, ttl, nx = string.match(ARGV[i], '(%d+) (%d+) (%d+) (%d+)')
+    local k, maxlen, ttl, nx, sharded = string.match(ARGV[i], '(%d+) (%d+) (%d+) (%d+) (%d)')
     local key, channel, payload = KEYS[tonumber(k)], ARGV[i+1], ARGV[i+3]
     maxlen, ttl, nx = tonumber(maxlen), tonumber(ttl), tonumber(nx)
     if owned then
@@ -37,7 +38,9 @@ for e = 1, n do
         id = redis.call(unpack(args))
       end
       ids[#ids+1] = id
-      if channel ~= '' then redis.call('PUBLISH', channel, id .. ' ' .. payload) end
+      if channel ~= '' then
+        redis.call(sharded == '1' and 'SPUBLISH' or 'PUBLISH', channel, id .. ' ' .. payload)
+      end
       if ttl > 0 then redis.call('EXPIRE', key, ttl) end
     end
     i = i + 4 + 2 * nx
