@@ -17,6 +17,7 @@ from montage_common.devstack import EmbeddedRedis
 from montage_common.pipeline import STAGES
 from montage_streams import Delivery, Emit, StreamConsumer
 
+from tests.gateway.conftest import emit, gateways, gw, make_settings, orchestrator, serve  # noqa: F401 (fixtures)
 from tests.orchestrator.conftest import FakeStages, Orchestrator, orchestrator_factory  # noqa: F401 (fixture)
 
 HEARTBEAT = 0.5  # JOB_HEARTBEAT_SECONDS of these tests: a lost stage is re-dispatched after ~2 x 1 s

@@ -16,7 +16,9 @@ The client joins the hub (its channel subscription confirmed) *before* the log i
 live events are buffered meanwhile; anything at or before the last replayed id is skipped. So a
 reconnecting client gets every event exactly once, in order. After ``completed`` or ``error``
 the stream is closed 30 s later; a client that resumes after the final event gets ``204 No
-Content``, which tells an ``EventSource`` to stop reconnecting.
+Content``, which tells an ``EventSource`` to stop reconnecting. A job final in Postgres whose
+final event Redis lost (failover, restore, ``FLUSHALL``) gets one rebuilt from its state, with
+an id no logged entry has (sequence 2^64-1), so no client waits for it forever.
 
 A stream whose client goes away ends at once (the server does not cancel handlers; see
 :func:`montage_common.web.on_connection_lost`), releasing its connection slot.
@@ -65,6 +67,22 @@ STATE_FIELDS = (
 )
 _decoder = msgspec.json.Decoder(dict[str, Any])
 _DELIVERED = {kind: SSE_DELIVERED.labels(kind) for kind in ("event", "state", "heartbeat")}
+
+
+# The id sequence of a final event rebuilt from Postgres (a real entry never has it): a client that
+# resumes after it has seen the end and gets 204.
+REBUILT_SEQ = 2**64 - 1
+
+
+def rebuilt_final(state: dict[str, Any], after: str) -> bytes:
+    """``completed`` or ``error`` from the job's state, when its logged final event is gone."""
+    entry_id = f"{id_key(after)[0]}-{REBUILT_SEQ}"
+    if state.get("status") == "completed":
+        return render(
+            "completed", {"video_url": state.get("video_url"), "total_cost": state.get("total_cost")}, entry_id
+        )
+    data = {"error": state.get("error_message"), "code": state.get("error_code"), "retryable": False}
+    return render("error", data, entry_id)
 
 
 class _Gone(Exception):
@@ -134,11 +152,9 @@ class StreamHandler:
         resume = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
         if resume is not None and not valid_event_id(resume):
             raise ValidationError("Last-Event-ID must be an event id this stream sent (<ms>-<seq>)", job_id=job_id)
-        if (
-            resume is not None
-            and newest is not None
-            and newest[1].event in FINAL_EVENTS
-            and id_key(resume) >= id_key(newest[0])
+        if resume is not None and (
+            (newest is not None and newest[1].event in FINAL_EVENTS and id_key(resume) >= id_key(newest[0]))
+            or id_key(resume)[1] == REBUILT_SEQ
         ):
             # The client has seen the job's final event: nothing will ever follow. 204 is what
             # makes an EventSource stop reconnecting.
@@ -155,15 +171,16 @@ class StreamHandler:
             on_connection_lost(request, lambda: client.close("client_gone"))
             SSE_OPEN.inc()
             try:
-                return await self._serve(request, job_id, job, after, client)
+                logged_final = newest is not None and newest[1].event in FINAL_EVENTS
+                return await self._serve(request, job_id, job, after, client, logged_final)
             finally:
                 SSE_OPEN.dec()
                 self.hub.leave(client)
         finally:
             await self.slots.release(lease)
 
-    async def _serve(
-        self, request: web.Request, job_id: str, job: dict[str, Any], after: str, client: Client
+    async def _serve(  # noqa: PLR0917
+        self, request: web.Request, job_id: str, job: dict[str, Any], after: str, client: Client, logged_final: bool
     ) -> web.StreamResponse:
         resp = web.StreamResponse(
             headers={
@@ -187,6 +204,13 @@ class StreamHandler:
                 last = id_key(entry_id)
                 if final:
                     client.close_later(self.close_after_final)
+                    logged_final = True
+            if state.get("status") in FINAL_STATUSES and not logged_final:
+                # Redis lost the job's final event (docs/operations.md, Redis): rebuild it from
+                # the state so no client waits for it forever.
+                rebuilt = rebuilt_final(state, after)
+                await self._write(resp, Frame(rebuilt, (id_key(after)[0], REBUILT_SEQ), True))
+                last = (id_key(after)[0], REBUILT_SEQ)
             while (frame := await client.queue.get()) is not None:
                 if frame.key is not None:
                     if frame.key <= last:
