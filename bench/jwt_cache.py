@@ -18,11 +18,11 @@ from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from montage_common.auth import JwksKeys, TokenVerifier, mint_dev_token
 from montage_common.devstack import EmbeddedRedis
 from montage_common.keys import Keys
 from montage_common.redis import create_redis
 from montage_gateway.auth import Authenticator
+from montage_gateway.tokens import JwksKeys, TokenVerifier, mint_dev_token
 
 SECRET = "bench-secret-" + "x" * 32
 

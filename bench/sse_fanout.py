@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from montage_common.auth import mint_dev_token
 from montage_common.devstack import EmbeddedRedis
 from montage_common.events import event_emit
 from montage_common.keys import Keys
 from montage_common.redis import create_redis
+from montage_gateway.tokens import mint_dev_token
 from montage_streams import StreamProducer
 
 ROOT = Path(__file__).resolve().parents[1]

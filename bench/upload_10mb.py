@@ -20,9 +20,9 @@ from pathlib import Path
 
 import aiohttp
 import numpy as np
-from montage_common.auth import mint_dev_token
 from montage_common.devstack import Stack, free_port
 from montage_gateway.settings import DEV_JWT_SECRET
+from montage_gateway.tokens import mint_dev_token
 
 PROMPT = "A slow drift through a glass city at dawn, reflections folding into waves of light"
 

@@ -9,11 +9,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-from montage_common.auth import TokenVerifier
 from montage_common.storage import sign
 from montage_gateway.app import create_app
 from montage_gateway.openapi import document
 from montage_gateway.settings import DEV_JWT_SECRET, GatewaySettings
+from montage_gateway.tokens import TokenVerifier
 
 from tests.gateway.conftest import Gateways, Orchestrator, bearer
 from tests.support import ops_server

@@ -30,10 +30,6 @@ class CliSettings(msgspec.Struct, frozen=True, kw_only=True):
     redis_namespace: str = "montage"
     montage_url: Annotated[str, Meta(description="the gateway")] = DEFAULT_URL
     montage_token: Annotated[str, Meta(description="bearer token (development: minted when empty)")] = ""
-    supabase_jwt_secret: Annotated[
-        str,
-        Meta(description="Development only: the HS256 secret to mint a token locally when the dev endpoint is absent."),
-    ] = ""
     montage_stack_env: Annotated[str, Meta(description="file written by make up with the stack's URLs")] = (
         "var/stack.env"
     )

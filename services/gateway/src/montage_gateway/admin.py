@@ -31,13 +31,13 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from montage_common.auth import TokenError, TokenVerifier
 from montage_common.errors import Forbidden, NotFound, Unauthorized
 from montage_common.web import json_response
 
 from montage_gateway.auth import bearer_token, request_user
 from montage_gateway.proxy import Forwarder, Upstream
 from montage_gateway.settings import GatewaySettings
+from montage_gateway.tokens import TokenError, TokenVerifier
 
 STATIC = Path(__file__).parent / "static" / "admin"
 HEADER_ROLE = "X-Montage-Role"

@@ -1,6 +1,6 @@
 """Request authentication: ``Authorization: Bearer <jwt>`` → user id (Supabase tokens).
 
-Verification itself is :class:`montage_common.auth.TokenVerifier`. ``bench/jwt_cache.py`` measured
+Verification itself is :class:`montage_gateway.tokens.TokenVerifier`. ``bench/jwt_cache.py`` measured
 the spec's Redis cache (``jwt_valid:{sha256(token)}``) slower than verifying locally, so the default
 (``JWT_CACHE=memory``) verifies locally and memoises verified tokens in a bounded in-process LRU for
 ``JWT_CACHE_SECONDS``; ``redis`` keeps the spec's cache; ``none`` verifies every request. No cached
@@ -18,13 +18,13 @@ from typing import Any
 import aiohttp
 import structlog
 from aiohttp import web
-from montage_common.auth import Identity, JwksKeys, TokenError, TokenVerifier
 from montage_common.errors import Unauthorized
 from montage_common.keys import Keys
 from redis.asyncio import Redis
 
 from montage_gateway.metrics import AUTH_FAILURES
 from montage_gateway.settings import GatewaySettings
+from montage_gateway.tokens import Identity, JwksKeys, TokenError, TokenVerifier
 
 log = structlog.get_logger()
 

@@ -14,9 +14,10 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
-from montage_common.auth import mint_dev_token
 from montage_common.errors import NotFound, ValidationError
 from montage_common.web import json_response
+
+from montage_gateway.tokens import mint_dev_token
 
 STATIC = Path(__file__).parent / "static"
 _USER_RE = re.compile(r"^[A-Za-z0-9._@:-]{1,128}$")

@@ -1,4 +1,4 @@
-"""Supabase JWT verification: the legacy HS256 secret and asymmetric keys (RS256/ES256) from a JWKS.
+"""Supabase access tokens: verification (HS256 and JWKS RS256/ES256) and development minting.
 
 - Only the configured algorithms are accepted, never ``none``; the key is chosen by the
   token's ``alg``: HS256 uses the shared secret (never a public key), RS256/ES256 use the JWKS
