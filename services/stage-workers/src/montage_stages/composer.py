@@ -29,7 +29,6 @@ from montage_stages.settings import StageSettings
 from montage_stages.soundtrack import aac_args, soundtrack_key
 
 STAGE = "composer"
-TILE_TOLERANCE = 1e-3  # seconds: clips meet where one ends and the next starts
 log = structlog.get_logger()
 
 
@@ -37,16 +36,17 @@ def output_key(job_id: str) -> str:
     return f"video-outputs/{job_id}/final_video.mp4"
 
 
-def check_tiling(clips: list[Clip], duration: float) -> None:
-    """Clips must cover ``[0, duration)`` back to back (raises PipelineError otherwise)."""
+def check_tiling(clips: list[Clip], duration: float, fps: int) -> None:
+    """Clips must cover ``[0, duration)`` back to back, to the frame (raises PipelineError otherwise)."""
     if not clips:
         raise PipelineError("no clips to compose")
+    tolerance = 0.5 / fps  # closer than half a frame: the same frame boundary
     edge = 0.0
     for clip in clips:
-        if abs(clip.start - edge) > TILE_TOLERANCE:
+        if abs(clip.start - edge) > tolerance:
             raise PipelineError(f"clip {clip.index} starts at {clip.start:.3f} s, expected {edge:.3f} s")
         edge = clip.end
-    if abs(edge - duration) > TILE_TOLERANCE:
+    if abs(edge - duration) > tolerance:
         raise PipelineError(f"the clips end at {edge:.3f} s, the song at {duration:.3f} s")
 
 
@@ -74,7 +74,7 @@ async def process(ctx: StageContext, job_id: str, input: ComposerInput) -> Video
         await ctx.check_cancelled()
         s = ctx.settings
         clips = sorted(input.clips.clips, key=lambda c: c.index)
-        check_tiling(clips, input.duration)
+        check_tiling(clips, input.duration, s.video_fps)
         work = ctx.scratch("compose")
         meter = ComputeMeter(ctx, job_id, STAGE)
         with meter:
