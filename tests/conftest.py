@@ -106,7 +106,7 @@ def database_url(server_database_url: str) -> Iterator[str]:
             await conn.close()
         pool = await db.create_pool(_with_database(server_database_url, name))
         try:
-            await db.migrate(pool)
+            await db.migrate(pool, "montage_orchestrator", "montage_ragnarok")
         finally:
             await pool.close()
 

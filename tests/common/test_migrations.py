@@ -17,7 +17,7 @@ from montage_common import db
 async def main():
     pool = await db.create_pool(sys.argv[1])
     try:
-        print("APPLIED:" + ",".join(await db.migrate(pool)))
+        print("APPLIED:" + ",".join(await db.migrate(pool, "montage_orchestrator", "montage_ragnarok")))
     finally:
         await pool.close()
 
@@ -49,7 +49,7 @@ async def test_concurrent_migrations_apply_each_file_once(server_database_url: s
             for n in line.removeprefix("APPLIED:").split(",")
             if n
         ]
-        expected = [n for n, _ in db.migration_files()]
+        expected = [n for n, _ in db.migration_files("montage_orchestrator", "montage_ragnarok")]
         # every file applied exactly once across the four processes
         assert sorted(applied) == sorted(expected)
         conn = await asyncpg.connect(url)

@@ -164,17 +164,20 @@ async def test_redelivered_result_resends_the_recorded_emits(orchestrator_factor
 
 
 def test_migrate_command_applies_then_is_a_no_op(server_database_url: str) -> None:
-    """``python -m montage_orchestrator.migrate`` (the Kubernetes migrate Job) on a fresh database."""
+    """``python -m montage_common.migrate`` as the Kubernetes migrate Job runs it, on a fresh database."""
     from tests.stack import fresh_database
 
     with fresh_database(server_database_url, "montage_migrate") as url:
         env = {**os.environ, "DATABASE_URL": url, "LOG_FORMAT": "json"}
         runs = [
             subprocess.run(
-                [sys.executable, "-m", "montage_orchestrator.migrate"], env=env, capture_output=True, timeout=120
+                [sys.executable, "-m", "montage_common.migrate", "montage_orchestrator", "montage_ragnarok"],
+                env=env,
+                capture_output=True,
+                timeout=120,
             )
             for _ in range(2)
         ]
     assert [r.returncode for r in runs] == [0, 0], runs[0].stderr
     first, second = (msgspec.json.decode(r.stderr.splitlines()[-1]) for r in runs)
-    assert first["count"] >= 3 and second["count"] == 0
+    assert first["count"] >= 4 and second["count"] == 0

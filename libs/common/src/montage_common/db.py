@@ -1,8 +1,10 @@
 """Postgres: a pool with a 5 s statement timeout, retry of transient errors, and migrations.
 
-Migrations are the numbered ``migrations/*.sql`` files, applied in name order at start-up
-under a transaction-scoped advisory lock, so several replicas starting at once apply each
-file exactly once.
+Each service owns its migrations: the numbered ``migrations/*.sql`` files of its package
+(``montage_orchestrator``, ``montage_ragnarok``; names are unique across services). They are
+applied in name order (by the service at start-up, or by the migrate Job: ``python -m
+montage_common.migrate``) under a transaction-scoped advisory lock, so several replicas starting
+at once apply each file exactly once.
 """
 
 from __future__ import annotations
@@ -72,17 +74,23 @@ async def retrying(fn: Callable[[], Awaitable[T]], *, attempts: int = 3) -> T:
     raise AssertionError("unreachable")
 
 
-def migration_files() -> list[tuple[str, str]]:
-    folder = resources.files("montage_common") / "migrations"
-    files = sorted((p.name, p.read_text()) for p in folder.iterdir() if p.name.endswith(".sql"))
-    return files
+def migration_files(*packages: str) -> list[tuple[str, str]]:
+    """``(name, sql)`` of the packages' ``migrations/*.sql``, in name order."""
+    files: list[tuple[str, str]] = []
+    for package in packages:
+        folder = resources.files(package) / "migrations"
+        files += [(p.name, p.read_text()) for p in folder.iterdir() if p.name.endswith(".sql")]
+    names = [n for n, _ in files]
+    if len(names) != len(set(names)):
+        raise ValueError(f"migration names must be unique across packages: {sorted(names)}")
+    return sorted(files)
 
 
-async def migrate(pool: asyncpg.Pool) -> list[str]:
-    """Apply pending migrations; returns the names applied by this call."""
+async def migrate(pool: asyncpg.Pool, *packages: str) -> list[str]:
+    """Apply the packages' pending migrations; returns the names applied by this call."""
     applied: list[str] = []
     async with pool.acquire() as conn:
-        for name, sql in migration_files():
+        for name, sql in migration_files(*packages):
             async with conn.transaction():
                 await conn.execute("SET LOCAL statement_timeout = 0")
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_ID)

@@ -53,7 +53,7 @@ def create_app(settings: OrchestratorSettings) -> web.Application:
         storage = create_storage(settings)
         try:
             if settings.run_migrations:
-                await db.migrate(pool)
+                await db.migrate(pool, "montage_orchestrator")
             deps = Deps.build(settings, pool, redis, storage)
             app[DEPS] = deps
             app[READY_CHECKS]["postgres"] = lambda: pool.fetchval("SELECT 1")

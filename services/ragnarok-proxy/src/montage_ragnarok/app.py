@@ -51,7 +51,7 @@ def create_app(settings: ProxySettings) -> web.Application:
         session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
         try:
             if settings.run_migrations:
-                await db.migrate(pool)
+                await db.migrate(pool, "montage_ragnarok")
             store = JobStore(pool)
             ragnarok = RagnarokClient(session, settings, replica_id)
             app[DEPS] = Deps(settings, store, ragnarok, TrinityClient(session, settings, replica_id))
