@@ -21,6 +21,19 @@ class Wire(msgspec.Struct, frozen=True, kw_only=True):
     pass
 
 
+# --- idempotency keys: built here only -------------------------------------------------
+def dispatch_message_id(job_id: str, stage: str, dispatch: int) -> str:
+    """The message id of a stage's task and of its result: one per dispatch, so a redelivered
+    entry (or a re-sent outbox entry) is recognised, and a superseded dispatch is told apart."""
+    return f"{job_id}:{stage}:{dispatch}"
+
+
+def call_id(job_id: str, stage: str, what: str) -> str:
+    """The id of one provider call (``job_costs`` is unique on it, so a retried call's cost is
+    recorded once): the same job, stage and ``what`` (e.g. ``clip_3``) give the same id."""
+    return f"{job_id}:{stage}:{what}"
+
+
 class ErrorInfo(Wire, frozen=True, kw_only=True):
     code: str
     message: str

@@ -31,6 +31,7 @@ from montage_common.messages import (
     StageProgress,
     StageResult,
     StageTask,
+    dispatch_message_id,
     encode,
     result_decoder,
 )
@@ -58,7 +59,7 @@ def decode_result(payload: bytes) -> StageResult | StageProgress | StageCost:
 def stage_task_emit(deps: Deps, task: StageTask) -> Emit:
     """The task on its stage's stream in the job's partition; message id ``<job>:<stage>:<dispatch>``."""
     stream = deps.keys.stage_stream(task.stage, deps.keys.partition_of(task.job_id))
-    return Emit(stream, encode(task), message_id=f"{task.job_id}:{task.stage}:{task.dispatch}")
+    return Emit(stream, encode(task), message_id=dispatch_message_id(task.job_id, task.stage, task.dispatch))
 
 
 async def dispatch_stage(conn: asyncpg.Connection, deps: Deps, job: asyncpg.Record, stage: str, eff: Effects) -> bool:

@@ -33,7 +33,16 @@ import msgspec
 import structlog
 from montage_common.errors import ErrorCode, JobCancelled
 from montage_common.keys import Keys
-from montage_common.messages import ErrorInfo, StageCost, StageProgress, StageResult, StageTask, encode, task_decoder
+from montage_common.messages import (
+    ErrorInfo,
+    StageCost,
+    StageProgress,
+    StageResult,
+    StageTask,
+    dispatch_message_id,
+    encode,
+    task_decoder,
+)
 from montage_common.models import CostItem
 from montage_common.pipeline import STAGES
 from montage_common.storage import Storage
@@ -220,7 +229,9 @@ class StageWorker:
             attempts=d.attempt,
         )
         return Emit(
-            self.results_stream(task.job_id), encode(result), message_id=f"{task.job_id}:{self.stage}:{task.dispatch}"
+            self.results_stream(task.job_id),
+            encode(result),
+            message_id=dispatch_message_id(task.job_id, self.stage, task.dispatch),
         )
 
     def dead_letter(self, d: Delivery, dead: DeadLetter) -> list[Emit]:
@@ -235,7 +246,7 @@ class StageWorker:
             job_id=task.job_id, stage=self.stage, dispatch=task.dispatch, ok=False, error=error, attempts=dead.attempts
         )
         results = self.results_stream(task.job_id)
-        return [Emit(results, encode(result), message_id=f"{task.job_id}:{self.stage}:{task.dispatch}")]
+        return [Emit(results, encode(result), message_id=dispatch_message_id(task.job_id, self.stage, task.dispatch))]
 
     # --- callbacks for the stage ----------------------------------------------------
     def _progress(self, task: StageTask) -> Callable[[str], Awaitable[None]]:
