@@ -19,6 +19,7 @@ from pathlib import Path
 import structlog
 from montage_common.errors import PipelineError
 from montage_common.models import Clip, ComposerInput, VideoOutput
+from montage_common.storage import layout
 
 from montage_stages import ffmpeg, mp4box
 from montage_stages.clip_encoder import timescale
@@ -33,7 +34,7 @@ log = structlog.get_logger()
 
 
 def output_key(job_id: str) -> str:
-    return f"video-outputs/{job_id}/final_video.mp4"
+    return layout.final_video(job_id)
 
 
 def check_tiling(clips: list[Clip], duration: float, fps: int) -> None:

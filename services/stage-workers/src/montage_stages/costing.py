@@ -6,6 +6,7 @@ import time
 from decimal import Decimal
 from types import TracebackType
 
+from montage_common.messages import call_id
 from montage_common.models import CostItem
 
 from montage_stages.context import StageContext
@@ -33,7 +34,7 @@ class ComputeMeter:
 
     def __init__(self, ctx: StageContext, job_id: str, stage: str) -> None:
         self.ctx = ctx
-        self.call_id = f"{job_id}:{stage}:local"
+        self.call_id = call_id(job_id, stage, "local")
         self.api_name = f"local:{stage}"
         self.seconds = 0.0
         self._start = 0.0

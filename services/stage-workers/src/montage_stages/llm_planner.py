@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 from montage_common.errors import GenerationError
+from montage_common.messages import call_id
 from montage_common.models import Character, ClipScript, CostItem, Scene, ScenePlan
 
 from montage_stages.context import StageContext
@@ -59,7 +60,7 @@ async def enrich(ctx: StageContext, job_id: str, prompt: str, plan: ScenePlan) -
         raise GenerationError(f"LLM answer unusable: {exc}") from None
     await ctx.cost(
         CostItem(
-            call_id=f"{job_id}:scene_planner:llm",
+            call_id=call_id(job_id, "scene_planner", "llm"),
             api_name=f"llm:{s.llm_model}",
             amount=usd(tokens / 1000 * s.llm_usd_per_1k_tokens),
         )

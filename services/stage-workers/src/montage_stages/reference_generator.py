@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 
 import structlog
+from montage_common.messages import call_id
 from montage_common.models import ReferenceGeneratorInput, ReferenceImage, ReferenceImages
+from montage_common.storage import layout
 
 from montage_stages import image_provider, imaging
 from montage_stages.context import StageContext
@@ -25,7 +27,7 @@ log = structlog.get_logger()
 
 
 def reference_key(job_id: str, kind: str, ref_id: str) -> str:
-    return f"reference-images/{job_id}/{kind}_{ref_id}.png"
+    return layout.reference_image(job_id, kind, ref_id)
 
 
 async def process(ctx: StageContext, job_id: str, input: ReferenceGeneratorInput) -> ReferenceImages:
@@ -74,8 +76,8 @@ async def _draw(
     h: int,
 ) -> bytes:
     if ctx.settings.image_provider_url:
-        call_id = f"{job_id}:{STAGE}:{kind}_{ref_id}"
-        return await image_provider.generate_png(ctx, call_id, prompt, w, h)
+        call = call_id(job_id, STAGE, f"{kind}_{ref_id}")
+        return await image_provider.generate_png(ctx, call, prompt, w, h)
     draw = imaging.scene_image if kind == "scene" else imaging.character_image
     seed = f"{job_id}:{kind}:{ref_id}:{prompt}"
     return await asyncio.to_thread(lambda: imaging.png_bytes(draw(palette, seed, w, h)))

@@ -16,6 +16,7 @@ from typing import Protocol
 
 import aiohttp
 from montage_common.errors import GenerationError, RetryableError
+from montage_common.messages import call_id
 from montage_common.models import ClipPrompt, CostItem
 
 from montage_stages import imaging
@@ -51,7 +52,9 @@ class LocalRenderer:
             png = await asyncio.to_thread(lambda: imaging.png_bytes(imaging.scene_image(prompt.palette, seed, w, h)))
             await asyncio.to_thread(still.write_bytes, png)
             seconds = time.perf_counter() - started
-            await ctx.cost(local_cost(ctx, f"{job_id}:video_generator:still_{prompt.index}", "local:render", seconds))
+            await ctx.cost(
+                local_cost(ctx, call_id(job_id, "video_generator", f"still_{prompt.index}"), "local:render", seconds)
+            )
         return StillSource(still, prompt.motion)
 
 
@@ -104,7 +107,7 @@ class RagnarokRenderer:
             raise RetryableError(f"ragnarok-proxy unreachable: {type(exc).__name__}") from None
         await ctx.cost(
             CostItem(
-                call_id=f"{job_id}:video_generator:ragnarok_{prompt.index}",
+                call_id=call_id(job_id, "video_generator", f"ragnarok_{prompt.index}"),
                 api_name="ragnarok",
                 amount=usd(duration * s.ragnarok_usd_per_second),
             )

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import structlog
+from montage_common.storage import layout
 
 from montage_stages import ffmpeg
 from montage_stages.context import StageContext
@@ -20,7 +21,7 @@ log = structlog.get_logger()
 
 
 def soundtrack_key(job_id: str) -> str:
-    return f"video-clips/{job_id}/soundtrack.m4a"
+    return layout.clip_work_file(job_id, "soundtrack.m4a")
 
 
 def aac_args(s: StageSettings) -> list[str]:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import msgspec
 import structlog
 from montage_common.models import ClipPrompt, ScenePlan, Transition
+from montage_common.storage import layout
 
 from montage_stages.context import StageContext
 
@@ -41,7 +42,7 @@ class Layout(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def layout_key(job_id: str) -> str:
-    return f"video-clips/{job_id}/layout.json"
+    return layout.clip_work_file(job_id, "layout.json")
 
 
 async def store_layout(ctx: StageContext, job_id: str, plan: ScenePlan) -> None:

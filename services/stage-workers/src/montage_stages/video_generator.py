@@ -31,7 +31,9 @@ from typing import Any
 
 import structlog
 from montage_common.errors import JobCancelled, MontageError
+from montage_common.messages import call_id
 from montage_common.models import Clip, ClipFailure, ClipPrompt, Clips, Transition, VideoGeneratorInput
+from montage_common.storage import layout
 
 from montage_stages import ffmpeg
 from montage_stages.clip_encoder import Source, StillSource, VideoSource, segment_args
@@ -47,7 +49,7 @@ log = structlog.get_logger()
 
 
 def clip_key(job_id: str, index: int) -> str:
-    return f"video-clips/{job_id}/clip_{index}.mp4"
+    return layout.clip(job_id, index)
 
 
 async def process(
@@ -193,8 +195,8 @@ class _Render:
         await self.ctx.storage.put_file(clip_key(self.job_id, index), dest, "video/mp4")
         with contextlib.suppress(OSError):
             dest.unlink()
-        call_id = f"{self.job_id}:{STAGE}:clip_{index}"
-        await self.ctx.cost(local_cost(self.ctx, call_id, "local:render", seconds))
+        call = call_id(self.job_id, STAGE, f"clip_{index}")
+        await self.ctx.cost(local_cost(self.ctx, call, "local:render", seconds))
 
 
 async def _poll_cancel(ctx: StageContext) -> None:
