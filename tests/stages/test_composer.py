@@ -90,6 +90,19 @@ class ProviderRenderer(SolidRenderer):
         return VideoSource(dest, prompt.end - prompt.start)
 
 
+class BrokenSourceRenderer(SolidRenderer):
+    """Clips in ``failing`` get a source ffmpeg cannot read: they fail when encoded, after their
+    neighbours may have been encoded already."""
+
+    name = "broken"
+
+    async def render(self, ctx: StageContext, job_id: str, prompt: ClipPrompt, dest: Path) -> Source:
+        if prompt.index in self.failing:
+            dest.write_bytes(b"not a video")
+            return VideoSource(dest, prompt.end - prompt.start)
+        return await SolidRenderer().render(ctx, job_id, prompt, dest)
+
+
 @pytest.fixture
 def solid_settings() -> StageSettings:
     return StageSettings(video_width=160, video_height=96, video_fps=FPS, max_parallel_clips=3)
@@ -222,7 +235,9 @@ async def test_transitions_are_rendered_inside_the_incoming_clip(
         ({0}, "g" * 36 + "b" * 18 + "b****?" + "y" * 12, [3.0, 4.5]),  # clip 1 starts the video
     ],
 )
+@pytest.mark.parametrize("renderer", [SolidRenderer, BrokenSourceRenderer])
 async def test_a_failed_clip_is_covered_by_its_neighbour(
+    renderer: type[SolidRenderer],
     failing: set[int],
     expected: str,
     cuts: list[float],
@@ -233,7 +248,7 @@ async def test_a_failed_clip_is_covered_by_its_neighbour(
 ) -> None:
     ctx = make_ctx(settings=solid_settings)
 
-    clips, out, video = await render_and_compose(ctx, storage, tmp_path, SolidRenderer(failing))
+    clips, out, video = await render_and_compose(ctx, storage, tmp_path, renderer(failing))
 
     assert [f.index for f in clips.failed] == sorted(failing)
     assert matches(labels(await frame_colours(video)), expected)

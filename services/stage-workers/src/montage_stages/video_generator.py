@@ -16,7 +16,8 @@ composer joins them without re-encoding; ``Clip.start``/``end`` are the span a c
 video (a failed clip's span goes to the clip before it, the first clip's to the one after) and
 ``Clip.duration`` its exact length. A clip that fails is recorded in ``Clips.failed`` and the others
 go on (whether enough succeeded is the orchestrator's rule); a clip whose encode fails is failed
-too and its neighbours are encoded again to cover it. Cancellation is checked before each step and
+too and its neighbours are encoded again to cover it (an encode with a transition is first tried
+again as a cut, since the previous clip's source may be the broken one). Cancellation is checked before each step and
 polled while clips render; when it raises, in-flight ffmpeg processes are killed and
 :class:`JobCancelled` propagates. Progress reads "Rendering clip n of total".
 """
@@ -153,7 +154,11 @@ class _Render:
         if exc is not None:
             message = exc.message if isinstance(exc, MontageError) else f"{type(exc).__name__}: {exc}"
             log.warning(f"clip_{kind}_failed", job_id=self.job_id, clip=index, error=message[:300])
-            self._fail(index, message)
+            if seg is not None and seg.previous is not None:
+                # the previous clip's source may be the broken one: try again with a cut
+                self.transitions.pop(seg.previous.index, None)
+            else:
+                self._fail(index, message)
         elif kind == "fetch":
             self.sources[index] = task.result()
             self.ok[index] = True
