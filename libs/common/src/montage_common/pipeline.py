@@ -1,20 +1,37 @@
 """The pipeline as data: the six stages, in order, with every fact about each in one place.
 
 Everything that used to compare stage names (progress marks, output types, cost shares, expected
-durations, budget checks, what a failure means) asks a :class:`StageSpec` instead. The job
+durations, budget checks, what a failure means, how a stage's input is built from the job and the
+earlier stages' outputs) asks a :class:`StageSpec` instead. The orchestrator, the workers and the
+one-process pipeline (``montage_stages.local_pipeline``) all iterate :data:`PIPELINE`. The job
 statuses and the pipeline-wide rules (the clip minimum, the timeout message) live here too.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Literal
+from typing import Literal, TypeVar
 
 import msgspec
 
-from montage_common.models import AudioAnalysis, ClipPrompts, Clips, ReferenceImages, ScenePlan, VideoOutput
+from montage_common.models import (
+    AudioAnalysis,
+    AudioParserInput,
+    ClipPrompts,
+    Clips,
+    ComposerInput,
+    PromptGeneratorInput,
+    ReferenceGeneratorInput,
+    ReferenceImages,
+    ScenePlan,
+    ScenePlannerInput,
+    StageInput,
+    VideoGeneratorInput,
+    VideoOutput,
+)
 
 # What a stage's failure means for the job (after the runtime's retries):
 # "fail" ends the job; "continue_text_only" records the stage as failed and carries on without
@@ -26,6 +43,62 @@ TYPICAL_SONG_SECONDS = 180.0  # the song length each stage's ``expected_seconds`
 
 
 @dataclass(frozen=True, slots=True)
+class JobFacts:
+    """What a stage input needs from the job itself (not from earlier stages)."""
+
+    audio_key: str
+    user_prompt: str
+
+
+# The outputs of the stages finished so far, by stage name; a stage that failed and was
+# continued past (reference_generator, text-only) has none.
+Outputs = Mapping[str, msgspec.Struct]
+InputBuilder = Callable[[JobFacts, Outputs], StageInput]
+_T = TypeVar("_T", bound=msgspec.Struct)
+
+
+def _need(outputs: Outputs, stage: str, kind: type[_T]) -> _T:
+    value = outputs.get(stage)
+    if not isinstance(value, kind):
+        raise LookupError(f"no output of {stage}")
+    return value
+
+
+def _audio_parser_input(job: JobFacts, outputs: Outputs) -> StageInput:
+    return AudioParserInput(audio_key=job.audio_key)
+
+
+def _scene_planner_input(job: JobFacts, outputs: Outputs) -> StageInput:
+    return ScenePlannerInput(user_prompt=job.user_prompt, audio=_need(outputs, "audio_parser", AudioAnalysis))
+
+
+def _reference_generator_input(job: JobFacts, outputs: Outputs) -> StageInput:
+    return ReferenceGeneratorInput(plan=_need(outputs, "scene_planner", ScenePlan))
+
+
+def _prompt_generator_input(job: JobFacts, outputs: Outputs) -> StageInput:
+    refs = outputs.get("reference_generator")
+    refs = refs if isinstance(refs, ReferenceImages) else None
+    plan = _need(outputs, "scene_planner", ScenePlan)
+    return PromptGeneratorInput(plan=plan, references=refs, fallback_mode=refs is None)
+
+
+def _video_generator_input(job: JobFacts, outputs: Outputs) -> StageInput:
+    return VideoGeneratorInput(clip_prompts=_need(outputs, "prompt_generator", ClipPrompts))
+
+
+def _composer_input(job: JobFacts, outputs: Outputs) -> StageInput:
+    audio = _need(outputs, "audio_parser", AudioAnalysis)
+    return ComposerInput(
+        clips=_need(outputs, "video_generator", Clips),
+        audio_key=job.audio_key,
+        transitions=_need(outputs, "scene_planner", ScenePlan).transitions,
+        beats=audio.beat_timestamps,
+        duration=audio.duration,
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class StageSpec:
     name: str
     output_type: type[msgspec.Struct]
@@ -34,6 +107,7 @@ class StageSpec:
     cost_share: Decimal  # the stage's share of a job's pre-flight estimate
     budget_checked: bool  # the remaining budget must cover its share before it is dispatched
     on_failure: FailurePolicy
+    build_input: InputBuilder  # the stage's input from the job and the earlier stages' outputs
     min_clips: int = 0  # an output with fewer clips than this is a failure (video_generator)
 
     @property
@@ -43,12 +117,23 @@ class StageSpec:
 
 
 PIPELINE: tuple[StageSpec, ...] = (
-    StageSpec("audio_parser", AudioAnalysis, 10, 15, Decimal("0.01"), False, "fail"),
-    StageSpec("scene_planner", ScenePlan, 20, 15, Decimal("0.04"), False, "fallback_plan"),
-    StageSpec("reference_generator", ReferenceImages, 30, 45, Decimal("0.10"), True, "continue_text_only"),
-    StageSpec("prompt_generator", ClipPrompts, 40, 10, Decimal("0.02"), False, "fail"),
-    StageSpec("video_generator", Clips, 85, 240, Decimal("0.78"), True, "fail", min_clips=MIN_CLIPS),
-    StageSpec("composer", VideoOutput, 100, 45, Decimal("0.05"), False, "fail"),
+    StageSpec("audio_parser", AudioAnalysis, 10, 15, Decimal("0.01"), False, "fail", _audio_parser_input),
+    StageSpec("scene_planner", ScenePlan, 20, 15, Decimal("0.04"), False, "fallback_plan", _scene_planner_input),
+    StageSpec(
+        "reference_generator",
+        ReferenceImages,
+        30,
+        45,
+        Decimal("0.10"),
+        True,
+        "continue_text_only",
+        _reference_generator_input,
+    ),
+    StageSpec("prompt_generator", ClipPrompts, 40, 10, Decimal("0.02"), False, "fail", _prompt_generator_input),
+    StageSpec(
+        "video_generator", Clips, 85, 240, Decimal("0.78"), True, "fail", _video_generator_input, min_clips=MIN_CLIPS
+    ),
+    StageSpec("composer", VideoOutput, 100, 45, Decimal("0.05"), False, "fail", _composer_input),
 )
 
 STAGES: tuple[str, ...] = tuple(s.name for s in PIPELINE)

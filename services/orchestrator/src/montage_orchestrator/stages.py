@@ -3,28 +3,19 @@
 from __future__ import annotations
 
 import itertools
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import asyncpg
 import msgspec
 from montage_common.models import (
     AudioAnalysis,
-    AudioParserInput,
-    ClipPrompts,
-    Clips,
     ClipScript,
-    ComposerInput,
-    PromptGeneratorInput,
-    ReferenceGeneratorInput,
-    ReferenceImages,
     Scene,
     ScenePlan,
-    ScenePlannerInput,
     StageInput,
     Transition,
-    VideoGeneratorInput,
 )
-from montage_common.pipeline import MIN_CLIPS
+from montage_common.pipeline import MIN_CLIPS, PIPELINE, STAGES, JobFacts, spec
 
 T = TypeVar("T", bound=msgspec.Struct)
 
@@ -40,48 +31,14 @@ def _output(rows: dict[str, asyncpg.Record], stage: str, kind: type[T]) -> T | N
     return msgspec.json.decode(row["output"], type=kind)
 
 
-def _require(value: T | None, stage: str) -> T:
-    if value is None:
-        raise LookupError(f"no output of {stage}")
-    return value
-
-
-def fallback_enabled(rows: dict[str, asyncpg.Record], stage: str) -> bool:
-    row = rows.get(stage)
-    if row is None:
-        return False
-    meta: Any = row["metadata"]
-    data = msgspec.json.decode(meta) if isinstance(meta, str | bytes) else (meta or {})
-    return bool(data.get("fallback_mode", False))
-
-
 def build_input(stage: str, job: asyncpg.Record, rows: dict[str, asyncpg.Record]) -> StageInput:
-    """The input of ``stage`` from the job and the outputs of the stages before it."""
-    if stage == "audio_parser":
-        return AudioParserInput(audio_key=job["audio_key"])
-    audio = _require(_output(rows, "audio_parser", AudioAnalysis), "audio_parser")
-    if stage == "scene_planner":
-        return ScenePlannerInput(user_prompt=job["user_prompt"], audio=audio)
-    plan = _require(_output(rows, "scene_planner", ScenePlan), "scene_planner")
-    if stage == "reference_generator":
-        return ReferenceGeneratorInput(plan=plan)
-    if stage == "prompt_generator":
-        fallback = fallback_enabled(rows, "reference_generator")
-        refs = None if fallback else _output(rows, "reference_generator", ReferenceImages)
-        return PromptGeneratorInput(plan=plan, references=refs, fallback_mode=fallback or refs is None)
-    if stage == "video_generator":
-        prompts = _require(_output(rows, "prompt_generator", ClipPrompts), "prompt_generator")
-        return VideoGeneratorInput(clip_prompts=prompts)
-    if stage == "composer":
-        clips = _require(_output(rows, "video_generator", Clips), "video_generator")
-        return ComposerInput(
-            clips=clips,
-            audio_key=job["audio_key"],
-            transitions=plan.transitions,
-            beats=audio.beat_timestamps,
-            duration=audio.duration,
-        )
-    raise ValueError(f"unknown stage {stage!r}")
+    """The input of ``stage`` from the job and the stored outputs of the stages before it."""
+    outputs: dict[str, msgspec.Struct] = {}
+    for earlier in PIPELINE[: STAGES.index(stage)]:
+        found = _output(rows, earlier.name, earlier.output_type)  # none when it failed and was continued past
+        if found is not None:
+            outputs[earlier.name] = found
+    return spec(stage).build_input(JobFacts(audio_key=job["audio_key"], user_prompt=job["user_prompt"]), outputs)
 
 
 def _snap(target: float, beats: list[float], low: float, high: float) -> float:

@@ -7,36 +7,14 @@ functions back to back on one :class:`StageContext`, timing each one.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import TypeVar
 
-from montage_common.models import (
-    AudioAnalysis,
-    AudioParserInput,
-    ClipPrompts,
-    Clips,
-    ComposerInput,
-    PromptGeneratorInput,
-    ReferenceGeneratorInput,
-    ReferenceImages,
-    ScenePlan,
-    ScenePlannerInput,
-    VideoGeneratorInput,
-    VideoOutput,
-)
+import msgspec
+from montage_common.models import AudioAnalysis, ClipPrompts, Clips, ReferenceImages, ScenePlan, VideoOutput
+from montage_common.pipeline import PIPELINE, JobFacts
 
-from montage_stages import (
-    audio_parser,
-    composer,
-    prompt_generator,
-    reference_generator,
-    scene_planner,
-    video_generator,
-)
 from montage_stages.context import StageContext
-
-T = TypeVar("T")
+from montage_stages.worker import MODULES
 
 
 @dataclass
@@ -53,33 +31,22 @@ class LocalRun:
 
 
 async def run_all(ctx: StageContext, job_id: str, audio_key: str, user_prompt: str) -> LocalRun:
+    """Every stage of :data:`~montage_common.pipeline.PIPELINE` in order, each input built by its spec."""
     seconds: dict[str, float] = {}
-
-    async def timed(stage: str, step: Awaitable[T]) -> T:
+    outputs: dict[str, msgspec.Struct] = {}
+    job = JobFacts(audio_key=audio_key, user_prompt=user_prompt)
+    for stage in PIPELINE:
         start = time.perf_counter()
-        result = await step
-        seconds[stage] = time.perf_counter() - start
-        return result
+        outputs[stage.name] = await MODULES[stage.name].process(ctx, job_id, stage.build_input(job, outputs))
+        seconds[stage.name] = time.perf_counter() - start
+    return LocalRun(**{_FIELDS[name]: output for name, output in outputs.items()}, seconds=seconds)  # type: ignore[arg-type]
 
-    analysis = await timed("audio_parser", audio_parser.process(ctx, job_id, AudioParserInput(audio_key=audio_key)))
-    plan = await timed(
-        "scene_planner", scene_planner.process(ctx, job_id, ScenePlannerInput(user_prompt=user_prompt, audio=analysis))
-    )
-    refs = await timed(
-        "reference_generator", reference_generator.process(ctx, job_id, ReferenceGeneratorInput(plan=plan))
-    )
-    prompts = await timed(
-        "prompt_generator", prompt_generator.process(ctx, job_id, PromptGeneratorInput(plan=plan, references=refs))
-    )
-    clips = await timed(
-        "video_generator", video_generator.process(ctx, job_id, VideoGeneratorInput(clip_prompts=prompts))
-    )
-    composed = ComposerInput(
-        clips=clips,
-        audio_key=audio_key,
-        transitions=plan.transitions,
-        beats=analysis.beat_timestamps,
-        duration=analysis.duration,
-    )
-    video = await timed("composer", composer.process(ctx, job_id, composed))
-    return LocalRun(analysis, plan, refs, prompts, clips, video, seconds)
+
+_FIELDS = {
+    "audio_parser": "analysis",
+    "scene_planner": "plan",
+    "reference_generator": "references",
+    "prompt_generator": "prompts",
+    "video_generator": "clips",
+    "composer": "video",
+}

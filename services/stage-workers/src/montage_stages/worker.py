@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import math
 import shutil
 import tempfile
@@ -44,7 +45,7 @@ from montage_common.messages import (
     task_decoder,
 )
 from montage_common.models import CostItem
-from montage_common.pipeline import STAGES
+from montage_common.pipeline import PIPELINE, STAGES
 from montage_common.storage import Storage
 from montage_streams import (
     DeadLetter,
@@ -57,28 +58,13 @@ from montage_streams import (
 )
 from redis.asyncio import Redis
 
-from montage_stages import (
-    audio_parser,
-    composer,
-    prompt_generator,
-    reference_generator,
-    scene_planner,
-    video_generator,
-)
 from montage_stages.context import StageContext
 from montage_stages.settings import StageSettings
 
 log = structlog.get_logger()
 
-MODULES: dict[str, ModuleType] = {
-    "audio_parser": audio_parser,
-    "scene_planner": scene_planner,
-    "reference_generator": reference_generator,
-    "prompt_generator": prompt_generator,
-    "video_generator": video_generator,
-    "composer": composer,
-}
-assert tuple(MODULES) == STAGES
+# One module per stage, named after it, with ``async process(ctx, job_id, input) -> output``.
+MODULES: dict[str, ModuleType] = {s.name: importlib.import_module(f"montage_stages.{s.name}") for s in PIPELINE}
 
 HEARTBEAT_SECONDS = 10
 HEARTBEAT_TTL = 30
@@ -112,20 +98,24 @@ async def job_liveness(redis: Redis, keys: Keys, task: StageTask, interval: floa
     """
     key = keys.stage_alive(task.job_id, task.stage)
     ttl_ms = max(int(interval * 2000), 1)
+    done = asyncio.Event()
 
     async def beat() -> None:
-        for _ in range(10_000_000):  # bounded by the stage's own timeout in practice
+        # Ends by `done`, not by a cancel: redis-py may swallow a cancel that lands mid-command.
+        while not done.is_set():
             with contextlib.suppress(Exception):
                 await redis.set(key, str(task.dispatch), px=ttl_ms)
-            await asyncio.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), interval)
 
     beating = asyncio.create_task(beat(), name=f"alive-{task.job_id}-{task.stage}")
     try:
         yield
     finally:
-        beating.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await beating
+        done.set()
+        _, stuck = await asyncio.wait([beating], timeout=5.0)  # bounded: the hand-off must not wait on it
+        for t in stuck:
+            t.cancel()
         with contextlib.suppress(Exception):
             await redis.delete(key)
 
