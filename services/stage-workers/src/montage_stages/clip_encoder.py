@@ -44,7 +44,7 @@ Source = StillSource | VideoSource
 
 
 def video_codec_args(s: StageSettings) -> list[str]:
-    """x264 High, yuv420p, constant frame rate and time base: the same for every clip."""
+    """x264 (High profile at most), yuv420p, constant frame rate and time base: the same for every clip."""
     fps = s.video_fps
     return [
         "-c:v", "libx264", "-preset", s.x264_preset, "-crf", str(s.x264_crf),
@@ -67,13 +67,13 @@ def timescale(fps: int) -> int:
 def segment_args(seg: Segment, own: Source, previous: Source | None, s: StageSettings, dest: Path) -> list[str]:
     """ffmpeg arguments writing ``seg`` to ``dest`` (video only)."""
     span = seg.span
-    args = ["-v", "error", "-y", *_input(own, span, 0, span.frames, s.video_fps)]
+    args = ["-v", "error", "-y", *_input(own, span.frames, s.video_fps)]
     chain = source_chain(own, span, 0, span.frames, s)
     if seg.previous is not None and previous is not None and seg.transition_frames > 0:
         d = seg.transition_frames
         # the outgoing clip runs on past its cut; a little longer than needed, xfade drops the rest
         tail = source_chain(previous, seg.previous, seg.previous.frames, d + 2, s)
-        args += _input(previous, seg.previous, seg.previous.frames, d + 2, s.video_fps)
+        args += _input(previous, seg.previous.frames + d + 2, s.video_fps)
         # xfade works in 4:4:4: only the transition's frames go through it, the rest of the clip
         # is appended as it is
         graph = (
@@ -91,8 +91,9 @@ def segment_args(seg: Segment, own: Source, previous: Source | None, s: StageSet
     ]  # fmt: skip
 
 
-def _input(source: Source, span: Span, offset: int, count: int, fps: int) -> list[str]:
-    if isinstance(source, VideoSource) and (offset + count) / fps - source.seconds > LOOP_ABOVE_SECONDS:
+def _input(source: Source, frames: int, fps: int) -> list[str]:
+    """``-i`` for ``source``, looped when its first ``frames`` outlast a provider clip by > 1 s."""
+    if isinstance(source, VideoSource) and frames / fps - source.seconds > LOOP_ABOVE_SECONDS:
         return ["-stream_loop", "-1", "-i", str(source.path)]
     return ["-i", str(source.path)]
 
