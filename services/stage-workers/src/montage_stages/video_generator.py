@@ -79,7 +79,6 @@ class _Render:
     ) -> None:
         self.ctx, self.job_id, self.renderer = ctx, job_id, renderer
         self.prompts = prompts
-        self.by_index = {p.index: p for p in prompts}
         self.transitions = transitions
         self.fps = ctx.settings.video_fps
         parallel = max(1, ctx.settings.max_parallel_clips)
@@ -91,7 +90,7 @@ class _Render:
         self.sources: dict[int, Source] = {}
         self.errors: dict[int, str] = {}
         self.encoded: dict[int, Segment] = {}  # what is stored under clip_key(i)
-        self.encoding: dict[int, Segment] = {}
+        self.encoding: set[int] = set()
         self.tasks: dict[asyncio.Task[Any], tuple[str, int, Segment | None]] = {}
         self.started: set[int] = set()
         self.attempts = 0
@@ -108,7 +107,7 @@ class _Render:
                 plan = plan_segments(self.prompts, self.ok, self.transitions, self.fps)
                 for index, seg in plan.items():
                     if self.encoded.get(index) != seg and index not in self.encoding:
-                        self.encoding[index] = seg
+                        self.encoding.add(index)
                         self._spawn(self._encode(seg), "encode", index, seg)
                 if not self.tasks:
                     break
@@ -145,7 +144,7 @@ class _Render:
     def _finished(self, task: asyncio.Task[Any]) -> None:
         kind, index, seg = self.tasks.pop(task)
         if kind == "encode":
-            self.encoding.pop(index, None)
+            self.encoding.discard(index)
         exc = task.exception()
         if isinstance(exc, JobCancelled):
             raise exc
