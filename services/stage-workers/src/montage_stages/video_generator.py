@@ -17,9 +17,9 @@ video (a failed clip's span goes to the clip before it, the first clip's to the 
 ``Clip.duration`` its exact length. A clip that fails is recorded in ``Clips.failed`` and the others
 go on (whether enough succeeded is the orchestrator's rule); a clip whose encode fails is failed
 too and its neighbours are encoded again to cover it (an encode with a transition is first tried
-again as a cut, since the previous clip's source may be the broken one). Cancellation is checked before each step and
-polled while clips render; when it raises, in-flight ffmpeg processes are killed and
-:class:`JobCancelled` propagates. Progress reads "Rendering clip n of total".
+again as a cut, since the previous clip's source may be the broken one). Cancellation is checked
+before each step and polled while clips render; when it raises, in-flight ffmpeg processes are
+killed and :class:`JobCancelled` propagates. Progress reads "Rendering clip n of total".
 """
 
 from __future__ import annotations
