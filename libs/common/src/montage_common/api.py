@@ -104,7 +104,8 @@ class UploadForm(Struct, kw_only=True):
         str,
         Meta(
             description="MP3, WAV or FLAC (decided from the bytes), at most 10 MB and 10 minutes",
-            extra_json_schema={"contentMediaType": "application/octet-stream"},
+            # format binary too: what generators (openapi-python-client, openapi-typescript) read as a file
+            extra_json_schema={"contentMediaType": "application/octet-stream", "format": "binary"},
         ),
     ]
     user_prompt: Annotated[str, Meta(min_length=50, max_length=500, description="What the video should show")]
