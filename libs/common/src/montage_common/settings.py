@@ -71,6 +71,9 @@ class CommonSettings(msgspec.Struct, frozen=True, kw_only=True):
     ops_port: Annotated[
         int, Meta(description="Listen port of /healthz, /readyz and /metrics (never on the API port); 0: none.")
     ] = 0
+    claim_idle_ms: Annotated[
+        int, Meta(description="an entry left unacknowledged this long by a dead consumer is taken over")
+    ] = 30_000
     shutdown_grace_seconds: Annotated[float, Meta(description="in-flight work gets this long after SIGTERM")] = 20.0
     storage_backend: Annotated[
         Literal["local", "supabase"],

@@ -41,9 +41,6 @@ class OrchestratorSettings(CommonSettings, frozen=True, kw_only=True):
         float, Meta(description="an unsent first dispatch older than this is re-sent by the sweeper")
     ] = 10.0
     results_concurrency: Annotated[int, Meta(description="results handled at once per orchestrator process")] = 8
-    claim_idle_ms: Annotated[
-        int, Meta(description="an entry left unacknowledged this long by a dead consumer is taken over")
-    ] = 30_000
     db_pool_size: Annotated[int, Meta(description="Postgres connections per process")] = 10
     run_migrations: Annotated[bool, Meta(description="apply database migrations at start-up")] = True
     replica_id: Annotated[

@@ -86,7 +86,7 @@ class RagnarokRenderer:
                 if not remote:
                     raise GenerationError("ragnarok-proxy returned no job id")
                 url = ""
-                for _ in range(max(1, int(s.ragnarok_timeout_seconds / s.ragnarok_poll_seconds))):
+                for _ in range(max(1, int(s.ragnarok_clip_timeout_seconds / s.ragnarok_poll_seconds))):
                     await ctx.check_cancelled()
                     status = await _json(session.get(f"{base}/api/nexus/ragnarok/jobs/{remote}", headers=headers))
                     state = str(status.get("status", "")).lower()

@@ -29,6 +29,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Annotated
 
 import msgspec
 import structlog
@@ -56,6 +57,7 @@ from montage_streams import (
     StreamProducer,
     default_consumer_name,
 )
+from msgspec import Meta
 from redis.asyncio import Redis
 
 from montage_stages.context import StageContext
@@ -75,12 +77,17 @@ _output_encoder = msgspec.json.Encoder(decimal_format="number")
 class WorkerSettings(StageSettings, frozen=True, kw_only=True):
     """The stage-worker service: the stages' settings plus how the process consumes."""
 
-    worker_concurrency: int = 3  # tasks at once per process (the spec: 3)
-    claim_idle_ms: int = 30_000  # a dead worker's task is reclaimed after this
-    stream_block_ms: int = 1000  # how long one blocking read of the stage stream waits for a task
-    retry_count: int = 3  # retries of a retryable stage failure
-    retry_base_seconds: float = 2.0  # 2 s, 4 s, 8 s
-    stage_timeout_seconds: float = 900.0  # a task running longer is cancelled (and retried)
+    worker_concurrency: Annotated[int, Meta(description="tasks at once per process (the spec: 3)")] = 3
+    stream_block_ms: Annotated[
+        int, Meta(description="how long one blocking read of the stage stream waits for a task")
+    ] = 1000
+    retry_count: Annotated[int, Meta(description="retries of a retryable stage failure")] = 3
+    retry_base_seconds: Annotated[
+        float, Meta(description="delay before the first retry; each next one doubles (2 s, 4 s, 8 s)")
+    ] = 2.0
+    stage_timeout_seconds: Annotated[float, Meta(description="a task running longer is cancelled (and retried)")] = (
+        900.0
+    )
 
     @property
     def retry_policy(self) -> RetryPolicy:
