@@ -16,26 +16,31 @@ for logged events, the ``id:`` to resume from with ``Last-Event-ID``.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, Struct
 
+from montage_common import pipeline
+from montage_common.errors import JOB_FAILURE_CODES
+
 # One path segment as the gateway accepts it: not empty, not `.` or `..`, no `/` (not even
 # encoded), no control characters.
 PathSegment = Annotated[str, Meta(pattern=r"^(?!\.\.?$)[^/\x00-\x1f\x7f]+$")]
-JobStatusName = Literal["queued", "processing", "completed", "failed"]
-StageName = Literal[
-    "audio_parser", "scene_planner", "reference_generator", "prompt_generator", "video_generator", "composer"
-]
+# The vocabularies are defined once (montage_common.pipeline, montage_common.errors); the API
+# types are Literals made from them, so the document lists their values inline.
+if TYPE_CHECKING:
+    JobStatusName = str
+    StageName = str
+    JobErrorCode = str
+else:
+    JobStatusName = Literal[tuple(s.value for s in pipeline.JobStatus)]
+    StageName = Literal[pipeline.STAGES]
+    JobErrorCode = Literal[tuple(sorted(str(c) for c in JOB_FAILURE_CODES))]
 Money = Annotated[float, Meta(description="US dollars (a JSON number, up to 6 decimals)", examples=[0.0125])]
 Progress = Annotated[int, Meta(ge=0, le=100, description="Percent done (fixed marks per stage)")]
 Seconds = Annotated[int, Meta(ge=0, description="Seconds")]
 JobId = Annotated[str, Meta(description="The job's UUID", extra_json_schema={"format": "uuid"})]
-# The code of a failed job (``montage_common.errors.JOB_FAILURE_CODES``).
-JobErrorCode = Literal[
-    "CANCELLED", "TIMEOUT", "BUDGET_EXCEEDED", "MODULE_FAILURE", "GENERATION_ERROR", "VALIDATION_ERROR"
-]
 ErrorCode = Annotated[
     str,
     Meta(
