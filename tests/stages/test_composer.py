@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import msgspec
 import numpy as np
 import pytest
 from montage_common.errors import GenerationError, PipelineError
@@ -28,7 +27,6 @@ from montage_stages.clip_encoder import Source, StillSource, VideoSource
 from montage_stages.context import StageContext
 from montage_stages.settings import StageSettings
 from montage_stages.soundtrack import soundtrack_key
-from montage_stages.timeline import Layout, layout_key
 
 from .media import decode_errors, frame_colours, frame_count, packet_hashes, stream_lines
 
@@ -117,13 +115,14 @@ async def render_and_compose(
 ) -> tuple[Clips, VideoOutput, Path]:
     job = ctx.job_id
     clip_prompts = prompts()
-    layout = Layout(
-        clips=[(p.index, p.start, p.end) for p in clip_prompts],
-        transitions=TRANSITIONS if transitions is None else transitions,
-    )
-    await storage.put_bytes(layout_key(job), msgspec.json.encode(layout))
     clips = await video_generator.process(
-        ctx, job, VideoGeneratorInput(clip_prompts=ClipPrompts(clips=clip_prompts)), renderer=renderer
+        ctx,
+        job,
+        VideoGeneratorInput(
+            clip_prompts=ClipPrompts(clips=clip_prompts),
+            transitions=TRANSITIONS if transitions is None else transitions,
+        ),
+        renderer=renderer,
     )
     song = synth.write_wav(tmp_path / "song.wav", synth.song(SONG_SECONDS, 120.0))
     await storage.put_file(f"audio-uploads/{job}/song.wav", song)

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
 
-import msgspec
 from montage_common.models import ClipPrompt, Transition
-from montage_common.storage import LocalStorage
-from montage_stages.context import StageContext
-from montage_stages.timeline import Layout, Segment, layout_key, load_layout, plan_segments
+from montage_stages.timeline import Segment, plan_segments
 
 FPS = 24
 BOUNDS = [0.0, 2.0, 4.5, 6.0, 9.51]
@@ -70,20 +66,3 @@ def test_transitions_are_bounded_by_the_shorter_clip() -> None:
 
     assert plan_segments(prompts(), dict.fromkeys(range(4), True), long, FPS)[1].transition_frames == 21  # 0.45 * 48
     assert plan_segments(prompts(), dict.fromkeys(range(4), True), short, FPS)[1].kind == "cut"
-
-
-async def test_layout_is_used_only_for_the_clips_it_was_made_for(
-    storage: LocalStorage, make_ctx: Callable[..., StageContext]
-) -> None:
-    ctx = make_ctx()
-    assert await load_layout(ctx, "job1", prompts()) == {}  # none stored: hard cuts
-
-    layout = Layout(clips=[(p.index, p.start, p.end) for p in prompts()], transitions=list(FADES.values()))
-    await storage.put_bytes(layout_key("job1"), msgspec.json.encode(layout))
-    assert await load_layout(ctx, "job1", prompts()) == FADES
-
-    other = [*prompts()[:3], ClipPrompt(index=3, prompt="p", start=6.0, end=9.0, scene_id="s")]
-    assert await load_layout(ctx, "job1", other) == {}
-
-    await storage.put_bytes(layout_key("job1"), b"not json")
-    assert await load_layout(ctx, "job1", prompts()) == {}

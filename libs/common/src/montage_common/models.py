@@ -180,6 +180,7 @@ class PromptGeneratorInput(Frozen, tag="prompt_generator", frozen=True, kw_only=
 
 class VideoGeneratorInput(Frozen, tag="video_generator", frozen=True, kw_only=True):
     clip_prompts: ClipPrompts
+    transitions: list[Transition] = []  # the plan's transitions (rendered inside the clips that meet)
 
 
 class ComposerInput(Frozen, tag="composer", frozen=True, kw_only=True):

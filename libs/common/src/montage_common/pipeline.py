@@ -84,7 +84,10 @@ def _prompt_generator_input(job: JobFacts, outputs: Outputs) -> StageInput:
 
 
 def _video_generator_input(job: JobFacts, outputs: Outputs) -> StageInput:
-    return VideoGeneratorInput(clip_prompts=_need(outputs, "prompt_generator", ClipPrompts))
+    return VideoGeneratorInput(
+        clip_prompts=_need(outputs, "prompt_generator", ClipPrompts),
+        transitions=_need(outputs, "scene_planner", ScenePlan).transitions,
+    )
 
 
 def _composer_input(job: JobFacts, outputs: Outputs) -> StageInput:

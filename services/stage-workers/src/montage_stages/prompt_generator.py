@@ -5,9 +5,7 @@
 Each prompt combines the plan's style, the clip's description, its scene's setting and palette,
 its characters and camera motion, and carries the storage keys of its reference stills (scene
 first, then characters). With ``input.references is None`` or ``input.fallback_mode`` the prompts
-are text-only (no reference keys) and ``ClipPrompts.text_only`` is set. The plan's clip
-boundaries and transitions are stored beside the clips for video_generator, whose input does not
-carry them (:func:`timeline.store_layout`).
+are text-only (no reference keys) and ``ClipPrompts.text_only`` is set.
 """
 
 from __future__ import annotations
@@ -18,7 +16,6 @@ from montage_common.models import ClipPrompt, ClipPrompts, PromptGeneratorInput
 from montage_stages.context import StageContext
 from montage_stages.costing import ComputeMeter
 from montage_stages.metrics import track_stage
-from montage_stages.timeline import store_layout
 
 STAGE = "prompt_generator"
 NEGATIVE = "blurry, distorted faces, text, watermark, low quality, flicker"
@@ -38,7 +35,6 @@ async def process(ctx: StageContext, job_id: str, input: PromptGeneratorInput) -
         meter = ComputeMeter(ctx, job_id, STAGE)
         with meter:
             result = build(input)
-        await store_layout(ctx, job_id, input.plan)
         await meter.report()
         log.info("prompts_ready", job_id=job_id, clips=len(result.clips), text_only=result.text_only)
         return result

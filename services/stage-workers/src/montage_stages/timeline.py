@@ -9,10 +9,8 @@ A transition of ``d`` frames between clip ``i`` and clip ``i+1`` lives in clip `
 ``d`` frames ``xfade`` from clip ``i`` continued past its cut into clip ``i+1`` itself, so the
 incoming clip still starts on the beat and no clip needs another clip's encoded frames.
 
-Transitions come from the plan, which video_generator's input does not carry: prompt_generator
-stores them next to the clips (:func:`store_layout`, ``video-clips/{job_id}/layout.json``) and
-video_generator reads them back (:func:`load_layout`). A missing or mismatched layout means
-hard cuts only.
+Transitions come from the plan: the orchestrator puts them in video_generator's input
+(``VideoGeneratorInput.transitions``, built by the stage's spec in ``montage_common.pipeline``).
 """
 
 from __future__ import annotations
@@ -21,54 +19,13 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import msgspec
 import structlog
-from montage_common.models import ClipPrompt, ScenePlan, Transition
-from montage_common.storage import layout
-
-from montage_stages.context import StageContext
+from montage_common.models import ClipPrompt, Transition
 
 log = structlog.get_logger()
 
 ROOM = 0.45  # a transition takes at most this share of the shorter of the two clips
 MIN_TRANSITION_SECONDS = 0.1  # shorter transitions become cuts
-
-
-class Layout(msgspec.Struct, frozen=True, kw_only=True):
-    """The plan's clip boundaries and transitions, as prompt_generator saw them."""
-
-    clips: list[tuple[int, float, float]]  # (index, start, end)
-    transitions: list[Transition]
-
-
-def layout_key(job_id: str) -> str:
-    return layout.clip_work_file(job_id, "layout.json")
-
-
-async def store_layout(ctx: StageContext, job_id: str, plan: ScenePlan) -> None:
-    """Best effort: without a layout the clips are cut, so a failed write only loses the transitions."""
-    layout = Layout(clips=[(c.index, c.start, c.end) for c in plan.clip_scripts], transitions=plan.transitions)
-    try:
-        await ctx.storage.put_bytes(layout_key(job_id), msgspec.json.encode(layout), "application/json")
-    except Exception as exc:
-        log.warning("layout_not_stored", job_id=job_id, error=f"{type(exc).__name__}: {exc}"[:300])
-
-
-async def load_layout(ctx: StageContext, job_id: str, prompts: Sequence[ClipPrompt]) -> dict[int, Transition]:
-    """The plan's transitions by ``after_clip``; empty (hard cuts) when no layout matches ``prompts``."""
-    key = layout_key(job_id)
-    try:
-        if not await ctx.storage.exists(key):
-            return {}
-        path = await ctx.storage.get_file(key, ctx.scratch("layout") / "layout.json")
-        layout = msgspec.json.decode(path.read_bytes(), type=Layout)
-    except Exception as exc:  # the layout only adds transitions: without it the clips are cut
-        log.warning("layout_unreadable", job_id=job_id, error=f"{type(exc).__name__}: {exc}"[:300])
-        return {}
-    if [(p.index, p.start, p.end) for p in prompts] != [tuple(c) for c in layout.clips]:
-        log.warning("layout_mismatch", job_id=job_id)
-        return {}
-    return {t.after_clip: t for t in layout.transitions if t.kind != "cut"}
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,7 +42,7 @@ from montage_stages.context import StageContext
 from montage_stages.costing import local_cost
 from montage_stages.metrics import CLIPS_RENDERED, track_stage
 from montage_stages.renderers import ClipRenderer, renderer_for
-from montage_stages.timeline import Segment, load_layout, plan_segments, too_short
+from montage_stages.timeline import Segment, plan_segments, too_short
 
 STAGE = "video_generator"
 CANCEL_POLL_SECONDS = 0.5
@@ -59,7 +59,7 @@ async def process(
     async with track_stage(STAGE):
         await ctx.check_cancelled()
         prompts = sorted(input.clip_prompts.clips, key=lambda p: p.index)
-        transitions = await load_layout(ctx, job_id, prompts)
+        transitions = {t.after_clip: t for t in input.transitions if t.kind != "cut"}
         render = _Render(ctx, job_id, renderer or renderer_for(ctx), prompts, transitions)
         clips = await render.run()
         log.info("clips_rendered", job_id=job_id, ok=len(clips.clips), failed=len(clips.failed))
