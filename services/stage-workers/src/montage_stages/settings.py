@@ -31,7 +31,10 @@ class StageSettings(CommonSettings, frozen=True, kw_only=True):
     video_fps: Annotated[int, Meta(description="frame rate of clips and the final video")] = 24
     max_parallel_clips: Annotated[int, Meta(description="clips rendered at once per job")] = 5
     x264_preset: Annotated[
-        str, Meta(description="Clips are encoded once, with these settings, and joined without re-encoding.")
+        str,
+        Meta(
+            description="x264 preset of every clip (clips are encoded once, in their final form, and joined without re-encoding)"
+        ),
     ] = "superfast"
     x264_params: Annotated[
         str,
