@@ -11,10 +11,10 @@ from common import DONE, STAGES, parse, produce
 from montage_common.keys import Keys
 from montage_common.redis import create_redis
 
-try:
-    from montage_streams import Delivery, Emit, StreamConsumer, StreamProducer
-except ImportError:  # a "montage-base" checkout from before the runtime became its own package
+try:  # a "montage-base" checkout (BENCH_BASE_SRC) from before the runtime became its own package
     from montage_common.streams import Delivery, Emit, StreamConsumer, StreamProducer  # type: ignore[no-redef]
+except ImportError:
+    from montage_streams import Delivery, Emit, StreamConsumer, StreamProducer
 
 KEYS = Keys("bench")
 
