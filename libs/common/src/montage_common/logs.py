@@ -1,4 +1,10 @@
-"""structlog, configured once per process: JSON in production, console in development."""
+"""Logging, configured once per process: every line one JSON object in production.
+
+structlog renders Montage's own events; the standard library's loggers (aiohttp, asyncpg,
+redis-py) go through the same processors (``structlog.stdlib.ProcessorFormatter``), so no plain
+text ever lands in the JSON stream. Each request gets one ``access`` line (see
+:func:`montage_common.web.access_log_middleware`).
+"""
 
 from __future__ import annotations
 
@@ -20,18 +26,31 @@ def configure(settings: CommonSettings, service: str) -> None:
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
     level = logging.getLevelNamesMapping().get(settings.log_level.upper(), logging.INFO)
+    shared: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
     structlog.contextvars.bind_contextvars(service=service)
-    # Route stdlib logging (aiohttp, asyncpg) through the same level; keep it quiet.
-    logging.basicConfig(level=max(level, logging.WARNING), stream=sys.stderr, format="%(name)s %(message)s")
+    # The standard library's loggers (aiohttp, asyncpg, redis-py): the same renderer, so every
+    # line is JSON too; quieter than our own (warnings and up, unless LOG_LEVEL says less).
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name, structlog.stdlib.ExtraAdder()],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(max(level, logging.WARNING))

@@ -59,6 +59,9 @@ SERVER_NAME = "montage"  # the Server header: no framework or version
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
 
 SERVICE: web.AppKey[str] = web.AppKey("service", str)
+# The user a request acts for: set by the gateway after authentication; internal services take
+# it from the gateway's X-Montage-User-Id. The access log reports it.
+USER_ID: web.RequestKey[str | None] = web.RequestKey("user_id", str)
 READY_CHECKS: web.AppKey[dict[str, Callable[[], Awaitable[object]]]] = web.AppKey("ready_checks", dict)
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
 ON_CONNECTION_LOST: web.RequestKey[list[Callable[[], None]]] = web.RequestKey("on_connection_lost", list)
@@ -143,6 +146,34 @@ def _route_name(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
+access = structlog.get_logger("access")
+
+
+@web.middleware
+async def access_log_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """One structured line per request: method, route, status, duration, request id, user id."""
+    start = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        user = request.get(USER_ID) or request.headers.get(HEADER_USER) or None
+        access.info(
+            "access",
+            method=request.method,
+            route=_route_name(request),
+            status=status,
+            duration_ms=round((time.perf_counter() - start) * 1000, 2),
+            user_id=user,
+            remote=request.remote,
+        )
+
+
 @web.middleware
 async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     service = request.app[SERVICE]
@@ -207,7 +238,13 @@ async def _server_header(request: web.Request, response: web.StreamResponse) -> 
 def create_base_app(service: str, *, client_max_size: int = 1024**2) -> web.Application:
     """An application with the shared middlewares; its ops endpoints are :func:`create_ops_app`."""
     app = web.Application(
-        middlewares=[request_id_middleware, metrics_middleware, error_middleware, path_guard_middleware],
+        middlewares=[
+            request_id_middleware,
+            access_log_middleware,
+            metrics_middleware,
+            error_middleware,
+            path_guard_middleware,
+        ],
         client_max_size=client_max_size,
         handler_args={"max_field_size": MAX_FIELD_SIZE},
     )

@@ -19,11 +19,11 @@ from aiohttp import web
 from montage_common.errors import RateLimitError, Unauthorized
 from montage_common.redis import create_redis, keys_for, target_of
 from montage_common.storage import LocalFiles
-from montage_common.web import READY_CHECKS, REQUEST_ID, Handler, create_base_app
+from montage_common.web import REQUEST_ID, USER_ID, Handler, create_base_app
 from redis.asyncio import Redis
 
 from montage_gateway import admin
-from montage_gateway.auth import USER_ID, Authenticator, build_verifier, request_user
+from montage_gateway.auth import Authenticator, build_verifier, request_user
 from montage_gateway.cors import Cors
 from montage_gateway.dev import DevHandlers
 from montage_gateway.files import FilesHandler
@@ -185,7 +185,9 @@ async def _cancel(task: asyncio.Task[None]) -> None:
 def resources(settings: GatewaySettings):  # type: ignore[no-untyped-def]
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         keys = keys_for(settings)
-        redis = create_redis(target_of(settings), max_connections=settings.redis_max_connections, pool_wait_seconds=10.0)
+        redis = create_redis(
+            target_of(settings), max_connections=settings.redis_max_connections, pool_wait_seconds=10.0
+        )
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(
                 limit=settings.upstream_pool_size, limit_per_host=settings.upstream_pool_size
@@ -208,7 +210,7 @@ def resources(settings: GatewaySettings):  # type: ignore[no-untyped-def]
             cache_seconds=settings.jwt_cache_seconds,
         )
         hub = Hub(
-            settings.redis_url,
+            target_of(settings),
             keys,
             queue_size=settings.sse_queue_size,
             heartbeat_seconds=settings.sse_heartbeat_seconds,
@@ -254,12 +256,9 @@ def resources(settings: GatewaySettings):  # type: ignore[no-untyped-def]
             health=HealthHandler(forwarder, orchestrator, redis),
         )
 
-        async def pubsub_ready() -> None:
-            if not hub.subscriber.connected:
-                raise ConnectionError("pubsub not connected")
-
-        app[READY_CHECKS]["redis"] = redis.ping
-        app[READY_CHECKS]["pubsub"] = pubsub_ready
+        # No Redis readiness check: a Redis blip must not take every gateway replica out of the
+        # load balancer at once. Each request degrades on its own (503 where Redis is needed, see
+        # docs/security.md) and the hub resubscribes by itself; /api/v1/health reports Redis.
         tasks = [
             asyncio.create_task(hub.run(), name="sse-pubsub"),
             asyncio.create_task(hub.heartbeats(), name="sse-heartbeats"),

@@ -20,6 +20,7 @@ import structlog
 from aiohttp import web
 from montage_common.errors import Unauthorized
 from montage_common.keys import Keys
+from montage_common.web import USER_ID
 from redis.asyncio import Redis
 
 from montage_gateway.metrics import AUTH_FAILURES
@@ -128,9 +129,6 @@ class Authenticator:
         if ttl > 0:
             await self.redis.set(key, identity.user_id, ex=ttl)
         return identity.user_id
-
-
-USER_ID: web.RequestKey[str | None] = web.RequestKey("user_id", str)  # the verified user id
 
 
 def request_user(request: web.Request) -> str:
