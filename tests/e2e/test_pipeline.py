@@ -78,5 +78,6 @@ async def test_resume_with_last_event_id_gives_exactly_the_rest(
     logged = [e for e in finished_job.events if e.id]
     cut = len(logged) // 2
     rest = [e async for e in job_events(client, finished_job.job_id, last_event_id=logged[cut].id)]
-    assert rest[0].event == "state" and rest[0].id is None  # the job as it is now, then the log
+    # the job as it is now, its id the resume point, then the rest of the log
+    assert rest[0].event == "state" and rest[0].id == logged[cut].id
     assert [(e.id, e.event, e.data) for e in rest[1:]] == [(e.id, e.event, e.data) for e in logged[cut + 1 :]]
