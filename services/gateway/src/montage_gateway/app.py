@@ -17,7 +17,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 from montage_common.errors import RateLimitError, Unauthorized
-from montage_common.redis import create_redis, keys_for, target_of
+from montage_common.redis import create_redis, keys_for, ready, target_of
 from montage_common.storage import LocalFiles
 from montage_common.web import REQUEST_ID, USER_ID, Handler, create_base_app
 from redis.asyncio import Redis
@@ -188,6 +188,7 @@ def resources(settings: GatewaySettings):  # type: ignore[no-untyped-def]
         redis = create_redis(
             target_of(settings), max_connections=settings.redis_max_connections, pool_wait_seconds=10.0
         )
+        await ready(redis)
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(
                 limit=settings.upstream_pool_size, limit_per_host=settings.upstream_pool_size

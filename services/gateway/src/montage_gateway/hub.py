@@ -20,9 +20,10 @@ import structlog
 from montage_common.api import timestamp
 from montage_common.events import FINAL_EVENTS, id_key, parse_published
 from montage_common.keys import Keys
+from montage_common.redis import RedisTarget
 
 from montage_gateway.metrics import SSE_DROPPED, SSE_SUBSCRIPTIONS
-from montage_gateway.pubsub import Subscriber
+from montage_gateway.pubsub import make_subscriber
 
 log = structlog.get_logger()
 _json = msgspec.json.Encoder(decimal_format="number")
@@ -85,11 +86,13 @@ class Client:
 class Hub:
     """Fan-out of job events from one Redis subscriber connection to local SSE clients."""
 
-    def __init__(self, redis_url: str, keys: Keys, *, queue_size: int = 512, heartbeat_seconds: float = 30.0) -> None:
+    def __init__(
+        self, redis_url: str | RedisTarget, keys: Keys, *, queue_size: int = 512, heartbeat_seconds: float = 30.0
+    ) -> None:
         self.keys = keys
         self.queue_size = queue_size
         self.heartbeat_seconds = heartbeat_seconds
-        self.subscriber = Subscriber(redis_url, self._on_message, self._on_reset)
+        self.subscriber = make_subscriber(redis_url, self._on_message, self._on_reset)
         self._clients: dict[bytes, set[Client]] = {}
         self._channel_of: dict[str, bytes] = {}
         self._subscribing: dict[bytes, asyncio.Future[None]] = {}

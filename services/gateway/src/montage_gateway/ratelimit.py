@@ -20,6 +20,7 @@ from montage_common.errors import ServiceUnavailable
 from montage_common.keys import Keys
 from montage_common.redis import REDIS_DOWN
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from montage_gateway.errors import RequestsThrottled
 from montage_gateway.metrics import RATE_LIMITED
@@ -114,11 +115,14 @@ class RequestGuard:
             checks.append(("user", self.keys.request_guard(f"user:{user_id}"), self.per_user))
         if not checks:
             return
-        pipe: Any = self.redis.pipeline(transaction=False)
-        for _, key, _ in checks:
-            await self._script(keys=[key], args=[self.window_seconds], client=pipe)
         try:
-            results = await pipe.execute()
+            if isinstance(self.redis, RedisCluster):  # no scripts in a cluster pipeline (and two slots)
+                results = [await self._script(keys=[key], args=[self.window_seconds]) for _, key, _ in checks]
+            else:
+                pipe: Any = self.redis.pipeline(transaction=False)
+                for _, key, _ in checks:
+                    await self._script(keys=[key], args=[self.window_seconds], client=pipe)
+                results = await pipe.execute()
         except REDIS_DOWN as exc:  # the guard fails open: an outage must not take the API down
             log.warning("request_guard_unavailable", error=type(exc).__name__)
             return

@@ -15,7 +15,7 @@ import structlog
 from aiohttp import web
 from montage_common import db
 from montage_common.keys import ORCHESTRATOR_GROUP
-from montage_common.redis import create_redis, target_of
+from montage_common.redis import create_redis, ready, target_of
 from montage_common.storage import create_storage
 from montage_common.web import READY_CHECKS, create_base_app, internal_only
 from montage_streams import RetryPolicy, StreamConsumer
@@ -50,6 +50,7 @@ def create_app(settings: OrchestratorSettings) -> web.Application:
     async def resources(app: web.Application) -> AsyncIterator[None]:
         pool = await db.create_pool(settings.database_url, max_size=settings.db_pool_size)
         redis = create_redis(target_of(settings), socket_timeout=10.0)
+        await ready(redis)
         storage = create_storage(settings)
         try:
             if settings.run_migrations:

@@ -13,7 +13,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 from montage_common import db
-from montage_common.redis import create_redis, keys_for, target_of
+from montage_common.redis import create_redis, keys_for, ready, target_of
 from montage_common.web import READY_CHECKS, create_base_app, internal_only
 
 from montage_ragnarok.events import EventPublisher
@@ -48,6 +48,7 @@ def create_app(settings: ProxySettings) -> web.Application:
     async def resources(app: web.Application) -> AsyncIterator[None]:
         pool = await db.create_pool(settings.database_url, max_size=settings.db_pool_size)
         redis = create_redis(target_of(settings))
+        await ready(redis)
         session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
         try:
             if settings.run_migrations:

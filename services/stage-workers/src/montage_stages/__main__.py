@@ -13,7 +13,7 @@ from montage_common import logs
 from montage_common import settings as settings_mod
 from montage_common import web as common_web
 from montage_common.pipeline import STAGES
-from montage_common.redis import create_redis, keys_for, target_of
+from montage_common.redis import create_redis, keys_for, ready, target_of
 from montage_common.storage import create_storage
 
 from montage_stages.worker import StageWorker, WorkerSettings
@@ -40,6 +40,7 @@ async def serve_metrics(settings: WorkerSettings, worker: StageWorker) -> web.Ap
 async def run(settings: WorkerSettings, stage: str) -> None:
     # Blocking stream reads need a socket timeout above their block time.
     redis = create_redis(target_of(settings), socket_timeout=settings.stream_block_ms / 1000 + 10.0)
+    await ready(redis)
     storage = create_storage(settings)
     worker = StageWorker(settings, stage, redis, storage, keys_for(settings))
     loop = asyncio.get_running_loop()

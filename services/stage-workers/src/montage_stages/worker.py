@@ -61,6 +61,7 @@ from msgspec import Meta
 from redis.asyncio import Redis
 
 from montage_stages.context import StageContext
+from montage_stages.provider_http import Providers
 from montage_stages.settings import StageSettings
 
 log = structlog.get_logger()
@@ -141,6 +142,7 @@ class StageWorker:
         self.storage = storage
         self.keys = keys
         self.module = MODULES[stage]
+        self.providers = Providers()  # one pool of provider connections per process
         self.producer = StreamProducer(redis)
         name = consumer or default_consumer_name()
         # One consumer per partition (a stream per partition; on Redis Cluster they live on
@@ -190,6 +192,8 @@ class StageWorker:
                     progress=self._progress(task),
                     cost=self._cost(task, costs),
                     check_cancelled=self._cancel_check(task.job_id),
+                    user_id=task.user_id,
+                    providers=self.providers,
                 )
                 await ctx.check_cancelled()
                 log.info("stage_started", delivery=d.delivery_count)
@@ -290,6 +294,8 @@ class StageWorker:
                 await beat
             with contextlib.suppress(Exception):
                 await self.redis.delete(self.keys.worker_heartbeat(self.stage, self.consumer.consumer))
+            with contextlib.suppress(Exception):
+                await self.providers.aclose()
 
     def stop(self) -> None:
         for c in self.consumers:
