@@ -8,9 +8,15 @@ A fake of the API in docs/ragnarok-contract.md for tests and the local stack:
   ``business_name`` (429 with ``Retry-After``) and answers ``{"workflow_id", "status": "queued"}``.
 - ``GET /api/v1/workflows/{id}``: ``queued`` for one step, ``processing`` for the next, then
   ``completed`` (or ``failed`` when submitted with ``"simulate_failure": true``).
-- ``POST /_control`` ``{"mode": "ok"|"503"|"hang", "step_seconds", "poll_delay_seconds"}`` switches
-  behaviour; ``GET /_stats`` reports submissions and polls, including the most polls of one
-  workflow ever in flight at once and which replicas (``X-Montage-Replica``) polled it.
+- ``POST /_control`` ``{"mode": "ok"|"503"|"429"|"500"|"malformed"|"refuse"|"hang", "step_seconds",
+  "poll_delay_seconds", "serve_videos", "cost_usd", "fail_workflows"}`` switches behaviour: ``503``/``429`` answer
+  every API call so (with ``Retry-After: 1``), ``500`` a bare 500, ``malformed`` a truncated JSON
+  body, ``refuse`` refuses submissions (400, content policy), ``hang`` holds every call. With
+  ``serve_videos`` (or ``--serve-videos``) a completed workflow's ``video_url`` is a real MP4 the
+  fake serves at ``/videos/<id>.mp4`` (rendered by ffmpeg at the submitted ``width``, ``height``,
+  ``fps`` and ``duration_seconds``) instead of an ``s3://`` URL. ``GET /_stats`` reports
+  submissions (with their bodies) and polls, including the most polls of one workflow ever in
+  flight at once and which replicas (``X-Montage-Replica``) polled it.
 
 Importable too: :func:`create_app` returns the application and its :class:`FakeRagnarok` state.
 """
@@ -31,7 +37,7 @@ from typing import Any
 from aiohttp import web
 
 STAND_IN = {"X-Development-Stand-In": "ragnarok"}
-MODES = ("ok", "503", "hang")
+MODES = ("ok", "503", "429", "500", "malformed", "refuse", "hang")
 
 
 @dataclass
@@ -41,6 +47,8 @@ class Workflow:
     created: float
     fail: bool
     trace_id: str
+    body: dict[str, Any] = field(default_factory=dict)
+    origin: str = ""  # where this fake was reached (the base of a served video_url)
 
 
 @dataclass
@@ -50,6 +58,10 @@ class FakeRagnarok:
     poll_delay_seconds: float = 0.0
     hang_seconds: float = 300.0
     mode: str = "ok"
+    serve_videos: bool = False
+    fail_workflows: bool = False  # every new workflow fails, as "simulate_failure" makes one fail
+    cost_usd: float = 2.64
+    videos: dict[str, bytes] = field(default_factory=dict)
     workflows: dict[str, Workflow] = field(default_factory=dict)
     per_business: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
     submissions: int = 0
@@ -75,12 +87,10 @@ class FakeRagnarok:
             if wf.fail:
                 body.update(status="failed", error="Render failed (simulated)")
             else:
-                body.update(
-                    status="completed",
-                    video_url=f"s3://commercials/1080p/{wf.workflow_id}.mp4",
-                    cost_usd=2.64,
-                    quality_score=0.88,
-                )
+                url = f"s3://commercials/1080p/{wf.workflow_id}.mp4"
+                if self.serve_videos and wf.origin:
+                    url = f"{wf.origin}/videos/{wf.workflow_id}.mp4"
+                body.update(status="completed", video_url=url, cost_usd=self.cost_usd, quality_score=0.88)
         elif steps >= 1:
             body["status"] = "processing"
         return body
@@ -96,6 +106,10 @@ class FakeRagnarok:
             "max_in_flight": dict(self.max_in_flight),
             "pollers": {k: sorted(v) for k, v in self.pollers.items()},
             "trace_ids": self.trace_ids[-200:],
+            "submitted": [
+                {"workflow_id": wf.workflow_id, "trace_id": wf.trace_id, "body": wf.body}
+                for wf in list(self.workflows.values())[-200:]
+            ],
         }
 
 
@@ -129,6 +143,39 @@ def _validate(body: object) -> str | None:
     return None
 
 
+def _number(body: dict[str, Any], key: str, default: float, low: float, high: float) -> float:
+    value = body.get(key)
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    return min(high, max(low, float(value))) if ok else default  # type: ignore[arg-type]
+
+
+async def _render(body: dict[str, Any]) -> bytes:
+    import shutil
+    import tempfile
+
+    exe = shutil.which("ffmpeg")
+    if exe is None:
+        import imageio_ffmpeg
+
+        exe = imageio_ffmpeg.get_ffmpeg_exe()
+    w = int(_number(body, "width", 320, 16, 1920)) // 2 * 2
+    h = int(_number(body, "height", 180, 16, 1080)) // 2 * 2
+    fps = int(_number(body, "fps", 24, 1, 60))
+    seconds = _number(body, "duration_seconds", 5, 1, 120)
+    with tempfile.TemporaryDirectory(prefix="fake-ragnarok-") as tmp:
+        out = f"{tmp}/clip.mp4"
+        proc = await asyncio.create_subprocess_exec(
+            exe, "-v", "error", "-f", "lavfi", "-i", f"testsrc2=size={w}x{h}:rate={fps}:duration={seconds}",
+            "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-movflags", "+faststart", "-y", out,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, err = await proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"ffmpeg failed: {err.decode(errors='replace')[-300:]}")
+        with open(out, "rb") as f:
+            return f.read()
+
+
 def create_app(state: FakeRagnarok | None = None) -> tuple[web.Application, FakeRagnarok]:
     fake = state or FakeRagnarok()
     app = web.Application()
@@ -139,6 +186,12 @@ def create_app(state: FakeRagnarok | None = None) -> tuple[web.Application, Fake
             fake.trace_ids.append(request.headers["X-Trace-ID"])
         if fake.mode == "503":
             return _error(503, "RAGNAROK temporarily unavailable", {"Retry-After": "1"})
+        if fake.mode == "429":
+            return _error(429, "Too many requests", {"Retry-After": "1"})
+        if fake.mode == "500":
+            return web.Response(status=500, text="Internal Server Error", headers=STAND_IN)
+        if fake.mode == "malformed":
+            return web.Response(text='{"workflow_id": "', content_type="application/json", headers=STAND_IN)
         if fake.mode == "hang":
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(fake.released.wait(), fake.hang_seconds)
@@ -156,6 +209,9 @@ def create_app(state: FakeRagnarok | None = None) -> tuple[web.Application, Fake
         if problem := _validate(body):
             fake.rejected["400"] += 1
             return _error(400, problem)
+        if fake.mode == "refuse":
+            fake.rejected["400"] += 1
+            return _error(400, "Request rejected by the content policy")
         name = body["business_name"].strip()
         day = dt.datetime.now(dt.UTC).date().isoformat()
         if fake.per_business[(name, day)] >= fake.daily_limit:
@@ -171,8 +227,10 @@ def create_app(state: FakeRagnarok | None = None) -> tuple[web.Application, Fake
             workflow_id=str(uuid.uuid4()),
             business_name=name,
             created=time.monotonic(),
-            fail=bool(body.get("simulate_failure")),
+            fail=bool(body.get("simulate_failure")) or fake.fail_workflows,
             trace_id=request.headers.get("X-Trace-ID", ""),
+            body=body,
+            origin=f"http://{request.host}",
         )
         fake.workflows[wf.workflow_id] = wf
         return web.json_response({"workflow_id": wf.workflow_id, "status": "queued"}, status=201, headers=STAND_IN)
@@ -195,6 +253,15 @@ def create_app(state: FakeRagnarok | None = None) -> tuple[web.Application, Fake
         finally:
             fake.in_flight[workflow_id] -= 1
 
+    async def video(request: web.Request) -> web.StreamResponse:
+        """A completed workflow's clip: ffmpeg's test pattern at the submitted size, rate and length."""
+        wf = fake.workflows.get(request.match_info["workflow_id"])
+        if wf is None or not fake.serve_videos:
+            return _error(404, "No such video")
+        if wf.workflow_id not in fake.videos:
+            fake.videos[wf.workflow_id] = await _render(wf.body)
+        return web.Response(body=fake.videos[wf.workflow_id], content_type="video/mp4", headers=STAND_IN)
+
     async def control(request: web.Request) -> web.Response:
         body = await request.json()
         mode = body.get("mode", fake.mode)
@@ -210,6 +277,12 @@ def create_app(state: FakeRagnarok | None = None) -> tuple[web.Application, Fake
                 setattr(fake, name, float(body[name]))
         if "daily_limit" in body:
             fake.daily_limit = int(body["daily_limit"])
+        if "serve_videos" in body:
+            fake.serve_videos = bool(body["serve_videos"])
+        if "fail_workflows" in body:
+            fake.fail_workflows = bool(body["fail_workflows"])
+        if "cost_usd" in body:
+            fake.cost_usd = float(body["cost_usd"])
         return web.json_response(fake.stats(), headers=STAND_IN)
 
     async def stats(request: web.Request) -> web.Response:
@@ -224,6 +297,7 @@ def create_app(state: FakeRagnarok | None = None) -> tuple[web.Application, Fake
     app.on_shutdown.append(release_hangs)
     app.router.add_post("/api/v1/workflows", submit)
     app.router.add_get("/api/v1/workflows/{workflow_id}", get_workflow)
+    app.router.add_get("/videos/{workflow_id}.mp4", video)
     app.router.add_post("/_control", control)
     app.router.add_get("/_stats", stats)
     app.router.add_get("/healthz", healthz)
@@ -237,9 +311,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--step-seconds", type=float, default=2.0, help="time in queued, then in processing")
     parser.add_argument("--daily-limit", type=int, default=3, help="workflows per business_name per UTC day")
     parser.add_argument("--poll-delay-seconds", type=float, default=0.0, help="added latency of status calls")
+    parser.add_argument("--serve-videos", action="store_true", help="completed workflows get a real, served MP4")
     args = parser.parse_args(argv)
     state = FakeRagnarok(
-        step_seconds=args.step_seconds, daily_limit=args.daily_limit, poll_delay_seconds=args.poll_delay_seconds
+        step_seconds=args.step_seconds,
+        daily_limit=args.daily_limit,
+        poll_delay_seconds=args.poll_delay_seconds,
+        serve_videos=args.serve_videos,
     )
     app, _ = create_app(state)
     print(f"fake-ragnarok: DEVELOPMENT STAND-IN for RAGNAROK on http://{args.host}:{args.port}", flush=True)

@@ -9,6 +9,9 @@
 - every service whose package is installed: gateway, orchestrator, ragnarok-proxy and one
   stage-worker process per stage; a development stand-in RAGNAROK and Trinity (from
   ``tests/fakes``) when ``RAGNAROK_URL`` is not set.
+- with ``PROVIDERS=fake``: every generation provider on development stand-ins (docs/providers.md):
+  the OpenAI-compatible fake for text, lyrics and stills, and clips by the fake RAGNAROK through
+  ragnarok-proxy (:meth:`Stack.fake_providers`).
 
 Each process's output is prefixed with its name. Ctrl-C or SIGTERM stops everything: services
 get SIGTERM and a grace period, then SIGKILL; nothing is left behind.
@@ -256,6 +259,7 @@ class Stack:
     proxy_port: int = 8082
     ragnarok_port: int = 8001
     trinity_port: int = 8002
+    openai_port: int = 8003  # the OpenAI-compatible stand-in (PROVIDERS=fake)
     # /healthz, /readyz, /metrics of each HTTP service (never on its API port)
     gateway_ops_port: int = 9080
     orchestrator_ops_port: int = 9081
@@ -307,6 +311,8 @@ class Stack:
                     ServiceSpec("fake-trinity", [py, str(fakes / "trinity.py"), "--port", str(self.trinity_port)],
                                 port=self.trinity_port)
                 )  # fmt: skip
+        if env.get("PROVIDERS") == "fake":
+            self.fake_providers(specs, common)
         if _installed("montage_orchestrator"):
             specs.append(
                 ServiceSpec("orchestrator", [py, "-m", "montage_orchestrator"],
@@ -339,6 +345,23 @@ class Stack:
         for spec in specs:
             spec.env = {**env, **common, **self.extra_env, **spec.env}
         return specs
+
+    # --- PROVIDERS=fake (docs/providers.md) -------------------------------------------
+    def fake_providers(self, specs: list[ServiceSpec], common: dict[str, str]) -> None:
+        """Every provider seam on a stand-in: the OpenAI-compatible fake (text, lyrics, stills) and
+        the fake RAGNAROK (clips through ragnarok-proxy, serving real MP4s, no daily limit to speak of)."""
+        fakes = ROOT / "tests" / "fakes"
+        if not (fakes / "openai.py").exists():
+            raise SystemExit("PROVIDERS=fake needs tests/fakes/openai.py (a source checkout)")
+        specs.append(
+            ServiceSpec("fake-openai", [sys.executable, str(fakes / "openai.py"), "--port", str(self.openai_port)],
+                        port=self.openai_port)
+        )  # fmt: skip
+        base = f"http://127.0.0.1:{self.openai_port}/v1"
+        common.update(LLM_URL=base, STT_URL=base, IMAGE_PROVIDER_URL=base, VIDEO_PROVIDER="ragnarok")
+        for spec in specs:
+            if spec.name == "fake-ragnarok":
+                spec.argv += ["--serve-videos", "--daily-limit", "100000"]
 
     def start(self, timeout: float = 60.0) -> dict[str, str]:
         env = self.start_infra()
@@ -445,6 +468,8 @@ class StackSettings(msgspec.Struct, frozen=True, kw_only=True):
     ragnarok_proxy_port: int = 8082  # where ragnarok-proxy listens
     fake_ragnarok_port: int = 8001  # the development stand-in RAGNAROK, when RAGNAROK_URL is unset
     fake_trinity_port: int = 8002  # the development stand-in Trinity, when TRINITY_URL is unset
+    fake_openai_port: int = 8003  # the OpenAI-compatible stand-in, with PROVIDERS=fake
+    providers: str = ""  # "fake": text, lyrics, stills and clips from the stand-ins (docs/providers.md)
     gateway_ops_port: int = 9080  # the gateway's /healthz, /readyz and /metrics
     orchestrator_ops_port: int = 9081  # the orchestrator's /healthz, /readyz and /metrics
     ragnarok_proxy_ops_port: int = 9082  # ragnarok-proxy's /healthz, /readyz and /metrics
@@ -461,6 +486,7 @@ def up(args: argparse.Namespace) -> int:
         proxy_port=cfg.ragnarok_proxy_port,
         ragnarok_port=cfg.fake_ragnarok_port,
         trinity_port=cfg.fake_trinity_port,
+        openai_port=cfg.fake_openai_port,
         gateway_ops_port=cfg.gateway_ops_port,
         orchestrator_ops_port=cfg.orchestrator_ops_port,
         proxy_ops_port=cfg.ragnarok_proxy_ops_port,

@@ -32,10 +32,17 @@ class Mood(Frozen, frozen=True, kw_only=True):
     arousal: float = 0.5  # 0 calm .. 1 intense
 
 
+class LyricWord(Frozen, frozen=True, kw_only=True):
+    start: float
+    end: float
+    word: str
+
+
 class LyricLine(Frozen, frozen=True, kw_only=True):
     start: float
     end: float
     text: str
+    words: list[LyricWord] = []  # word timestamps, when the transcription provider gives them
 
 
 class AudioAnalysis(Frozen, frozen=True, kw_only=True):
@@ -136,6 +143,8 @@ class Clip(Frozen, frozen=True, kw_only=True):
     end: float
     duration: float
     provider: str = "local"
+    provider_job_id: str = ""  # the provider's job (RAGNAROK: the Nexus job id at ragnarok-proxy)
+    trace_id: str = ""  # the provider call's trace id (RAGNAROK: the Nexus trace id)
 
 
 class ClipFailure(Frozen, frozen=True, kw_only=True):

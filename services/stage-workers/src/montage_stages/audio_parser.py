@@ -4,22 +4,23 @@
 
 Decodes the stored file with ffmpeg to mono float PCM, then measures duration, tempo, beats,
 downbeats, sections, an energy curve and a mood. Meanwhile it encodes the song's AAC track for
-the final video (:mod:`soundtrack`). Lyrics come only from a configured speech-to-text
-provider (``ctx.settings.stt_url``; none is built in, so lyrics stay ``None``). Undecodable audio
-raises :class:`~montage_common.errors.PipelineError`.
+the final video (:mod:`soundtrack`). Lyrics come from the transcription provider when
+``ctx.settings.stt_url`` is set (:mod:`lyrics`: word timestamps, priced per minute), else they
+stay ``None``. Undecodable audio raises :class:`~montage_common.errors.PipelineError`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from pathlib import Path, PurePosixPath
 
 import msgspec
 import numpy as np
 import structlog
 from montage_common.models import AudioAnalysis, AudioParserInput, LyricLine
 
-from montage_stages import beats, ffmpeg, soundtrack, spectrum, structure
+from montage_stages import beats, ffmpeg, lyrics, soundtrack, spectrum, structure
 from montage_stages.context import StageContext
 from montage_stages.costing import ComputeMeter
 from montage_stages.metrics import track_stage
@@ -42,15 +43,15 @@ async def process(ctx: StageContext, job_id: str, input: AudioParserInput) -> Au
             try:
                 samples = await ffmpeg.decode_audio(local, SAMPLE_RATE, exe=ctx.settings.ffmpeg_path)
                 result = await asyncio.to_thread(analyse, samples, SAMPLE_RATE)
-                lyrics = await transcribe(ctx, local)
                 await track
             finally:
                 track.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await track
         await meter.report()
-        if lyrics is not None:
-            result = msgspec.structs.replace(result, lyrics=lyrics)
+        sung = await transcribe(ctx, job_id, local, input.audio_key)  # a provider call: priced by its usage
+        if sung is not None:
+            result = msgspec.structs.replace(result, lyrics=sung)
         log.info(
             "audio_analysed",
             job_id=job_id,
@@ -63,12 +64,14 @@ async def process(ctx: StageContext, job_id: str, input: AudioParserInput) -> Au
         return result
 
 
-async def transcribe(ctx: StageContext, audio: object) -> list[LyricLine] | None:
-    """The speech-to-text hook: no provider is built in, so there are no lyrics."""
+async def transcribe(ctx: StageContext, job_id: str, audio: Path, audio_key: str) -> list[LyricLine] | None:
+    """The song's lyrics from the transcription provider, or ``None`` when none is configured."""
     if not ctx.settings.stt_url:
         return None
-    log.info("lyrics_provider_unsupported", url=ctx.settings.stt_url)
-    return None
+    suffix = PurePosixPath(audio_key).suffix or ".mp3"
+    found = await lyrics.transcribe(ctx, job_id, audio, f"song{suffix}")
+    log.info("lyrics_transcribed", job_id=job_id, lines=len(found), words=sum(len(x.words) for x in found))
+    return found
 
 
 def analyse(x: np.ndarray, sr: int) -> AudioAnalysis:

@@ -38,6 +38,8 @@ class VideoSource:
 
     path: Path
     seconds: float  # its planned length
+    provider_job_id: str = ""  # the provider's job (RAGNAROK: the Nexus job id)
+    trace_id: str = ""  # the provider's trace id (RAGNAROK: the Nexus trace id)
 
 
 Source = StillSource | VideoSource

@@ -7,6 +7,7 @@ A stage module exports ``async def process(ctx, job_id, input) -> output``. The 
   moment for the worker to extend its claim on the message.
 - ``cost(item)``: one :class:`~montage_common.models.CostItem` per provider call or unit of local
   compute; ``call_id`` is stable under redelivery, so the orchestrator can dedupe.
+- ``providers``: the worker's provider clients (one pool per process, see :mod:`provider_http`).
 - ``check_cancelled()``: raises :class:`~montage_common.errors.JobCancelled` when the job was
   cancelled; stages call it between units of work.
 
@@ -17,12 +18,13 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from montage_common.models import CostItem
 from montage_common.storage import Storage
 
+from montage_stages.provider_http import Providers
 from montage_stages.settings import StageSettings
 
 ProgressFn = Callable[[str], Awaitable[None]]
@@ -51,6 +53,8 @@ class StageContext:
     progress: ProgressFn = _no_progress
     cost: CostFn = _no_cost
     check_cancelled: CancelCheckFn = _never_cancelled
+    user_id: str = ""  # the job's owner (a RAGNAROK clip job is recorded under this user)
+    providers: Providers = field(default_factory=Providers)  # the worker's provider clients, shared
 
     @classmethod
     def create(
@@ -63,6 +67,8 @@ class StageContext:
         progress: ProgressFn | None = None,
         cost: CostFn | None = None,
         check_cancelled: CancelCheckFn | None = None,
+        user_id: str = "",
+        providers: Providers | None = None,
     ) -> StageContext:
         """A context with defaults: default settings, a fresh temp workdir, no-op callbacks."""
         wd = workdir if workdir is not None else Path(tempfile.mkdtemp(prefix=f"montage-{job_id}-"))
@@ -75,6 +81,8 @@ class StageContext:
             progress=progress or _no_progress,
             cost=cost or _no_cost,
             check_cancelled=check_cancelled or _never_cancelled,
+            user_id=user_id,
+            providers=providers or Providers(),
         )
 
     def scratch(self, name: str) -> Path:

@@ -1,4 +1,5 @@
-"""Pricing local work: measured compute seconds times ``local_compute_rate_usd_per_second``."""
+"""Pricing: local work by measured compute seconds (``local_compute_rate_usd_per_second``), provider
+calls by their reported usage times the price tables of :class:`~montage_stages.settings.StageSettings`."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ import time
 from decimal import Decimal
 from types import TracebackType
 
+import structlog
 from montage_common.messages import call_id
 from montage_common.models import CostItem
 
 from montage_stages.context import StageContext
+from montage_stages.settings import StageSettings, price_table
 
 _QUANTUM = Decimal("0.000001")
 
@@ -52,3 +55,33 @@ class ComputeMeter:
         item = local_cost(self.ctx, self.call_id, self.api_name, self.seconds)
         await self.ctx.cost(item)
         return item
+
+
+# --- provider prices (the tables in StageSettings: llm_prices, image_prices, stt_prices) ---
+_warned: set[str] = set()
+
+
+def _price(spec: str, model: str, parts: int) -> tuple[float, ...]:
+    found = price_table(spec, parts).get(model)
+    if found is None:
+        if model not in _warned:
+            _warned.add(model)
+            structlog.get_logger().warning("provider_price_unknown", model=model, note="priced at 0")
+        return (0.0,) * parts
+    return found
+
+
+def llm_usd(s: StageSettings, model: str, prompt_tokens: int, completion_tokens: int) -> Decimal:
+    """Tokens times the model's price per 1M input/output tokens."""
+    per_in, per_out = _price(s.llm_prices, model, 2)
+    return usd((prompt_tokens * per_in + completion_tokens * per_out) / 1_000_000)
+
+
+def image_usd(s: StageSettings, model: str, images: int) -> Decimal:
+    """Images times the model's price per image."""
+    return usd(images * _price(s.image_prices, model, 1)[0])
+
+
+def stt_usd(s: StageSettings, model: str, seconds: float) -> Decimal:
+    """Minutes of audio times the model's price per minute."""
+    return usd(seconds / 60 * _price(s.stt_prices, model, 1)[0])

@@ -1,9 +1,10 @@
-"""The LLM planner adapter: an OpenAI-compatible chat completion that rewrites a plan's words.
+"""The LLM scene planner: the text seam rewrites a local plan's words.
 
-The LLM gets the local plan's structure and returns JSON with a style, characters, scene
-descriptions and per-clip descriptions; timing and transitions stay those of the local plan.
-Failures are translated into :class:`~montage_common.errors.GenerationError` (retryable for 429
-and 5xx); the stage falls back to the local plan on any of them.
+The model gets the local plan's structure (scenes, characters, clips with their times and the
+lyrics sung in them) and answers, in a strict JSON schema, a style, the characters, scene
+descriptions and one description per clip; timing and transitions stay those of the local plan.
+Failures propagate (:mod:`text_provider`): retryable ones are retried by the runtime, and after the
+last retry the orchestrator takes the spec's fallback (a simple plan).
 """
 
 from __future__ import annotations
@@ -12,65 +13,79 @@ import json
 from typing import Any
 
 import msgspec
-from montage_common.errors import GenerationError
 from montage_common.messages import call_id
-from montage_common.models import Character, ClipScript, CostItem, Scene, ScenePlan
+from montage_common.models import Character, Scene, ScenePlan
 
 from montage_stages.context import StageContext
-from montage_stages.costing import usd
-from montage_stages.provider_http import post_json
+from montage_stages.text_provider import complete_json, strict_object
 
 _SYSTEM = (
-    "You plan music videos. Answer with one JSON object only: "
-    '{"style": str, "characters": [{"id": str, "name": str, "description": str}], '
-    '"scenes": [{"id": str, "description": str, "setting": str}], '
-    '"clips": [{"index": int, "description": str}]}. Keep the given ids and indexes.'
+    "You plan music videos. You get a plan's structure as JSON: the user's prompt, a style, characters,"
+    " scenes and beat-aligned clips (with the lyrics sung in each, when known). Rewrite the style, the"
+    " characters, every scene's description and setting, and every clip's description so they tell one"
+    " visual story that fits the prompt, the music and the lyrics. Keep every id and index."
+)
+_TEXT = {"type": "string"}
+SCHEMA = strict_object(
+    {
+        "style": _TEXT,
+        "characters": {
+            "type": "array",
+            "items": strict_object({"id": _TEXT, "name": _TEXT, "description": _TEXT}),
+        },
+        "scenes": {"type": "array", "items": strict_object({"id": _TEXT, "description": _TEXT, "setting": _TEXT})},
+        "clips": {"type": "array", "items": strict_object({"index": {"type": "integer"}, "description": _TEXT})},
+    }
 )
 
 
-class _Answer(msgspec.Struct, kw_only=True):
-    style: str = ""
-    characters: list[Character] = []
-    scenes: list[dict[str, Any]] = []
-    clips: list[dict[str, Any]] = []
-
-
-async def enrich(ctx: StageContext, job_id: str, prompt: str, plan: ScenePlan) -> ScenePlan:
-    s = ctx.settings
-    skeleton = {
+def skeleton(prompt: str, plan: ScenePlan, lyrics: dict[int, str]) -> dict[str, Any]:
+    """What the model is shown: the plan without palettes and transitions."""
+    return {
         "prompt": prompt,
         "style": plan.style,
         "characters": [msgspec.to_builtins(c) for c in plan.characters],
         "scenes": [{"id": sc.id, "description": sc.description, "setting": sc.setting} for sc in plan.scenes],
         "clips": [
-            {"index": c.index, "scene_id": c.scene_id, "start": c.start, "end": c.end} for c in plan.clip_scripts
+            {
+                "index": c.index,
+                "scene_id": c.scene_id,
+                "start": c.start,
+                "end": c.end,
+                "description": c.description,
+                "lyrics": lyrics.get(c.index, ""),
+            }
+            for c in plan.clip_scripts
         ],
     }
-    body = {
-        "model": s.llm_model,
-        "response_format": {"type": "json_object"},
-        "messages": [{"role": "system", "content": _SYSTEM}, {"role": "user", "content": json.dumps(skeleton)}],
-    }
-    url = s.llm_url.rstrip("/") + "/chat/completions"
-    data = await post_json("LLM provider", url, body, api_key=s.llm_api_key, limit_seconds=s.llm_timeout_seconds)
-    try:
-        tokens = int(data.get("usage", {}).get("total_tokens", 0))
-        answer = msgspec.json.decode(data["choices"][0]["message"]["content"], type=_Answer)
-    except (KeyError, IndexError, TypeError, ValueError, msgspec.DecodeError) as exc:
-        raise GenerationError(f"LLM answer unusable: {exc}") from None
-    await ctx.cost(
-        CostItem(
-            call_id=call_id(job_id, "scene_planner", "llm"),
-            api_name=f"llm:{s.llm_model}",
-            amount=usd(tokens / 1000 * s.llm_usd_per_1k_tokens),
-        )
+
+
+async def enrich(
+    ctx: StageContext, job_id: str, prompt: str, plan: ScenePlan, lyrics: dict[int, str] | None = None
+) -> ScenePlan:
+    """``plan`` with the model's words (cost: ``{job_id}:scene_planner:llm``)."""
+    answer = await complete_json(
+        ctx,
+        call=call_id(job_id, "scene_planner", "llm"),
+        name="scene_plan",
+        schema=SCHEMA,
+        system=_SYSTEM,
+        user=json.dumps(skeleton(prompt, plan, lyrics or {})),
     )
-    return _merge(plan, answer)
+    return merge(plan, answer)
 
 
-def _merge(plan: ScenePlan, answer: _Answer) -> ScenePlan:
-    scenes = {d.get("id"): d for d in answer.scenes if isinstance(d, dict)}
-    clips = {d.get("index"): d for d in answer.clips if isinstance(d, dict)}
+def _by(items: object, key: str) -> dict[Any, dict[str, Any]]:
+    return {d.get(key): d for d in items if isinstance(d, dict)} if isinstance(items, list) else {}
+
+
+def merge(plan: ScenePlan, answer: dict[str, Any]) -> ScenePlan:
+    """The model's words over ``plan``; anything missing or unknown keeps the plan's own."""
+    scenes, clips, chars = (
+        _by(answer.get("scenes"), "id"),
+        _by(answer.get("clips"), "index"),
+        _by(answer.get("characters"), "id"),
+    )
     new_scenes = [
         Scene(
             id=sc.id,
@@ -84,15 +99,20 @@ def _merge(plan: ScenePlan, answer: _Answer) -> ScenePlan:
         msgspec.structs.replace(c, description=str(clips.get(c.index, {}).get("description") or c.description))
         for c in plan.clip_scripts
     ]
-    known = {c.id for c in plan.characters}
-    chars = [c for c in answer.characters if c.id in known] or plan.characters
-    chars_list: list[Character] = chars
-    clip_list: list[ClipScript] = new_clips
+    new_chars = [
+        Character(
+            id=c.id,
+            name=str(chars.get(c.id, {}).get("name") or c.name),
+            description=str(chars.get(c.id, {}).get("description") or c.description),
+        )
+        for c in plan.characters
+    ]
+    style = answer.get("style")
     return msgspec.structs.replace(
         plan,
-        style=answer.style or plan.style,
-        characters=chars_list,
+        style=style if isinstance(style, str) and style.strip() else plan.style,
+        characters=new_chars,
         scenes=new_scenes,
-        clip_scripts=clip_list,
+        clip_scripts=new_clips,
         planner="llm",
     )

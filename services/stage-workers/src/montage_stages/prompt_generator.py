@@ -5,7 +5,8 @@
 Each prompt combines the plan's style, the clip's description, its scene's setting and palette,
 its characters and camera motion, and carries the storage keys of its reference stills (scene
 first, then characters). With ``input.references is None`` or ``input.fallback_mode`` the prompts
-are text-only (no reference keys) and ``ClipPrompts.text_only`` is set.
+are text-only (no reference keys) and ``ClipPrompts.text_only`` is set. With ``settings.llm_url``
+the text provider then rewrites every prompt (:mod:`prompt_writer`); its failures propagate.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import structlog
 from montage_common.models import ClipPrompt, ClipPrompts, PromptGeneratorInput
 
+from montage_stages import prompt_writer
 from montage_stages.context import StageContext
 from montage_stages.costing import ComputeMeter
 from montage_stages.metrics import track_stage
@@ -36,6 +38,8 @@ async def process(ctx: StageContext, job_id: str, input: PromptGeneratorInput) -
         with meter:
             result = build(input)
         await meter.report()
+        if ctx.settings.llm_url:
+            result = await prompt_writer.rewrite(ctx, job_id, input.plan.style, result)
         log.info("prompts_ready", job_id=job_id, clips=len(result.clips), text_only=result.text_only)
         return result
 

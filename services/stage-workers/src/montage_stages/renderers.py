@@ -4,18 +4,21 @@ A :class:`ClipRenderer` turns one :class:`~montage_common.models.ClipPrompt` int
 the clip (see :mod:`clip_encoder`); video_generator then encodes every clip once, in its final
 form. :class:`LocalRenderer` provides the reference still (or a palette frame in text-only mode)
 that ffmpeg animates with a zoom or pan plus brightness and scale pulses on the clip's beats.
-:class:`RagnarokRenderer` asks ragnarok-proxy for the clip and provides the downloaded video.
+:class:`RagnarokRenderer` asks RAGNAROK for the clip through ragnarok-proxy's Nexus endpoints and
+provides the downloaded video.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiohttp
-from montage_common.errors import GenerationError, RetryableError
+import structlog
+from montage_common.errors import GenerationError
 from montage_common.messages import call_id
 from montage_common.models import ClipPrompt, CostItem
 
@@ -23,6 +26,9 @@ from montage_stages import imaging
 from montage_stages.clip_encoder import Source, StillSource, VideoSource
 from montage_stages.context import StageContext
 from montage_stages.costing import local_cost, usd
+from montage_stages.provider_http import ProviderUnavailable
+
+log = structlog.get_logger()
 
 
 class ClipRenderer(Protocol):
@@ -59,9 +65,20 @@ class LocalRenderer:
 
 
 class RagnarokRenderer:
-    """RAGNAROK through ragnarok-proxy: submit the prompt, poll the job, download the clip.
+    """RAGNAROK through ragnarok-proxy's Nexus endpoints, as any Nexus client uses them.
 
-    Transport and 5xx failures are retryable; a failed or timed-out job is a GenerationError.
+    1. ``POST /api/nexus/ragnarok/direct/submit?business_name=RAGNAROK_BUSINESS_NAME`` with the
+       clip's prompt (fields below; the proxy forwards them to RAGNAROK as they are), as the job's
+       user (``X-Montage-User-Id``), so the clip is a Nexus job of that user with its own trace id;
+    2. ``GET /api/nexus/ragnarok/jobs/{job_id}`` every ``RAGNAROK_POLL_SECONDS`` until ``completed``
+       or ``failed`` (at most ``RAGNAROK_CLIP_TIMEOUT_SECONDS``);
+    3. the clip downloaded from its ``video_url`` (http or https).
+
+    The Nexus job id and trace id go into the clip (``Clip.provider_job_id``, ``Clip.trace_id``) and
+    the logs. The cost is RAGNAROK's ``cost_usd`` (``RAGNAROK_USD_PER_SECOND`` times the clip's
+    length when it reports none), call id ``{job_id}:video_generator:ragnarok_<i>``. The proxy's
+    errors pass through: 429, 502, 503, 504 and transport failures are :class:`ProviderUnavailable`
+    (retryable), other 4xx and a failed RAGNAROK job :class:`GenerationError`.
     """
 
     name = "ragnarok"
@@ -69,60 +86,97 @@ class RagnarokRenderer:
     async def render(self, ctx: StageContext, job_id: str, prompt: ClipPrompt, dest: Path) -> Source:
         s = ctx.settings
         base = s.ragnarok_proxy_url.rstrip("/")
-        duration = prompt.end - prompt.start
+        seconds = prompt.end - prompt.start
+        width, height = s.frame_size
         body = {
             "prompt": prompt.prompt,
-            "duration": duration,
             "negative_prompt": prompt.negative_prompt,
+            # RAGNAROK renders 5-120 s; a shorter clip uses the first seconds of what it renders
+            "duration_seconds": min(120, max(5, math.ceil(seconds))),
+            "width": width,
+            "height": height,
+            "fps": s.video_fps,
             "reference_images": [await ctx.storage.signed_url(k, 3600) for k in prompt.reference_keys],
+            "montage_job_id": job_id,
+            "montage_clip_index": prompt.index,
         }
-        headers = {"X-Montage-Internal": s.internal_secret}
+        call = call_id(job_id, "video_generator", f"ragnarok_{prompt.index}")
+        headers = {
+            "X-Montage-Internal": s.internal_secret,
+            "X-Montage-User-Id": ctx.user_id or "montage",
+            "X-Request-ID": call,
+        }
+        session = await ctx.providers.http()
+        timeout = aiohttp.ClientTimeout(total=s.ragnarok_request_timeout_seconds)
         try:
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
-                job = await _json(
-                    session.post(f"{base}/api/nexus/ragnarok/generate/enriched", json=body, headers=headers)
+            submitted = await _nexus(
+                session.post(
+                    f"{base}/api/nexus/ragnarok/direct/submit",
+                    params={"business_name": s.ragnarok_business_name},
+                    json=body,
+                    headers=headers,
+                    timeout=timeout,
                 )
-                remote = str(job.get("job_id") or job.get("id") or "")
-                if not remote:
-                    raise GenerationError("ragnarok-proxy returned no job id")
-                url = ""
-                for _ in range(max(1, int(s.ragnarok_clip_timeout_seconds / s.ragnarok_poll_seconds))):
-                    await ctx.check_cancelled()
-                    status = await _json(session.get(f"{base}/api/nexus/ragnarok/jobs/{remote}", headers=headers))
-                    state = str(status.get("status", "")).lower()
-                    if state in ("failed", "error"):
-                        raise GenerationError(f"ragnarok job failed: {status.get('error', '')}")
-                    url = str(status.get("video_url") or status.get("result_url") or "")
-                    if state in ("completed", "succeeded", "done") and url:
-                        break
-                    await asyncio.sleep(s.ragnarok_poll_seconds)
-                else:
-                    raise GenerationError("ragnarok job timed out")
-                async with session.get(url) as resp:
-                    if resp.status != 200:
-                        raise RetryableError(f"ragnarok clip download answered {resp.status}")
-                    data = await resp.read()
-                    await asyncio.to_thread(dest.write_bytes, data)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise RetryableError(f"ragnarok-proxy unreachable: {type(exc).__name__}") from None
-        await ctx.cost(
-            CostItem(
-                call_id=call_id(job_id, "video_generator", f"ragnarok_{prompt.index}"),
-                api_name="ragnarok",
-                amount=usd(duration * s.ragnarok_usd_per_second),
             )
-        )
-        return VideoSource(dest, duration)
+            nexus_id, trace_id = str(submitted.get("job_id") or ""), str(submitted.get("trace_id") or "")
+            if not nexus_id:
+                raise ProviderUnavailable("ragnarok-proxy accepted the clip without a job id")
+            log.info("ragnarok_clip_submitted", clip=prompt.index, nexus_job=nexus_id, trace_id=trace_id)
+            status: dict[str, object] = submitted
+            polls = max(1, math.ceil(s.ragnarok_clip_timeout_seconds / max(s.ragnarok_poll_seconds, 0.01)))
+            for _ in range(polls):
+                await ctx.check_cancelled()
+                await asyncio.sleep(s.ragnarok_poll_seconds)
+                status = await _nexus(
+                    session.get(f"{base}/api/nexus/ragnarok/jobs/{nexus_id}", headers=headers, timeout=timeout)
+                )
+                if status.get("status") in ("completed", "failed"):
+                    break
+            else:
+                raise ProviderUnavailable(
+                    f"RAGNAROK job {nexus_id} not finished after {s.ragnarok_clip_timeout_seconds:g} s"
+                )
+            if status.get("status") == "failed":
+                raise GenerationError(f"RAGNAROK job {nexus_id} failed: {str(status.get('error') or '')[:200]}")
+            await _download(session, str(status.get("video_url") or ""), dest, timeout)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ProviderUnavailable(f"ragnarok-proxy unreachable: {type(exc).__name__}") from None
+        reported = status.get("cost_usd")
+        amount = usd(float(reported)) if isinstance(reported, int | float) else usd(seconds * s.ragnarok_usd_per_second)
+        await ctx.cost(CostItem(call_id=call, api_name="ragnarok", amount=amount))
+        log.info("ragnarok_clip_rendered", clip=prompt.index, nexus_job=nexus_id, trace_id=trace_id, cost=str(amount))
+        return VideoSource(dest, seconds, provider_job_id=nexus_id, trace_id=trace_id)
 
 
-async def _json(request: object) -> dict[str, object]:
-    async with request as resp:  # type: ignore[attr-defined]
-        if resp.status == 429 or resp.status >= 500:
-            raise RetryableError(f"ragnarok-proxy answered {resp.status}")
+async def _nexus(request: Any) -> dict[str, object]:
+    """One Nexus call's JSON body; its error passed through as a Montage error."""
+    async with request as resp:
+        try:
+            data = await resp.json(content_type=None)
+        except ValueError:
+            data = None
         if resp.status >= 400:
-            raise GenerationError(f"ragnarok-proxy answered {resp.status}")
-        data = await resp.json(content_type=None)
-    return data if isinstance(data, dict) else {}
+            detail = data if isinstance(data, dict) else {}
+            text = f"ragnarok-proxy answered {resp.status} {detail.get('code', '')}: {detail.get('error') or detail.get('detail') or ''}"
+            if resp.status in (429, 502, 503, 504) or resp.status >= 500:
+                wait = resp.headers.get("Retry-After")
+                raise ProviderUnavailable(text[:300] + (f" (Retry-After {wait} s)" if wait else ""))
+            raise GenerationError(text[:300])
+    if not isinstance(data, dict):
+        raise ProviderUnavailable(f"ragnarok-proxy answered {resp.status} with an unusable body")
+    return data
+
+
+async def _download(session: aiohttp.ClientSession, url: str, dest: Path, limit: aiohttp.ClientTimeout) -> None:
+    if not url.startswith(("http://", "https://")):
+        raise GenerationError(f"RAGNAROK's video_url cannot be downloaded: {url[:100]!r}")
+    async with session.get(url, timeout=limit) as resp:
+        if resp.status != 200:
+            error = ProviderUnavailable if resp.status == 429 or resp.status >= 500 else GenerationError
+            raise error(f"RAGNAROK clip download answered {resp.status}")
+        with dest.open("wb") as out:
+            async for chunk in resp.content.iter_chunked(1 << 16):
+                await asyncio.to_thread(out.write, chunk)
 
 
 def renderer_for(ctx: StageContext) -> ClipRenderer:

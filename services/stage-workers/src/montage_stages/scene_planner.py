@@ -5,9 +5,12 @@
 The local planner builds the plan from the prompt and the song: one scene per kind of section
 (choruses share a scene), a palette per scene derived from the prompt's words and the mood, clip
 boundaries on beats (downbeats preferred, a cut at every section change, lengths following the
-energy), and transitions chosen from section changes and energy. When ``settings.llm_url`` is set
-an LLM rewrites the descriptive parts (style, characters, scenes, clip descriptions); the timing
-always stays local, and any LLM failure falls back to the local plan.
+energy), and transitions chosen from section changes and energy. The lyrics sung in a clip (word
+timestamps from the transcription provider) go into its description. When ``settings.llm_url`` is
+set the text provider rewrites the descriptive parts (style, characters, scenes, clip
+descriptions, :mod:`llm_planner`); the timing always stays local. Its failures propagate: the
+runtime retries the retryable ones, and after the last retry the orchestrator takes the spec's
+fallback (a simple plan).
 """
 
 from __future__ import annotations
@@ -58,10 +61,8 @@ async def process(ctx: StageContext, job_id: str, input: ScenePlannerInput) -> S
             )
         await meter.report()
         if ctx.settings.llm_url:
-            try:
-                plan = await llm_planner.enrich(ctx, job_id, input.user_prompt, plan)
-            except Exception as exc:  # the LLM is optional: any failure keeps the local plan
-                log.warning("llm_plan_failed", job_id=job_id, error=str(exc)[:200])
+            lyrics = {c.index: clip_lyrics(input.audio, c.start, c.end) for c in plan.clip_scripts}
+            plan = await llm_planner.enrich(ctx, job_id, input.user_prompt, plan, lyrics)
         log.info("scene_plan_ready", job_id=job_id, clips=len(plan.clip_scripts), planner=plan.planner)
         return plan
 
@@ -92,13 +93,15 @@ def local_plan(prompt: str, audio: AudioAnalysis, min_len: float = 3.0, max_len:
         scene = scene_of_label[sec.label]
         energy = energy_at(audio, start)
         cast = [] if sec.label in ("intro", "outro") else [characters[i % len(characters)].id]
+        sung = clip_lyrics(audio, start, end)
         clips.append(
             ClipScript(
                 index=i,
                 start=start,
                 end=end,
                 scene_id=scene.id,
-                description=f"{scene.description}; shot {i + 1}, {_energy_word(energy)} energy",
+                description=f"{scene.description}; shot {i + 1}, {_energy_word(energy)} energy"
+                + (f'; lyrics: "{sung}"' if sung else ""),
                 character_ids=cast,
                 motion="pulse" if sec.label == "chorus" and i % 2 else _MOTIONS[i % len(_MOTIONS)],
                 beats=[round(b - start, 4) for b in audio.beat_timestamps if start <= b < end],
@@ -114,6 +117,17 @@ def local_plan(prompt: str, audio: AudioAnalysis, min_len: float = 3.0, max_len:
         transitions=transitions,
         planner="local",
     )
+
+
+def clip_lyrics(audio: AudioAnalysis, start: float, end: float, limit: int = 200) -> str:
+    """The words sung between ``start`` and ``end`` (a word belongs where it starts)."""
+    words: list[str] = []
+    for line in audio.lyrics or []:
+        if line.words:
+            words += [w.word.strip() for w in line.words if start <= w.start < end]
+        elif start <= line.start < end:
+            words.append(line.text.strip())
+    return " ".join(w for w in words if w)[:limit]
 
 
 def _transitions(clips: list[ClipScript], sections: list[Section], audio: AudioAnalysis) -> list[Transition]:

@@ -15,7 +15,11 @@ The clips stored at ``video-clips/{job_id}/clip_{i}.mp4`` tile the song frame by
 composer joins them without re-encoding; ``Clip.start``/``end`` are the span a clip covers in the
 video (a failed clip's span goes to the clip before it, the first clip's to the one after) and
 ``Clip.duration`` its exact length. A clip that fails is recorded in ``Clips.failed`` and the others
-go on (whether enough succeeded is the orchestrator's rule); a clip whose encode fails is failed
+go on (whether enough succeeded is the orchestrator's rule), except when fewer than the spec's
+minimum rendered and the clip provider was unavailable for some (a retryable failure): then the
+stage raises :class:`ProviderUnavailable`, so the runtime retries it on its schedule and the job
+ends with ``GENERATION_ERROR``, ``retryable: true``, once the retries are spent (clips the
+provider refused are only counted). A clip whose encode fails is failed
 too and its neighbours are encoded again to cover it (an encode with a transition is first tried
 again as a cut, since the previous clip's source may be the broken one). Cancellation is checked
 before each step and polled while clips render; when it raises, in-flight ffmpeg processes are
@@ -31,9 +35,10 @@ from collections.abc import Coroutine
 from typing import Any
 
 import structlog
-from montage_common.errors import JobCancelled, MontageError
+from montage_common.errors import GenerationError, JobCancelled, MontageError
 from montage_common.messages import call_id
 from montage_common.models import Clip, ClipFailure, ClipPrompt, Clips, Transition, VideoGeneratorInput
+from montage_common.pipeline import spec
 from montage_common.storage import layout
 
 from montage_stages import ffmpeg
@@ -41,6 +46,7 @@ from montage_stages.clip_encoder import Source, StillSource, VideoSource, segmen
 from montage_stages.context import StageContext
 from montage_stages.costing import local_cost
 from montage_stages.metrics import CLIPS_RENDERED, track_stage
+from montage_stages.provider_http import ProviderUnavailable
 from montage_stages.renderers import ClipRenderer, renderer_for
 from montage_stages.timeline import Segment, plan_segments, too_short
 
@@ -94,6 +100,7 @@ class _Render:
         self.tasks: dict[asyncio.Task[Any], tuple[str, int, Segment | None]] = {}
         self.started: set[int] = set()
         self.attempts = 0
+        self.provider_errors: list[GenerationError] = []  # the renderer's failures, in order
 
     async def run(self) -> Clips:
         for p in self.prompts:
@@ -120,10 +127,12 @@ class _Render:
             for t in (*self.tasks, poller):
                 t.cancel()
             await asyncio.gather(*self.tasks, poller, return_exceptions=True)
+        self._check_provider(len(plan))
         done = []
         for index, seg in sorted(plan.items()):
             assert self.encoded.get(index) == seg, "every decided segment is encoded"
             span = seg.span
+            source = self.sources.get(index)
             CLIPS_RENDERED.labels(provider=self.renderer.name, outcome="ok").inc()
             done.append(
                 Clip(
@@ -133,10 +142,20 @@ class _Render:
                     end=span.end,
                     duration=round(span.frames / self.fps, 4),
                     provider=self.renderer.name,
+                    provider_job_id=source.provider_job_id if isinstance(source, VideoSource) else "",
+                    trace_id=source.trace_id if isinstance(source, VideoSource) else "",
                 )
             )
         failed = [ClipFailure(index=i, error=e[:500]) for i, e in sorted(self.errors.items())]
         return Clips(clips=done, failed=failed)
+
+    def _check_provider(self, rendered: int) -> None:
+        """Too few clips because the clip provider was unavailable: the stage fails retryably."""
+        transient = [e for e in self.provider_errors if e.retryable]
+        if rendered >= spec(STAGE).min_clips or not transient:
+            return
+        message = f"Insufficient clips generated ({rendered} of {len(self.prompts)}): {transient[0].message}"
+        raise ProviderUnavailable(message[:500])
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], kind: str, index: int, seg: Segment | None = None) -> None:
         self.tasks[asyncio.create_task(coro)] = (kind, index, seg)
@@ -151,6 +170,8 @@ class _Render:
         if exc is not None and not isinstance(exc, Exception):
             raise exc
         if exc is not None:
+            if kind == "fetch" and isinstance(exc, GenerationError):
+                self.provider_errors.append(exc)
             message = exc.message if isinstance(exc, MontageError) else f"{type(exc).__name__}: {exc}"
             log.warning(f"clip_{kind}_failed", job_id=self.job_id, clip=index, error=message[:300])
             if seg is not None and seg.previous is not None:

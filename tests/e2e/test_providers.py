@@ -1,0 +1,294 @@
+"""Every stage on a provider, end to end: the stack ``make up PROVIDERS=fake`` starts (the
+OpenAI-compatible fake for lyrics, plans, prompts and stills; clips by the fake RAGNAROK through
+the real ragnarok-proxy), each service its own process, real Redis and Postgres.
+
+- a job completes with an MP4; its ``job_costs`` rows are what the fakes reported (tokens, images,
+  seconds of audio, RAGNAROK's ``cost_usd``), one per call id; each clip is a Nexus job of the
+  user at ``/api/nexus/ragnarok/jobs/{id}`` under the clip's trace id;
+- with RAGNAROK down the job fails with ``GENERATION_ERROR`` (``retryable: true``) after the
+  runtime's retries, its partial costs recorded;
+- provider costs that leave too little of the budget for video_generator stop the job with
+  ``BUDGET_EXCEEDED`` before it, and nothing more is spent.
+
+The stack is lean: a 10 s song at E2E_ENV's resolution, retries after 0.25/0.5/1 s, fast polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import msgspec
+import pytest
+from montage_common.devstack import free_port
+
+from tests.e2e.flows import PROMPT
+from tests.stack import ARTIFACTS, E2E_ENV, LoggedStack, _drop_namespace, _wait_healthy, dev_token, fresh_database
+
+pytestmark = pytest.mark.e2e
+
+LOGS = ARTIFACTS / "providers-logs"
+SONG_SECONDS = 10.0
+RETRY_COUNT = 3
+FINAL_WITHIN = 180.0  # liveness guard only
+GPT_IN, GPT_OUT = Decimal("0.75"), Decimal("4.50")  # gpt-5.4-mini, USD per 1M tokens (the default table)
+IMAGE_USD, STT_USD_PER_MINUTE = Decimal("0.008"), Decimal("0.006")
+MICRO = Decimal("0.000001")
+
+
+@dataclass
+class ProviderStack:
+    url: str
+    database_url: str
+    openai: str  # the fake's root URL
+    ragnarok: str
+
+
+@pytest.fixture(scope="module")
+def provider_stack(
+    redis_url: str, server_database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ProviderStack]:
+    var_dir = tmp_path_factory.mktemp("provider-stack")
+    namespace = f"prov{os.getpid()}{int(time.time()) % 100000}"
+    with fresh_database(server_database_url, "montage_providers") as database_url:
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("MONTAGE_", "PYTEST_"))},
+            "REDIS_URL": redis_url,
+            "DATABASE_URL": database_url,
+            "REDIS_NAMESPACE": namespace,
+            "ENVIRONMENT": "development",
+            "STORAGE_DIR": str(var_dir / "storage"),
+            "PROVIDERS": "fake",
+        }
+        for key in ("RAGNAROK_URL", "TRINITY_URL", "LLM_URL", "STT_URL", "IMAGE_PROVIDER_URL", "VIDEO_PROVIDER"):
+            env.pop(key, None)
+        ports = {name: free_port() for name in ("gw", "orch", "proxy", "rag", "tri", "oai", "gwo", "orcho", "proxyo")}
+        stack = LoggedStack(
+            var_dir=var_dir,
+            env=env,
+            gateway_port=ports["gw"],
+            orchestrator_port=ports["orch"],
+            proxy_port=ports["proxy"],
+            ragnarok_port=ports["rag"],
+            trinity_port=ports["tri"],
+            openai_port=ports["oai"],
+            gateway_ops_port=ports["gwo"],
+            orchestrator_ops_port=ports["orcho"],
+            proxy_ops_port=ports["proxyo"],
+            prefix_output=False,
+            extra_env={
+                **E2E_ENV,
+                "RETRY_COUNT": str(RETRY_COUNT),
+                "RETRY_BASE_SECONDS": "0.25",
+                "RAGNAROK_POLL_SECONDS": "0.25",
+                "POLL_INTERVAL_SECONDS": "0.2",
+                "POLL_MAX_INTERVAL_SECONDS": "0.5",
+                "POLL_TICK_SECONDS": "0.1",
+            },
+            log_dir=LOGS,
+        )
+        url = f"http://127.0.0.1:{ports['gw']}"
+        try:
+            stack.start(timeout=60)
+            asyncio.run(_wait_healthy(url, stack, 90))
+            yield ProviderStack(
+                url, database_url, f"http://127.0.0.1:{ports['oai']}", f"http://127.0.0.1:{ports['rag']}"
+            )
+        finally:
+            stack.stop()
+            asyncio.run(_drop_namespace(redis_url, namespace))
+
+
+@pytest.fixture(scope="module")
+def short_song(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("songs") / "providers-song.mp3"
+    subprocess.run(
+        [sys.executable, "-m", "montage_stages.synth", str(out), "--seconds", str(SONG_SECONDS), "--bpm", "120"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    return out
+
+
+class Run:
+    """One user's session with the stack, the fakes' controls, and the database behind it."""
+
+    def __init__(self, stack: ProviderStack, session: aiohttp.ClientSession, token: str) -> None:
+        self.stack, self.s = stack, session
+        self.auth = {"Authorization": f"Bearer {token}"}
+        self.submissions_before = 0  # the fake RAGNAROK's count when the test started (it never resets)
+
+    async def submissions(self) -> int:
+        """RAGNAROK workflows submitted since the test started."""
+        return int((await self.control("ragnarok", "/_stats"))["submissions"]) - self.submissions_before
+
+    async def control(self, fake: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        base = self.stack.openai if fake == "openai" else self.stack.ragnarok
+        method = self.s.get if body is None else self.s.post
+        async with method(f"{base}{path}", **({} if body is None else {"json": body})) as r:
+            assert r.status == 200, await r.text()
+            return dict(await r.json())
+
+    async def submit(self, song: Path) -> str:
+        form = aiohttp.FormData()
+        form.add_field("user_prompt", PROMPT)
+        form.add_field("audio_file", song.read_bytes(), filename="song.mp3", content_type="audio/mpeg")
+        async with self.s.post(f"{self.stack.url}/api/v1/upload-audio", data=form, headers=self.auth) as r:
+            body = await r.json()
+            assert r.status == 201, body
+            return str(body["job_id"])
+
+    async def final(self, job_id: str) -> dict[str, Any]:
+        deadline = time.monotonic() + FINAL_WITHIN
+        body: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            async with self.s.get(f"{self.stack.url}/api/v1/jobs/{job_id}", headers=self.auth) as r:
+                body = dict(await r.json())
+            if body.get("status") in ("completed", "failed"):
+                return body
+            await asyncio.sleep(0.5)
+        raise AssertionError(f"job {job_id} not final: {body}")
+
+    async def rows(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(self.stack.database_url)
+        try:
+            return list(await conn.fetch(sql, *args))
+        finally:
+            await conn.close()
+
+    async def costs(self, job_id: str) -> dict[str, tuple[str, str, Decimal]]:
+        rows = await self.rows("SELECT call_id, stage_name, api_name, cost FROM job_costs WHERE job_id = $1", job_id)
+        return {r["call_id"]: (r["stage_name"], r["api_name"], r["cost"]) for r in rows}
+
+
+@pytest.fixture
+async def run(provider_stack: ProviderStack) -> AsyncIterator[Run]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s:
+        r = Run(provider_stack, s, await dev_token(s, provider_stack.url, f"prov-{time.time_ns()}"))
+        await r.control("openai", "/_reset", {})
+        await r.control("ragnarok", "/_control", {"mode": "ok", "step_seconds": 0.3, "fail_workflows": False})
+        r.submissions_before = await r.submissions()
+        yield r
+        await r.control("openai", "/_reset", {})
+        await r.control("ragnarok", "/_control", {"mode": "ok"})
+
+
+def _llm(usage: dict[str, int]) -> Decimal:
+    return ((usage["prompt_tokens"] * GPT_IN + usage["completion_tokens"] * GPT_OUT) / 10**6).quantize(MICRO)
+
+
+def _provider_rows(costs: dict[str, tuple[str, str, Decimal]]) -> dict[str, Decimal]:
+    return {call: amount for call, (_, api, amount) in costs.items() if not api.startswith("local:")}
+
+
+async def test_every_stage_on_a_provider(run: Run, short_song: Path) -> None:
+    job = await run.submit(short_song)
+    final = await run.final(job)
+    assert final["status"] == "completed", final
+
+    # the MP4, downloaded through its signed link
+    async with run.s.get(f"{run.stack.url}/api/v1/jobs/{job}/download", headers=run.auth) as r:
+        assert r.status == 200, await r.text()
+        link = (await r.json())["download_url"]
+    async with run.s.get(link) as r:
+        assert r.status == 200
+        video = await r.read()
+    assert video[4:8] == b"ftyp" and len(video) > 1000
+
+    # job_costs: one row per provider call, each what the fake reported times the price table
+    oai = await run.control("openai", "/_stats")
+    chat = [q for q in oai["requests"] if q["endpoint"] == "chat"]
+    stt = [q for q in oai["requests"] if q["endpoint"] == "transcriptions"]
+    images = [q for q in oai["requests"] if q["endpoint"] == "images"]
+    assert [q["outcome"] for q in chat] == ["ok", "ok"] and len(stt) == 1 and images
+    names = [q["body"]["response_format"]["json_schema"]["name"] for q in chat]
+    assert names == ["scene_plan", "clip_prompts"]
+    [[stage_out]] = await run.rows(
+        "SELECT output FROM job_stages WHERE job_id = $1 AND stage_name = 'video_generator'", job
+    )
+    clips = msgspec.json.decode(stage_out if isinstance(stage_out, str) else str(stage_out))["clips"]
+    rag = await run.control("ragnarok", "/_stats")
+    assert len(clips) >= 3 and await run.submissions() == len(clips)
+    expected = {
+        f"{job}:audio_parser:lyrics": (Decimal(stt[0]["usage"]["seconds"]) / 60 * STT_USD_PER_MINUTE).quantize(MICRO),
+        f"{job}:scene_planner:llm": _llm(chat[0]["usage"]),
+        f"{job}:prompt_generator:llm": _llm(chat[1]["usage"]),
+        **{f"{job}:video_generator:ragnarok_{c['index']}": Decimal("2.640000") for c in clips},
+    }
+    image_calls = {
+        call: amount for call, amount in _provider_rows(await run.costs(job)).items() if ":reference_generator:" in call
+    }
+    assert len(image_calls) == len(images) and set(image_calls.values()) == {IMAGE_USD.quantize(MICRO)}
+    costs = await run.costs(job)
+    provider_rows = _provider_rows(costs)
+    assert {k: v for k, v in provider_rows.items() if k not in image_calls} == expected
+    assert Decimal(str(final["total_cost"])) == sum(c for _, _, c in costs.values())
+
+    # each clip is the user's Nexus job, under the trace id the clip recorded
+    for clip in clips:
+        assert clip["provider"] == "ragnarok" and clip["provider_job_id"].startswith("job_")
+        async with run.s.get(
+            f"{run.stack.url}/api/nexus/ragnarok/jobs/{clip['provider_job_id']}", headers=run.auth
+        ) as r:
+            assert r.status == 200, await r.text()
+            nexus = await r.json()
+        assert nexus["status"] == "completed" and nexus["cost_usd"] == 2.64
+        assert nexus["trace_id"] == clip["trace_id"] and clip["trace_id"] in rag["trace_ids"]
+    # the lyrics fed the plan: the words sung in a clip are in its description
+    [[plan_out]] = await run.rows(
+        "SELECT output FROM job_stages WHERE job_id = $1 AND stage_name = 'scene_planner'", job
+    )
+    plan = msgspec.json.decode(plan_out if isinstance(plan_out, str) else str(plan_out))
+    assert plan["planner"] == "llm" and any("neon rain" in c["description"] for c in plan["clip_scripts"])
+
+
+async def test_the_clip_provider_down(run: Run, short_song: Path) -> None:
+    await run.control("ragnarok", "/_control", {"mode": "503"})
+    job = await run.submit(short_song)
+    final = await run.final(job)
+    assert final["status"] == "failed", final
+    assert final["error_code"] == "GENERATION_ERROR" and final["retryable"] is True, final
+    assert "Insufficient clips generated (0 of" in final["error_message"] and "503" in final["error_message"]
+    [[attempts, status]] = await run.rows(
+        "SELECT attempts, status FROM job_stages WHERE job_id = $1 AND stage_name = 'video_generator'", job
+    )
+    assert (attempts, status) == (1 + RETRY_COUNT, "failed")  # the stage ran once and was retried 3 times
+    assert await run.submissions() == 0  # refused at the door (503) every time
+    # what was spent before is recorded: lyrics, plan, prompts, stills, local work; no clip
+    costs = await run.costs(job)
+    calls = set(_provider_rows(costs))
+    assert {f"{job}:audio_parser:lyrics", f"{job}:scene_planner:llm", f"{job}:prompt_generator:llm"} <= calls
+    assert any(":reference_generator:" in c for c in calls)
+    assert not any(":video_generator:ragnarok_" in c for c in calls)
+    assert Decimal(str(final["total_cost"])) == sum(c for _, _, c in costs.values()) > 0
+
+
+async def test_provider_costs_exhaust_the_budget_before_video_generator(run: Run, short_song: Path) -> None:
+    """Each chat completion reports 5.4M output tokens ($24.30 at gpt-5.4-mini's price): after the
+    plan and the prompts about $48.7 of the $50 development cap is spent, less than
+    video_generator's share of the estimate, so the job stops before it."""
+    await run.control("openai", "/_control", {"usage": {"prompt_tokens": 0, "completion_tokens": 5_400_000}})
+    job = await run.submit(short_song)
+    final = await run.final(job)
+    assert final["status"] == "failed" and final["error_code"] == "BUDGET_EXCEEDED", final
+    costs = await run.costs(job)
+    spent = sum(c for _, _, c in costs.values())
+    assert spent == Decimal(str(final["total_cost"])) and Decimal("48.6") < spent <= Decimal("50")
+    stages = {r["stage_name"] for r in await run.rows("SELECT stage_name FROM job_stages WHERE job_id = $1", job)}
+    assert "video_generator" not in stages and "composer" not in stages
+    # nothing more is spent: no clip was asked for, no further provider call, no further row
+    await asyncio.sleep(2.0)
+    assert await run.submissions() == 0
+    assert (await run.control("openai", "/_stats"))["calls"]["chat"] == 2
+    assert await run.costs(job) == costs
