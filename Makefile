@@ -57,10 +57,14 @@ test: lint typecheck pytest
 # Benchmarks (not tests): figures and how to read them in docs/benchmarks.md.
 bench: install
 	$(PY) bench/streams/run.py --runs 3
+	$(PY) bench/streams/drain.py --runs 3
+	$(PY) bench/control_plane.py --runs 3
 	$(PY) bench/sse_fanout.py
 	$(PY) bench/jwt_cache.py
 	$(PY) bench/upload_10mb.py 7
 	$(PY) bench/render_3min.py --runs 3
+	$(PY) bench/redis_cluster.py --jobs 2000 --runs 3
+	$(PY) bench/redis_memory.py --jobs 20 --seconds 10
 
 # Regenerate the README configuration table from the settings classes.
 docs: install
