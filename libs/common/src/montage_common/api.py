@@ -448,9 +448,10 @@ def decode_sse(event: str, data: bytes, event_id: str | None = None) -> SseEvent
 
 # --- the operator console: /api/v1/admin/* (admins only) -------------------------------------
 # (Bodies built by montage_orchestrator.admin, montage_ragnarok.admin and montage_gateway.admin.)
-AdminStreamName = Annotated[
-    str, Meta(description="A stage name, or `results` (the orchestrator's input)", examples=["composer"])
-]
+if TYPE_CHECKING:
+    AdminStreamName = str
+else:  # a stage name, or `results` (the orchestrator's input)
+    AdminStreamName = Literal[(*pipeline.STAGES, "results")]
 EntryId = Annotated[str, Meta(pattern=r"^[0-9]{1,20}-[0-9]{1,20}$", examples=["1700000000000-0"])]
 
 
