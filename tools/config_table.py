@@ -8,8 +8,6 @@ README carries exactly this table, so the documentation cannot drift from the co
 
 from __future__ import annotations
 
-import inspect
-import re
 import sys
 from pathlib import Path
 
@@ -31,31 +29,6 @@ SERVICES: dict[str, type[msgspec.Struct]] = {
     "cli": CliSettings,
     "make up": StackSettings,
 }
-FIELD = re.compile(r"^\s{4}(\w+)\s*:\s*[^=]+?(?:=\s*(.*?))?\s*(?:#\s*(.*))?$")
-
-
-def comments(cls: type) -> dict[str, str]:
-    """``{field: description}`` from the comments in the class bodies along the MRO."""
-    out: dict[str, str] = {}
-    for klass in reversed(cls.__mro__):
-        if not (isinstance(klass, type) and issubclass(klass, msgspec.Struct)) or klass is msgspec.Struct:
-            continue
-        pending: list[str] = []
-        for line in inspect.getsource(klass).splitlines():
-            stripped = line.strip()
-            if stripped.startswith("#"):
-                text = stripped.lstrip("# ").strip()
-                if not set(text) <= set("-"):  # skip "# --- section ---" rulers
-                    pending.append(text.strip("- ").strip())
-                continue
-            m = FIELD.match(line)
-            if m and not stripped.startswith(("def ", "@", "return")):
-                inline = (m.group(3) or "").strip()
-                text = " ".join(t for t in [*pending, inline] if t)
-                if text:
-                    out[m.group(1)] = text
-            pending = []
-    return out
 
 
 def descriptions(cls: type[msgspec.Struct]) -> dict[str, str]:
@@ -74,7 +47,7 @@ def table() -> str:
     rows: dict[str, dict[str, object]] = {}
     common = {f.name for f in msgspec.structs.fields(CommonSettings)}
     for service, cls in SERVICES.items():
-        notes = {**comments(cls), **descriptions(cls)}  # comments: classes not yet described in types
+        notes = descriptions(cls)
         for f in msgspec.structs.fields(cls):
             if service != "all" and f.name in common and f.name != "port":
                 continue

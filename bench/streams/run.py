@@ -168,6 +168,7 @@ async def main() -> None:
     p.add_argument("--no-max", action="store_true", help="fixed-rate runs only")
     p.add_argument("--rate-jobs", type=int, default=1500)
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--interleave", action="store_true", help="alternate systems run by run (before/after)")
     a = p.parse_args()
 
     binary = shutil.which("redis-server") or "redis-server"
@@ -181,6 +182,7 @@ async def main() -> None:
     results: dict[str, dict[str, dict[str, float]]] = {}
     try:
         time.sleep(0.5)
+        plan: list[tuple[str, System, str, int, float]] = []
         for name in a.systems.split(","):
             sys_ = systems()[name]
             if not Path(sys_.python).exists():
@@ -189,16 +191,24 @@ async def main() -> None:
             peer = not name.startswith(("montage", "bare"))
             modes = [] if a.no_max else [("max", a.peer_jobs if peer else a.jobs, 0.0)]
             modes += [(f"rate{r:g}", a.rate_jobs, r) for r in map(float, a.rate.split(","))]
-            for mode, jobs, rate in modes:
-                rows = []
-                for _ in range(a.runs):
-                    r = await one_run(sys_, url, jobs, rate, data)
-                    if r:
-                        r["load1"] = os.getloadavg()[0]
-                        rows.append(r)
-                        print(f"{name} {mode} {rate or ''}: {r}", file=sys.stderr)
-                if rows:
-                    results.setdefault(name, {})[mode] = median(rows) | {"rate": rate, "jobs": jobs}
+            plan += [(name, sys_, mode, jobs, rate) for mode, jobs, rate in modes]
+        # --interleave: run 1 of every system and mode, then run 2 …, so a change in the machine's
+        # load during the session falls on every system alike (before/after comparisons).
+        order = (
+            [(i, step) for i in range(a.runs) for step in plan]
+            if a.interleave
+            else [(i, step) for step in plan for i in range(a.runs)]
+        )
+        rows_of: dict[tuple[str, str], list[dict[str, float]]] = {}
+        for _, (name, sys_, mode, jobs, rate) in order:
+            r = await one_run(sys_, url, jobs, rate, data)
+            if r:
+                r["load1"] = os.getloadavg()[0]
+                rows_of.setdefault((name, mode), []).append(r)
+                print(f"{name} {mode} {rate or ''}: {r}", file=sys.stderr)
+        for name, _, mode, jobs, rate in plan:
+            if rows := rows_of.get((name, mode)):
+                results.setdefault(name, {})[mode] = median(rows) | {"rate": rate, "jobs": jobs}
     finally:
         server.terminate()
         server.wait(10)

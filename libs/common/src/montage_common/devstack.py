@@ -35,9 +35,10 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
+from msgspec import Meta
 
 from montage_common.pipeline import STAGES
 from montage_common.settings import load
@@ -463,17 +464,25 @@ class Stack:
 class StackSettings(msgspec.Struct, frozen=True, kw_only=True):
     """What ``make up`` reads (the services read their own settings)."""
 
-    gateway_port: int = 8080  # where the gateway listens (the only public port)
-    orchestrator_port: int = 8081  # where the orchestrator listens
-    ragnarok_proxy_port: int = 8082  # where ragnarok-proxy listens
-    fake_ragnarok_port: int = 8001  # the development stand-in RAGNAROK, when RAGNAROK_URL is unset
-    fake_trinity_port: int = 8002  # the development stand-in Trinity, when TRINITY_URL is unset
-    fake_openai_port: int = 8003  # the OpenAI-compatible stand-in, with PROVIDERS=fake
-    providers: str = ""  # "fake": text, lyrics, stills and clips from the stand-ins (docs/providers.md)
-    gateway_ops_port: int = 9080  # the gateway's /healthz, /readyz and /metrics
-    orchestrator_ops_port: int = 9081  # the orchestrator's /healthz, /readyz and /metrics
-    ragnarok_proxy_ops_port: int = 9082  # ragnarok-proxy's /healthz, /readyz and /metrics
-    montage_var_dir: str = ""  # data of the embedded Redis/Postgres and local storage (default ./var)
+    gateway_port: Annotated[int, Meta(description="where the gateway listens (the only public port)")] = 8080
+    orchestrator_port: Annotated[int, Meta(description="where the orchestrator listens")] = 8081
+    ragnarok_proxy_port: Annotated[int, Meta(description="where ragnarok-proxy listens")] = 8082
+    fake_ragnarok_port: Annotated[
+        int, Meta(description="the development stand-in RAGNAROK, when RAGNAROK_URL is unset")
+    ] = 8001
+    fake_trinity_port: Annotated[
+        int, Meta(description="the development stand-in Trinity, when TRINITY_URL is unset")
+    ] = 8002
+    fake_openai_port: Annotated[int, Meta(description="the OpenAI-compatible stand-in, with PROVIDERS=fake")] = 8003
+    providers: Annotated[
+        str, Meta(description='"fake": text, lyrics, stills and clips from the stand-ins (docs/providers.md)')
+    ] = ""
+    gateway_ops_port: Annotated[int, Meta(description="the gateway's /healthz, /readyz and /metrics")] = 9080
+    orchestrator_ops_port: Annotated[int, Meta(description="the orchestrator's /healthz, /readyz and /metrics")] = 9081
+    ragnarok_proxy_ops_port: Annotated[int, Meta(description="ragnarok-proxy's /healthz, /readyz and /metrics")] = 9082
+    montage_var_dir: Annotated[
+        str, Meta(description="data of the embedded Redis/Postgres and local storage (default ./var)")
+    ] = ""
 
 
 def up(args: argparse.Namespace) -> int:

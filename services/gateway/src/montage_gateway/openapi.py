@@ -128,8 +128,11 @@ job's owner may open it.
 
 Order on the wire:
 
-1. `event: state` (no `id:`): the job as it is now.
-2. Every logged event after `Last-Event-ID` (header) or `last_event_id` (query), or all of them.
+1. `event: state` whose `id:` is the resume point: `Last-Event-ID` (header) or `last_event_id`
+   (query) when sent, else the newest logged event (`0-0` for an empty log). The state reflects
+   every event up to that id; older events are not sent again (`Last-Event-ID: 0-0` replays the
+   whole log).
+2. Every logged event after the resume point.
 3. Live events as they happen, each with its `id:`; `event: heartbeat` (no `id:`) every 30 s.
 
 Logged events: `stage_update`, `progress`, `message`, `cost_update`, and the final `completed` or
