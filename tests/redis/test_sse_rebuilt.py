@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from montage_gateway.app import GATEWAY
+from montage_gateway.deps import GATEWAY
 from redis.asyncio import Redis
 
 from tests.gateway.conftest import Orchestrator, bearer, next_event

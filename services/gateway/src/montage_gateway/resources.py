@@ -1,0 +1,171 @@
+"""The gateway's resources, one ``cleanup_ctx`` each (aiohttp's ``background_tasks`` pattern):
+the Redis client, the upstream HTTP session, the components built on them, the background tasks.
+They start in that order and stop in the reverse one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+import aiohttp
+import structlog
+from aiohttp import web
+from montage_common.redis import create_redis, keys_for, ready, target_of
+from redis.asyncio import Redis
+
+from montage_gateway.auth import Authenticator, build_verifier
+from montage_gateway.deps import GATEWAY, Gateway
+from montage_gateway.health import HealthHandler
+from montage_gateway.hub import Hub
+from montage_gateway.proxy import Forwarder, Upstream
+from montage_gateway.ratelimit import JobRateLimiter, RequestGuard
+from montage_gateway.settings import GatewaySettings
+from montage_gateway.slots import ConnectionSlots
+from montage_gateway.sse import StreamHandler
+from montage_gateway.tickets import TicketStore
+
+log = structlog.get_logger()
+
+REDIS: web.AppKey[Redis] = web.AppKey("redis", Redis)
+HTTP: web.AppKey[aiohttp.ClientSession] = web.AppKey("http", aiohttp.ClientSession)
+Context = Callable[[web.Application], AsyncIterator[None]]
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def redis_client(settings: GatewaySettings) -> Context:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        redis = create_redis(
+            target_of(settings), max_connections=settings.redis_max_connections, pool_wait_seconds=10.0
+        )
+        await ready(redis)
+        app[REDIS] = redis
+        try:
+            yield
+        finally:
+            await redis.aclose()
+
+    return ctx
+
+
+def http_session(settings: GatewaySettings) -> Context:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(
+                limit=settings.upstream_pool_size, limit_per_host=settings.upstream_pool_size
+            ),
+            auto_decompress=False,
+        )
+        app[HTTP] = session
+        try:
+            yield
+        finally:
+            await session.close()
+
+    return ctx
+
+
+def build(settings: GatewaySettings, redis: Redis, session: aiohttp.ClientSession) -> Gateway:
+    """The gateway's components over one Redis client and one HTTP session."""
+    keys = keys_for(settings)
+    forwarder = Forwarder(
+        session,
+        internal_secret=settings.internal_secret,
+        timeout=settings.upstream_timeout_seconds,
+        connect_timeout=settings.upstream_connect_timeout_seconds,
+        max_body_bytes=settings.max_body_bytes,
+    )
+    orchestrator = Upstream("orchestrator", settings.orchestrator_url)
+    auth = Authenticator(
+        build_verifier(settings, session),
+        redis,
+        keys,
+        cache=settings.jwt_cache,
+        cache_seconds=settings.jwt_cache_seconds,
+    )
+    hub = Hub(
+        target_of(settings), keys, queue_size=settings.sse_queue_size, heartbeat_seconds=settings.sse_heartbeat_seconds
+    )
+    slots = ConnectionSlots(
+        redis,
+        keys,
+        per_job=settings.sse_max_per_job,
+        per_user=settings.sse_max_per_user,
+        lease_seconds=settings.sse_slot_lease_seconds,
+        refresh_seconds=settings.sse_heartbeat_seconds,
+    )
+    return Gateway(
+        settings=settings,
+        redis=redis,
+        auth=auth,
+        guard=RequestGuard(
+            redis,
+            keys,
+            window_seconds=settings.guard_window_seconds,
+            per_user=settings.guard_user_requests,
+            per_ip=settings.guard_ip_requests,
+        ),
+        limiter=JobRateLimiter(
+            redis, keys, limit=settings.job_rate_limit, window_seconds=settings.job_rate_window_seconds
+        ),
+        forwarder=forwarder,
+        orchestrator=orchestrator,
+        ragnarok=Upstream("ragnarok-proxy", settings.ragnarok_proxy_url),
+        hub=hub,
+        slots=slots,
+        stream=StreamHandler(
+            hub=hub,
+            slots=slots,
+            tickets=TicketStore(redis, keys, ttl_seconds=settings.stream_ticket_ttl_seconds),
+            auth=auth,
+            forwarder=forwarder,
+            orchestrator=orchestrator,
+            redis=redis,
+            keys=keys,
+            close_after_final=settings.sse_close_after_final_seconds,
+            write_timeout=settings.sse_write_timeout_seconds,
+        ),
+        health=HealthHandler(forwarder, orchestrator, redis),
+    )
+
+
+def components(settings: GatewaySettings) -> Context:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        app[GATEWAY] = build(settings, app[REDIS], app[HTTP])
+        yield
+
+    return ctx
+
+
+async def background_tasks(app: web.Application) -> AsyncIterator[None]:
+    """The SSE hub's subscription and heartbeats, and the connection-slot leases.
+
+    No Redis readiness check: a Redis blip must not take every gateway replica out of the load
+    balancer at once. Each request degrades on its own (503 where Redis is needed, see
+    docs/security.md) and the hub resubscribes by itself; /api/v1/health reports Redis.
+    """
+    gw = app[GATEWAY]
+    tasks = [
+        asyncio.create_task(gw.hub.run(), name="sse-pubsub"),
+        asyncio.create_task(gw.hub.heartbeats(), name="sse-heartbeats"),
+        asyncio.create_task(gw.slots.refresh_forever(), name="sse-leases"),
+    ]
+    log.info("gateway_started", orchestrator=gw.settings.orchestrator_url, ragnarok=gw.settings.ragnarok_proxy_url)
+    try:
+        yield
+    finally:
+        gw.hub.stop()
+        for task in tasks:
+            await _cancel(task)
+
+
+async def close_streams(app: web.Application) -> None:
+    """On shutdown, end SSE streams so clients reconnect to another replica at once."""
+    if GATEWAY in app:
+        app[GATEWAY].hub.close_all("shutdown")
