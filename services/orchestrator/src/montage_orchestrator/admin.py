@@ -719,7 +719,7 @@ async def cancel_job(request: web.Request) -> web.Response:
 
 
 def routes() -> list[web.RouteDef]:
-    """The admin routes (``handlers.routes()`` includes them); one result window per call."""
+    """The admin routes (``routes.routes()`` includes them); one result window per call."""
     window = ResultWindow()
 
     async def queues_route(request: web.Request) -> web.Response:

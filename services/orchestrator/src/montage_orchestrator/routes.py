@@ -1,4 +1,4 @@
-"""The internal HTTP API (the gateway forwards ``/api/v1/*`` here with the internal secret)."""
+"""The orchestrator's internal HTTP API (the gateway forwards its listed routes here with the internal secret)."""
 
 from __future__ import annotations
 
