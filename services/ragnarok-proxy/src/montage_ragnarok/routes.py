@@ -7,7 +7,6 @@ from __future__ import annotations
 import secrets
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -19,10 +18,9 @@ from montage_common.errors import Forbidden, MontageError, NotFound, ServiceUnav
 from montage_common.web import Handler, internal_user, json_response
 
 from montage_ragnarok import admin
-from montage_ragnarok.ragnarok import RagnarokClient
+from montage_ragnarok.deps import DEPS, Deps
 from montage_ragnarok.settings import ProxySettings
-from montage_ragnarok.store import Job, JobStore
-from montage_ragnarok.trinity import TrinityClient
+from montage_ragnarok.store import Job
 
 log = structlog.get_logger()
 
@@ -137,19 +135,6 @@ async def _json_object(request: web.Request, *, required: bool) -> dict[str, Any
         raise ValidationError("Body must be a JSON object")
     _check_storable(body)
     return body
-
-
-@dataclass(frozen=True, slots=True)
-class Deps:
-    """What the handlers need, built in the app's cleanup context."""
-
-    settings: ProxySettings
-    store: JobStore
-    ragnarok: RagnarokClient
-    trinity: TrinityClient
-
-
-DEPS: web.AppKey[Deps] = web.AppKey("ragnarok_deps", Deps)
 
 
 class NexusHandlers:
