@@ -18,6 +18,7 @@ from montage_common.pipeline import STAGES
 from montage_gateway.admin import API_ROUTES, ME
 
 from tests.admin.conftest import admin_token, dead_letter_a_composer_task
+from tests.admin.test_api import concrete
 from tests.e2e.cdp import Page, chromium_page
 from tests.stack import ARTIFACTS, RunningStack, unique
 
@@ -50,8 +51,7 @@ async def test_a_non_admin_is_refused_everywhere(e2e_stack: RunningStack, tmp_pa
         status = await page.eval("fetch('/admin/queues').then(r => r.status)")
         assert status == 403
         # every admin API route, from the page, with the user's token
-        routes = [(m, p.replace("{stream}", "composer").replace("{entry_id}", "1-0")
-                   .replace("{job_id}", "00000000-0000-4000-8000-000000000000")) for m, p, _ in API_ROUTES]  # fmt: skip
+        routes = [(m, concrete(p)) for m, p, _ in API_ROUTES]
         routes.append(("GET", ME))
         statuses = await page.eval(f"""(async () => {{
             const token = decodeURIComponent(document.cookie.match(/montage_admin=([^;]*)/)[1]);

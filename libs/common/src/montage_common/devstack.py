@@ -199,8 +199,17 @@ class EmbeddedPostgres:
         import pgserver
 
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
-        self.server = pgserver.get_server(self.data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
-        return str(self.server.get_uri())
+        # pgserver gives pg_ctl 10 s; on a loaded machine the server may need longer to accept
+        # connections. It keeps starting meanwhile, so asking again finds it running.
+        for attempt in range(1, 4):
+            try:
+                self.server = pgserver.get_server(self.data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
+                break
+            except (subprocess.SubprocessError, OSError):
+                if attempt == 3:
+                    raise
+                time.sleep(2.0 * attempt)
+        return str(self.server.get_uri())  # type: ignore[attr-defined]
 
     def alive(self) -> bool:
         """Whether the postmaster runs (a killed one left as a zombie counts as dead)."""
