@@ -1,7 +1,7 @@
 """The control plane: jobs through the real gateway, orchestrator(s), Postgres and Redis, with
 stage handlers that answer at once (``bench/instant_stages.py``).
 
-    .venv/bin/python bench/control_plane.py [--jobs 1000] [--runs 3] [--replicas 1,2] [--paced 100 --rate 10]
+    .venv/bin/python bench/control_plane.py [--jobs 600] [--runs 3] [--replicas 1,2] [--paced 100 --rate 10]
 
 Starts a redis-server (no persistence) and a Postgres (``pgserver``; or ``DATABASE_URL``, whose
 database is then used as it is: its counters include other clients), then per run, for each
@@ -26,7 +26,8 @@ before each): the orchestrator process(es) (``python -m montage_orchestrator``),
    result on the results stream to the next stage's task on its stream (for the composer: to the
    job's ``completed`` event); the drain's figure (a backlog) is reported too.
 
-Every job must complete; a run that does not is an error. ``--profile DIR`` records the first
+Every job must complete; a run that does not is an error. ``--env KEY=VALUE`` (repeatable) sets a
+variable for every service, e.g. ``--env RESULTS_CONCURRENCY=32 --env DB_POOL_SIZE=40``. ``--profile DIR`` records the first
 replica with py-spy during the first drain (``PY_SPY``, default /tmp/pyspy/bin/py-spy, a throwaway
 venv: ``uv venv /tmp/pyspy && uv pip install --python /tmp/pyspy/bin/python py-spy``); that run
 is extra and not counted. Summarise with ``bench/pyspy_summary.py``.
@@ -425,7 +426,7 @@ def fmt(v: float, d: int = 1) -> str:
 
 async def main() -> None:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    p.add_argument("--jobs", type=int, default=1000, help="jobs per drain")
+    p.add_argument("--jobs", type=int, default=600, help="jobs per drain")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--replicas", default="1,2")
     p.add_argument("--workers", type=int, default=2, help="instant-stage processes")

@@ -23,6 +23,8 @@ Systems:
   streams in one call, then one pipeline of ``XADD`` (next stage) + ``XACK`` per entry;
   ``--fast-loops`` such loops per process (default 3, the concurrency).
 
+``montage:N`` is the runtime with concurrency N per stage (``--systems fast,montage,montage:10``).
+
 Runs are interleaved (fast, montage, fast, montage, …) so a change in the machine's load falls on
 both; medians of ``--runs``. ``--profile DIR`` records each system's first run with py-spy
 (``PY_SPY``, default /tmp/pyspy/bin/py-spy; never from the project's lockfile) as collapsed
@@ -198,7 +200,9 @@ async def one_run(system: str, url: str, args: argparse.Namespace, log: Path, pr
     if system == "fast":
         cmd = [sys.executable, str(HERE), "--role", "fast", "--url", url, "--fast-loops", str(args.fast_loops)]
     else:
-        cmd = [sys.executable, str(HERE), "--role", "montage", "--url", url, "--concurrency", str(args.concurrency)]
+        # "montage:10": the runtime with concurrency 10 per stage instead of --concurrency
+        conc = system.partition(":")[2] or str(args.concurrency)
+        cmd = [sys.executable, str(HERE), "--role", "montage", "--url", url, "--concurrency", conc]
     procs: list[subprocess.Popen[bytes]] = []
     spies: list[subprocess.Popen[bytes]] = []
     try:
@@ -318,12 +322,14 @@ async def controller(args: argparse.Namespace) -> None:
             f"| {s} | {m['jobs_s']:,.0f} | {m['worker_us_per_task']:.0f} | {m['redis_us_per_task']:.0f} "
             f"| {m['redis_calls_per_task']:.2f} ({calls}) |"
         )
-    if "fast" in med and "montage" in med:
-        f, m = med["fast"], med["montage"]
-        print(f"\nmontage / fast: throughput {m['jobs_s'] / f['jobs_s']:.2f}x (goal >= 0.6x), "
+    for name in med:
+        if name == "fast" or "fast" not in med:
+            continue
+        f, m = med["fast"], med[name]
+        print(f"\n{name} / fast: throughput {m['jobs_s'] / f['jobs_s']:.2f}x (goal >= 0.6x), "
               f"worker CPU per stage-task {m['worker_us_per_task'] / f['worker_us_per_task']:.2f}x (goal <= 1.5x), "
               f"Redis CPU per stage-task {m['redis_us_per_task'] / f['redis_us_per_task']:.2f}x")  # fmt: skip
-        ratios = [b["jobs_s"] / a["jobs_s"] for a, b in zip(rows["fast"], rows["montage"], strict=False)]
+        ratios = [b["jobs_s"] / a["jobs_s"] for a, b in zip(rows["fast"], rows[name], strict=False)]
         print("per-round throughput ratios: " + ", ".join(f"{x:.2f}" for x in ratios))
     if args.json:
         args.json.write_text(json.dumps({"runs": rows, "medians": med, "loads": loads}, indent=2))
