@@ -150,8 +150,9 @@ access = structlog.get_logger("access")
 
 
 @web.middleware
-async def access_log_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """One structured line per request: method, route, status, duration, request id, user id."""
+async def observe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Per request: one structured access line (method, route, status, duration, request id,
+    user id) and the request metrics (count and latency by route, method and status)."""
     start = time.perf_counter()
     status = 500
     try:
@@ -162,34 +163,19 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
         status = exc.status
         raise
     finally:
-        user = request.get(USER_ID) or request.headers.get(HEADER_USER) or None
+        elapsed = time.perf_counter() - start
+        route = _route_name(request)
+        HTTP_REQUESTS.labels(request.app[SERVICE], route, request.method, str(status)).inc()
+        HTTP_LATENCY.labels(request.app[SERVICE], route, request.method).observe(elapsed)
         access.info(
             "access",
             method=request.method,
-            route=_route_name(request),
+            route=route,
             status=status,
-            duration_ms=round((time.perf_counter() - start) * 1000, 2),
-            user_id=user,
+            duration_ms=round(elapsed * 1000, 2),
+            user_id=request.get(USER_ID) or request.headers.get(HEADER_USER) or None,
             remote=request.remote,
         )
-
-
-@web.middleware
-async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    service = request.app[SERVICE]
-    start = time.perf_counter()
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    finally:
-        route = _route_name(request)
-        HTTP_REQUESTS.labels(service, route, request.method, str(status)).inc()
-        HTTP_LATENCY.labels(service, route, request.method).observe(time.perf_counter() - start)
 
 
 @web.middleware
@@ -238,13 +224,7 @@ async def _server_header(request: web.Request, response: web.StreamResponse) -> 
 def create_base_app(service: str, *, client_max_size: int = 1024**2) -> web.Application:
     """An application with the shared middlewares; its ops endpoints are :func:`create_ops_app`."""
     app = web.Application(
-        middlewares=[
-            request_id_middleware,
-            access_log_middleware,
-            metrics_middleware,
-            error_middleware,
-            path_guard_middleware,
-        ],
+        middlewares=[request_id_middleware, observe_middleware, error_middleware, path_guard_middleware],
         client_max_size=client_max_size,
         handler_args={"max_field_size": MAX_FIELD_SIZE},
     )

@@ -8,6 +8,7 @@ container, ``app[GATEWAY]``), ``routes`` (what is served and forwarded, and who 
 from __future__ import annotations
 
 from aiohttp import web
+from montage_common import resources as shared
 from montage_common.web import create_base_app
 
 from montage_gateway import resources
@@ -24,7 +25,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app.on_shutdown.append(resources.close_streams)
     app.cleanup_ctx.extend(
         [
-            resources.redis_client(settings),
+            shared.redis_client(settings, max_connections=settings.redis_max_connections, pool_wait_seconds=10.0),
             resources.http_session(settings),
             resources.components(settings),
             resources.background_tasks,

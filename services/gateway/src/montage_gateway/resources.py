@@ -1,5 +1,6 @@
 """The gateway's resources, one ``cleanup_ctx`` each (aiohttp's ``background_tasks`` pattern):
-the Redis client, the upstream HTTP session, the components built on them, the background tasks.
+the Redis client (``montage_common.resources``), the upstream HTTP session, the components built
+on them, the background tasks.
 They start in that order and stop in the reverse one.
 """
 
@@ -7,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import aiohttp
 import structlog
 from aiohttp import web
-from montage_common.redis import create_redis, keys_for, ready, target_of
+from montage_common.redis import keys_for, target_of
+from montage_common.resources import REDIS, Context
 from redis.asyncio import Redis
 
 from montage_gateway.auth import Authenticator, build_verifier
@@ -28,30 +30,13 @@ from montage_gateway.tickets import TicketStore
 
 log = structlog.get_logger()
 
-REDIS: web.AppKey[Redis] = web.AppKey("redis", Redis)
 HTTP: web.AppKey[aiohttp.ClientSession] = web.AppKey("http", aiohttp.ClientSession)
-Context = Callable[[web.Application], AsyncIterator[None]]
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-
-
-def redis_client(settings: GatewaySettings) -> Context:
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
-        redis = create_redis(
-            target_of(settings), max_connections=settings.redis_max_connections, pool_wait_seconds=10.0
-        )
-        await ready(redis)
-        app[REDIS] = redis
-        try:
-            yield
-        finally:
-            await redis.aclose()
-
-    return ctx
 
 
 def http_session(settings: GatewaySettings) -> Context:

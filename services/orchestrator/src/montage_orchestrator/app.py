@@ -12,6 +12,7 @@ import secrets
 import socket
 
 from aiohttp import web
+from montage_common import resources as shared
 from montage_common.web import create_base_app, internal_only
 
 from montage_orchestrator import resources
@@ -36,8 +37,12 @@ def create_app(settings: OrchestratorSettings) -> web.Application:
     app.router.add_routes(routes())
     app.cleanup_ctx.extend(
         [
-            resources.postgres(settings),
-            resources.redis_client(settings),
+            shared.postgres(
+                settings.database_url,
+                pool_size=settings.db_pool_size,
+                migrations="montage_orchestrator" if settings.run_migrations else None,
+            ),
+            shared.redis_client(settings, socket_timeout=10.0),
             resources.storage(settings),
             resources.container(settings),
             resources.results_consumers(settings, replica),

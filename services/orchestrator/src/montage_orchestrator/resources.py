@@ -1,5 +1,6 @@
 """The orchestrator's resources, one ``cleanup_ctx`` each, started in this order and stopped in
-the reverse one: the Postgres pool (and migrations), the Redis client, storage, the container
+the reverse one: the Postgres pool (and migrations) and the Redis client (both from
+``montage_common.resources``), storage, the container
 (``app[DEPS]``), the results consumers (one per partition), the sweeper.
 """
 
@@ -7,18 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
-import asyncpg
 import structlog
 from aiohttp import web
-from montage_common import db
 from montage_common.keys import ORCHESTRATOR_GROUP
-from montage_common.redis import create_redis, ready, target_of
+from montage_common.resources import POOL, REDIS, Context
 from montage_common.storage import Storage, create_storage
-from montage_common.web import READY_CHECKS
 from montage_streams import RetryPolicy, StreamConsumer
-from redis.asyncio import Redis
 
 from montage_orchestrator.deps import DEPS, Deps
 from montage_orchestrator.pipeline import Pipeline
@@ -27,42 +24,10 @@ from montage_orchestrator.sweeper import Sweeper
 
 log = structlog.get_logger()
 
-POOL: web.AppKey[asyncpg.Pool] = web.AppKey("pool", asyncpg.Pool)
-REDIS: web.AppKey[Redis] = web.AppKey("redis", Redis)
 STORAGE: web.AppKey[Storage] = web.AppKey("storage", Storage)
-Context = Callable[[web.Application], AsyncIterator[None]]
 
 # A result whose transaction failed (Postgres blip) is retried quickly, then dead-lettered.
 RESULT_RETRY = RetryPolicy(delays=(0.5, 1.0, 2.0, 4.0, 8.0))
-
-
-def postgres(settings: OrchestratorSettings) -> Context:
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
-        pool = await db.create_pool(settings.database_url, max_size=settings.db_pool_size)
-        try:
-            if settings.run_migrations:
-                await db.migrate(pool, "montage_orchestrator")
-            app[POOL] = pool
-            app[READY_CHECKS]["postgres"] = lambda: pool.fetchval("SELECT 1")
-            yield
-        finally:
-            await pool.close()
-
-    return ctx
-
-
-def redis_client(settings: OrchestratorSettings) -> Context:
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
-        redis = create_redis(target_of(settings), socket_timeout=10.0)
-        try:
-            await ready(redis)
-            app[REDIS] = redis
-            app[READY_CHECKS]["redis"] = redis.ping
-            yield
-        finally:
-            await redis.aclose()
-
-    return ctx
 
 
 def storage(settings: OrchestratorSettings) -> Context:

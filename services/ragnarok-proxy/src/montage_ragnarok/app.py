@@ -12,6 +12,7 @@ import secrets
 import socket
 
 from aiohttp import web
+from montage_common import resources as shared
 from montage_common.web import create_base_app, internal_only
 
 from montage_ragnarok import resources
@@ -38,8 +39,12 @@ def create_app(settings: ProxySettings) -> web.Application:
     app.router.add_routes(NexusHandlers(settings).routes())
     app.cleanup_ctx.extend(
         [
-            resources.postgres(settings),
-            resources.redis_client(settings),
+            shared.postgres(
+                settings.database_url,
+                pool_size=settings.db_pool_size,
+                migrations="montage_ragnarok" if settings.run_migrations else None,
+            ),
+            shared.redis_client(settings),
             resources.http_session,
             resources.container(settings, replica_id),
             resources.poller(settings, replica_id),

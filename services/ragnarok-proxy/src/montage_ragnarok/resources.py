@@ -1,5 +1,6 @@
 """ragnarok-proxy's resources, one ``cleanup_ctx`` each, started in this order and stopped in the
-reverse one: the Postgres pool (and migrations), the Redis client, the HTTP session to RAGNAROK
+reverse one: the Postgres pool (and migrations) and the Redis client (both from
+``montage_common.resources``), the HTTP session to RAGNAROK
 and Trinity, the container (``app[DEPS]``), the background poller.
 """
 
@@ -7,16 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import aiohttp
-import asyncpg
 import structlog
 from aiohttp import web
-from montage_common import db
-from montage_common.redis import create_redis, keys_for, ready, target_of
-from montage_common.web import READY_CHECKS
-from redis.asyncio import Redis
+from montage_common.redis import keys_for
+from montage_common.resources import POOL, REDIS, Context
 
 from montage_ragnarok.deps import DEPS, Deps
 from montage_ragnarok.events import EventPublisher
@@ -28,39 +26,7 @@ from montage_ragnarok.trinity import TrinityClient
 
 log = structlog.get_logger()
 
-POOL: web.AppKey[asyncpg.Pool] = web.AppKey("pool", asyncpg.Pool)
-REDIS: web.AppKey[Redis] = web.AppKey("redis", Redis)
 HTTP: web.AppKey[aiohttp.ClientSession] = web.AppKey("http", aiohttp.ClientSession)
-Context = Callable[[web.Application], AsyncIterator[None]]
-
-
-def postgres(settings: ProxySettings) -> Context:
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
-        pool = await db.create_pool(settings.database_url, max_size=settings.db_pool_size)
-        try:
-            if settings.run_migrations:
-                await db.migrate(pool, "montage_ragnarok")
-            app[POOL] = pool
-            app[READY_CHECKS]["postgres"] = lambda: pool.fetchval("SELECT 1")
-            yield
-        finally:
-            await pool.close()
-
-    return ctx
-
-
-def redis_client(settings: ProxySettings) -> Context:
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
-        redis = create_redis(target_of(settings))
-        try:
-            await ready(redis)
-            app[REDIS] = redis
-            app[READY_CHECKS]["redis"] = redis.ping
-            yield
-        finally:
-            await redis.aclose()
-
-    return ctx
 
 
 async def http_session(app: web.Application) -> AsyncIterator[None]:
