@@ -71,6 +71,28 @@ class LoggedStack(Stack):
         return proc
 
 
+def stack_on_free_ports(
+    var_dir: Path, env: dict[str, str], extra_env: dict[str, str], *, log_dir: Path = LOG_DIR
+) -> LoggedStack:
+    """A stack like ``make up``'s with every service (API and ops ports) on a free port."""
+    return LoggedStack(
+        var_dir=var_dir,
+        env=env,
+        gateway_port=free_port(),
+        orchestrator_port=free_port(),
+        proxy_port=free_port(),
+        ragnarok_port=free_port(),
+        trinity_port=free_port(),
+        openai_port=free_port(),
+        gateway_ops_port=free_port(),
+        orchestrator_ops_port=free_port(),
+        proxy_ops_port=free_port(),
+        prefix_output=False,
+        extra_env=dict(extra_env),
+        log_dir=log_dir,
+    )
+
+
 @dataclass
 class RunningStack:
     stack: LoggedStack
@@ -133,7 +155,6 @@ def e2e_stack(
 ) -> Iterator[RunningStack]:
     var_dir = tmp_path_factory.mktemp("stack")
     namespace = f"e2e{uuid.uuid4().hex[:10]}"
-    gateway_port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("MONTAGE_", "PYTEST_"))},
         "REDIS_URL": redis_url,
@@ -145,22 +166,9 @@ def e2e_stack(
     if LOG_DIR.exists():
         for old in LOG_DIR.glob("*.log"):
             old.unlink()
-    stack = LoggedStack(
-        var_dir=var_dir,
-        env=env,
-        gateway_port=gateway_port,
-        orchestrator_port=free_port(),
-        proxy_port=free_port(),
-        ragnarok_port=free_port(),
-        trinity_port=free_port(),
-        gateway_ops_port=free_port(),
-        orchestrator_ops_port=free_port(),
-        proxy_ops_port=free_port(),
-        prefix_output=False,
-        extra_env=dict(E2E_ENV),
-    )
+    stack = stack_on_free_ports(var_dir, env, E2E_ENV)
     started = time.monotonic()
-    url = f"http://127.0.0.1:{gateway_port}"
+    url = f"http://127.0.0.1:{stack.gateway_port}"
     try:
         stack.start(timeout=60)
         asyncio.run(_wait_healthy(url, stack, HEALTH_TIMEOUT))

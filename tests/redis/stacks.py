@@ -23,7 +23,15 @@ import aiohttp
 from montage_common.devstack import EmbeddedRedis, free_port, redis_executable, wait_port
 
 from tests.e2e.flows import PROMPT
-from tests.stack import ARTIFACTS, E2E_ENV, LoggedStack, _wait_healthy, dev_token, fresh_database
+from tests.stack import (
+    ARTIFACTS,
+    E2E_ENV,
+    LoggedStack,
+    _wait_healthy,
+    dev_token,
+    fresh_database,
+    stack_on_free_ports,
+)
 
 LOGS = ARTIFACTS / "redis-failover-logs"
 FAST_ENV = {**E2E_ENV, "JOB_HEARTBEAT_SECONDS": "1"}
@@ -55,25 +63,10 @@ def stack_on(server_database_url: str, tmp: Path, redis_env: dict[str, str], nam
         }
         log_dir = LOGS / name
         shutil.rmtree(log_dir, ignore_errors=True)
-        port = free_port()
-        stack = LoggedStack(
-            var_dir=tmp / "var",
-            env=env,
-            gateway_port=port,
-            orchestrator_port=free_port(),
-            proxy_port=free_port(),
-            ragnarok_port=free_port(),
-            trinity_port=free_port(),
-            gateway_ops_port=free_port(),
-            orchestrator_ops_port=free_port(),
-            proxy_ops_port=free_port(),
-            prefix_output=False,
-            extra_env=dict(FAST_ENV),
-            log_dir=log_dir,
-        )
+        stack = stack_on_free_ports(tmp / "var", env, FAST_ENV, log_dir=log_dir)
         try:
             stack.start(timeout=90)
-            url = f"http://127.0.0.1:{port}"
+            url = f"http://127.0.0.1:{stack.gateway_port}"
             asyncio.run(_wait_healthy(url, stack, 120))
             yield Running(stack, url, env)
         finally:

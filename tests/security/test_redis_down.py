@@ -17,10 +17,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from montage_common.devstack import free_port
 
 from tests.e2e.flows import PROMPT
-from tests.stack import ARTIFACTS, E2E_ENV, LoggedStack, RunningStack, _wait_healthy, dev_token, fresh_database
+from tests.stack import ARTIFACTS, E2E_ENV, RunningStack, _wait_healthy, dev_token, fresh_database, stack_on_free_ports
 
 LOGS = ARTIFACTS / "redis-down-logs"
 
@@ -34,25 +33,10 @@ def own_redis_stack(server_database_url: str, tmp_path: Path) -> Iterator[Runnin
             "ENVIRONMENT": "development",
             "STORAGE_DIR": str(tmp_path / "storage"),
         }
-        port = free_port()
-        stack = LoggedStack(
-            var_dir=tmp_path,
-            env=env,
-            gateway_port=port,
-            orchestrator_port=free_port(),
-            proxy_port=free_port(),
-            ragnarok_port=free_port(),
-            trinity_port=free_port(),
-            gateway_ops_port=free_port(),
-            orchestrator_ops_port=free_port(),
-            proxy_ops_port=free_port(),
-            prefix_output=False,
-            extra_env=dict(E2E_ENV),
-            log_dir=LOGS,
-        )
+        stack = stack_on_free_ports(tmp_path, env, E2E_ENV, log_dir=LOGS)
         try:
             stack.start(timeout=60)
-            url = f"http://127.0.0.1:{port}"
+            url = f"http://127.0.0.1:{stack.gateway_port}"
             asyncio.run(_wait_healthy(url, stack, 90))
             assert stack.redis is not None
             yield RunningStack(stack, url, tmp_path, stack.redis.url, "montage", tmp_path / "storage")
