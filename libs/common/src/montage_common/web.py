@@ -310,6 +310,20 @@ def create_ops_app(api: web.Application) -> web.Application:
     return ops
 
 
+def query_int(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    """An integer query parameter within ``[low, high]``; 400 ``VALIDATION_ERROR`` otherwise."""
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValidationError(f"{name} must be an integer") from None
+    if not low <= value <= high:
+        raise ValidationError(f"{name} must be between {low} and {high}")
+    return value
+
+
 def internal_user(request: web.Request, secret: str) -> str:
     """The user id the gateway vouched for; refuses identity headers not from the gateway."""
     check_internal(request, secret)

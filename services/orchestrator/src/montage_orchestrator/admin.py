@@ -53,7 +53,7 @@ from montage_common.errors import Forbidden, MontageError, NotFound, ValidationE
 from montage_common.keys import ORCHESTRATOR_GROUP
 from montage_common.messages import event_decoder, task_decoder
 from montage_common.pipeline import FINAL_STATUSES, JOB_STATUSES, STAGES
-from montage_common.web import REQUEST_ID, internal_user
+from montage_common.web import REQUEST_ID, internal_user, query_int
 from montage_streams import (
     DeadLetterEntry,
     consumer_stats,
@@ -104,19 +104,6 @@ def _admin(request: web.Request) -> tuple[Deps, str]:
 
 def _iso_ms(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat().replace("+00:00", "Z")
-
-
-def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValidationError(f"{name} must be an integer") from None
-    if not low <= value <= high:
-        raise ValidationError(f"{name} must be between {low} and {high}")
-    return value
 
 
 def _stream(deps: Deps, name: str) -> tuple[str, str]:
@@ -176,7 +163,7 @@ def _action_row(r: asyncpg.Record) -> dict[str, Any]:
 
 async def actions(request: web.Request) -> web.Response:
     deps, _ = _admin(request)
-    limit = _int_param(request, "limit", 50, 1, 500)
+    limit = query_int(request, "limit", 50, 1, 500)
     job = request.query.get("job_id")
     if job is not None:
         job_id = store.as_uuid(job)
@@ -329,7 +316,7 @@ async def _queue_row(deps: Deps, name: str, delayed: dict[str, int], beats: dict
 
 async def queues(request: web.Request, record: ResultWindow) -> web.Response:
     deps, _ = _admin(request)
-    window = _int_param(request, "window", 300, 60, WINDOW_MAX_SECONDS)
+    window = query_int(request, "window", 300, 60, WINDOW_MAX_SECONDS)
     await record.refresh(deps)
     stats = record.summary(window)
     delayed = await delayed_by_stream(deps.redis, deps.keys)
@@ -393,7 +380,7 @@ async def _with_job_status(deps: Deps, items: list[dict[str, Any]]) -> list[dict
 
 async def list_dead_letters(request: web.Request) -> web.Response:
     deps, _ = _admin(request)
-    limit = _int_param(request, "limit", 50, 1, 500)
+    limit = query_int(request, "limit", 50, 1, 500)
     names = [request.query["stream"]] if "stream" in request.query else [*STAGES, RESULTS]
     before = request.query.get("before")
     if before is not None:
@@ -507,7 +494,7 @@ async def retry_all_dead_letters(request: web.Request) -> web.Response:
     deps, actor = _admin(request)
     name = request.match_info["stream"]
     stream, _ = _stream(deps, name)
-    limit = _int_param(request, "limit", 100, 1, RETRY_ALL_MAX)
+    limit = query_int(request, "limit", 100, 1, RETRY_ALL_MAX)
     outcomes: list[dict[str, Any]] = []
     entries = await dead_letters(deps.redis, deps.keys, stream, count=limit, oldest_first=True)
     for entry in entries:
@@ -543,8 +530,8 @@ async def delete_dead_letter_route(request: web.Request) -> web.Response:
 async def search_jobs(request: web.Request) -> web.Response:
     """Newest first; ``q`` is a job id or a user id (exact), ``status`` filters."""
     deps, _ = _admin(request)
-    limit = _int_param(request, "limit", 20, 1, 100)
-    offset = _int_param(request, "offset", 0, 0, 1_000_000)
+    limit = query_int(request, "limit", 20, 1, 100)
+    offset = query_int(request, "offset", 0, 0, 1_000_000)
     q = request.query.get("q", "").strip()
     status = request.query.get("status")
     if status is not None and status not in JOB_STATUSES:

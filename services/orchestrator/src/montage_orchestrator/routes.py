@@ -19,7 +19,7 @@ from montage_common.models import AudioParserInput
 from montage_common.pipeline import FINAL_STATUSES, JOB_STATUSES, STAGES
 from montage_common.redis import REDIS_DOWN
 from montage_common.storage import layout
-from montage_common.web import internal_user
+from montage_common.web import internal_user, query_int
 
 from montage_orchestrator import admin, costs, metrics, store, upload
 from montage_orchestrator.deps import DEPS, Deps
@@ -188,26 +188,13 @@ async def get_job(request: web.Request) -> web.Response:
     return respond(status_body(snap, url))
 
 
-def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValidationError(f"{name} must be an integer") from None
-    if not low <= value <= high:
-        raise ValidationError(f"{name} must be between {low} and {high}")
-    return value
-
-
 async def list_jobs(request: web.Request) -> web.Response:
     deps, user = _user(request)
     status = request.query.get("status")
     if status is not None and status not in JOB_STATUSES:
         raise ValidationError(f"status must be one of {', '.join(JOB_STATUSES)}")
-    limit = _int_param(request, "limit", 10, 1, 50)
-    offset = _int_param(request, "offset", 0, 0, 1_000_000)
+    limit = query_int(request, "limit", 10, 1, 50)
+    offset = query_int(request, "offset", 0, 0, 1_000_000)
     rows, total = await store.list_jobs(deps.pool, user, status, limit, offset)
     return respond({"jobs": [list_item(r) for r in rows], "total": total, "limit": limit, "offset": offset})
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 from montage_common.errors import Forbidden, ValidationError
-from montage_common.web import internal_user, json_response
+from montage_common.web import internal_user, json_response, query_int
 
 HEADER_ROLE = "X-Montage-Role"
 ADMIN_ROLE = "admin"
@@ -26,19 +26,6 @@ def _iso(value: Any) -> str | None:
     return None if value is None else value.isoformat().replace("+00:00", "Z")
 
 
-def _int(request: web.Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValidationError(f"{name} must be an integer") from None
-    if not low <= value <= high:
-        raise ValidationError(f"{name} must be between {low} and {high}")
-    return value
-
-
 def list_route(secret: str, pool_of: Any) -> web.RouteDef:
     """The route; ``pool_of(app)`` gives the Postgres pool (built in the app's cleanup context)."""
 
@@ -46,8 +33,8 @@ def list_route(secret: str, pool_of: Any) -> web.RouteDef:
         internal_user(request, secret)
         if request.headers.get(HEADER_ROLE, "") != ADMIN_ROLE:
             raise Forbidden("Admins only")
-        limit = _int(request, "limit", 50, 1, 200)
-        offset = _int(request, "offset", 0, 0, 1_000_000)
+        limit = query_int(request, "limit", 50, 1, 200)
+        offset = query_int(request, "offset", 0, 0, 1_000_000)
         where, args = [], []
         if status := request.query.get("status"):
             if status not in STATUSES:
