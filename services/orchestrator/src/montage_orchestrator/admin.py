@@ -53,6 +53,7 @@ from montage_common.errors import Forbidden, MontageError, NotFound, ValidationE
 from montage_common.keys import ORCHESTRATOR_GROUP
 from montage_common.messages import event_decoder, task_decoder
 from montage_common.pipeline import FINAL_STATUSES, JOB_STATUSES, STAGES
+from montage_common.storage import layout
 from montage_common.web import REQUEST_ID, internal_user, query_int
 from montage_streams import (
     DeadLetterEntry,
@@ -67,7 +68,6 @@ from montage_streams import (
 )
 
 from montage_orchestrator import store
-from montage_orchestrator.cleanup import intermediate_prefixes
 from montage_orchestrator.deps import DEPS, Deps
 from montage_orchestrator.jobs import snapshot
 from montage_orchestrator.pipeline import dispatch_stage
@@ -620,8 +620,7 @@ async def job_detail(request: web.Request) -> web.Response:
         "SELECT stage_name, api_name, call_id, cost, created_at FROM job_costs WHERE job_id = $1 ORDER BY id", job_id
     )
     files: list[dict[str, Any]] = []
-    for prefix in (f"audio-uploads/{row['user_id']}/{job_id}/", *intermediate_prefixes(str(job_id)),
-                   f"video-outputs/{job_id}/"):  # fmt: skip
+    for prefix in layout.job_prefixes(str(job_id), row["user_id"]):
         try:
             listed = await deps.storage.list(prefix)
         except Exception as exc:  # a storage outage must not hide the rest of the page
@@ -698,7 +697,7 @@ async def cancel_job(request: web.Request) -> web.Response:
     assert row is not None
     if row["status"] in FINAL_STATUSES:
         raise Conflict(f"Job already {row['status']}; it cannot be cancelled", job_id=str(job_id))
-    eff.delete_prefixes = intermediate_prefixes(str(job_id))
+    eff.delete_prefixes = layout.intermediate_prefixes(str(job_id))
     await after_commit(deps, eff)
     await deps.outbox.send_quietly(outbox_id)
     log.info("admin_job_cancelled", job_id=str(job_id), actor=actor)

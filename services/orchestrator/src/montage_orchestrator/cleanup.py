@@ -35,8 +35,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger()
 
-intermediate_prefixes = layout.intermediate_prefixes  # re-exported for the operator console
-
 
 async def _log(  # noqa: PLR0917
     pool: asyncpg.Pool, job_id: uuid.UUID | None, key: str, status: str, reason: str, error: str | None = None
