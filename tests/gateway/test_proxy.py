@@ -57,6 +57,7 @@ async def test_unreachable_upstream_is_503(gateways: Gateways) -> None:
     gw = await gateways.start(orchestrator_url="http://127.0.0.1:9")
     resp = await gw.get("/api/v1/jobs", headers=bearer("amy"))
     assert resp.status == 503
+    assert int(resp.headers["Retry-After"]) >= 1
     body = await resp.json()
     assert body["code"] == "SERVICE_UNAVAILABLE" and body["retryable"] is True
 

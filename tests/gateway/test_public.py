@@ -103,6 +103,7 @@ async def test_health_when_orchestrator_is_down(gateways: Gateways) -> None:
     gw = await gateways.start(orchestrator_url="http://127.0.0.1:9")
     resp = await gw.get("/api/v1/health")
     assert resp.status == 503
+    assert int(resp.headers["Retry-After"]) >= 1
     assert "orchestrator unreachable" in (await resp.json())["issues"]
 
 

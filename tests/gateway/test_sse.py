@@ -187,6 +187,7 @@ async def test_eleventh_connection_is_503(
         streams.append(r)
     refused = await open_stream(gw1, job, "u5")
     assert refused.status == 503
+    assert int(refused.headers["Retry-After"]) >= 1
     body = await refused.json()
     assert body["code"] == "TOO_MANY_CONNECTIONS" and body["retryable"] is True
     streams.pop().close()  # a dead client is found by a failed heartbeat write and its slot freed

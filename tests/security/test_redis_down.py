@@ -11,7 +11,7 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +45,16 @@ def own_redis_stack(server_database_url: str, tmp_path: Path) -> Iterator[Runnin
 
 
 async def _call(s: aiohttp.ClientSession, method: str, url: str, **kw: Any) -> tuple[int, dict[str, Any]]:
+    status, body, _ = await _call_with_headers(s, method, url, **kw)
+    return status, body
+
+
+async def _call_with_headers(
+    s: aiohttp.ClientSession, method: str, url: str, **kw: Any
+) -> tuple[int, dict[str, Any], Mapping[str, str]]:
     async with s.request(method, url, **kw) as r:
         body = await r.json(content_type=None) if r.content_type == "application/json" else {}
-        return r.status, body
+        return r.status, body, r.headers
 
 
 async def test_redis_killed_then_revived(own_redis_stack: RunningStack, song: Path) -> None:
@@ -79,9 +86,11 @@ async def test_redis_killed_then_revived(own_redis_stack: RunningStack, song: Pa
         ]
         answers: dict[str, int] = {}
         for method, path, kw in probes:
-            status, body = await _call(s, method, f"{url}{path}", headers=auth, **kw)
+            status, body, headers = await _call_with_headers(s, method, f"{url}{path}", headers=auth, **kw)
             answers[f"{method} {path}"] = status
             assert status != 500, (method, path, body)
+            if status == 503:  # every 503 says when to come back
+                assert int(headers.get("Retry-After", "0")) >= 1, (method, path, dict(headers))
             if status == 503 and path != "/api/v1/health":
                 assert body["code"] == "SERVICE_UNAVAILABLE" and body["retryable"] is True, (path, body)
         # reads degrade to Postgres; what needs Redis says so; the job limit fails closed

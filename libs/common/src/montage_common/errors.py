@@ -45,6 +45,11 @@ JOB_FAILURE_CODES: frozenset[ErrorCode] = frozenset(
 )
 
 
+# What a 503 tells a client to wait (``Retry-After``): a dependency that is down is usually back, or
+# another replica takes the retry, within seconds; the demo page and generated clients honour it.
+SERVICE_UNAVAILABLE_RETRY_AFTER = 2
+
+
 class MontageError(Exception):
     """Base of every error Montage reports to a client or a pipeline."""
 
@@ -52,6 +57,8 @@ class MontageError(Exception):
     code: ClassVar[str] = ErrorCode.INTERNAL_ERROR
     retryable: ClassVar[bool] = False
     default_message: ClassVar[str] = "Internal server error"
+    # Seconds a client should wait before retrying, sent as ``Retry-After`` (None: not sent).
+    retry_after_seconds: ClassVar[int | None] = None
 
     def __init__(
         self,
@@ -64,7 +71,9 @@ class MontageError(Exception):
         self.message = message or self.default_message
         self.job_id = job_id
         self.extra = extra or {}
-        self.headers = headers or {}
+        self.headers = dict(headers or {})
+        if self.retry_after_seconds is not None:
+            self.headers.setdefault("Retry-After", str(self.retry_after_seconds))
         super().__init__(self.message)
 
     def body(self) -> dict[str, Any]:
@@ -141,6 +150,7 @@ class ServiceUnavailable(MontageError):
     """A dependency is down or a capacity limit is reached."""
 
     status, code, retryable, default_message = 503, ErrorCode.SERVICE_UNAVAILABLE, True, "Service unavailable"
+    retry_after_seconds = SERVICE_UNAVAILABLE_RETRY_AFTER
 
 
 class UpstreamTimeout(MontageError):

@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 from montage_common.api import timestamp
-from montage_common.errors import MontageError
+from montage_common.errors import SERVICE_UNAVAILABLE_RETRY_AFTER, MontageError
 from montage_common.web import REQUEST_ID, json_response
 from redis.asyncio import Redis
 
@@ -60,7 +60,11 @@ class HealthHandler:
         if not redis_ok and "redis connection failed" not in issues:
             issues.append("redis connection failed")
         if issues:
-            return json_response({"status": "unhealthy", "timestamp": now, "issues": issues}, status=503)
+            return json_response(
+                {"status": "unhealthy", "timestamp": now, "issues": issues},
+                status=503,
+                headers={"Retry-After": str(SERVICE_UNAVAILABLE_RETRY_AFTER)},
+            )
         return json_response(
             {
                 "status": "healthy",

@@ -108,7 +108,7 @@ def errors(*codes: int, body: Any = api.Error, **per_code: Any) -> dict[int, Rep
     out: dict[int, Reply] = {}
     for code in codes:
         kind = per_code.get(f"e{code}", api.RateLimited if code == 429 else body)
-        headers = ("Retry-After",) if code == 429 else ("Retry-After-Optional",) if code == 503 else ()
+        headers = ("Retry-After",) if code in (429, 503) else ()
         out[code] = Reply(ERROR_TEXT[code], kind, headers=headers)
     return out
 
@@ -604,7 +604,7 @@ def document(*, development: bool, server_url: str = "/") -> dict[str, Any]:
             "description": (
                 "Music-video generation (public gateway). Every error has the body `Error` "
                 '(`{"error", "code", "retryable", "job_id"}` plus per-error fields); every response carries '
-                "`X-Request-ID`; 429 carries `Retry-After`. Unlisted methods on a documented path answer 405."
+                "`X-Request-ID`; 429 and 503 carry `Retry-After`. Unlisted methods on a documented path answer 405."
             ),
         },
         "servers": [{"url": server_url}],
