@@ -631,18 +631,19 @@ def _image_packages() -> set[str]:
     import tomllib
 
     lock = {p["name"]: p for p in tomllib.loads((ROOT / "uv.lock").read_text())["package"]}
-    seen: set[str] = set()
-    todo = [dict(d) for d in lock["montage"]["dependencies"]]
+    seen: set[tuple[str, str | None]] = set()  # a package, or one of its extras
+    todo = [(d["name"], None) for d in lock["montage"]["dependencies"]]
+    todo += [(d["name"], e) for d in lock["montage"]["dependencies"] for e in d.get("extra", [])]
     while todo:
-        dep = todo.pop()
-        package = lock[dep["name"]]
-        wanted = [*package.get("dependencies", [])]
-        for extra in dep.get("extra", []):
-            wanted += package.get("optional-dependencies", {}).get(extra, [])
-        if dep["name"] not in seen or dep.get("extra"):
-            seen.add(dep["name"])
-            todo += [dict(w) for w in wanted if w["name"] not in seen or w.get("extra")]
-    return seen
+        name, extra = todo.pop()
+        if (name, extra) in seen:
+            continue
+        seen.add((name, extra))
+        package = lock[name]
+        wanted = package.get("optional-dependencies", {}).get(extra, []) if extra else package.get("dependencies", [])
+        todo += [(w["name"], None) for w in wanted]
+        todo += [(w["name"], e) for w in wanted for e in w.get("extra", [])]
+    return {name for name, _ in seen}
 
 
 def test_the_image_installs_no_development_package() -> None:

