@@ -153,8 +153,8 @@ async def demo(args: argparse.Namespace, settings: CliSettings, environ: dict[st
             else:
                 url = client.base_url = candidates[-1]
                 log = Path("var/demo-stack.log")
-                print(f"Nothing answers at {url}: starting the local stack (log: {log}) …", flush=True)
                 stack = StackHandle(log, _port(url), environ)
+                print(f"Nothing answers at {url}: starting the local stack (log: {log}) …", flush=True)
             await wait_healthy(client, stack, STACK_START_TIMEOUT)
             if stack is not None:
                 print(f"stack up in {time.monotonic() - started:.1f} s", flush=True)
