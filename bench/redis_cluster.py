@@ -35,9 +35,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from montage_common.devstack import EmbeddedCluster, EmbeddedRedis
 from montage_common.keys import Keys
 from montage_common.redis import RedisTarget, create_redis, ready
+from montage_dev.devstack import EmbeddedCluster, EmbeddedRedis
 from montage_streams import Delivery, Emit, StreamConsumer, StreamProducer
 
 STAGES = 6

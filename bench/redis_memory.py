@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 import redis as redis_sync
 from montage_cli.client import MontageClient
-from montage_common.devstack import EmbeddedRedis, ServiceSpec, Stack, free_port
+from montage_dev.devstack import EmbeddedRedis, ServiceSpec, Stack, free_port
 
 PROMPT = "A neon city at night, rain on the streets, a lone dancer moving to the beat of the song."
 ENV = {

@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from montage_common.devstack import EmbeddedRedis
 from montage_common.events import event_emit
 from montage_common.keys import Keys
 from montage_common.redis import create_redis
+from montage_dev.devstack import EmbeddedRedis
 from montage_gateway.tokens import mint_dev_token
 from montage_streams import StreamProducer
 

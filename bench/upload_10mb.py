@@ -20,7 +20,7 @@ from pathlib import Path
 
 import aiohttp
 import numpy as np
-from montage_common.devstack import Stack, free_port
+from montage_dev.devstack import Stack, free_port
 from montage_gateway.settings import DEV_JWT_SECRET
 from montage_gateway.tokens import mint_dev_token
 

@@ -19,10 +19,10 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 from montage_common import db
-from montage_common.devstack import EmbeddedPostgres, EmbeddedRedis
 from montage_common.keys import Keys
 from montage_common.redis import create_redis
 from montage_common.storage import LocalStorage
+from montage_dev.devstack import EmbeddedPostgres, EmbeddedRedis
 from redis.asyncio import Redis
 
 # The running-stack fixtures of the end-to-end and security suites (one stack per session).

@@ -1,6 +1,6 @@
 """The whole system, once per test session, started the way ``make up`` starts it.
 
-Every service is its own OS process (``montage_common.devstack.Stack``) on random free ports,
+Every service is its own OS process (``montage_dev.devstack.Stack``) on random free ports,
 against the session's real Redis (a namespace of its own) and a fresh Postgres database, with
 low-resolution render settings so a job takes seconds. Each service's output goes to
 ``tests/artifacts/e2e-logs/<service>.log``. Tests talk to the gateway over HTTP only; where a
@@ -25,8 +25,8 @@ import aiohttp
 import asyncpg
 import pytest
 from montage_cli.client import MontageClient
-from montage_common.devstack import ROOT, ServiceSpec, Stack, free_port
 from montage_common.redis import create_redis
+from montage_dev.devstack import ROOT, ServiceSpec, Stack, free_port
 
 from tests.e2e.flows import FinishedJob, run_job
 

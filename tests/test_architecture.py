@@ -8,6 +8,11 @@
   only the standard library, msgspec and each other, so any service or client can use them
   without pulling Redis, Postgres or aiohttp in.
 - Nothing shipped imports ``tests`` (the fakes stay out of the image).
+- The development package ``montage_dev`` (``tests/dev``: the stack launcher and the fakes) may
+  import anything shipped; nothing shipped imports it: no library, no service, and of the CLI
+  (which the image installs too) only its development command, ``montage_cli.demo``.
+- Tests reach the fakes of third-party services only as ``montage_dev.fakes.*`` modules: no
+  ``tests/fakes`` directory, no loading of a source file by path.
 """
 
 from __future__ import annotations
@@ -27,7 +32,11 @@ PACKAGES = {
     "montage_stages": ROOT / "services/stage-workers/src/montage_stages",
     "montage_ragnarok": ROOT / "services/ragnarok-proxy/src/montage_ragnarok",
     "montage_cli": ROOT / "clients/cli/src/montage_cli",
+    "montage_dev": ROOT / "tests/dev/src/montage_dev",
 }
+SHIPPED = sorted(set(PACKAGES) - {"montage_dev"})
+# The one shipped module that may use the development package (``make demo`` starts the stack).
+MAY_USE_DEV = {"clients/cli/src/montage_cli/demo.py"}
 CONTRACTS = ("keys", "models", "messages", "errors", "pipeline", "api")
 ALLOWED_IN_CONTRACTS = {"msgspec", *(f"montage_common.{m}" for m in CONTRACTS)}
 
@@ -57,6 +66,7 @@ def _files(package: str) -> list[Path]:
 ALLOWED = {
     "montage_streams": {"montage_streams"},
     "montage_common": {"montage_common", "montage_streams"},
+    "montage_dev": set(PACKAGES),  # anything shipped, never ``tests``
 }
 
 
@@ -80,8 +90,83 @@ def test_contracts_import_only_the_standard_library_msgspec_and_each_other(modul
     assert not bad, f"montage_common.{module} imports {sorted(bad)}"
 
 
+def _mentions_dev(path: Path) -> bool:
+    """An import of montage_dev, or its name in a string (``python -m montage_dev…``, find_spec)."""
+    tree = ast.parse(path.read_text(), str(path))
+    strings = (n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str))
+    return any(_top(m) == "montage_dev" for m in imports_of(path)) or any("montage_dev" in s for s in strings)
+
+
+@pytest.mark.parametrize("package", SHIPPED)
+def test_nothing_shipped_uses_the_development_package(package: str) -> None:
+    """Not by an import, nor by naming its modules (what ``python -m`` or importlib would run)."""
+    bad = [
+        str(f.relative_to(ROOT))
+        for f in _files(package)
+        if str(f.relative_to(ROOT)) not in MAY_USE_DEV and _mentions_dev(f)
+    ]
+    assert not bad, f"shipped modules that use montage_dev: {bad}"
+
+
+def test_the_development_package_is_not_a_dependency_of_anything_shipped() -> None:
+    """Only the CLI's ``demo`` extra and the workspace's dev group bring it in."""
+    import tomllib
+
+    for pyproject in ROOT.glob("*/*/pyproject.toml"):
+        if pyproject.parts[-3] not in {"libs", "services", "clients"}:
+            continue
+        project = tomllib.loads(pyproject.read_text())["project"]
+        assert not [d for d in project.get("dependencies", []) if d.startswith("montage-dev")], pyproject
+        extras = {
+            k
+            for k, v in project.get("optional-dependencies", {}).items()
+            if any(d.startswith("montage-dev") for d in v)
+        }
+        assert extras <= ({"demo"} if pyproject.parts[-3] == "clients" else set()), (pyproject, extras)
+    root = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert not [d for d in root["project"]["dependencies"] if d.startswith("montage-dev")]
+    assert "montage-dev" in root["dependency-groups"]["dev"]
+
+
+def _test_files() -> list[Path]:
+    dev = PACKAGES["montage_dev"]
+    this = Path(__file__).resolve()  # it names the fakes' old paths to look for them
+    return sorted(p for p in (ROOT / "tests").rglob("*.py") if dev not in p.parents and p.resolve() != this)
+
+
+def _fake_paths(path: Path) -> list[str]:
+    """Strings of ``path`` that name the fakes as files (``… / "fakes" / "x.py"``, ``"tests/fakes/…"``)."""
+    tree = ast.parse(path.read_text(), str(path))
+    strings = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+    return [s for s in strings if s.strip("/") == "fakes" or "fakes/" in s]
+
+
+def test_tests_reach_the_fakes_only_through_the_development_package() -> None:
+    assert not (ROOT / "tests" / "fakes").exists(), "the fakes live in montage_dev.fakes"
+    assert (PACKAGES["montage_dev"] / "fakes").is_dir()
+    bad: list[tuple[str, str]] = []
+    for path in _test_files():
+        bad += [(str(path.relative_to(ROOT)), m) for m in imports_of(path) if _top(m) == "tests" and "fakes" in m]
+        bad += [(str(path.relative_to(ROOT)), s) for s in _fake_paths(path)]
+    assert not bad, f"fakes reached by path or through tests.fakes: {bad}"
+
+
 def test_the_checker_sees_a_violation(tmp_path: Path) -> None:
     """The rule is not vacuous: a forbidden import in a file is found."""
     probe = tmp_path / "probe.py"
     probe.write_text("def f():\n    from montage_orchestrator.store import get_job\n    import redis.asyncio\n")
     assert imports_of(probe) == {"montage_orchestrator.store", "redis.asyncio"}
+
+
+def test_the_checker_sees_a_use_of_the_development_package(tmp_path: Path) -> None:
+    probe = tmp_path / "probe.py"
+    probe.write_text("import sys\nARGV = [sys.executable, '-m', 'montage_dev.devstack', 'up']\n")
+    assert _mentions_dev(probe)
+    probe.write_text("def f():\n    from montage_dev.fakes import ragnarok\n")
+    assert _mentions_dev(probe)
+    probe.write_text("import montage_common.settings\n")
+    assert not _mentions_dev(probe)
+    probe.write_text("from pathlib import Path\nFAKES = Path(__file__).parents[1] / 'fakes'\n")
+    assert _fake_paths(probe) == ["fakes"]
+    probe.write_text("import subprocess\nsubprocess.run(['python', 'tests/fakes/ragnarok.py'])\n")
+    assert _fake_paths(probe) == ["tests/fakes/ragnarok.py"]

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import msgspec
 from montage_cli.settings import CliSettings
-from montage_common.devstack import StackSettings
 from montage_common.settings import CommonSettings
+from montage_dev.devstack import StackSettings
 from montage_gateway.settings import GatewaySettings
 from montage_orchestrator.settings import OrchestratorSettings
 from montage_ragnarok.settings import ProxySettings

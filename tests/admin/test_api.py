@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from tests.e2e.flows import FinishedJob
 from tests.stack import RunningStack, unique
 
 pytestmark = [pytest.mark.e2e]
+TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
 
 def concrete(path: str) -> str:
@@ -42,7 +44,21 @@ def concrete(path: str) -> str:
     return path.replace("{stream}", "composer").replace("{entry_id}", "1-0").replace("{job_id}", str(uuid.uuid4()))
 
 
+def timestamps(body: Any, key: str = "") -> list[str]:
+    """Every time in a JSON body (keys ``at`` and ``*_at``), at any depth."""
+    if isinstance(body, dict):
+        return [t for k, v in body.items() for t in timestamps(v, k)]
+    if isinstance(body, list):
+        return [t for v in body for t in timestamps(v, key)]
+    return [body] if (key == "at" or key.endswith("_at")) and body is not None else []
+
+
 def decode(body: Any, kind: type[Any]) -> Any:
+    """The body as the documented Struct; every time in it written as the public API writes
+    times (``api.timestamp``: UTC, milliseconds, ``Z``)."""
+    for moment in timestamps(body):
+        assert isinstance(moment, str) and TIMESTAMP.fullmatch(moment), moment
+        assert api.timestamp(datetime.fromisoformat(moment)) == moment
     return msgspec.convert(body, kind, strict=False)
 
 
@@ -140,7 +156,9 @@ async def test_the_page_is_served_to_an_admin(clients: Clients, e2e_stack: Runni
 
 # --- queues, jobs, RAGNAROK, the log -------------------------------------------------------------
 async def test_queues_show_every_stage(clients: Clients, finished_job: FinishedJob) -> None:
-    body = decode(await clients.admin.call("GET", f"{ADMIN_API}/queues"), api.AdminQueues)
+    raw = await clients.admin.call("GET", f"{ADMIN_API}/queues")
+    assert timestamps(raw) == [raw["generated_at"]]  # milliseconds, like every time below (decode)
+    body = decode(raw, api.AdminQueues)
     assert [q.name for q in body.stages] == list(api.StageName.__args__)  # type: ignore[attr-defined]
     for q in body.stages:
         assert q.consumers and any(c.alive for c in q.consumers), q
@@ -158,7 +176,11 @@ async def test_job_search_detail_and_cancel(clients: Clients, finished_job: Fini
     by_id = decode(await clients.admin.call("GET", f"{ADMIN_API}/jobs", params={"q": finished_job.job_id}),
                    api.AdminJobs)  # fmt: skip
     assert by_id.total == 1 and by_id.jobs[0].user_id == finished_job.user
-    detail = decode(await clients.admin.call("GET", f"{ADMIN_API}/jobs/{finished_job.job_id}"), api.AdminJobDetail)
+    raw = await clients.admin.call("GET", f"{ADMIN_API}/jobs/{finished_job.job_id}")
+    # times from Postgres, from event ids and from file modification times, all checked by decode
+    assert raw["events"][0]["at"] in timestamps(raw) and raw["files"][0]["modified_at"] in timestamps(raw)
+    assert raw["costs"][0]["created_at"] in timestamps(raw) and raw["job"]["created_at"] in timestamps(raw)
+    detail = decode(raw, api.AdminJobDetail)
     assert [s.stage for s in detail.stages] == list(api.StageName.__args__)  # type: ignore[attr-defined]
     assert all(s.status == "completed" and s.duration_seconds is not None for s in detail.stages)
     assert {e.event for e in detail.events} >= {"stage_update", "progress", "completed"}
@@ -189,6 +211,7 @@ async def test_ragnarok_jobs_are_listed(clients: Clients, e2e_stack: RunningStac
                   api.AdminNexusJobs)  # fmt: skip
     assert len(body.jobs) == 1
     job = body.jobs[0]
+    assert job.created_at and job.updated_at  # both written by api.timestamp (decode)
     assert (job.job_id, job.workflow_id, job.trace_id) == (
         submitted["job_id"], submitted["workflow_id"], submitted["trace_id"])  # fmt: skip
     assert job.user_id == clients.user_name and sum(body.counts.values()) >= 1
@@ -227,6 +250,7 @@ async def test_dead_letters_that_cannot_be_retried_are_refused_and_can_be_delete
                     api.AdminDeadLetters)  # fmt: skip
     by_id = {d.entry_id: d for d in listed.dead_letters}
     assert {gone, done, junk} <= set(by_id)
+    assert all(d.dead_at for d in listed.dead_letters)  # from the entry id, as api.timestamp writes it (decode)
     assert by_id[done].attempts == 2 and len(by_id[done].history) == 2 and by_id[done].code == "BOOM"
     assert by_id[done].job_status == "completed" and by_id[gone].job_status is None
 

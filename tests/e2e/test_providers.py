@@ -30,7 +30,7 @@ import aiohttp
 import asyncpg
 import msgspec
 import pytest
-from montage_common.devstack import free_port
+from montage_dev.devstack import free_port
 
 from tests.e2e.flows import PROMPT
 from tests.stack import ARTIFACTS, E2E_ENV, LoggedStack, _drop_namespace, _wait_healthy, dev_token, fresh_database

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from montage_common.devstack import ROOT
+from montage_dev.devstack import ROOT
 
 from tests.e2e.flows import PROMPT
 from tests.stack import ARTIFACTS, RunningStack, dev_token, unique

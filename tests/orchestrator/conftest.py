@@ -22,7 +22,6 @@ import msgspec
 import pytest
 from aiohttp import web
 from montage_common import events
-from montage_common.devstack import free_port
 from montage_common.keys import Keys
 from montage_common.messages import ErrorInfo, StageCost, StageProgress, StageResult, StageTask, encode, task_decoder
 from montage_common.models import (
@@ -44,6 +43,7 @@ from montage_common.models import (
 from montage_common.pipeline import STAGES
 from montage_common.settings import load
 from montage_common.storage import LocalStorage
+from montage_dev.devstack import free_port
 from montage_orchestrator.app import create_app
 from montage_orchestrator.deps import DEPS, Deps
 from montage_orchestrator.settings import OrchestratorSettings

@@ -14,11 +14,11 @@ import aiohttp
 import asyncpg
 import msgspec
 from montage_common import events
-from montage_common.devstack import free_port
 from montage_common.keys import Keys
 from montage_common.messages import StageResult, encode
 from montage_common.pipeline import STAGES
 from montage_common.storage import LocalStorage
+from montage_dev.devstack import free_port
 from montage_orchestrator.pipeline import Pipeline
 from montage_streams import Delivery
 from redis.asyncio import Redis

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -11,28 +9,19 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from montage_common.devstack import free_port
 from montage_common.errors import NotFound
 from montage_common.settings import CommonSettings
 from montage_common.storage import create_storage
 from montage_common.storage.supabase import StorageUnavailable, SupabaseStorage
+from montage_dev.devstack import free_port
+from montage_dev.fakes.supabase_storage import FakeSupabaseStorage
 
 KEY = "service-role-key"
 
 
-def _fake_module() -> Any:
-    path = Path(__file__).resolve().parents[1] / "fakes" / "supabase_storage.py"
-    spec = importlib.util.spec_from_file_location("montage_test_fake_supabase_storage", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture
 async def fake() -> AsyncIterator[tuple[str, Any]]:
-    state = _fake_module().FakeSupabaseStorage(KEY)
+    state = FakeSupabaseStorage(KEY)
     runner = web.AppRunner(state.app(), access_log=None)
     await runner.setup()
     port = free_port()

@@ -12,11 +12,11 @@ import pytest
 from aiohttp.test_utils import TestServer
 from montage_common.models import CostItem
 from montage_common.storage import LocalStorage
+from montage_dev.fakes.openai import FakeOpenAI, create_app
 from montage_stages.context import StageContext
 from montage_stages.provider_http import Providers
 from montage_stages.settings import StageSettings
 
-from tests.fakes.openai import FakeOpenAI, create_app
 from tests.ragnarok.conftest import (  # noqa: F401 - the proxy's fixtures, for the clip tests
     fake_ragnarok,
     fake_trinity,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from montage_common.devstack import Stack
+from montage_dev.devstack import Stack
 
 
 def _specs(tmp_path: Path, **env: str) -> dict[str, list[str] | dict[str, str]]:

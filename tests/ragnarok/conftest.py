@@ -6,7 +6,6 @@ subprocesses), real Postgres and Redis from the shared fixtures.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import signal
 import subprocess
@@ -15,7 +14,6 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import aiohttp
@@ -23,10 +21,12 @@ import asyncpg
 import msgspec
 import pytest
 from aiohttp import web
-from montage_common.devstack import free_port
 from montage_common.keys import Keys
 from montage_common.messages import RagnarokJobFinished
 from montage_common.messages import ragnarok_event_decoder as decoder
+from montage_dev.devstack import free_port
+from montage_dev.fakes import ragnarok as fake_ragnarok_module
+from montage_dev.fakes import trinity as fake_trinity_module
 from montage_ragnarok.app import create_app
 from montage_ragnarok.events import FIELD
 from montage_ragnarok.settings import ProxySettings
@@ -34,21 +34,7 @@ from redis.asyncio import Redis
 
 from tests import support
 
-FAKES = Path(__file__).resolve().parents[1] / "fakes"
 SECRET = "test-internal-secret"
-
-
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"montage_test_fake_{name}", FAKES / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-fake_ragnarok_module = _load("ragnarok")
-fake_trinity_module = _load("trinity")
 
 
 def headers(user: str = "user-1", secret: str = SECRET) -> dict[str, str]:

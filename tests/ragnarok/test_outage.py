@@ -7,7 +7,7 @@ from typing import Any
 
 import aiohttp
 import asyncpg
-from montage_common.devstack import free_port
+from montage_dev.devstack import free_port
 from montage_ragnarok.settings import ProxySettings
 
 from .conftest import Served, headers, unique, wait_for

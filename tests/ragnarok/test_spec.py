@@ -140,7 +140,7 @@ async def test_trinity_unreachable_or_unconfigured(
     start_proxy: Callable[[ProxySettings], Awaitable[str]],
     proxy_settings: Callable[..., ProxySettings],
 ) -> None:
-    from montage_common.devstack import free_port
+    from montage_dev.devstack import free_port
 
     for trinity_url, reason in ((f"http://127.0.0.1:{free_port()}", "trinity_unreachable"), ("", "not_configured")):
         url = await start_proxy(proxy_settings(trinity_url=trinity_url))

@@ -13,8 +13,8 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
-from montage_common.devstack import EmbeddedRedis
 from montage_common.pipeline import STAGES
+from montage_dev.devstack import EmbeddedRedis
 from montage_streams import Delivery, Emit, StreamConsumer
 
 from tests.gateway.conftest import emit, gateways, gw, make_settings, orchestrator, serve  # noqa: F401 (fixtures)

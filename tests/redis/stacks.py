@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from montage_common.devstack import EmbeddedRedis, free_port, redis_executable, wait_port
+from montage_dev.devstack import EmbeddedRedis, free_port, redis_executable, wait_port
 
 from tests.e2e.flows import PROMPT
 from tests.stack import (

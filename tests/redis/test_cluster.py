@@ -15,8 +15,8 @@ import aiohttp
 import pytest
 import redis as redis_sync
 from montage_cli.client import MontageClient
-from montage_common.devstack import EmbeddedCluster
 from montage_common.keys import Keys
+from montage_dev.devstack import EmbeddedCluster
 
 from tests.e2e.flows import run_job
 from tests.redis.stacks import redis_version, stack_on

@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 import pytest
 import redis as redis_sync
-from montage_common.devstack import EmbeddedRedis
+from montage_dev.devstack import EmbeddedRedis
 
 from tests.redis.stacks import SentinelSet, call, signed_in, stack_on, submit, wait_stage, wait_status
 

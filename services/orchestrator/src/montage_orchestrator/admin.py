@@ -42,13 +42,14 @@ import asyncio
 import time
 import uuid
 from collections import deque
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import msgspec
 import structlog
 from aiohttp import web
+from montage_common.api import timestamp
 from montage_common.errors import Forbidden, MontageError, NotFound, ValidationError
 from montage_common.keys import ORCHESTRATOR_GROUP
 from montage_common.messages import event_decoder, task_decoder
@@ -102,8 +103,13 @@ def _admin(request: web.Request) -> tuple[Deps, str]:
     return deps, user
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _iso_ms(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat().replace("+00:00", "Z")
+    """Milliseconds since the epoch (a stream entry id, a file's mtime) in the API's one time
+    format; integer arithmetic, so the milliseconds are exact."""
+    return timestamp(_EPOCH + timedelta(milliseconds=ms))
 
 
 def _stream(deps: Deps, name: str) -> tuple[str, str]:

@@ -6,9 +6,11 @@ every route here it needs the internal credential (``internal_only``) and a user
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from aiohttp import web
+from montage_common.api import timestamp
 from montage_common.errors import Forbidden, ValidationError
 from montage_common.web import internal_user, json_response, query_int
 
@@ -22,8 +24,9 @@ _COLUMNS = (
 )
 
 
-def _iso(value: Any) -> str | None:
-    return None if value is None else value.isoformat().replace("+00:00", "Z")
+def _iso(value: datetime | None) -> str | None:
+    """The API's one time format (milliseconds), as the public Nexus routes."""
+    return None if value is None else timestamp(value)
 
 
 def list_route(secret: str, pool_of: Any) -> web.RouteDef:

