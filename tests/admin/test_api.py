@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from montage_cli.client import MontageClient
 from montage_common import api
 from montage_common.keys import Keys
 from montage_common.messages import StageResult, StageTask, encode
@@ -32,7 +33,7 @@ from tests.admin.conftest import (
     submit,
     wait_until,
 )
-from tests.e2e.flows import FinishedJob
+from tests.e2e.flows import FinishedJob, follow_to_end
 from tests.stack import RunningStack, unique
 
 pytestmark = [pytest.mark.e2e]
@@ -332,3 +333,10 @@ async def test_a_dead_lettered_stage_is_retried_and_the_job_completes(
         "GET", f"/api/v1/jobs/{dead.job_id}",
     )  # fmt: skip
     assert owner[0] == 200 and owner[1]["status"] == "completed" and owner[1]["video_url"]
+    # replayed from the start, the job's log has one end: the old error was withdrawn on retry
+    owner_client = MontageClient(
+        clients.session, e2e_stack.url, await admin_token(clients.session, e2e_stack.url, dead.user, role=None)
+    )
+    events = [e.event for e in await follow_to_end(owner_client, dead.job_id, limit=60)]
+    assert events[-1] == "completed" and "error" not in events, events
+    assert "message" in events and events.count("completed") == 1

@@ -29,6 +29,7 @@ __all__ = [
     "parse_published",
     "replay",
     "valid_event_id",
+    "withdraw_final_events",
 ]
 
 EVENT_TYPES = ("stage_update", "progress", "message", "cost_update", "completed", "error")
@@ -85,3 +86,17 @@ async def replay(redis: Redis, keys: Keys, job_id: str, after: str = "0-0") -> l
     """Every logged event of the job after entry id ``after`` (exclusive), oldest first."""
     entries = await read_range(redis, keys.job_events_stream(job_id), after=after, limit=EVENT_LOG_MAXLEN * 2)
     return [(e.entry_id, event_decoder.decode(e.payload)) for e in entries]
+
+
+async def withdraw_final_events(redis: Redis, keys: Keys, job_id: str) -> list[str]:
+    """Delete the job's logged final events; returns their ids.
+
+    For a job an operator re-opens (a failed job whose dead-lettered stage is retried): its log
+    must read as one history with one end, or a client replaying it (``Last-Event-ID: 0-0``)
+    stops at the earlier ``error``. Postgres keeps the failure (the job's errors and the
+    operator's action), and the retry itself is logged as a ``message`` event.
+    """
+    ids = [entry_id for entry_id, event in await replay(redis, keys, job_id) if event.event in FINAL_EVENTS]
+    if ids:
+        await redis.xdel(keys.job_events_stream(job_id), *ids)
+    return ids

@@ -23,7 +23,8 @@ job's state machine, in one Postgres transaction with the job row locked:
   that stage (``current_stage``), and the stage's row must still carry the dead letter's
   ``dispatch`` (no newer attempt since); its files must not be cleaned yet;
 - a failed job is re-opened (``processing``, error and completion cleared, a fresh deadline of
-  ``JOB_TIMEOUT_SECONDS``, file expiry cleared) and the job's cancel flag is removed;
+  ``JOB_TIMEOUT_SECONDS``, file expiry cleared), the job's cancel flag is removed, and after the
+  commit its logged ``error`` event is withdrawn from the SSE log (one history, one end);
 - the stage is dispatched anew from the stored outputs of the stages before it (a new dispatch
   number, the budget check of expensive stages, ``message`` and ``stage_update started``
   events), through the outbox; the action is logged in ``admin_actions`` in the same
@@ -438,6 +439,8 @@ async def _retry_stage(deps: Deps, actor: str, request_id: str, name: str, entry
         outbox_id = await deps.outbox.add(conn, job_id, eff.emits)
         detail = {"stage": name, "was": was, "dispatched": dispatched, "old_dispatch": task.dispatch}
         await record_action(conn, actor, "dead_letter.retry", target, job_id, "done", detail, request_id)
+    if was == "failed":  # re-opened: the log's earlier error is no longer the job's end
+        await withdraw_final_events(deps.redis, deps.keys, str(job_id))
     await after_commit(deps, eff)
     await delete_dead_letter(deps.redis, deps.keys, deps.keys.stage_stream(name), entry.entry_id)
     await deps.outbox.send_quietly(outbox_id)
