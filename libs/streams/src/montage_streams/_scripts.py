@@ -65,9 +65,8 @@ def batch_args(source: str, batch: Sequence[tuple[str, Sequence[Emit]]], fetch: 
             if k is None:
                 keys.append(e.stream)
                 k = index[e.stream] = len(keys)
-            argv += [f"{k} {e.maxlen} {e.ttl_seconds} {len(e.extra)} {int(e.sharded)}", e.channel,
-                     e.message_id or uuid.uuid4().hex,
-                     e.payload]  # fmt: skip
+            argv += [k, e.maxlen, e.ttl_seconds, len(e.extra), int(e.sharded), e.channel,
+                     e.message_id or uuid.uuid4().hex, e.payload]  # fmt: skip
             for name, value in e.extra:
                 argv += [name, value]
     return keys, argv
