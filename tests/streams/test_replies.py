@@ -192,6 +192,24 @@ async def test_hand_off_script_reply(r: Any) -> None:
     assert hand_off_reply(await Scripts(r).ack_emit(keys=keys, args=["g", "c", *argv]), 1).fetched == []
 
 
+async def test_hand_off_owner_check_does_not_depend_on_the_range_guess(r: Any) -> None:
+    # ids whose text order is not their order ("5-10" < "5-9" as text): the batch's range guess
+    # (text min and max) misses some, which the script then checks one by one
+    await r.xgroup_create("{t}:s", "g", id="0", mkstream=True)
+    ids = ["5-9", "5-10", "5-11", "6-1"]
+    for i in ids:
+        await r.xadd("{t}:s", {"id": i, "m": "p"}, id=i)
+    await r.xreadgroup("g", "c", {"{t}:s": ">"}, count=10)
+    await r.xclaim("{t}:s", "g", "thief", 0, ["5-10"])
+    batch = [(i, [Emit("{t}:out", i.encode(), i)]) for i in ["6-1", "5-10", "5-9", "5-11", "5-9"]]
+    keys, argv = batch_args("{t}:s", batch)
+    assert argv[2:4] == ["5-10", "6-1"]  # the guess leaves 5-9 out
+    reply = hand_off_reply(await Scripts(r).ack_emit(keys=keys, args=["g", "c", *argv]), len(batch))
+    assert reply.owned == [True, False, True, True, False]  # 5-10 is the thief's; 5-9 only once
+    assert [e.fields[b"m"] for e in range_reply(await r.xrange("{t}:out")) if e.fields] == [b"6-1", b"5-9", b"5-11"]
+    assert pending_summary_reply(await r.xpending("{t}:s", "g")).consumers == {"thief": 1}
+
+
 async def test_renew_and_release_script_replies(r: Any) -> None:
     ids = await _stream(r, 2)
     await r.xreadgroup("g", "c", {"{t}:s": ">"}, count=2)
