@@ -58,9 +58,9 @@ def batch_args(source: str, batch: Sequence[tuple[str, Sequence[Emit]]], fetch: 
     keys: list[str] = [source]
     index: dict[str, int] = {source: 1}
     ids = [entry_id for entry_id, _ in batch if entry_id]
-    # The range of the batch's ownership check: a guess (text order is id order while the ids
-    # have one length); the script checks what it misses one by one.
-    argv: list[Any] = [len(batch), fetch, *((min(ids), max(ids)) if ids else ("", ""))]
+    # The range of the batch's ownership check: a guess (hand-offs mostly come in the order the
+    # entries were read); the script checks what it misses one by one.
+    argv: list[Any] = [len(batch), fetch, *((ids[0], ids[-1]) if ids else ("", ""))]
     for entry_id, emits in batch:
         argv += [entry_id, len(emits)]
         for e in emits:
