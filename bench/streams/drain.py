@@ -24,6 +24,12 @@ Systems:
   ``--fast-loops`` such loops per process (default 3, the concurrency).
 
 ``montage:N`` is the runtime with concurrency N per stage (``--systems fast,montage,montage:10``).
+``montage-base`` (and ``montage-base:N``) is the same on another checkout's runtime: the directory
+holding its ``montage_streams`` in ``BENCH_BASE_SRC`` (put first on the workers' ``PYTHONPATH``),
+for before/after figures from one run.
+
+Every run also checks what the last stage received: each job exactly once (``duplicates`` and
+``missing`` are reported per run and must be 0).
 
 Runs are interleaved (fast, montage, fast, montage, …) so a change in the machine's load falls on
 both; medians of ``--runs``. ``--profile DIR`` records each system's first run with py-spy
@@ -203,12 +209,17 @@ async def one_run(system: str, url: str, args: argparse.Namespace, log: Path, pr
         # "montage:10": the runtime with concurrency 10 per stage instead of --concurrency
         conc = system.partition(":")[2] or str(args.concurrency)
         cmd = [sys.executable, str(HERE), "--role", "montage", "--url", url, "--concurrency", conc]
+    env = dict(os.environ)
+    if system.startswith("montage-base"):
+        if not os.environ.get("BENCH_BASE_SRC"):
+            raise SystemExit("montage-base needs BENCH_BASE_SRC (a directory holding montage_streams)")
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.environ["BENCH_BASE_SRC"], env.get("PYTHONPATH")]))
     procs: list[subprocess.Popen[bytes]] = []
     spies: list[subprocess.Popen[bytes]] = []
     try:
         with log.open("ab") as out:
             for _ in range(args.workers):
-                procs.append(subprocess.Popen(cmd, stdout=out, stderr=out, start_new_session=True))
+                procs.append(subprocess.Popen(cmd, stdout=out, stderr=out, start_new_session=True, env=env))
         for _ in range(3000):  # bounded: 30 s
             if int(await redis.get(READY) or 0) >= args.workers:
                 break
@@ -238,7 +249,9 @@ async def one_run(system: str, url: str, args: argparse.Namespace, log: Path, pr
         cpu1 = [cpu_seconds(p.pid) for p in procs]
         rcpu1 = await redis_cpu(redis)
         calls1 = await redis_calls(redis)
-        t1 = [float(f[b"t1"]) for _, f in await redis.xrange(DONE)]
+        done = [f for _, f in await redis.xrange(DONE)]
+        t1 = [float(f[b"t1"]) for f in done]
+        received = {f[b"m"] for f in done}
     finally:
         for s in spies:
             s.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
@@ -270,6 +283,8 @@ async def one_run(system: str, url: str, args: argparse.Namespace, log: Path, pr
             "redis_us_per_task": 1e6 * (rcpu1 - rcpu0) / tasks,
             "redis_calls_per_task": sum(calls.values()),
             "load1": os.getloadavg()[0],
+            "duplicates": len(done) - len(received),
+            "missing": args.jobs - len(received),
         }
         | {f"calls_{k}": round(v, 3) for k, v in calls.items() if v >= 0.001}
         | {f"us_{k[5:]}": round(v, 2) for k, v in usec.items() if v >= 0.01}

@@ -2,8 +2,9 @@
 
     .venv/bin/python bench/streams/run.py [--systems montage,bare,taskiq,bullmq,arq] [--runs 3] [--rate 200,500]
 
-``montage-base`` runs the same workload on another checkout's ``montage_common`` (the directory
-holding it in ``BENCH_BASE_SRC``), for before/after figures from one run.
+``montage-base`` runs the same workload on another checkout's runtime (``BENCH_BASE_SRC``: the
+directory holding its ``montage_streams``, or ``montage_common`` for checkouts from before the
+runtime became its own package), for before/after figures from one run.
 
 Starts its own redis-server (no persistence, FLUSHALL between runs). Per system and run: two
 worker processes (each: six stages, concurrency 3 per stage), a warm-up, then one producer
@@ -60,7 +61,7 @@ def systems() -> dict[str, System]:
     return {
         "montage": System("montage", ours, ["montage.py", "worker"], ["montage.py", "produce"]),
         "bare": System("bare", ours, ["bare.py", "worker"], ["bare.py", "produce"]),
-        # The runtime as of another checkout (BENCH_BASE_SRC: a dir holding montage_common), for before/after.
+        # The runtime of another checkout (BENCH_BASE_SRC: a dir holding montage_streams), for before/after.
         "montage-base": System("montage-base", ours, ["montage.py", "worker"], ["montage.py", "produce"],
                                {"PYTHONPATH": os.environ.get("BENCH_BASE_SRC", "")}),
         "taskiq": System("taskiq", peer("taskiq"),

@@ -178,13 +178,14 @@ class RedisServer:
     data_dir: Path
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    binary: str = ""  # default: STREAMS_REDIS_SERVER, else the one montage_common.devstack finds
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        binary = os.environ.get("STREAMS_REDIS_SERVER") or redis_executable()
+        binary = self.binary or os.environ.get("STREAMS_REDIS_SERVER") or redis_executable()
         self.proc = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
              "--save", "", "--appendonly", "no", "--daemonize", "no"],

@@ -69,6 +69,8 @@ async def main(args: argparse.Namespace) -> None:
         retry=RetryPolicy(tuple(float(x) for x in args.backoff.split(",") if x)),
         grace=args.grace,
         on_dead_letter=dead,
+        read_ahead=args.read_ahead,
+        read_ahead_wait=args.read_ahead_wait,
     )
 
     loop = asyncio.get_running_loop()
@@ -100,4 +102,6 @@ if __name__ == "__main__":
     p.add_argument("--claim-idle-ms", type=int, default=500)
     p.add_argument("--backoff", default="0.2,0.4,0.8")
     p.add_argument("--grace", type=float, default=1.0)
+    p.add_argument("--read-ahead", type=int, default=StreamConsumer.read_ahead)
+    p.add_argument("--read-ahead-wait", type=float, default=StreamConsumer.read_ahead_wait)
     asyncio.run(main(p.parse_args()))

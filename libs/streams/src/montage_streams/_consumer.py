@@ -29,15 +29,26 @@ entry with bounded concurrency. Its guarantees:
   applied in one script).
 - **Graceful stop.** :meth:`StreamConsumer.stop` stops reading; in-flight handlers get
   ``grace`` seconds, then are cancelled and their entries stay pending for another consumer.
+- **Read-ahead.** Besides the ``concurrency`` entries its handlers run, a consumer holds up to
+  ``read_ahead`` more, read in the same round trips, so that a hand-off call carries the
+  results of more entries than there are handlers (fewer round trips per entry). It reads
+  ahead only as many as its handlers get through in about ``read_ahead_wait`` seconds at their
+  recent average duration (none before the first handler finished, none for slow handlers), so
+  an entry never waits long in one consumer while another is idle. Entries read ahead are
+  claimed by this consumer like running ones: renewed while held, reclaimed by others if it
+  dies, and on stop released (made reclaimable at once, their delivery count put back) rather
+  than run. A handler does not wait for its hand-off: it takes the next entry while the
+  hand-off goes out with others in one script call.
 
 All keys one script touches share a hash tag (the caller's :class:`KeyLayout` decides the
 names), so this also runs on Redis Cluster. Works with Redis 6.2+. The package knows nothing
 of Montage's pipeline: it depends on redis, msgspec, structlog and prometheus-client only.
 
 Layout: this module holds the consumer's lifecycle, reading and hand-off;
-:mod:`._maintenance` its background loops (renewal, promotion, reclaim, trimming);
-:mod:`._scripts` the Lua scripts; :mod:`._model` the entry types and the key layout;
-:mod:`._metrics` the Prometheus metrics.
+:class:`._maintenance.ConsumerMaintenance` its background work (renewal, release, promotion,
+reclaim, trimming), an object the consumer creates with explicit dependencies;
+:mod:`._scripts` the Lua scripts; :mod:`._replies` the typed decoding of Redis replies;
+:mod:`._model` the entry types and the key layout; :mod:`._metrics` the Prometheus metrics.
 """
 
 from __future__ import annotations
@@ -48,6 +59,7 @@ import functools
 import os
 import socket
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,14 +83,17 @@ from montage_streams._model import (
     delivery,
     group_lost,
     id_key,
-    text,
 )
+from montage_streams._replies import HandOffReply, StreamEntry, count_reply, hand_off_reply, read_reply
 from montage_streams._retry import RetryPolicy
 from montage_streams._scripts import Scripts, batch_args, entry_fields, netstrings
 
 log = structlog.get_logger()
 
 _HANDOFF_CALLS = 2  # hand-off script calls in flight per consumer
+_EWMA = 0.2  # weight of the newest handler duration in the running average
+
+Commit = tuple[Delivery, Sequence[Emit]]
 
 
 def default_consumer_name() -> str:
@@ -98,11 +113,11 @@ class StreamProducer:
         # The first emitted stream stands in as the (unused) source key: no foreign slot.
         keys, argv = batch_args(emits[0].stream, [("", emits)])
         res = await self._ack_emit(keys=keys, args=["", "", *argv])
-        return [text(i) for i in res[0]]
+        return hand_off_reply(res, 1).ids[0] or []
 
 
 @dataclass
-class StreamConsumer(ConsumerMaintenance):
+class StreamConsumer:
     """Consume ``stream`` in ``group``; see the module docstring for the guarantees."""
 
     redis: Redis
@@ -120,63 +135,97 @@ class StreamConsumer(ConsumerMaintenance):
     grace: float = 20.0
     maintenance_interval: float = 5.0
     on_dead_letter: DeadLetterHook | None = None
+    read_ahead: int = 16  # entries held beyond the running ones, at most (0: none)
+    read_ahead_wait: float = 0.05  # ... and only as many as the handlers get through in about this
 
     def __post_init__(self) -> None:
+        if self.concurrency < 1 or self.read_ahead < 0:
+            raise ValueError("concurrency must be >= 1 and read_ahead >= 0")
         self._r: Any = self.redis  # redis-py's stubs type stream replies loosely
         self._stop = asyncio.Event()
-        self._closing = asyncio.Event()  # background loops end (after the drain)
-        self._slots = asyncio.Semaphore(self.concurrency)
-        self._inflight: dict[str, asyncio.Task[None]] = {}
-        self._claimed: set[str] = set()  # reclaimed, waiting for a slot (renewed meanwhile)
+        self._available = asyncio.Event()  # the read-ahead buffer got entries (or we stop)
+        self._poke = asyncio.Event()  # room or hand-off calls changed (or we stop): the reader looks again
+        self._buffer: deque[Delivery] = deque()  # read, owned, not started (renewed meanwhile)
+        self._running: dict[str, Delivery] = {}  # handlers running
+        self._committing: dict[str, Delivery] = {}  # hand-off queued or in flight
+        self._requested = 0  # entries asked for in reads still in flight
+        self._avg_duration: float | None = None  # running average of handler durations (s)
+        self._workers: list[asyncio.Task[None]] = []
         self._last_seen = "0-0"
         self._scripts = Scripts(self.redis)
         self._dead_stream = self.keys.dead_letter_stream(self.stream)
         self._labels = (self.stream, self.group)
         self._processed = PROCESSED.labels(*self._labels)
         self._failed = FAILED.labels(*self._labels)
+        self._lost = LOST.labels(*self._labels)
         self._duration = DURATION.labels(*self._labels)
-        self._commits: list[tuple[str, Sequence[Emit], asyncio.Future[tuple[bool, Delivery | None]]]] = []
+        self._commits: list[Commit] = []
         self._flushers: set[asyncio.Task[None]] = set()  # hand-off calls in flight (at most _HANDOFF_CALLS)
         self._flush_due = False  # a flusher is created and has not taken its batch yet
+        self._maintenance = ConsumerMaintenance(
+            redis=self._r,
+            stream=self.stream,
+            group=self.group,
+            consumer=self.consumer,
+            delayed_zset=self.keys.delayed_zset(self.stream),
+            retry=self.retry,
+            scripts=self._scripts,
+            claim_idle_ms=self.claim_idle_ms,
+            maxlen=self.maxlen,
+            consumer_gc_ms=self.consumer_gc_ms,
+            interval=self.maintenance_interval,
+            held=self._held,
+            room=self._reclaim_room,
+            take=self._take,
+            dead_letter=self._dead_letter,
+            recover_group=self._recreate_group_safely,
+            stopping=self._stop.is_set,
+        )
         self.started = asyncio.Event()
 
     # --- lifecycle ------------------------------------------------------------------
     def stop(self) -> None:
         """Stop reading; :meth:`run` returns after in-flight work finished or was cancelled."""
         self._stop.set()
+        self._available.set()
+        self._poke.set()
 
     async def run(self) -> None:
         await self._retrying(self.ensure_group)
-        loops = [
-            asyncio.create_task(self._renew_loop(), name="renew"),
-            asyncio.create_task(self._promote_loop(), name="promote"),
-            asyncio.create_task(self._maintenance_loop(), name="maintenance"),
-        ]
+        self._maintenance.start()
+        self._workers = [asyncio.create_task(self._work(), name="handler") for _ in range(self.concurrency)]
         self.started.set()
         try:
             await self._read_loop()
         finally:
             await self._drain()
-            self._closing.set()
-            for t in loops:
-                t.cancel()
-            # A cancel can be swallowed inside redis-py (Python 3.11); the loops also watch _closing.
-            _, stuck = await asyncio.wait(loops, timeout=5.0)
-            if stuck:
-                log.warning("stream_loops_stuck", stream=self.stream, count=len(stuck))
+            await self._release_unstarted()
+            await self._maintenance.close()
 
     async def _drain(self) -> None:
-        deadline = time.monotonic() + self.grace
-        while self._inflight and (left := deadline - time.monotonic()) > 0:
-            await asyncio.wait(list(self._inflight.values()), timeout=left)
-        pending = list(self._inflight.values())
-        for t in pending:
-            t.cancel()
-        if pending:
-            await asyncio.wait(pending, timeout=5.0)  # bounded: a handler may ignore its cancel
-            log.warning("stream_handlers_cancelled", stream=self.stream, count=len(pending))
+        self.stop()
+        workers = [w for w in self._workers if not w.done()]
+        if workers:
+            _, pending = await asyncio.wait(workers, timeout=self.grace)
+            busy = len(self._running)
+            for t in pending:
+                t.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=5.0)  # bounded: a handler may ignore its cancel
+                log.warning("stream_handlers_cancelled", stream=self.stream, count=busy)
         if self._flushers:
             await asyncio.wait(list(self._flushers), timeout=5.0)
+
+    async def _release_unstarted(self) -> None:
+        """Entries read ahead and never started: released for other consumers at once."""
+        ids = [d.entry_id for d in self._buffer]
+        self._buffer.clear()
+        if ids:
+            try:
+                async with asyncio.timeout(5.0):
+                    await self._maintenance.release(ids)
+            except Exception as exc:  # Redis down: they are reclaimed after claim_idle_ms instead
+                log.warning("stream_release_failed", stream=self.stream, count=len(ids), error=str(exc)[:200])
 
     async def ensure_group(self, start_id: str = "0") -> None:
         try:
@@ -185,6 +234,14 @@ class StreamConsumer(ConsumerMaintenance):
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+
+    async def reclaim(self) -> int:
+        """Take over entries idle longer than ``claim_idle_ms`` (see :class:`ConsumerMaintenance`)."""
+        return await self._maintenance.reclaim()
+
+    async def maintain(self) -> None:
+        """Safe trimming, stale-consumer removal, gauges (see :class:`ConsumerMaintenance`)."""
+        await self._maintenance.maintain()
 
     async def _recreate_group(self) -> None:
         log.warning("stream_group_lost", stream=self.stream, group=self.group, resume_after=self._last_seen)
@@ -211,121 +268,124 @@ class StreamConsumer(ConsumerMaintenance):
         with contextlib.suppress(*REDIS_DOWN):
             await self._recreate_group()
 
+    # --- what this consumer holds ---------------------------------------------------
+    def _held(self) -> list[str]:
+        """Every entry this consumer owns and works on: running, handing off, read ahead."""
+        return [*self._running, *self._committing, *(d.entry_id for d in self._buffer)]
+
+    def _holds(self, entry_id: str) -> bool:
+        return (
+            entry_id in self._running
+            or entry_id in self._committing
+            or entry_id in self._maintenance.claiming()
+            or any(d.entry_id == entry_id for d in self._buffer)
+        )
+
+    def _capacity(self) -> int:
+        """Running plus read-ahead entries this consumer may hold now."""
+        ahead = self.read_ahead
+        if ahead:
+            avg = self._avg_duration
+            ahead = 0 if avg is None else min(ahead, int(self.read_ahead_wait * self.concurrency / max(avg, 1e-6)))
+        return self.concurrency + ahead
+
+    def _room(self) -> int:
+        """How many more entries to read now (those asked for in reads in flight count as held)."""
+        return self._reclaim_room() - self._requested
+
+    def _reclaim_room(self) -> int:
+        """How many entries a reclaim may take: a blocking read in flight does not hold it back
+        (it may come back empty after ``block_ms``)."""
+        held = len(self._buffer) + len(self._running) + len(self._maintenance.claiming())
+        return self._capacity() - held
+
+    def _take(self, d: Delivery) -> None:
+        """Queue an entry for the handlers (reclaimed ones go first: they are the oldest)."""
+        self._buffer.appendleft(d)
+        self._available.set()
+
+    def _push(self, entries: Sequence[StreamEntry], delivery_count: int) -> None:
+        for entry_id, fields in entries:
+            self._buffer.append(delivery(self.stream, self.group, entry_id, fields or {}, delivery_count))
+        if entries:
+            self._note_seen(entries[-1].entry_id)
+            self._available.set()
+
     # --- reading --------------------------------------------------------------------
     async def _read_loop(self) -> None:
         # Our own pending entries first (a restart under the same consumer name), then new ones.
         cursor = "0-0"
-        while True:
-            if not await self._acquire_unless_stopped():
-                return
-            free = 1
-            while free < self.concurrency and not self._slots.locked():
-                await self._slots.acquire()
-                free += 1
+        while not self._stop.is_set():
+            self._poke.clear()
+            want = self._room()
+            # Under load the hand-offs fetch the next entries; read only when none is in flight.
+            if want <= 0 or (cursor == ">" and self._flushers):
+                await self._poke.wait()
+                continue
+            self._requested += want
             try:
-                entries = await self._read(cursor, free)
+                entries = await self._read(cursor, want)
             except REDIS_DOWN as exc:
-                self._release(free)
                 log.warning("stream_redis_unavailable", stream=self.stream, error=str(exc)[:200])
                 await self._sleep_unless_stopped(0.5)
                 continue
             except ResponseError as exc:
-                self._release(free)
                 if not group_lost(exc):
                     raise
                 await self._recreate_group_safely()
                 cursor = ">"  # the old pending list went with the group
                 continue
+            finally:
+                self._requested -= want
             history = cursor != ">"
             if history:
-                cursor = entries[-1][0] if entries else ">"
-            for entry_id, fields in entries:
-                if entry_id in self._inflight:  # already running (reclaimed meanwhile)
-                    continue
-                free -= 1
-                if fields is None:  # deleted or trimmed while pending
-                    await self._ack_only(entry_id)
-                    self._slots.release()
-                    continue
-                self._start(entry_id, fields, delivery_count=2 if history else 1)
-            self._release(free)
+                cursor = entries[-1].entry_id if entries else ">"
+                fresh: list[StreamEntry] = []
+                for e in entries:
+                    if self._holds(e.entry_id):  # already running (reclaimed meanwhile)
+                        continue
+                    if e.fields is None:  # deleted or trimmed while pending
+                        await self._ack_only(e.entry_id)
+                        continue
+                    fresh.append(e)
+                self._push(fresh, delivery_count=2)
+            else:
+                self._push(entries, delivery_count=1)
 
-    async def _acquire_unless_stopped(self) -> bool:
-        """Take a slot; False (and no slot) once stopping, even while every slot is busy."""
-        if not self._slots.locked():
-            await self._slots.acquire()
-        else:
-            acquire = asyncio.ensure_future(self._slots.acquire())
-            stopping = asyncio.ensure_future(self._stop.wait())
-            await asyncio.wait([acquire, stopping], return_when=asyncio.FIRST_COMPLETED)
-            stopping.cancel()
-            if not acquire.done():
-                acquire.cancel()
-                await asyncio.wait([acquire])
-            if acquire.cancelled() or acquire.exception() is not None:
-                return False
-        if self._stop.is_set():
-            self._slots.release()
-            return False
-        return True
-
-    async def _read(self, cursor: str, count: int) -> list[tuple[str, dict[bytes, bytes] | None]]:
+    async def _read(self, cursor: str, count: int) -> list[StreamEntry]:
         block = None if cursor != ">" else self.block_ms
         resp = await self._r.xreadgroup(self.group, self.consumer, {self.stream: cursor}, count=count, block=block)
-        out: list[tuple[str, dict[bytes, bytes] | None]] = []
-        for _stream, items in resp or []:
-            for entry_id, fields in items:
-                eid = text(entry_id)
-                out.append((eid, fields or None))
-        if out:
-            self._note_seen(out[-1][0])
-        return out
+        return read_reply(resp)
 
     def _note_seen(self, entry_id: str) -> None:
         if id_key(entry_id) > id_key(self._last_seen):
             self._last_seen = entry_id
 
-    def _release(self, n: int) -> None:
-        for _ in range(n):
-            self._slots.release()
-
     async def _sleep_unless_stopped(self, seconds: float) -> None:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._stop.wait(), seconds)
 
-    def _delivery(self, entry_id: str, fields: dict[bytes, bytes], delivery_count: int) -> Delivery:
-        return delivery(self.stream, self.group, entry_id, fields, delivery_count)
-
-    def _start(self, entry_id: str, fields: dict[bytes, bytes], delivery_count: int) -> None:
-        """Run the handler of an entry; the caller holds a slot, released when the task ends.
-
-        The task keeps its slot for the entries its hand-off fetches (see :meth:`_flush`).
-        """
-        current = [entry_id]
-        task = asyncio.create_task(self._run(self._delivery(entry_id, fields, delivery_count), current))
-        self._inflight[entry_id] = task
-
-        def done(_t: asyncio.Task[None]) -> None:
-            self._inflight.pop(current[0], None)
-            self._slots.release()
-
-        task.add_done_callback(done)
-
-    async def _run(self, d: Delivery, current: list[str]) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        for _ in range(10_000):  # then the slot goes back to the read loop for fairness
-            nxt = await self._handle(d)
-            if nxt is None:
-                return
-            self._inflight.pop(d.entry_id, None)
-            self._inflight[nxt.entry_id] = task
-            current[0] = nxt.entry_id
-            d = nxt
-
     # --- handling -------------------------------------------------------------------
-    async def _handle(self, d: Delivery) -> Delivery | None:
-        """Run one entry to its outcome; returns the next entry if its hand-off fetched one."""
+    async def _work(self) -> None:
+        """One of ``concurrency`` handler loops: take an entry, run it, queue its hand-off."""
+        while True:
+            while not self._buffer:
+                if self._stop.is_set():
+                    return
+                self._available.clear()
+                await self._available.wait()
+            if self._stop.is_set():
+                return  # what is left was read ahead: released on the way out
+            d = self._buffer.popleft()
+            self._running[d.entry_id] = d
+            try:
+                await self._handle(d)
+            finally:
+                self._running.pop(d.entry_id, None)
+                self._poke.set()
+
+    async def _handle(self, d: Delivery) -> None:
+        """Run one entry's handler; queue its hand-off, or schedule its retry or dead letter."""
         start = time.perf_counter()
         structlog.contextvars.bind_contextvars(stream=self.stream, entry=d.entry_id, attempt=d.attempt)  # task-local
         limit = self.retry.handler_timeout
@@ -339,113 +399,104 @@ class StreamConsumer(ConsumerMaintenance):
         except asyncio.CancelledError:
             raise  # shutdown: leave the entry pending for another consumer
         except Exception as exc:
-            self._duration.observe(time.perf_counter() - start)
+            self._observe(time.perf_counter() - start)
             self._failed.inc()
             await self._fail(d, exc, timed_out=deadline is not None and deadline.expired())
-            return None
-        self._duration.observe(time.perf_counter() - start)
-        try:
-            ok, nxt = await self._commit(d.entry_id, emits)
-        except ResponseError as exc:  # e.g. an emit to a key of the wrong type
-            self._failed.inc()
-            await self._fail(d, HandOffError(str(exc)))
-            return None
-        if ok:
-            self._processed.inc()
-        else:
-            LOST.labels(*self._labels).inc()
-            log.warning("stream_claim_lost", message_id=d.message_id)
-        return nxt
+            return
+        self._observe(time.perf_counter() - start)
+        self._commit(d, emits)
 
-    async def _commit(self, entry_id: str, emits: Sequence[Emit]) -> tuple[bool, Delivery | None]:
-        """Queue one hand-off; those queued in the same loop turn go in one call.
+    def _observe(self, seconds: float) -> None:
+        self._duration.observe(seconds)
+        avg = self._avg_duration
+        self._avg_duration = seconds if avg is None else avg + _EWMA * (seconds - avg)
 
-        Up to ``_HANDOFF_CALLS`` calls are in flight at once: a hand-off does not wait for the
-        round trip of an earlier batch (that wait was most of a hop's latency under load), and
-        hand-offs queued while every call is in flight go together in the next one.
+    def _commit(self, d: Delivery, emits: Sequence[Emit]) -> None:
+        """Queue one hand-off; those queued until a call goes out go in that one call.
+
+        Up to ``_HANDOFF_CALLS`` calls are in flight at once, and the handler does not wait for
+        them: it goes on with the next entry (the entry stays held, and renewed, until its
+        hand-off is answered).
         """
-        fut: asyncio.Future[tuple[bool, Delivery | None]] = asyncio.get_running_loop().create_future()
-        self._commits.append((entry_id, emits, fut))
+        self._running.pop(d.entry_id, None)
+        self._committing[d.entry_id] = d
+        self._commits.append((d, emits))
         if not self._flush_due and len(self._flushers) < _HANDOFF_CALLS:
             self._flush_due = True
             task = asyncio.create_task(self._flush(), name="hand-off")
             self._flushers.add(task)
             task.add_done_callback(self._flusher_done)
-        return await fut
 
     def _flusher_done(self, task: asyncio.Task[None]) -> None:
         self._flushers.discard(task)
+        self._poke.set()
         if task.cancelled():
             self._flush_due = False  # it may have ended before taking its batch
 
     async def _flush(self) -> None:
-        """Send queued hand-offs in one script call that also fetches an entry per freed slot."""
+        """Send queued hand-offs in one script call that also fetches the next entries."""
         try:
             await self._flush_queued()
         finally:
             # In the same step as the last look at the queue: a hand-off queued from now on
             # sees a free call and starts its own flusher.
             self._flushers.discard(asyncio.current_task())
+            self._poke.set()
 
     async def _flush_queued(self) -> None:
         while self._commits:
             self._flush_due = False
             batch, self._commits = self._commits, []
-            fetch = 0 if self._stop.is_set() else sum(not f.done() for _, _, f in batch)
-            fetched: list[tuple[str, dict[bytes, bytes]]] = []
+            fetch = 0 if self._stop.is_set() else max(self._room(), 0)
+            self._requested += fetch
             results: list[bool | BaseException]
+            fetched: list[StreamEntry] = []
             try:
-                results, fetched = await self._retrying(functools.partial(self._ack_batch, batch, fetch))
+                reply = await self._retrying(functools.partial(self._ack_batch, batch, fetch))
+                results, fetched = list(reply.owned), reply.fetched
             except ResponseError as exc:
                 # One bad hand-off (e.g. a wrong-type key) must not fail the others with it.
                 results = [exc] if len(batch) == 1 else [await self._commit_one(one) for one in batch]
-            except BaseException as exc:  # stopping while Redis is down, or cancelled
-                for _, _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc)
+            except BaseException as exc:  # stopping while Redis is down, or cancelled: left pending
+                for d, _ in batch:
+                    self._committing.pop(d.entry_id, None)
                 if isinstance(exc, asyncio.CancelledError):
                     raise
+                log.warning("stream_hand_off_abandoned", stream=self.stream, count=len(batch), error=str(exc)[:200])
                 continue
-            for (_, _, fut), res in zip(batch, results, strict=True):
-                if fut.done():  # its handler was cancelled meanwhile
-                    continue
-                if isinstance(res, BaseException):
-                    fut.set_exception(res)
-                    continue
-                nxt = None
-                if fetched:
-                    eid, fields = fetched.pop(0)
-                    nxt = self._delivery(eid, fields, 1)
-                fut.set_result((res, nxt))
-            for eid, fields in fetched:  # nobody left to take it (rare): run it if a slot is free
-                if self._slots.locked() or self._stop.is_set():
-                    break  # stays pending; reclaimed after claim_idle
-                await self._slots.acquire()
-                self._start(eid, fields, 1)
+            finally:
+                self._requested -= fetch
+            self._push(fetched, delivery_count=1)
+            done = 0
+            for (d, _), res in zip(batch, results, strict=True):
+                if res is True:
+                    done += 1
+                elif res is False:
+                    self._lost.inc()
+                    log.warning("stream_claim_lost", message_id=d.message_id, entry=d.entry_id)
+                else:  # e.g. an emit to a key of the wrong type
+                    self._failed.inc()
+                    await self._fail(d, HandOffError(str(res)))
+                self._committing.pop(d.entry_id, None)
+            if done:
+                self._processed.inc(done)
 
-    async def _commit_one(self, one: tuple[str, Sequence[Emit], Any]) -> bool | BaseException:
+    async def _commit_one(self, one: Commit) -> bool | BaseException:
         try:
-            oks, _ = await self._retrying(functools.partial(self._ack_batch, [one], 0))
+            reply: HandOffReply = await self._retrying(functools.partial(self._ack_batch, [one], 0))
         except Exception as exc:
             return exc
-        ok: bool = oks[0]
-        return ok
+        return reply.owned[0]
 
-    async def _ack_batch(
-        self, batch: Sequence[tuple[str, Sequence[Emit], Any]], fetch: int = 0
-    ) -> tuple[list[bool], list[tuple[str, dict[bytes, bytes]]]]:
-        keys, argv = batch_args(self.stream, [(entry_id, emits) for entry_id, emits, _ in batch], fetch)
+    async def _ack_batch(self, batch: Sequence[Commit], fetch: int = 0) -> HandOffReply:
+        keys, argv = batch_args(self.stream, [(d.entry_id, emits) for d, emits in batch], fetch)
         res = await self._scripts.ack_emit(keys=keys, args=[self.group, self.consumer, *argv])
-        oks = [r is not None for r in res[: len(batch)]]
-        fetched: list[tuple[str, dict[bytes, bytes]]] = []
-        if len(res) > len(batch) and res[-1]:
-            for raw_id, flat in res[-1][0][1]:
-                fetched.append((text(raw_id), dict(zip(flat[::2], flat[1::2], strict=True))))
-            self._note_seen(fetched[-1][0])
-        return oks, fetched
+        return hand_off_reply(res, len(batch))
 
     async def _ack_with(self, entry_id: str, emits: Sequence[Emit]) -> bool:
-        return (await self._ack_batch([(entry_id, emits, None)]))[0][0]
+        keys, argv = batch_args(self.stream, [(entry_id, emits)])
+        res = await self._scripts.ack_emit(keys=keys, args=[self.group, self.consumer, *argv])
+        return hand_off_reply(res, 1).owned[0]
 
     async def _ack_only(self, entry_id: str) -> None:
         await self._retrying(lambda: self._r.xack(self.stream, self.group, entry_id))
@@ -469,7 +520,7 @@ class StreamConsumer(ConsumerMaintenance):
                     args=[self.group, d.entry_id, self.consumer, due, member],
                 )
             )
-            if moved:
+            if count_reply(moved):
                 RETRIED.labels(*self._labels).inc()
                 log.info("stream_retry_scheduled", code=code, delay=delay, error=message[:200])
             else:

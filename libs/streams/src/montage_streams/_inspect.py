@@ -19,7 +19,14 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from montage_streams._model import KeyLayout, id_ms, text
+from montage_streams._model import KeyLayout, id_ms
+from montage_streams._replies import (
+    consumers_reply,
+    in_flight_reply,
+    pending_summary_reply,
+    range_reply,
+    text,
+)
 from montage_streams._scripts import lua
 
 _history = msgspec.json.Decoder(list[str])
@@ -35,45 +42,26 @@ class ConsumerStats:
     inactive_ms: int | None  # since its last successful one (Redis 7.2+; None before)
 
 
-def _kv(raw: Any) -> dict[str, Any]:
-    if isinstance(raw, dict):
-        return {text(k): v for k, v in raw.items()}
-    return {text(raw[i]): raw[i + 1] for i in range(0, len(raw), 2)}
-
-
 async def consumer_stats(redis: Redis, stream: str, group: str) -> list[ConsumerStats]:
     """The consumers of ``group`` (empty when the stream or group does not exist)."""
     r: Any = redis
     try:
-        rows = await r.xinfo_consumers(stream, group)
+        rows = consumers_reply(await r.xinfo_consumers(stream, group))
     except ResponseError:  # no such stream or group yet
         return []
-    out: list[ConsumerStats] = []
-    for c in rows:
-        row = _kv(c)
-        inactive = row.get("inactive")
-        out.append(
-            ConsumerStats(
-                name=text(row.get("name")),
-                pending=int(row.get("pending") or 0),
-                idle_ms=int(row.get("idle") or 0),
-                inactive_ms=None if inactive is None or int(inactive) < 0 else int(inactive),
-            )
-        )
-    return out
+    return [ConsumerStats(c.name, c.pending, c.idle_ms, c.inactive_ms) for c in rows]
 
 
 async def oldest_pending_age(redis: Redis, stream: str, group: str) -> float | None:
     """Seconds since the oldest in-flight entry of ``group`` was added (None when nothing is in flight)."""
     r: Any = redis
     try:
-        summary = await r.xpending(stream, group)
+        summary = pending_summary_reply(await r.xpending(stream, group))
     except ResponseError:
         return None
-    lowest = summary.get("min") if isinstance(summary, dict) else summary[1]
-    if not lowest:
+    if not summary.lowest:
         return None
-    return max(time.time() - id_ms(text(lowest)) / 1000, 0.0)
+    return max(time.time() - id_ms(summary.lowest) / 1000, 0.0)
 
 
 def _netstrings(member: bytes) -> list[bytes]:
@@ -132,10 +120,8 @@ async def in_flight(
     r: Any = redis
     keys = [s for s, _ in sources] + [delayed_zset]
     args: list[Any] = [limit, separator, len(sources), *(g for _, g in sources), *wanted]
-    res = await r.eval(lua("in_flight"), len(keys), *keys, *args)
-    if not int(res[0]):
-        return None
-    return {text(p) for p in res[1:]}
+    reply = in_flight_reply(await r.eval(lua("in_flight"), len(keys), *keys, *args))
+    return reply.found if reply.complete else None
 
 
 class DeadLetterEntry(msgspec.Struct, frozen=True, kw_only=True):
@@ -153,8 +139,7 @@ class DeadLetterEntry(msgspec.Struct, frozen=True, kw_only=True):
     payload: bytes
 
 
-def _entry(stream: str, raw_id: Any, fields: dict[bytes, bytes]) -> DeadLetterEntry:
-    eid = text(raw_id)
+def _entry(stream: str, eid: str, fields: dict[bytes, bytes]) -> DeadLetterEntry:
     history: list[str] = []
     if raw := fields.get(b"history"):
         try:
@@ -191,14 +176,14 @@ async def dead_letters(
         rows = await r.xrange(dead, min=f"({before}" if before else "-", count=count)
     else:
         rows = await r.xrevrange(dead, max=f"({before}" if before else "+", count=count)
-    return [_entry(stream, raw_id, fields) for raw_id, fields in rows if fields]
+    return [_entry(stream, e.entry_id, e.fields) for e in range_reply(rows) if e.fields]
 
 
 async def dead_letter(redis: Redis, keys: KeyLayout, stream: str, entry_id: str) -> DeadLetterEntry | None:
     """One dead letter by its id in the dead-letter stream, or None."""
     r: Any = redis
-    rows = await r.xrange(keys.dead_letter_stream(stream), min=entry_id, max=entry_id, count=1)
-    return _entry(stream, rows[0][0], rows[0][1]) if rows and rows[0][1] else None
+    rows = range_reply(await r.xrange(keys.dead_letter_stream(stream), min=entry_id, max=entry_id, count=1))
+    return _entry(stream, rows[0].entry_id, rows[0].fields) if rows and rows[0].fields else None
 
 
 # Move a dead letter back onto its stream as a first attempt (same message id and payload, no

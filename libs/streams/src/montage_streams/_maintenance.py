@@ -1,7 +1,10 @@
 """The background work of a stream consumer: claim renewal, retry promotion, reclaim, upkeep.
 
-:class:`ConsumerMaintenance` is a mixin of :class:`~montage_streams.StreamConsumer`;
-it runs beside the read loop and never blocks it for longer than one Redis round trip.
+:class:`ConsumerMaintenance` is an object of its own: the consumer creates it with everything
+it needs (the client, the names, the policy, the scripts) and a few callbacks into the consumer
+(what it holds, how much room it has, how to hand it a reclaimed entry, how to dead-letter one,
+how to recover a lost group), starts its loops beside the read loop and closes it on stop.
+No loop blocks the read loop for longer than one Redis round trip.
 """
 
 from __future__ import annotations
@@ -9,22 +12,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 from redis.exceptions import ResponseError
 
 from montage_streams._metrics import LAG, PENDING, RECLAIMED
-from montage_streams._model import (
-    DeadLetter,
-    Delivery,
-    KeyLayout,
-    group_lost,
-    id_key,
-    reraise_if_cancelling,
-    text,
-)
+from montage_streams._model import DeadLetter, Delivery, delivery, group_lost, id_key, reraise_if_cancelling
+from montage_streams._replies import StreamEntry, autoclaim_reply, count_reply, names_reply, pending_range_reply
 from montage_streams._retry import RetryPolicy
 from montage_streams._scripts import Scripts
 from montage_streams._stats import group_stats
@@ -32,74 +29,58 @@ from montage_streams._stats import group_stats
 log = structlog.get_logger()
 
 
+@dataclass
 class ConsumerMaintenance:
-    """Renewal, promotion, reclaim and maintenance loops over the consumer's state."""
+    """Renewal, promotion, reclaim and upkeep of one consumer (``consumer`` in ``group`` of
+    ``stream``)."""
 
-    # Provided by StreamConsumer.
-    _r: Any
+    redis: Any  # redis-py's stubs type stream replies loosely
     stream: str
     group: str
     consumer: str
-    keys: KeyLayout
-    concurrency: int
-    claim_idle_ms: int
+    delayed_zset: str  # the stream's delayed set (promoted back by every consumer)
     retry: RetryPolicy
+    scripts: Scripts
+    claim_idle_ms: int
     maxlen: int
     consumer_gc_ms: int
-    maintenance_interval: float
-    _stop: asyncio.Event
-    _closing: asyncio.Event
-    _slots: asyncio.Semaphore
-    _inflight: dict[str, asyncio.Task[None]]
-    _claimed: set[str]
-    _labels: tuple[str, str]
-    _scripts: Scripts
+    interval: float  # upkeep (reclaim, trim, gauges, consumer removal) at most this far apart
+    # --- callbacks into the consumer ---
+    held: Callable[[], Collection[str]]  # the entry ids it holds (renewed while held)
+    room: Callable[[], int]  # how many more entries it can take now
+    take: Callable[[Delivery], None]  # hand it a reclaimed entry
+    dead_letter: Callable[[Delivery, DeadLetter], Awaitable[None]]
+    recover_group: Callable[[], Awaitable[None]]  # after NOGROUP
+    stopping: Callable[[], bool]
+    _closing: asyncio.Event = field(default_factory=asyncio.Event)
+    _claiming: set[str] = field(default_factory=set)  # reclaimed, not yet handed over (renewed)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
-    if TYPE_CHECKING:
+    @property
+    def labels(self) -> tuple[str, str]:
+        return self.stream, self.group
 
-        def _start(self, entry_id: str, fields: dict[bytes, bytes], delivery_count: int) -> None: ...
-        def _delivery(self, entry_id: str, fields: dict[bytes, bytes], delivery_count: int) -> Delivery: ...
-        async def _dead_letter(self, d: Delivery, dead: DeadLetter) -> None: ...
-        async def _recreate_group_safely(self) -> None: ...
+    def claiming(self) -> Collection[str]:
+        """Entries being reclaimed right now (the consumer must not start them twice)."""
+        return self._claiming
 
-    async def _renew_loop(self) -> None:
-        interval = max(self.claim_idle_ms / 3000, 0.05)
-        while await self._pause(interval):
-            ids = [*self._inflight, *self._claimed]
-            if ids:
-                try:
-                    await self._scripts.renew(keys=[self.stream], args=[self.group, self.consumer, *ids])
-                except Exception as exc:  # keep renewing whatever happens
-                    reraise_if_cancelling()
-                    log.warning("stream_renew_failed", stream=self.stream, error=str(exc)[:200])
+    # --- lifecycle ------------------------------------------------------------------
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._renew_loop(), name="renew"),
+            asyncio.create_task(self._promote_loop(), name="promote"),
+            asyncio.create_task(self._upkeep_loop(), name="maintenance"),
+        ]
 
-    async def _promote_loop(self) -> None:
-        interval = min(max(min(self.retry.delays, default=1.0) / 8, 0.01), 0.5)
-        while not self._closing.is_set():
-            try:
-                moved = await self._scripts.promote(
-                    keys=[self.keys.delayed_zset(self.stream)], args=[int(time.time() * 1000), 100]
-                )
-                if moved:
-                    continue
-            except Exception as exc:
-                reraise_if_cancelling()
-                log.warning("stream_promote_failed", stream=self.stream, error=str(exc)[:200])
-            await self._pause(interval)
-
-    async def _maintenance_loop(self) -> None:
-        interval = min(self.maintenance_interval, self.claim_idle_ms / 2000)
-        while await self._pause(interval):
-            try:
-                if not self._stop.is_set():
-                    await self.reclaim()
-                await self.maintain()
-            except Exception as exc:  # Redis down, or a bug: log it and keep the loop alive
-                reraise_if_cancelling()
-                if isinstance(exc, ResponseError) and group_lost(exc):
-                    await self._recreate_group_safely()
-                    continue
-                log.warning("stream_maintenance_failed", error=str(exc)[:200])
+    async def close(self) -> None:
+        """End the loops (after the consumer's drain)."""
+        self._closing.set()
+        for t in self._tasks:
+            t.cancel()
+        # A cancel can be swallowed inside redis-py (Python 3.11); the loops also watch _closing.
+        _, stuck = await asyncio.wait(self._tasks, timeout=5.0) if self._tasks else (set(), set())
+        if stuck:
+            log.warning("stream_loops_stuck", stream=self.stream, count=len(stuck))
 
     async def _pause(self, seconds: float) -> bool:
         """Sleep unless closing; False once closing."""
@@ -109,74 +90,126 @@ class ConsumerMaintenance:
                 await self._closing.wait()
         return not self._closing.is_set()
 
+    # --- claims ---------------------------------------------------------------------
+    async def renew(self, ids: Sequence[str]) -> int:
+        """Reset the idle time of those of ``ids`` this consumer still owns."""
+        if not ids:
+            return 0
+        return count_reply(await self.scripts.renew(keys=[self.stream], args=[self.group, self.consumer, 0, *ids]))
+
+    async def release(self, ids: Sequence[str]) -> int:
+        """Give up entries this consumer owns but never started (read ahead): their idle time is
+        set to ``claim_idle_ms`` so any live consumer's next reclaim takes them, and their
+        delivery count is put back (the delivery that never ran does not count towards poison)."""
+        if not ids:
+            return 0
+        args = [self.group, self.consumer, self.claim_idle_ms, *ids]
+        return count_reply(await self.scripts.renew(keys=[self.stream], args=args))
+
+    async def _renew_loop(self) -> None:
+        interval = max(self.claim_idle_ms / 3000, 0.05)
+        while await self._pause(interval):
+            ids = [*self.held(), *self._claiming]
+            if ids:
+                try:
+                    await self.renew(ids)
+                except Exception as exc:  # keep renewing whatever happens
+                    reraise_if_cancelling()
+                    log.warning("stream_renew_failed", stream=self.stream, error=str(exc)[:200])
+
+    # --- retries --------------------------------------------------------------------
+    async def _promote_loop(self) -> None:
+        interval = min(max(min(self.retry.delays, default=1.0) / 8, 0.01), 0.5)
+        while not self._closing.is_set():
+            try:
+                moved = await self.scripts.promote(keys=[self.delayed_zset], args=[int(time.time() * 1000), 100])
+                if count_reply(moved):
+                    continue
+            except Exception as exc:
+                reraise_if_cancelling()
+                log.warning("stream_promote_failed", stream=self.stream, error=str(exc)[:200])
+            await self._pause(interval)
+
+    # --- reclaim and upkeep ---------------------------------------------------------
+    async def _upkeep_loop(self) -> None:
+        interval = min(self.interval, self.claim_idle_ms / 2000)
+        while await self._pause(interval):
+            try:
+                if not self.stopping():
+                    await self.reclaim()
+                await self.maintain()
+            except Exception as exc:  # Redis down, or a bug: log it and keep the loop alive
+                reraise_if_cancelling()
+                if isinstance(exc, ResponseError) and group_lost(exc):
+                    with contextlib.suppress(Exception):
+                        await self.recover_group()
+                    continue
+                log.warning("stream_maintenance_failed", error=str(exc)[:200])
+
     async def reclaim(self) -> int:
         """Take over entries idle longer than ``claim_idle_ms`` (their consumer is gone)."""
         taken = 0
         start = "0-0"
         for _ in range(1000):  # bounded: one pass over the pending list
-            free = self.concurrency - len(self._inflight) - len(self._claimed)
-            if self._stop.is_set() or free <= 0:
+            free = self.room()
+            if self.stopping() or free <= 0:
                 break
-            resp = await self._r.xautoclaim(
-                self.stream, self.group, self.consumer, self.claim_idle_ms, start_id=start, count=free
+            reply = autoclaim_reply(
+                await self.redis.xautoclaim(
+                    self.stream, self.group, self.consumer, self.claim_idle_ms, start_id=start, count=free
+                )
             )
-            next_start = text(resp[0])
-            claimed: list[tuple[str, dict[bytes, bytes]]] = []
-            missing = False
-            for raw_id, fields in resp[1]:
-                if raw_id is None or not fields:  # deleted while pending (Redis 6.2 hides the id)
-                    missing = True
-                    continue
-                eid = text(raw_id)
-                if eid not in self._inflight and eid not in self._claimed:
-                    claimed.append((eid, fields))
-            if missing:
-                await self._scripts.ack_missing(keys=[self.stream], args=[self.group, self.consumer, 1000])
+            held = set(self.held())
+            claimed = [e for e in reply.entries if e.entry_id not in held and e.entry_id not in self._claiming]
+            if reply.missing:  # deleted while pending: ack them (Redis 6.2 does not say which)
+                await self.scripts.ack_missing(keys=[self.stream], args=[self.group, self.consumer, 1000])
             if claimed:
                 taken += await self._take_over(claimed)
-            if next_start == "0-0":
+            if reply.done:
                 break
-            start = next_start
+            start = reply.next_start
         return taken
 
-    async def _take_over(self, claimed: Sequence[tuple[str, dict[bytes, bytes]]]) -> int:
-        self._claimed.update(eid for eid, _ in claimed)
+    async def _take_over(self, claimed: Sequence[StreamEntry]) -> int:
+        self._claiming.update(e.entry_id for e in claimed)
         try:
-            ids = sorted((eid for eid, _ in claimed), key=id_key)
-            info = await self._r.xpending_range(
-                self.stream, self.group, ids[0], ids[-1], 10 * len(ids) + 100, consumername=self.consumer
+            ids = sorted((e.entry_id for e in claimed), key=id_key)
+            rows = pending_range_reply(
+                await self.redis.xpending_range(
+                    self.stream, self.group, ids[0], ids[-1], 10 * len(ids) + 100, consumername=self.consumer
+                )
             )
-            counts = {text(p["message_id"]): int(p["times_delivered"]) for p in info}
+            counts = {p.entry_id: p.deliveries for p in rows}
             taken = 0
-            for eid, fields in claimed:
-                count = counts.get(eid, 2)
-                RECLAIMED.labels(*self._labels).inc()
-                log.warning("stream_entry_reclaimed", entry=eid, deliveries=count)
-                d = self._delivery(eid, fields, count)
+            reclaimed = RECLAIMED.labels(*self.labels)
+            for e in claimed:
+                count = counts.get(e.entry_id, 2)
+                reclaimed.inc()
+                log.warning("stream_entry_reclaimed", entry=e.entry_id, deliveries=count)
+                d = delivery(self.stream, self.group, e.entry_id, e.fields or {}, count)
                 if count > self.retry.max_deliveries:
                     dead = DeadLetter("POISON", f"delivered {count} times without completing", d.attempt,
                                       [*d.history, f"attempt {d.attempt}: POISON: delivered {count} times"])  # fmt: skip
-                    await self._dead_letter(d, dead)
+                    await self.dead_letter(d, dead)
                     continue
-                await self._slots.acquire()
-                if self._stop.is_set():
-                    self._slots.release()
+                if self.stopping():
                     break  # left pending: another consumer takes it
-                self._claimed.discard(eid)
-                self._start(eid, fields, delivery_count=count)
+                self._claiming.discard(e.entry_id)
+                self.take(d)
                 taken += 1
             return taken
         finally:
-            self._claimed.difference_update(eid for eid, _ in claimed)
+            self._claiming.difference_update(e.entry_id for e in claimed)
 
     async def maintain(self) -> None:
         """Safe trimming, stale-consumer removal, pending and lag gauges."""
-        removed = await self._scripts.trim(keys=[self.stream], args=[self.maxlen, 10_000])
+        removed = count_reply(await self.scripts.trim(keys=[self.stream], args=[self.maxlen, 10_000]))
         if removed:
-            log.debug("stream_trimmed", stream=self.stream, removed=int(removed))
-        stats = await group_stats(self._r, self.stream, self.group)
+            log.debug("stream_trimmed", stream=self.stream, removed=removed)
+        stats = await group_stats(self.redis, self.stream, self.group)
         if stats.exists:
-            PENDING.labels(*self._labels).set(stats.pending)
-            LAG.labels(*self._labels).set(stats.oldest_unread_age)
-        for name in await self._scripts.gc(keys=[self.stream], args=[self.group, self.consumer, self.consumer_gc_ms]):
-            log.info("stream_consumer_removed", consumer=text(name))
+            PENDING.labels(*self.labels).set(stats.pending)
+            LAG.labels(*self.labels).set(stats.oldest_unread_age)
+        gone = await self.scripts.gc(keys=[self.stream], args=[self.group, self.consumer, self.consumer_gc_ms])
+        for name in names_reply(gone):
+            log.info("stream_consumer_removed", consumer=name)

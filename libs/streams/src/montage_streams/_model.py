@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import msgspec
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -99,10 +99,6 @@ def delivery(stream: str, group: str, entry_id: str, fields: dict[bytes, bytes],
     """The :class:`Delivery` of an entry read in ``group``."""
     e = decode_entry(entry_id, fields)
     return Delivery(stream, group, entry_id, e.message_id, e.attempt, delivery_count, e.payload, e.history)
-
-
-def text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def id_key(entry_id: str) -> tuple[int, int]:

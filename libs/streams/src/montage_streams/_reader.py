@@ -6,7 +6,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from montage_streams._model import Entry, decode_entry, text
+from montage_streams._model import Entry, decode_entry
+from montage_streams._replies import range_reply
 
 PAGE = 500
 
@@ -17,8 +18,8 @@ async def read_range(redis: Redis, stream: str, *, after: str = "0-0", limit: in
     out: list[Entry] = []
     start = f"({after}"
     while len(out) < limit:
-        batch: list[Any] = await r.xrange(stream, min=start, count=min(PAGE, limit - len(out)))
-        out.extend(decode_entry(text(raw_id), fields) for raw_id, fields in batch)
+        batch = range_reply(await r.xrange(stream, min=start, count=min(PAGE, limit - len(out))))
+        out.extend(decode_entry(e.entry_id, e.fields or {}) for e in batch)
         if len(batch) < PAGE:
             break
         start = f"({out[-1].entry_id}"
@@ -28,12 +29,12 @@ async def read_range(redis: Redis, stream: str, *, after: str = "0-0", limit: in
 async def read_last(redis: Redis, stream: str) -> Entry | None:
     """The newest entry, or ``None`` when the stream is empty or gone."""
     r: Any = redis
-    found: list[Any] = await r.xrevrange(stream, count=1)
-    return decode_entry(text(found[0][0]), found[0][1]) if found else None
+    found = range_reply(await r.xrevrange(stream, count=1))
+    return decode_entry(found[0].entry_id, found[0].fields or {}) if found else None
 
 
 async def read_one(redis: Redis, stream: str, entry_id: str) -> Entry | None:
     """One entry by id, or ``None`` when it does not exist (any more)."""
     r: Any = redis
-    found: list[Any] = await r.xrange(stream, min=entry_id, max=entry_id, count=1)
-    return decode_entry(text(found[0][0]), found[0][1]) if found else None
+    found = range_reply(await r.xrange(stream, min=entry_id, max=entry_id, count=1))
+    return decode_entry(found[0].entry_id, found[0].fields or {}) if found else None

@@ -57,7 +57,10 @@ def batch_args(source: str, batch: Sequence[tuple[str, Sequence[Emit]]], fetch: 
     """KEYS and ARGV of ``ack_emit.lua`` (minus group and consumer) for ``(entry, emits)`` pairs."""
     keys: list[str] = [source]
     index: dict[str, int] = {source: 1}
-    argv: list[Any] = [len(batch), fetch]
+    ids = [entry_id for entry_id, _ in batch if entry_id]
+    # The range of the batch's ownership check: a guess (hand-offs mostly come in the order the
+    # entries were read); the script checks what it misses one by one.
+    argv: list[Any] = [len(batch), fetch, *((ids[0], ids[-1]) if ids else ("", ""))]
     for entry_id, emits in batch:
         argv += [entry_id, len(emits)]
         for e in emits:
@@ -65,9 +68,11 @@ def batch_args(source: str, batch: Sequence[tuple[str, Sequence[Emit]]], fetch: 
             if k is None:
                 keys.append(e.stream)
                 k = index[e.stream] = len(keys)
-            argv += [f"{k} {e.maxlen} {e.ttl_seconds} {len(e.extra)} {int(e.sharded)}", e.channel,
-                     e.message_id or uuid.uuid4().hex,
-                     e.payload]  # fmt: skip
+            if not (e.maxlen or e.ttl_seconds or e.extra or e.channel or e.sharded):
+                argv += [k, e.message_id or uuid.uuid4().hex, e.payload]
+                continue
+            argv += [-k, e.maxlen, e.ttl_seconds, len(e.extra), int(e.sharded), e.channel,
+                     e.message_id or uuid.uuid4().hex, e.payload]  # fmt: skip
             for name, value in e.extra:
                 argv += [name, value]
     return keys, argv

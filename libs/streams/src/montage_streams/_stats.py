@@ -13,7 +13,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from montage_streams._model import id_ms, text
+from montage_streams._model import id_ms
+from montage_streams._replies import groups_reply, range_reply
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,24 +49,21 @@ async def group_stats(redis: Redis, stream: str, group: str, *, dead_letter_stre
     length = int(await r.xlen(stream))
     dead = int(await r.xlen(dead_letter_stream)) if dead_letter_stream else 0
     try:
-        groups: list[dict[Any, Any]] = await r.xinfo_groups(stream)
+        groups = groups_reply(await r.xinfo_groups(stream))
     except ResponseError:  # no such stream yet
         groups = []
     for g in groups:
-        info = {text(k): v for k, v in g.items()}
-        if text(info.get("name", b"")) != group:
+        if g.name != group:
             continue
-        raw_lag = info.get("lag")
-        last = text(info.get("last-delivered-id", b"0-0"))
-        first_unread = await r.xrange(stream, min=f"({last}", count=1)
-        age = (time.time() * 1000 - id_ms(text(first_unread[0][0]))) / 1000 if first_unread else 0.0
+        first_unread = range_reply(await r.xrange(stream, min=f"({g.last_delivered_id}", count=1))
+        age = (time.time() * 1000 - id_ms(first_unread[0].entry_id)) / 1000 if first_unread else 0.0
         return GroupStats(
             stream=stream,
             group=group,
             length=length,
-            pending=int(info.get("pending") or 0),
-            lag=int(raw_lag) if raw_lag is not None else None,
-            consumers=int(info.get("consumers") or 0),
+            pending=g.pending,
+            lag=g.lag,
+            consumers=g.consumers,
             dead_letters=dead,
             oldest_unread_age=max(age, 0.0),
         )
