@@ -52,6 +52,7 @@ import structlog
 from aiohttp import web
 from montage_common.api import timestamp
 from montage_common.errors import Forbidden, MontageError, NotFound, ValidationError
+from montage_common.events import withdraw_final_events
 from montage_common.keys import ORCHESTRATOR_GROUP
 from montage_common.messages import event_decoder, task_decoder
 from montage_common.pipeline import FINAL_STATUSES, JOB_STATUSES, STAGES
