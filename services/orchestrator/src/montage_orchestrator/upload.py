@@ -155,21 +155,32 @@ _DECODE_RATE = 8000  # mono s16le samples per second: cheap, enough to prove sam
 _DECODE_MIN_SHARE = 0.8  # a window must yield at least this share of its samples
 
 
-async def _decoded_bytes(path: Path, start: float, seconds: float, exe: str) -> int:
-    proc = await asyncio.create_subprocess_exec(
-        exe, "-hide_banner", "-nostdin", "-v", "error",
-        "-ss", f"{start:.3f}", "-t", f"{seconds:.3f}", "-i", str(path),
-        "-map", "0:a:0", "-ac", "1", "-ar", str(_DECODE_RATE), "-f", "s16le", "pipe:1",
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        out, _ = await proc.communicate()
-    except BaseException:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
-        raise
-    return len(out) if proc.returncode == 0 else 0
+async def _decoded_bytes(path: Path, starts: list[float], seconds: float, exe: str) -> list[int]:
+    """Bytes of mono 8 kHz s16le decoded from each window ``[start, start + seconds)``, all in one
+    ffmpeg run (the file opened once per window, each window its own output); zeros when it fails."""
+    with tempfile.TemporaryDirectory(prefix="montage-decode-") as tmp:
+        outs = [Path(tmp) / f"window{i}.raw" for i in range(len(starts))]
+        argv = [exe, "-hide_banner", "-nostdin", "-v", "error"]
+        for start in starts:
+            argv += ["-ss", f"{start:.3f}", "-t", f"{seconds:.3f}", "-i", str(path)]
+        for i, out in enumerate(outs):
+            argv += ["-map", f"{i}:a:0", "-ac", "1", "-ar", str(_DECODE_RATE), "-f", "s16le", str(out)]
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        try:
+            await proc.wait()
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            raise
+        if proc.returncode != 0:
+            return [0] * len(starts)
+        return [out.stat().st_size if out.exists() else 0 for out in outs]
 
 
 async def check_decodes(path: Path, duration: float, exe: str = "") -> None:
@@ -177,14 +188,15 @@ async def check_decodes(path: Path, duration: float, exe: str = "") -> None:
 
     The parsers trust a file's header for its duration; a 44-byte WAV header, a FLAC
     STREAMINFO with no frames or a truncated MP3 would pass them and fail only in the pipeline,
-    after taking a rate-limit slot. Decoding two short windows proves the samples are there.
+    after taking a rate-limit slot. Decoding two short windows (one ffmpeg process for both)
+    proves the samples are there.
     """
     exe = exe or ffmpeg_exe()
     window = min(DECODE_WINDOW_SECONDS, duration)
-    for start in sorted({0.0, max(0.0, duration - window - 0.25)}):
-        need = window * _DECODE_RATE * 2 * _DECODE_MIN_SHARE
-        if await _decoded_bytes(path, start, window, exe) < need:
-            raise UnsupportedAudio("The audio could not be decoded: the file holds no (or truncated) audio")
+    starts = sorted({0.0, max(0.0, duration - window - 0.25)})
+    need = window * _DECODE_RATE * 2 * _DECODE_MIN_SHARE
+    if any(got < need for got in await _decoded_bytes(path, starts, window, exe)):
+        raise UnsupportedAudio("The audio could not be decoded: the file holds no (or truncated) audio")
 
 
 async def probe(path: Path) -> AudioInfo:
