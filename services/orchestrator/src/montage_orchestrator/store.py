@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -120,9 +123,14 @@ async def get_stage(conn: asyncpg.Connection, job_id: uuid.UUID, stage: str) -> 
     return row
 
 
-async def stage_outputs(conn: asyncpg.Connection, job_id: uuid.UUID) -> dict[str, asyncpg.Record]:
-    rows = await conn.fetch("SELECT * FROM job_stages WHERE job_id = $1", job_id)
-    return {r["stage_name"]: r for r in rows}
+async def stage_outputs(conn: asyncpg.Connection, job_id: uuid.UUID, names: Sequence[str]) -> dict[str, str | None]:
+    """The stored outputs (JSON text) of the job's stages ``names`` that have a row."""
+    rows = await conn.fetch(
+        "SELECT stage_name, output::text AS output FROM job_stages WHERE job_id = $1 AND stage_name = ANY($2::text[])",
+        job_id,
+        list(names),
+    )
+    return {r["stage_name"]: r["output"] for r in rows}
 
 
 async def finish_stage(
@@ -243,3 +251,151 @@ async def prune_handled(conn: asyncpg.Pool, older_than_seconds: float) -> int:
 
 def iso(ts: datetime | None) -> str | None:
     return None if ts is None else timestamp(ts)
+
+
+# --- one result: a read without locks, then every write in one call -----------------------
+_READ_STATE = """
+SELECT (SELECT h.emits FROM orchestrator_handled h WHERE h.entry_id = $1) AS handled,
+       j.status, j.total_cost, j.cost_limit, j.estimated_cost, j.user_id, j.audio_key, j.user_prompt,
+       j.audio_duration, s.names, s.statuses, s.dispatches, s.elapsed, s.outputs,
+       (SELECT array_agg(c.call_id) FROM job_costs c WHERE c.job_id = $2 AND c.call_id = ANY ($4::text[]))
+           AS recorded_calls
+FROM (SELECT 1) AS one
+LEFT JOIN jobs j ON j.job_id = $2
+LEFT JOIN LATERAL (
+    SELECT array_agg(st.stage_name) AS names, array_agg(st.status) AS statuses, array_agg(st.dispatch) AS dispatches,
+           array_agg(EXTRACT(EPOCH FROM now() - st.started_at)::float8) AS elapsed,
+           array_agg(CASE WHEN st.stage_name = ANY ($3::text[]) THEN st.output::text END) AS outputs
+    FROM job_stages st WHERE st.job_id = $2
+) s ON true
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class StageState:
+    status: str
+    dispatch: int
+    elapsed: float  # seconds since it was (last) dispatched, on the database's clock
+
+
+@dataclass(slots=True)
+class JobState:
+    """What one result needs to know of its job, read in one statement without a lock."""
+
+    handled: bytes | None  # the recorded emits when this entry was handled already
+    found: bool
+    status: str = ""
+    total_cost: Decimal = Decimal(0)
+    cost_limit: Decimal = Decimal(0)
+    estimated_cost: Decimal = Decimal(0)
+    user_id: str = ""
+    audio_key: str = ""
+    user_prompt: str = ""
+    audio_duration: float = 0.0
+    stages: dict[str, StageState] = field(default_factory=dict)
+    outputs: dict[str, str | None] = field(default_factory=dict)  # only the stages asked for
+    recorded_calls: frozenset[str] = frozenset()
+
+
+async def read_state(
+    conn: asyncpg.Connection, entry_key: str, job_id: uuid.UUID, outputs_of: Sequence[str], call_ids: Sequence[str]
+) -> JobState:
+    """The job, its stages (status, dispatch, time since dispatch), the outputs of ``outputs_of``,
+    which of ``call_ids`` are recorded, and whether ``entry_key`` was handled: one round trip."""
+    r = await conn.fetchrow(_READ_STATE, entry_key, job_id, list(outputs_of), list(call_ids))
+    state = JobState(handled=r["handled"], found=r["status"] is not None)
+    if not state.found:
+        return state
+    state.status = r["status"]
+    state.total_cost = r["total_cost"]
+    state.cost_limit = r["cost_limit"]
+    state.estimated_cost = r["estimated_cost"]
+    state.user_id = r["user_id"]
+    state.audio_key = r["audio_key"]
+    state.user_prompt = r["user_prompt"]
+    state.audio_duration = r["audio_duration"]
+    if r["names"] is not None:
+        for name, status, dispatch, elapsed, output in zip(
+            r["names"], r["statuses"], r["dispatches"], r["elapsed"], r["outputs"], strict=True
+        ):
+            state.stages[name] = StageState(status, dispatch, elapsed or 0.0)
+            if name in outputs_of:
+                state.outputs[name] = output
+    state.recorded_calls = frozenset(r["recorded_calls"] or ())
+    return state
+
+
+@dataclass(slots=True)
+class Change:
+    """Every write of one result, applied by ``orchestrator_apply`` (migration 0400) under the job's lock
+    if the job, the stage and its costs are still as read (``expect_*``)."""
+
+    entry_key: str
+    job_id: uuid.UUID
+    stage: str
+    dispatch: int
+    expect_status: str
+    expect_total: Decimal
+    record: bool = True  # keep the handled entry with its emits (not for progress messages)
+    costs: list[CostItem] = field(default_factory=list)  # new provider calls of ``stage``
+    stage_meta: dict[str, Any] | None = None  # merged into the stage's metadata
+    finish: str | None = None  # close the stage with this status
+    attempts: int = 0
+    output: str | None = None  # JSON
+    stage_error: str | None = None
+    duration: float = 0.0
+    fail_running: str | None = None  # fail every running stage of the job with this error
+    next_stage: str | None = None  # start it under ``next_dispatch``
+    next_dispatch: int = 0
+    # the job row (None: unchanged)
+    status: str | None = None
+    progress: int | None = None
+    current_stage: str | None = None
+    total: Decimal | None = None
+    video_key: str | None = None
+    error_message: str | None = None
+    error_code: str | None = None
+    started: bool = False  # started_at = now()
+    completed: bool = False  # completed_at = now()
+    expire_after: timedelta | None = None  # files_expire_at = now() + this
+
+
+_APPLY = "SELECT o_outcome, o_emits, o_job FROM orchestrator_apply(" + ", ".join(f"${i}" for i in range(1, 31)) + ")"
+
+
+async def apply(conn: asyncpg.Connection, c: Change, emits: bytes) -> tuple[str, bytes | None, asyncpg.Record | None]:
+    """``(outcome, recorded emits, job row)``; outcome ``ok``, ``handled``, ``stale`` or ``conflict``."""
+    r = await conn.fetchrow(
+        _APPLY,
+        c.entry_key,
+        c.job_id,
+        c.stage,
+        c.dispatch,
+        c.expect_status,
+        c.expect_total,
+        [i.api_name for i in c.costs],
+        [i.call_id for i in c.costs],
+        [i.amount for i in c.costs],
+        None if c.stage_meta is None else json.dumps(c.stage_meta),
+        c.finish,
+        c.attempts,
+        c.output,
+        c.stage_error,
+        c.duration,
+        c.fail_running,
+        c.next_stage,
+        c.next_dispatch,
+        c.status,
+        c.progress,
+        c.current_stage,
+        c.total,
+        c.video_key,
+        c.error_message,
+        c.error_code,
+        c.started,
+        c.completed,
+        c.expire_after,
+        c.record,
+        emits,
+    )
+    return r["o_outcome"], r["o_emits"], r["o_job"]
