@@ -39,17 +39,17 @@ def _between_read_and_write(
     monkeypatch: pytest.MonkeyPatch, meanwhile: Callable[[], Awaitable[None]]
 ) -> list[store.JobState]:
     """Run ``meanwhile`` once, right after the first read; returns every state read."""
-    real = store.read_state
+    real = store.read_states
     reads: list[store.JobState] = []
 
-    async def read_state(*args: Any) -> store.JobState:
-        state = await real(*args)
-        reads.append(state)
-        if len(reads) == 1:
+    async def read_states(*args: Any) -> list[store.JobState]:
+        states = await real(*args)
+        reads.extend(states)
+        if len(reads) == len(states):
             await meanwhile()
-        return state
+        return states
 
-    monkeypatch.setattr(store, "read_state", read_state)
+    monkeypatch.setattr(store, "read_states", read_states)
     return reads
 
 

@@ -1,14 +1,16 @@
 """The pipeline state machine: consumes the results stream and drives each job's stages.
 
 Every message costs two statements, each its own transaction. First one read, without locks
-(:func:`store.read_state`): whether the entry was handled already, the job, its stages, the
+(:func:`store.read_states`): whether the entry was handled already, the job, its stages, the
 recorded costs among the message's and the stored outputs the next stage's input is built
 from. Python decides (:mod:`decisions`, the stage inputs, the events, the next task) and sends
 every write in one call (:func:`store.apply`, the SQL function ``orchestrator_apply``): with the
 job row locked (``FOR UPDATE``, so several replicas are safe) it re-checks what the decision
 read, then writes the costs, the stage row, the next stage's dispatch, the job row once and a
 record of the handled entry with the emits it produced. If the job changed in between (a cancel,
-a timeout, another replica), nothing is written and the message is read again. The emits (next
+a timeout, another replica), nothing is written and the message is read again. Results handled at
+once (``RESULTS_CONCURRENCY`` per partition) share their reads and their writes: one statement
+each per turn of the event loop (:mod:`batching`), the writes in one transaction. The emits (next
 ``StageTask`` and SSE events) are returned to the :class:`StreamConsumer`, which writes them
 atomically with the ack. A redelivery of an entry whose write already committed re-sends the
 recorded emits instead of redoing the work. Stale results (another dispatch, a job already final)
@@ -48,6 +50,7 @@ from montage_common.storage import layout
 from montage_streams import Delivery, Emit
 
 from montage_orchestrator import costs, decisions, metrics, stages, store
+from montage_orchestrator.batching import Coalescer
 from montage_orchestrator.deps import Deps
 from montage_orchestrator.jobs import RATES, STARTED_MESSAGES, estimated_remaining
 from montage_orchestrator.outbox import pack, unpack
@@ -133,6 +136,21 @@ class Pipeline:
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        # The reads and the writes of results handled at once, one statement per turn (``batching``).
+        self._read: Coalescer[store.Read, store.JobState] = Coalescer(self._read_batch, alone=self._read_one)
+        self._write: Coalescer[store.Change, store.Applied] = Coalescer(self._write_batch, alone=self._write_one)
+
+    async def _read_batch(self, reads: list[store.Read]) -> list[store.JobState]:
+        return await store.read_states(self.deps.pool, reads)
+
+    async def _read_one(self, read: store.Read) -> store.JobState:
+        return (await store.read_states(self.deps.pool, [read]))[0]
+
+    async def _write_batch(self, changes: list[store.Change]) -> list[store.Applied]:
+        return await store.apply(self.deps.pool, changes)
+
+    async def _write_one(self, change: store.Change) -> store.Applied:
+        return (await store.apply(self.deps.pool, [change]))[0]
 
     @asynccontextmanager
     async def _job_lock(self, job_id: str) -> AsyncIterator[None]:
@@ -176,48 +194,49 @@ class Pipeline:
         call_ids = [c.call_id for c in msg.costs] if isinstance(msg, StageResult) else []
         if isinstance(msg, StageCost):
             call_ids = [msg.cost.call_id]
+        read = store.Read(entry_key, job_id, outputs_of, tuple(call_ids))
         for _ in range(CONFLICT_ATTEMPTS):
-            async with self.deps.pool.acquire() as conn:
-                await RATES.refresh(conn)
-                state = await store.read_state(conn, entry_key, job_id, outputs_of, call_ids)
-                if state.handled is not None:
-                    log.info("result_redelivered", entry=d.entry_id)
-                    return unpack(state.handled)
-                if _stale(state, msg):
-                    log.info("result_stale", kind=type(msg).__name__, dispatch=msg.dispatch)
-                    return []
-                eff = Effects(job_id=str(job_id), total=state.total_cost)
-                change = store.Change(
-                    entry_key,
-                    job_id,
-                    msg.stage,
-                    msg.dispatch,
-                    state.status,
-                    state.total_cost,
-                    record=not isinstance(msg, StageProgress),
-                )
-                if state.status == "queued":
-                    change.status, change.started = "processing", True
-                match msg:
-                    case StageProgress():
-                        eff.event(self.deps, "message", {"text": msg.text, "stage": msg.stage})
-                        if change.status is None:  # nothing to write
-                            return eff.emits
-                    case StageCost():
-                        self._cost(state, change, msg.cost, eff)
-                    case StageResult():
-                        assert judged is not None
-                        await self._result(state, change, msg, judged, eff)
-                await begin(self.deps, eff)
-                outcome, recorded, row = await store.apply(conn, change, pack(eff.emits))
-            if outcome == "ok":
-                eff.row = row
+            await RATES.refresh(self.deps.pool)
+            state = await self._read(read)
+            if state.handled is not None:
+                log.info("result_redelivered", entry=d.entry_id)
+                return unpack(state.handled)
+            if _stale(state, msg):
+                log.info("result_stale", kind=type(msg).__name__, dispatch=msg.dispatch)
+                return []
+            eff = Effects(job_id=str(job_id), total=state.total_cost)
+            change = store.Change(
+                entry_key,
+                job_id,
+                msg.stage,
+                msg.dispatch,
+                state.status,
+                state.total_cost,
+                record=not isinstance(msg, StageProgress),
+            )
+            if state.status == "queued":
+                change.status, change.started = "processing", True
+            match msg:
+                case StageProgress():
+                    eff.event(self.deps, "message", {"text": msg.text, "stage": msg.stage})
+                    if change.status is None:  # nothing to write
+                        return eff.emits
+                case StageCost():
+                    self._cost(state, change, msg.cost, eff)
+                case StageResult():
+                    assert judged is not None
+                    await self._result(state, change, msg, judged, eff)
+            change.emits = pack(eff.emits) if change.record else b"[]"
+            await begin(self.deps, eff)
+            applied = await self._write(change)
+            if applied.outcome == "ok":
+                eff.row = applied.job
                 await after_commit(self.deps, eff)
                 return eff.emits
-            if outcome == "handled":
+            if applied.outcome == "handled":
                 log.info("result_redelivered", entry=d.entry_id)
-                return unpack(recorded or b"[]")
-            if outcome == "stale":
+                return unpack(applied.emits or b"[]")
+            if applied.outcome == "stale":
                 log.info("result_stale", kind=type(msg).__name__, dispatch=msg.dispatch)
                 return []
             log.info("result_conflict", kind=type(msg).__name__)  # the job changed since the read

@@ -1,10 +1,10 @@
--- One stage-stream result applied in one statement (montage_orchestrator.pipeline): the orchestrator
+-- One stage-stream result applied in one call (montage_orchestrator.pipeline): the orchestrator
 -- reads the job's state without a lock (store.read_state), decides in Python, and sends every write
 -- of the result here. Under the job's row lock this checks, in order: the entry already handled
 -- (-> 'handled' with its recorded emits), the job gone or final, the stage no longer running under
 -- the result's dispatch (-> 'stale'); the job's status or total, a cost, or the next stage's dispatch
 -- changed since the read (-> 'conflict': nothing written, the caller reads again). Only then it
--- writes: the costs, the result's stage (closed, or its metadata patched), the running stages failed
+-- writes: the costs (p_costs: [{"api", "call", "amount" as text}]), the result's stage (closed, or its metadata patched), the running stages failed
 -- (a failed job), the next stage started, the job row once, the handled entry with its emits.
 CREATE FUNCTION orchestrator_apply(
     p_entry text,
@@ -13,9 +13,7 @@ CREATE FUNCTION orchestrator_apply(
     p_dispatch integer,
     p_expect_status text,
     p_expect_total numeric,
-    p_cost_apis text[],
-    p_cost_calls text[],
-    p_cost_amounts numeric[],
+    p_costs jsonb,
     p_stage_meta jsonb,
     p_finish text,
     p_attempts integer,
@@ -68,8 +66,10 @@ BEGIN
         RETURN QUERY SELECT 'conflict'::text, NULL::bytea, NULL::jobs;
         RETURN;
     END IF;
-    IF cardinality(p_cost_calls) > 0
-       AND EXISTS (SELECT 1 FROM job_costs c WHERE c.job_id = p_job AND c.call_id = ANY (p_cost_calls)) THEN
+    IF jsonb_array_length(p_costs) > 0 AND EXISTS (
+        SELECT 1 FROM job_costs c
+        WHERE c.job_id = p_job AND c.call_id IN (SELECT x ->> 'call' FROM jsonb_array_elements(p_costs) AS x)
+    ) THEN
         RETURN QUERY SELECT 'conflict'::text, NULL::bytea, NULL::jobs;
         RETURN;
     END IF;
@@ -81,10 +81,10 @@ BEGIN
         END IF;
     END IF;
 
-    IF cardinality(p_cost_calls) > 0 THEN
+    IF jsonb_array_length(p_costs) > 0 THEN
         INSERT INTO job_costs (job_id, stage_name, api_name, call_id, cost)
-        SELECT p_job, p_stage, u.api, u.call, u.amount
-        FROM unnest(p_cost_apis, p_cost_calls, p_cost_amounts) AS u (api, call, amount)
+        SELECT p_job, p_stage, x ->> 'api', x ->> 'call', (x ->> 'amount')::numeric
+        FROM jsonb_array_elements(p_costs) WITH ORDINALITY AS e (x, n) ORDER BY e.n
         ON CONFLICT (job_id, call_id) DO NOTHING;
     END IF;
     IF p_finish IS NOT NULL THEN
@@ -128,3 +128,4 @@ BEGIN
     RETURN QUERY SELECT 'ok'::text, NULL::bytea, updated;
 END;
 $$;
+
