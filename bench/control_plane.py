@@ -26,6 +26,11 @@ before each): the orchestrator process(es) (``python -m montage_orchestrator``),
    result on the results stream to the next stage's task on its stream (for the composer: to the
    job's ``completed`` event); the drain's figure (a backlog) is reported too.
 
+``--base DIR`` (a checkout of an earlier commit, e.g. ``git worktree add --detach /tmp/base <commit>``)
+adds that checkout's stack as the before figure, interleaved run by run (base 1, 1, base 2, 2, …):
+its services and instant workers run with ``PYTHONPATH`` on the checkout's ``services/*/src`` and
+``libs/*/src``, so the same venv imports the older packages; the summary adds the per-run ratios.
+
 Every job must complete; a run that does not is an error. ``--env KEY=VALUE`` (repeatable) sets a
 variable for every service, e.g. ``--env RESULTS_CONCURRENCY=32 --env DB_POOL_SIZE=40``. ``--profile DIR`` records the first
 replica with py-spy during the first drain (``PY_SPY``, default /tmp/pyspy/bin/py-spy, a throwaway
@@ -142,9 +147,12 @@ class Infra:
 class Services:
     """One run's processes: orchestrator replicas, a gateway, instant-stage workers."""
 
-    def __init__(self, infra: Infra, replicas: int, workers: int, logs: Path, extra_env: dict[str, str]) -> None:
+    def __init__(
+        self, infra: Infra, replicas: int, workers: int, logs: Path, extra_env: dict[str, str], base: Path | None
+    ) -> None:
         self.infra, self.replicas, self.workers, self.logs = infra, replicas, workers, logs
         self.extra_env = extra_env
+        self.base = base
         self.orchestrators: list[subprocess.Popen[bytes]] = []
         self.gateway: subprocess.Popen[bytes] | None = None
         self.stage_workers: list[subprocess.Popen[bytes]] = []
@@ -164,6 +172,8 @@ class Services:
             "LOG_FORMAT": "json",
             **self.extra_env,
         }
+        if self.base is not None:
+            env["PYTHONPATH"] = os.pathsep.join(str(p) for p in base_sources(self.base))
         orch_ports = [free_port() for _ in range(self.replicas)]
         stack = Stack(var_dir=self.logs, gateway_port=self.gateway_port, orchestrator_port=orch_ports[0])
         specs = {s.name: s for s in stack.service_specs(env)}
@@ -195,6 +205,14 @@ class Services:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
+
+
+def base_sources(checkout: Path) -> list[Path]:
+    """The source folders of a checkout's packages (services and libs)."""
+    found = sorted([*checkout.glob("services/*/src"), *checkout.glob("libs/*/src")])
+    if not any((p / "montage_orchestrator").is_dir() for p in found):
+        raise SystemExit(f"--base {checkout}: no services/orchestrator/src/montage_orchestrator there")
+    return found
 
 
 # --- measuring -----------------------------------------------------------------------------
@@ -313,14 +331,14 @@ def pct(values: list[int], q: float) -> float:
 
 
 async def one_run(
-    infra: Infra, replicas: int, args: argparse.Namespace, logs: Path, profile: Path | None
+    infra: Infra, replicas: int, args: argparse.Namespace, logs: Path, profile: Path | None, base: Path | None = None
 ) -> dict[str, Any]:
     redis = Redis.from_url(infra.redis.url)
     await redis.flushall()
     pg = await asyncpg.connect(infra.database_url)
     if await pg.fetchval("SELECT to_regclass('jobs') IS NOT NULL"):
         await pg.execute(f"TRUNCATE {TABLES} CASCADE")
-    svc = Services(infra, replicas, args.workers, logs, dict(kv.split("=", 1) for kv in args.env))
+    svc = Services(infra, replicas, args.workers, logs, dict(kv.split("=", 1) for kv in args.env), base)
     spies: list[subprocess.Popen[bytes]] = []
     try:
         svc.start()
@@ -438,13 +456,20 @@ async def main() -> None:
         "--env", action="append", default=[], help="KEY=VALUE for every service, e.g. RESULTS_CONCURRENCY=32"
     )
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--base", type=Path, default=None, help="a checkout to measure as the before figure, interleaved")
     p.add_argument("--keep", action="store_true", help="keep the logs and data directory")
     args = p.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="bench-control-plane-"))
     infra = Infra(root)
     replica_counts = [int(x) for x in args.replicas.split(",")]
-    rows: dict[int, list[dict[str, Any]]] = {r: [] for r in replica_counts}
+    variants: list[tuple[str, int, Path | None]] = []
+    for r in replica_counts:
+        if args.base is not None:
+            base_sources(args.base)
+            variants.append((f"base {r}", r, args.base))
+        variants.append((str(r), r, None))
+    rows: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _ in variants}
     loads = [os.getloadavg()[0]]
     try:
         infra.start()
@@ -463,14 +488,14 @@ async def main() -> None:
                 row = await one_run(infra, r, args, logs, args.profile)
                 print(f"profiled, {r} replica(s), not counted: jobs/s {row['jobs_s']:.0f}", flush=True)
         for run in range(args.runs):
-            for r in replica_counts:
-                logs = root / f"run{run + 1}-{r}"
+            for label, r, base in variants:
+                logs = root / f"run{run + 1}-{label.replace(' ', '-')}"
                 logs.mkdir()
-                row = await one_run(infra, r, args, logs, None)
-                rows[r].append(row)
+                row = await one_run(infra, r, args, logs, None, base)
+                rows[label].append(row)
                 loads.append(row["load1"])
                 print(
-                    f"run {run + 1}, {r} replica(s): " + json.dumps({k: round(v, 2) for k, v in row.items()}),
+                    f"run {run + 1}, {label} replica(s): " + json.dumps({k: round(v, 2) for k, v in row.items()}),
                     flush=True,
                 )
     finally:
@@ -521,6 +546,16 @@ async def main() -> None:
             w = f"worker:{STAGES[1]}"
             cells.append(f"{m[f'{phase}_p50_ms:{w}']:.0f} / {m[f'{phase}_p99_ms:{w}']:.0f}")
             print(f"| {r} | {phase} | " + " | ".join(cells) + " |")
+    for r in replica_counts:
+        before, after = rows.get(f"base {r}", []), rows.get(str(r), [])
+        if before and after:
+            print(f"\n{r} replica(s), this checkout against --base, per run (after / before):")
+            for key in ("jobs_s", "xacts_per_job", "orchestrator_ms_per_job", "postgres_ms_per_job", "uploads_s",
+                        "upload_ms_orchestrator_cpu"):  # fmt: skip
+                ratios = [a[key] / b[key] for a, b in zip(after, before, strict=False)]
+                print(
+                    f"  {key}: median {statistics.median(ratios):.2f}x (" + " / ".join(f"{x:.2f}" for x in ratios) + ")"
+                )
     if args.json:
         args.json.write_text(json.dumps({"runs": rows, "medians": med, "loads": loads}, indent=2))
 

@@ -1,12 +1,20 @@
 """The pipeline state machine: consumes the results stream and drives each job's stages.
 
-For every message, in ONE Postgres transaction with the job row locked (``FOR UPDATE``, so
-several replicas are safe): costs (``ON CONFLICT (job_id, call_id) DO NOTHING``), the stage
-row, the job row, the next stage's dispatch, and a record of the handled entry with the emits
-it produced. The emits (next ``StageTask`` and SSE events) are returned to the
-:class:`StreamConsumer`, which writes them atomically with the ack. A redelivery of an entry
-whose transaction already committed re-sends the recorded emits instead of redoing the work.
-Stale results (another dispatch, a job already final) are acked and ignored.
+Every message costs two statements, each its own transaction. First one read, without locks
+(:func:`store.read_states`): whether the entry was handled already, the job, its stages, the
+recorded costs among the message's and the stored outputs the next stage's input is built
+from. Python decides (:mod:`decisions`, the stage inputs, the events, the next task) and sends
+every write in one call (:func:`store.apply`, the SQL function ``orchestrator_apply``): with the
+job row locked (``FOR UPDATE``, so several replicas are safe) it re-checks what the decision
+read, then writes the costs, the stage row, the next stage's dispatch, the job row once and a
+record of the handled entry with the emits it produced. If the job changed in between (a cancel,
+a timeout, another replica), nothing is written and the message is read again. Results handled at
+once (``RESULTS_CONCURRENCY`` per partition) share their reads and their writes: one statement
+each per turn of the event loop (:mod:`batching`), the writes in one transaction. The emits (next
+``StageTask`` and SSE events) are returned to the :class:`StreamConsumer`, which writes them
+atomically with the ack. A redelivery of an entry whose write already committed re-sends the
+recorded emits instead of redoing the work. Stale results (another dispatch, a job already final)
+are acked and ignored.
 
 Within one replica a per-job lock, taken in delivery order, keeps a job's messages in order.
 """
@@ -27,6 +35,7 @@ from montage_common import db
 from montage_common.errors import ErrorCode, RetryableError
 from montage_common.messages import (
     ErrorInfo,
+    ResultMessage,
     StageCost,
     StageProgress,
     StageResult,
@@ -36,19 +45,23 @@ from montage_common.messages import (
     result_decoder,
 )
 from montage_common.models import AudioAnalysis, CostItem, VideoOutput
-from montage_common.pipeline import FINAL_STATUSES, spec
+from montage_common.pipeline import FINAL_STATUSES, JobFacts, spec
 from montage_common.storage import layout
 from montage_streams import Delivery, Emit
 
 from montage_orchestrator import costs, decisions, metrics, stages, store
+from montage_orchestrator.batching import Coalescer
 from montage_orchestrator.deps import Deps
 from montage_orchestrator.jobs import RATES, STARTED_MESSAGES, estimated_remaining
 from montage_orchestrator.outbox import pack, unpack
-from montage_orchestrator.transitions import BUDGET_MESSAGE, Effects, after_commit, begin, fail_job
+from montage_orchestrator.transitions import BUDGET_MESSAGE, Effects, after_commit, begin, fail_job, job_failed
 
 log = structlog.get_logger()
 
 _out = msgspec.json.Encoder(decimal_format="number")
+
+# A result whose job changed between its read and its write is read again, at most this often.
+CONFLICT_ATTEMPTS = 5
 
 
 def decode_result(payload: bytes) -> StageResult | StageProgress | StageCost:
@@ -62,16 +75,24 @@ def stage_task_emit(deps: Deps, task: StageTask) -> Emit:
     return Emit(stream, encode(task), message_id=dispatch_message_id(task.job_id, task.stage, task.dispatch))
 
 
+def started_events(deps: Deps, eff: Effects, stage: str) -> None:
+    eff.event(deps, "stage_update", {"stage": stage, "status": "started"})
+    eff.event(deps, "message", {"text": STARTED_MESSAGES[stage], "stage": stage})
+
+
 async def dispatch_stage(conn: asyncpg.Connection, deps: Deps, job: asyncpg.Record, stage: str, eff: Effects) -> bool:
-    """Start ``stage`` (budget check first for the expensive ones); False when the job failed instead."""
+    """Start ``stage`` inside the caller's transaction, the job row locked (the reconciler, the
+    operator console; budget check first for the expensive ones); False when the job failed instead."""
     job_id = job["job_id"]
     limit: Decimal = job["cost_limit"]
     if not decisions.budget_allows(stage, eff.total, job["estimated_cost"], limit):
         log.info("budget_precheck_failed", job_id=str(job_id), stage=stage, total=str(eff.total))
         await fail_job(conn, deps, eff, ErrorCode.BUDGET_EXCEEDED, BUDGET_MESSAGE)
         return False
-    rows = await store.stage_outputs(conn, job_id)
-    stage_input = stages.build_input(stage, job, rows)
+    stored = await store.stage_outputs(conn, job_id, stages.INPUT_SOURCES[stage])
+    stage_input = stages.build_input(
+        stage, JobFacts(audio_key=job["audio_key"], user_prompt=job["user_prompt"]), stored
+    )
     dispatch = await store.start_stage(conn, job_id, stage)
     eff.row = await store.update_job(conn, job_id, current_stage=stage)
     task = StageTask(
@@ -83,9 +104,30 @@ async def dispatch_stage(conn: asyncpg.Connection, deps: Deps, job: asyncpg.Reco
         dispatch=dispatch,
     )
     eff.emits.append(stage_task_emit(deps, task))
-    eff.event(deps, "stage_update", {"stage": stage, "status": "started"})
-    eff.event(deps, "message", {"text": STARTED_MESSAGES[stage], "stage": stage})
+    started_events(deps, eff, stage)
     return True
+
+
+def _stale(state: store.JobState, msg: ResultMessage) -> bool:
+    """The job is gone or final, or the stage is no longer running under this result's dispatch."""
+    if not state.found or state.status in FINAL_STATUSES:
+        return True
+    row = state.stages.get(msg.stage)
+    return row is None or row.status != "running" or row.dispatch != msg.dispatch
+
+
+def _outputs_to_read(msg: ResultMessage, judged: decisions.Judged | None) -> tuple[str, ...]:
+    """The stored outputs a result may need: those the next stage's input is built from (except
+    the result's own, when it has one) and, for a failed stage, the song's analysis (fallback plan)."""
+    if not isinstance(msg, StageResult) or judged is None:
+        return ()
+    following = decisions.after_success(msg.stage)
+    names = set(stages.INPUT_SOURCES[following.name]) if following is not None else set()
+    if judged.error is not None:
+        names.add("audio_parser")
+    elif judged.output is not None:
+        names.discard(msg.stage)
+    return tuple(sorted(names))
 
 
 class Pipeline:
@@ -94,6 +136,21 @@ class Pipeline:
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        # The reads and the writes of results handled at once, one statement per turn (``batching``).
+        self._read: Coalescer[store.Read, store.JobState] = Coalescer(self._read_batch, alone=self._read_one)
+        self._write: Coalescer[store.Change, store.Applied] = Coalescer(self._write_batch, alone=self._write_one)
+
+    async def _read_batch(self, reads: list[store.Read]) -> list[store.JobState]:
+        return await store.read_states(self.deps.pool, reads)
+
+    async def _read_one(self, read: store.Read) -> store.JobState:
+        return (await store.read_states(self.deps.pool, [read]))[0]
+
+    async def _write_batch(self, changes: list[store.Change]) -> list[store.Applied]:
+        return await store.apply(self.deps.pool, changes)
+
+    async def _write_one(self, change: store.Change) -> store.Applied:
+        return (await store.apply(self.deps.pool, [change]))[0]
 
     @asynccontextmanager
     async def _job_lock(self, job_id: str) -> AsyncIterator[None]:
@@ -126,80 +183,108 @@ class Pipeline:
                 except (asyncpg.PostgresError, *db.TRANSIENT) as exc:
                     raise RetryableError(f"database: {type(exc).__name__}: {exc}"[:300]) from None
 
-    async def _apply(self, d: Delivery, msg: StageResult | StageProgress | StageCost, job_id: uuid.UUID) -> list[Emit]:
+    async def _apply(self, d: Delivery, msg: ResultMessage, job_id: uuid.UUID) -> list[Emit]:
+        """Read the job (one statement, no lock), decide, write everything (one statement, which
+        re-checks under the job's lock what the decision read); again from the read on a conflict."""
         entry_key = f"{d.stream}/{d.entry_id}"
-        eff = Effects(job_id=str(job_id))
-        async with self.deps.pool.acquire() as conn, conn.transaction():
-            recorded = await store.handled_emits(conn, entry_key)
-            if recorded is not None:
+        judged = None
+        if isinstance(msg, StageResult):
+            judged = decisions.judge_result(msg.stage, msg.ok, bytes(msg.output) if msg.ok else b"", msg.error)
+        outputs_of = _outputs_to_read(msg, judged)
+        call_ids = [c.call_id for c in msg.costs] if isinstance(msg, StageResult) else []
+        if isinstance(msg, StageCost):
+            call_ids = [msg.cost.call_id]
+        read = store.Read(entry_key, job_id, outputs_of, tuple(call_ids))
+        for _ in range(CONFLICT_ATTEMPTS):
+            await RATES.refresh(self.deps.pool)
+            state = await self._read(read)
+            if state.handled is not None:
                 log.info("result_redelivered", entry=d.entry_id)
-                return unpack(recorded)
-            job = await store.lock_job(conn, job_id)
-            stage_row = await store.get_stage(conn, job_id, msg.stage)
-            if (
-                job is None
-                or job["status"] in FINAL_STATUSES
-                or stage_row is None
-                or stage_row["status"] != "running"
-                or stage_row["dispatch"] != msg.dispatch
-            ):
+                return unpack(state.handled)
+            if _stale(state, msg):
                 log.info("result_stale", kind=type(msg).__name__, dispatch=msg.dispatch)
                 return []
-            eff.total = job["total_cost"]
-            await begin(self.deps, eff)
-            if job["status"] == "queued":
-                now = await conn.fetchval("SELECT now()")
-                job = await store.update_job(conn, job_id, status="processing", started_at=now)
-            eff.row = job
+            eff = Effects(job_id=str(job_id), total=state.total_cost)
+            change = store.Change(
+                entry_key,
+                job_id,
+                msg.stage,
+                msg.dispatch,
+                state.status,
+                state.total_cost,
+                record=not isinstance(msg, StageProgress),
+            )
+            if state.status == "queued":
+                change.status, change.started = "processing", True
             match msg:
                 case StageProgress():
                     eff.event(self.deps, "message", {"text": msg.text, "stage": msg.stage})
+                    if change.status is None:  # nothing to write
+                        return eff.emits
                 case StageCost():
-                    await self._cost(conn, job, msg.stage, msg.cost, eff)
+                    self._cost(state, change, msg.cost, eff)
                 case StageResult():
-                    await self._result(conn, job, msg, eff)
-            if not isinstance(msg, StageProgress):
-                await store.record_handled(conn, entry_key, job_id, pack(eff.emits))
-        await after_commit(self.deps, eff)
-        return eff.emits
+                    assert judged is not None
+                    await self._result(state, change, msg, judged, eff)
+            change.emits = pack(eff.emits) if change.record else b"[]"
+            await begin(self.deps, eff)
+            applied = await self._write(change)
+            if applied.outcome == "ok":
+                eff.row = applied.job
+                await after_commit(self.deps, eff)
+                return eff.emits
+            if applied.outcome == "handled":
+                log.info("result_redelivered", entry=d.entry_id)
+                return unpack(applied.emits or b"[]")
+            if applied.outcome == "stale":
+                log.info("result_stale", kind=type(msg).__name__, dispatch=msg.dispatch)
+                return []
+            log.info("result_conflict", kind=type(msg).__name__)  # the job changed since the read
+        raise RetryableError(f"the job kept changing while its result was applied ({CONFLICT_ATTEMPTS} reads)")
 
     # --- costs ----------------------------------------------------------------------
-    async def _cost(
-        self, conn: asyncpg.Connection, job: asyncpg.Record, stage: str, item: CostItem, eff: Effects
-    ) -> bool:
-        """Record one cost; False when it would pass the cap (the job then failed)."""
-        job_id = job["job_id"]
-        if await store.cost_recorded(conn, job_id, item.call_id):
+    def _cost(self, state: store.JobState, change: store.Change, item: CostItem, eff: Effects) -> bool:
+        """Record one cost; False when it would pass the cap (the job then fails)."""
+        stage = change.stage
+        if item.call_id in state.recorded_calls or any(c.call_id == item.call_id for c in change.costs):
             return True
-        if not costs.within(eff.total, item.amount, job["cost_limit"]):
-            await store.patch_stage_metadata(
-                conn, job_id, stage, {"budget_rejected_call": item.call_id, "budget_rejected_amount": str(item.amount)}
-            )
+        if not costs.within(eff.total, item.amount, state.cost_limit):
+            change.stage_meta = {"budget_rejected_call": item.call_id, "budget_rejected_amount": str(item.amount)}
             log.warning("budget_exceeded", amount=str(item.amount), total=str(eff.total), api=item.api_name)
-            await fail_job(conn, self.deps, eff, ErrorCode.BUDGET_EXCEEDED, BUDGET_MESSAGE)
+            self._fail(change, eff, ErrorCode.BUDGET_EXCEEDED, BUDGET_MESSAGE)
             return False
-        await store.insert_cost(conn, job_id, stage, item)
+        change.costs.append(item)
         eff.total += item.amount
-        eff.row = await store.update_job(conn, job_id, total_cost=eff.total)
-        metrics.COST_DOLLARS.labels(stage).inc(float(item.amount))
+        change.total = eff.total
+        amount = float(item.amount)
+        eff.committed.append(lambda: metrics.COST_DOLLARS.labels(stage).inc(amount))
         eff.event(self.deps, "cost_update", {"stage": stage, "cost": item.amount, "total": eff.total})
         return True
 
+    def _fail(self, change: store.Change, eff: Effects, code: str, message: str) -> None:
+        """The job fails (as :func:`~montage_orchestrator.transitions.fail_job`, in ``change``)."""
+        change.fail_running = message
+        change.status, change.error_message, change.error_code = "failed", message, code
+        change.completed = True
+        change.expire_after = timedelta(days=self.deps.settings.failed_retention_days)
+        job_failed(self.deps, eff, code, message)
+
     # --- results --------------------------------------------------------------------
-    async def _result(self, conn: asyncpg.Connection, job: asyncpg.Record, msg: StageResult, eff: Effects) -> None:
+    async def _result(
+        self, state: store.JobState, change: store.Change, msg: StageResult, judged: decisions.Judged, eff: Effects
+    ) -> None:
         for item in msg.costs:
-            if not await self._cost(conn, job, msg.stage, item, eff):
+            if not self._cost(state, change, item, eff):
                 return
-        judged = decisions.judge_result(msg.stage, msg.ok, bytes(msg.output) if msg.ok else b"", msg.error)
         if judged.error is None:
-            await self._stage_done(conn, job, msg, judged.output, eff, {})
+            await self._stage_done(state, change, msg, judged.output, eff, {})
             return
-        await self._stage_failed(conn, job, msg, judged.error, eff)
+        await self._stage_failed(state, change, msg, judged.error, eff)
 
     async def _stage_done(  # noqa: PLR0917
         self,
-        conn: asyncpg.Connection,
-        job: asyncpg.Record,
+        state: store.JobState,
+        change: store.Change,
         msg: StageResult,
         output: msgspec.Struct | None,
         eff: Effects,
@@ -208,67 +293,78 @@ class Pipeline:
         status: str = "completed",
         error: str | None = None,
     ) -> None:
-        stage, job_id = msg.stage, job["job_id"]
-        duration = await store.finish_stage(
-            conn,
-            job_id,
-            stage,
-            status=status,
-            attempts=msg.attempts,
-            output=None if output is None else _out.encode(output).decode(),
-            metadata=metadata,
-            error=error,
-        )
-        metrics.STAGE_DURATION.labels(stage, status).observe(duration)
+        stage = msg.stage
+        duration = state.stages[stage].elapsed
+        change.finish, change.attempts, change.stage_error, change.duration = status, msg.attempts, error, duration
+        change.output = None if output is None else _out.encode(output).decode()
+        change.stage_meta = metadata or None
+        eff.committed.append(lambda: metrics.STAGE_DURATION.labels(stage, status).observe(duration))
         progress = spec(stage).progress
-        eff.row = await store.update_job(conn, job_id, progress=progress)
+        change.progress = progress
         eff.event(self.deps, "stage_update", {"stage": stage, "status": "completed", "duration": round(duration, 3)})
-        await RATES.refresh(conn)
-        remaining = estimated_remaining("processing", stage, job["audio_duration"], finished=True)
+        remaining = estimated_remaining("processing", stage, state.audio_duration, finished=True)
         eff.event(self.deps, "progress", {"progress": progress, "estimated_remaining": remaining})
         following = decisions.after_success(stage)
         if following is None:
             assert isinstance(output, VideoOutput)
-            await self._complete(conn, job, output, eff)
+            await self._complete(change, output, eff)
             return
-        await dispatch_stage(conn, self.deps, job, following.name, eff)
+        self._dispatch(state, change, following.name, eff, {} if output is None else {stage: output})
+
+    def _dispatch(
+        self, state: store.JobState, change: store.Change, stage: str, eff: Effects, known: dict[str, msgspec.Struct]
+    ) -> None:
+        """Start ``stage`` (budget check first for the expensive ones), or fail the job."""
+        if not decisions.budget_allows(stage, eff.total, state.estimated_cost, state.cost_limit):
+            log.info("budget_precheck_failed", stage=stage, total=str(eff.total))
+            self._fail(change, eff, ErrorCode.BUDGET_EXCEEDED, BUDGET_MESSAGE)
+            return
+        facts = JobFacts(audio_key=state.audio_key, user_prompt=state.user_prompt)
+        stage_input = stages.build_input(stage, facts, state.outputs, known)
+        prior = state.stages.get(stage)
+        dispatch = (prior.dispatch if prior is not None else 0) + 1
+        change.next_stage, change.next_dispatch, change.current_stage = stage, dispatch, stage
+        task = StageTask(
+            job_id=eff.job_id,
+            user_id=state.user_id,
+            stage=stage,
+            input=stage_input,
+            budget_remaining=str(state.cost_limit - eff.total),
+            dispatch=dispatch,
+        )
+        eff.emits.append(stage_task_emit(self.deps, task))
+        started_events(self.deps, eff, stage)
 
     async def _stage_failed(
-        self, conn: asyncpg.Connection, job: asyncpg.Record, msg: StageResult, err: ErrorInfo, eff: Effects
+        self, state: store.JobState, change: store.Change, msg: StageResult, err: ErrorInfo, eff: Effects
     ) -> None:
         stage = msg.stage
         decision = decisions.on_failure(stage, err)
         log.info("stage_failed", code=err.code, error=err.message[:200], decision=type(decision).__name__)
         if isinstance(decision, decisions.FailJob):
-            await store.finish_stage(
-                conn, job["job_id"], stage, status="failed", attempts=msg.attempts, error=err.message
-            )
-            await fail_job(conn, self.deps, eff, decision.code, decision.message)
+            change.finish, change.attempts, change.stage_error = "failed", msg.attempts, err.message
+            change.duration = state.stages[stage].elapsed
+            self._fail(change, eff, decision.code, decision.message)
             return
         eff.event(self.deps, "message", {"text": decision.message, "stage": stage})
         meta = {"fallback_mode": True, "fallback_reason": decision.reason}
         if decision.policy == "continue_text_only":
-            await self._stage_done(conn, job, msg, None, eff, meta, status="failed", error=err.message)
+            await self._stage_done(state, change, msg, None, eff, meta, status="failed", error=err.message)
             return
-        rows = await store.stage_outputs(conn, job["job_id"])
-        audio = msgspec.json.decode(rows["audio_parser"]["output"], type=AudioAnalysis)
-        plan = stages.fallback_plan(job["user_prompt"], audio)
-        await self._stage_done(conn, job, msg, plan, eff, meta)
+        audio = msgspec.json.decode(state.outputs["audio_parser"] or b"null", type=AudioAnalysis)
+        plan = stages.fallback_plan(state.user_prompt, audio)
+        await self._stage_done(state, change, msg, plan, eff, meta)
 
-    async def _complete(self, conn: asyncpg.Connection, job: asyncpg.Record, output: VideoOutput, eff: Effects) -> None:
-        job_id = job["job_id"]
-        now = await conn.fetchval("SELECT now()")
-        eff.row = await store.update_job(
-            conn,
-            job_id,
-            status="completed",
-            progress=100,
-            video_key=output.key,
-            completed_at=now,
-            files_expire_at=now + timedelta(days=self.deps.settings.video_retention_days),
-        )
+    async def _complete(self, change: store.Change, output: VideoOutput, eff: Effects) -> None:
+        change.status, change.progress, change.video_key, change.completed = "completed", 100, output.key, True
+        change.expire_after = timedelta(days=self.deps.settings.video_retention_days)
         url = await self.deps.storage.signed_url(output.key, self.deps.settings.download_url_seconds)
         eff.event(self.deps, "completed", {"video_url": url, "total_cost": eff.total})
-        eff.delete_prefixes = layout.intermediate_prefixes(str(job_id))
-        metrics.JOBS_COMPLETED.inc()
-        log.info("job_completed", total_cost=str(eff.total))
+        eff.delete_prefixes = layout.intermediate_prefixes(eff.job_id)
+        total = eff.total
+
+        def note() -> None:
+            metrics.JOBS_COMPLETED.inc()
+            log.info("job_completed", total_cost=str(total))
+
+        eff.committed.append(note)

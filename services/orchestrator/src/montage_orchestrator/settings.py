@@ -40,7 +40,7 @@ class OrchestratorSettings(CommonSettings, frozen=True, kw_only=True):
     outbox_grace_seconds: Annotated[
         float, Meta(description="an unsent first dispatch older than this is re-sent by the sweeper")
     ] = 10.0
-    results_concurrency: Annotated[int, Meta(description="results handled at once per orchestrator process")] = 8
+    results_concurrency: Annotated[int, Meta(description="results handled at once per orchestrator process")] = 32
     db_pool_size: Annotated[int, Meta(description="Postgres connections per process")] = 10
     run_migrations: Annotated[bool, Meta(description="apply database migrations at start-up")] = True
     replica_id: Annotated[

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -120,9 +123,14 @@ async def get_stage(conn: asyncpg.Connection, job_id: uuid.UUID, stage: str) -> 
     return row
 
 
-async def stage_outputs(conn: asyncpg.Connection, job_id: uuid.UUID) -> dict[str, asyncpg.Record]:
-    rows = await conn.fetch("SELECT * FROM job_stages WHERE job_id = $1", job_id)
-    return {r["stage_name"]: r for r in rows}
+async def stage_outputs(conn: asyncpg.Connection, job_id: uuid.UUID, names: Sequence[str]) -> dict[str, str | None]:
+    """The stored outputs (JSON text) of the job's stages ``names`` that have a row."""
+    rows = await conn.fetch(
+        "SELECT stage_name, output::text AS output FROM job_stages WHERE job_id = $1 AND stage_name = ANY($2::text[])",
+        job_id,
+        list(names),
+    )
+    return {r["stage_name"]: r["output"] for r in rows}
 
 
 async def finish_stage(
@@ -243,3 +251,230 @@ async def prune_handled(conn: asyncpg.Pool, older_than_seconds: float) -> int:
 
 def iso(ts: datetime | None) -> str | None:
     return None if ts is None else timestamp(ts)
+
+
+# --- results: a read without locks, then every write in one call ---------------------------
+# Both take a batch (results of different jobs handled at once; see ``batching``): one statement.
+_READ_STATES = """
+SELECT q.i, (SELECT h.emits FROM orchestrator_handled h WHERE h.entry_id = q.entry) AS handled,
+       j.status, j.total_cost, j.cost_limit, j.estimated_cost, j.user_id, j.audio_key, j.user_prompt,
+       j.audio_duration, s.names, s.statuses, s.dispatches, s.elapsed, s.outputs,
+       (SELECT array_agg(c.call_id) FROM job_costs c
+        WHERE c.job_id = q.job AND c.call_id IN (SELECT jsonb_array_elements_text(q.calls::jsonb))) AS recorded_calls
+FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[]) WITH ORDINALITY AS q (entry, job, outs, calls, i)
+LEFT JOIN jobs j ON j.job_id = q.job
+LEFT JOIN LATERAL (
+    SELECT array_agg(st.stage_name) AS names, array_agg(st.status) AS statuses, array_agg(st.dispatch) AS dispatches,
+           array_agg(EXTRACT(EPOCH FROM now() - st.started_at)::float8) AS elapsed,
+           array_agg(CASE WHEN st.stage_name = ANY (string_to_array(q.outs, ',')) THEN st.output::text END) AS outputs
+    FROM job_stages st WHERE st.job_id = q.job
+) s ON true
+ORDER BY q.i
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class StageState:
+    status: str
+    dispatch: int
+    elapsed: float  # seconds since it was (last) dispatched, on the database's clock
+
+
+@dataclass(slots=True)
+class JobState:
+    """What one result needs to know of its job, read without a lock."""
+
+    handled: bytes | None  # the recorded emits when this entry was handled already
+    found: bool
+    status: str = ""
+    total_cost: Decimal = Decimal(0)
+    cost_limit: Decimal = Decimal(0)
+    estimated_cost: Decimal = Decimal(0)
+    user_id: str = ""
+    audio_key: str = ""
+    user_prompt: str = ""
+    audio_duration: float = 0.0
+    stages: dict[str, StageState] = field(default_factory=dict)
+    outputs: dict[str, str | None] = field(default_factory=dict)  # only the stages asked for
+    recorded_calls: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Read:
+    """What to read for one result: is ``entry_key`` handled, the job, its stages, the outputs of
+    ``outputs_of``, and which of ``call_ids`` are recorded."""
+
+    entry_key: str
+    job_id: uuid.UUID
+    outputs_of: tuple[str, ...]
+    call_ids: tuple[str, ...]
+
+
+async def read_states(conn: asyncpg.Connection | asyncpg.Pool, reads: Sequence[Read]) -> list[JobState]:
+    """One :class:`JobState` per :class:`Read`, in order: one statement."""
+    rows = await conn.fetch(
+        _READ_STATES,
+        [r.entry_key for r in reads],
+        [r.job_id for r in reads],
+        [",".join(r.outputs_of) for r in reads],
+        [json.dumps(r.call_ids) for r in reads],
+    )
+    return [_state(read, row) for read, row in zip(reads, rows, strict=True)]
+
+
+def _state(read: Read, r: asyncpg.Record) -> JobState:
+    state = JobState(handled=r["handled"], found=r["status"] is not None)
+    if not state.found:
+        return state
+    state.status = r["status"]
+    state.total_cost = r["total_cost"]
+    state.cost_limit = r["cost_limit"]
+    state.estimated_cost = r["estimated_cost"]
+    state.user_id = r["user_id"]
+    state.audio_key = r["audio_key"]
+    state.user_prompt = r["user_prompt"]
+    state.audio_duration = r["audio_duration"]
+    if r["names"] is not None:
+        for name, status, dispatch, elapsed, output in zip(
+            r["names"], r["statuses"], r["dispatches"], r["elapsed"], r["outputs"], strict=True
+        ):
+            state.stages[name] = StageState(status, dispatch, elapsed or 0.0)
+            if name in read.outputs_of:
+                state.outputs[name] = output
+    state.recorded_calls = frozenset(r["recorded_calls"] or ())
+    return state
+
+
+@dataclass(slots=True)
+class Change:
+    """Every write of one result, applied by ``orchestrator_apply`` (migration 0400) under the job's lock
+    if the job, the stage and its costs are still as read (``expect_*``)."""
+
+    entry_key: str
+    job_id: uuid.UUID
+    stage: str
+    dispatch: int
+    expect_status: str
+    expect_total: Decimal
+    record: bool = True  # keep the handled entry with its emits (not for progress messages)
+    emits: bytes = b"[]"  # what goes out with the ack (``outbox.pack``), kept with the handled entry
+    costs: list[CostItem] = field(default_factory=list)  # new provider calls of ``stage``
+    stage_meta: dict[str, Any] | None = None  # merged into the stage's metadata
+    finish: str | None = None  # close the stage with this status
+    attempts: int = 0
+    output: str | None = None  # JSON
+    stage_error: str | None = None
+    duration: float = 0.0
+    fail_running: str | None = None  # fail every running stage of the job with this error
+    next_stage: str | None = None  # start it under ``next_dispatch``
+    next_dispatch: int = 0
+    # the job row (None: unchanged)
+    status: str | None = None
+    progress: int | None = None
+    current_stage: str | None = None
+    total: Decimal | None = None
+    video_key: str | None = None
+    error_message: str | None = None
+    error_code: str | None = None
+    started: bool = False  # started_at = now()
+    completed: bool = False  # completed_at = now()
+    expire_after: timedelta | None = None  # files_expire_at = now() + this
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    outcome: str  # ok | handled | stale | conflict
+    emits: bytes | None  # handled: the recorded emits
+    job: asyncpg.Record | None  # ok: the job row as written
+
+
+_APPLY_ARGS = (
+    ("entry", "text"),
+    ("job", "uuid"),
+    ("stage", "text"),
+    ("dispatch", "integer"),
+    ("expect_status", "text"),
+    ("expect_total", "numeric"),
+    ("costs", "jsonb"),
+    ("stage_meta", "jsonb"),
+    ("finish", "text"),
+    ("attempts", "integer"),
+    ("output", "jsonb"),
+    ("stage_error", "text"),
+    ("duration", "float8"),
+    ("fail_running", "text"),
+    ("next", "text"),
+    ("next_dispatch", "integer"),
+    ("status", "text"),
+    ("progress", "integer"),
+    ("current_stage", "text"),
+    ("total", "numeric"),
+    ("video_key", "text"),
+    ("error_message", "text"),
+    ("error_code", "text"),
+    ("started", "boolean"),
+    ("completed", "boolean"),
+    ("expire", "interval"),
+    ("record", "boolean"),
+    ("emits", "bytea"),
+)
+# The calls in the arrays' order (a nested loop over the unnest), each its own row and ordinal.
+_APPLY = (
+    "SELECT q.i, a.o_outcome, a.o_emits, a.o_job FROM unnest("
+    + ", ".join(f"${n}::{t}[]" for n, (_, t) in enumerate(_APPLY_ARGS, start=1))
+    + ") WITH ORDINALITY AS q ("
+    + ", ".join(f'"{name}"' for name, _ in _APPLY_ARGS)
+    + ", i) CROSS JOIN LATERAL orchestrator_apply("
+    + ", ".join(f'q."{name}"' for name, _ in _APPLY_ARGS)
+    + ") AS a ORDER BY q.i"
+)
+
+
+def _costs_json(items: list[CostItem]) -> str:
+    return json.dumps([{"api": i.api_name, "call": i.call_id, "amount": str(i.amount)} for i in items])
+
+
+def _apply_args(c: Change) -> tuple[Any, ...]:
+    return (
+        c.entry_key,
+        c.job_id,
+        c.stage,
+        c.dispatch,
+        c.expect_status,
+        c.expect_total,
+        _costs_json(c.costs),
+        None if c.stage_meta is None else json.dumps(c.stage_meta),
+        c.finish,
+        c.attempts,
+        c.output,
+        c.stage_error,
+        c.duration,
+        c.fail_running,
+        c.next_stage,
+        c.next_dispatch,
+        c.status,
+        c.progress,
+        c.current_stage,
+        c.total,
+        c.video_key,
+        c.error_message,
+        c.error_code,
+        c.started,
+        c.completed,
+        c.expire_after,
+        c.record,
+        c.emits,
+    )
+
+
+async def apply(conn: asyncpg.Connection | asyncpg.Pool, changes: Sequence[Change]) -> list[Applied]:
+    """Apply ``changes`` (of different jobs) in one statement, one transaction; one :class:`Applied`
+    each, in order. The calls run sorted by job id, so concurrent batches lock jobs in one order."""
+    order = sorted(range(len(changes)), key=lambda k: changes[k].job_id)
+    columns = list(zip(*(_apply_args(changes[k]) for k in order), strict=True))
+    rows = await conn.fetch(_APPLY, *(list(col) for col in columns))
+    out: list[Applied | None] = [None] * len(changes)
+    for k, r in zip(order, rows, strict=True):
+        out[k] = Applied(r["o_outcome"], r["o_emits"], r["o_job"])
+    assert all(a is not None for a in out)
+    return [a for a in out if a is not None]

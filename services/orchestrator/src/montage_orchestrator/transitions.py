@@ -8,6 +8,7 @@ Each runs inside the caller's transaction (the job row locked) and records its s
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
@@ -37,6 +38,7 @@ class Effects:
     row: asyncpg.Record | None = None
     cancel_flag: bool = False
     delete_prefixes: list[str] = field(default_factory=list)
+    committed: list[Callable[[], None]] = field(default_factory=list)  # metrics and logs, once committed
 
     def event(self, deps: Deps, event: str, data: dict[str, Any]) -> None:
         self.emits.append(event_emit(deps.keys, self.job_id, event, data))
@@ -49,7 +51,9 @@ async def begin(deps: Deps, eff: Effects) -> None:
 
 
 async def after_commit(deps: Deps, eff: Effects) -> None:
-    """Cache write-through, cancel flag, intermediate-file cleanup; each best effort."""
+    """Metrics and logs of the change, cache write-through, cancel flag, intermediate-file cleanup; each best effort."""
+    for note in eff.committed:
+        note()
     if eff.tomb is not None and eff.row is not None:
         try:
             await deps.cache.end_write(eff.job_id, eff.tomb, snapshot(eff.row))
@@ -62,6 +66,20 @@ async def after_commit(deps: Deps, eff: Effects) -> None:
             log.warning("cancel_flag_failed", job_id=eff.job_id, error=str(exc)[:200])
     if eff.delete_prefixes:
         await cleanup.delete_prefixes(deps, uuid.UUID(eff.job_id), eff.delete_prefixes, reason="job_final")
+
+
+def job_failed(deps: Deps, eff: Effects, code: str, message: str) -> None:
+    """What a failed job sends and does besides its rows: the ``error`` event, the cancel flag (any
+    worker still on this job stops before its next step), the metric and the log."""
+    eff.event(deps, "error", {"error": message, "code": code, "retryable": code in RETRYABLE_JOB_CODES})
+    eff.cancel_flag = True
+    job_id = eff.job_id
+
+    def note() -> None:
+        metrics.JOBS_FAILED.labels(code).inc()
+        log.info("job_failed", job_id=job_id, code=code, error=message[:200])
+
+    eff.committed.append(note)
 
 
 async def fail_job(conn: asyncpg.Connection, deps: Deps, eff: Effects, code: str, message: str) -> asyncpg.Record:
@@ -80,9 +98,6 @@ async def fail_job(conn: asyncpg.Connection, deps: Deps, eff: Effects, code: str
             "SELECT now() + $1::interval", timedelta(days=deps.settings.failed_retention_days)
         ),
     )
-    eff.event(deps, "error", {"error": message, "code": code, "retryable": code in RETRYABLE_JOB_CODES})
-    eff.cancel_flag = True  # any worker still on this job stops before its next step
+    job_failed(deps, eff, code, message)
     eff.row = row
-    metrics.JOBS_FAILED.labels(code).inc()
-    log.info("job_failed", job_id=eff.job_id, code=code, error=message[:200])
     return row
