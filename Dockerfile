@@ -25,6 +25,7 @@ WORKDIR /src
 #    --all-packages, which would take in the development package (tests/dev: the local launcher,
 #    the stand-ins, the embedded Redis and PostgreSQL), absent from this build context.
 COPY uv.lock pyproject.toml ./
+COPY libs/contracts/pyproject.toml libs/contracts/
 COPY libs/common/pyproject.toml libs/common/
 COPY libs/streams/pyproject.toml libs/streams/
 COPY services/gateway/pyproject.toml services/gateway/

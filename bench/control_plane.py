@@ -59,9 +59,9 @@ from typing import Any
 
 import aiohttp
 import asyncpg
-from montage_common.keys import Keys
-from montage_common.messages import StageResult, event_decoder, result_decoder, task_decoder
-from montage_common.pipeline import STAGES
+from montage_contracts.keys import Keys
+from montage_contracts.messages import StageResult, event_decoder, result_decoder, task_decoder
+from montage_contracts.pipeline import STAGES
 from montage_dev.devstack import EmbeddedPostgres, EmbeddedRedis, Stack, free_port, wait_port
 from montage_gateway.settings import DEV_JWT_SECRET
 from montage_gateway.tokens import mint_dev_token

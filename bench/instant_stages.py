@@ -3,7 +3,7 @@ with handlers that answer at once.
 
     .venv/bin/python bench/instant_stages.py [--go-key KEY]     # environment as a stage worker's
 
-Each process runs, for every stage of :data:`montage_common.pipeline.PIPELINE` and every
+Each process runs, for every stage of :data:`montage_contracts.pipeline.PIPELINE` and every
 partition, one :class:`montage_streams.StreamConsumer` with the arguments
 :class:`montage_stages.worker.StageWorker` gives it (group, consumer name, concurrency shared out
 over the partitions, claim idle, block, retry policy, grace; settings from the same
@@ -26,9 +26,12 @@ import signal
 from collections.abc import Callable
 
 import msgspec
-from montage_common.keys import Keys
-from montage_common.messages import StageResult, StageTask, dispatch_message_id, encode, task_decoder
-from montage_common.models import (
+from montage_common.redis import create_redis, ready, target_of
+from montage_common.settings import load
+from montage_common.storage import layout
+from montage_contracts.keys import Keys
+from montage_contracts.messages import StageResult, StageTask, dispatch_message_id, encode, task_decoder
+from montage_contracts.models import (
     AudioAnalysis,
     Clip,
     ClipPrompt,
@@ -42,10 +45,7 @@ from montage_common.models import (
     Transition,
     VideoOutput,
 )
-from montage_common.pipeline import MIN_CLIPS, PIPELINE, StageSpec
-from montage_common.redis import create_redis, ready, target_of
-from montage_common.settings import load
-from montage_common.storage import layout
+from montage_contracts.pipeline import MIN_CLIPS, PIPELINE, StageSpec
 from montage_stages.worker import WorkerSettings
 from montage_streams import Delivery, Emit, StreamConsumer, default_consumer_name
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from montage_common.keys import Keys
 from montage_common.redis import create_redis
+from montage_contracts.keys import Keys
 from montage_dev.devstack import EmbeddedRedis
 from montage_gateway.auth import Authenticator
 from montage_gateway.tokens import JwksKeys, TokenVerifier, mint_dev_token

@@ -2,7 +2,7 @@
 
 Montage's stream runtime as the services use it: every stage is a ``StreamConsumer`` per
 partition, the hand-off of stage i emits the task of stage i+1 in the same partition
-(``montage_common.keys``: one hash tag per partition), the last stage emits to the partition's
+(``montage_contracts.keys``: one hash tag per partition), the last stage emits to the partition's
 ``done`` stream with the job's send time. ``--workers`` worker processes each run all six
 stages (one consumer per stage per partition, concurrency 3 per stage as the workers'
 default, shared out over the partitions); the producer sends ``--jobs`` jobs as fast as it
@@ -35,8 +35,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from montage_common.keys import Keys
 from montage_common.redis import RedisTarget, create_redis, ready
+from montage_contracts.keys import Keys
 from montage_dev.devstack import EmbeddedCluster, EmbeddedRedis
 from montage_streams import Delivery, Emit, StreamConsumer, StreamProducer
 

@@ -28,8 +28,8 @@ from typing import Any
 
 import aiohttp
 from montage_common.events import event_emit
-from montage_common.keys import Keys
 from montage_common.redis import create_redis
+from montage_contracts.keys import Keys
 from montage_dev.devstack import EmbeddedRedis
 from montage_gateway.tokens import mint_dev_token
 from montage_streams import StreamProducer

@@ -19,9 +19,9 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 from montage_common import db
-from montage_common.keys import Keys
 from montage_common.redis import create_redis
 from montage_common.storage import LocalStorage
+from montage_contracts.keys import Keys
 from montage_dev.devstack import EmbeddedPostgres, EmbeddedRedis
 from redis.asyncio import Redis
 

@@ -1,12 +1,12 @@
 """The import rules of the workspace (README "Architecture"), checked on the source.
 
 - ``montage_streams`` (the stream runtime) imports no other Montage package.
-- Services depend on ``montage_common`` and ``montage_streams`` only, never on each other; the
-  CLI likewise.
+- ``montage_contracts`` (``keys``, ``models``, ``messages``, ``errors``, ``pipeline``, ``api``)
+  imports only the standard library, msgspec and itself, and declares only msgspec, so any
+  service or client can use it without pulling Redis, Postgres or aiohttp in.
+- Services depend on the libraries (``montage_contracts``, ``montage_common``,
+  ``montage_streams``) only, never on each other; the CLI likewise.
 - ``montage_common`` never imports a service or the CLI.
-- The contracts (``keys``, ``models``, ``messages``, ``errors``, ``pipeline``, ``api``) import
-  only the standard library, msgspec and each other, so any service or client can use them
-  without pulling Redis, Postgres or aiohttp in.
 - Nothing shipped imports ``tests`` (the fakes stay out of the image).
 - The development package ``montage_dev`` (``tests/dev``: the stack launcher and the fakes) may
   import anything shipped; nothing shipped imports it: no library, no service, and of the CLI
@@ -25,6 +25,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {
+    "montage_contracts": ROOT / "libs/contracts/src/montage_contracts",
     "montage_common": ROOT / "libs/common/src/montage_common",
     "montage_streams": ROOT / "libs/streams/src/montage_streams",
     "montage_gateway": ROOT / "services/gateway/src/montage_gateway",
@@ -37,8 +38,7 @@ PACKAGES = {
 SHIPPED = sorted(set(PACKAGES) - {"montage_dev"})
 # The one shipped module that may use the development package (``make demo`` starts the stack).
 MAY_USE_DEV = {"clients/cli/src/montage_cli/demo.py"}
-CONTRACTS = ("keys", "models", "messages", "errors", "pipeline", "api")
-ALLOWED_IN_CONTRACTS = {"msgspec", *(f"montage_common.{m}" for m in CONTRACTS)}
+LIBRARIES = {"montage_contracts", "montage_common", "montage_streams"}
 
 
 def imports_of(path: Path) -> set[str]:
@@ -64,15 +64,16 @@ def _files(package: str) -> list[Path]:
 
 
 ALLOWED = {
+    "montage_contracts": {"montage_contracts"},
     "montage_streams": {"montage_streams"},
-    "montage_common": {"montage_common", "montage_streams"},
+    "montage_common": LIBRARIES,
     "montage_dev": set(PACKAGES),  # anything shipped, never ``tests``
 }
 
 
 @pytest.mark.parametrize("package", sorted(PACKAGES))
 def test_packages_depend_only_on_the_libraries(package: str) -> None:
-    allowed = ALLOWED.get(package, {package, "montage_common", "montage_streams"})
+    allowed = ALLOWED.get(package, {package, *LIBRARIES})
     bad = {
         (str(f.relative_to(ROOT)), m)
         for f in _files(package)
@@ -82,12 +83,19 @@ def test_packages_depend_only_on_the_libraries(package: str) -> None:
     assert not bad, f"{package} imports what it may not: {sorted(bad)}"
 
 
-@pytest.mark.parametrize("module", CONTRACTS)
-def test_contracts_import_only_the_standard_library_msgspec_and_each_other(module: str) -> None:
-    path = PACKAGES["montage_common"] / f"{module}.py"
+@pytest.mark.parametrize("path", _files("montage_contracts"), ids=lambda p: p.name)
+def test_contracts_import_only_the_standard_library_msgspec_and_each_other(path: Path) -> None:
     stdlib = sys.stdlib_module_names
-    bad = {m for m in imports_of(path) if _top(m) not in stdlib and m not in ALLOWED_IN_CONTRACTS and m != "__future__"}
-    assert not bad, f"montage_common.{module} imports {sorted(bad)}"
+    bad = {m for m in imports_of(path) if _top(m) not in {*stdlib, "msgspec", "montage_contracts"}}
+    assert not bad, f"montage_contracts.{path.stem} imports {sorted(bad)}"
+
+
+def test_contracts_declare_only_msgspec() -> None:
+    """Its declared dependencies say what its imports say: installing it pulls in msgspec only."""
+    import tomllib
+
+    project = tomllib.loads((PACKAGES["montage_contracts"].parents[1] / "pyproject.toml").read_text())["project"]
+    assert [d.split(">")[0] for d in project["dependencies"]] == ["msgspec"]
 
 
 def _mentions_dev(path: Path) -> bool:

@@ -40,7 +40,7 @@ RUNBOOK_BASE = "docs/operations.md"
 # The Helm release label kube-prometheus-stack selects PrometheusRules (and monitors) by.
 RELEASE = "kube-prometheus-stack"
 
-# The pipeline's stages (montage_common.keys.STAGES; tests/deploy checks they agree).
+# The pipeline's stages (montage_contracts.keys.STAGES; tests/deploy checks they agree).
 STAGES = ("audio_parser", "scene_planner", "reference_generator", "prompt_generator", "video_generator", "composer")
 HTTP_JOBS = ("gateway", "orchestrator", "ragnarok-proxy")
 STAGE_JOBS = tuple("stage-" + s.replace("_", "-") for s in STAGES)

@@ -73,7 +73,7 @@ def fast_stream(i: int) -> str:
 
 
 def montage_stream(i: int) -> str:
-    from montage_common.keys import Keys
+    from montage_contracts.keys import Keys
 
     return Keys("bench").stage_stream(f"s{i}")
 
@@ -120,8 +120,8 @@ async def fast_worker(url: str, loops: int) -> None:
 
 
 async def montage_worker(url: str, concurrency: int) -> None:
-    from montage_common.keys import Keys
     from montage_common.redis import create_redis
+    from montage_contracts.keys import Keys
     from montage_streams import Delivery, Emit, StreamConsumer
 
     keys = Keys("bench")

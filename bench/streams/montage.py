@@ -8,8 +8,8 @@ import time
 from collections.abc import Sequence
 
 from common import DONE, STAGES, parse, produce
-from montage_common.keys import Keys
 from montage_common.redis import create_redis
+from montage_contracts.keys import Keys
 
 try:  # a "montage-base" checkout (BENCH_BASE_SRC) from before the runtime became its own package
     from montage_common.streams import Delivery, Emit, StreamConsumer, StreamProducer  # type: ignore[no-redef]

@@ -16,12 +16,12 @@ from typing import Any
 import msgspec
 import pytest
 from montage_cli.client import MontageClient
-from montage_common import api
-from montage_common.keys import Keys
-from montage_common.messages import StageResult, StageTask, encode
-from montage_common.models import ComposerInput
 from montage_common.redis import create_redis
 from montage_common.settings import CommonSettings
+from montage_contracts import api
+from montage_contracts.keys import Keys
+from montage_contracts.messages import StageResult, StageTask, encode
+from montage_contracts.models import ComposerInput
 from montage_gateway.admin import API_ROUTES, ME, PAGE
 
 from tests.admin.conftest import (
@@ -93,7 +93,7 @@ def composer_task(job_id: str, dispatch: int = 1) -> bytes:
 
 
 def api_clips() -> Any:
-    from montage_common.models import Clips
+    from montage_contracts.models import Clips
 
     return Clips(clips=[], failed=[])
 

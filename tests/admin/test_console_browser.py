@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from montage_cli.client import MontageClient
-from montage_common.pipeline import STAGES
+from montage_contracts.pipeline import STAGES
 from montage_gateway.admin import API_ROUTES, ME
 
 from tests.admin.conftest import admin_token, dead_letter_a_composer_task

@@ -15,7 +15,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from montage_common.pipeline import STAGES
+from montage_contracts.pipeline import STAGES
 from montage_dev.devstack import free_port
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from montage_common.pipeline import FINAL_STATUSES, MIN_CLIPS, PIPELINE, STAGES, JobStatus, next_stage, spec
+from montage_contracts.pipeline import FINAL_STATUSES, MIN_CLIPS, PIPELINE, STAGES, JobStatus, next_stage, spec
 
 
 def test_stages_in_order_with_rising_progress_to_100() -> None:

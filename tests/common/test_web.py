@@ -9,7 +9,7 @@ import msgspec
 import pytest
 from aiohttp import ClientSession, web
 from montage_common import web as common_web
-from montage_common.errors import BudgetExceededError
+from montage_contracts.errors import BudgetExceededError
 from prometheus_client.parser import text_string_to_metric_families
 from redis.exceptions import ConnectionError as RedisConnectionError
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
-from montage_common.pipeline import STAGES
+from montage_contracts.pipeline import STAGES
 
 from . import kustomize_lite
 from .test_manifests import exported_metrics, promql_metric_names

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from montage_common.keys import Keys
-from montage_common.pipeline import STAGES
+from montage_contracts.keys import Keys
+from montage_contracts.pipeline import STAGES
 from montage_stages.worker import WorkerSettings
 
 from . import kustomize_lite

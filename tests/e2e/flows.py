@@ -12,7 +12,7 @@ from typing import Any
 from montage_cli.client import MontageClient
 from montage_cli.sse import SseEvent, job_events
 from montage_common.events import id_key
-from montage_common.pipeline import STAGE_PROGRESS, STAGES
+from montage_contracts.pipeline import STAGE_PROGRESS, STAGES
 
 PROMPT = (
     "A paper boat drifting through a flooded neon city at dusk, reflections rippling in time "

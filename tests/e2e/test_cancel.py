@@ -17,10 +17,10 @@ import msgspec
 import pytest
 from montage_cli.errors import ApiError
 from montage_cli.sse import SseEvent
-from montage_common.keys import Keys
-from montage_common.messages import StageTask
-from montage_common.pipeline import STAGES
 from montage_common.redis import create_redis
+from montage_contracts.keys import Keys
+from montage_contracts.messages import StageTask
+from montage_contracts.pipeline import STAGES
 from redis.asyncio import Redis
 
 from tests.e2e.flows import PROMPT, follow_to_end, stage_updates

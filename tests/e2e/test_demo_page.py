@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 from montage_cli.client import MontageClient
-from montage_common.keys import Keys
 from montage_common.redis import create_redis
+from montage_contracts.keys import Keys
 
 from tests.e2e.cdp import Page, chromium_page
 from tests.e2e.flows import PROMPT

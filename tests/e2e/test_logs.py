@@ -13,7 +13,7 @@ import uuid
 
 import aiohttp
 import pytest
-from montage_common.pipeline import STAGES
+from montage_contracts.pipeline import STAGES
 
 from tests.stack import LOG_DIR, RunningStack, dev_token, unique
 

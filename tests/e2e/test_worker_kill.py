@@ -19,9 +19,9 @@ from typing import Any
 import msgspec
 import pytest
 from montage_cli.sse import SseEvent
-from montage_common.keys import Keys
-from montage_common.messages import StageTask
 from montage_common.redis import create_redis
+from montage_contracts.keys import Keys
+from montage_contracts.messages import StageTask
 
 from tests.e2e.flows import PROMPT, follow_to_end, stage_updates
 from tests.e2e.media import decodes, probe

@@ -11,7 +11,7 @@ import pytest
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 from montage_common.events import event_emit
-from montage_common.keys import Keys
+from montage_contracts.keys import Keys
 from montage_gateway.app import create_app
 from montage_gateway.settings import DEV_JWT_SECRET, GatewaySettings
 from montage_gateway.tokens import mint_dev_token

@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
-from montage_common.errors import Forbidden, MontageError, NotFound
 from montage_common.web import HEADER_REQUEST_ID, error_response, internal_user, json_response
+from montage_contracts.errors import Forbidden, MontageError, NotFound
 
 SECRET = "dev-internal-secret"
 

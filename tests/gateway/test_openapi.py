@@ -13,8 +13,8 @@ from typing import Any
 import msgspec
 import pytest
 import schemathesis
-from montage_common import api
-from montage_common.pipeline import STAGES
+from montage_contracts import api
+from montage_contracts.pipeline import STAGES
 from montage_gateway.app import create_app
 from montage_gateway.openapi import document
 from montage_gateway.settings import GatewaySettings

@@ -15,8 +15,8 @@ from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
 import pytest
-from montage_common.keys import Keys
 from montage_common.redis import create_redis
+from montage_contracts.keys import Keys
 from montage_dev.devstack import ServiceSpec, free_port, wait_port
 
 from tests.e2e.flows import FinishedJob

@@ -22,9 +22,11 @@ import msgspec
 import pytest
 from aiohttp import web
 from montage_common import events
-from montage_common.keys import Keys
-from montage_common.messages import ErrorInfo, StageCost, StageProgress, StageResult, StageTask, encode, task_decoder
-from montage_common.models import (
+from montage_common.settings import load
+from montage_common.storage import LocalStorage
+from montage_contracts.keys import Keys
+from montage_contracts.messages import ErrorInfo, StageCost, StageProgress, StageResult, StageTask, encode, task_decoder
+from montage_contracts.models import (
     AudioAnalysis,
     Clip,
     ClipFailure,
@@ -40,9 +42,7 @@ from montage_common.models import (
     Transition,
     VideoOutput,
 )
-from montage_common.pipeline import STAGES
-from montage_common.settings import load
-from montage_common.storage import LocalStorage
+from montage_contracts.pipeline import STAGES
 from montage_dev.devstack import free_port
 from montage_orchestrator.app import create_app
 from montage_orchestrator.deps import DEPS, Deps

@@ -9,8 +9,8 @@ from typing import Any
 
 import aiohttp
 import asyncpg
-from montage_common.messages import ErrorInfo
-from montage_common.pipeline import STAGES
+from montage_contracts.messages import ErrorInfo
+from montage_contracts.pipeline import STAGES
 
 from tests.orchestrator.conftest import (
     PROMPT,

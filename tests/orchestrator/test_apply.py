@@ -13,8 +13,8 @@ from typing import Any
 import asyncpg
 import msgspec
 import pytest
-from montage_common.messages import StageCost, StageResult, encode, task_decoder
-from montage_common.models import CostItem
+from montage_contracts.messages import StageCost, StageResult, encode, task_decoder
+from montage_contracts.models import CostItem
 from montage_orchestrator import store
 from montage_orchestrator.pipeline import Pipeline
 from montage_streams import Delivery

@@ -8,8 +8,8 @@ from decimal import Decimal
 
 import asyncpg
 import msgspec
-from montage_common.messages import StageResult, encode
-from montage_common.models import CostItem
+from montage_contracts.messages import StageResult, encode
+from montage_contracts.models import CostItem
 from montage_orchestrator.batching import Coalescer
 from montage_orchestrator.jobs import RATES
 from montage_orchestrator.pipeline import Pipeline

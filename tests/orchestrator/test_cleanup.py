@@ -6,7 +6,7 @@ import uuid
 from typing import Any
 
 import asyncpg
-from montage_common.keys import Keys
+from montage_contracts.keys import Keys
 from montage_orchestrator import cleanup
 from redis.asyncio import Redis
 

@@ -6,9 +6,9 @@ from decimal import Decimal
 
 import msgspec
 import pytest
-from montage_common.errors import ErrorCode
-from montage_common.messages import ErrorInfo
-from montage_common.models import Clips, VideoOutput
+from montage_contracts.errors import ErrorCode
+from montage_contracts.messages import ErrorInfo
+from montage_contracts.models import Clips, VideoOutput
 from montage_orchestrator import decisions
 from montage_orchestrator.decisions import FailJob, Recover
 

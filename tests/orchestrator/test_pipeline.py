@@ -7,9 +7,9 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
-from montage_common.messages import ErrorInfo, StageTask
-from montage_common.models import ComposerInput, PromptGeneratorInput
-from montage_common.pipeline import STAGE_PROGRESS, STAGES, timeout_message
+from montage_contracts.messages import ErrorInfo, StageTask
+from montage_contracts.models import ComposerInput, PromptGeneratorInput
+from montage_contracts.pipeline import STAGE_PROGRESS, STAGES, timeout_message
 
 from tests.orchestrator.conftest import Orchestrator, Reply, headers, wait_for
 

@@ -14,10 +14,10 @@ import aiohttp
 import asyncpg
 import msgspec
 from montage_common import events
-from montage_common.keys import Keys
-from montage_common.messages import StageResult, encode
-from montage_common.pipeline import STAGES
 from montage_common.storage import LocalStorage
+from montage_contracts.keys import Keys
+from montage_contracts.messages import StageResult, encode
+from montage_contracts.pipeline import STAGES
 from montage_dev.devstack import free_port
 from montage_orchestrator.pipeline import Pipeline
 from montage_streams import Delivery
@@ -140,7 +140,7 @@ async def test_redelivered_result_resends_the_recorded_emits(orchestrator_factor
     from decimal import Decimal
 
     import msgspec
-    from montage_common.models import CostItem
+    from montage_contracts.models import CostItem
 
     result = StageResult(
         job_id=job_id,

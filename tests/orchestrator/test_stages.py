@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 import pytest
-from montage_common.pipeline import PIPELINE, STAGES, JobFacts, spec
+from montage_contracts.pipeline import PIPELINE, STAGES, JobFacts, spec
 from montage_orchestrator import stages
 
 from tests.orchestrator.conftest import canned_output

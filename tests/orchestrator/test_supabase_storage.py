@@ -9,10 +9,10 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from montage_common.errors import NotFound
 from montage_common.settings import CommonSettings
 from montage_common.storage import create_storage
 from montage_common.storage.supabase import StorageUnavailable, SupabaseStorage
+from montage_contracts.errors import NotFound
 from montage_dev.devstack import free_port
 from montage_dev.fakes.supabase_storage import FakeSupabaseStorage
 

@@ -10,8 +10,8 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
-from montage_common.models import CostItem
 from montage_common.storage import LocalStorage
+from montage_contracts.models import CostItem
 from montage_dev.fakes.openai import FakeOpenAI, create_app
 from montage_stages.context import StageContext
 from montage_stages.provider_http import Providers

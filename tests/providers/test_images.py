@@ -6,8 +6,8 @@ from collections.abc import Callable
 from decimal import Decimal
 
 import pytest
-from montage_common.errors import GenerationError
-from montage_common.models import ReferenceGeneratorInput
+from montage_contracts.errors import GenerationError
+from montage_contracts.models import ReferenceGeneratorInput
 from montage_stages import image_provider, reference_generator, scene_planner
 from montage_stages.context import StageContext
 from montage_stages.provider_http import ProviderUnavailable

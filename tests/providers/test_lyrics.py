@@ -7,8 +7,8 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from montage_common.errors import GenerationError
-from montage_common.models import AudioParserInput
+from montage_contracts.errors import GenerationError
+from montage_contracts.models import AudioParserInput
 from montage_stages import audio_parser, lyrics, synth
 from montage_stages.context import StageContext
 from montage_stages.provider_http import ProviderUnavailable
@@ -80,7 +80,7 @@ async def test_hang_past_the_timeout(make_ctx: Callable[..., StageContext], fake
 
 
 def test_words_without_segments_are_grouped_by_pauses() -> None:
-    from montage_common.models import LyricWord
+    from montage_contracts.models import LyricWord
 
     words = [LyricWord(start=t, end=t + 0.3, word=f"w{i}") for i, t in enumerate([0.0, 0.4, 0.8, 3.0, 3.4])]
     found = lyrics.lines(words, [])

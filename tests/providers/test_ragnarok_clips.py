@@ -11,9 +11,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from montage_common.errors import GenerationError
-from montage_common.models import ClipPrompt, ClipPrompts, VideoGeneratorInput
 from montage_common.storage import LocalStorage
+from montage_contracts.errors import GenerationError
+from montage_contracts.models import ClipPrompt, ClipPrompts, VideoGeneratorInput
 from montage_stages import video_generator
 from montage_stages.clip_encoder import VideoSource
 from montage_stages.context import StageContext

@@ -8,8 +8,8 @@ from collections.abc import Callable
 from decimal import Decimal
 
 import pytest
-from montage_common.errors import ErrorCode, GenerationError
-from montage_common.models import (
+from montage_contracts.errors import ErrorCode, GenerationError
+from montage_contracts.models import (
     AudioAnalysis,
     ClipPrompt,
     ClipPrompts,

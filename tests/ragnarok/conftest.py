@@ -21,9 +21,9 @@ import asyncpg
 import msgspec
 import pytest
 from aiohttp import web
-from montage_common.keys import Keys
-from montage_common.messages import RagnarokJobFinished
-from montage_common.messages import ragnarok_event_decoder as decoder
+from montage_contracts.keys import Keys
+from montage_contracts.messages import RagnarokJobFinished
+from montage_contracts.messages import ragnarok_event_decoder as decoder
 from montage_dev.devstack import free_port
 from montage_dev.fakes import ragnarok as fake_ragnarok_module
 from montage_dev.fakes import trinity as fake_trinity_module

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp
 import asyncpg
-from montage_common.keys import Keys
+from montage_contracts.keys import Keys
 from montage_ragnarok.settings import ProxySettings
 from redis.asyncio import Redis
 

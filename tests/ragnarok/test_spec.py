@@ -8,8 +8,8 @@ from typing import Any
 
 import aiohttp
 import structlog
-from montage_common.keys import Keys
 from montage_common.web import create_base_app
+from montage_contracts.keys import Keys
 from montage_ragnarok.settings import ProxySettings
 from redis.asyncio import Redis
 

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
-from montage_common.pipeline import STAGES
+from montage_contracts.pipeline import STAGES
 from montage_dev.devstack import EmbeddedRedis
 from montage_streams import Delivery, Emit, StreamConsumer
 

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 import redis as redis_sync
 from montage_cli.client import MontageClient
-from montage_common.keys import Keys
+from montage_contracts.keys import Keys
 from montage_dev.devstack import EmbeddedCluster
 
 from tests.e2e.flows import run_job

@@ -1,5 +1,5 @@
 """components/keda-cluster: KEDA's redis-cluster-streams triggers read every partition's stream
-of each stage (as montage_common.keys lays them out for the component's REDIS_PARTITIONS), and
+of each stage (as montage_contracts.keys lays them out for the component's REDIS_PARTITIONS), and
 scale with the same arithmetic as components/keda."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from montage_common.keys import Keys
+from montage_contracts.keys import Keys
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPONENT = ROOT / "deploy" / "k8s" / "components" / "keda-cluster"

@@ -14,8 +14,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
-from montage_common.messages import task_decoder
-from montage_common.pipeline import STAGES
+from montage_contracts.messages import task_decoder
+from montage_contracts.pipeline import STAGES
 from montage_stages.worker import job_liveness
 from montage_streams import Delivery, Emit
 from redis.asyncio import Redis

@@ -18,8 +18,8 @@ from typing import Any
 import aiohttp
 import msgspec
 import pytest
-from montage_common.keys import Keys
 from montage_common.redis import create_redis
+from montage_contracts.keys import Keys
 
 from tests.e2e.flows import PROMPT, FinishedJob
 from tests.stack import RunningStack, dev_token, unique

@@ -6,8 +6,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from montage_common.models import CostItem
 from montage_common.storage import LocalStorage
+from montage_contracts.models import CostItem
 from montage_stages import synth
 from montage_stages.context import StageContext
 from montage_stages.settings import StageSettings

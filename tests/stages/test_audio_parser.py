@@ -5,9 +5,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from montage_common.errors import PipelineError
-from montage_common.models import AudioParserInput
 from montage_common.storage import LocalStorage
+from montage_contracts.errors import PipelineError
+from montage_contracts.models import AudioParserInput
 from montage_stages import audio_parser, synth
 from montage_stages.context import StageContext
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 
-from montage_common.models import AudioAnalysis
+from montage_contracts.models import AudioAnalysis
 from montage_stages.clip_timing import clip_bounds
 
 

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from montage_common.errors import GenerationError, PipelineError
-from montage_common.models import (
+from montage_common.storage import LocalStorage
+from montage_contracts.errors import GenerationError, PipelineError
+from montage_contracts.models import (
     ClipPrompt,
     ClipPrompts,
     Clips,
@@ -21,7 +22,6 @@ from montage_common.models import (
     VideoGeneratorInput,
     VideoOutput,
 )
-from montage_common.storage import LocalStorage
 from montage_stages import composer, ffmpeg, imaging, mp4box, soundtrack, synth, video_generator
 from montage_stages.clip_encoder import Source, StillSource, VideoSource
 from montage_stages.context import StageContext

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 
-from montage_common.models import ClipPrompt, Transition
+from montage_contracts.models import ClipPrompt, Transition
 from montage_stages.timeline import Segment, plan_segments
 
 FPS = 24

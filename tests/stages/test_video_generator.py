@@ -6,8 +6,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from montage_common.errors import GenerationError, JobCancelled
-from montage_common.models import (
+from montage_common.storage import LocalStorage
+from montage_contracts.errors import GenerationError, JobCancelled
+from montage_contracts.models import (
     ClipPrompt,
     ClipPrompts,
     ComposerInput,
@@ -15,7 +16,6 @@ from montage_common.models import (
     ScenePlan,
     VideoGeneratorInput,
 )
-from montage_common.storage import LocalStorage
 from montage_stages import composer, prompt_generator, synth, video_generator
 from montage_stages.audio_parser import analyse
 from montage_stages.clip_encoder import Source

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from montage_common.keys import Keys
+from montage_contracts.keys import Keys
 from montage_dev.devstack import free_port, redis_executable, wait_port
 from montage_streams import Emit, StreamConsumer, StreamProducer
 from redis.asyncio import Redis

@@ -24,9 +24,9 @@ import signal
 import time
 from collections.abc import Sequence
 
-from montage_common.errors import PipelineError, RetryableError
-from montage_common.keys import Keys
 from montage_common.redis import create_redis
+from montage_contracts.errors import PipelineError, RetryableError
+from montage_contracts.keys import Keys
 from montage_streams import DeadLetter, Delivery, Emit, RetryPolicy, StreamConsumer
 
 

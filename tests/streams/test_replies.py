@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from montage_common.keys import Keys
+from montage_contracts.keys import Keys
 from montage_streams import Emit
 from montage_streams._replies import (
     autoclaim_reply,

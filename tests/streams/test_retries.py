@@ -8,7 +8,7 @@ import signal
 from collections.abc import Awaitable, Callable, Sequence
 
 import pytest
-from montage_common.errors import RetryableError
+from montage_contracts.errors import RetryableError
 from montage_streams import DeadLetter, Delivery, Emit, RetryPolicy, StreamConsumer
 
 from tests.streams.conftest import Harness, wait_until

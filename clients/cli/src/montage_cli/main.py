@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import aiohttp
-from montage_common.pipeline import JOB_STATUSES
+from montage_contracts.pipeline import JOB_STATUSES
 
 from montage_cli import commands, queues
 from montage_cli.client import MontageClient

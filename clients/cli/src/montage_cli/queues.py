@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from montage_common.keys import ORCHESTRATOR_GROUP, Keys
-from montage_common.pipeline import STAGES
+from montage_contracts.keys import ORCHESTRATOR_GROUP, Keys
+from montage_contracts.pipeline import STAGES
 from montage_streams import group_stats
 from redis.asyncio import Redis
 

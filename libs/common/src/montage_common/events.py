@@ -12,11 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+from montage_contracts.keys import Keys
+from montage_contracts.messages import JobEvent, event_decoder
 from montage_streams import Emit, id_key, read_last, read_range
 from redis.asyncio import Redis
-
-from montage_common.keys import Keys
-from montage_common.messages import JobEvent, event_decoder
 
 __all__ = [
     "EVENT_LOG_MAXLEN",

@@ -10,7 +10,7 @@ a Redis Cluster, decided by the settings (the one place that knows).
   ``REDIS_URL`` then supplies only the password, database and TLS.
 - ``REDIS_CLUSTER=true``: a :class:`redis.asyncio.cluster.RedisCluster` seeded from
   ``REDIS_URL`` (any node). Every key one script touches shares a hash tag (see
-  :mod:`montage_common.keys`). It is returned typed as :class:`Redis`: the commands Montage
+  :mod:`montage_contracts.keys`). It is returned typed as :class:`Redis`: the commands Montage
   uses are the same on both.
 """
 
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
+from montage_contracts.keys import Keys
 from montage_streams import REDIS_DOWN
 from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
@@ -29,8 +30,6 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-
-from montage_common.keys import Keys
 
 __all__ = ["OPERATION_TIMEOUT", "REDIS_DOWN", "RedisTarget", "create_redis", "keys_for", "ready", "target_of"]
 

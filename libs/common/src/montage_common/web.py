@@ -35,9 +35,7 @@ import structlog
 from aiohttp import web, web_protocol
 from aiohttp.http_exceptions import LineTooLong
 from aiohttp.typedefs import Middleware
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-from montage_common.errors import (
+from montage_contracts.errors import (
     MethodNotAllowed,
     MontageError,
     NotFound,
@@ -46,6 +44,8 @@ from montage_common.errors import (
     Unauthorized,
     ValidationError,
 )
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
 from montage_common.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from montage_common.redis import REDIS_DOWN
 from montage_common.settings import CommonSettings

@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from montage_common.errors import Forbidden, NotFound, Unauthorized
 from montage_common.web import json_response
+from montage_contracts.errors import Forbidden, NotFound, Unauthorized
 
 from montage_gateway.auth import bearer_token, request_user
 from montage_gateway.proxy import Forwarder, Upstream

@@ -18,9 +18,9 @@ from typing import Any
 import aiohttp
 import structlog
 from aiohttp import web
-from montage_common.errors import Unauthorized
-from montage_common.keys import Keys
 from montage_common.web import USER_ID
+from montage_contracts.errors import Unauthorized
+from montage_contracts.keys import Keys
 from redis.asyncio import Redis
 
 from montage_gateway.metrics import AUTH_FAILURES

@@ -14,8 +14,8 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
-from montage_common.errors import NotFound, ValidationError
 from montage_common.web import json_response
+from montage_contracts.errors import NotFound, ValidationError
 
 from montage_gateway.tokens import mint_dev_token
 

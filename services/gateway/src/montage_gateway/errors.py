@@ -1,8 +1,8 @@
-"""Errors the gateway raises itself; bodies and status codes come from ``montage_common.errors``."""
+"""Errors the gateway raises itself; bodies and status codes come from ``montage_contracts.errors``."""
 
 from __future__ import annotations
 
-from montage_common.errors import ErrorCode, RateLimitError, ServiceUnavailable, UpstreamTimeout
+from montage_contracts.errors import ErrorCode, RateLimitError, ServiceUnavailable, UpstreamTimeout
 
 
 class TooManyConnections(ServiceUnavailable):

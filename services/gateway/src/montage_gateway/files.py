@@ -12,8 +12,8 @@ import re
 from pathlib import Path
 
 from aiohttp import web
-from montage_common.errors import Forbidden, MontageError, NotFound, ValidationError
 from montage_common.storage import LocalFiles
+from montage_contracts.errors import Forbidden, MontageError, NotFound, ValidationError
 
 _HEX = re.compile(r"[0-9a-f]{16,128}")
 

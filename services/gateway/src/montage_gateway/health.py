@@ -8,9 +8,9 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
-from montage_common.api import timestamp
-from montage_common.errors import SERVICE_UNAVAILABLE_RETRY_AFTER, MontageError
 from montage_common.web import REQUEST_ID, json_response
+from montage_contracts.api import timestamp
+from montage_contracts.errors import SERVICE_UNAVAILABLE_RETRY_AFTER, MontageError
 from redis.asyncio import Redis
 
 from montage_gateway.proxy import Forwarder, Upstream

@@ -17,10 +17,10 @@ from datetime import UTC, datetime
 
 import msgspec
 import structlog
-from montage_common.api import timestamp
 from montage_common.events import FINAL_EVENTS, id_key, parse_published
-from montage_common.keys import Keys
 from montage_common.redis import RedisTarget
+from montage_contracts.api import timestamp
+from montage_contracts.keys import Keys
 
 from montage_gateway.metrics import SSE_DROPPED, SSE_SUBSCRIPTIONS
 from montage_gateway.pubsub import make_subscriber

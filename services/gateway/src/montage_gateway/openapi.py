@@ -1,7 +1,7 @@
 """The OpenAPI 3.1 document of the public API, generated, and a dependency-free docs page.
 
 Every schema in the document comes from a type: the request and response bodies are the msgspec
-Structs of :mod:`montage_common.api`, parameters are annotated Python types, and
+Structs of :mod:`montage_contracts.api`, parameters are annotated Python types, and
 ``msgspec.json.schema_components`` turns them into JSON Schema. This module only holds route
 metadata: path, method, ``operationId``, parameters, security, and every status a route can
 answer with its body type and headers.
@@ -20,8 +20,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from aiohttp import web
-from montage_common import api
 from montage_common.web import json_response
+from montage_contracts import api
 from msgspec import Meta
 
 JSON = "application/json"

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import aiohttp
 import structlog
 from aiohttp import web
-from montage_common.errors import PayloadTooLarge, RequestTimeout
 from montage_common.web import HEADER_INTERNAL, HEADER_REQUEST_ID, HEADER_USER, REQUEST_ID
+from montage_contracts.errors import PayloadTooLarge, RequestTimeout
 from multidict import CIMultiDict
 
 from montage_gateway.errors import UpstreamTimedOut, UpstreamUnavailable

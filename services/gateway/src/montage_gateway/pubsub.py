@@ -27,8 +27,8 @@ from urllib.parse import unquote, urlsplit
 
 import hiredis
 import structlog
-from montage_common.keys import key_slot
 from montage_common.redis import RedisTarget, primary_address
+from montage_contracts.keys import key_slot
 from redis.exceptions import RedisError
 
 log = structlog.get_logger()

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from montage_common.errors import ServiceUnavailable
-from montage_common.keys import Keys
 from montage_common.redis import REDIS_DOWN
+from montage_contracts.errors import ServiceUnavailable
+from montage_contracts.keys import Keys
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 

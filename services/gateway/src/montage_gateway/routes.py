@@ -12,9 +12,9 @@ import contextlib
 import uuid
 
 from aiohttp import web
-from montage_common.errors import RateLimitError, Unauthorized
 from montage_common.storage import LocalFiles
 from montage_common.web import REQUEST_ID, USER_ID, Handler
+from montage_contracts.errors import RateLimitError, Unauthorized
 
 from montage_gateway import admin
 from montage_gateway.auth import request_user

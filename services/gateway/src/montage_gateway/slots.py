@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from montage_common.keys import Keys
 from montage_common.redis import REDIS_DOWN
+from montage_contracts.keys import Keys
 from redis.asyncio import Redis
 
 from montage_gateway.errors import TooManyConnections

@@ -36,12 +36,12 @@ from typing import Any
 import msgspec
 import structlog
 from aiohttp import web
-from montage_common.errors import ServiceUnavailable, Unauthorized, ValidationError
 from montage_common.events import FINAL_EVENTS, id_key, last_event, replay, valid_event_id
-from montage_common.keys import Keys
-from montage_common.pipeline import FINAL_STATUSES
 from montage_common.redis import REDIS_DOWN
 from montage_common.web import HEADER_REQUEST_ID, REQUEST_ID, json_response, on_connection_lost
+from montage_contracts.errors import ServiceUnavailable, Unauthorized, ValidationError
+from montage_contracts.keys import Keys
+from montage_contracts.pipeline import FINAL_STATUSES
 from redis.asyncio import Redis
 
 from montage_gateway.auth import Authenticator, request_user

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 
-from montage_common.keys import Keys
+from montage_contracts.keys import Keys
 from redis.asyncio import Redis
 
 MAX_TICKET_CHARS = 128

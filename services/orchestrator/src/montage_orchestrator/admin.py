@@ -50,14 +50,14 @@ import asyncpg
 import msgspec
 import structlog
 from aiohttp import web
-from montage_common.api import timestamp
-from montage_common.errors import Forbidden, MontageError, NotFound, ValidationError
 from montage_common.events import withdraw_final_events
-from montage_common.keys import ORCHESTRATOR_GROUP
-from montage_common.messages import event_decoder, task_decoder
-from montage_common.pipeline import FINAL_STATUSES, JOB_STATUSES, STAGES
 from montage_common.storage import layout
 from montage_common.web import REQUEST_ID, internal_user, query_int
+from montage_contracts.api import timestamp
+from montage_contracts.errors import Forbidden, MontageError, NotFound, ValidationError
+from montage_contracts.keys import ORCHESTRATOR_GROUP
+from montage_contracts.messages import event_decoder, task_decoder
+from montage_contracts.pipeline import FINAL_STATUSES, JOB_STATUSES, STAGES
 from montage_streams import (
     DeadLetterEntry,
     consumer_stats,

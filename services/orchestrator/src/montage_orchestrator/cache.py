@@ -13,7 +13,7 @@ import secrets
 from typing import Any
 
 import msgspec
-from montage_common.keys import Keys
+from montage_contracts.keys import Keys
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 

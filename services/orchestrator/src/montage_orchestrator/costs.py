@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from decimal import ROUND_HALF_UP, Decimal
 
-from montage_common.pipeline import spec
+from montage_contracts.pipeline import spec
 
 from montage_orchestrator.settings import OrchestratorSettings
 

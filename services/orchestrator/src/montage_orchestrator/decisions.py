@@ -17,10 +17,10 @@ from decimal import Decimal
 from typing import Literal
 
 import msgspec
-from montage_common.errors import JOB_FAILURE_CODES, ErrorCode
-from montage_common.messages import ErrorInfo
-from montage_common.models import Clips
-from montage_common.pipeline import StageSpec, next_stage, spec
+from montage_contracts.errors import JOB_FAILURE_CODES, ErrorCode
+from montage_contracts.messages import ErrorInfo
+from montage_contracts.models import Clips
+from montage_contracts.pipeline import StageSpec, next_stage, spec
 
 from montage_orchestrator import costs
 

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import asyncpg
 from aiohttp import web
-from montage_common.keys import Keys
 from montage_common.redis import keys_for
 from montage_common.storage import Storage
+from montage_contracts.keys import Keys
 from montage_streams import StreamProducer
 from redis.asyncio import Redis
 

@@ -1,8 +1,8 @@
-"""Errors of the orchestrator (the HTTP ones come from ``montage_common.errors``)."""
+"""Errors of the orchestrator (the HTTP ones come from ``montage_contracts.errors``)."""
 
 from __future__ import annotations
 
-from montage_common.errors import ValidationError
+from montage_contracts.errors import ValidationError
 
 
 class UploadTooLarge(ValidationError):

@@ -6,8 +6,8 @@ import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
-from montage_common.api import timestamp
-from montage_common.pipeline import STAGES
+from montage_contracts.api import timestamp
+from montage_contracts.pipeline import STAGES
 from montage_streams import group_stats
 
 from montage_orchestrator import metrics, store

@@ -8,7 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
-from montage_common.pipeline import FINAL_STATUSES, StageSpec, remaining_after
+from montage_contracts.pipeline import FINAL_STATUSES, StageSpec, remaining_after
 
 from montage_orchestrator.store import iso
 

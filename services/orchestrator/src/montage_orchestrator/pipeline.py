@@ -32,8 +32,9 @@ import asyncpg
 import msgspec
 import structlog
 from montage_common import db
-from montage_common.errors import ErrorCode, RetryableError
-from montage_common.messages import (
+from montage_common.storage import layout
+from montage_contracts.errors import ErrorCode, RetryableError
+from montage_contracts.messages import (
     ErrorInfo,
     ResultMessage,
     StageCost,
@@ -44,9 +45,8 @@ from montage_common.messages import (
     encode,
     result_decoder,
 )
-from montage_common.models import AudioAnalysis, CostItem, VideoOutput
-from montage_common.pipeline import FINAL_STATUSES, JobFacts, spec
-from montage_common.storage import layout
+from montage_contracts.models import AudioAnalysis, CostItem, VideoOutput
+from montage_contracts.pipeline import FINAL_STATUSES, JobFacts, spec
 from montage_streams import Delivery, Emit
 
 from montage_orchestrator import costs, decisions, metrics, stages, store

@@ -39,8 +39,8 @@ from dataclasses import dataclass
 
 import asyncpg
 import structlog
-from montage_common.keys import ORCHESTRATOR_GROUP
-from montage_common.pipeline import STAGES
+from montage_contracts.keys import ORCHESTRATOR_GROUP
+from montage_contracts.pipeline import STAGES
 from montage_streams import in_flight
 
 from montage_orchestrator import metrics, store

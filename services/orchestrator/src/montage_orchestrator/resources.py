@@ -12,9 +12,9 @@ from collections.abc import AsyncIterator
 
 import structlog
 from aiohttp import web
-from montage_common.keys import ORCHESTRATOR_GROUP
 from montage_common.resources import POOL, REDIS, Context
 from montage_common.storage import Storage, create_storage
+from montage_contracts.keys import ORCHESTRATOR_GROUP
 from montage_streams import RetryPolicy, StreamConsumer
 
 from montage_orchestrator.deps import DEPS, Deps
@@ -51,7 +51,7 @@ def container(settings: OrchestratorSettings) -> Context:
 
 
 def results_consumers(settings: OrchestratorSettings, replica: str) -> Context:
-    """One results consumer per partition (see ``montage_common.keys``), sharing the pipeline."""
+    """One results consumer per partition (see ``montage_contracts.keys``), sharing the pipeline."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         deps = app[DEPS]

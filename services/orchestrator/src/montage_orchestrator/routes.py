@@ -13,13 +13,13 @@ import msgspec
 import structlog
 from aiohttp import web
 from montage_common import db
-from montage_common.errors import BudgetExceededError, ErrorCode, Forbidden, Gone, NotFound, ValidationError
-from montage_common.messages import StageTask
-from montage_common.models import AudioParserInput
-from montage_common.pipeline import FINAL_STATUSES, JOB_STATUSES, STAGES
 from montage_common.redis import REDIS_DOWN
 from montage_common.storage import layout
 from montage_common.web import internal_user, query_int
+from montage_contracts.errors import BudgetExceededError, ErrorCode, Forbidden, Gone, NotFound, ValidationError
+from montage_contracts.messages import StageTask
+from montage_contracts.models import AudioParserInput
+from montage_contracts.pipeline import FINAL_STATUSES, JOB_STATUSES, STAGES
 
 from montage_orchestrator import admin, costs, metrics, store, upload
 from montage_orchestrator.deps import DEPS, Deps

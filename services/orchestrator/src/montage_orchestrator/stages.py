@@ -6,7 +6,7 @@ import itertools
 from collections.abc import Mapping
 
 import msgspec
-from montage_common.models import (
+from montage_contracts.models import (
     AudioAnalysis,
     ClipScript,
     Scene,
@@ -14,7 +14,7 @@ from montage_common.models import (
     StageInput,
     Transition,
 )
-from montage_common.pipeline import MIN_CLIPS, JobFacts, spec
+from montage_contracts.pipeline import MIN_CLIPS, JobFacts, spec
 
 FALLBACK_CLIP_SECONDS = 6.0
 MAX_FALLBACK_CLIPS = 24

@@ -14,8 +14,8 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
-from montage_common.api import timestamp
-from montage_common.models import CostItem
+from montage_contracts.api import timestamp
+from montage_contracts.models import CostItem
 
 _JOB_COLUMNS = frozenset(
     {

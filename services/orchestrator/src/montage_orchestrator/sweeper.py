@@ -14,8 +14,8 @@ import asyncio
 import contextlib
 
 import structlog
-from montage_common.errors import ErrorCode
-from montage_common.pipeline import timeout_message
+from montage_contracts.errors import ErrorCode
+from montage_contracts.pipeline import timeout_message
 
 from montage_orchestrator import cleanup, metrics, store
 from montage_orchestrator.deps import Deps

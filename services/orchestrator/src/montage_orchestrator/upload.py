@@ -18,8 +18,8 @@ from typing import Any
 
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
-from montage_common.errors import ValidationError
 from montage_common.media import ffmpeg_exe
+from montage_contracts.errors import ValidationError
 from mutagen import MutagenError
 from mutagen.flac import FLAC
 from mutagen.mp3 import MP3

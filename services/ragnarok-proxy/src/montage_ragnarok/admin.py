@@ -10,9 +10,9 @@ from datetime import datetime
 from typing import Any
 
 from aiohttp import web
-from montage_common.api import timestamp
-from montage_common.errors import Forbidden, ValidationError
 from montage_common.web import internal_user, json_response, query_int
+from montage_contracts.api import timestamp
+from montage_contracts.errors import Forbidden, ValidationError
 
 HEADER_ROLE = "X-Montage-Role"
 ADMIN_ROLE = "admin"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from montage_common.errors import ErrorCode, MontageError
+from montage_contracts.errors import ErrorCode, MontageError
 
 
 class RagnarokAPIError(MontageError):

@@ -1,6 +1,6 @@
 """The final-status event pushed to ``Keys.ragnarok_events_stream()``.
 
-Each entry has one field, ``data``: the JSON of :class:`~montage_common.messages.RagnarokJobFinished`
+Each entry has one field, ``data``: the JSON of :class:`~montage_contracts.messages.RagnarokJobFinished`
 (``{"type": "ragnarok_job_finished", "job_id", "user_id", "workflow_id", "status", "video_url",
 "cost_usd", "quality_score", "error", "trace_id", "finished_at"}``, ``cost_usd`` a JSON number).
 Delivery is at least once: a replica that dies between storing a final status and publishing
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from montage_common.keys import Keys
-from montage_common.messages import RagnarokJobFinished, encode
+from montage_contracts.keys import Keys
+from montage_contracts.messages import RagnarokJobFinished, encode
 from redis.asyncio import Redis
 
 from montage_ragnarok.metrics import EVENTS

@@ -13,9 +13,9 @@ import msgspec
 import structlog
 from aiohttp import web
 from montage_common import db
-from montage_common.api import timestamp
-from montage_common.errors import Forbidden, MontageError, NotFound, ServiceUnavailable, ValidationError
 from montage_common.web import Handler, internal_user, json_response
+from montage_contracts.api import timestamp
+from montage_contracts.errors import Forbidden, MontageError, NotFound, ServiceUnavailable, ValidationError
 
 from montage_ragnarok import admin
 from montage_ragnarok.deps import DEPS, Deps

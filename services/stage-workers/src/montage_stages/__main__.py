@@ -12,9 +12,9 @@ from aiohttp import web
 from montage_common import logs
 from montage_common import settings as settings_mod
 from montage_common import web as common_web
-from montage_common.pipeline import STAGES
 from montage_common.redis import create_redis, keys_for, ready, target_of
 from montage_common.storage import create_storage
+from montage_contracts.pipeline import STAGES
 
 from montage_stages.worker import StageWorker, WorkerSettings
 

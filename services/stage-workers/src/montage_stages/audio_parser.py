@@ -6,7 +6,7 @@ Decodes the stored file with ffmpeg to mono float PCM, then measures duration, t
 downbeats, sections, an energy curve and a mood. Meanwhile it encodes the song's AAC track for
 the final video (:mod:`soundtrack`). Lyrics come from the transcription provider when
 ``ctx.settings.stt_url`` is set (:mod:`lyrics`: word timestamps, priced per minute), else they
-stay ``None``. Undecodable audio raises :class:`~montage_common.errors.PipelineError`.
+stay ``None``. Undecodable audio raises :class:`~montage_contracts.errors.PipelineError`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 import msgspec
 import numpy as np
 import structlog
-from montage_common.models import AudioAnalysis, AudioParserInput, LyricLine
+from montage_contracts.models import AudioAnalysis, AudioParserInput, LyricLine
 
 from montage_stages import beats, ffmpeg, lyrics, soundtrack, spectrum, structure
 from montage_stages.context import StageContext

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import bisect
 
-from montage_common.models import AudioAnalysis
-from montage_common.pipeline import MIN_CLIPS
+from montage_contracts.models import AudioAnalysis
+from montage_contracts.pipeline import MIN_CLIPS
 
 
 def energy_at(audio: AudioAnalysis, t: float) -> float:

@@ -17,9 +17,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import structlog
-from montage_common.errors import PipelineError
-from montage_common.models import Clip, ComposerInput, VideoOutput
 from montage_common.storage import layout
+from montage_contracts.errors import PipelineError
+from montage_contracts.models import Clip, ComposerInput, VideoOutput
 
 from montage_stages import ffmpeg, mp4box
 from montage_stages.clip_encoder import timescale

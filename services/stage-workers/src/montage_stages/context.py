@@ -5,10 +5,10 @@ A stage module exports ``async def process(ctx, job_id, input) -> output``. The 
 
 - ``progress(text)``: a human-readable ``message`` event ("Rendering clip 3 of 8"); also a good
   moment for the worker to extend its claim on the message.
-- ``cost(item)``: one :class:`~montage_common.models.CostItem` per provider call or unit of local
+- ``cost(item)``: one :class:`~montage_contracts.models.CostItem` per provider call or unit of local
   compute; ``call_id`` is stable under redelivery, so the orchestrator can dedupe.
 - ``providers``: the worker's provider clients (one pool per process, see :mod:`provider_http`).
-- ``check_cancelled()``: raises :class:`~montage_common.errors.JobCancelled` when the job was
+- ``check_cancelled()``: raises :class:`~montage_contracts.errors.JobCancelled` when the job was
   cancelled; stages call it between units of work.
 
 Tests build one with :meth:`StageContext.create` (callbacks default to no-ops).
@@ -21,8 +21,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from montage_common.models import CostItem
 from montage_common.storage import Storage
+from montage_contracts.models import CostItem
 
 from montage_stages.provider_http import Providers
 from montage_stages.settings import StageSettings

@@ -8,8 +8,8 @@ from decimal import Decimal
 from types import TracebackType
 
 import structlog
-from montage_common.messages import call_id
-from montage_common.models import CostItem
+from montage_contracts.messages import call_id
+from montage_contracts.models import CostItem
 
 from montage_stages.context import StageContext
 from montage_stages.settings import StageSettings, price_table

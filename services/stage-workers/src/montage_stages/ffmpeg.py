@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import structlog
-from montage_common.errors import PipelineError
+from montage_contracts.errors import PipelineError
 
 log = structlog.get_logger()
 

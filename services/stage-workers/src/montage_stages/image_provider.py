@@ -15,8 +15,8 @@ import struct
 from typing import Any
 
 import openai
-from montage_common.errors import GenerationError
-from montage_common.models import CostItem
+from montage_contracts.errors import GenerationError
+from montage_contracts.models import CostItem
 
 from montage_stages.context import StageContext
 from montage_stages.costing import image_usd

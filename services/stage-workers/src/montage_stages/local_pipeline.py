@@ -10,8 +10,8 @@ import time
 from dataclasses import dataclass, field
 
 import msgspec
-from montage_common.models import AudioAnalysis, ClipPrompts, Clips, ReferenceImages, ScenePlan, VideoOutput
-from montage_common.pipeline import PIPELINE, JobFacts
+from montage_contracts.models import AudioAnalysis, ClipPrompts, Clips, ReferenceImages, ScenePlan, VideoOutput
+from montage_contracts.pipeline import PIPELINE, JobFacts
 
 from montage_stages.context import StageContext
 from montage_stages.worker import MODULES
@@ -31,7 +31,7 @@ class LocalRun:
 
 
 async def run_all(ctx: StageContext, job_id: str, audio_key: str, user_prompt: str) -> LocalRun:
-    """Every stage of :data:`~montage_common.pipeline.PIPELINE` in order, each input built by its spec."""
+    """Every stage of :data:`~montage_contracts.pipeline.PIPELINE` in order, each input built by its spec."""
     seconds: dict[str, float] = {}
     outputs: dict[str, msgspec.Struct] = {}
     job = JobFacts(audio_key=audio_key, user_prompt=user_prompt)

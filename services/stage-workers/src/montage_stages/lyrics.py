@@ -2,7 +2,7 @@
 
 One request per song, ``response_format=verbose_json`` with ``timestamp_granularities`` word and
 segment (Whisper and Whisper-compatible servers: OpenAI's ``whisper-1``, faster-whisper-server,
-LocalAI, …). Each segment becomes a :class:`~montage_common.models.LyricLine` carrying its words'
+LocalAI, …). Each segment becomes a :class:`~montage_contracts.models.LyricLine` carrying its words'
 timestamps; the scene planner puts the words sung in a clip into its description. Priced by
 the audio's minutes (the answer's ``usage.seconds``, else its ``duration``) times ``STT_PRICES``.
 Failures propagate: audio_parser has no fallback, so a transcription provider that stays down
@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import openai
-from montage_common.messages import call_id
-from montage_common.models import CostItem, LyricLine, LyricWord
+from montage_contracts.messages import call_id
+from montage_contracts.models import CostItem, LyricLine, LyricWord
 
 from montage_stages.context import StageContext
 from montage_stages.costing import stt_usd

@@ -6,7 +6,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from montage_common.errors import MontageError
+from montage_contracts.errors import MontageError
 from prometheus_client import Counter, Histogram
 
 STAGE_DURATION = Histogram(

@@ -6,7 +6,7 @@ import colorsys
 import hashlib
 import re
 
-from montage_common.models import Mood
+from montage_contracts.models import Mood
 
 # Hues (0..1) named in prompts override the hashed base hue.
 _HUE_WORDS: dict[str, float] = {

@@ -12,7 +12,7 @@ the text provider then rewrites every prompt (:mod:`prompt_writer`); its failure
 from __future__ import annotations
 
 import structlog
-from montage_common.models import ClipPrompt, ClipPrompts, PromptGeneratorInput
+from montage_contracts.models import ClipPrompt, ClipPrompts, PromptGeneratorInput
 
 from montage_stages import prompt_writer
 from montage_stages.context import StageContext

@@ -13,8 +13,8 @@ import json
 from typing import Any
 
 import msgspec
-from montage_common.messages import call_id
-from montage_common.models import ClipPrompts
+from montage_contracts.messages import call_id
+from montage_contracts.models import ClipPrompts
 
 from montage_stages.context import StageContext
 from montage_stages.text_provider import complete_json, strict_object

@@ -12,7 +12,7 @@ Failures (:func:`translate`):
 - 429, 5xx, a timeout, a connection error or an unparseable answer → :class:`ProviderUnavailable`
   (``GENERATION_ERROR``, retryable: the runtime retries; after the last retry the job fails with
   ``GENERATION_ERROR``, ``retryable: true``, unless the stage has a fallback);
-- a content-policy refusal or another 4xx → :class:`~montage_common.errors.GenerationError`
+- a content-policy refusal or another 4xx → :class:`~montage_contracts.errors.GenerationError`
   (not retried: the same request would be refused again).
 """
 
@@ -22,7 +22,7 @@ import asyncio
 
 import aiohttp
 import openai
-from montage_common.errors import GenerationError, RetryableError
+from montage_contracts.errors import GenerationError, RetryableError
 
 
 class ProviderUnavailable(GenerationError, RetryableError):

@@ -14,9 +14,9 @@ from __future__ import annotations
 import asyncio
 
 import structlog
-from montage_common.messages import call_id
-from montage_common.models import ReferenceGeneratorInput, ReferenceImage, ReferenceImages
 from montage_common.storage import layout
+from montage_contracts.messages import call_id
+from montage_contracts.models import ReferenceGeneratorInput, ReferenceImage, ReferenceImages
 
 from montage_stages import image_provider, imaging
 from montage_stages.context import StageContext

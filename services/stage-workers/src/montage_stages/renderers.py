@@ -1,6 +1,6 @@
 """Clip renderers: the seam between video_generator and whatever makes the pictures.
 
-A :class:`ClipRenderer` turns one :class:`~montage_common.models.ClipPrompt` into a *source* for
+A :class:`ClipRenderer` turns one :class:`~montage_contracts.models.ClipPrompt` into a *source* for
 the clip (see :mod:`clip_encoder`); video_generator then encodes every clip once, in its final
 form. :class:`LocalRenderer` provides the reference still (or a palette frame in text-only mode)
 that ffmpeg animates with a zoom or pan plus brightness and scale pulses on the clip's beats.
@@ -18,9 +18,9 @@ from typing import Any, Protocol
 
 import aiohttp
 import structlog
-from montage_common.errors import GenerationError
-from montage_common.messages import call_id
-from montage_common.models import ClipPrompt, CostItem
+from montage_contracts.errors import GenerationError
+from montage_contracts.messages import call_id
+from montage_contracts.models import ClipPrompt, CostItem
 
 from montage_stages import imaging
 from montage_stages.clip_encoder import Source, StillSource, VideoSource

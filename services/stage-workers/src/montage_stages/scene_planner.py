@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 
 import structlog
-from montage_common.models import (
+from montage_contracts.models import (
     AudioAnalysis,
     Character,
     ClipScript,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from montage_common.models import Mood, Section
+from montage_contracts.models import Mood, Section
 
 # Krumhansl-Kessler key profiles (C major / C minor).
 _MAJOR = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])

@@ -10,7 +10,7 @@ A transition of ``d`` frames between clip ``i`` and clip ``i+1`` lives in clip `
 incoming clip still starts on the beat and no clip needs another clip's encoded frames.
 
 Transitions come from the plan: the orchestrator puts them in video_generator's input
-(``VideoGeneratorInput.transitions``, built by the stage's spec in ``montage_common.pipeline``).
+(``VideoGeneratorInput.transitions``, built by the stage's spec in ``montage_contracts.pipeline``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import structlog
-from montage_common.models import ClipPrompt, Transition
+from montage_contracts.models import ClipPrompt, Transition
 
 log = structlog.get_logger()
 

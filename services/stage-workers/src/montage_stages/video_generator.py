@@ -35,11 +35,11 @@ from collections.abc import Coroutine
 from typing import Any
 
 import structlog
-from montage_common.errors import GenerationError, JobCancelled, MontageError
-from montage_common.messages import call_id
-from montage_common.models import Clip, ClipFailure, ClipPrompt, Clips, Transition, VideoGeneratorInput
-from montage_common.pipeline import spec
 from montage_common.storage import layout
+from montage_contracts.errors import GenerationError, JobCancelled, MontageError
+from montage_contracts.messages import call_id
+from montage_contracts.models import Clip, ClipFailure, ClipPrompt, Clips, Transition, VideoGeneratorInput
+from montage_contracts.pipeline import spec
 
 from montage_stages import ffmpeg
 from montage_stages.clip_encoder import Source, StillSource, VideoSource, segment_args

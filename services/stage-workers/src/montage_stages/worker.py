@@ -33,9 +33,10 @@ from typing import Annotated
 
 import msgspec
 import structlog
-from montage_common.errors import ErrorCode, JobCancelled
-from montage_common.keys import Keys
-from montage_common.messages import (
+from montage_common.storage import Storage
+from montage_contracts.errors import ErrorCode, JobCancelled
+from montage_contracts.keys import Keys
+from montage_contracts.messages import (
     ErrorInfo,
     StageCost,
     StageProgress,
@@ -45,9 +46,8 @@ from montage_common.messages import (
     encode,
     task_decoder,
 )
-from montage_common.models import CostItem
-from montage_common.pipeline import PIPELINE, STAGES
-from montage_common.storage import Storage
+from montage_contracts.models import CostItem
+from montage_contracts.pipeline import PIPELINE, STAGES
 from montage_streams import (
     DeadLetter,
     Delivery,

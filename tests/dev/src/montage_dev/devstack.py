@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
-from montage_common.pipeline import STAGES
 from montage_common.settings import load
+from montage_contracts.pipeline import STAGES
 from msgspec import Meta
 
 # The checkout this package is installed from (editable, as every workspace member):

@@ -10,7 +10,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
-from montage_common.errors import ValidationError
+from montage_contracts.errors import ValidationError
+
 from montage_common.storage.layout import BUCKETS
 
 

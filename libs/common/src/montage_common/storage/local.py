@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
-from montage_common.errors import NotFound, ValidationError
+from montage_contracts.errors import NotFound, ValidationError
+
 from montage_common.storage.base import Storage, StoredObject, split_key
 from montage_common.storage.layout import BUCKETS
 

@@ -3,7 +3,7 @@
 The buckets of the spec (``audio-uploads``, ``reference-images``, ``video-clips``,
 ``video-outputs``) must exist. The backend owns its ``httpx.AsyncClient``; :meth:`close`
 releases it. Storage API errors are translated at this boundary: a missing object is
-:class:`~montage_common.errors.NotFound`, anything else :class:`StorageUnavailable`.
+:class:`~montage_contracts.errors.NotFound`, anything else :class:`StorageUnavailable`.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from montage_contracts.errors import NotFound, ServiceUnavailable
 from storage3 import AsyncStorageClient
 from storage3.exceptions import StorageApiError
 
-from montage_common.errors import NotFound, ServiceUnavailable
 from montage_common.storage.base import Storage, StoredObject, split_key
 
 PAGE = 100

@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-from montage_common import pipeline
-from montage_common.errors import JOB_FAILURE_CODES
+from montage_contracts import pipeline
+from montage_contracts.errors import JOB_FAILURE_CODES
 
 # One path segment as the gateway accepts it: not empty, not `.` or `..`, no `/` (not even
 # encoded), no control characters.
 PathSegment = Annotated[str, Meta(pattern=r"^(?!\.\.?$)[^/\x00-\x1f\x7f]+$")]
-# The vocabularies are defined once (montage_common.pipeline, montage_common.errors); the API
+# The vocabularies are defined once (montage_contracts.pipeline, montage_contracts.errors); the API
 # types are Literals made from them, so the document lists their values inline.
 if TYPE_CHECKING:
     JobStatusName = str

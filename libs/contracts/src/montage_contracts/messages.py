@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from montage_common.models import CostItem, StageInput
+from montage_contracts.models import CostItem, StageInput
 
 
 class Wire(msgspec.Struct, frozen=True, kw_only=True):

@@ -17,7 +17,7 @@ from typing import Literal, TypeVar
 
 import msgspec
 
-from montage_common.models import (
+from montage_contracts.models import (
     AudioAnalysis,
     AudioParserInput,
     ClipPrompts,
