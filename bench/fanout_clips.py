@@ -10,7 +10,10 @@ configuration in turn (interleaved: ``off``, ``1``, ``2``, ``off``, …):
 
 - ``off``: one worker process with ``CLIP_FANOUT=false`` (the job's clips rendered by the worker
   that took its task, as before the fan-out);
-- ``N``: N worker processes with the fan-out on (the default).
+- ``N``: N worker processes with the fan-out on (the default);
+- a suffix ``xC`` (``offx10``, ``2x5``) sets ``MAX_PARALLEL_CLIPS=C`` for those processes (the
+  clips one process renders at once: in the job, or from the clip stream), to tell the fan-out's
+  effect from that of more encodes at once.
 
 Each run starts its workers (``python -m montage_stages --stage video_generator``) on a fresh
 Redis namespace, waits until every one is reading, adds the job's task to the stage stream and
@@ -88,7 +91,8 @@ async def run_once(
     namespace = f"fan{uuid.uuid4().hex[:8]}"
     keys = Keys(namespace)
     redis = create_redis(redis_url)
-    procs = 1 if config == "off" else int(config)
+    name, _, parallel = config.partition("x")
+    procs = 1 if name == "off" else int(name)
     full = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("MONTAGE_", "PYTEST_"))},
         **env,
@@ -97,7 +101,8 @@ async def run_once(
         "STORAGE_DIR": str(storage_dir),
         "OPS_PORT": "0",
         "LOG_FORMAT": "json",
-        "CLIP_FANOUT": "false" if config == "off" else "true",
+        "CLIP_FANOUT": "false" if name == "off" else "true",
+        **({"MAX_PARALLEL_CLIPS": parallel} if parallel else {}),
     }
     cpu = _cpu_children()
     workers: list[subprocess.Popen[bytes]] = []
@@ -141,7 +146,7 @@ async def run_once(
         if result is None or not result.ok:
             raise RuntimeError(f"{config}: no successful result in {limit:.0f} s: {result}")
         clips = msgspec.json.decode(result.output, type=Clips)
-        if config == "off":
+        if name == "off":
             split = {"w1": len(clips.clips)}
         else:
             records = await read_range(redis, keys.clip_records(job))

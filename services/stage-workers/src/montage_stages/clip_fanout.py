@@ -249,6 +249,7 @@ class ClipFanout:
 
     async def close(self) -> None:
         if self._reader is not None:
+            log.info("clips_fanned_out", job_id=self.job_id, added=self.dispatched, reused=self.reused)
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._reader
