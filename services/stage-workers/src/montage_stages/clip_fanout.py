@@ -196,6 +196,7 @@ class ClipFanout:
         self.reused = 0  # clips whose record was there before this coordinator asked
         self._last = "0-0"
         self._first_read = asyncio.Event()
+        self._closing = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
 
     async def render(self, entry: ClipEntry) -> ClipRecord:
@@ -224,7 +225,9 @@ class ClipFanout:
             self._reader = asyncio.create_task(self._read_loop(), name=f"clip-records-{self.job_id}")
 
     async def _read_loop(self) -> None:
-        while True:  # ends when close() cancels it
+        # Ends by `_closing`, not only by a cancel: redis-py may swallow a cancel that lands
+        # mid-command (a cluster client retries it), so the loop would never see it.
+        while not self._closing.is_set():
             try:
                 self._take(await read_range(self.redis, self.records_key, after=self._last))
                 self._first_read.set()
@@ -248,11 +251,17 @@ class ClipFanout:
                 future.set_result(self.records[record.sig])
 
     async def close(self) -> None:
+        self._closing.set()
         if self._reader is not None:
             log.info("clips_fanned_out", job_id=self.job_id, added=self.dispatched, reused=self.reused)
             self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._reader
+            # bounded: the stage's result must not wait on a read the cancel did not reach
+            _, stuck = await asyncio.wait([self._reader], timeout=WAIT_BLOCK_MS / 1000 + 5.0)
+            if stuck:
+                log.warning("clip_records_reader_stuck", job_id=self.job_id)
+            elif not self._reader.cancelled():
+                with contextlib.suppress(Exception):
+                    self._reader.result()
         for future in self.waiting.values():
             future.cancel()
 
