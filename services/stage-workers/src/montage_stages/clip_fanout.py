@@ -225,8 +225,8 @@ class ClipFanout:
             self._reader = asyncio.create_task(self._read_loop(), name=f"clip-records-{self.job_id}")
 
     async def _read_loop(self) -> None:
-        # Ends by `_closing`, not only by a cancel: redis-py may swallow a cancel that lands
-        # mid-command (a cluster client retries it), so the loop would never see it.
+        # Ends by `_closing`, not only by a cancel: redis-py may turn a cancel that lands
+        # mid-command into a connection error, which this loop would otherwise retry forever.
         while not self._closing.is_set():
             try:
                 self._take(await read_range(self.redis, self.records_key, after=self._last))
@@ -234,6 +234,9 @@ class ClipFanout:
                 # wait for the next record (returns at once when one is there)
                 await self._r.xread({self.records_key: self._last}, count=1, block=WAIT_BLOCK_MS)
             except REDIS_DOWN as exc:
+                task = asyncio.current_task()
+                if self._closing.is_set() or (task is not None and task.cancelling()):
+                    return  # redis-py may turn a cancel mid-command into a connection error
                 log.warning("clip_records_unreadable", job_id=self.job_id, error=repr(exc)[:200])
                 await asyncio.sleep(REDIS_RETRY_SECONDS)
 
