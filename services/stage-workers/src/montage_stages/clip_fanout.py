@@ -198,11 +198,14 @@ class ClipFanout:
         self._first_read = asyncio.Event()
         self._closing = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
+        self._broken: Exception | None = None  # the reader's failure: every clip waiting gets it
 
     async def render(self, entry: ClipEntry) -> ClipRecord:
         entry = signed(entry) if not entry.sig else entry
         self._start()
         await self._first_read.wait()
+        if self._broken is not None:
+            raise self._broken
         if (found := self.records.get(entry.sig)) is not None:
             self.reused += 1
             return found
@@ -225,6 +228,17 @@ class ClipFanout:
             self._reader = asyncio.create_task(self._read_loop(), name=f"clip-records-{self.job_id}")
 
     async def _read_loop(self) -> None:
+        try:
+            await self._read_records()
+        except Exception as exc:  # not Redis being down (retried): the records cannot be read
+            log.error("clip_records_reader_failed", job_id=self.job_id, error=repr(exc)[:300])
+            self._broken = exc
+            self._first_read.set()
+            for future in self.waiting.values():
+                if not future.done():
+                    future.set_exception(exc)
+
+    async def _read_records(self) -> None:
         # Ends by `_closing`, not only by a cancel: redis-py may turn a cancel that lands
         # mid-command into a connection error, which this loop would otherwise retry forever.
         while not self._closing.is_set():
