@@ -79,8 +79,11 @@ def evaluate(formula: str, values: dict[str, float]) -> float:
     return ev(ast.parse(formula, mode="eval"))
 
 
-def keda_replicas(so: Obj, pending: int, lag: int, current: int | None = None) -> int:
-    """Replicas the HPA behind ``so`` asks for when the group has ``pending`` and ``lag`` entries."""
+def keda_replicas(
+    so: Obj, pending: int, lag: int, current: int | None = None, *, clip_pending: int = 0, clip_lag: int = 0
+) -> int:
+    """Replicas the HPA behind ``so`` asks for when the group has ``pending`` and ``lag`` entries
+    (and, for video_generator, the clip group ``clip_pending`` and ``clip_lag``)."""
     spec = so["spec"]
     modifiers = spec["advanced"]["scalingModifiers"]
     assert modifiers.get("metricType", "AverageValue") == "AverageValue"
@@ -88,7 +91,10 @@ def keda_replicas(so: Obj, pending: int, lag: int, current: int | None = None) -
     for trigger in spec["triggers"]:
         meta = trigger["metadata"]
         kind = "lag" if "lagCount" in meta else "pending" if "pendingEntriesCount" in meta else "length"
-        by_kind[trigger["name"]] = {"pending": pending, "lag": lag}[kind]
+        if meta["consumerGroup"] == Keys().clip_group():
+            by_kind[trigger["name"]] = {"pending": clip_pending, "lag": clip_lag}[kind]
+        else:
+            by_kind[trigger["name"]] = {"pending": pending, "lag": lag}[kind]
     value = evaluate(modifiers["formula"], by_kind)
     target = float(modifiers["target"])
     low, high = spec["minReplicaCount"], spec["maxReplicaCount"]
@@ -105,19 +111,28 @@ def test_each_stage_scales_on_the_work_waiting_on_its_own_stream() -> None:
     auths = {a["metadata"]["name"]: a for a in of_kind(objs, "TriggerAuthentication")}
     for stage, so in scaled_objects().items():
         triggers = so["spec"]["triggers"]
-        kinds = sorted("lag" if "lagCount" in t["metadata"] else "pending" for t in triggers)
+        own = [t for t in triggers if t["metadata"]["consumerGroup"] == keys.stage_group(stage)]
+        clips = [t for t in triggers if t not in own]
+        kinds = sorted("lag" if "lagCount" in t["metadata"] else "pending" for t in own)
         assert kinds == ["lag", "pending"], stage
+        # video_generator also scales on its jobs' clips (every replica renders a share of them)
+        if stage == "video_generator":
+            assert sorted("lag" if "lagCount" in t["metadata"] else "pending" for t in clips) == ["lag", "pending"]
+        else:
+            assert not clips, stage
         for trigger in triggers:
             meta = trigger["metadata"]
             assert trigger["type"] == "redis-streams"
-            assert meta["stream"] == keys.stage_stream(stage)
-            assert meta["consumerGroup"] == keys.stage_group(stage)
+            if trigger in own:
+                assert meta["stream"] == keys.stage_stream(stage)
+            else:
+                assert (meta["stream"], meta["consumerGroup"]) == (keys.clip_stream(), keys.clip_group())
             # Credentials, TLS and address come from the Secret, never from the workers' env.
             assert not {k for k in meta if k.endswith("FromEnv") or k in {"address", "password", "host"}}, stage
             assert trigger["authenticationRef"]["name"] in auths
-        names = {t["name"] for t in triggers}
+        values = {**dict.fromkeys((t["name"] for t in own), 1.0), **dict.fromkeys((t["name"] for t in clips), 0.0)}
         formula = so["spec"]["advanced"]["scalingModifiers"]["formula"]
-        assert evaluate(formula, dict.fromkeys(names, 1.0)) == 2.0, "the formula adds pending and lag"
+        assert evaluate(formula, values) == 2.0, "the formula adds pending and lag"
 
 
 def test_the_target_is_a_workers_concurrency() -> None:
@@ -145,6 +160,24 @@ def test_the_target_is_a_workers_concurrency() -> None:
 )
 def test_replicas_for_work_waiting(stage: str, pending: int, lag: int, expected: int) -> None:
     assert keda_replicas(scaled_objects()[stage], pending, lag) == expected
+
+
+@pytest.mark.parametrize(
+    ("tasks", "clip_pending", "clip_lag", "expected"),
+    [
+        (1, 0, 33, 7),  # one job's 33 clips just added: ceil(33 / 5) replicas render them
+        (1, 5, 0, 1),  # one replica's CLIP_CONCURRENCY slots busy, nothing queued
+        (1, 5, 1, 2),
+        (12, 5, 0, 4),  # many jobs, few clips: the tasks decide, ceil(12 / 3)
+        (3, 100, 100, 10),  # capped at maxReplicaCount
+    ],
+)
+def test_video_generator_scales_on_its_jobs_clips(tasks: int, clip_pending: int, clip_lag: int, expected: int) -> None:
+    so = scaled_objects()["video_generator"]
+    assert keda_replicas(so, tasks, 0, clip_pending=clip_pending, clip_lag=clip_lag) == expected
+    # the clip figure is per CLIP_CONCURRENCY, the workers' default
+    settings = WorkerSettings()
+    assert (settings.clip_concurrency or settings.max_parallel_clips) == 5
 
 
 def test_hpa_tolerance_keeps_the_current_count() -> None:

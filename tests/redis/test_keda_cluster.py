@@ -32,12 +32,25 @@ def test_triggers_cover_every_partition_and_scale_like_the_single_redis_componen
             assert spec[field] == ref[field], (name, field)
         stage = spec["triggers"][0]["metadata"]["consumerGroup"]
         assert {t["type"] for t in spec["triggers"]} == {"redis-cluster-streams"}
-        assert {t["metadata"]["consumerGroup"] for t in spec["triggers"]} == {stage}
+        own = [t for t in spec["triggers"] if t["metadata"]["consumerGroup"] == stage]
+        clips = [t for t in spec["triggers"] if t not in own]
         for kind, count in (("pending", "pendingEntriesCount"), ("lag", "lagCount")):
-            streams = [t["metadata"]["stream"] for t in spec["triggers"] if count in t["metadata"]]
+            streams = [t["metadata"]["stream"] for t in own if count in t["metadata"]]
             assert streams == keys.stage_streams(stage), (name, kind)
-        names = [t["name"] for t in spec["triggers"]]
-        assert sorted(spec["advanced"]["scalingModifiers"]["formula"].split(" + ")) == sorted(names)
+            if stage == "video_generator":  # and its jobs' clips, in every partition
+                streams = [t["metadata"]["stream"] for t in clips if count in t["metadata"]]
+                assert streams == keys.clip_streams(), (name, kind)
+        assert {t["metadata"]["consumerGroup"] for t in clips} <= {keys.clip_group()}
+        assert bool(clips) == (stage == "video_generator"), name
+        formula = spec["advanced"]["scalingModifiers"]["formula"]
+        own_sum = " + ".join(t["name"] for t in own)
+        if clips:
+            clip_sum = " + ".join(t["name"] for t in clips)
+            ref_formula = single[name]["spec"]["advanced"]["scalingModifiers"]["formula"]
+            assert ref_formula == "max(pending + lag, (clip_pending + clip_lag) * 3 / 5)"
+            assert formula == f"max({own_sum}, ({clip_sum}) * 3 / 5)", name
+        else:
+            assert sorted(formula.split(" + ")) == sorted(t["name"] for t in own)
         assert spec["advanced"]["scalingModifiers"]["target"] == ref["advanced"]["scalingModifiers"]["target"]
         assert {t["authenticationRef"]["name"] for t in spec["triggers"]} == {"montage-redis-cluster"}
     auth = _load(COMPONENT / "trigger-authentication.yaml")[0]

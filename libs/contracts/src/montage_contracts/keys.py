@@ -147,6 +147,26 @@ class Keys:
     def stage_group(self, stage: str) -> str:
         return stage
 
+    # --- video_generator's clips (one job's clips fanned out over the stage's workers) ---------
+    def clip_stream(self, partition: int = 0) -> str:
+        """Clip entries of the jobs of ``partition``: one per clip to render, read by every
+        video_generator process in :meth:`clip_group`."""
+        return f"{self.partition_tag(partition)}:clips"
+
+    def clip_streams(self) -> list[str]:
+        return [self.clip_stream(p) for p in self.all_partitions]
+
+    def clip_group(self) -> str:
+        return "clips"
+
+    def clip_records(self, job_id: str) -> str:
+        """What became of a job's clip entries (one record per rendered entry), in the job's partition."""
+        return f"{self.partition_tag(self.partition_of(job_id))}:clip_records:{job_id}"
+
+    def clip_dispatched(self, job_id: str) -> str:
+        """The clip entries already added for a job (a set of their signatures)."""
+        return f"{self.partition_tag(self.partition_of(job_id))}:clip_dispatched:{job_id}"
+
     # --- job state ------------------------------------------------------------
     def job_cancel(self, job_id: str) -> str:
         return f"{self.namespace}:job_cancel:{job_id}"

@@ -10,6 +10,8 @@ A stage module exports ``async def process(ctx, job_id, input) -> output``. The 
 - ``providers``: the worker's provider clients (one pool per process, see :mod:`provider_http`).
 - ``check_cancelled()``: raises :class:`~montage_contracts.errors.JobCancelled` when the job was
   cancelled; stages call it between units of work.
+- ``fanout``: video_generator's link to the clip workers (:mod:`clip_fanout`) when the worker
+  fans a job's clips out over every video_generator process; ``None`` renders them in this process.
 
 Tests build one with :meth:`StageContext.create` (callbacks default to no-ops).
 """
@@ -20,12 +22,16 @@ import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from montage_common.storage import Storage
 from montage_contracts.models import CostItem
 
 from montage_stages.provider_http import Providers
 from montage_stages.settings import StageSettings
+
+if TYPE_CHECKING:
+    from montage_stages.clip_fanout import ClipFanout
 
 ProgressFn = Callable[[str], Awaitable[None]]
 CostFn = Callable[[CostItem], Awaitable[None]]
@@ -55,6 +61,7 @@ class StageContext:
     check_cancelled: CancelCheckFn = _never_cancelled
     user_id: str = ""  # the job's owner (a RAGNAROK clip job is recorded under this user)
     providers: Providers = field(default_factory=Providers)  # the worker's provider clients, shared
+    fanout: ClipFanout | None = None  # video_generator: clips rendered by the clip workers
 
     @classmethod
     def create(
@@ -69,6 +76,7 @@ class StageContext:
         check_cancelled: CancelCheckFn | None = None,
         user_id: str = "",
         providers: Providers | None = None,
+        fanout: ClipFanout | None = None,
     ) -> StageContext:
         """A context with defaults: default settings, a fresh temp workdir, no-op callbacks."""
         wd = workdir if workdir is not None else Path(tempfile.mkdtemp(prefix=f"montage-{job_id}-"))
@@ -83,6 +91,7 @@ class StageContext:
             check_cancelled=check_cancelled or _never_cancelled,
             user_id=user_id,
             providers=providers or Providers(),
+            fanout=fanout,
         )
 
     def scratch(self, name: str) -> Path:

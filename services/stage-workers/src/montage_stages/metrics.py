@@ -17,6 +17,11 @@ STAGE_DURATION = Histogram(
 )
 STAGE_FAILURES = Counter("montage_stage_failures_total", "Stage runs that raised", ["stage", "code"])
 CLIPS_RENDERED = Counter("montage_clips_rendered_total", "Clips rendered by video_generator", ["provider", "outcome"])
+CLIP_ENTRIES = Counter(
+    "montage_clip_entries_total",
+    "Clip entries this process handled for any job's coordinator (ok, failed, cancelled, duplicate)",
+    ["outcome"],
+)
 
 
 @asynccontextmanager

@@ -24,14 +24,23 @@ too and its neighbours are encoded again to cover it (an encode with a transitio
 again as a cut, since the previous clip's source may be the broken one). Cancellation is checked
 before each step and polled while clips render; when it raises, in-flight ffmpeg processes are
 killed and :class:`JobCancelled` propagates. Progress reads "Rendering clip n of total".
+
+Fan-out (``ctx.fanout``, set by the worker): step 2 runs on every video_generator worker instead
+of this process. Each fetched source is stored under ``video-clips/{job_id}/sources/`` and each
+decided segment goes out as a clip entry (:mod:`clip_fanout`) whose record says whether it was
+encoded; everything else (the segment plan, a failed encode tried again as a cut, the failure
+rules, the costs, one per clip) is decided here exactly as without fan-out. Progress then counts
+the clips as their records arrive.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -43,6 +52,7 @@ from montage_contracts.pipeline import spec
 
 from montage_stages import ffmpeg
 from montage_stages.clip_encoder import Source, StillSource, VideoSource, segment_args
+from montage_stages.clip_fanout import ClipEncoding, ClipEntry, ClipSource, ClipSpan
 from montage_stages.context import StageContext
 from montage_stages.costing import local_cost
 from montage_stages.metrics import CLIPS_RENDERED, track_stage
@@ -101,6 +111,8 @@ class _Render:
         self.started: set[int] = set()
         self.attempts = 0
         self.provider_errors: list[GenerationError] = []  # the renderer's failures, in order
+        self.stored: dict[int, ClipSource] = {}  # fan-out: each source's copy in storage
+        self.costed: set[int] = set()
 
     async def run(self) -> Clips:
         for p in self.prompts:
@@ -200,9 +212,23 @@ class _Render:
             source = await self.renderer.render(self.ctx, self.job_id, prompt, dest)
             if not isinstance(source, StillSource | VideoSource):
                 raise TypeError(f"renderer {self.renderer.name} gave {type(source).__name__}, not a clip source")
+            if self.ctx.fanout is not None:
+                self.stored[prompt.index] = await self._store_source(prompt.index, source)
             return source
 
+    async def _store_source(self, index: int, source: Source) -> ClipSource:
+        """The source in storage for the clip workers, named by its content (so a coordinator that
+        takes over after a crash names the same source the same way)."""
+        digest = await asyncio.to_thread(_digest, source.path)
+        key = layout.clip_work_file(self.job_id, f"sources/clip_{index}_{digest}{source.path.suffix}")
+        await self.ctx.storage.put_file(key, source.path)
+        if isinstance(source, StillSource):
+            return ClipSource(key=key, kind="still", motion=source.motion)
+        return ClipSource(key=key, kind="video", seconds=source.seconds)
+
     async def _encode(self, seg: Segment) -> None:
+        if self.ctx.fanout is not None:
+            return await self._encode_elsewhere(seg)
         index = seg.span.index
         own = self.sources[index]
         previous = self.sources.get(seg.previous.index) if seg.previous is not None else None
@@ -220,8 +246,52 @@ class _Render:
         await self.ctx.storage.put_file(clip_key(self.job_id, index), dest, "video/mp4")
         with contextlib.suppress(OSError):
             dest.unlink()
+        await self._cost(index, seconds)
+
+    async def _cost(self, index: int, seconds: float) -> None:
+        """The clip's cost: one per clip (a clip encoded again keeps its call id)."""
+        if index in self.costed:
+            return
+        self.costed.add(index)
         call = call_id(self.job_id, STAGE, f"clip_{index}")
         await self.ctx.cost(local_cost(self.ctx, call, "local:render", seconds))
+
+    async def _encode_elsewhere(self, seg: Segment) -> None:
+        """The segment as a clip entry, encoded by whichever video_generator worker takes it."""
+        assert self.ctx.fanout is not None
+        index = seg.span.index
+        await self.ctx.check_cancelled()
+        previous = self.stored.get(seg.previous.index) if seg.previous is not None else None
+        entry = ClipEntry(
+            job_id=self.job_id,
+            index=index,
+            output_key=clip_key(self.job_id, index),
+            span=ClipSpan.of(seg.span),
+            previous=ClipSpan.of(seg.previous) if seg.previous is not None and previous is not None else None,
+            transition=seg.kind if previous is not None else "cut",
+            transition_frames=seg.transition_frames if previous is not None else 0,
+            source=self.stored[index],
+            previous_source=previous,
+            encoding=ClipEncoding.of(self.ctx.settings),
+        )
+        record = await self.ctx.fanout.render(entry)
+        if record.cancelled:
+            await self.ctx.check_cancelled()
+            raise JobCancelled("Job cancelled by user", job_id=self.job_id)
+        if not record.ok:
+            raise ffmpeg.FfmpegError(record.error or "the clip was not encoded")
+        if index not in self.started:
+            self.started.add(index)
+            await self.ctx.progress(f"Rendering clip {len(self.started)} of {len(self.prompts)}")
+        await self._cost(index, record.seconds)
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha1(usedforsecurity=False)
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
 
 
 async def _poll_cancel(ctx: StageContext) -> None:

@@ -12,6 +12,11 @@ dispatch number, TTL ``2 x JOB_HEARTBEAT_SECONDS``) every ``JOB_HEARTBEAT_SECOND
 orchestrator's reconciler dispatches a stage again only when Redis has neither its task nor its
 result and no worker has reported on it for that long (``montage_orchestrator.reconciler``).
 
+Fan-out (video_generator, ``CLIP_FANOUT``, on by default): the process also reads the clip
+streams (``keys.clip_stream(p)``, group ``clips``) with ``CLIP_CONCURRENCY`` clips at once, beside
+its stage consumers, and the stage's coordinator hands each clip to them (:mod:`clip_fanout`), so
+every video_generator process renders a share of every job's clips.
+
 Failures: a :class:`RetryableError` is retried by the runtime (2 s, 4 s, 8 s); any other error
 dead-letters the task and :meth:`StageWorker.dead_letter` tells the orchestrator with a failed
 ``StageResult``. A cancelled job yields ``StageResult(ok=False, code="CANCELLED")``.
@@ -60,6 +65,7 @@ from montage_streams import (
 from msgspec import Meta
 from redis.asyncio import Redis
 
+from montage_stages.clip_fanout import ClipFanout, ClipWorker
 from montage_stages.context import StageContext
 from montage_stages.provider_http import Providers
 from montage_stages.settings import StageSettings
@@ -89,6 +95,15 @@ class WorkerSettings(StageSettings, frozen=True, kw_only=True):
     stage_timeout_seconds: Annotated[float, Meta(description="a task running longer is cancelled (and retried)")] = (
         900.0
     )
+    clip_fanout: Annotated[
+        bool,
+        Meta(
+            description="video_generator: hand each clip to the clip streams read by every video_generator process (false: a job's clips are rendered by the worker that took its task)"
+        ),
+    ] = True
+    clip_concurrency: Annotated[
+        int, Meta(description="video_generator: clip entries rendered at once per process (0: MAX_PARALLEL_CLIPS)")
+    ] = 0
 
     @property
     def retry_policy(self) -> RetryPolicy:
@@ -167,6 +182,28 @@ class StageWorker:
             for p in keys.all_partitions
         ]
         self.consumer = self.consumers[0]
+        self.fanout = stage == "video_generator" and settings.clip_fanout
+        self.clip_consumers: list[StreamConsumer] = []
+        if self.fanout:
+            parallel = settings.clip_concurrency or settings.max_parallel_clips
+            self.clip_worker = ClipWorker(settings, redis, storage, keys, consumer=name, parallel=parallel)
+            self.clip_consumers = [
+                StreamConsumer(
+                    redis=redis,
+                    stream=keys.clip_stream(p),
+                    group=keys.clip_group(),
+                    handler=self.clip_worker.handle,
+                    keys=keys,
+                    consumer=name,
+                    concurrency=max(1, math.ceil(parallel / len(keys.all_partitions))),
+                    claim_idle_ms=settings.claim_idle_ms,
+                    block_ms=settings.stream_block_ms,
+                    retry=RetryPolicy(handler_timeout=settings.stage_timeout_seconds),
+                    grace=settings.shutdown_grace_seconds,
+                    on_dead_letter=self.clip_worker.dead_letter,
+                )
+                for p in keys.all_partitions
+            ]
 
     def results_stream(self, job_id: str) -> str:
         """Where the results of a job's tasks go: the results stream of the job's partition."""
@@ -183,6 +220,7 @@ class StageWorker:
             start = time.perf_counter()
             costs: list[CostItem] = []
             workdir = Path(tempfile.mkdtemp(prefix=f"montage-{self.stage}-"))
+            fanout = ClipFanout(self.redis, self.keys, task.job_id) if self.fanout else None
             try:
                 ctx = StageContext(
                     job_id=task.job_id,
@@ -194,6 +232,7 @@ class StageWorker:
                     check_cancelled=self._cancel_check(task.job_id),
                     user_id=task.user_id,
                     providers=self.providers,
+                    fanout=fanout,
                 )
                 await ctx.check_cancelled()
                 log.info("stage_started", delivery=d.delivery_count)
@@ -204,6 +243,8 @@ class StageWorker:
                     self._result(task, d, start, costs, error=ErrorInfo(code=ErrorCode.CANCELLED, message=exc.message))
                 ]
             finally:
+                if fanout is not None:
+                    await fanout.close()
                 await asyncio.to_thread(shutil.rmtree, workdir, True)
             log.info("stage_finished", seconds=round(time.perf_counter() - start, 3))
             return [self._result(task, d, start, costs, output=msgspec.Raw(_output_encoder.encode(output)))]
@@ -287,7 +328,7 @@ class StageWorker:
     async def run(self) -> None:
         beat = asyncio.create_task(self.heartbeat())
         try:
-            await asyncio.gather(*(c.run() for c in self.consumers))
+            await asyncio.gather(*(c.run() for c in (*self.consumers, *self.clip_consumers)))
         finally:
             beat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -298,5 +339,5 @@ class StageWorker:
                 await self.providers.aclose()
 
     def stop(self) -> None:
-        for c in self.consumers:
+        for c in (*self.consumers, *self.clip_consumers):
             c.stop()
