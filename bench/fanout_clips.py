@@ -45,12 +45,12 @@ from typing import Any
 
 import msgspec
 from montage_common.devstack import EmbeddedRedis
-from montage_common.keys import Keys
-from montage_common.messages import StageResult, StageTask, dispatch_message_id, encode, result_decoder
-from montage_common.models import Clips
-from montage_common.pipeline import PIPELINE, JobFacts, spec
 from montage_common.redis import create_redis
 from montage_common.storage import LocalStorage
+from montage_contracts.keys import Keys
+from montage_contracts.messages import StageResult, StageTask, dispatch_message_id, encode, result_decoder
+from montage_contracts.models import Clips
+from montage_contracts.pipeline import PIPELINE, JobFacts, spec
 from montage_stages import synth
 from montage_stages.context import StageContext
 from montage_stages.settings import StageSettings

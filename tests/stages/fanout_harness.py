@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from montage_common.keys import Keys
-from montage_common.messages import (
+from montage_contracts.keys import Keys
+from montage_contracts.messages import (
     StageCost,
     StageProgress,
     StageResult,
@@ -31,7 +31,7 @@ from montage_common.messages import (
     encode,
     result_decoder,
 )
-from montage_common.models import ClipPrompt, ClipPrompts, Clips, Transition, VideoGeneratorInput
+from montage_contracts.models import ClipPrompt, ClipPrompts, Clips, Transition, VideoGeneratorInput
 from montage_stages.clip_fanout import ClipRecord
 from montage_streams import Emit, StreamProducer, read_range
 from redis.asyncio import Redis

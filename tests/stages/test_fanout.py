@@ -15,9 +15,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from montage_common.errors import ErrorCode
-from montage_common.pipeline import spec
 from montage_common.storage import LocalStorage
+from montage_contracts.errors import ErrorCode
+from montage_contracts.pipeline import spec
 from redis.asyncio import Redis
 
 from .fanout_harness import STAGE, Workers, prompts, write_ffmpeg_wrapper

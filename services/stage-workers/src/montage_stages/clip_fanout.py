@@ -41,8 +41,8 @@ from typing import Any, Literal
 
 import msgspec
 import structlog
-from montage_common.keys import Keys
 from montage_common.storage import Storage
+from montage_contracts.keys import Keys
 from montage_streams import REDIS_DOWN, DeadLetter, Delivery, Emit, StreamProducer, read_range
 from redis.asyncio import Redis
 
