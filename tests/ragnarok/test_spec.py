@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -140,17 +141,20 @@ async def test_trinity_unreachable_or_unconfigured(
     start_proxy: Callable[[ProxySettings], Awaitable[str]],
     proxy_settings: Callable[..., ProxySettings],
 ) -> None:
-    from montage_dev.devstack import free_port
-
-    for trinity_url, reason in ((f"http://127.0.0.1:{free_port()}", "trinity_unreachable"), ("", "not_configured")):
-        url = await start_proxy(proxy_settings(trinity_url=trinity_url))
-        async with http.post(
-            f"{url}{P}/generate/enriched", json={"company_name": unique("Acme")}, headers=headers()
-        ) as r:
-            assert r.status == 202
-            body = await r.json()
-        assert body["enrichment"] == {"available": False, "reason": reason}
-        assert body["status"] == "queued"
+    # A port bound here and never listened on: connections to it are refused, and no other
+    # process can take it meanwhile (a port merely found free could be).
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        unreachable = f"http://127.0.0.1:{held.getsockname()[1]}"
+        for trinity_url, reason in ((unreachable, "trinity_unreachable"), ("", "not_configured")):
+            url = await start_proxy(proxy_settings(trinity_url=trinity_url))
+            async with http.post(
+                f"{url}{P}/generate/enriched", json={"company_name": unique("Acme")}, headers=headers()
+            ) as r:
+                assert r.status == 202
+                body = await r.json()
+            assert body["enrichment"] == {"available": False, "reason": reason}
+            assert body["status"] == "queued"
 
 
 async def test_trace_id_is_bound_into_log_lines(http: aiohttp.ClientSession, proxy: str) -> None:
