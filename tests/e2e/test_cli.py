@@ -80,9 +80,9 @@ def test_queues_operator_view(cli_env: dict[str, str], e2e_stack: RunningStack, 
     snap = json.loads(out.stdout)
     rows = {q["stream"]: q for q in snap["queues"]}
     assert set(rows) == {"audio_parser", "scene_planner", "reference_generator", "prompt_generator",
-                         "video_generator", "composer", "results"}  # fmt: skip
+                         "video_generator", "composer", "clips", "results"}  # fmt: skip
     for stage, row in rows.items():
-        if stage != "results":
+        if stage not in {"results", "clips"}:
             assert row["live_workers"] >= 1 and row["consumers"] >= 1, row
     table = run([*MONTAGE, "queues"], env).stdout
     assert "video_generator" in table and "dead" in table

@@ -52,14 +52,29 @@ async def _row(redis: Redis, keys: Keys, name: str, stream: str, group: str, *, 
 
 
 async def snapshot(redis: Redis, keys: Keys) -> dict[str, Any]:
-    """Every stage stream and the results stream, plus retries waiting for their backoff."""
-    rows = [
-        await _row(redis, keys, stage, keys.stage_stream(stage), keys.stage_group(stage),
-                   live=await _live_workers(redis, keys, stage))
-        for stage in STAGES
-    ]  # fmt: skip
-    rows.append(await _row(redis, keys, "results", keys.results_stream(), ORCHESTRATOR_GROUP, live=-1))
-    delayed = int(await redis.zcard(keys.delayed_zset()))
+    """Every stage stream, video_generator's clip stream and the results stream, in every
+    partition (``REDIS_PARTITIONS``: rows named ``<stream>#<k>`` when there are several), plus the
+    retries waiting for their backoff."""
+    many = len(keys.all_partitions) > 1
+
+    def name(base: str, partition: int) -> str:
+        return f"{base}#{partition}" if many else base
+
+    live = {stage: await _live_workers(redis, keys, stage) for stage in STAGES}
+    rows: list[QueueRow] = []
+    for p in keys.all_partitions:
+        for stage in STAGES:
+            rows.append(
+                await _row(redis, keys, name(stage, p), keys.stage_stream(stage, p), keys.stage_group(stage),
+                           live=live[stage])
+            )  # fmt: skip
+        # the clips of the jobs' video_generator stage, rendered by every video_generator process
+        rows.append(
+            await _row(redis, keys, name("clips", p), keys.clip_stream(p), keys.clip_group(),
+                       live=live["video_generator"])
+        )  # fmt: skip
+        rows.append(await _row(redis, keys, name("results", p), keys.results_stream(p), ORCHESTRATOR_GROUP, live=-1))
+    delayed = sum([int(await redis.zcard(z)) for z in keys.delayed_zsets()])
     return {"namespace": keys.namespace, "queues": [r.as_dict() for r in rows], "delayed_retries": delayed}
 
 
