@@ -60,6 +60,7 @@ async def test_ragnarok_unreachable_is_503(
     response = await submit(http, url)
     assert response.status == 503
     async with http.post(f"{url}{P}/direct/submit", params={"business_name": "x"}, headers=headers()) as r:
+        assert int(r.headers["Retry-After"]) >= 1  # Montage's own, since RAGNAROK sent none
         body = await r.json()
     assert body["code"] == "SERVICE_UNAVAILABLE"
     assert body["detail"] == "RAGNAROK could not be reached"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from montage_contracts.errors import ErrorCode, MontageError
+from montage_contracts.errors import SERVICE_UNAVAILABLE_RETRY_AFTER, ErrorCode, MontageError
 
 
 class RagnarokAPIError(MontageError):
@@ -57,6 +57,7 @@ class RagnarokUnavailable(RagnarokAPIError):
     """RAGNAROK said it is unavailable (503)."""
 
     status, code, retryable, default_message = 503, ErrorCode.SERVICE_UNAVAILABLE, True, "RAGNAROK is unavailable"
+    retry_after_seconds = SERVICE_UNAVAILABLE_RETRY_AFTER  # when RAGNAROK sent no Retry-After of its own
 
 
 class RagnarokUnreachable(RagnarokUnavailable):
