@@ -34,6 +34,18 @@ def call_id(job_id: str, stage: str, what: str) -> str:
     return f"{job_id}:{stage}:{what}"
 
 
+def clip_message_id(job_id: str, sig: str) -> str:
+    """The message id of one clip entry of video_generator's fan-out (``sig``: the hash of what
+    decides its frames), so the same clip asked for twice is one entry; its record's is
+    :func:`clip_record_message_id`."""
+    return f"{job_id}:clip:{sig}"
+
+
+def clip_record_message_id(entry_message_id: str) -> str:
+    """The message id of the record a clip worker writes for the clip entry ``entry_message_id``."""
+    return f"{entry_message_id}:done"
+
+
 class ErrorInfo(Wire, frozen=True, kw_only=True):
     code: str
     message: str

@@ -111,6 +111,7 @@ class StageSpec:
     budget_checked: bool  # the remaining budget must cover its share before it is dispatched
     on_failure: FailurePolicy
     build_input: InputBuilder  # the stage's input from the job and the earlier stages' outputs
+    inputs_from: tuple[str, ...] = ()  # the earlier stages whose outputs ``build_input`` reads
     min_clips: int = 0  # an output with fewer clips than this is a failure (video_generator)
 
     @property
@@ -121,7 +122,17 @@ class StageSpec:
 
 PIPELINE: tuple[StageSpec, ...] = (
     StageSpec("audio_parser", AudioAnalysis, 10, 15, Decimal("0.01"), False, "fail", _audio_parser_input),
-    StageSpec("scene_planner", ScenePlan, 20, 15, Decimal("0.04"), False, "fallback_plan", _scene_planner_input),
+    StageSpec(
+        "scene_planner",
+        ScenePlan,
+        20,
+        15,
+        Decimal("0.04"),
+        False,
+        "fallback_plan",
+        _scene_planner_input,
+        inputs_from=("audio_parser",),
+    ),
     StageSpec(
         "reference_generator",
         ReferenceImages,
@@ -131,12 +142,42 @@ PIPELINE: tuple[StageSpec, ...] = (
         True,
         "continue_text_only",
         _reference_generator_input,
+        inputs_from=("scene_planner",),
     ),
-    StageSpec("prompt_generator", ClipPrompts, 40, 10, Decimal("0.02"), False, "fail", _prompt_generator_input),
     StageSpec(
-        "video_generator", Clips, 85, 240, Decimal("0.78"), True, "fail", _video_generator_input, min_clips=MIN_CLIPS
+        "prompt_generator",
+        ClipPrompts,
+        40,
+        10,
+        Decimal("0.02"),
+        False,
+        "fail",
+        _prompt_generator_input,
+        inputs_from=("scene_planner", "reference_generator"),
     ),
-    StageSpec("composer", VideoOutput, 100, 45, Decimal("0.05"), False, "fail", _composer_input),
+    StageSpec(
+        "video_generator",
+        Clips,
+        85,
+        240,
+        Decimal("0.78"),
+        True,
+        "fail",
+        _video_generator_input,
+        inputs_from=("scene_planner", "prompt_generator"),
+        min_clips=MIN_CLIPS,
+    ),
+    StageSpec(
+        "composer",
+        VideoOutput,
+        100,
+        45,
+        Decimal("0.05"),
+        False,
+        "fail",
+        _composer_input,
+        inputs_from=("audio_parser", "scene_planner", "video_generator"),
+    ),
 )
 
 STAGES: tuple[str, ...] = tuple(s.name for s in PIPELINE)

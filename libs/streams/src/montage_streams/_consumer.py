@@ -489,14 +489,16 @@ class StreamConsumer:
         return reply.owned[0]
 
     async def _ack_batch(self, batch: Sequence[Commit], fetch: int = 0) -> HandOffReply:
-        keys, argv = batch_args(self.stream, [(d.entry_id, emits) for d, emits in batch], fetch)
-        res = await self._scripts.ack_emit(keys=keys, args=[self.group, self.consumer, *argv])
-        return hand_off_reply(res, len(batch))
+        return await self._hand_off([(d.entry_id, emits) for d, emits in batch], fetch)
 
     async def _ack_with(self, entry_id: str, emits: Sequence[Emit]) -> bool:
-        keys, argv = batch_args(self.stream, [(entry_id, emits)])
+        return (await self._hand_off([(entry_id, emits)])).owned[0]
+
+    async def _hand_off(self, pairs: Sequence[tuple[str, Sequence[Emit]]], fetch: int = 0) -> HandOffReply:
+        """One ``ack_emit`` call: each ``(entry id, emits)`` handed off, then ``fetch`` new entries."""
+        keys, argv = batch_args(self.stream, pairs, fetch)
         res = await self._scripts.ack_emit(keys=keys, args=[self.group, self.consumer, *argv])
-        return hand_off_reply(res, 1).owned[0]
+        return hand_off_reply(res, len(pairs))
 
     async def _ack_only(self, entry_id: str) -> None:
         await self._retrying(lambda: self._r.xack(self.stream, self.group, entry_id))

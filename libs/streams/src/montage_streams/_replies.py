@@ -232,7 +232,7 @@ def hand_off_reply(res: Any, n_entries: int) -> HandOffReply:
     fetched: list[StreamEntry] = []
     if len(res) > n_entries and res[n_entries]:
         for raw_id, flat in res[n_entries]:  # the script returns the fetched entries, flat
-            fetched.append(StreamEntry(text(raw_id), dict(zip(flat[::2], flat[1::2], strict=True))))
+            fetched.append(StreamEntry(text(raw_id), _fields(flat)))
     return HandOffReply(ids, fetched)
 
 

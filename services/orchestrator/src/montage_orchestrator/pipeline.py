@@ -45,7 +45,7 @@ from montage_contracts.messages import (
     encode,
     result_decoder,
 )
-from montage_contracts.models import AudioAnalysis, CostItem, VideoOutput
+from montage_contracts.models import AudioAnalysis, CostItem, StageInput, VideoOutput
 from montage_contracts.pipeline import FINAL_STATUSES, JobFacts, spec
 from montage_streams import Delivery, Emit
 
@@ -75,7 +75,20 @@ def stage_task_emit(deps: Deps, task: StageTask) -> Emit:
     return Emit(stream, encode(task), message_id=dispatch_message_id(task.job_id, task.stage, task.dispatch))
 
 
-def started_events(deps: Deps, eff: Effects, stage: str) -> None:
+def queue_stage(  # noqa: PLR0917
+    deps: Deps, eff: Effects, stage: str, stage_input: StageInput, user_id: str, limit: Decimal, dispatch: int
+) -> None:
+    """The stage's task (written with the hand-off) and its ``started`` events, for every way a
+    stage starts: an upload, a result applied in one statement, and :func:`dispatch_stage`."""
+    task = StageTask(
+        job_id=eff.job_id,
+        user_id=user_id,
+        stage=stage,
+        input=stage_input,
+        budget_remaining=str(limit - eff.total),
+        dispatch=dispatch,
+    )
+    eff.emits.append(stage_task_emit(deps, task))
     eff.event(deps, "stage_update", {"stage": stage, "status": "started"})
     eff.event(deps, "message", {"text": STARTED_MESSAGES[stage], "stage": stage})
 
@@ -95,16 +108,7 @@ async def dispatch_stage(conn: asyncpg.Connection, deps: Deps, job: asyncpg.Reco
     )
     dispatch = await store.start_stage(conn, job_id, stage)
     eff.row = await store.update_job(conn, job_id, current_stage=stage)
-    task = StageTask(
-        job_id=str(job_id),
-        user_id=job["user_id"],
-        stage=stage,
-        input=stage_input,
-        budget_remaining=str(limit - eff.total),
-        dispatch=dispatch,
-    )
-    eff.emits.append(stage_task_emit(deps, task))
-    started_events(deps, eff, stage)
+    queue_stage(deps, eff, stage, stage_input, job["user_id"], limit, dispatch)
     return True
 
 
@@ -324,16 +328,7 @@ class Pipeline:
         prior = state.stages.get(stage)
         dispatch = (prior.dispatch if prior is not None else 0) + 1
         change.next_stage, change.next_dispatch, change.current_stage = stage, dispatch, stage
-        task = StageTask(
-            job_id=eff.job_id,
-            user_id=state.user_id,
-            stage=stage,
-            input=stage_input,
-            budget_remaining=str(state.cost_limit - eff.total),
-            dispatch=dispatch,
-        )
-        eff.emits.append(stage_task_emit(self.deps, task))
-        started_events(self.deps, eff, stage)
+        queue_stage(self.deps, eff, stage, stage_input, state.user_id, state.cost_limit, dispatch)
 
     async def _stage_failed(
         self, state: store.JobState, change: store.Change, msg: StageResult, err: ErrorInfo, eff: Effects

@@ -17,7 +17,6 @@ from montage_common.redis import REDIS_DOWN
 from montage_common.storage import layout
 from montage_common.web import internal_user, query_int
 from montage_contracts.errors import BudgetExceededError, ErrorCode, Forbidden, Gone, NotFound, ValidationError
-from montage_contracts.messages import StageTask
 from montage_contracts.models import AudioParserInput
 from montage_contracts.pipeline import FINAL_STATUSES, JOB_STATUSES, STAGES
 
@@ -25,8 +24,8 @@ from montage_orchestrator import admin, costs, metrics, store, upload
 from montage_orchestrator.deps import DEPS, Deps
 from montage_orchestrator.errors import JobNotCancellable
 from montage_orchestrator.health import health_report
-from montage_orchestrator.jobs import RATES, STARTED_MESSAGES, list_item, snapshot, status_body
-from montage_orchestrator.pipeline import stage_task_emit
+from montage_orchestrator.jobs import RATES, list_item, snapshot, status_body
+from montage_orchestrator.pipeline import queue_stage
 from montage_orchestrator.transitions import CANCELLED_MESSAGE, Effects, after_commit, fail_job
 
 log = structlog.get_logger()
@@ -139,17 +138,7 @@ async def _create_job(  # noqa: PLR0917
             },
         )
         dispatch = await store.start_stage(conn, job_id, STAGES[0])
-        task = StageTask(
-            job_id=str(job_id),
-            user_id=user,
-            stage=STAGES[0],
-            input=AudioParserInput(audio_key=audio_key),
-            budget_remaining=str(s.cost_limit),
-            dispatch=dispatch,
-        )
-        eff.emits.append(stage_task_emit(deps, task))
-        eff.event(deps, "stage_update", {"stage": STAGES[0], "status": "started"})
-        eff.event(deps, "message", {"text": STARTED_MESSAGES[STAGES[0]], "stage": STAGES[0]})
+        queue_stage(deps, eff, STAGES[0], AudioParserInput(audio_key=audio_key), user, s.cost_limit, dispatch)
         outbox_id = await deps.outbox.add(conn, job_id, eff.emits)
     return row, outbox_id
 

@@ -14,24 +14,16 @@ from montage_contracts.models import (
     StageInput,
     Transition,
 )
-from montage_contracts.pipeline import MIN_CLIPS, JobFacts, spec
+from montage_contracts.pipeline import MIN_CLIPS, PIPELINE, JobFacts, spec
 
 FALLBACK_CLIP_SECONDS = 6.0
 MAX_FALLBACK_CLIPS = 24
 _MOTIONS = ("zoom_in", "pan_left", "zoom_out", "pan_right", "pulse")
 
 
-# The earlier stages whose outputs each stage's input is built from (``StageSpec.build_input``;
-# ``tests/orchestrator/test_stages.py`` checks that these are enough and all needed): a dispatch
-# reads only these from ``job_stages``.
-INPUT_SOURCES: dict[str, tuple[str, ...]] = {
-    "audio_parser": (),
-    "scene_planner": ("audio_parser",),
-    "reference_generator": ("scene_planner",),
-    "prompt_generator": ("scene_planner", "reference_generator"),
-    "video_generator": ("scene_planner", "prompt_generator"),
-    "composer": ("audio_parser", "scene_planner", "video_generator"),
-}
+# What each stage's input is built from (``StageSpec.inputs_from``; ``tests/orchestrator/test_stages.py``
+# checks that these are enough and all needed): a dispatch reads only these from ``job_stages``.
+INPUT_SOURCES: dict[str, tuple[str, ...]] = {s.name: s.inputs_from for s in PIPELINE}
 
 
 def build_input(

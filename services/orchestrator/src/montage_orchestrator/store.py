@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -388,44 +388,45 @@ class Applied:
     job: asyncpg.Record | None  # ok: the job row as written
 
 
-_APPLY_ARGS = (
-    ("entry", "text"),
-    ("job", "uuid"),
-    ("stage", "text"),
-    ("dispatch", "integer"),
-    ("expect_status", "text"),
-    ("expect_total", "numeric"),
-    ("costs", "jsonb"),
-    ("stage_meta", "jsonb"),
-    ("finish", "text"),
-    ("attempts", "integer"),
-    ("output", "jsonb"),
-    ("stage_error", "text"),
-    ("duration", "float8"),
-    ("fail_running", "text"),
-    ("next", "text"),
-    ("next_dispatch", "integer"),
-    ("status", "text"),
-    ("progress", "integer"),
-    ("current_stage", "text"),
-    ("total", "numeric"),
-    ("video_key", "text"),
-    ("error_message", "text"),
-    ("error_code", "text"),
-    ("started", "boolean"),
-    ("completed", "boolean"),
-    ("expire", "interval"),
-    ("record", "boolean"),
-    ("emits", "bytea"),
+# ``orchestrator_apply``'s arguments in its order: (name, SQL type, the value from a Change).
+_APPLY_ARGS: tuple[tuple[str, str, Callable[[Change], Any]], ...] = (
+    ("entry", "text", lambda c: c.entry_key),
+    ("job", "uuid", lambda c: c.job_id),
+    ("stage", "text", lambda c: c.stage),
+    ("dispatch", "integer", lambda c: c.dispatch),
+    ("expect_status", "text", lambda c: c.expect_status),
+    ("expect_total", "numeric", lambda c: c.expect_total),
+    ("costs", "jsonb", lambda c: _costs_json(c.costs)),
+    ("stage_meta", "jsonb", lambda c: None if c.stage_meta is None else json.dumps(c.stage_meta)),
+    ("finish", "text", lambda c: c.finish),
+    ("attempts", "integer", lambda c: c.attempts),
+    ("output", "jsonb", lambda c: c.output),
+    ("stage_error", "text", lambda c: c.stage_error),
+    ("duration", "float8", lambda c: c.duration),
+    ("fail_running", "text", lambda c: c.fail_running),
+    ("next", "text", lambda c: c.next_stage),
+    ("next_dispatch", "integer", lambda c: c.next_dispatch),
+    ("status", "text", lambda c: c.status),
+    ("progress", "integer", lambda c: c.progress),
+    ("current_stage", "text", lambda c: c.current_stage),
+    ("total", "numeric", lambda c: c.total),
+    ("video_key", "text", lambda c: c.video_key),
+    ("error_message", "text", lambda c: c.error_message),
+    ("error_code", "text", lambda c: c.error_code),
+    ("started", "boolean", lambda c: c.started),
+    ("completed", "boolean", lambda c: c.completed),
+    ("expire", "interval", lambda c: c.expire_after),
+    ("record", "boolean", lambda c: c.record),
+    ("emits", "bytea", lambda c: c.emits),
 )
 # The calls in the arrays' order (a nested loop over the unnest), each its own row and ordinal.
 _APPLY = (
     "SELECT q.i, a.o_outcome, a.o_emits, a.o_job FROM unnest("
-    + ", ".join(f"${n}::{t}[]" for n, (_, t) in enumerate(_APPLY_ARGS, start=1))
+    + ", ".join(f"${n}::{t}[]" for n, (_, t, _) in enumerate(_APPLY_ARGS, start=1))
     + ") WITH ORDINALITY AS q ("
-    + ", ".join(f'"{name}"' for name, _ in _APPLY_ARGS)
+    + ", ".join(f'"{name}"' for name, _, _ in _APPLY_ARGS)
     + ", i) CROSS JOIN LATERAL orchestrator_apply("
-    + ", ".join(f'q."{name}"' for name, _ in _APPLY_ARGS)
+    + ", ".join(f'q."{name}"' for name, _, _ in _APPLY_ARGS)
     + ") AS a ORDER BY q.i"
 )
 
@@ -435,36 +436,7 @@ def _costs_json(items: list[CostItem]) -> str:
 
 
 def _apply_args(c: Change) -> tuple[Any, ...]:
-    return (
-        c.entry_key,
-        c.job_id,
-        c.stage,
-        c.dispatch,
-        c.expect_status,
-        c.expect_total,
-        _costs_json(c.costs),
-        None if c.stage_meta is None else json.dumps(c.stage_meta),
-        c.finish,
-        c.attempts,
-        c.output,
-        c.stage_error,
-        c.duration,
-        c.fail_running,
-        c.next_stage,
-        c.next_dispatch,
-        c.status,
-        c.progress,
-        c.current_stage,
-        c.total,
-        c.video_key,
-        c.error_message,
-        c.error_code,
-        c.started,
-        c.completed,
-        c.expire_after,
-        c.record,
-        c.emits,
-    )
+    return tuple(value(c) for _, _, value in _APPLY_ARGS)
 
 
 async def apply(conn: asyncpg.Connection | asyncpg.Pool, changes: Sequence[Change]) -> list[Applied]:

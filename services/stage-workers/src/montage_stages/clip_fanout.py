@@ -43,6 +43,7 @@ import msgspec
 import structlog
 from montage_common.storage import Storage
 from montage_contracts.keys import Keys
+from montage_contracts.messages import clip_message_id, clip_record_message_id
 from montage_streams import REDIS_DOWN, DeadLetter, Delivery, Emit, StreamProducer, read_range
 from redis.asyncio import Redis
 
@@ -214,7 +215,7 @@ class ClipFanout:
             future = self.waiting[entry.sig] = asyncio.get_running_loop().create_future()
             if not await self._r.sismember(self.dispatched_key, entry.sig):
                 await self.producer.emit(
-                    [Emit(self.stream, _encoder.encode(entry), message_id=f"{entry.job_id}:clip:{entry.sig}")]
+                    [Emit(self.stream, _encoder.encode(entry), message_id=clip_message_id(entry.job_id, entry.sig))]
                 )
                 self.dispatched += 1
                 async with self._r.pipeline(transaction=True) as pipe:
@@ -333,7 +334,7 @@ class ClipWorker:
         return Emit(
             self.keys.clip_records(record.job_id),
             _encoder.encode(record),
-            message_id=f"{d.message_id}:done",
+            message_id=clip_record_message_id(d.message_id),
             ttl_seconds=RECORD_TTL_SECONDS,
         )
 

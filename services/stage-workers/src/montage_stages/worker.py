@@ -55,8 +55,10 @@ from montage_contracts.models import CostItem
 from montage_contracts.pipeline import PIPELINE, STAGES
 from montage_streams import (
     DeadLetter,
+    DeadLetterHook,
     Delivery,
     Emit,
+    Handler,
     RetryPolicy,
     StreamConsumer,
     StreamProducer,
@@ -162,48 +164,46 @@ class StageWorker:
         name = consumer or default_consumer_name()
         # One consumer per partition (a stream per partition; on Redis Cluster they live on
         # different nodes, and one XREADGROUP cannot span slots). The process's concurrency is
-        # shared out: each partition runs ceil(WORKER_CONCURRENCY / partitions) tasks at once.
-        per_partition = max(1, math.ceil(settings.worker_concurrency / len(keys.all_partitions)))
-        self.consumers = [
-            StreamConsumer(
-                redis=redis,
-                stream=keys.stage_stream(stage, p),
-                group=keys.stage_group(stage),
-                handler=self.handle,
-                keys=keys,
-                consumer=name,
-                concurrency=per_partition,
-                claim_idle_ms=settings.claim_idle_ms,
-                block_ms=settings.stream_block_ms,
-                retry=settings.retry_policy,
-                grace=settings.shutdown_grace_seconds,
-                on_dead_letter=self.dead_letter,
-            )
-            for p in keys.all_partitions
-        ]
+        # shared out: each partition runs ceil(concurrency / partitions) tasks at once.
+        partitions = keys.all_partitions
+
+        def per_partition(
+            stream: Callable[[int], str], group: str, handler: Handler, *, concurrency: int, retry: RetryPolicy,
+            on_dead_letter: DeadLetterHook,
+        ) -> list[StreamConsumer]:  # fmt: skip
+            return [
+                StreamConsumer(
+                    redis=redis,
+                    stream=stream(p),
+                    group=group,
+                    handler=handler,
+                    keys=keys,
+                    consumer=name,
+                    concurrency=max(1, math.ceil(concurrency / len(partitions))),
+                    claim_idle_ms=settings.claim_idle_ms,
+                    block_ms=settings.stream_block_ms,
+                    retry=retry,
+                    grace=settings.shutdown_grace_seconds,
+                    on_dead_letter=on_dead_letter,
+                )
+                for p in partitions
+            ]
+
+        self.consumers = per_partition(
+            lambda p: keys.stage_stream(stage, p), keys.stage_group(stage), self.handle,
+            concurrency=settings.worker_concurrency, retry=settings.retry_policy, on_dead_letter=self.dead_letter,
+        )  # fmt: skip
         self.consumer = self.consumers[0]
         self.fanout = stage == "video_generator" and settings.clip_fanout
         self.clip_consumers: list[StreamConsumer] = []
         if self.fanout:
             parallel = settings.clip_concurrency or settings.max_parallel_clips
             self.clip_worker = ClipWorker(settings, redis, storage, keys, consumer=name, parallel=parallel)
-            self.clip_consumers = [
-                StreamConsumer(
-                    redis=redis,
-                    stream=keys.clip_stream(p),
-                    group=keys.clip_group(),
-                    handler=self.clip_worker.handle,
-                    keys=keys,
-                    consumer=name,
-                    concurrency=max(1, math.ceil(parallel / len(keys.all_partitions))),
-                    claim_idle_ms=settings.claim_idle_ms,
-                    block_ms=settings.stream_block_ms,
-                    retry=RetryPolicy(handler_timeout=settings.stage_timeout_seconds),
-                    grace=settings.shutdown_grace_seconds,
-                    on_dead_letter=self.clip_worker.dead_letter,
-                )
-                for p in keys.all_partitions
-            ]
+            self.clip_consumers = per_partition(
+                keys.clip_stream, keys.clip_group(), self.clip_worker.handle, concurrency=parallel,
+                retry=RetryPolicy(handler_timeout=settings.stage_timeout_seconds),
+                on_dead_letter=self.clip_worker.dead_letter,
+            )  # fmt: skip
 
     def results_stream(self, job_id: str) -> str:
         """Where the results of a job's tasks go: the results stream of the job's partition."""
