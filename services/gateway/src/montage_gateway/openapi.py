@@ -303,7 +303,24 @@ OPERATIONS: tuple[Op, ...] = (
         "uploadAudio",
         "Upload a song and a prompt; creates a job (5 per user per hour)",
         "jobs",
-        {201: Reply("Job created", api.JobCreated), **errors(400, 402, 408, 413, *AUTHED)},
+        {
+            201: Reply(
+                "Job created (or, for a repeated `Idempotency-Key`, its first answer)",
+                api.JobCreated,
+                headers=("Idempotent-Replayed",),
+            ),
+            409: Reply(
+                "A request with this `Idempotency-Key` is still being processed, or created nothing"
+                " (`IDEMPOTENCY_KEY_IN_USE`, retryable)",
+                api.Error,
+                headers=("Retry-After",),
+            ),
+            422: Reply(
+                "This `Idempotency-Key` was used for another song or prompt (`IDEMPOTENCY_KEY_REUSED`)", api.Error
+            ),
+            **errors(400, 402, 408, 413, *AUTHED),
+        },
+        params=(Param("Idempotency-Key", "header", api.IdempotencyKey),),
         body=Body(api.UploadForm, media="multipart/form-data"),
     ),
     Op(
@@ -505,6 +522,12 @@ HEADERS: dict[str, tuple[str, Any, bool, str]] = {
     "Retry-After": ("Retry-After", Annotated[int, Meta(ge=1)], True, "Seconds to wait before retrying"),
     "Retry-After-Optional": ("Retry-After", Annotated[int, Meta(ge=1)], False, "Seconds to wait, when known"),
     "X-Trace-ID": ("X-Trace-ID", str, True, "The Nexus trace id (`nxs_<unix seconds>_<hex>`)"),
+    "Idempotent-Replayed": (
+        "Idempotent-Replayed",
+        Literal["true"],
+        False,
+        "`true` when this is the first answer to the request's `Idempotency-Key`, sent again",
+    ),
 }
 SECURITY: dict[Security, list[dict[str, list[str]]]] = {
     "bearer": [{"bearer": []}],

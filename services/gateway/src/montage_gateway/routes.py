@@ -21,8 +21,9 @@ from montage_gateway.auth import request_user
 from montage_gateway.deps import GATEWAY
 from montage_gateway.dev import DevHandlers
 from montage_gateway.files import FilesHandler
+from montage_gateway.idempotency import parse_key
 from montage_gateway.openapi import DocsHandler
-from montage_gateway.proxy import client_ip
+from montage_gateway.proxy import ReplyHook, client_ip
 from montage_gateway.settings import GatewaySettings
 
 # Routes (canonical form) that need no bearer token; the stream authenticates itself (ticket).
@@ -100,7 +101,17 @@ async def forward_ragnarok(request: web.Request) -> web.StreamResponse:
 
 
 async def upload_audio(request: web.Request) -> web.StreamResponse:
-    """``POST /api/v1/upload-audio``: the job-creation rate limit, then the streamed upload."""
+    """``POST /api/v1/upload-audio``: its ``Idempotency-Key`` first (a repeated key takes no slot,
+    see ``montage_gateway.idempotency``), then the job-creation rate limit and the streamed upload."""
+    key = parse_key(request)
+    if key is None:
+        return await _create(request, None)
+    gw = request.app[GATEWAY]
+    return await gw.idempotency.upload(request, request_user(request), key, lambda keep: _create(request, keep))
+
+
+async def _create(request: web.Request, on_reply: ReplyHook | None) -> web.StreamResponse:
+    """Take a rate-limit slot (given back unless the orchestrator answers 201), forward the upload."""
     gw = request.app[GATEWAY]
     user = request_user(request)
     # Unique per attempt even if a client reuses its X-Request-ID.
@@ -121,7 +132,12 @@ async def upload_audio(request: web.Request) -> web.StreamResponse:
 
     try:
         return await gw.forwarder.forward(
-            request, gw.orchestrator, user, time_limit=gw.settings.upload_timeout_seconds, on_status=on_status
+            request,
+            gw.orchestrator,
+            user,
+            time_limit=gw.settings.upload_timeout_seconds,
+            on_status=on_status,
+            on_reply=on_reply,
         )
     except BaseException:
         if not answered:
