@@ -1,5 +1,6 @@
-"""The Nexus endpoints. The gateway forwards ``/api/nexus/ragnarok/*`` unchanged after
-authenticating the user and adds ``X-Montage-Internal`` (shared secret) and ``X-Montage-User-Id``.
+"""The Nexus endpoints (their routes: ``montage_contracts.routes``, tag ``nexus``). The gateway
+forwards them unchanged after authenticating the user and adds ``X-Montage-Internal`` (shared
+secret) and ``X-Montage-User-Id``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from montage_common import db
 from montage_common.web import Handler, internal_user, json_response
 from montage_contracts.api import timestamp
 from montage_contracts.errors import Forbidden, MontageError, NotFound, ServiceUnavailable, ValidationError
+from montage_contracts.routes import route
 
 from montage_ragnarok import admin
 from montage_ragnarok.deps import DEPS, Deps
@@ -39,7 +41,7 @@ def new_job_id() -> str:
 
 
 def tracking_url(job_id: str) -> str:
-    return f"{PREFIX}/jobs/{job_id}"
+    return route("nexusGetJob").url(job_id=job_id)
 
 
 @web.middleware
@@ -143,14 +145,15 @@ class NexusHandlers:
     def __init__(self, settings: ProxySettings) -> None:
         self.secret = settings.internal_secret
 
-    def routes(self) -> list[web.RouteDef]:
-        return [
-            web.post(f"{PREFIX}/generate/enriched", self.generate_enriched),
-            web.post(f"{PREFIX}/direct/submit", self.direct_submit),
-            web.get(f"{PREFIX}/jobs/{{job_id}}", self.get_job),
+    def handlers(self) -> dict[str, Handler]:
+        """The handler of each of the proxy's routes in ``montage_contracts.routes``, by operation id."""
+        return {
+            "nexusEnrichedSubmit": self.generate_enriched,
+            "nexusDirectSubmit": self.direct_submit,
+            "nexusGetJob": self.get_job,
             # The operator console's list (admins only; see admin.py).
-            admin.list_route(self.secret, lambda app: app[DEPS].store.pool),
-        ]
+            "listAdminNexusJobs": admin.list_handler(self.secret, lambda app: app[DEPS].store.pool),
+        }
 
     async def generate_enriched(self, request: web.Request) -> web.Response:
         user_id = internal_user(request, self.secret)
