@@ -23,11 +23,12 @@ from montage_contracts.routes import Auth, Route, Service
 
 from montage_gateway import admin
 from montage_gateway.auth import request_user
+from montage_gateway.client_address import client_address
 from montage_gateway.deps import GATEWAY, Gateway
 from montage_gateway.dev import DevHandlers
 from montage_gateway.files import FilesHandler
 from montage_gateway.openapi import DocsHandler
-from montage_gateway.proxy import Upstream, client_ip
+from montage_gateway.proxy import Upstream
 from montage_gateway.settings import GatewaySettings
 
 
@@ -55,7 +56,7 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
     if entry is not None and not entry.guarded:
         return await handler(request)
     gw = request.app[GATEWAY]
-    ip = client_ip(request, gw.settings.trust_forwarded_for)
+    ip = client_address(request, gw.settings.proxy_hops)
     user: str | None = None
     matched = request.match_info.http_exception is None
     if matched and path and _needs_token(entry):
