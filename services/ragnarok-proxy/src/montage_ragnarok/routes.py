@@ -5,6 +5,7 @@ secret) and ``X-Montage-User-Id``.
 
 from __future__ import annotations
 
+import posixpath
 import secrets
 import time
 import uuid
@@ -17,7 +18,7 @@ from montage_common import db
 from montage_common.web import Handler, internal_user, json_response
 from montage_contracts.api import timestamp
 from montage_contracts.errors import Forbidden, MontageError, NotFound, ServiceUnavailable, ValidationError
-from montage_contracts.routes import route
+from montage_contracts.routes import Service, route, served_by
 
 from montage_ragnarok import admin
 from montage_ragnarok.deps import DEPS, Deps
@@ -26,7 +27,8 @@ from montage_ragnarok.store import Job
 
 log = structlog.get_logger()
 
-PREFIX = "/api/nexus/ragnarok"
+# Where the Nexus routes live (the table's `nexus` routes share it): requests under it get a trace id.
+PREFIX = posixpath.commonpath([r.template for r in served_by(Service.RAGNAROK) if r.tag == "nexus"])
 MAX_NAME = 200
 TRACE_ID: web.RequestKey[str] = web.RequestKey("trace_id", str)
 HEADER_TRACE = "X-Trace-ID"
