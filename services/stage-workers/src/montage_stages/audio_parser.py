@@ -68,6 +68,7 @@ async def transcribe(ctx: StageContext, job_id: str, audio: Path, audio_key: str
     """The song's lyrics from the transcription provider, or ``None`` when none is configured."""
     if not ctx.settings.stt_url:
         return None
+    await ctx.check_cancelled()  # no provider call once the job is cancelled (the analysis took a while)
     suffix = PurePosixPath(audio_key).suffix or ".mp3"
     found = await lyrics.transcribe(ctx, job_id, audio, f"song{suffix}")
     log.info("lyrics_transcribed", job_id=job_id, lines=len(found), words=sum(len(x.words) for x in found))
