@@ -235,7 +235,7 @@ ADMIN_OPERATIONS: tuple[Op, ...] = (
         "admin",
         {200: Reply("Jobs", api.AdminJobs), 403: ADMIN_403, **errors(400, *AUTHED)},
         params=(
-            Param("q", "query", Annotated[str, Meta(max_length=200)]),
+            Param("q", "query", api.SearchText),
             Param("status", "query", api.JobStatusName),
             Param("limit", "query", Annotated[int, Meta(ge=1, le=100)]),
             Param("offset", "query", Offset),
@@ -279,7 +279,7 @@ ADMIN_OPERATIONS: tuple[Op, ...] = (
         "admin",
         {200: Reply("Nexus jobs", api.AdminNexusJobs), 403: ADMIN_403, **errors(400, *AUTHED)},
         params=(
-            Param("q", "query", Annotated[str, Meta(max_length=200, description="job, workflow, trace or user id")]),
+            Param("q", "query", Annotated[api.SearchText, Meta(description="job, workflow, trace or user id")]),
             Param("status", "query", api.JobStatusName),
             Param("limit", "query", Annotated[int, Meta(ge=1, le=200)]),
             Param("offset", "query", Offset),
