@@ -18,11 +18,11 @@ from montage_contracts.errors import RateLimitError, Unauthorized
 
 from montage_gateway import admin
 from montage_gateway.auth import request_user
+from montage_gateway.client_address import client_address
 from montage_gateway.deps import GATEWAY
 from montage_gateway.dev import DevHandlers
 from montage_gateway.files import FilesHandler
 from montage_gateway.openapi import DocsHandler
-from montage_gateway.proxy import client_ip
 from montage_gateway.settings import GatewaySettings
 
 # Routes (canonical form) that need no bearer token; the stream authenticates itself (ticket).
@@ -75,7 +75,7 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
     if route in UNGUARDED_ROUTES:
         return await handler(request)
     gw = request.app[GATEWAY]
-    ip = client_ip(request, gw.settings.trust_forwarded_for)
+    ip = client_address(request, gw.settings.proxy_hops)
     user: str | None = None
     matched = request.match_info.http_exception is None
     if matched and route and route not in PUBLIC_ROUTES and route not in SELF_AUTH_ROUTES:
