@@ -60,7 +60,25 @@ ErrorCode = Annotated[
             "GENERATION_ERROR",
             "MODULE_FAILURE",
             "CANCELLED",
+            "IDEMPOTENCY_KEY_REUSED",
+            "IDEMPOTENCY_KEY_IN_USE",
         ],
+    ),
+]
+IdempotencyKey = Annotated[
+    str,
+    Meta(
+        description=(
+            'IETF httpapi draft "The Idempotency-Key HTTP Header Field": a key of your own for this upload (a'
+            ' UUID from `crypto.randomUUID()`), as a Structured Field string (`"…"`) or bare; 1-255 visible'
+            " ASCII characters without spaces, quotes or backslashes (else 400). The same key from the same"
+            " user within 24 h answers the first response (same status and body, `Idempotent-Replayed: true`)"
+            " and creates nothing, takes no rate-limit slot; with another file or prompt it answers 422; while"
+            " the first is still being processed a repeat waits for it (up to 15 s), then 409. Only a created"
+            " job is remembered: after any other answer the key may be sent again."
+        ),
+        pattern=r'^"?[\x21\x23-\x5b\x5d-\x7e]{1,255}"?$',
+        examples=["8e03978e-40d5-43e8-bc93-6894a57f9324"],
     ),
 ]
 

@@ -21,6 +21,7 @@ from montage_gateway.auth import Authenticator, build_verifier
 from montage_gateway.deps import GATEWAY, Gateway
 from montage_gateway.health import HealthHandler
 from montage_gateway.hub import Hub
+from montage_gateway.idempotency import IdempotentUploads
 from montage_gateway.proxy import Forwarder, Upstream
 from montage_gateway.ratelimit import JobRateLimiter, RequestGuard
 from montage_gateway.settings import GatewaySettings
@@ -98,6 +99,14 @@ def build(settings: GatewaySettings, redis: Redis, session: aiohttp.ClientSessio
         ),
         limiter=JobRateLimiter(
             redis, keys, limit=settings.job_rate_limit, window_seconds=settings.job_rate_window_seconds
+        ),
+        idempotency=IdempotentUploads(
+            redis,
+            keys,
+            ttl_seconds=settings.idempotency_ttl_seconds,
+            wait_seconds=settings.idempotency_wait_seconds,
+            lease_seconds=settings.upload_timeout_seconds + 30,
+            max_body_bytes=settings.max_body_bytes,
         ),
         forwarder=forwarder,
         orchestrator=orchestrator,
