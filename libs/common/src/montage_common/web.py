@@ -46,6 +46,7 @@ from montage_contracts.errors import (
 )
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from montage_common.liveness import WATCHDOG
 from montage_common.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from montage_common.redis import REDIS_DOWN
 from montage_common.settings import CommonSettings
@@ -259,6 +260,11 @@ async def _mark_stopping(app: web.Application) -> None:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """Alive, unless the app's watchdog (``montage_common.liveness``) has a beat past its bound."""
+    watchdog = request.app.get(WATCHDOG)
+    problems = watchdog.problems() if watchdog is not None else []
+    if problems:
+        return json_response({"status": "unhealthy", "service": request.app[SERVICE], "problems": problems}, 503)
     return json_response({"status": "ok", "service": request.app[SERVICE]})
 
 
@@ -303,6 +309,8 @@ def create_ops_app(api: web.Application) -> web.Application:
     ops[SERVICE] = api[SERVICE]
     ops[READY_CHECKS] = api[READY_CHECKS]
     ops[LIFECYCLE] = api[LIFECYCLE]
+    if WATCHDOG in api:
+        ops[WATCHDOG] = api[WATCHDOG]
     ops.on_response_prepare.append(_server_header)
     ops.router.add_get("/healthz", healthz)
     ops.router.add_get("/readyz", readyz)
