@@ -100,6 +100,7 @@ type GetJob = paths["/api/v1/jobs/{job_id}"]["get"]["responses"]["200"]["content
 type ApiError = paths["/api/v1/jobs/{job_id}"]["get"]["responses"]["404"]["content"]["application/json"];
 type TooMany = paths["/api/v1/jobs/{job_id}/stream"]["get"]["responses"]["503"]["content"]["application/json"];
 type Ticket = components["schemas"]["StreamTicket"];
+type Retried = paths["/api/v1/jobs/{job_id}/retry"]["post"]["responses"]["201"]["content"]["application/json"];
 type SseEvent = components["schemas"]["SseEvent"];
 
 const job: GetJob = {
@@ -115,6 +116,8 @@ const job: GetJob = {
   retryable: false,
   created_at: "2026-01-01T12:00:00.000Z",
   updated_at: "2026-01-01T12:01:00.000Z",
+  retry_of: null,
+  retried_by: null,
 };
 
 // Required fields are required: strict mode needs no undefined checks here.
@@ -127,6 +130,11 @@ const canRetry: boolean = job.retryable;
 function describe(created: Created, error: ApiError, busy: TooMany, ticket: Ticket): string {
   return `${created.job_id} ${created.status} ${created.estimated_cost} ${error.code} ${error.retryable} `
     + `${busy.code} ${ticket.ticket} ${ticket.expires_in}`;
+}
+
+function retried(r: Retried): string {
+  const reused: string[] = r.reused_stages;
+  return `${r.job_id} retries ${r.retry_of} from ${r.resumed_from}, reusing ${reused.join(", ")}`;
 }
 
 function eventName(event: SseEvent): string {
@@ -147,7 +155,7 @@ const incomplete: JobStatus = { job_id: "x", status: "queued" };
 // @ts-expect-error an error code the API does not have
 const wrongCode: JobStatus["error_code"] = "FAILED";
 
-export { percent, remaining, code, canRetry, describe, eventName, getJob, incomplete, wrongCode };
+export { percent, remaining, code, canRetry, describe, retried, eventName, getJob, incomplete, wrongCode };
 """
 
 

@@ -51,6 +51,13 @@ class StageSettings(CommonSettings, frozen=True, kw_only=True):
         float, Meta(description="shortest clip the planner makes (section changes may fold shorter ones)")
     ] = 3.0
     clip_max_seconds: Annotated[float, Meta(description="longest clip the planner makes")] = 8.0
+    fault_injection: Annotated[
+        bool,
+        Meta(
+            description="Development only (ignored otherwise): a stage fails once for a job when a test sets its"
+            " fault key in Redis (montage_stages.faults)"
+        ),
+    ] = False
     # --- cost ----------------------------------------------------------------------
     local_compute_rate_usd_per_second: Annotated[
         float,
