@@ -510,7 +510,23 @@ if TYPE_CHECKING:
     AdminStreamName = str
 else:  # a stage name, or `results` (the orchestrator's input)
     AdminStreamName = Literal[(*pipeline.STAGES, "results")]
-EntryId = Annotated[str, Meta(pattern=r"^[0-9]{1,20}-[0-9]{1,20}$", examples=["1700000000000-0"])]
+
+
+def _decimal_at_most(limit: int) -> str:
+    """A regex of the decimal strings of at most ``len(str(limit))`` digits whose value is at
+    most ``limit`` (leading zeros allowed): what Redis parses as one part of a stream id."""
+    top = str(limit)
+    width = len(top)
+    longest = [f"{top[:i]}[0-{int(d) - 1}][0-9]{{{width - i - 1}}}" for i, d in enumerate(top) if d != "0"]
+    return f"(?:[0-9]{{1,{width - 1}}}|{'|'.join((*longest, top))})"
+
+
+# A stream entry id Redis accepts (``<ms>-<seq>``, each a 64-bit unsigned integer); the
+# orchestrator checks dead-letter ids against this very pattern (400 otherwise).
+ENTRY_ID_PATTERN = f"^{_decimal_at_most(2**64 - 1)}-{_decimal_at_most(2**64 - 1)}$"
+EntryId = Annotated[str, Meta(pattern=ENTRY_ID_PATTERN, examples=["1700000000000-0"])]
+# A search box's text (`q`): what montage_common.web.query_text accepts.
+SearchText = Annotated[str, Meta(max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")]
 
 
 class AdminConsumer(Struct, kw_only=True):

@@ -34,10 +34,16 @@ log = structlog.get_logger()
 HTTP: web.AppKey[aiohttp.ClientSession] = web.AppKey("http", aiohttp.ClientSession)
 
 
-async def _cancel(task: asyncio.Task[None]) -> None:
+async def _cancel(task: asyncio.Task[None], grace: float = 5.0) -> None:
+    """Cancel ``task`` and wait for it, at most ``grace`` seconds (a cancel redis-py swallows must
+    not hold the shutdown; the loops also end by their stop signal)."""
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    _, stuck = await asyncio.wait([task], timeout=grace)
+    if stuck:
+        log.warning("background_task_stuck", task=task.get_name())
+    elif not task.cancelled():
+        with contextlib.suppress(Exception):
+            task.result()
 
 
 def http_session(settings: GatewaySettings) -> Context:
@@ -145,15 +151,17 @@ async def background_tasks(app: web.Application) -> AsyncIterator[None]:
     docs/security.md) and the hub resubscribes by itself; /api/v1/health reports Redis.
     """
     gw = app[GATEWAY]
+    stop = asyncio.Event()  # the loops' own stop signal, besides the cancel (see _cancel)
     tasks = [
         asyncio.create_task(gw.hub.run(), name="sse-pubsub"),
-        asyncio.create_task(gw.hub.heartbeats(), name="sse-heartbeats"),
-        asyncio.create_task(gw.slots.refresh_forever(), name="sse-leases"),
+        asyncio.create_task(gw.hub.heartbeats(stop), name="sse-heartbeats"),
+        asyncio.create_task(gw.slots.refresh_forever(stop), name="sse-leases"),
     ]
     log.info("gateway_started", orchestrator=gw.settings.orchestrator_url, ragnarok=gw.settings.ragnarok_proxy_url)
     try:
         yield
     finally:
+        stop.set()
         gw.hub.stop()
         for task in tasks:
             await _cancel(task)
