@@ -143,7 +143,7 @@ def test_orchestrator_job_bodies_are_the_documented_structs() -> None:
         "completed_at": None,
     }
     body = _wire.encode(status_body(snap, None))
-    assert msgspec.json.decode(body, type=api.JobStatus).estimated_remaining > 0
+    assert msgspec.json.decode(body, type=api.Job).estimated_remaining > 0
     row = {**snap, "created_at": datetime(2024, 6, 11, 10, tzinfo=UTC), "completed_at": None}
     item = _wire.encode(list_item(row))
     assert msgspec.json.decode(item, type=api.JobListItem).completed_at is None

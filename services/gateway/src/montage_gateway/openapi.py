@@ -22,6 +22,7 @@ import msgspec
 from aiohttp import web
 from montage_common.web import json_response
 from montage_contracts import api
+from montage_contracts.pipeline import JobStatus
 from msgspec import Meta
 
 JSON = "application/json"
@@ -236,7 +237,7 @@ ADMIN_OPERATIONS: tuple[Op, ...] = (
         {200: Reply("Jobs", api.AdminJobs), 403: ADMIN_403, **errors(400, *AUTHED)},
         params=(
             Param("q", "query", Annotated[str, Meta(max_length=200)]),
-            Param("status", "query", api.JobStatusName),
+            Param("status", "query", JobStatus),
             Param("limit", "query", Annotated[int, Meta(ge=1, le=100)]),
             Param("offset", "query", Offset),
         ),
@@ -280,7 +281,7 @@ ADMIN_OPERATIONS: tuple[Op, ...] = (
         {200: Reply("Nexus jobs", api.AdminNexusJobs), 403: ADMIN_403, **errors(400, *AUTHED)},
         params=(
             Param("q", "query", Annotated[str, Meta(max_length=200, description="job, workflow, trace or user id")]),
-            Param("status", "query", api.JobStatusName),
+            Param("status", "query", JobStatus),
             Param("limit", "query", Annotated[int, Meta(ge=1, le=200)]),
             Param("offset", "query", Offset),
         ),
@@ -314,7 +315,7 @@ OPERATIONS: tuple[Op, ...] = (
         "jobs",
         {200: Reply("Jobs", api.JobList), **errors(400, *AUTHED)},
         params=(
-            Param("status", "query", api.JobStatusName),
+            Param("status", "query", JobStatus),
             Param("limit", "query", Limit),
             Param("offset", "query", Offset),
         ),
@@ -325,7 +326,7 @@ OPERATIONS: tuple[Op, ...] = (
         "getJob",
         "One job's status",
         "jobs",
-        {200: Reply("The job", api.JobStatus), **errors(400, 403, 404, *AUTHED)},
+        {200: Reply("The job", api.Job), **errors(400, 403, 404, *AUTHED)},
         params=(JOB_ID,),
     ),
     Op(
