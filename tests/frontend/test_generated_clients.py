@@ -151,7 +151,7 @@ const wrongCode: Job["error_code"] = "FAILED";
 // @ts-expect-error a status the API does not have
 const wrongStatus: Status = "cancelled";
 // @ts-expect-error an error code outside the catalogue
-const notInCatalogue: Code = "CONFLICT";
+const notInCatalogue: Code = "FAILED";
 
 export { percent, remaining, code, canRetry, describe, eventName, getJob, incomplete, wrongCode, wrongStatus, notInCatalogue };
 """
