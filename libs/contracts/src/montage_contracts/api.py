@@ -198,6 +198,17 @@ class Unhealthy(Struct, kw_only=True):
     issues: Annotated[list[str], Meta(min_length=1, examples=[["database connection failed"]])]
 
 
+class InternalHealth(Struct, kw_only=True):
+    """The orchestrator's ``GET /internal/health`` (200 healthy, 503 not): the gateway's health asks it."""
+
+    status: Literal["healthy", "unhealthy"]
+    timestamp: datetime
+    database: Literal["connected", "failed"]
+    redis: Literal["connected", "failed"]
+    queue: Queue
+    issues: list[str]
+
+
 # --- development ----------------------------------------------------------------------------
 class DevTokenRequest(Struct, kw_only=True):
     user_id: Annotated[str, Meta(pattern="^[A-Za-z0-9._@:-]{1,128}$", examples=["alice"])]

@@ -71,12 +71,6 @@ class _BodyProgress:
     done: bool = False
 
 
-def client_ip(request: web.Request, trust_forwarded_for: bool) -> str:
-    if trust_forwarded_for and (fwd := request.headers.get("X-Forwarded-For")):
-        return fwd.split(",")[0].strip()
-    return request.remote or "unknown"
-
-
 class Forwarder:
     """Sends requests to internal services over one shared ``ClientSession``."""
 

@@ -52,7 +52,7 @@ import structlog
 from aiohttp import web
 from montage_common.events import withdraw_final_events
 from montage_common.storage import layout
-from montage_common.web import REQUEST_ID, internal_user, query_int
+from montage_common.web import REQUEST_ID, Handler, internal_user, query_int
 from montage_contracts.api import timestamp
 from montage_contracts.errors import Conflict, ErrorCode, Forbidden, NotFound, ValidationError
 from montage_contracts.keys import ORCHESTRATOR_GROUP
@@ -708,22 +708,21 @@ async def cancel_job(request: web.Request) -> web.Response:
     return respond({"job_id": str(job_id), "status": JobStatus.FAILED, "message": OPERATOR_CANCEL_MESSAGE})
 
 
-def routes() -> list[web.RouteDef]:
-    """The admin routes (``routes.routes()`` includes them); one result window per call."""
+def handlers() -> dict[str, Handler]:
+    """The admin routes' handlers by operation id (``routes.handlers()`` includes them); one result window per call."""
     window = ResultWindow()
 
     async def queues_route(request: web.Request) -> web.Response:
         return await queues(request, window)
 
-    p = "/api/v1/admin"
-    return [
-        web.get(f"{p}/queues", queues_route),
-        web.get(f"{p}/dead-letters", list_dead_letters),
-        web.post(f"{p}/dead-letters/{{stream}}/retry-all", retry_all_dead_letters),
-        web.post(f"{p}/dead-letters/{{stream}}/{{entry_id:[0-9]+-[0-9]+}}/retry", retry_dead_letter),
-        web.delete(f"{p}/dead-letters/{{stream}}/{{entry_id:[0-9]+-[0-9]+}}", delete_dead_letter_route),
-        web.get(f"{p}/jobs", search_jobs),
-        web.get(f"{p}/jobs/{{job_id}}", job_detail),
-        web.post(f"{p}/jobs/{{job_id}}/cancel", cancel_job),
-        web.get(f"{p}/actions", actions),
-    ]
+    return {
+        "getAdminQueues": queues_route,
+        "listAdminDeadLetters": list_dead_letters,
+        "retryAllAdminDeadLetters": retry_all_dead_letters,
+        "retryAdminDeadLetter": retry_dead_letter,
+        "deleteAdminDeadLetter": delete_dead_letter_route,
+        "searchAdminJobs": search_jobs,
+        "getAdminJob": job_detail,
+        "cancelAdminJob": cancel_job,
+        "listAdminActions": actions,
+    }

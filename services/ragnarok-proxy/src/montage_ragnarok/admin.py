@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from aiohttp import web
-from montage_common.web import internal_user, json_response, query_int
+from montage_common.web import Handler, internal_user, json_response, query_int
 from montage_contracts.api import timestamp
 from montage_contracts.errors import Forbidden, ValidationError
 from montage_contracts.pipeline import JOB_STATUSES
@@ -30,8 +30,8 @@ def _iso(value: datetime | None) -> str | None:
     return None if value is None else timestamp(value)
 
 
-def list_route(secret: str, pool_of: Any) -> web.RouteDef:
-    """The route; ``pool_of(app)`` gives the Postgres pool (built in the app's cleanup context)."""
+def list_handler(secret: str, pool_of: Any) -> Handler:
+    """The handler of ``listAdminNexusJobs``; ``pool_of(app)`` gives the Postgres pool (built in the app's cleanup context)."""
 
     async def list_jobs(request: web.Request) -> web.Response:
         internal_user(request, secret)
@@ -78,4 +78,4 @@ def list_route(secret: str, pool_of: Any) -> web.RouteDef:
              "counts": {s: counts.get(s, 0) for s in STATUSES}}
         )  # fmt: skip
 
-    return web.get("/api/v1/admin/ragnarok/jobs", list_jobs)
+    return list_jobs

@@ -21,6 +21,7 @@ import structlog
 from montage_contracts.errors import GenerationError
 from montage_contracts.messages import call_id
 from montage_contracts.models import ClipPrompt, CostItem
+from montage_contracts.routes import route
 
 from montage_stages import imaging
 from montage_stages.clip_encoder import Source, StillSource, VideoSource
@@ -111,7 +112,7 @@ class RagnarokRenderer:
         try:
             submitted = await _nexus(
                 session.post(
-                    f"{base}/api/nexus/ragnarok/direct/submit",
+                    base + route("nexusDirectSubmit").path,
                     params={"business_name": s.ragnarok_business_name},
                     json=body,
                     headers=headers,
@@ -128,7 +129,7 @@ class RagnarokRenderer:
                 await ctx.check_cancelled()
                 await asyncio.sleep(s.ragnarok_poll_seconds)
                 status = await _nexus(
-                    session.get(f"{base}/api/nexus/ragnarok/jobs/{nexus_id}", headers=headers, timeout=timeout)
+                    session.get(base + route("nexusGetJob").url(job_id=nexus_id), headers=headers, timeout=timeout)
                 )
                 if status.get("status") in ("completed", "failed"):
                     break
