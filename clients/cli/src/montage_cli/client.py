@@ -89,14 +89,17 @@ class MontageClient:
         except TimeoutError:
             raise Unavailable(f"Montage at {self.base_url} did not answer its health check in time") from None
 
-    async def upload(self, song: Path, prompt: str) -> dict[str, Any]:
+    async def upload(self, song: Path, prompt: str, *, idempotency_key: str | None = None) -> dict[str, Any]:
+        """``POST /api/v1/upload-audio``; with ``idempotency_key`` a repeat of this upload (e.g. after
+        a network error) answers the first response instead of creating a second job."""
         if not await asyncio.to_thread(song.is_file):
             raise UsageError(f"no such file: {song}")
         form = aiohttp.FormData()
         form.add_field("user_prompt", prompt)
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
         with song.open("rb") as fh:
             form.add_field("audio_file", fh, filename=song.name, content_type=audio_content_type(song))
-            result: dict[str, Any] = await self.call("POST", route("uploadAudio").path, data=form)
+            result: dict[str, Any] = await self.call("POST", route("uploadAudio").path, data=form, headers=headers)
         return result
 
     async def job(self, job_id: str) -> dict[str, Any]:

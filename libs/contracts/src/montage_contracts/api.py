@@ -41,6 +41,22 @@ Money = Annotated[float, Meta(description="US dollars (a JSON number, up to 6 de
 Progress = Annotated[int, Meta(ge=0, le=100, description="Percent done (fixed marks per stage)")]
 Seconds = Annotated[int, Meta(ge=0, description="Seconds")]
 JobId = Annotated[str, Meta(description="The job's UUID", extra_json_schema={"format": "uuid"})]
+IdempotencyKey = Annotated[
+    str,
+    Meta(
+        description=(
+            'IETF httpapi draft "The Idempotency-Key HTTP Header Field": a key of your own for this upload (a'
+            ' UUID from `crypto.randomUUID()`), as a Structured Field string (`"…"`) or bare; 1-255 visible'
+            " ASCII characters without spaces, quotes or backslashes (else 400). The same key from the same"
+            " user within 24 h answers the first response (same status and body, `Idempotent-Replayed: true`)"
+            " and creates nothing, takes no rate-limit slot; with another file or prompt it answers 422; while"
+            " the first is still being processed a repeat waits for it (up to 15 s), then 409. Only a created"
+            " job is remembered: after any other answer the key may be sent again."
+        ),
+        pattern=r'^"?[\x21\x23-\x5b\x5d-\x7e]{1,255}"?$',
+        examples=["8e03978e-40d5-43e8-bc93-6894a57f9324"],
+    ),
+]
 
 
 def timestamp(moment: datetime) -> str:
@@ -440,7 +456,23 @@ if TYPE_CHECKING:
     AdminStreamName = str
 else:  # a stage name, or `results` (the orchestrator's input)
     AdminStreamName = Literal[(*pipeline.STAGES, "results")]
-EntryId = Annotated[str, Meta(pattern=r"^[0-9]{1,20}-[0-9]{1,20}$", examples=["1700000000000-0"])]
+
+
+def _decimal_at_most(limit: int) -> str:
+    """A regex of the decimal strings of at most ``len(str(limit))`` digits whose value is at
+    most ``limit`` (leading zeros allowed): what Redis parses as one part of a stream id."""
+    top = str(limit)
+    width = len(top)
+    longest = [f"{top[:i]}[0-{int(d) - 1}][0-9]{{{width - i - 1}}}" for i, d in enumerate(top) if d != "0"]
+    return f"(?:[0-9]{{1,{width - 1}}}|{'|'.join((*longest, top))})"
+
+
+# A stream entry id Redis accepts (``<ms>-<seq>``, each a 64-bit unsigned integer); the
+# orchestrator checks dead-letter ids against this very pattern (400 otherwise).
+ENTRY_ID_PATTERN = f"^{_decimal_at_most(2**64 - 1)}-{_decimal_at_most(2**64 - 1)}$"
+EntryId = Annotated[str, Meta(pattern=ENTRY_ID_PATTERN, examples=["1700000000000-0"])]
+# A search box's text (`q`): what montage_common.web.query_text accepts.
+SearchText = Annotated[str, Meta(max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")]
 
 
 class AdminConsumer(Struct, kw_only=True):

@@ -182,6 +182,10 @@ class Keys:
     def rate_limit(self, user_id: str) -> str:
         return f"{self.namespace}:rate_limit:{user_id}"
 
+    def idempotency(self, user_id: str, key_hash: str) -> str:
+        """An upload's ``Idempotency-Key`` of one user (its SHA-256): in flight, or its first answer."""
+        return f"{self.namespace}:idempotency:{user_id}:{key_hash}"
+
     def request_guard(self, who: str) -> str:
         return f"{self.namespace}:req_guard:{who}"
 

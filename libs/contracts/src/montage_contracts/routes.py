@@ -250,7 +250,24 @@ ROUTES: tuple[Route, ...] = (
         auth=Auth.USER,
         summary="Upload a song and a prompt; creates a job (5 per user per hour)",
         tag="jobs",
-        responses={201: Reply("Job created", api.JobCreated), **errors(400, 402, 408, 413, *AUTHED)},
+        responses={
+            201: Reply(
+                "Job created (or, for a repeated `Idempotency-Key`, its first answer)",
+                api.JobCreated,
+                headers=("Idempotent-Replayed",),
+            ),
+            409: Reply(
+                "A request with this `Idempotency-Key` is still being processed, or created nothing"
+                " (`IDEMPOTENCY_KEY_IN_USE`, retryable)",
+                api.Error,
+                headers=("Retry-After",),
+            ),
+            422: Reply(
+                "This `Idempotency-Key` was used for another song or prompt (`IDEMPOTENCY_KEY_REUSED`)", api.Error
+            ),
+            **errors(400, 402, 408, 413, *AUTHED),
+        },
+        params=(Param("Idempotency-Key", "header", api.IdempotencyKey),),
         body=Body(api.UploadForm, media=MULTIPART),
     ),
     Route(
@@ -541,7 +558,7 @@ ROUTES: tuple[Route, ...] = (
         tag="admin",
         responses={200: Reply("Jobs", api.AdminJobs), 403: ADMIN_403, **errors(400, *AUTHED)},
         params=(
-            Param("q", "query", Annotated[str, Meta(max_length=200)]),
+            Param("q", "query", api.SearchText),
             Param("status", "query", JobStatus),
             Param("limit", "query", Annotated[int, Meta(ge=1, le=100)]),
             Param("offset", "query", Offset),
@@ -598,7 +615,7 @@ ROUTES: tuple[Route, ...] = (
         tag="admin",
         responses={200: Reply("Nexus jobs", api.AdminNexusJobs), 403: ADMIN_403, **errors(400, *AUTHED)},
         params=(
-            Param("q", "query", Annotated[str, Meta(max_length=200, description="job, workflow, trace or user id")]),
+            Param("q", "query", Annotated[api.SearchText, Meta(description="job, workflow, trace or user id")]),
             Param("status", "query", JobStatus),
             Param("limit", "query", Annotated[int, Meta(ge=1, le=200)]),
             Param("offset", "query", Offset),

@@ -34,6 +34,12 @@ HEADERS: dict[str, tuple[str, Any, bool, str]] = {
     "Retry-After": ("Retry-After", Annotated[int, Meta(ge=1)], True, "Seconds to wait before retrying"),
     "Retry-After-Optional": ("Retry-After", Annotated[int, Meta(ge=1)], False, "Seconds to wait, when known"),
     "X-Trace-ID": ("X-Trace-ID", str, True, "The Nexus trace id (`nxs_<unix seconds>_<hex>`)"),
+    "Idempotent-Replayed": (
+        "Idempotent-Replayed",
+        Literal["true"],
+        False,
+        "`true` when this is the first answer to the request's `Idempotency-Key`, sent again",
+    ),
 }
 SECURITY: dict[Security, list[dict[str, list[str]]]] = {
     "bearer": [{"bearer": []}],

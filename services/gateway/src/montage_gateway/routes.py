@@ -27,8 +27,9 @@ from montage_gateway.client_address import client_address
 from montage_gateway.deps import GATEWAY, Gateway
 from montage_gateway.dev import DevHandlers
 from montage_gateway.files import FilesHandler
+from montage_gateway.idempotency import parse_key
 from montage_gateway.openapi import DocsHandler
-from montage_gateway.proxy import Upstream
+from montage_gateway.proxy import ReplyHook, Upstream
 from montage_gateway.settings import GatewaySettings
 
 
@@ -95,9 +96,20 @@ class Forward:
 
 
 class UploadForward(Forward):
-    """``POST /api/v1/upload-audio``: the job-creation rate limit, then the streamed upload."""
+    """``POST /api/v1/upload-audio``: its ``Idempotency-Key`` first (a repeated key takes no slot,
+    see ``montage_gateway.idempotency``), then the job-creation rate limit and the streamed upload."""
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        key = parse_key(request)
+        if key is None:
+            return await self._create(request, None)
+        gw = request.app[GATEWAY]
+        return await gw.idempotency.upload(
+            request, request_user(request), key, lambda keep: self._create(request, keep)
+        )
+
+    async def _create(self, request: web.Request, on_reply: ReplyHook | None) -> web.StreamResponse:
+        """Take a rate-limit slot (given back unless the orchestrator answers 201), forward the upload."""
         gw = request.app[GATEWAY]
         user = request_user(request)
         # Unique per attempt even if a client reuses its X-Request-ID.
@@ -122,7 +134,12 @@ class UploadForward(Forward):
 
         try:
             return await gw.forwarder.forward(
-                request, self.upstream(gw), user, time_limit=gw.settings.upload_timeout_seconds, on_status=on_status
+                request,
+                self.upstream(gw),
+                user,
+                time_limit=gw.settings.upload_timeout_seconds,
+                on_status=on_status,
+                on_reply=on_reply,
             )
         except BaseException:
             if not answered:

@@ -40,6 +40,7 @@ admin's user id.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 from collections import deque
@@ -52,8 +53,8 @@ import structlog
 from aiohttp import web
 from montage_common.events import withdraw_final_events
 from montage_common.storage import layout
-from montage_common.web import REQUEST_ID, Handler, internal_user, query_int
-from montage_contracts.api import timestamp
+from montage_common.web import REQUEST_ID, Handler, internal_user, query_int, query_text
+from montage_contracts.api import ENTRY_ID_PATTERN, timestamp
 from montage_contracts.errors import Conflict, ErrorCode, Forbidden, NotFound, ValidationError
 from montage_contracts.keys import ORCHESTRATOR_GROUP
 from montage_contracts.messages import event_decoder, task_decoder
@@ -100,6 +101,7 @@ def _admin(request: web.Request) -> tuple[Deps, str]:
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ENTRY_ID = re.compile(ENTRY_ID_PATTERN)
 
 
 def _iso_ms(ms: int) -> str:
@@ -117,11 +119,21 @@ def _stream(deps: Deps, name: str) -> tuple[str, str]:
     raise NotFound(f"No stream {name!r}; one of {', '.join((*STAGES, RESULTS))}")
 
 
-def _entry_id(raw: str) -> str:
-    ms, dash, seq = raw.partition("-")
-    if not (ms.isdigit() and dash and seq.isdigit() and len(raw) <= 41):
-        raise NotFound("No such dead letter")
+def _entry_id(raw: str, name: str = "entry_id") -> str:
+    """A dead letter's id as Redis accepts it (``<ms>-<seq>``, each part a 64-bit integer, the
+    document's pattern); 400 otherwise, so an id Redis would refuse never reaches it."""
+    if _ENTRY_ID.fullmatch(raw) is None:
+        raise ValidationError(f"{name} must be a stream entry id (<ms>-<seq>, each at most 2^64-1)")
     return raw
+
+
+def _stream_param(deps: Deps, name: str) -> tuple[str, str]:
+    """:func:`_stream` for a query parameter: an unknown name is a bad request (400), not a
+    missing resource."""
+    try:
+        return _stream(deps, name)
+    except NotFound as err:
+        raise ValidationError(err.message) from None
 
 
 # --- the action log -----------------------------------------------------------------------
@@ -386,10 +398,10 @@ async def list_dead_letters(request: web.Request) -> web.Response:
     names = [request.query["stream"]] if "stream" in request.query else [*STAGES, RESULTS]
     before = request.query.get("before")
     if before is not None:
-        before = _entry_id(before)
+        before = _entry_id(before, "before")
     items: list[dict[str, Any]] = []
     for name in names:
-        stream, _ = _stream(deps, name)
+        stream, _ = _stream_param(deps, name)
         for entry in await dead_letters(deps.redis, deps.keys, stream, count=limit, before=before):
             items.append(_describe(name, entry))
     items.sort(key=lambda i: tuple(int(p) for p in i["entry_id"].split("-")), reverse=True)
@@ -536,12 +548,10 @@ async def search_jobs(request: web.Request) -> web.Response:
     deps, _ = _admin(request)
     limit = query_int(request, "limit", 20, 1, 100)
     offset = query_int(request, "offset", 0, 0, 1_000_000)
-    q = request.query.get("q", "").strip()
+    q = query_text(request, "q", 200)
     status = request.query.get("status")
     if status is not None and status not in JOB_STATUSES:
         raise ValidationError(f"status must be one of {', '.join(JOB_STATUSES)}")
-    if len(q) > 200:
-        raise ValidationError("q is at most 200 characters")
     where, args = [], []
     if q:
         job_id = store.as_uuid(q)

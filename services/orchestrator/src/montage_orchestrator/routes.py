@@ -14,6 +14,7 @@ import msgspec
 import structlog
 from aiohttp import web
 from montage_common import db
+from montage_common.idempotency import FINGERPRINT_HEADER
 from montage_common.redis import REDIS_DOWN
 from montage_common.storage import layout
 from montage_common.web import Handler, internal_user, query_int
@@ -101,7 +102,9 @@ async def upload_audio(request: web.Request) -> web.Response:
         "estimated_cost": estimate,
         "created_at": store.iso(row["created_at"]),
     }
-    return respond(body, status=201)
+    resp = respond(body, status=201)
+    resp.headers[FINGERPRINT_HEADER] = received.fingerprint  # for Idempotency-Key (the gateway keeps it)
+    return resp
 
 
 async def _create_job(  # noqa: PLR0917

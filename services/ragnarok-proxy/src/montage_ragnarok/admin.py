@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from aiohttp import web
-from montage_common.web import Handler, internal_user, json_response, query_int
+from montage_common.web import Handler, internal_user, json_response, query_int, query_text
 from montage_contracts.api import timestamp
 from montage_contracts.errors import Forbidden, ValidationError
 from montage_contracts.pipeline import JOB_STATUSES
@@ -45,9 +45,7 @@ def list_handler(secret: str, pool_of: Any) -> Handler:
                 raise ValidationError(f"status must be one of {', '.join(STATUSES)}")
             args.append(status)
             where.append(f"status = ${len(args)}")
-        if q := request.query.get("q", "").strip():
-            if len(q) > 200:
-                raise ValidationError("q is at most 200 characters")
+        if q := query_text(request, "q", 200):
             args.append(q)
             n = len(args)
             where.append(f"(job_id = ${n} OR workflow_id = ${n} OR trace_id = ${n} OR user_id = ${n})")
