@@ -138,7 +138,11 @@ ERROR_TEXT = {
     404: "Not found (`NOT_FOUND`)",
     408: "The request body arrived too slowly",
     410: "The video expired or was deleted (`GONE`)",
-    413: "Request body too large",
+    413: (
+        "Request body too large (`VALIDATION_ERROR`), whatever its size: an upload's audio file over"
+        " `MAX_UPLOAD_BYTES` (10 MB), found while it streams, or any body over the gateway's `MAX_BODY_BYTES`,"
+        " by its `Content-Length` or while it streams"
+    ),
     429: "Rate limited (`RATE_LIMIT_EXCEEDED`): the request guard, or the job-creation limit",
     502: "RAGNAROK answered something unexpected (`UPSTREAM_ERROR`)",
     503: "A dependency is unavailable, or too many open streams (`SERVICE_UNAVAILABLE`, `TOO_MANY_CONNECTIONS`)",
