@@ -42,7 +42,7 @@ API_PORT, OPS_PORT = 8080, 9090
 LONG_STAGES = {"video_generator", "composer"}
 SECRET_NAME = "montage-secrets"
 REQUIRED_SECRETS = {"INTERNAL_SECRET", "SUPABASE_JWT_SECRET", "SUPABASE_SERVICE_KEY", "DATABASE_URL", "REDIS_URL"}
-CRD_GROUPS = ("keda.sh/", "monitoring.coreos.com/")
+CRD_GROUPS = ("keda.sh/", "monitoring.coreos.com/", "gateway.networking.k8s.io/")
 # Ports of the development overlay's Redis and Postgres.
 _DEPENDENCY_PORTS = ("redis", "postgres", 6379, 5432)
 
@@ -186,7 +186,12 @@ def test_custom_resources_are_known_and_point_at_real_objects(overlay: str) -> N
             ("monitoring.coreos.com/v1", "ServiceMonitor"),
             ("monitoring.coreos.com/v1", "PodMonitor"),
             ("monitoring.coreos.com/v1", "PrometheusRule"),
+            ("gateway.networking.k8s.io/v1", "HTTPRoute"),
         }, _ident(obj)
+        if obj["kind"] == "HTTPRoute":
+            services = by_name(objs, "Service")
+            for rule in obj["spec"]["rules"]:
+                assert all(ref["name"] in services for ref in rule["backendRefs"]), _ident(obj)
         if obj["kind"] == "ScaledObject":
             assert obj["spec"]["scaleTargetRef"]["name"] in deployments
         if obj["kind"] == "ServiceMonitor":

@@ -7,6 +7,8 @@ from typing import Annotated, Literal
 from montage_common.settings import CommonSettings
 from msgspec import Meta
 
+from montage_gateway.client_address import effective_hops
+
 DEV_JWT_SECRET = "montage-dev-jwt-secret-not-for-production"
 
 
@@ -22,8 +24,16 @@ class GatewaySettings(CommonSettings, frozen=True, kw_only=True):
     frontend_url: Annotated[str, Meta(description="CORS: the browser origin(s) allowed, comma-separated.")] = (
         "http://localhost:3000"
     )
+    trusted_proxy_hops: Annotated[
+        int,
+        Meta(
+            ge=0,
+            le=16,
+            description="Trusted proxies in front of the gateway that append to X-Forwarded-For (Envoy: 1; a cloud load balancer before Envoy: 2); the client address is that many entries from the right. 0: the TCP peer.",
+        ),
+    ] = 0
     trust_forwarded_for: Annotated[
-        bool, Meta(description="If X-Forwarded-For's first hop is the client address (behind a trusted load balancer).")
+        bool, Meta(description="Deprecated: true counts as TRUSTED_PROXY_HOPS=1 (the last X-Forwarded-For entry).")
     ] = False
 
     redis_max_connections: Annotated[
@@ -66,6 +76,15 @@ class GatewaySettings(CommonSettings, frozen=True, kw_only=True):
     ] = 60
     guard_user_requests: Annotated[int, Meta(description="requests per window per user")] = 600
     guard_ip_requests: Annotated[int, Meta(description="requests per window per client IP")] = 1200
+    idempotency_ttl_seconds: Annotated[
+        int, Meta(description="how long an upload's Idempotency-Key answers with its first response (per user)")
+    ] = 86400
+    idempotency_wait_seconds: Annotated[
+        float,
+        Meta(
+            description="how long a repeated Idempotency-Key waits for the first request's outcome before it answers 409"
+        ),
+    ] = 15.0
 
     # --- forwarding -----------------------------------------------------------------------
     upstream_timeout_seconds: Annotated[float, Meta(description="forwarding timeout of every route but uploads")] = 30.0
@@ -120,6 +139,11 @@ class GatewaySettings(CommonSettings, frozen=True, kw_only=True):
     @property
     def allowed_origins(self) -> frozenset[str]:
         return frozenset(o.strip().rstrip("/") for o in self.frontend_url.split(",") if o.strip())
+
+    @property
+    def proxy_hops(self) -> int:
+        """Trusted X-Forwarded-For hops, the deprecated TRUST_FORWARDED_FOR included."""
+        return effective_hops(self.trusted_proxy_hops, self.trust_forwarded_for)
 
     @property
     def algorithms(self) -> tuple[str, ...]:
