@@ -75,7 +75,11 @@ async def test_jobs_past_the_users_limit_wait_without_a_task_and_start_when_a_sl
         return row if row["status"] == "processing" else None
 
     third = await wait_for(third_started)
-    assert await _dispatched(orch, a_jobs[2]) == 1
+
+    async def sent() -> bool:  # the outbox sends the task right after the commit
+        return await _dispatched(orch, a_jobs[2]) == 1
+
+    await wait_for(sent)
     timeout = orch.deps.settings.job_timeout_seconds
     assert (third["deadline_at"] - third["started_at"]).total_seconds() == timeout  # counted from its start
     assert third["started_at"] >= (await _job(pool, a_jobs[0]))["completed_at"]
