@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-from montage_contracts import pipeline
+from montage_contracts import errors, pipeline
 from montage_contracts.errors import JOB_FAILURE_CODES
 
 # One path segment as the gateway accepts it: not empty, not `.` or `..`, no `/` (not even
@@ -41,30 +41,9 @@ Money = Annotated[float, Meta(description="US dollars (a JSON number, up to 6 de
 Progress = Annotated[int, Meta(ge=0, le=100, description="Percent done (fixed marks per stage)")]
 Seconds = Annotated[int, Meta(ge=0, description="Seconds")]
 JobId = Annotated[str, Meta(description="The job's UUID", extra_json_schema={"format": "uuid"})]
-ErrorCode = Annotated[
-    str,
-    Meta(
-        description="Machine-readable error code",
-        examples=[
-            "VALIDATION_ERROR",
-            "UNAUTHORIZED",
-            "FORBIDDEN",
-            "NOT_FOUND",
-            "GONE",
-            "BUDGET_EXCEEDED",
-            "RATE_LIMIT_EXCEEDED",
-            "SERVICE_UNAVAILABLE",
-            "TOO_MANY_CONNECTIONS",
-            "TIMEOUT",
-            "UPSTREAM_ERROR",
-            "GENERATION_ERROR",
-            "MODULE_FAILURE",
-            "CANCELLED",
-            "IDEMPOTENCY_KEY_REUSED",
-            "IDEMPOTENCY_KEY_IN_USE",
-        ],
-    ),
-]
+# The catalogue (montage_contracts.errors.ErrorCode): an enum in the document, so clients can
+# switch over every code Montage sends.
+ErrorCode = Annotated[errors.ErrorCode, Meta(description="Machine-readable error code")]
 IdempotencyKey = Annotated[
     str,
     Meta(
