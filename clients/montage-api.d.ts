@@ -513,8 +513,7 @@ export interface components {
              * @description The job's UUID
              */
             job_id: string;
-            /** @enum {unknown} */
-            status: "completed" | "failed" | "processing" | "queued";
+            status: components["schemas"]["JobStatus"];
             current_stage: ("audio_parser" | "composer" | "prompt_generator" | "reference_generator" | "scene_planner" | "video_generator") | null;
             /** @description Percent done (fixed marks per stage) */
             progress: number;
@@ -533,6 +532,12 @@ export interface components {
              */
             error_code: ("BUDGET_EXCEEDED" | "CANCELLED" | "GENERATION_ERROR" | "MODULE_FAILURE" | "TIMEOUT" | "VALIDATION_ERROR") | null;
         };
+        /**
+         * JobStatus
+         * @description A job's status; ``cancelled`` is not one: a cancelled job is ``failed`` with code CANCELLED.
+         * @enum {unknown}
+         */
+        JobStatus: "completed" | "failed" | "processing" | "queued";
         /**
          * StageUpdateEvent
          * @description A stage started or completed.
@@ -652,7 +657,6 @@ export interface components {
         /** ErrorData */
         ErrorData: {
             error: string;
-            /** @description Machine-readable error code */
             code: components["schemas"]["ErrorCode"];
             retryable: boolean;
         };
@@ -721,7 +725,6 @@ export interface components {
         RateLimited: {
             /** @description Human-readable message */
             error: string;
-            /** @description Machine-readable error code */
             code: components["schemas"]["ErrorCode"];
             retryable: boolean;
             /** @description The job concerned, if any */
@@ -776,7 +779,6 @@ export interface components {
         Error: {
             /** @description Human-readable message */
             error: string;
-            /** @description Machine-readable error code */
             code: components["schemas"]["ErrorCode"];
             retryable: boolean;
             /** @description The job concerned, if any */
@@ -803,8 +805,7 @@ export interface components {
              * @description The job's UUID
              */
             job_id: string;
-            /** @enum {unknown} */
-            status: "completed" | "failed" | "processing" | "queued";
+            status: components["schemas"]["JobStatus"];
             current_stage: ("audio_parser" | "composer" | "prompt_generator" | "reference_generator" | "scene_planner" | "video_generator") | null;
             /** @description Percent done (fixed marks per stage) */
             progress: number;
@@ -817,17 +818,16 @@ export interface components {
             completed_at: string | null;
         };
         /**
-         * JobStatus
+         * Job
          * @description One job (``GET /api/v1/jobs/{job_id}``).
          */
-        JobStatus: {
+        Job: {
             /**
              * Format: uuid
              * @description The job's UUID
              */
             job_id: string;
-            /** @enum {unknown} */
-            status: "completed" | "failed" | "processing" | "queued";
+            status: components["schemas"]["JobStatus"];
             current_stage: ("audio_parser" | "composer" | "prompt_generator" | "reference_generator" | "scene_planner" | "video_generator") | null;
             /** @description Percent done (fixed marks per stage) */
             progress: number;
@@ -908,8 +908,7 @@ export interface components {
             /** @example job_0f8e… */
             job_id: string;
             workflow_id: string;
-            /** @enum {unknown} */
-            status: "completed" | "failed" | "processing" | "queued";
+            status: components["schemas"]["JobStatus"];
             tracking_url: string;
             trace_id: string;
         };
@@ -920,7 +919,6 @@ export interface components {
         NexusError: {
             /** @description Human-readable message */
             error: string;
-            /** @description Machine-readable error code */
             code: components["schemas"]["ErrorCode"];
             retryable: boolean;
             /** @description The job concerned, if any */
@@ -964,8 +962,7 @@ export interface components {
             /** @example job_0f8e… */
             job_id: string;
             workflow_id: string;
-            /** @enum {unknown} */
-            status: "completed" | "failed" | "processing" | "queued";
+            status: components["schemas"]["JobStatus"];
             tracking_url: string;
             trace_id: string;
             enrichment: Record<string, never>;
@@ -977,8 +974,7 @@ export interface components {
         NexusJob: {
             job_id: string;
             workflow_id: string;
-            /** @enum {unknown} */
-            status: "completed" | "failed" | "processing" | "queued";
+            status: components["schemas"]["JobStatus"];
             tracking_url: string;
             business_name: string;
             video_url: string | null;
@@ -1120,8 +1116,7 @@ export interface components {
              */
             job_id: string;
             user_id: string;
-            /** @enum {unknown} */
-            status: "completed" | "failed" | "processing" | "queued";
+            status: components["schemas"]["JobStatus"];
             current_stage: string | null;
             /** @description Percent done (fixed marks per stage) */
             progress: number;
@@ -1164,8 +1159,7 @@ export interface components {
              */
             job_id: string;
             user_id: string;
-            /** @enum {unknown} */
-            status: "completed" | "failed" | "processing" | "queued";
+            status: components["schemas"]["JobStatus"];
             current_stage: string | null;
             /** @description Percent done (fixed marks per stage) */
             progress: number;
@@ -1278,8 +1272,7 @@ export interface components {
             workflow_id: string;
             kind: string;
             business_name: string;
-            /** @enum {unknown} */
-            status: "completed" | "failed" | "processing" | "queued";
+            status: components["schemas"]["JobStatus"];
             trace_id: string;
             video_url: string | null;
             error: string | null;
@@ -1497,7 +1490,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Request body too large */
+            /** @description Request body too large (`VALIDATION_ERROR`), whatever its size: an upload's audio file over `MAX_UPLOAD_BYTES` (10 MB), found while it streams, or any body over the gateway's `MAX_BODY_BYTES`, by its `Content-Length` or while it streams */
             413: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -1554,7 +1547,7 @@ export interface operations {
     listJobs: {
         parameters: {
             query?: {
-                status?: "completed" | "failed" | "processing" | "queued";
+                status?: components["schemas"]["JobStatus"];
                 limit?: number;
                 offset?: number;
             };
@@ -1646,7 +1639,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["JobStatus"];
+                    "application/json": components["schemas"]["Job"];
                 };
             };
             /** @description Invalid request (code `VALIDATION_ERROR`), including a malformed path */
@@ -2172,7 +2165,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Request body too large */
+            /** @description Request body too large (`VALIDATION_ERROR`), whatever its size: an upload's audio file over `MAX_UPLOAD_BYTES` (10 MB), found while it streams, or any body over the gateway's `MAX_BODY_BYTES`, by its `Content-Length` or while it streams */
             413: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -2270,7 +2263,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Request body too large */
+            /** @description Request body too large (`VALIDATION_ERROR`), whatever its size: an upload's audio file over `MAX_UPLOAD_BYTES` (10 MB), found while it streams, or any body over the gateway's `MAX_BODY_BYTES`, by its `Content-Length` or while it streams */
             413: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -3176,7 +3169,7 @@ export interface operations {
         parameters: {
             query?: {
                 q?: string;
-                status?: "completed" | "failed" | "processing" | "queued";
+                status?: components["schemas"]["JobStatus"];
                 limit?: number;
                 offset?: number;
             };
@@ -3550,7 +3543,7 @@ export interface operations {
         parameters: {
             query?: {
                 q?: string;
-                status?: "completed" | "failed" | "processing" | "queued";
+                status?: components["schemas"]["JobStatus"];
                 limit?: number;
                 offset?: number;
             };

@@ -174,6 +174,11 @@ class Keys:
     def job_status_cache(self, job_id: str) -> str:
         return f"{self.namespace}:job_status:{job_id}"
 
+    def job_budget(self, job_id: str) -> str:
+        """The job's budget ledger (reservations and settled costs, ``montage_common.budget``), in
+        its partition, so a job's clips reserve against one key whichever worker renders them."""
+        return f"{self.partition_tag(self.partition_of(job_id))}:budget:{job_id}"
+
     def stage_alive(self, job_id: str, stage: str) -> str:
         """A worker's liveness for one job's stage while it runs it (value: the dispatch number)."""
         return f"{self.partition_tag(self.partition_of(job_id))}:alive:{job_id}:{stage}"

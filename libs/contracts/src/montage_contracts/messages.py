@@ -83,6 +83,7 @@ class StageTask(Wire, tag="task", frozen=True, kw_only=True):
     stage: str
     input: StageInput
     budget_remaining: str = "0"  # Decimal as text: what the stage may still spend
+    cost_limit: str = ""  # Decimal as text: the job's cap (seeds the budget ledger; empty: unknown)
     dispatch: int = 1  # the orchestrator's dispatch number for this stage (dedupe key)
 
 

@@ -45,7 +45,7 @@ from typing import Any
 
 import structlog
 from montage_common.storage import layout
-from montage_contracts.errors import GenerationError, JobCancelled, MontageError
+from montage_contracts.errors import BudgetExceededError, GenerationError, JobCancelled, MontageError
 from montage_contracts.messages import call_id
 from montage_contracts.models import Clip, ClipFailure, ClipPrompt, Clips, Transition, VideoGeneratorInput
 from montage_contracts.pipeline import spec
@@ -54,7 +54,7 @@ from montage_stages import ffmpeg
 from montage_stages.clip_encoder import Source, StillSource, VideoSource, segment_args
 from montage_stages.clip_fanout import ClipEncoding, ClipEntry, ClipSource, ClipSpan, ClipsStalled
 from montage_stages.context import StageContext
-from montage_stages.costing import local_cost
+from montage_stages.costing import clip_encode_usd, local_cost
 from montage_stages.metrics import CLIPS_RENDERED, track_stage
 from montage_stages.provider_http import ProviderUnavailable
 from montage_stages.renderers import ClipRenderer, renderer_for
@@ -187,7 +187,7 @@ class _Render:
         if kind == "encode":
             self.encoding.discard(index)
         exc = task.exception()
-        if isinstance(exc, JobCancelled | ClipsStalled):  # the whole stage ends, not this clip
+        if isinstance(exc, JobCancelled | BudgetExceededError | ClipsStalled):  # the whole stage ends, not this clip
             raise exc
         if exc is not None and not isinstance(exc, Exception):
             raise exc
@@ -237,8 +237,16 @@ class _Render:
         return ClipSource(key=key, kind="video", seconds=source.seconds)
 
     async def _encode(self, seg: Segment) -> None:
-        if self.ctx.fanout is not None:
-            return await self._encode_elsewhere(seg)
+        """Encode the clip (here or on a clip worker) once its price is reserved against the job's
+        budget; a refused reservation stops the stage (``BudgetExceededError``)."""
+        index = seg.span.index
+        price = clip_encode_usd(self.ctx.settings, seg.span.frames / self.fps)
+        async with self.ctx.budget.reserved(call_id(self.job_id, STAGE, f"clip_{index}"), price):
+            if self.ctx.fanout is not None:
+                return await self._encode_elsewhere(seg)
+            return await self._encode_here(seg)
+
+    async def _encode_here(self, seg: Segment) -> None:
         index = seg.span.index
         own = self.sources[index]
         previous = self.sources.get(seg.previous.index) if seg.previous is not None else None

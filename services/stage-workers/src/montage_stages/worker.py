@@ -16,6 +16,12 @@ for ``STAGE_STALL_SECONDS`` (``montage_orchestrator.reconciler``). Every backgro
 ends by a stop signal of its own (an ``asyncio.Event``, waited on with a bound), not only by a
 cancel, which redis-py may swallow when it lands mid-command.
 
+Budget: each task runs with a :class:`~montage_common.budget.JobBudget` (``ctx.budget``) seeded from
+the task's ``cost_limit`` and ``budget_remaining``; providers and clips reserve their price in the
+job's ledger before each call, every reported cost settles there, the task's lease is renewed every
+``JOB_HEARTBEAT_SECONDS`` and its reservations dropped when it ends. A refused reservation ends the
+task with ``StageResult(ok=False, code="BUDGET_EXCEEDED")`` carrying the costs so far.
+
 Fan-out (video_generator, ``CLIP_FANOUT``, on by default): the process also reads the clip
 streams (``keys.clip_stream(p)``, group ``clips``) with ``CLIP_CONCURRENCY`` clips at once, beside
 its stage consumers, and the stage's coordinator hands each clip to them (:mod:`clip_fanout`), so
@@ -35,6 +41,7 @@ import math
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from types import ModuleType
@@ -42,8 +49,9 @@ from typing import Annotated
 
 import msgspec
 import structlog
+from montage_common.budget import BudgetLedger, JobBudget, Seed
 from montage_common.storage import Storage
-from montage_contracts.errors import ErrorCode, JobCancelled
+from montage_contracts.errors import BudgetExceededError, ErrorCode, JobCancelled
 from montage_contracts.keys import Keys
 from montage_contracts.messages import (
     ErrorInfo,
@@ -189,6 +197,7 @@ class StageWorker:
         self.module = MODULES[stage]
         self.providers = Providers()  # one pool of provider connections per process
         self.producer = StreamProducer(redis)
+        self.ledger = BudgetLedger(redis, keys)  # every provider call and clip reserves its price here
         self._stopping = asyncio.Event()
         self.beat_at = time.monotonic()  # the last heartbeat written (the ops port's liveness reads it)
         name = consumer or default_consumer_name()
@@ -242,10 +251,19 @@ class StageWorker:
     # --- the handler --------------------------------------------------------------
     async def handle(self, d: Delivery) -> list[Emit]:
         task = task_decoder.decode(d.payload)
-        async with job_liveness(self.redis, self.keys, task, self.settings.job_heartbeat_seconds) as alive:
-            return await self._handle(d, task, alive)
+        interval = self.settings.job_heartbeat_seconds
+        budget = JobBudget(
+            self.ledger,
+            task.job_id,
+            holder=f"{self.consumer.consumer}:{self.stage}:{task.dispatch}:{uuid.uuid4().hex[:8]}",
+            seed=Seed.of_task(task.cost_limit, task.budget_remaining),
+            lease_seconds=3 * interval,
+            before_call=self._cancel_check(task.job_id),  # no provider call after a cancel
+        )
+        async with job_liveness(self.redis, self.keys, task, interval) as alive, budget.leased(interval):
+            return await self._handle(d, task, alive, budget)
 
-    async def _handle(self, d: Delivery, task: StageTask, alive: Liveness) -> list[Emit]:
+    async def _handle(self, d: Delivery, task: StageTask, alive: Liveness, budget: JobBudget) -> list[Emit]:
         with structlog.contextvars.bound_contextvars(job_id=task.job_id, stage=self.stage, attempt=d.attempt):
             start = time.perf_counter()
             costs: list[CostItem] = []
@@ -260,11 +278,12 @@ class StageWorker:
                     storage=self.storage,
                     workdir=workdir,
                     progress=self._progress(task, alive),
-                    cost=self._cost(task, costs, alive),
+                    cost=self._cost(task, costs, alive, budget),
                     check_cancelled=self._cancel_check(task.job_id),
                     user_id=task.user_id,
                     providers=self.providers,
                     fanout=fanout,
+                    budget=budget,
                 )
                 await ctx.check_cancelled()
                 log.info("stage_started", delivery=d.delivery_count)
@@ -274,6 +293,10 @@ class StageWorker:
                 return [
                     self._result(task, d, start, costs, error=ErrorInfo(code=ErrorCode.CANCELLED, message=exc.message))
                 ]
+            except BudgetExceededError as exc:  # a reservation was refused: the call was not made
+                log.info("stage_budget_exceeded")
+                error = ErrorInfo(code=ErrorCode.BUDGET_EXCEEDED, message=exc.message)
+                return [self._result(task, d, start, costs, error=error)]
             finally:
                 if fanout is not None:
                     await fanout.close()
@@ -332,10 +355,13 @@ class StageWorker:
 
         return progress
 
-    def _cost(self, task: StageTask, costs: list[CostItem], alive: Liveness) -> Callable[[CostItem], Awaitable[None]]:
+    def _cost(
+        self, task: StageTask, costs: list[CostItem], alive: Liveness, budget: JobBudget
+    ) -> Callable[[CostItem], Awaitable[None]]:
         async def cost(item: CostItem) -> None:
             alive.touch()
             costs.append(item)  # also carried by the final result: durable, deduped by call_id
+            await budget.settle(item)  # its reservation becomes the real amount in the job's ledger
             msg = StageCost(job_id=task.job_id, stage=self.stage, cost=item, dispatch=task.dispatch)
             with contextlib.suppress(Exception):
                 await self.producer.emit([Emit(self.results_stream(task.job_id), encode(msg))])
