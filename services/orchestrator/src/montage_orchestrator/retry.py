@@ -24,6 +24,10 @@ needs. A reused stage whose files are gone (a cancel deletes intermediates at on
 says; an expiry may be under way) is not reused: the retry starts at the first such stage
 instead. Without the song (expired) there is nothing to retry: 410.
 
+The new job is created as an upload creates one (``admission``): ``queued`` and waiting for its
+turn among its user's jobs, with ``current_stage`` the stage it resumes at; when its turn comes
+that stage is dispatched, its input built from the copied outputs.
+
 A job is retried at most once (``retried_by``, set under the original's row lock), so a double
 click creates one job; a retry's own failure is retried by retrying the retry. Only ``failed``
 jobs (cancelled ones included) are retried; any other state answers 400 like the owner's cancel of
@@ -39,7 +43,6 @@ import mimetypes
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -49,11 +52,10 @@ from montage_common.storage import layout
 from montage_contracts.errors import Forbidden, Gone, NotFound
 from montage_contracts.pipeline import PIPELINE, STAGES, JobStatus, spec
 
-from montage_orchestrator import costs, metrics, store
+from montage_orchestrator import admission, costs, metrics, store
 from montage_orchestrator.deps import Deps
 from montage_orchestrator.errors import JobNotRetryable
 from montage_orchestrator.jobs import estimated_remaining
-from montage_orchestrator.pipeline import dispatch_stage
 from montage_orchestrator.transitions import Effects, after_commit, begin
 
 log = structlog.get_logger()
@@ -203,8 +205,6 @@ async def retry_job(deps: Deps, job_id: uuid.UUID, user: str) -> dict[str, Any]:
                 "UPDATE jobs SET retried_by = $2, updated_at = now() WHERE job_id = $1 RETURNING *", job_id, new_id
             )
             _announce(deps, eff, str(job_id), reused, resume, row)
-            if not await dispatch_stage(conn, deps, row, resume, eff):
-                raise JobNotRetryable("The job's budget does not allow its remaining stages", job_id=str(job_id))
             outbox_id = await deps.outbox.add(conn, new_id, eff.emits)
     except BaseException:
         if copies.done:  # nothing of a retry that did not happen stays behind
@@ -213,6 +213,7 @@ async def retry_job(deps: Deps, job_id: uuid.UUID, user: str) -> dict[str, Any]:
         raise
     await after_commit(deps, old_eff)
     await deps.outbox.send_quietly(outbox_id)
+    await admission.start_turns_quietly(deps)  # its turn now if its user has a free slot
     metrics.JOBS_CREATED.inc()
     log.info("job_retried", job_id=str(new_id), retry_of=str(job_id), resumed_from=resume, reused=reused)
     return {
@@ -262,7 +263,7 @@ async def _insert_job(  # noqa: PLR0917
         {
             "job_id": new_id,
             "user_id": old["user_id"],
-            "status": "queued",
+            "status": JobStatus.QUEUED,
             "current_stage": resume,
             "progress": spec(reused[-1]).progress if reused else 0,
             "user_prompt": old["user_prompt"],
@@ -274,7 +275,6 @@ async def _insert_job(  # noqa: PLR0917
             "cost_limit": s.cost_limit,
             "created_at": now,
             "updated_at": now,
-            "deadline_at": now + timedelta(seconds=s.job_timeout_seconds),
             "retry_of": old["job_id"],
         },
     )
