@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from montage_contracts.pipeline import PIPELINE
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES_FILE = ROOT / "deploy" / "prometheus" / "rules.yml"
@@ -40,8 +41,8 @@ RUNBOOK_BASE = "docs/operations.md"
 # The Helm release label kube-prometheus-stack selects PrometheusRules (and monitors) by.
 RELEASE = "kube-prometheus-stack"
 
-# The pipeline's stages (montage_contracts.keys.STAGES; tests/deploy checks they agree).
-STAGES = ("audio_parser", "scene_planner", "reference_generator", "prompt_generator", "video_generator", "composer")
+# The pipeline's stages, from their one home (run with the workspace's Python: `make install`).
+STAGES = tuple(spec.name for spec in PIPELINE)
 HTTP_JOBS = ("gateway", "orchestrator", "ragnarok-proxy")
 STAGE_JOBS = tuple("stage-" + s.replace("_", "-") for s in STAGES)
 JOBS = HTTP_JOBS + STAGE_JOBS

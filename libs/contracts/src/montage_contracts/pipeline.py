@@ -113,6 +113,7 @@ class StageSpec:
     build_input: InputBuilder  # the stage's input from the job and the earlier stages' outputs
     inputs_from: tuple[str, ...] = ()  # the earlier stages whose outputs ``build_input`` reads
     min_clips: int = 0  # an output with fewer clips than this is a failure (video_generator)
+    started_message: str = ""  # the ``message`` event the stage starts with (every stage has one)
 
     @property
     def seconds_per_audio_second(self) -> float:
@@ -121,7 +122,16 @@ class StageSpec:
 
 
 PIPELINE: tuple[StageSpec, ...] = (
-    StageSpec("audio_parser", AudioAnalysis, 10, 15, False, "fail", _audio_parser_input),
+    StageSpec(
+        "audio_parser",
+        AudioAnalysis,
+        10,
+        15,
+        False,
+        "fail",
+        _audio_parser_input,
+        started_message="Analysing the song: tempo, beats, sections and mood",
+    ),
     StageSpec(
         "scene_planner",
         ScenePlan,
@@ -131,6 +141,7 @@ PIPELINE: tuple[StageSpec, ...] = (
         "fallback_plan",
         _scene_planner_input,
         inputs_from=("audio_parser",),
+        started_message="Planning scenes that cut on the beat",
     ),
     StageSpec(
         "reference_generator",
@@ -141,6 +152,7 @@ PIPELINE: tuple[StageSpec, ...] = (
         "continue_text_only",
         _reference_generator_input,
         inputs_from=("scene_planner",),
+        started_message="Rendering a reference still for each scene",
     ),
     StageSpec(
         "prompt_generator",
@@ -151,6 +163,7 @@ PIPELINE: tuple[StageSpec, ...] = (
         "fail",
         _prompt_generator_input,
         inputs_from=("scene_planner", "reference_generator"),
+        started_message="Writing a prompt for each clip",
     ),
     StageSpec(
         "video_generator",
@@ -162,6 +175,7 @@ PIPELINE: tuple[StageSpec, ...] = (
         _video_generator_input,
         inputs_from=("scene_planner", "prompt_generator"),
         min_clips=MIN_CLIPS,
+        started_message="Rendering the clips",
     ),
     StageSpec(
         "composer",
@@ -172,6 +186,7 @@ PIPELINE: tuple[StageSpec, ...] = (
         "fail",
         _composer_input,
         inputs_from=("audio_parser", "scene_planner", "video_generator"),
+        started_message="Composing the video with the song",
     ),
 )
 
@@ -214,6 +229,25 @@ class JobStatus(enum.StrEnum):
 
 FINAL_STATUSES: frozenset[JobStatus] = frozenset({JobStatus.COMPLETED, JobStatus.FAILED})
 JOB_STATUSES: tuple[str, ...] = tuple(s.value for s in JobStatus)
+ACTIVE_STATUSES: frozenset[JobStatus] = frozenset(JobStatus) - FINAL_STATUSES
+
+
+class StageStatus(enum.StrEnum):
+    """The status of one stage of a job (``job_stages.status``); ``pending``: not dispatched yet."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+class StageUpdate(enum.StrEnum):
+    """The ``status`` of a ``stage_update`` event: what just happened to the stage."""
+
+    STARTED = "started"
+    COMPLETED = "completed"
+    FAILED = "failed"
 
 
 def timeout_message(seconds: float) -> str:
