@@ -19,7 +19,7 @@ import structlog
 from montage_common.events import event_emit
 from montage_streams import Emit
 
-from montage_orchestrator import cleanup, metrics, store
+from montage_orchestrator import cleanup, job_metrics, metrics, store
 from montage_orchestrator.deps import Deps
 from montage_orchestrator.jobs import RETRYABLE_JOB_CODES, snapshot
 
@@ -77,6 +77,7 @@ def job_failed(deps: Deps, eff: Effects, code: str, message: str) -> None:
 
     def note() -> None:
         metrics.JOBS_FAILED.labels(code).inc()
+        job_metrics.finished(eff.row, job_metrics.failure_outcome(code))
         log.info("job_failed", job_id=job_id, code=code, error=message[:200])
 
     eff.committed.append(note)
