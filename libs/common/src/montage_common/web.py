@@ -46,6 +46,7 @@ from montage_contracts.errors import (
 )
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from montage_common import dependencies
 from montage_common.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from montage_common.redis import REDIS_DOWN
 from montage_common.settings import CommonSettings
@@ -293,11 +294,12 @@ async def metrics(request: web.Request) -> web.Response:
     return resp
 
 
-def create_ops_app(api: web.Application) -> web.Application:
+def create_ops_app(api: web.Application, probe_seconds: float | None = None) -> web.Application:
     """``/healthz``, ``/readyz`` and ``/metrics`` of ``api``, served on the ops port only.
 
     It shares the API app's readiness checks and lifecycle, so ``/readyz`` is 503 until the API
-    app has started and again from the moment it begins shutting down.
+    app has started and again from the moment it begins shutting down. With ``probe_seconds`` it
+    also pings the dependencies among those checks in the background (``montage_dependency_*``).
     """
     ops = web.Application(middlewares=[request_id_middleware, error_middleware])
     ops[SERVICE] = api[SERVICE]
@@ -307,6 +309,9 @@ def create_ops_app(api: web.Application) -> web.Application:
     ops.router.add_get("/healthz", healthz)
     ops.router.add_get("/readyz", readyz)
     ops.router.add_get("/metrics", metrics)
+    if probe_seconds is not None:
+        checks = api[READY_CHECKS]  # the same dict: checks registered later are probed too
+        ops.cleanup_ctx.append(dependencies.probe_context(checks, probe_seconds))
     return ops
 
 
@@ -448,7 +453,9 @@ async def serve(app: web.Application, settings: CommonSettings, *, port: int | N
     await api.setup()
     try:
         if settings.ops_port:
-            ops = AppRunner(create_ops_app(app), access_log=None, shutdown_timeout=1.0)
+            ops = AppRunner(
+                create_ops_app(app, settings.dependency_probe_seconds), access_log=None, shutdown_timeout=1.0
+            )
             await ops.setup()
             await web.TCPSite(ops, settings.host, settings.ops_port).start()
         await web.TCPSite(api, settings.host, port or settings.port).start()
