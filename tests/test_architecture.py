@@ -178,3 +178,88 @@ def test_the_checker_sees_a_use_of_the_development_package(tmp_path: Path) -> No
     assert _fake_paths(probe) == ["fakes"]
     probe.write_text("import subprocess\nsubprocess.run(['python', 'tests/fakes/ragnarok.py'])\n")
     assert _fake_paths(probe) == ["tests/fakes/ragnarok.py"]
+
+
+# --- route paths: declared only in the route table (montage_contracts.routes) -------------------
+ROUTE_PREFIXES = ("/api/", "/admin", "/internal")
+ROUTE_CALLS = {  # what declares a route in aiohttp: router methods, ``web.get(…)``, RouteTableDef decorators
+    *(f"add_{m}" for m in ("get", "post", "put", "patch", "delete", "head", "route", "view", "static", "resource")),
+    *("get", "post", "put", "patch", "delete", "head", "route", "view"),
+}
+# Literal paths allowed outside the table, each with its reason: (file, literal) → why.
+PATHS_ALLOWED = {
+    ("libs/common/src/montage_common/web.py", "/healthz"): "ops port (OPS_PORT): liveness probe, not the API",
+    ("libs/common/src/montage_common/web.py", "/readyz"): "ops port: readiness probe, not the API",
+    ("libs/common/src/montage_common/web.py", "/metrics"): "ops port: Prometheus scrape, not the API",
+    (
+        "services/ragnarok-proxy/src/montage_ragnarok/ragnarok.py",
+        "/api/v1/workflows",
+    ): "RAGNAROK's API (a client of it)",
+    (
+        "services/ragnarok-proxy/src/montage_ragnarok/ragnarok.py",
+        "/api/v1/workflows/",
+    ): "RAGNAROK's API (a client of it)",
+    ("services/ragnarok-proxy/src/montage_ragnarok/trinity.py", "/api/v1/enrich"): "Trinity's API (a client of it)",
+}
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    """ids of string statements (docstrings, attribute docs): prose about routes, not paths in use."""
+    return {
+        id(n.value)
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant) and isinstance(n.value.value, str)
+    }
+
+
+def _literal_head(node: ast.AST) -> str | None:
+    """A string literal, or an f-string's leading literal text."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.JoinedStr) and node.values and isinstance(node.values[0], ast.Constant):
+        return str(node.values[0].value)
+    return None
+
+
+def route_paths(path: Path) -> list[str]:
+    """Paths of ``path`` that only the route table may spell: a string (or a literal piece of an
+    f-string, as in ``f"{base}/api/…"``) starting with a route prefix, and any literal path given
+    to a call that declares a route."""
+    tree = ast.parse(path.read_text(), str(path))
+    prose = _docstrings(tree)
+    found: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in prose:
+            if node.value.startswith(ROUTE_PREFIXES):
+                found.append(node.value)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ROUTE_CALLS:
+            heads = [_literal_head(a) for a in node.args[:2]]
+            found += [h for h in heads if h is not None and h.startswith("/") and not h.startswith(ROUTE_PREFIXES)]
+    return found
+
+
+@pytest.mark.parametrize("package", sorted(set(SHIPPED) - {"montage_contracts"}))
+def test_route_paths_are_declared_only_in_the_route_table(package: str) -> None:
+    """Handlers are bound by operation id and callers build URLs with ``route(op).url(…)``; the
+    fakes of third-party services (``montage_dev``) declare those services' paths and are not checked."""
+    bad = [
+        (rel, p)
+        for f in _files(package)
+        for p in route_paths(f)
+        if (rel := str(f.relative_to(ROOT)), p) not in PATHS_ALLOWED
+    ]
+    assert not bad, f"route paths outside montage_contracts.routes: {bad}"
+
+
+def test_the_route_path_checker_sees_a_declaration(tmp_path: Path) -> None:
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        '"""Serves ``/api/v1/jobs``."""\n'
+        "def add(app, h, base, job):\n"
+        '    """``GET /api/v1/x`` (prose)."""\n'
+        '    app.router.add_get("/api/v1/jobs", h)\n'
+        '    app.router.add_route("GET", "/demo", h)\n'
+        '    web.post(f"/admin/{job}", h)\n'
+        '    return session.get(f"{base}/internal/health")\n'
+    )
+    assert sorted(route_paths(probe)) == ["/admin/", "/api/v1/jobs", "/demo", "/internal/health"]

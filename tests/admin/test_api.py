@@ -22,7 +22,7 @@ from montage_contracts import api
 from montage_contracts.keys import Keys
 from montage_contracts.messages import StageResult, StageTask, encode
 from montage_contracts.models import ComposerInput
-from montage_gateway.admin import API_ROUTES, ME, PAGE
+from montage_contracts.routes import ROUTES, Auth, Service, route
 
 from tests.admin.conftest import (
     ADMIN_API,
@@ -37,6 +37,12 @@ from tests.e2e.flows import FinishedJob, follow_to_end
 from tests.stack import RunningStack, unique
 
 pytestmark = [pytest.mark.e2e]
+# The admin API forwarded to the internal services: (method, path, service), from the route table.
+API_ROUTES = [
+    (r.method, r.path, r.service) for r in ROUTES if r.auth is Auth.ADMIN and r.service is not Service.GATEWAY
+]
+ME = route("getAdminMe").path
+PAGE = route("getAdminConsole").path
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
 
@@ -136,8 +142,8 @@ async def test_internal_services_refuse_admin_routes_without_the_role(e2e_stack:
 
     headers = {"X-Montage-Internal": CommonSettings().internal_secret, "X-Montage-User-Id": "someone"}
     urls = {
-        "orchestrator": f"http://127.0.0.1:{e2e_stack.stack.orchestrator_port}",
-        "ragnarok": f"http://127.0.0.1:{e2e_stack.stack.proxy_port}",
+        Service.ORCHESTRATOR: f"http://127.0.0.1:{e2e_stack.stack.orchestrator_port}",
+        Service.RAGNAROK: f"http://127.0.0.1:{e2e_stack.stack.proxy_port}",
     }
     async with aiohttp.ClientSession() as s:
         for method, path, upstream in API_ROUTES:

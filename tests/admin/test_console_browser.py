@@ -15,10 +15,9 @@ import aiohttp
 import pytest
 from montage_cli.client import MontageClient
 from montage_contracts.pipeline import STAGES
-from montage_gateway.admin import API_ROUTES, ME
 
 from tests.admin.conftest import admin_token, dead_letter_a_composer_task
-from tests.admin.test_api import concrete
+from tests.admin.test_api import API_ROUTES, ME, concrete
 from tests.e2e.cdp import Page, chromium_page
 from tests.stack import ARTIFACTS, RunningStack, unique
 

@@ -80,3 +80,12 @@ def test_after_success_walks_the_pipeline() -> None:
     nxt = decisions.after_success("prompt_generator")
     assert nxt is not None and nxt.name == "video_generator"
     assert decisions.after_success("composer") is None
+
+
+def test_a_stuck_stage_is_dispatched_again_until_its_dispatches_are_spent() -> None:
+    assert decisions.on_stuck("composer", 1, 3, 301.0) == decisions.Redispatch("no progress for 301 s")
+    assert isinstance(decisions.on_stuck("composer", 2, 3, 301.0), decisions.Redispatch)
+    failed = decisions.on_stuck("composer", 3, 3, 301.0)
+    assert isinstance(failed, decisions.FailJob)
+    assert failed.code == ErrorCode.MODULE_FAILURE
+    assert failed.message == "composer made no progress for 301 s (dispatched 3 times)"

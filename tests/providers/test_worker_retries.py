@@ -29,7 +29,12 @@ async def _run_task(redis: Redis, keys: Keys, worker: StageWorker) -> StageResul
     job_id = str(uuid.uuid4())
     plan = scene_planner.local_plan("A lone dancer in a neon city at night", _audio())
     task = StageTask(
-        job_id=job_id, user_id="u1", stage=STAGE, input=PromptGeneratorInput(plan=plan, fallback_mode=True)
+        job_id=job_id,
+        user_id="u1",
+        stage=STAGE,
+        input=PromptGeneratorInput(plan=plan, fallback_mode=True),
+        budget_remaining="50",
+        cost_limit="50",
     )
     stream = keys.stage_stream(STAGE, keys.partition_of(job_id))
     await StreamProducer(redis).emit([Emit(stream, encode(task), message_id=dispatch_message_id(job_id, STAGE, 1))])

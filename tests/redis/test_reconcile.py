@@ -143,3 +143,60 @@ async def test_a_live_worker_keeps_its_stage_after_redis_forgot_the_task(
     final = await wait_final(orch, job)
     assert final["status"] == "completed", final
     assert (await dispatches(orch.deps.pool, job))[stage] == 2
+
+
+async def test_a_live_worker_that_makes_no_progress_is_replaced(orchestrator_factory: Factory, redis: Redis) -> None:
+    """The worker reports the stage alive but never moves on (a handler waiting for a wake-up that
+    never comes, its claim renewed): after STAGE_STALL_SECONDS the stage is dispatched again, the
+    stuck task leaves the stream, and the job completes; no TIMEOUT."""
+    orch = await orchestrator_factory(job_heartbeat_seconds=HEARTBEAT, stage_stall_seconds=2.0)
+    stage = "video_generator"
+    wedged = asyncio.Event()
+    release = asyncio.Event()
+    fake = orch.fakes.handler(stage)
+
+    async def stuck_once(d: Delivery) -> list[Emit]:
+        task = task_decoder.decode(d.payload)
+        async with job_liveness(redis, orch.deps.keys, task, HEARTBEAT):
+            if task.dispatch == 1:
+                wedged.set()
+                await release.wait()  # alive, heartbeating, never progressing
+            return await fake(d)
+
+    await swap_stage(orch.fakes, stage, stuck_once)
+    try:
+        job = await orch.create_job()
+        await asyncio.wait_for(wedged.wait(), 60)
+        final = await wait_final(orch, job)
+        stream = orch.deps.keys.stage_stream(stage)
+        r: Any = redis
+        left = [e for e in await r.xrange(stream) if task_decoder.decode(e[1][b"m"]).dispatch == 1]
+    finally:
+        release.set()
+    assert final["status"] == "completed", final
+    assert (await dispatches(orch.deps.pool, job))[stage] == 2
+    assert not left  # the stuck dispatch's task was removed (its worker's hand-off is refused)
+
+
+async def test_a_stage_stuck_on_every_dispatch_fails_the_job_clearly(
+    orchestrator_factory: Factory, redis: Redis
+) -> None:
+    orch = await orchestrator_factory(job_heartbeat_seconds=HEARTBEAT, stage_stall_seconds=1.5, stage_max_dispatches=2)
+    stage = "composer"
+    release = asyncio.Event()
+
+    async def always_stuck(d: Delivery) -> list[Emit]:
+        async with job_liveness(redis, orch.deps.keys, task_decoder.decode(d.payload), HEARTBEAT):
+            await release.wait()
+        return []
+
+    await swap_stage(orch.fakes, stage, always_stuck)
+    try:
+        job = await orch.create_job()
+        final = await wait_final(orch, job)
+    finally:
+        release.set()
+    assert final["status"] == "failed", final
+    assert final["error_code"] == "MODULE_FAILURE", final
+    assert "composer made no progress" in final["error_message"] and "dispatched 2 times" in final["error_message"]
+    assert (await dispatches(orch.deps.pool, job))[stage] == 2

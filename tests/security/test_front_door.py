@@ -349,3 +349,66 @@ async def test_unknown_routes_are_404_without_a_token_and_the_server_is_not_name
         assert status == 404, (path, answer[:200])
         assert error_body(answer)["code"] == "NOT_FOUND"
         assert headers["server"] == "montage"
+
+
+# --- 6. one status per cause: too large is 413, whatever the size and whoever notices -----
+MAX_UPLOAD = 10 * 1024 * 1024  # the orchestrator's MAX_UPLOAD_BYTES (default)
+MAX_BODY = 11 * 1024 * 1024  # the gateway's MAX_BODY_BYTES (default)
+
+
+async def _send_streaming(url: str, head: bytes, chunks: list[bytes]) -> tuple[int, bytes]:
+    """Write ``head``, then the body chunk by chunk while reading the answer: a server that
+    answers before the body is through (and stops reading) is still heard."""
+    host, _, port = url.removeprefix("http://").partition(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+
+    async def pump() -> None:
+        try:
+            writer.write(head)
+            for chunk in chunks:
+                writer.write(chunk)
+                await writer.drain()
+        except ConnectionError:
+            pass  # the server answered and closed: what some of these cases expect
+
+    sending = asyncio.create_task(pump())
+    try:
+        raw = await asyncio.wait_for(reader.read(), 60)  # liveness guard only
+    finally:
+        sending.cancel()
+        writer.close()
+    head_bytes, _, body = raw.partition(b"\r\n\r\n")
+    return int(head_bytes.split(b" ", 2)[1]), body
+
+
+def _chunked(body: bytes, size: int = 256 * 1024) -> list[bytes]:
+    parts = [
+        f"{len(body[i : i + size]):x}\r\n".encode() + body[i : i + size] + b"\r\n" for i in range(0, len(body), size)
+    ]
+    return [*parts, b"0\r\n\r\n"]
+
+
+@pytest.mark.parametrize(
+    ("file_bytes", "framing"),
+    [
+        (MAX_UPLOAD + 1, "length"),  # under the gateway's limit: the orchestrator notices while streaming
+        (MAX_UPLOAD + 1, "chunked"),
+        (MAX_BODY + 1, "length"),  # the gateway refuses it by its Content-Length, unread
+        (MAX_BODY + 1, "chunked"),  # no Content-Length: whoever counts past its limit first
+    ],
+)
+async def test_a_too_large_upload_is_413_whatever_its_size(attacker: Victim, file_bytes: int, framing: str) -> None:
+    body, ctype = upload_body(b"\xff\xfb" + b"\x00" * (file_bytes - 2))
+    headers = {**attacker.auth, "Content-Type": ctype}
+    if framing == "length":
+        headers["Content-Length"] = str(len(body))
+        chunks = [body[i : i + 256 * 1024] for i in range(0, len(body), 256 * 1024)]
+    else:
+        headers["Transfer-Encoding"] = "chunked"
+        chunks = _chunked(body)
+    status, answer = await _send_streaming(
+        attacker.stack.url, raw_request("POST", "/api/v1/upload-audio", headers), chunks
+    )
+    assert status == 413, answer[:300]
+    assert error_body(answer)["code"] == "VALIDATION_ERROR"
+    await attacker.assert_nothing_created()

@@ -59,7 +59,11 @@ generation.allow-x00 = false
 """
 
 
-def _run_schemathesis(stack: RunningStack, token: str, config: Path) -> tuple[subprocess.CompletedProcess[str], float]:
+def run_schemathesis(
+    stack: RunningStack, token: str, config: Path, report_dir: Path = REPORT_DIR, extra: list[str] | None = None
+) -> tuple[subprocess.CompletedProcess[str], float]:
+    """One schemathesis run against the stack's served document (``extra``: more CLI options,
+    such as an operation filter)."""
     argv = [
         sys.executable,
         "-m",
@@ -84,11 +88,12 @@ def _run_schemathesis(stack: RunningStack, token: str, config: Path) -> tuple[su
         "--report",
         "junit,ndjson",
         "--report-dir",
-        str(REPORT_DIR),
+        str(report_dir),
         "--output-truncate",
         "false",
         "--warnings",
         "off",
+        *(extra or []),
     ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCHEMATHESIS_")}
     env["HYPOTHESIS_STORAGE_DIRECTORY"] = str(config.parent / "hypothesis")
@@ -104,7 +109,7 @@ def test_live_stack_conforms_to_its_openapi_document(e2e_stack: RunningStack, tm
 
     config = tmp_path / "schemathesis.toml"
     config.write_text(CONFIG)
-    proc, seconds = _run_schemathesis(e2e_stack, asyncio.run(token()), config)
+    proc, seconds = run_schemathesis(e2e_stack, asyncio.run(token()), config)
     print(proc.stdout[-20000:])
     print(proc.stderr[-5000:], file=sys.stderr)
     print(f"schemathesis finished in {seconds:.1f} s (reports in {REPORT_DIR})")

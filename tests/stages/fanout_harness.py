@@ -184,8 +184,11 @@ class Workers:
             await asyncio.sleep(POLL_SECONDS)
         raise AssertionError(message)
 
-    async def dispatch(self, job_id: str, video_input: VideoGeneratorInput) -> None:
-        task = StageTask(job_id=job_id, user_id="user-1", stage=STAGE, input=video_input, dispatch=1)
+    async def dispatch(self, job_id: str, video_input: VideoGeneratorInput, *, budget: str = "50") -> None:
+        task = StageTask(
+            job_id=job_id, user_id="user-1", stage=STAGE, input=video_input, dispatch=1, budget_remaining=budget,
+            cost_limit=budget,
+        )  # fmt: skip
         emit = Emit(self.keys.stage_stream(STAGE), encode(task), message_id=dispatch_message_id(job_id, STAGE, 1))
         await StreamProducer(self.redis).emit([emit])
 

@@ -12,9 +12,11 @@ import os
 import signal
 from collections import Counter
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from montage_common.budget import BudgetLedger
 from montage_common.storage import LocalStorage
 from montage_contracts.errors import ErrorCode
 from montage_contracts.pipeline import spec
@@ -188,3 +190,24 @@ async def test_killed_workers_clips_and_coordination_are_taken_over(workers: Wor
     expected = sorted(f"job-kill:{STAGE}:clip_{i}" for i in range(CLIPS))
     assert sorted(clip_costs(outcome.result.costs)) == expected
     assert not await workers.pending(clip_stream, workers.keys.clip_group())
+
+
+async def test_each_clip_reserves_its_price_and_the_cap_stops_the_clips(workers: Workers, redis: Redis) -> None:
+    """Every clip reserves its price in the job's ledger before its entry goes to a clip worker;
+    with a cap that covers only a few, the rest are never handed out and the stage ends with
+    BUDGET_EXCEEDED, its clips' costs within the cap."""
+    await workers.start("a")
+    await workers.start("b")
+    cap = Decimal("0.004")  # a 1 s clip reserves $0.002 (one compute second per clip second)
+    await workers.dispatch("job-cap", prompts(CLIPS), budget=str(cap))
+    outcome = await workers.outcome("job-cap")
+
+    assert not outcome.result.ok and outcome.result.error is not None
+    assert outcome.result.error.code == ErrorCode.BUDGET_EXCEEDED, outcome.result.error
+    clip_spent = sum(c.amount for c in outcome.result.costs if ":clip_" in c.call_id)
+    assert 0 < clip_spent <= cap
+    records = await workers.records("job-cap")
+    assert 0 < len(records) < CLIPS  # the clips past the cap were never handed to a worker
+    ledger = await BudgetLedger(redis, workers.keys).read("job-cap")
+    assert ledger["reserved"] == "0" and int(ledger["limit"]) == 4000  # micro-dollars
+    assert not any(f.startswith("r:") for f in ledger)  # the stage's reservations were dropped

@@ -12,11 +12,11 @@ from typing import Any
 from urllib.parse import urljoin
 
 import aiohttp
+from montage_contracts.routes import route
 
 from montage_cli.errors import ApiError, StackNotRunning, Unavailable, UsageError
 
 AUDIO_TYPES = {".mp3": "audio/mpeg", ".wav": "audio/wav", ".flac": "audio/flac"}
-API = "/api/v1"
 
 
 def audio_content_type(path: Path) -> str:
@@ -81,7 +81,7 @@ class MontageClient:
     async def health(self) -> dict[str, Any]:
         """``GET /api/v1/health``; a 503 body (unhealthy) is returned, not raised."""
         try:
-            async with self.session.get(self.url(f"{API}/health")) as resp:
+            async with self.session.get(self.url(route("getHealth").path)) as resp:
                 body = await resp.json(content_type=None)
                 return body if isinstance(body, dict) else {"status": "unknown"}
         except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
@@ -89,41 +89,44 @@ class MontageClient:
         except TimeoutError:
             raise Unavailable(f"Montage at {self.base_url} did not answer its health check in time") from None
 
-    async def upload(self, song: Path, prompt: str) -> dict[str, Any]:
+    async def upload(self, song: Path, prompt: str, *, idempotency_key: str | None = None) -> dict[str, Any]:
+        """``POST /api/v1/upload-audio``; with ``idempotency_key`` a repeat of this upload (e.g. after
+        a network error) answers the first response instead of creating a second job."""
         if not await asyncio.to_thread(song.is_file):
             raise UsageError(f"no such file: {song}")
         form = aiohttp.FormData()
         form.add_field("user_prompt", prompt)
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
         with song.open("rb") as fh:
             form.add_field("audio_file", fh, filename=song.name, content_type=audio_content_type(song))
-            result: dict[str, Any] = await self.call("POST", f"{API}/upload-audio", data=form)
+            result: dict[str, Any] = await self.call("POST", route("uploadAudio").path, data=form, headers=headers)
         return result
 
     async def job(self, job_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = await self.call("GET", f"{API}/jobs/{job_id}")
+        result: dict[str, Any] = await self.call("GET", route("getJob").url(job_id=job_id))
         return result
 
     async def jobs(self, status: str | None = None, limit: int = 10, offset: int = 0) -> dict[str, Any]:
         params: dict[str, str] = {"limit": str(limit), "offset": str(offset)}
         if status:
             params["status"] = status
-        result: dict[str, Any] = await self.call("GET", f"{API}/jobs", params=params)
+        result: dict[str, Any] = await self.call("GET", route("listJobs").path, params=params)
         return result
 
     async def cancel(self, job_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = await self.call("POST", f"{API}/jobs/{job_id}/cancel")
+        result: dict[str, Any] = await self.call("POST", route("cancelJob").url(job_id=job_id))
         return result
 
     async def download_info(self, job_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = await self.call("GET", f"{API}/jobs/{job_id}/download")
+        result: dict[str, Any] = await self.call("GET", route("getDownload").url(job_id=job_id))
         return result
 
     async def stream_ticket(self, job_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = await self.call("POST", f"{API}/jobs/{job_id}/stream-ticket")
+        result: dict[str, Any] = await self.call("POST", route("createStreamTicket").url(job_id=job_id))
         return result
 
     async def dev_token(self, user_id: str) -> str:
-        body = await self.call("POST", f"{API}/dev/token", json={"user_id": user_id})
+        body = await self.call("POST", route("createDevToken").path, json={"user_id": user_id})
         token = body.get("access_token") or body.get("token")  # the gateway answers Supabase-style
         if not token:
             raise ApiError(

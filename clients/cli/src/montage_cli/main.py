@@ -41,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("song", type=Path)
     s.add_argument("--prompt", required=True, help="what the video should look like (50-500 characters)")
     s.add_argument("--watch", action="store_true", help="follow progress until the job ends")
+    s.add_argument(
+        "--idempotency-key",
+        help="sent as Idempotency-Key: submitting again with the same key (e.g. after a network error)"
+        " answers the first job instead of creating another",
+    )
     s.add_argument("--json", action="store_true", help="JSON (with --watch: the job, then one line per event)")
 
     w = sub.add_parser("watch", help="follow a job's live progress (resumes dropped streams)")
@@ -129,7 +134,7 @@ async def run(args: argparse.Namespace, settings: CliSettings) -> int:
 async def dispatch(client: MontageClient, args: argparse.Namespace) -> int:
     match args.cmd:
         case "submit":
-            job = await client.upload(args.song, args.prompt)
+            job = await client.upload(args.song, args.prompt, idempotency_key=args.idempotency_key)
             if args.json and args.watch:  # JSON lines: the job, then its events
                 commands.emit_json_line(job)
                 await commands.follow(client, job["job_id"], json_lines=sys.stdout)

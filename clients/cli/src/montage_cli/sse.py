@@ -15,9 +15,12 @@ from typing import Any
 
 import aiohttp
 from montage_common.events import FINAL_EVENTS
+from montage_contracts.routes import route
 
-from montage_cli.client import API, MontageClient
+from montage_cli.client import MontageClient
 from montage_cli.errors import ApiError, StackNotRunning, Unavailable
+
+STREAM = route("streamJobEvents")
 
 BACKOFF_SECONDS: tuple[float, ...] = (2.0, 4.0, 8.0)
 MAX_RECONNECTS = 8
@@ -128,7 +131,7 @@ async def job_events(
             headers["Last-Event-ID"] = parser.last_id
         try:
             timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
-            async with client.request("GET", f"{API}/jobs/{job_id}/stream", headers=headers, timeout=timeout) as resp:
+            async with client.request("GET", STREAM.url(job_id=job_id), headers=headers, timeout=timeout) as resp:
                 async for ev in read_events(resp, parser):
                     failures = 0
                     yield ev

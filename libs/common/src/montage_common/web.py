@@ -329,6 +329,19 @@ def query_int(request: web.Request, name: str, default: int, low: int, high: int
     return value
 
 
+def query_text(request: web.Request, name: str, max_length: int) -> str:
+    """A free-text query parameter, stripped of spaces (``""`` when absent): 400
+    ``VALIDATION_ERROR`` when it is longer than ``max_length`` or holds a control character,
+    which Postgres text cannot store (NUL) and no search needs. Checked as sent, as the document
+    describes it (:data:`montage_contracts.api.SearchText`)."""
+    value = request.query.get(name, "")
+    if len(value) > max_length:
+        raise ValidationError(f"{name} is at most {max_length} characters")
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+        raise ValidationError(f"{name} must not contain control characters")
+    return value.strip()
+
+
 def internal_user(request: web.Request, secret: str) -> str:
     """The user id the gateway vouched for; refuses identity headers not from the gateway."""
     check_internal(request, secret)

@@ -60,7 +60,25 @@ ErrorCode = Annotated[
             "GENERATION_ERROR",
             "MODULE_FAILURE",
             "CANCELLED",
+            "IDEMPOTENCY_KEY_REUSED",
+            "IDEMPOTENCY_KEY_IN_USE",
         ],
+    ),
+]
+IdempotencyKey = Annotated[
+    str,
+    Meta(
+        description=(
+            'IETF httpapi draft "The Idempotency-Key HTTP Header Field": a key of your own for this upload (a'
+            ' UUID from `crypto.randomUUID()`), as a Structured Field string (`"…"`) or bare; 1-255 visible'
+            " ASCII characters without spaces, quotes or backslashes (else 400). The same key from the same"
+            " user within 24 h answers the first response (same status and body, `Idempotent-Replayed: true`)"
+            " and creates nothing, takes no rate-limit slot; with another file or prompt it answers 422; while"
+            " the first is still being processed a repeat waits for it (up to 15 s), then 409. Only a created"
+            " job is remembered: after any other answer the key may be sent again."
+        ),
+        pattern=r'^"?[\x21\x23-\x5b\x5d-\x7e]{1,255}"?$',
+        examples=["8e03978e-40d5-43e8-bc93-6894a57f9324"],
     ),
 ]
 
@@ -218,6 +236,17 @@ class Unhealthy(Struct, kw_only=True):
     status: Literal["unhealthy"]
     timestamp: datetime
     issues: Annotated[list[str], Meta(min_length=1, examples=[["database connection failed"]])]
+
+
+class InternalHealth(Struct, kw_only=True):
+    """The orchestrator's ``GET /internal/health`` (200 healthy, 503 not): the gateway's health asks it."""
+
+    status: Literal["healthy", "unhealthy"]
+    timestamp: datetime
+    database: Literal["connected", "failed"]
+    redis: Literal["connected", "failed"]
+    queue: Queue
+    issues: list[str]
 
 
 # --- development ----------------------------------------------------------------------------
@@ -452,7 +481,23 @@ if TYPE_CHECKING:
     AdminStreamName = str
 else:  # a stage name, or `results` (the orchestrator's input)
     AdminStreamName = Literal[(*pipeline.STAGES, "results")]
-EntryId = Annotated[str, Meta(pattern=r"^[0-9]{1,20}-[0-9]{1,20}$", examples=["1700000000000-0"])]
+
+
+def _decimal_at_most(limit: int) -> str:
+    """A regex of the decimal strings of at most ``len(str(limit))`` digits whose value is at
+    most ``limit`` (leading zeros allowed): what Redis parses as one part of a stream id."""
+    top = str(limit)
+    width = len(top)
+    longest = [f"{top[:i]}[0-{int(d) - 1}][0-9]{{{width - i - 1}}}" for i, d in enumerate(top) if d != "0"]
+    return f"(?:[0-9]{{1,{width - 1}}}|{'|'.join((*longest, top))})"
+
+
+# A stream entry id Redis accepts (``<ms>-<seq>``, each a 64-bit unsigned integer); the
+# orchestrator checks dead-letter ids against this very pattern (400 otherwise).
+ENTRY_ID_PATTERN = f"^{_decimal_at_most(2**64 - 1)}-{_decimal_at_most(2**64 - 1)}$"
+EntryId = Annotated[str, Meta(pattern=ENTRY_ID_PATTERN, examples=["1700000000000-0"])]
+# A search box's text (`q`): what montage_common.web.query_text accepts.
+SearchText = Annotated[str, Meta(max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")]
 
 
 class AdminConsumer(Struct, kw_only=True):

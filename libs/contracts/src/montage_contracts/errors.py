@@ -29,6 +29,8 @@ class ErrorCode(enum.StrEnum):
     MODULE_FAILURE = "MODULE_FAILURE"
     GENERATION_ERROR = "GENERATION_ERROR"
     CANCELLED = "CANCELLED"
+    IDEMPOTENCY_KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"
+    IDEMPOTENCY_KEY_IN_USE = "IDEMPOTENCY_KEY_IN_USE"
 
 
 # The codes a failed job ends with (``jobs.error_code``); anything else a stage reports is

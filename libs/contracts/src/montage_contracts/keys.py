@@ -174,6 +174,11 @@ class Keys:
     def job_status_cache(self, job_id: str) -> str:
         return f"{self.namespace}:job_status:{job_id}"
 
+    def job_budget(self, job_id: str) -> str:
+        """The job's budget ledger (reservations and settled costs, ``montage_common.budget``), in
+        its partition, so a job's clips reserve against one key whichever worker renders them."""
+        return f"{self.partition_tag(self.partition_of(job_id))}:budget:{job_id}"
+
     def stage_alive(self, job_id: str, stage: str) -> str:
         """A worker's liveness for one job's stage while it runs it (value: the dispatch number)."""
         return f"{self.partition_tag(self.partition_of(job_id))}:alive:{job_id}:{stage}"
@@ -181,6 +186,10 @@ class Keys:
     # --- gateway --------------------------------------------------------------
     def rate_limit(self, user_id: str) -> str:
         return f"{self.namespace}:rate_limit:{user_id}"
+
+    def idempotency(self, user_id: str, key_hash: str) -> str:
+        """An upload's ``Idempotency-Key`` of one user (its SHA-256): in flight, or its first answer."""
+        return f"{self.namespace}:idempotency:{user_id}:{key_hash}"
 
     def request_guard(self, who: str) -> str:
         return f"{self.namespace}:req_guard:{who}"

@@ -46,6 +46,31 @@ def clip_record_message_id(entry_message_id: str) -> str:
     return f"{entry_message_id}:done"
 
 
+# --- a running stage's liveness (``keys.stage_alive``): written by its worker, read by the reconciler ---
+class StageAlive(msgspec.Struct, frozen=True):
+    """What a worker running a stage reports every heartbeat: which dispatch it runs, and when it
+    last made progress (started, a progress text, a cost: unix ms), so a live worker on a stage
+    that no longer moves is told apart from one that works."""
+
+    dispatch: int
+    progress_ms: int = 0  # 0: not reported (a worker of an older release)
+
+    def value(self) -> str:
+        return f"{self.dispatch} {self.progress_ms}"
+
+    @classmethod
+    def parse(cls, raw: bytes | str | None) -> StageAlive | None:
+        """The value read back; ``None`` when missing or unreadable."""
+        if raw is None:
+            return None
+        text = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+        parts = text.split()
+        try:
+            return cls(int(parts[0]), int(parts[1]) if len(parts) > 1 else 0)
+        except (IndexError, ValueError):
+            return None
+
+
 class ErrorInfo(Wire, frozen=True, kw_only=True):
     code: str
     message: str
@@ -58,6 +83,7 @@ class StageTask(Wire, tag="task", frozen=True, kw_only=True):
     stage: str
     input: StageInput
     budget_remaining: str = "0"  # Decimal as text: what the stage may still spend
+    cost_limit: str = ""  # Decimal as text: the job's cap (seeds the budget ledger; empty: unknown)
     dispatch: int = 1  # the orchestrator's dispatch number for this stage (dedupe key)
 
 

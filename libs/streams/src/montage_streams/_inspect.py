@@ -3,7 +3,7 @@
 Everything here reads the runtime's own formats (the dead-letter entry written by
 ``StreamConsumer._dead_letter``, the delayed set's netstring members) so no caller has to know
 them: :func:`consumer_stats` and :func:`oldest_pending_age` (beside ``group_stats``),
-:func:`delayed_by_stream`,
+:func:`delayed_by_stream`, :func:`in_flight` and :func:`discard` (a job's messages in flight, found or removed),
 :func:`dead_letters` / :func:`dead_letter`, :func:`requeue_dead_letter` (back onto the source
 stream as a fresh first attempt, atomically with its removal) and :func:`delete_dead_letter`.
 """
@@ -122,6 +122,40 @@ async def in_flight(
     args: list[Any] = [limit, separator, len(sources), *(g for _, g in sources), *wanted]
     reply = in_flight_reply(await r.eval(lua("in_flight"), len(keys), *keys, *args))
     return reply.found if reply.complete else None
+
+
+async def discard(
+    redis: Redis,
+    sources: Sequence[tuple[str, str]],
+    delayed_zset: str,
+    prefixes: Iterable[str],
+    *,
+    separator: str = ":",
+    limit: int = 10_000,
+    rounds: int = 10,
+) -> int:
+    """Remove every message of ``prefixes`` in flight in ``sources`` (``(stream, group)`` pairs) or
+    waiting for a retry of one of those streams in the delayed set: what :func:`in_flight` would
+    find. Returns how many entries were removed.
+
+    Each call of the script is atomic; a consumer running a removed entry finds it gone at its
+    hand-off (which then emits nothing) and at its next renewal. A scan that stopped at ``limit``
+    entries is run again, at most ``rounds`` times. Every key must share one hash tag.
+    """
+    wanted = sorted(set(prefixes))
+    if not wanted:
+        return 0
+    r: Any = redis
+    keys = [s for s, _ in sources] + [delayed_zset]
+    args: list[Any] = [limit, separator, len(sources), *(g for _, g in sources), *wanted]
+    removed = 0
+    for _ in range(max(rounds, 1)):
+        reply = await r.eval(lua("discard"), len(keys), *keys, *args)
+        complete, count = int(reply[0]), int(reply[1])
+        removed += count
+        if complete or not count:
+            break
+    return removed
 
 
 class DeadLetterEntry(msgspec.Struct, frozen=True, kw_only=True):

@@ -5,9 +5,10 @@
 service role can write ``app_metadata``; a list value holding the role also counts). Everyone
 else gets 403 on the page and on every API route; no token is 401, as everywhere.
 
-**The API** is forwarded, like the other routes, route by route (:data:`API_ROUTES`, no prefix
-forwarding) to the orchestrator (queues, dead letters, jobs, the action log) or ragnarok-proxy
-(Nexus jobs), with ``X-Montage-Role: admin`` added after the client's ``X-Montage-*`` headers
+**The API** is forwarded, like the other routes, route by route (the ``admin`` routes of
+``montage_contracts.routes``, no prefix forwarding; ``montage_gateway.routes.Forward``) to the
+orchestrator (queues, dead letters, jobs, the action log) or ragnarok-proxy (Nexus jobs), after
+:meth:`AdminHandlers.require_admin`, with ``X-Montage-Role: admin`` added after the client's ``X-Montage-*`` headers
 were dropped: the internal services refuse admin routes without it. ``GET /api/v1/admin/me``
 is answered here.
 
@@ -31,11 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from montage_common.web import json_response
+from montage_common.web import Handler, json_response
 from montage_contracts.errors import Forbidden, NotFound, Unauthorized
 
 from montage_gateway.auth import bearer_token, request_user
-from montage_gateway.proxy import Forwarder, Upstream
 from montage_gateway.settings import GatewaySettings
 from montage_gateway.tokens import TokenError, TokenVerifier
 
@@ -43,25 +43,6 @@ STATIC = Path(__file__).parent / "static" / "admin"
 HEADER_ROLE = "X-Montage-Role"
 ADMIN_ROLE = "admin"  # what the internal services expect in HEADER_ROLE
 COOKIE = "montage_admin"
-PAGE = "/admin/queues"
-ASSETS = "/admin/assets/{path}"
-PAGE_ROUTES = frozenset({PAGE, ASSETS})  # authenticate themselves (header or cookie), or public assets
-
-# (method, path, upstream): "orchestrator" or "ragnarok".
-API_ROUTES: tuple[tuple[str, str, str], ...] = (
-    ("GET", "/api/v1/admin/queues", "orchestrator"),
-    ("GET", "/api/v1/admin/dead-letters", "orchestrator"),
-    ("POST", "/api/v1/admin/dead-letters/{stream}/retry-all", "orchestrator"),
-    ("POST", "/api/v1/admin/dead-letters/{stream}/{entry_id:[0-9]+-[0-9]+}/retry", "orchestrator"),
-    ("DELETE", "/api/v1/admin/dead-letters/{stream}/{entry_id:[0-9]+-[0-9]+}", "orchestrator"),
-    ("GET", "/api/v1/admin/jobs", "orchestrator"),
-    ("GET", "/api/v1/admin/jobs/{job_id}", "orchestrator"),
-    ("POST", "/api/v1/admin/jobs/{job_id}/cancel", "orchestrator"),
-    ("GET", "/api/v1/admin/actions", "orchestrator"),
-    ("GET", "/api/v1/admin/ragnarok/jobs", "ragnarok"),
-)
-ME = "/api/v1/admin/me"
-
 SECURITY_HEADERS = {
     "Cache-Control": "no-store",
     "X-Frame-Options": "DENY",
@@ -138,26 +119,17 @@ class AdminHandlers:
             self._gates[id(app)] = gate
         return gate
 
-    async def _require_admin(self, request: web.Request) -> str:
+    async def require_admin(self, request: web.Request) -> str:
+        """The caller's user id if an admin; 403 otherwise (the access middleware made it 401 without a token)."""
         request_user(request)  # the access middleware verified the token (401 otherwise)
         user, admin = await self._gate(request.app).check(bearer_token(request))
         if not admin:
             raise Forbidden("Admins only")
         return user
 
-    # --- the API --------------------------------------------------------------------
-    def forwarder(self, upstream: str) -> Callable[[web.Request], Any]:
-        async def forward(request: web.Request) -> web.StreamResponse:
-            user = await self._require_admin(request)
-            gw = self.parts(request.app)
-            target: Upstream = gw.orchestrator if upstream == "orchestrator" else gw.ragnarok
-            fwd: Forwarder = gw.forwarder
-            return await fwd.forward(request, target, user, extra_headers={HEADER_ROLE: ADMIN_ROLE})
-
-        return forward
-
+    # --- the API answered here ----------------------------------------------------------
     async def me(self, request: web.Request) -> web.Response:
-        user = await self._require_admin(request)
+        user = await self.require_admin(request)
         return json_response(
             {
                 "user_id": user,
@@ -209,12 +181,6 @@ class AdminHandlers:
             raise NotFound("No such asset")
         return web.FileResponse(target, headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
 
-
-def register(router: web.UrlDispatcher, settings: GatewaySettings, parts: Parts) -> None:
-    """Add the page, its assets and the admin API to the gateway's router."""
-    handlers = AdminHandlers(settings, parts)
-    router.add_get(PAGE, handlers.page)
-    router.add_get("/admin/assets/{path:.+}", handlers.asset)
-    router.add_get(ME, handlers.me)
-    for method, path, upstream in API_ROUTES:
-        router.add_route(method, path, handlers.forwarder(upstream))
+    def handlers(self) -> dict[str, Handler]:
+        """The console's routes answered by the gateway itself, by operation id."""
+        return {"getAdminConsole": self.page, "getAdminAsset": self.asset, "getAdminMe": self.me}

@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 from montage_gateway.auth import Authenticator
 from montage_gateway.health import HealthHandler
 from montage_gateway.hub import Hub
+from montage_gateway.idempotency import IdempotentUploads
 from montage_gateway.proxy import Forwarder, Upstream
 from montage_gateway.ratelimit import JobRateLimiter, RequestGuard
 from montage_gateway.settings import GatewaySettings
@@ -26,6 +27,7 @@ class Gateway:
     auth: Authenticator
     guard: RequestGuard
     limiter: JobRateLimiter
+    idempotency: IdempotentUploads
     forwarder: Forwarder
     orchestrator: Upstream
     ragnarok: Upstream

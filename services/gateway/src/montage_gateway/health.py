@@ -11,11 +11,13 @@ from aiohttp import web
 from montage_common.web import REQUEST_ID, json_response
 from montage_contracts.api import timestamp
 from montage_contracts.errors import SERVICE_UNAVAILABLE_RETRY_AFTER, MontageError
+from montage_contracts.routes import route
 from redis.asyncio import Redis
 
 from montage_gateway.proxy import Forwarder, Upstream
 
 _decoder = msgspec.json.Decoder(dict[str, Any])
+INTERNAL_HEALTH = route("getInternalHealth")
 
 
 class HealthHandler:
@@ -38,7 +40,7 @@ class HealthHandler:
             reply = await self.forwarder.call(
                 self.orchestrator,
                 "GET",
-                "/internal/health",
+                INTERNAL_HEALTH.path,
                 request_id=request_id,
                 user_id=None,
                 time_limit=self.timeout,

@@ -12,6 +12,7 @@ same reason: reconnecting replays exactly what was missed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -173,10 +174,13 @@ class Hub:
             SSE_DROPPED.labels("redis_reset").inc(n)
             log.warning("sse_clients_reset", clients=n)
 
-    async def heartbeats(self) -> None:
-        """Push a heartbeat to every client every ``heartbeat_seconds`` (run as a task)."""
-        while True:
-            await asyncio.sleep(self.heartbeat_seconds)
+    async def heartbeats(self, stop: asyncio.Event) -> None:
+        """Push a heartbeat to every client every ``heartbeat_seconds`` (run as a task) until ``stop``."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.heartbeat_seconds)
+            if stop.is_set():
+                return
             frame = heartbeat_frame()
             for members in tuple(self._clients.values()):
                 for client in tuple(members):

@@ -20,3 +20,6 @@ UPSTREAM_LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 UPSTREAM_ERRORS = Counter("montage_gateway_upstream_errors_total", "Failed upstream calls", ["upstream", "kind"])
+IDEMPOTENCY = Counter(
+    "montage_gateway_idempotency_total", "Uploads sent with an Idempotency-Key, by what came of the key", ["outcome"]
+)  # outcome: first | replayed | reused | in_use

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 import structlog
@@ -45,6 +45,8 @@ DROP_FROM_UPSTREAM = HOP_BY_HOP | {"access-control-allow-origin", "access-contro
 CHUNK = 64 * 1024
 
 StatusHook = Callable[[int], Awaitable[None]]
+# The largest answer ``forward(on_reply=...)`` reads whole (an upload's JSON answer is ~200 bytes).
+BUFFERED_REPLY_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +60,10 @@ class UpstreamReply:
     status: int
     body: bytes
     content_type: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+ReplyHook = Callable[[UpstreamReply], Awaitable[None]]
 
 
 class _TooLarge(Exception):
@@ -138,8 +144,12 @@ class Forwarder:
         time_limit: float | None = None,
         on_status: StatusHook | None = None,
         extra_headers: Mapping[str, str] | None = None,
+        on_reply: ReplyHook | None = None,
     ) -> web.StreamResponse:
-        """Send ``request`` (same method, path and query) to ``upstream`` and stream back its answer."""
+        """Send ``request`` (same method, path and query) to ``upstream`` and stream back its answer.
+
+        With ``on_reply`` the answer is read whole first (at most ``BUFFERED_REPLY_BYTES``) and
+        handed to it, headers included, before the client gets it (``Idempotency-Key`` keeps it)."""
         if request.content_length is not None and request.content_length > self.max_body_bytes:
             raise PayloadTooLarge("Request body too large")
         url = upstream.base_url.rstrip("/") + request.rel_url.raw_path_qs
@@ -160,6 +170,8 @@ class Forwarder:
                 UPSTREAM_LATENCY.labels(upstream.name).observe(time.perf_counter() - start)
                 if on_status is not None:
                     await on_status(reply.status)
+                if on_reply is not None:
+                    return await self._relay_buffered(request, reply, upstream, on_reply)
                 return await self._relay(request, reply, upstream)
         except _TooLarge:
             raise PayloadTooLarge("Request body too large") from None
@@ -185,7 +197,7 @@ class Forwarder:
     ) -> web.StreamResponse:
         resp = web.StreamResponse(status=reply.status, reason=reply.reason)
         for name, value in reply.headers.items():
-            if name.lower() not in DROP_FROM_UPSTREAM:
+            if _relayed(name):
                 resp.headers.add(name, value)
         resp.headers[HEADER_REQUEST_ID] = request[REQUEST_ID]
         if reply.content_length is not None:
@@ -202,6 +214,26 @@ class Forwarder:
             return resp
         await resp.write_eof()
         return resp
+
+    async def _relay_buffered(
+        self, request: web.Request, reply: aiohttp.ClientResponse, upstream: Upstream, on_reply: ReplyHook
+    ) -> web.Response:
+        body = b""
+        try:
+            async for chunk in reply.content.iter_chunked(CHUNK):
+                body += chunk
+                if len(body) > BUFFERED_REPLY_BYTES:
+                    break
+        except (TimeoutError, aiohttp.ClientError):
+            UPSTREAM_ERRORS.labels(upstream.name, "body").inc()
+            raise UpstreamUnavailable(f"{upstream.name} broke off its answer") from None
+        if len(body) > BUFFERED_REPLY_BYTES:
+            raise UpstreamUnavailable(f"{upstream.name} answered more than expected")
+        headers = {name: value for name, value in reply.headers.items() if name.lower() not in DROP_FROM_UPSTREAM}
+        await on_reply(UpstreamReply(reply.status, body, reply.headers.get("Content-Type", ""), headers))
+        relayed = {name: value for name, value in headers.items() if _relayed(name)}
+        relayed[HEADER_REQUEST_ID] = request[REQUEST_ID]
+        return _response(reply.status, body, relayed)
 
     async def call(
         self,
@@ -233,6 +265,20 @@ class Forwarder:
             UPSTREAM_ERRORS.labels(upstream.name, "unreachable").inc()
             log.warning("upstream_unreachable", upstream=upstream.name, error=type(exc).__name__)
             raise UpstreamUnavailable(f"{upstream.name} is unavailable") from None
+
+
+def _relayed(name: str) -> bool:
+    """Whether an upstream header goes on to the client (never hop-by-hop or internal ``X-Montage-*``)."""
+    low = name.lower()
+    return low not in DROP_FROM_UPSTREAM and not low.startswith("x-montage-")
+
+
+def _response(status: int, body: bytes, headers: Mapping[str, str]) -> web.Response:
+    """An answer with exactly these headers (``Content-Type`` among them, when the upstream sent one)."""
+    resp = web.Response(status=status, body=body)
+    for name, value in headers.items():
+        resp.headers[name] = value
+    return resp
 
 
 async def _notify(hook: StatusHook | None, status: int) -> None:

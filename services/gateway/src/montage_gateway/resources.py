@@ -21,6 +21,7 @@ from montage_gateway.auth import Authenticator, build_verifier
 from montage_gateway.deps import GATEWAY, Gateway
 from montage_gateway.health import HealthHandler
 from montage_gateway.hub import Hub
+from montage_gateway.idempotency import IdempotentUploads
 from montage_gateway.proxy import Forwarder, Upstream
 from montage_gateway.ratelimit import JobRateLimiter, RequestGuard
 from montage_gateway.settings import GatewaySettings
@@ -33,10 +34,16 @@ log = structlog.get_logger()
 HTTP: web.AppKey[aiohttp.ClientSession] = web.AppKey("http", aiohttp.ClientSession)
 
 
-async def _cancel(task: asyncio.Task[None]) -> None:
+async def _cancel(task: asyncio.Task[None], grace: float = 5.0) -> None:
+    """Cancel ``task`` and wait for it, at most ``grace`` seconds (a cancel redis-py swallows must
+    not hold the shutdown; the loops also end by their stop signal)."""
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    _, stuck = await asyncio.wait([task], timeout=grace)
+    if stuck:
+        log.warning("background_task_stuck", task=task.get_name())
+    elif not task.cancelled():
+        with contextlib.suppress(Exception):
+            task.result()
 
 
 def http_session(settings: GatewaySettings) -> Context:
@@ -99,6 +106,14 @@ def build(settings: GatewaySettings, redis: Redis, session: aiohttp.ClientSessio
         limiter=JobRateLimiter(
             redis, keys, limit=settings.job_rate_limit, window_seconds=settings.job_rate_window_seconds
         ),
+        idempotency=IdempotentUploads(
+            redis,
+            keys,
+            ttl_seconds=settings.idempotency_ttl_seconds,
+            wait_seconds=settings.idempotency_wait_seconds,
+            lease_seconds=settings.upload_timeout_seconds + 30,
+            max_body_bytes=settings.max_body_bytes,
+        ),
         forwarder=forwarder,
         orchestrator=orchestrator,
         ragnarok=Upstream("ragnarok-proxy", settings.ragnarok_proxy_url),
@@ -136,15 +151,17 @@ async def background_tasks(app: web.Application) -> AsyncIterator[None]:
     docs/security.md) and the hub resubscribes by itself; /api/v1/health reports Redis.
     """
     gw = app[GATEWAY]
+    stop = asyncio.Event()  # the loops' own stop signal, besides the cancel (see _cancel)
     tasks = [
         asyncio.create_task(gw.hub.run(), name="sse-pubsub"),
-        asyncio.create_task(gw.hub.heartbeats(), name="sse-heartbeats"),
-        asyncio.create_task(gw.slots.refresh_forever(), name="sse-leases"),
+        asyncio.create_task(gw.hub.heartbeats(stop), name="sse-heartbeats"),
+        asyncio.create_task(gw.slots.refresh_forever(stop), name="sse-leases"),
     ]
     log.info("gateway_started", orchestrator=gw.settings.orchestrator_url, ragnarok=gw.settings.ragnarok_proxy_url)
     try:
         yield
     finally:
+        stop.set()
         gw.hub.stop()
         for task in tasks:
             await _cancel(task)

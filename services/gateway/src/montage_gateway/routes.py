@@ -1,8 +1,10 @@
-"""The gateway's routes: which it serves, which it forwards (an explicit list), and who may call them.
+"""The gateway's routes, bound to the route table (``montage_contracts.routes``): its own handlers,
+and a :class:`Forward` for every non-internal route of the orchestrator and ragnarok-proxy.
 
-A request reaches an internal service only through a route listed here, matched on the decoded
-path; paths another hop could resolve differently never get this far
-(``montage_common.web.unsafe_path``).
+What is forwarded is exactly the table's routes (no prefix, no catch-all): a request reaches an
+internal service only through one of them, matched on the decoded path, and paths another hop
+could resolve differently never get this far (``montage_common.web.unsafe_path``). Who may call a
+route is the table's ``auth`` too (:func:`access_middleware`).
 """
 
 from __future__ import annotations
@@ -12,51 +14,23 @@ import contextlib
 import uuid
 
 from aiohttp import web
+from montage_common.routing import bind
 from montage_common.storage import LocalFiles
 from montage_common.web import REQUEST_ID, USER_ID, Handler
+from montage_contracts import routes
 from montage_contracts.errors import RateLimitError, Unauthorized
+from montage_contracts.routes import Auth, Route, Service
 
 from montage_gateway import admin
 from montage_gateway.auth import request_user
 from montage_gateway.client_address import client_address
-from montage_gateway.deps import GATEWAY
+from montage_gateway.deps import GATEWAY, Gateway
 from montage_gateway.dev import DevHandlers
 from montage_gateway.files import FilesHandler
+from montage_gateway.idempotency import parse_key
 from montage_gateway.openapi import DocsHandler
+from montage_gateway.proxy import ReplyHook, Upstream
 from montage_gateway.settings import GatewaySettings
-
-# Routes (canonical form) that need no bearer token; the stream authenticates itself (ticket).
-PUBLIC_ROUTES = frozenset(
-    {
-        "/api/v1/health",
-        "/api/v1/openapi.json",
-        "/api/v1/docs",
-        "/api/v1/dev/token",
-        "/demo",
-        "/demo/{path}",
-        "/files/{key}",
-    }
-)
-# The operator console's page authenticates itself (header or cookie; montage_gateway.admin).
-PUBLIC_ROUTES |= admin.PAGE_ROUTES
-SELF_AUTH_ROUTES = frozenset({"/api/v1/jobs/{job_id}/stream"})
-# Not counted by the per-IP guard: load balancers and monitors poll the health route.
-UNGUARDED_ROUTES = frozenset({"/api/v1/health"})
-# What the gateway forwards: exactly these routes, nothing else (no prefix, no catch-all). A
-# request reaches an internal service only through a route matched here on the decoded path,
-# and paths that another hop could resolve differently (dot segments …) never get this far
-# (``montage_common.web.unsafe_path``).
-ORCHESTRATOR_ROUTES: tuple[tuple[str, str], ...] = (
-    ("GET", "/api/v1/jobs"),
-    ("GET", "/api/v1/jobs/{job_id}"),
-    ("POST", "/api/v1/jobs/{job_id}/cancel"),
-    ("GET", "/api/v1/jobs/{job_id}/download"),
-)
-RAGNAROK_ROUTES: tuple[tuple[str, str], ...] = (
-    ("POST", "/api/nexus/ragnarok/direct/submit"),
-    ("POST", "/api/nexus/ragnarok/generate/enriched"),
-    ("GET", "/api/nexus/ragnarok/jobs/{job_id}"),
-)
 
 
 def _route(request: web.Request) -> str:
@@ -64,21 +38,29 @@ def _route(request: web.Request) -> str:
     return resource.canonical if resource is not None else ""
 
 
+def _needs_token(entry: Route | None) -> bool:
+    """A bearer token checked here, unless the route is public or its handler authenticates."""
+    if entry is None:  # served but not in the table: cannot happen (bind), refused if it did
+        return True
+    return entry.auth in (Auth.USER, Auth.ADMIN) and entry.own_auth is None
+
+
 @web.middleware
 async def access_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Bearer auth where required, then the per-IP and per-user request guard.
+    """Bearer auth where the route table asks for it, then the per-IP and per-user request guard.
 
     Unknown routes (404) and wrong methods (405) are answered as such without asking for a
     token: the router's verdict comes first.
     """
-    route = _route(request)
-    if route in UNGUARDED_ROUTES:
+    path = _route(request)
+    entry = routes.find(request.method, path)
+    if entry is not None and not entry.guarded:
         return await handler(request)
     gw = request.app[GATEWAY]
     ip = client_address(request, gw.settings.proxy_hops)
     user: str | None = None
     matched = request.match_info.http_exception is None
-    if matched and route and route not in PUBLIC_ROUTES and route not in SELF_AUTH_ROUTES:
+    if matched and path and _needs_token(entry):
         try:
             user = await gw.auth.authenticate(request)
         except Unauthorized:
@@ -89,45 +71,85 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
     return await handler(request)
 
 
-async def forward_orchestrator(request: web.Request) -> web.StreamResponse:
-    gw = request.app[GATEWAY]
-    return await gw.forwarder.forward(request, gw.orchestrator, request_user(request))
+class Forward:
+    """Forwards one route of the table to the service that serves it, as the caller.
+
+    An admin route is forwarded only after the admin check, with ``X-Montage-Role: admin``.
+    """
+
+    def __init__(self, route: Route, admin_check: admin.AdminHandlers) -> None:
+        self.route = route
+        self.service = route.service
+        self.admin_check = admin_check if route.auth is Auth.ADMIN else None
+
+    def upstream(self, gw: Gateway) -> Upstream:
+        return gw.ragnarok if self.service is Service.RAGNAROK else gw.orchestrator
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        gw = request.app[GATEWAY]
+        if self.admin_check is not None:
+            user = await self.admin_check.require_admin(request)
+            return await gw.forwarder.forward(
+                request, self.upstream(gw), user, extra_headers={admin.HEADER_ROLE: admin.ADMIN_ROLE}
+            )
+        return await gw.forwarder.forward(request, self.upstream(gw), request_user(request))
 
 
-async def forward_ragnarok(request: web.Request) -> web.StreamResponse:
-    gw = request.app[GATEWAY]
-    return await gw.forwarder.forward(request, gw.ragnarok, request_user(request))
+class UploadForward(Forward):
+    """``POST /api/v1/upload-audio``: its ``Idempotency-Key`` first (a repeated key takes no slot,
+    see ``montage_gateway.idempotency``), then the job-creation rate limit and the streamed upload."""
 
-
-async def upload_audio(request: web.Request) -> web.StreamResponse:
-    """``POST /api/v1/upload-audio``: the job-creation rate limit, then the streamed upload."""
-    gw = request.app[GATEWAY]
-    user = request_user(request)
-    # Unique per attempt even if a client reuses its X-Request-ID.
-    member = f"{request[REQUEST_ID]}:{uuid.uuid4().hex[:8]}"
-    decision = await gw.limiter.acquire(user, member)
-    if not decision.allowed:
-        raise RateLimitError(
-            extra={"retry_after": decision.retry_after, "limit": gw.limiter.limit, "window": gw.limiter.window_text},
-            headers={"Retry-After": str(decision.retry_after)},
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        key = parse_key(request)
+        if key is None:
+            return await self._create(request, None)
+        gw = request.app[GATEWAY]
+        return await gw.idempotency.upload(
+            request, request_user(request), key, lambda keep: self._create(request, keep)
         )
-    answered = False
 
-    async def on_status(status: int) -> None:
-        nonlocal answered
-        answered = True
-        if status != 201:  # rejected or failed creations give their slot back
-            await gw.limiter.release(user, member)
+    async def _create(self, request: web.Request, on_reply: ReplyHook | None) -> web.StreamResponse:
+        """Take a rate-limit slot (given back unless the orchestrator answers 201), forward the upload."""
+        gw = request.app[GATEWAY]
+        user = request_user(request)
+        # Unique per attempt even if a client reuses its X-Request-ID.
+        member = f"{request[REQUEST_ID]}:{uuid.uuid4().hex[:8]}"
+        decision = await gw.limiter.acquire(user, member)
+        if not decision.allowed:
+            raise RateLimitError(
+                extra={
+                    "retry_after": decision.retry_after,
+                    "limit": gw.limiter.limit,
+                    "window": gw.limiter.window_text,
+                },
+                headers={"Retry-After": str(decision.retry_after)},
+            )
+        answered = False
 
-    try:
-        return await gw.forwarder.forward(
-            request, gw.orchestrator, user, time_limit=gw.settings.upload_timeout_seconds, on_status=on_status
-        )
-    except BaseException:
-        if not answered:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(gw.limiter.release(user, member))
-        raise
+        async def on_status(status: int) -> None:
+            nonlocal answered
+            answered = True
+            if status != 201:  # rejected or failed creations give their slot back
+                await gw.limiter.release(user, member)
+
+        try:
+            return await gw.forwarder.forward(
+                request,
+                self.upstream(gw),
+                user,
+                time_limit=gw.settings.upload_timeout_seconds,
+                on_status=on_status,
+                on_reply=on_reply,
+            )
+        except BaseException:
+            if not answered:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(gw.limiter.release(user, member))
+            raise
+
+
+# Forwarded routes whose forwarding does more than forward (by operation id).
+FORWARDS: dict[str, type[Forward]] = {"uploadAudio": UploadForward}
 
 
 async def stream(request: web.Request) -> web.StreamResponse:
@@ -142,21 +164,26 @@ async def health(request: web.Request) -> web.StreamResponse:
     return await request.app[GATEWAY].health.health(request)
 
 
-def add_routes(app: web.Application, settings: GatewaySettings) -> None:
-    """Register every route of the gateway (nothing else is served or forwarded)."""
+def own_handlers(settings: GatewaySettings, console: admin.AdminHandlers) -> dict[str, Handler | None]:
+    """The gateway's own routes' handlers by operation id (``None``: not served in this configuration)."""
     development = settings.environment == "development"
     docs = DocsHandler(development=development)
-    r = app.router
-    r.add_get("/api/v1/health", health)
-    r.add_get("/api/v1/openapi.json", docs.openapi)
-    r.add_get("/api/v1/docs", docs.docs)
-    if settings.storage_backend == "local":  # Supabase serves its own signed URLs
-        files = FilesHandler(LocalFiles(settings.storage_dir, settings.storage_signing_key))
-        r.add_get("/files/{key:.*}", files.get)
-    r.add_post("/api/v1/upload-audio", upload_audio)
-    r.add_get("/api/v1/jobs/{job_id}/stream", stream)
-    r.add_post("/api/v1/jobs/{job_id}/stream-ticket", stream_ticket)
-    if development:
+    # Supabase serves its own signed URLs: the gateway serves files only with local storage.
+    files = (
+        FilesHandler(LocalFiles(settings.storage_dir, settings.storage_signing_key)).get
+        if settings.storage_backend == "local"
+        else None
+    )
+    out: dict[str, Handler | None] = {
+        "getHealth": health,
+        "getOpenApi": docs.openapi,
+        "getDocs": docs.docs,
+        "getFile": files,
+        "streamJobEvents": stream,
+        "createStreamTicket": stream_ticket,
+        **console.handlers(),
+    }
+    if development:  # the development routes are not in the table's production view at all
         dev = DevHandlers(
             secret=settings.jwt_secret,
             audience=settings.jwt_audience,
@@ -164,12 +191,17 @@ def add_routes(app: web.Application, settings: GatewaySettings) -> None:
             ttl_seconds=settings.dev_token_ttl_seconds,
             role_claim=settings.admin_role_claim,
         )
-        r.add_post("/api/v1/dev/token", dev.token)
-        r.add_get("/demo", dev.demo)
-        r.add_get("/demo/{path:.+}", dev.asset)
-    for method, path in ORCHESTRATOR_ROUTES:
-        r.add_route(method, path, forward_orchestrator)
-    for method, path in RAGNAROK_ROUTES:
-        r.add_route(method, path, forward_ragnarok)
-    # The operator console: /admin/queues and /api/v1/admin/* (admins only; each route listed in admin.API_ROUTES).
-    admin.register(r, settings, lambda a: a[GATEWAY])
+        out |= {"createDevToken": dev.token, "getDemoPage": dev.demo, "getDemoAsset": dev.asset}
+    return out
+
+
+def add_routes(app: web.Application, settings: GatewaySettings) -> None:
+    """Bind every public route of the table: the gateway's own, and a forwarder for the others."""
+    table = routes.public(development=settings.environment == "development")
+    console = admin.AdminHandlers(settings, lambda a: a[GATEWAY])
+    forwards: dict[str, Handler | None] = {
+        r.operation_id: FORWARDS.get(r.operation_id, Forward)(r, console).handle
+        for r in table
+        if r.service is not Service.GATEWAY
+    }
+    bind(app.router, table, {**own_handlers(settings, console), **forwards})

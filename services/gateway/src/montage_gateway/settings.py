@@ -76,6 +76,15 @@ class GatewaySettings(CommonSettings, frozen=True, kw_only=True):
     ] = 60
     guard_user_requests: Annotated[int, Meta(description="requests per window per user")] = 600
     guard_ip_requests: Annotated[int, Meta(description="requests per window per client IP")] = 1200
+    idempotency_ttl_seconds: Annotated[
+        int, Meta(description="how long an upload's Idempotency-Key answers with its first response (per user)")
+    ] = 86400
+    idempotency_wait_seconds: Annotated[
+        float,
+        Meta(
+            description="how long a repeated Idempotency-Key waits for the first request's outcome before it answers 409"
+        ),
+    ] = 15.0
 
     # --- forwarding -----------------------------------------------------------------------
     upstream_timeout_seconds: Annotated[float, Meta(description="forwarding timeout of every route but uploads")] = 30.0

@@ -9,6 +9,7 @@ its leases in one pipeline per interval; a crashed replica's leases expire on th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from dataclasses import dataclass
@@ -87,10 +88,14 @@ class ConnectionSlots:
         except REDIS_DOWN as exc:
             log.warning("sse_lease_release_failed", error=type(exc).__name__)
 
-    async def refresh_forever(self) -> None:
-        """Extend every local lease each ``refresh_seconds`` (run as a task)."""
-        while True:
-            await asyncio.sleep(self.refresh_seconds)
+    async def refresh_forever(self, stop: asyncio.Event) -> None:
+        """Extend every local lease each ``refresh_seconds`` (run as a task) until ``stop`` (its own
+        signal: redis-py may swallow a cancel that lands mid-command)."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.refresh_seconds)
+            if stop.is_set():
+                return
             try:
                 await self.refresh()
             except Exception as exc:  # Redis down: leases keep their expiry; retried next round

@@ -42,6 +42,7 @@ from montage_common.web import HEADER_REQUEST_ID, REQUEST_ID, json_response, on_
 from montage_contracts.errors import ServiceUnavailable, Unauthorized, ValidationError
 from montage_contracts.keys import Keys
 from montage_contracts.pipeline import FINAL_STATUSES
+from montage_contracts.routes import route
 from redis.asyncio import Redis
 
 from montage_gateway.auth import Authenticator, request_user
@@ -51,6 +52,8 @@ from montage_gateway.proxy import Forwarder, Upstream
 from montage_gateway.pubsub import SubscriberUnavailable
 from montage_gateway.slots import ConnectionSlots
 from montage_gateway.tickets import TicketStore
+
+GET_JOB = route("getJob")  # the owner check and the snapshot: the orchestrator's answer for this user
 
 log = structlog.get_logger()
 
@@ -130,7 +133,7 @@ class StreamHandler:
         job_id = request.match_info["job_id"]
         user = request_user(request)
         reply = await self.forwarder.call(
-            self.orchestrator, "GET", f"/api/v1/jobs/{job_id}", request_id=request[REQUEST_ID], user_id=user
+            self.orchestrator, "GET", GET_JOB.url(job_id=job_id), request_id=request[REQUEST_ID], user_id=user
         )
         if reply.status != 200:
             return web.Response(status=reply.status, body=reply.body, content_type="application/json")
@@ -144,7 +147,7 @@ class StreamHandler:
         # orchestrator commits a change before it logs its events).
         newest = await last_event(self.redis, self.keys, job_id)
         reply = await self.forwarder.call(
-            self.orchestrator, "GET", f"/api/v1/jobs/{job_id}", request_id=request[REQUEST_ID], user_id=user
+            self.orchestrator, "GET", GET_JOB.url(job_id=job_id), request_id=request[REQUEST_ID], user_id=user
         )
         if reply.status != 200:
             return web.Response(status=reply.status, body=reply.body, content_type="application/json")

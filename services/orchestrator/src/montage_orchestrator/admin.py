@@ -40,6 +40,7 @@ admin's user id.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 from collections import deque
@@ -52,8 +53,8 @@ import structlog
 from aiohttp import web
 from montage_common.events import withdraw_final_events
 from montage_common.storage import layout
-from montage_common.web import REQUEST_ID, internal_user, query_int
-from montage_contracts.api import timestamp
+from montage_common.web import REQUEST_ID, Handler, internal_user, query_int, query_text
+from montage_contracts.api import ENTRY_ID_PATTERN, timestamp
 from montage_contracts.errors import Forbidden, MontageError, NotFound, ValidationError
 from montage_contracts.keys import ORCHESTRATOR_GROUP
 from montage_contracts.messages import event_decoder, task_decoder
@@ -106,6 +107,7 @@ def _admin(request: web.Request) -> tuple[Deps, str]:
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ENTRY_ID = re.compile(ENTRY_ID_PATTERN)
 
 
 def _iso_ms(ms: int) -> str:
@@ -123,11 +125,21 @@ def _stream(deps: Deps, name: str) -> tuple[str, str]:
     raise NotFound(f"No stream {name!r}; one of {', '.join((*STAGES, RESULTS))}")
 
 
-def _entry_id(raw: str) -> str:
-    ms, dash, seq = raw.partition("-")
-    if not (ms.isdigit() and dash and seq.isdigit() and len(raw) <= 41):
-        raise NotFound("No such dead letter")
+def _entry_id(raw: str, name: str = "entry_id") -> str:
+    """A dead letter's id as Redis accepts it (``<ms>-<seq>``, each part a 64-bit integer, the
+    document's pattern); 400 otherwise, so an id Redis would refuse never reaches it."""
+    if _ENTRY_ID.fullmatch(raw) is None:
+        raise ValidationError(f"{name} must be a stream entry id (<ms>-<seq>, each at most 2^64-1)")
     return raw
+
+
+def _stream_param(deps: Deps, name: str) -> tuple[str, str]:
+    """:func:`_stream` for a query parameter: an unknown name is a bad request (400), not a
+    missing resource."""
+    try:
+        return _stream(deps, name)
+    except NotFound as err:
+        raise ValidationError(err.message) from None
 
 
 # --- the action log -----------------------------------------------------------------------
@@ -392,10 +404,10 @@ async def list_dead_letters(request: web.Request) -> web.Response:
     names = [request.query["stream"]] if "stream" in request.query else [*STAGES, RESULTS]
     before = request.query.get("before")
     if before is not None:
-        before = _entry_id(before)
+        before = _entry_id(before, "before")
     items: list[dict[str, Any]] = []
     for name in names:
-        stream, _ = _stream(deps, name)
+        stream, _ = _stream_param(deps, name)
         for entry in await dead_letters(deps.redis, deps.keys, stream, count=limit, before=before):
             items.append(_describe(name, entry))
     items.sort(key=lambda i: tuple(int(p) for p in i["entry_id"].split("-")), reverse=True)
@@ -542,12 +554,10 @@ async def search_jobs(request: web.Request) -> web.Response:
     deps, _ = _admin(request)
     limit = query_int(request, "limit", 20, 1, 100)
     offset = query_int(request, "offset", 0, 0, 1_000_000)
-    q = request.query.get("q", "").strip()
+    q = query_text(request, "q", 200)
     status = request.query.get("status")
     if status is not None and status not in JOB_STATUSES:
         raise ValidationError(f"status must be one of {', '.join(JOB_STATUSES)}")
-    if len(q) > 200:
-        raise ValidationError("q is at most 200 characters")
     where, args = [], []
     if q:
         job_id = store.as_uuid(q)
@@ -714,22 +724,21 @@ async def cancel_job(request: web.Request) -> web.Response:
     return respond({"job_id": str(job_id), "status": "failed", "message": OPERATOR_CANCEL_MESSAGE})
 
 
-def routes() -> list[web.RouteDef]:
-    """The admin routes (``routes.routes()`` includes them); one result window per call."""
+def handlers() -> dict[str, Handler]:
+    """The admin routes' handlers by operation id (``routes.handlers()`` includes them); one result window per call."""
     window = ResultWindow()
 
     async def queues_route(request: web.Request) -> web.Response:
         return await queues(request, window)
 
-    p = "/api/v1/admin"
-    return [
-        web.get(f"{p}/queues", queues_route),
-        web.get(f"{p}/dead-letters", list_dead_letters),
-        web.post(f"{p}/dead-letters/{{stream}}/retry-all", retry_all_dead_letters),
-        web.post(f"{p}/dead-letters/{{stream}}/{{entry_id:[0-9]+-[0-9]+}}/retry", retry_dead_letter),
-        web.delete(f"{p}/dead-letters/{{stream}}/{{entry_id:[0-9]+-[0-9]+}}", delete_dead_letter_route),
-        web.get(f"{p}/jobs", search_jobs),
-        web.get(f"{p}/jobs/{{job_id}}", job_detail),
-        web.post(f"{p}/jobs/{{job_id}}/cancel", cancel_job),
-        web.get(f"{p}/actions", actions),
-    ]
+    return {
+        "getAdminQueues": queues_route,
+        "listAdminDeadLetters": list_dead_letters,
+        "retryAllAdminDeadLetters": retry_all_dead_letters,
+        "retryAdminDeadLetter": retry_dead_letter,
+        "deleteAdminDeadLetter": delete_dead_letter_route,
+        "searchAdminJobs": search_jobs,
+        "getAdminJob": job_detail,
+        "cancelAdminJob": cancel_job,
+        "listAdminActions": actions,
+    }

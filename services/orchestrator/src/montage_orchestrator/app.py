@@ -1,7 +1,7 @@
 """The orchestrator application: ``create_app(settings)``.
 
 The service's skeleton (the same in every service): ``app`` (this factory), ``deps`` (the
-container, ``app[DEPS]``), ``routes`` (the internal HTTP API), ``resources`` (one
+container, ``app[DEPS]``), ``routes`` (the handlers of its routes in ``montage_contracts.routes``), ``resources`` (one
 ``cleanup_ctx`` per resource, stopped and awaited on shutdown).
 """
 
@@ -13,10 +13,12 @@ import socket
 
 from aiohttp import web
 from montage_common import resources as shared
+from montage_common.routing import bind
 from montage_common.web import create_base_app, internal_only
+from montage_contracts.routes import Service, served_by
 
 from montage_orchestrator import resources
-from montage_orchestrator.routes import routes
+from montage_orchestrator.routes import handlers
 from montage_orchestrator.settings import OrchestratorSettings
 
 SERVICE = "orchestrator"
@@ -34,7 +36,7 @@ def create_app(settings: OrchestratorSettings) -> web.Application:
     # The upload handler streams the body itself; this bound only covers other routes.
     app = create_base_app(SERVICE, client_max_size=settings.max_upload_bytes + 1024**2)
     app.middlewares.append(internal_only(settings.internal_secret))
-    app.router.add_routes(routes())
+    bind(app.router, served_by(Service.ORCHESTRATOR), handlers())
     app.cleanup_ctx.extend(
         [
             shared.postgres(

@@ -7,7 +7,8 @@
 - :func:`on_failure`: what a failed stage does to the job (continue text-only, fall back to a
   simple plan, or fail the job with which code and message), after the StageSpec's policy;
 - :func:`budget_allows`: whether a stage may start with what is left of the job's cap;
-- :func:`after_success`: the next stage, or the end of the pipeline.
+- :func:`after_success`: the next stage, or the end of the pipeline;
+- :func:`on_stuck`: what the reconciler does with a stage that makes no progress.
 """
 
 from __future__ import annotations
@@ -94,3 +95,19 @@ def budget_allows(stage_name: str, spent: Decimal, job_estimate: Decimal, limit:
 def after_success(stage_name: str) -> StageSpec | None:
     """The stage to dispatch next, or ``None``: the job is complete."""
     return next_stage(stage_name)
+
+
+@dataclass(frozen=True, slots=True)
+class Redispatch:
+    """Dispatch the stage again (a new dispatch number)."""
+
+    reason: str
+
+
+def on_stuck(stage_name: str, dispatch: int, max_dispatches: int, idle_seconds: float) -> Redispatch | FailJob:
+    """A stage whose worker is alive but reported no progress for ``idle_seconds``: dispatched
+    again while it has had fewer than ``max_dispatches`` dispatches, else the job fails clearly."""
+    if dispatch < max_dispatches:
+        return Redispatch(f"no progress for {idle_seconds:.0f} s")
+    message = f"{stage_name} made no progress for {idle_seconds:.0f} s (dispatched {dispatch} times)"
+    return FailJob(ErrorCode.MODULE_FAILURE, message)

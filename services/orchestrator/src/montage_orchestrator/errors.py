@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from montage_contracts.errors import ValidationError
+from montage_contracts.errors import PayloadTooLarge, ValidationError
 
 
-class UploadTooLarge(ValidationError):
-    """The uploaded file is over the size limit (the spec answers 400)."""
+class UploadTooLarge(PayloadTooLarge):
+    """The uploaded file is over ``MAX_UPLOAD_BYTES``: 413, as the gateway answers a body over
+    ``MAX_BODY_BYTES`` (the spec's 400 would make one cause answer two statuses by size)."""
 
 
 class UnsupportedAudio(ValidationError):

@@ -35,3 +35,8 @@ CLEANUP_DELETED = Counter("montage_cleanup_objects_total", "Cleanup actions", ["
 STAGES_REDISPATCHED = Counter(
     "montage_stages_redispatched_total", "Stages dispatched again because Redis lost their task or result", ["stage"]
 )
+STAGES_STUCK = Counter(
+    "montage_stages_stuck_total",
+    "Stages whose live worker reported no progress for STAGE_STALL_SECONDS (outcome: redispatched or failed)",
+    ["stage", "outcome"],
+)

@@ -86,6 +86,7 @@ def queue_stage(  # noqa: PLR0917
         stage=stage,
         input=stage_input,
         budget_remaining=str(limit - eff.total),
+        cost_limit=str(limit),
         dispatch=dispatch,
     )
     eff.emits.append(stage_task_emit(deps, task))
@@ -98,6 +99,7 @@ async def dispatch_stage(conn: asyncpg.Connection, deps: Deps, job: asyncpg.Reco
     operator console; budget check first for the expensive ones); False when the job failed instead."""
     job_id = job["job_id"]
     limit: Decimal = job["cost_limit"]
+    eff.total = max(eff.total, job["total_cost"])  # what is spent: the budget check and the task's seed
     if not decisions.budget_allows(stage, eff.total, job["estimated_cost"], limit):
         log.info("budget_precheck_failed", job_id=str(job_id), stage=stage, total=str(eff.total))
         await fail_job(conn, deps, eff, ErrorCode.BUDGET_EXCEEDED, BUDGET_MESSAGE)

@@ -1,4 +1,5 @@
-"""The orchestrator's internal HTTP API (the gateway forwards its listed routes here with the internal secret)."""
+"""The orchestrator's internal HTTP API: a handler per route of ``montage_contracts.routes`` it serves
+(the gateway forwards them here with the internal secret)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ import msgspec
 import structlog
 from aiohttp import web
 from montage_common import db
+from montage_common.idempotency import FINGERPRINT_HEADER
 from montage_common.redis import REDIS_DOWN
 from montage_common.storage import layout
-from montage_common.web import internal_user, query_int
+from montage_common.web import Handler, internal_user, query_int
 from montage_contracts.errors import BudgetExceededError, ErrorCode, Forbidden, Gone, NotFound, ValidationError
 from montage_contracts.models import AudioParserInput
 from montage_contracts.pipeline import FINAL_STATUSES, JOB_STATUSES, STAGES
@@ -100,7 +102,9 @@ async def upload_audio(request: web.Request) -> web.Response:
         "estimated_cost": estimate,
         "created_at": store.iso(row["created_at"]),
     }
-    return respond(body, status=201)
+    resp = respond(body, status=201)
+    resp.headers[FINGERPRINT_HEADER] = received.fingerprint  # for Idempotency-Key (the gateway keeps it)
+    return resp
 
 
 async def _create_job(  # noqa: PLR0917
@@ -230,13 +234,14 @@ async def internal_health(request: web.Request) -> web.Response:
     return respond(report, status=200 if not report["issues"] else 503)
 
 
-def routes() -> list[web.RouteDef]:
-    return [
-        web.post("/api/v1/upload-audio", upload_audio),
-        web.get("/api/v1/jobs", list_jobs),
-        web.get("/api/v1/jobs/{job_id}", get_job),
-        web.post("/api/v1/jobs/{job_id}/cancel", cancel_job),
-        web.get("/api/v1/jobs/{job_id}/download", download),
-        web.get("/internal/health", internal_health),
-        *admin.routes(),  # /api/v1/admin/*: the operator console (admins only; see admin.py)
-    ]
+def handlers() -> dict[str, Handler]:
+    """The handler of each of the orchestrator's routes in ``montage_contracts.routes``, by operation id."""
+    return {
+        "uploadAudio": upload_audio,
+        "listJobs": list_jobs,
+        "getJob": get_job,
+        "cancelJob": cancel_job,
+        "getDownload": download,
+        "getInternalHealth": internal_health,
+        **admin.handlers(),  # /api/v1/admin/*: the operator console (admins only; see admin.py)
+    }

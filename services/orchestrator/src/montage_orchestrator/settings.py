@@ -40,6 +40,15 @@ class OrchestratorSettings(CommonSettings, frozen=True, kw_only=True):
     outbox_grace_seconds: Annotated[
         float, Meta(description="an unsent first dispatch older than this is re-sent by the sweeper")
     ] = 10.0
+    stage_stall_seconds: Annotated[
+        float,
+        Meta(
+            description="a running stage whose worker reported no progress (start, progress text, cost) for this long is stuck: dispatched again, or failed after STAGE_MAX_DISPATCHES"
+        ),
+    ] = 300.0
+    stage_max_dispatches: Annotated[
+        int, Meta(description="dispatches of one stage of a job before a stuck stage fails the job instead")
+    ] = 3
     results_concurrency: Annotated[int, Meta(description="results handled at once per orchestrator process")] = 32
     db_pool_size: Annotated[int, Meta(description="Postgres connections per process")] = 10
     run_migrations: Annotated[bool, Meta(description="apply database migrations at start-up")] = True

@@ -18,6 +18,7 @@ from typing import Any
 
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
+from montage_common.idempotency import UploadFingerprint
 from montage_common.media import ffmpeg_exe
 from montage_contracts.errors import ValidationError
 from mutagen import MutagenError
@@ -39,6 +40,7 @@ class Upload:
     size: int
     filename: str  # as the client sent it
     prompt: str | None
+    fingerprint: str = ""  # of the song's bytes and the prompt field (``Idempotency-Key``)
 
     def discard(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -54,7 +56,7 @@ class AudioInfo:
         return CONTENT_TYPES[self.kind]
 
 
-async def _read_file_part(part: BodyPartReader, dest: Path, limit: int) -> int:
+async def _read_file_part(part: BodyPartReader, dest: Path, limit: int, fp: UploadFingerprint) -> int:
     size = 0
     with dest.open("wb") as fh:
         while chunk := await part.read_chunk(CHUNK):
@@ -62,6 +64,7 @@ async def _read_file_part(part: BodyPartReader, dest: Path, limit: int) -> int:
             if size > limit:
                 raise UploadTooLarge(f"File too large: the limit is {limit // (1024 * 1024)} MB")
             fh.write(chunk)
+            fp.file_chunk(chunk)
     return size
 
 
@@ -76,6 +79,7 @@ async def receive(request: web.Request, limit: int, tmp_dir: str | None = None) 
     fd, name = tempfile.mkstemp(prefix="montage-upload-", dir=tmp_dir)
     os.close(fd)
     upload = Upload(Path(name), 0, "", None)
+    fp = UploadFingerprint()
     try:
         got_file = False
         while (part := await reader.next()) is not None:
@@ -83,12 +87,13 @@ async def receive(request: web.Request, limit: int, tmp_dir: str | None = None) 
                 raise ValidationError("Nested multipart is not supported")
             if part.name == "audio_file" and not got_file:
                 upload.filename = part.filename or ""
-                upload.size = await _read_file_part(part, upload.path, limit)
+                upload.size = await _read_file_part(part, upload.path, limit, fp)
                 got_file = True
             elif part.name == "user_prompt":
                 raw = await part.read(decode=True)
                 if len(raw) > MAX_PROMPT_FIELD:
                     raise ValidationError("user_prompt is too long")
+                fp.prompt(bytes(raw))
                 upload.prompt = raw.decode("utf-8", errors="replace")
             else:
                 await part.release()
@@ -100,6 +105,7 @@ async def receive(request: web.Request, limit: int, tmp_dir: str | None = None) 
     except BaseException:
         upload.discard()
         raise
+    upload.fingerprint = fp.hexdigest()
     return upload
 
 

@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from aiohttp import web
-from montage_common.web import internal_user, json_response, query_int
+from montage_common.web import Handler, internal_user, json_response, query_int, query_text
 from montage_contracts.api import timestamp
 from montage_contracts.errors import Forbidden, ValidationError
 
@@ -29,8 +29,8 @@ def _iso(value: datetime | None) -> str | None:
     return None if value is None else timestamp(value)
 
 
-def list_route(secret: str, pool_of: Any) -> web.RouteDef:
-    """The route; ``pool_of(app)`` gives the Postgres pool (built in the app's cleanup context)."""
+def list_handler(secret: str, pool_of: Any) -> Handler:
+    """The handler of ``listAdminNexusJobs``; ``pool_of(app)`` gives the Postgres pool (built in the app's cleanup context)."""
 
     async def list_jobs(request: web.Request) -> web.Response:
         internal_user(request, secret)
@@ -44,9 +44,7 @@ def list_route(secret: str, pool_of: Any) -> web.RouteDef:
                 raise ValidationError(f"status must be one of {', '.join(STATUSES)}")
             args.append(status)
             where.append(f"status = ${len(args)}")
-        if q := request.query.get("q", "").strip():
-            if len(q) > 200:
-                raise ValidationError("q is at most 200 characters")
+        if q := query_text(request, "q", 200):
             args.append(q)
             n = len(args)
             where.append(f"(job_id = ${n} OR workflow_id = ${n} OR trace_id = ${n} OR user_id = ${n})")
@@ -77,4 +75,4 @@ def list_route(secret: str, pool_of: Any) -> web.RouteDef:
              "counts": {s: counts.get(s, 0) for s in STATUSES}}
         )  # fmt: skip
 
-    return web.get("/api/v1/admin/ragnarok/jobs", list_jobs)
+    return list_jobs

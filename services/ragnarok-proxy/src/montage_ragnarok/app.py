@@ -13,7 +13,9 @@ import socket
 
 from aiohttp import web
 from montage_common import resources as shared
+from montage_common.routing import bind
 from montage_common.web import create_base_app, internal_only
+from montage_contracts.routes import Service, served_by
 
 from montage_ragnarok import resources
 from montage_ragnarok.routes import NexusHandlers, trace_errors_middleware, trace_middleware
@@ -36,7 +38,7 @@ def create_app(settings: ProxySettings) -> web.Application:
     app.middlewares.insert(1, trace_middleware)
     app.middlewares.append(trace_errors_middleware)
     app.middlewares.append(internal_only(settings.internal_secret))
-    app.router.add_routes(NexusHandlers(settings).routes())
+    bind(app.router, served_by(Service.RAGNAROK), NexusHandlers(settings).handlers())
     app.cleanup_ctx.extend(
         [
             shared.postgres(

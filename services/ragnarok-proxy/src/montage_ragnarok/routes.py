@@ -1,9 +1,11 @@
-"""The Nexus endpoints. The gateway forwards ``/api/nexus/ragnarok/*`` unchanged after
-authenticating the user and adds ``X-Montage-Internal`` (shared secret) and ``X-Montage-User-Id``.
+"""The Nexus endpoints (their routes: ``montage_contracts.routes``, tag ``nexus``). The gateway
+forwards them unchanged after authenticating the user and adds ``X-Montage-Internal`` (shared
+secret) and ``X-Montage-User-Id``.
 """
 
 from __future__ import annotations
 
+import posixpath
 import secrets
 import time
 import uuid
@@ -16,6 +18,7 @@ from montage_common import db
 from montage_common.web import Handler, internal_user, json_response
 from montage_contracts.api import timestamp
 from montage_contracts.errors import Forbidden, MontageError, NotFound, ServiceUnavailable, ValidationError
+from montage_contracts.routes import Service, route, served_by
 
 from montage_ragnarok import admin
 from montage_ragnarok.deps import DEPS, Deps
@@ -24,7 +27,8 @@ from montage_ragnarok.store import Job
 
 log = structlog.get_logger()
 
-PREFIX = "/api/nexus/ragnarok"
+# Where the Nexus routes live (the table's `nexus` routes share it): requests under it get a trace id.
+PREFIX = posixpath.commonpath([r.template for r in served_by(Service.RAGNAROK) if r.tag == "nexus"])
 MAX_NAME = 200
 TRACE_ID: web.RequestKey[str] = web.RequestKey("trace_id", str)
 HEADER_TRACE = "X-Trace-ID"
@@ -39,7 +43,7 @@ def new_job_id() -> str:
 
 
 def tracking_url(job_id: str) -> str:
-    return f"{PREFIX}/jobs/{job_id}"
+    return route("nexusGetJob").url(job_id=job_id)
 
 
 @web.middleware
@@ -143,14 +147,15 @@ class NexusHandlers:
     def __init__(self, settings: ProxySettings) -> None:
         self.secret = settings.internal_secret
 
-    def routes(self) -> list[web.RouteDef]:
-        return [
-            web.post(f"{PREFIX}/generate/enriched", self.generate_enriched),
-            web.post(f"{PREFIX}/direct/submit", self.direct_submit),
-            web.get(f"{PREFIX}/jobs/{{job_id}}", self.get_job),
+    def handlers(self) -> dict[str, Handler]:
+        """The handler of each of the proxy's routes in ``montage_contracts.routes``, by operation id."""
+        return {
+            "nexusEnrichedSubmit": self.generate_enriched,
+            "nexusDirectSubmit": self.direct_submit,
+            "nexusGetJob": self.get_job,
             # The operator console's list (admins only; see admin.py).
-            admin.list_route(self.secret, lambda app: app[DEPS].store.pool),
-        ]
+            "listAdminNexusJobs": admin.list_handler(self.secret, lambda app: app[DEPS].store.pool),
+        }
 
     async def generate_enriched(self, request: web.Request) -> web.Response:
         user_id = internal_user(request, self.secret)

@@ -49,7 +49,7 @@ async def process(ctx: StageContext, job_id: str, input: AudioParserInput) -> Au
                 with contextlib.suppress(asyncio.CancelledError):
                     await track
         await meter.report()
-        sung = await transcribe(ctx, job_id, local, input.audio_key)  # a provider call: priced by its usage
+        sung = await transcribe(ctx, job_id, local, input.audio_key, result.duration)  # a provider call
         if sung is not None:
             result = msgspec.structs.replace(result, lyrics=sung)
         log.info(
@@ -64,12 +64,15 @@ async def process(ctx: StageContext, job_id: str, input: AudioParserInput) -> Au
         return result
 
 
-async def transcribe(ctx: StageContext, job_id: str, audio: Path, audio_key: str) -> list[LyricLine] | None:
-    """The song's lyrics from the transcription provider, or ``None`` when none is configured."""
+async def transcribe(
+    ctx: StageContext, job_id: str, audio: Path, audio_key: str, seconds: float = 0.0
+) -> list[LyricLine] | None:
+    """The song's lyrics from the transcription provider, or ``None`` when none is configured
+    (``seconds``: the song's length, what the call reserves against the job's budget)."""
     if not ctx.settings.stt_url:
         return None
     suffix = PurePosixPath(audio_key).suffix or ".mp3"
-    found = await lyrics.transcribe(ctx, job_id, audio, f"song{suffix}")
+    found = await lyrics.transcribe(ctx, job_id, audio, f"song{suffix}", planned_seconds=seconds)
     log.info("lyrics_transcribed", job_id=job_id, lines=len(found), words=sum(len(x.words) for x in found))
     return found
 

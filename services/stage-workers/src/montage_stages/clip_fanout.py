@@ -24,6 +24,15 @@ flight are waited for (a dead clip worker's entries are reclaimed by the others)
 clip is reported by the coordinator, once per clip, from the record's seconds, so the stage's
 result still carries one cost per clip (``{job_id}:video_generator:clip_<i>``).
 
+No wake-up is needed (issue #22): the coordinator follows the records stream, and every clip it
+waits for also re-reads the whole stream at least every few seconds, so a record the reader
+never delivered (a cancel redis-py swallowed, a dropped connection) is still seen. An entry that
+is neither recorded nor in flight in the clip stream (Redis lost it) is added again, at most
+``MAX_REDISPATCHES`` times, then counted as a failed clip; an entry whose renderer died is in
+flight (pending) and is reclaimed by the other clip workers. When no clip of the job finishes for
+``CLIP_STALL_SECONDS``, the stage gives up with :class:`ClipsStalled` (``GENERATION_ERROR``),
+well before the job's timeout.
+
 Cancellation: a clip worker checks the job's cancel flag before it renders and polls it while
 ffmpeg runs (the process is killed); a cancelled entry is recorded as such.
 """
@@ -42,9 +51,10 @@ from typing import Any, Literal
 import msgspec
 import structlog
 from montage_common.storage import Storage
+from montage_contracts.errors import GenerationError
 from montage_contracts.keys import Keys
 from montage_contracts.messages import clip_message_id, clip_record_message_id
-from montage_streams import REDIS_DOWN, DeadLetter, Delivery, Emit, StreamProducer, read_range
+from montage_streams import REDIS_DOWN, DeadLetter, Delivery, Emit, StreamProducer, in_flight, read_range
 from redis.asyncio import Redis
 
 from montage_stages import ffmpeg
@@ -59,6 +69,7 @@ RECORD_TTL_SECONDS = 2 * 3600  # records and dispatch marks outlive any job (15 
 CANCEL_POLL_SECONDS = 0.5
 WAIT_BLOCK_MS = 1000
 REDIS_RETRY_SECONDS = 0.5
+MAX_REDISPATCHES = 3  # a lost clip entry is added again at most this often
 
 
 # --- the wire ------------------------------------------------------------------------
@@ -178,51 +189,153 @@ def source_of(ref: ClipSource, path: Path) -> Source:
 
 
 # --- the coordinator's side -----------------------------------------------------------
+class ClipsStalled(GenerationError):
+    """No clip of the job was finished for ``CLIP_STALL_SECONDS``: the stage gives up."""
+
+    default_message = "Clip rendering made no progress"
+
+
 class ClipFanout:
     """A coordinator's link to the clip workers for one stage task: :meth:`render` adds a clip
-    entry (unless it was added before) and waits for its record."""
+    entry (unless it was added before) and waits for its record.
 
-    def __init__(self, redis: Redis, keys: Keys, job_id: str) -> None:
+    The records reach it two ways: a reader task that follows the records stream (a blocking
+    ``XREAD``), and, whatever becomes of that task, a re-read of the whole stream by every waiting
+    clip at least every ``rescan_seconds``. A waiting clip whose entry is neither recorded nor in
+    flight (unread, pending or waiting for a retry in the clip stream: the entry was lost) is added
+    again, at most ``MAX_REDISPATCHES`` times, then recorded as failed; a dead renderer's entry is
+    in flight (pending) and is reclaimed by the others. When no record of the job arrives for
+    ``stall_seconds`` the stage gives up with :class:`ClipsStalled`.
+    """
+
+    def __init__(
+        self, redis: Redis, keys: Keys, job_id: str, *, rescan_seconds: float = 5.0, stall_seconds: float = 300.0
+    ) -> None:
         self.redis = redis
         self._r: Any = redis
         self.keys = keys
         self.job_id = job_id
+        self.rescan_seconds = max(rescan_seconds, 0.05)
+        self.stall_seconds = stall_seconds
         self.producer = StreamProducer(redis)
         self.stream = keys.clip_stream(keys.partition_of(job_id))
         self.records_key = keys.clip_records(job_id)
         self.dispatched_key = keys.clip_dispatched(job_id)
         self.records: dict[str, ClipRecord] = {}
         self.waiting: dict[str, asyncio.Future[ClipRecord]] = {}
+        self.entries: dict[str, ClipEntry] = {}  # what was asked for, to add again if lost
+        self.redispatched: dict[str, int] = {}
         self.dispatched = 0  # entries this coordinator added
         self.reused = 0  # clips whose record was there before this coordinator asked
+        self.found_on_rescan = 0  # records the reader had not delivered (a lost wake-up)
         self._last = "0-0"
         self._first_read = asyncio.Event()
         self._closing = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
         self._broken: Exception | None = None  # the reader's failure: every clip waiting gets it
+        self._rescan_lock = asyncio.Lock()
+        self._rescanned_at = -1e18
+        self._progress_at = time.monotonic()  # the last record (or addition) of this job
 
     async def render(self, entry: ClipEntry) -> ClipRecord:
         entry = signed(entry) if not entry.sig else entry
         self._start()
-        await self._first_read.wait()
+        with contextlib.suppress(TimeoutError):  # bounded: the rescan below does not need the reader
+            await asyncio.wait_for(self._first_read.wait(), self.rescan_seconds)
         if self._broken is not None:
             raise self._broken
+        if not self._first_read.is_set():
+            await self._rescan(force=True)
         if (found := self.records.get(entry.sig)) is not None:
             self.reused += 1
             return found
         future = self.waiting.get(entry.sig)
         if future is None:
             future = self.waiting[entry.sig] = asyncio.get_running_loop().create_future()
+            self.entries[entry.sig] = entry
+            self._progress_at = time.monotonic()  # the stall counts from the last clip asked for, at the earliest
             if not await self._r.sismember(self.dispatched_key, entry.sig):
-                await self.producer.emit(
-                    [Emit(self.stream, _encoder.encode(entry), message_id=clip_message_id(entry.job_id, entry.sig))]
+                await self._add(entry)
+        return await self._wait(entry.sig, future)
+
+    async def _add(self, entry: ClipEntry) -> None:
+        await self.producer.emit(
+            [Emit(self.stream, _encoder.encode(entry), message_id=clip_message_id(entry.job_id, entry.sig))]
+        )
+        self.dispatched += 1
+        self._progress_at = time.monotonic()
+        async with self._r.pipeline(transaction=True) as pipe:
+            pipe.sadd(self.dispatched_key, entry.sig)
+            pipe.expire(self.dispatched_key, RECORD_TTL_SECONDS)
+            await pipe.execute()
+
+    async def _wait(self, sig: str, future: asyncio.Future[ClipRecord]) -> ClipRecord:
+        """The clip's record; never waits on a wake-up alone (see the class docstring)."""
+        rounds = int(self.stall_seconds / self.rescan_seconds) + 2
+        for _ in range(rounds * (MAX_REDISPATCHES + 1)):  # bounded: each round is rescan_seconds
+            await asyncio.wait([future], timeout=self.rescan_seconds)  # never cancels the shared future
+            if future.done():
+                return future.result()
+            await self._rescan()
+            if future.done():
+                return future.result()
+            idle = time.monotonic() - self._progress_at
+            if idle >= self.stall_seconds:
+                outstanding = sum(1 for f in self.waiting.values() if not f.done())
+                raise ClipsStalled(
+                    f"No clip finished for {idle:.0f} s ({outstanding} clips outstanding); video_generator gave up",
+                    job_id=self.job_id,
                 )
-                self.dispatched += 1
-                async with self._r.pipeline(transaction=True) as pipe:
-                    pipe.sadd(self.dispatched_key, entry.sig)
-                    pipe.expire(self.dispatched_key, RECORD_TTL_SECONDS)
-                    await pipe.execute()
-        return await asyncio.shield(future)
+        raise ClipsStalled(f"Clip {sig} was never recorded", job_id=self.job_id)
+
+    async def _rescan(self, *, force: bool = False) -> None:
+        """Re-read every record of the job and add again the waiting entries that were lost.
+
+        Shared by every waiting clip (at most one per ``rescan_seconds / 2``). The entries in
+        flight are looked at *before* the records are read: a record is written atomically with
+        its entry's ack, so an entry not in flight then and not recorded now was lost.
+        """
+        async with self._rescan_lock:
+            if not force and time.monotonic() - self._rescanned_at < self.rescan_seconds / 2:
+                return
+            try:
+                waiting = [sig for sig, f in self.waiting.items() if not f.done()]
+                ids = {clip_message_id(self.job_id, sig): sig for sig in waiting}
+                busy = await in_flight(
+                    self.redis,
+                    [(self.stream, self.keys.clip_group())],
+                    self.keys.delayed_zset(self.stream),
+                    ids,
+                    separator="\n",  # never in a message id: each id is its own prefix
+                )
+                found = self._resolve(await read_range(self.redis, self.records_key))
+            except REDIS_DOWN as exc:
+                log.warning("clip_records_unreadable", job_id=self.job_id, error=repr(exc)[:200])
+                return
+            finally:
+                self._rescanned_at = time.monotonic()
+            if found:
+                self.found_on_rescan += found
+                log.warning("clip_records_found_on_rescan", job_id=self.job_id, count=found)
+            if busy is None:  # a backlog too long to scan: nothing can be said lost
+                return
+            for mid, sig in ids.items():
+                if mid not in busy and not self.waiting[sig].done():
+                    await self._readd(sig)
+
+    async def _readd(self, sig: str) -> None:
+        entry = self.entries.get(sig)
+        times = self.redispatched.get(sig, 0) + 1
+        self.redispatched[sig] = times
+        future = self.waiting[sig]
+        if entry is None or times > MAX_REDISPATCHES:
+            error = f"the clip's entry was lost {times - 1} times"
+            future.set_result(ClipRecord(job_id=self.job_id, index=entry.index if entry else -1, sig=sig, ok=False,
+                                         error=error))  # fmt: skip
+            return
+        log.warning("clip_entry_lost_added_again", job_id=self.job_id, clip=entry.index, times=times)
+        CLIP_ENTRIES.labels(outcome="redispatched").inc()
+        await self._add(entry)
 
     def _start(self) -> None:
         if self._reader is None:
@@ -244,7 +357,10 @@ class ClipFanout:
         # mid-command into a connection error, which this loop would otherwise retry forever.
         while not self._closing.is_set():
             try:
-                self._take(await read_range(self.redis, self.records_key, after=self._last))
+                entries = await read_range(self.redis, self.records_key, after=self._last)
+                if entries:
+                    self._last = entries[-1].entry_id
+                self._resolve(entries)
                 self._first_read.set()
                 # wait for the next record (returns at once when one is there)
                 await self._r.xread({self.records_key: self._last}, count=1, block=WAIT_BLOCK_MS)
@@ -253,25 +369,32 @@ class ClipFanout:
                 if self._closing.is_set() or (task is not None and task.cancelling()):
                     return  # redis-py may turn a cancel mid-command into a connection error
                 log.warning("clip_records_unreadable", job_id=self.job_id, error=repr(exc)[:200])
-                await asyncio.sleep(REDIS_RETRY_SECONDS)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closing.wait(), REDIS_RETRY_SECONDS)
 
-    def _take(self, entries: list[Any]) -> None:
+    def _resolve(self, entries: list[Any]) -> int:
+        """Take the records among ``entries``; returns how many resolved a waiting clip."""
+        resolved = 0
         for e in entries:
-            self._last = e.entry_id
             try:
                 record = _record_decoder.decode(e.payload)
             except msgspec.DecodeError:
                 log.error("clip_record_undecodable", job_id=self.job_id, entry=e.entry_id)
                 continue
-            self.records.setdefault(record.sig, record)
-            future = self.waiting.pop(record.sig, None)
+            if record.sig not in self.records:
+                self.records[record.sig] = record
+                self._progress_at = time.monotonic()
+            future = self.waiting.get(record.sig)
             if future is not None and not future.done():
                 future.set_result(self.records[record.sig])
+                resolved += 1
+        return resolved
 
     async def close(self) -> None:
         self._closing.set()
         if self._reader is not None:
-            log.info("clips_fanned_out", job_id=self.job_id, added=self.dispatched, reused=self.reused)
+            log.info("clips_fanned_out", job_id=self.job_id, added=self.dispatched, reused=self.reused,
+                     found_on_rescan=self.found_on_rescan)  # fmt: skip
             self._reader.cancel()
             # bounded: the stage's result must not wait on a read the cancel did not reach
             _, stuck = await asyncio.wait([self._reader], timeout=WAIT_BLOCK_MS / 1000 + 5.0)

@@ -6,7 +6,12 @@ A stage module exports ``async def process(ctx, job_id, input) -> output``. The 
 - ``progress(text)``: a human-readable ``message`` event ("Rendering clip 3 of 8"); also a good
   moment for the worker to extend its claim on the message.
 - ``cost(item)``: one :class:`~montage_contracts.models.CostItem` per provider call or unit of local
-  compute; ``call_id`` is stable under redelivery, so the orchestrator can dedupe.
+  compute; ``call_id`` is stable under redelivery, so the orchestrator can dedupe. The worker also
+  settles it in the job's budget ledger.
+- ``budget``: the job's budget (:class:`~montage_common.budget.JobBudget`): every provider call and
+  every clip reserves its price first (``async with ctx.budget.reserved(call_id, price):``); a
+  reservation that would pass the job's cap raises ``BudgetExceededError`` and the call is not
+  made. Unlimited by default (tests, the one-process pipeline).
 - ``providers``: the worker's provider clients (one pool per process, see :mod:`provider_http`).
 - ``check_cancelled()``: raises :class:`~montage_contracts.errors.JobCancelled` when the job was
   cancelled; stages call it between units of work.
@@ -24,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from montage_common.budget import JobBudget
 from montage_common.storage import Storage
 from montage_contracts.models import CostItem
 
@@ -62,6 +68,7 @@ class StageContext:
     user_id: str = ""  # the job's owner (a RAGNAROK clip job is recorded under this user)
     providers: Providers = field(default_factory=Providers)  # the worker's provider clients, shared
     fanout: ClipFanout | None = None  # video_generator: clips rendered by the clip workers
+    budget: JobBudget = field(default_factory=JobBudget.unlimited)  # reservations against the job's cap
 
     @classmethod
     def create(
@@ -77,6 +84,7 @@ class StageContext:
         user_id: str = "",
         providers: Providers | None = None,
         fanout: ClipFanout | None = None,
+        budget: JobBudget | None = None,
     ) -> StageContext:
         """A context with defaults: default settings, a fresh temp workdir, no-op callbacks."""
         wd = workdir if workdir is not None else Path(tempfile.mkdtemp(prefix=f"montage-{job_id}-"))
@@ -92,6 +100,7 @@ class StageContext:
             user_id=user_id,
             providers=providers or Providers(),
             fanout=fanout,
+            budget=budget or JobBudget.unlimited(job_id),
         )
 
     def scratch(self, name: str) -> Path:

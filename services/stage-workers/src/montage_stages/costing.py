@@ -85,3 +85,31 @@ def image_usd(s: StageSettings, model: str, images: int) -> Decimal:
 def stt_usd(s: StageSettings, model: str, seconds: float) -> Decimal:
     """Minutes of audio times the model's price per minute."""
     return usd(seconds / 60 * _price(s.stt_prices, model, 1)[0])
+
+
+# --- prices before the call (what a call reserves against the job's budget) ---------------------
+# A chat completion's usage is known only after it; its reservation counts a token per
+# LLM_CHARS_PER_TOKEN characters of what is sent (English runs about 4, JSON about 3: the high
+# side), and an answer as long as the question (the planner and the prompt writer rewrite what
+# they are given). The settlement replaces the guess with the reported usage.
+LLM_CHARS_PER_TOKEN = 3
+LLM_ANSWER_TOKENS_PER_PROMPT_TOKEN = 1.0
+# Measured compute seconds per second of clip encoded (ffmpeg, one clip, the suite's and the
+# default sizes on a 2-core machine): what a clip reserves before its encode.
+ENCODE_SECONDS_PER_CLIP_SECOND = 1.0
+
+
+def llm_reserve_usd(s: StageSettings, model: str, prompt_chars: int) -> Decimal:
+    """What a chat completion of ``prompt_chars`` characters reserves."""
+    tokens = -(-prompt_chars // LLM_CHARS_PER_TOKEN)
+    return llm_usd(s, model, tokens, round(tokens * LLM_ANSWER_TOKENS_PER_PROMPT_TOKEN))
+
+
+def clip_encode_usd(s: StageSettings, clip_seconds: float) -> Decimal:
+    """What encoding a clip of ``clip_seconds`` reserves (local compute)."""
+    return usd(clip_seconds * ENCODE_SECONDS_PER_CLIP_SECOND * s.local_compute_rate_usd_per_second)
+
+
+def ragnarok_clip_usd(s: StageSettings, requested_seconds: float) -> Decimal:
+    """What a RAGNAROK clip of ``requested_seconds`` reserves (the configured price per second)."""
+    return usd(requested_seconds * s.ragnarok_usd_per_second)

@@ -45,14 +45,15 @@ async def generate_png(ctx: StageContext, call_id: str, prompt: str) -> tuple[by
     """One still for ``prompt``: the PNG and its width and height."""
     s = ctx.settings
     client = ctx.providers.openai(s.image_provider_url, s.image_provider_api_key, s.image_timeout_seconds)
-    try:
-        answer = await client.images.generate(**request(ctx, prompt))
-    except (openai.OpenAIError, ValueError) as exc:
-        raise translate(WHAT, exc) from None
-    images = answer.data or []
-    if images:
-        amount = image_usd(s, s.image_provider_model, len(images))
-        await ctx.cost(CostItem(call_id=call_id, api_name=f"image:{s.image_provider_model}", amount=amount))
+    async with ctx.budget.reserved(call_id, image_usd(s, s.image_provider_model, 1)):  # n=1
+        try:
+            answer = await client.images.generate(**request(ctx, prompt))
+        except (openai.OpenAIError, ValueError) as exc:
+            raise translate(WHAT, exc) from None
+        images = answer.data or []
+        if images:
+            amount = image_usd(s, s.image_provider_model, len(images))
+            await ctx.cost(CostItem(call_id=call_id, api_name=f"image:{s.image_provider_model}", amount=amount))
     if not images or not images[0].b64_json:
         raise ProviderUnavailable(f"{WHAT} answered without b64_json")
     try:

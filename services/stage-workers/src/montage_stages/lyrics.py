@@ -29,33 +29,32 @@ _LINE_GAP_SECONDS = 1.0  # without segments, a pause this long starts a new line
 _LINE_WORDS = 12
 
 
-async def transcribe(ctx: StageContext, job_id: str, audio: Path, filename: str) -> list[LyricLine]:
-    """The song's lyrics, line by line with word timestamps (``filename`` names the format)."""
+async def transcribe(
+    ctx: StageContext, job_id: str, audio: Path, filename: str, *, planned_seconds: float = 0.0
+) -> list[LyricLine]:
+    """The song's lyrics, line by line with word timestamps (``filename`` names the format);
+    ``planned_seconds`` (the song's length) is what the call reserves against the job's budget."""
     s = ctx.settings
     client = ctx.providers.openai(s.stt_url, s.stt_api_key, s.stt_timeout_seconds)
     data = await asyncio.to_thread(audio.read_bytes)
     mime = mimetypes.guess_type(filename)[0] or "application/octet-stream"
-    try:
-        result = await client.audio.transcriptions.create(
-            file=(filename, data, mime),
-            model=s.stt_model,
-            response_format="verbose_json",
-            timestamp_granularities=["word", "segment"],
-        )
-    except (openai.OpenAIError, ValueError) as exc:
-        raise translate(WHAT, exc) from None
-    raw: dict[str, Any] = result.model_dump() if hasattr(result, "model_dump") else {}
-    if not isinstance(raw.get("duration"), int | float):
-        raise ProviderUnavailable(f"{WHAT} answered without verbose_json's duration")
-    usage = raw.get("usage") or {}
-    seconds = float(usage.get("seconds") or raw["duration"]) if isinstance(usage, dict) else float(raw["duration"])
-    await ctx.cost(
-        CostItem(
-            call_id=call_id(job_id, "audio_parser", "lyrics"),
-            api_name=f"stt:{s.stt_model}",
-            amount=stt_usd(s, s.stt_model, seconds),
-        )
-    )
+    call = call_id(job_id, "audio_parser", "lyrics")
+    async with ctx.budget.reserved(call, stt_usd(s, s.stt_model, planned_seconds)):
+        try:
+            result = await client.audio.transcriptions.create(
+                file=(filename, data, mime),
+                model=s.stt_model,
+                response_format="verbose_json",
+                timestamp_granularities=["word", "segment"],
+            )
+        except (openai.OpenAIError, ValueError) as exc:
+            raise translate(WHAT, exc) from None
+        raw: dict[str, Any] = result.model_dump() if hasattr(result, "model_dump") else {}
+        if not isinstance(raw.get("duration"), int | float):
+            raise ProviderUnavailable(f"{WHAT} answered without verbose_json's duration")
+        usage = raw.get("usage") or {}
+        seconds = float(usage.get("seconds") or raw["duration"]) if isinstance(usage, dict) else float(raw["duration"])
+        await ctx.cost(CostItem(call_id=call, api_name=f"stt:{s.stt_model}", amount=stt_usd(s, s.stt_model, seconds)))
     parsed = [_word(w) for w in raw.get("words") or [] if isinstance(w, dict)]
     words = [w for w in parsed if w is not None]
     return lines(words, [seg for seg in raw.get("segments") or [] if isinstance(seg, dict)])

@@ -21,11 +21,12 @@ import structlog
 from montage_contracts.errors import GenerationError
 from montage_contracts.messages import call_id
 from montage_contracts.models import ClipPrompt, CostItem
+from montage_contracts.routes import route
 
 from montage_stages import imaging
 from montage_stages.clip_encoder import Source, StillSource, VideoSource
 from montage_stages.context import StageContext
-from montage_stages.costing import local_cost, usd
+from montage_stages.costing import local_cost, ragnarok_clip_usd, usd
 from montage_stages.provider_http import ProviderUnavailable
 
 log = structlog.get_logger()
@@ -88,11 +89,12 @@ class RagnarokRenderer:
         base = s.ragnarok_proxy_url.rstrip("/")
         seconds = prompt.end - prompt.start
         width, height = s.frame_size
+        # RAGNAROK renders 5-120 s; a shorter clip uses the first seconds of what it renders
+        requested = min(120, max(5, math.ceil(seconds)))
         body = {
             "prompt": prompt.prompt,
             "negative_prompt": prompt.negative_prompt,
-            # RAGNAROK renders 5-120 s; a shorter clip uses the first seconds of what it renders
-            "duration_seconds": min(120, max(5, math.ceil(seconds))),
+            "duration_seconds": requested,
             "width": width,
             "height": height,
             "fps": s.video_fps,
@@ -106,44 +108,47 @@ class RagnarokRenderer:
             "X-Montage-User-Id": ctx.user_id or "montage",
             "X-Request-ID": call,
         }
-        session = await ctx.providers.http()
-        timeout = aiohttp.ClientTimeout(total=s.ragnarok_request_timeout_seconds)
-        try:
-            submitted = await _nexus(
-                session.post(
-                    f"{base}/api/nexus/ragnarok/direct/submit",
-                    params={"business_name": s.ragnarok_business_name},
-                    json=body,
-                    headers=headers,
-                    timeout=timeout,
+        # the clip reserves its price (the requested seconds at RAGNAROK_USD_PER_SECOND) before it is asked for
+        async with ctx.budget.reserved(call, ragnarok_clip_usd(s, requested)):
+            session = await ctx.providers.http()
+            timeout = aiohttp.ClientTimeout(total=s.ragnarok_request_timeout_seconds)
+            try:
+                submitted = await _nexus(
+                    session.post(
+                        base + route("nexusDirectSubmit").path,
+                        params={"business_name": s.ragnarok_business_name},
+                        json=body,
+                        headers=headers,
+                        timeout=timeout,
+                    )
                 )
-            )
-            nexus_id, trace_id = str(submitted.get("job_id") or ""), str(submitted.get("trace_id") or "")
-            if not nexus_id:
-                raise ProviderUnavailable("ragnarok-proxy accepted the clip without a job id")
-            log.info("ragnarok_clip_submitted", clip=prompt.index, nexus_job=nexus_id, trace_id=trace_id)
-            status: dict[str, object] = submitted
-            polls = max(1, math.ceil(s.ragnarok_clip_timeout_seconds / max(s.ragnarok_poll_seconds, 0.01)))
-            for _ in range(polls):
-                await ctx.check_cancelled()
-                await asyncio.sleep(s.ragnarok_poll_seconds)
-                status = await _nexus(
-                    session.get(f"{base}/api/nexus/ragnarok/jobs/{nexus_id}", headers=headers, timeout=timeout)
-                )
-                if status.get("status") in ("completed", "failed"):
-                    break
-            else:
-                raise ProviderUnavailable(
-                    f"RAGNAROK job {nexus_id} not finished after {s.ragnarok_clip_timeout_seconds:g} s"
-                )
-            if status.get("status") == "failed":
-                raise GenerationError(f"RAGNAROK job {nexus_id} failed: {str(status.get('error') or '')[:200]}")
-            await _download(session, str(status.get("video_url") or ""), dest, timeout)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise ProviderUnavailable(f"ragnarok-proxy unreachable: {type(exc).__name__}") from None
-        reported = status.get("cost_usd")
-        amount = usd(float(reported)) if isinstance(reported, int | float) else usd(seconds * s.ragnarok_usd_per_second)
-        await ctx.cost(CostItem(call_id=call, api_name="ragnarok", amount=amount))
+                nexus_id, trace_id = str(submitted.get("job_id") or ""), str(submitted.get("trace_id") or "")
+                if not nexus_id:
+                    raise ProviderUnavailable("ragnarok-proxy accepted the clip without a job id")
+                log.info("ragnarok_clip_submitted", clip=prompt.index, nexus_job=nexus_id, trace_id=trace_id)
+                status: dict[str, object] = submitted
+                polls = max(1, math.ceil(s.ragnarok_clip_timeout_seconds / max(s.ragnarok_poll_seconds, 0.01)))
+                for _ in range(polls):
+                    await ctx.check_cancelled()
+                    await asyncio.sleep(s.ragnarok_poll_seconds)
+                    status = await _nexus(
+                        session.get(base + route("nexusGetJob").url(job_id=nexus_id), headers=headers, timeout=timeout)
+                    )
+                    if status.get("status") in ("completed", "failed"):
+                        break
+                else:
+                    raise ProviderUnavailable(
+                        f"RAGNAROK job {nexus_id} not finished after {s.ragnarok_clip_timeout_seconds:g} s"
+                    )
+                if status.get("status") == "failed":
+                    raise GenerationError(f"RAGNAROK job {nexus_id} failed: {str(status.get('error') or '')[:200]}")
+                await _download(session, str(status.get("video_url") or ""), dest, timeout)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise ProviderUnavailable(f"ragnarok-proxy unreachable: {type(exc).__name__}") from None
+            reported = status.get("cost_usd")
+            fallback = usd(seconds * s.ragnarok_usd_per_second)
+            amount = usd(float(reported)) if isinstance(reported, int | float) else fallback
+            await ctx.cost(CostItem(call_id=call, api_name="ragnarok", amount=amount))
         log.info("ragnarok_clip_rendered", clip=prompt.index, nexus_job=nexus_id, trace_id=trace_id, cost=str(amount))
         return VideoSource(dest, seconds, provider_job_id=nexus_id, trace_id=trace_id)
 

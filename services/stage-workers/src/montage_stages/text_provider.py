@@ -18,7 +18,7 @@ from montage_contracts.errors import GenerationError
 from montage_contracts.models import CostItem
 
 from montage_stages.context import StageContext
-from montage_stages.costing import llm_usd
+from montage_stages.costing import llm_reserve_usd, llm_usd
 from montage_stages.provider_http import ProviderUnavailable, translate
 
 WHAT = "text provider"
@@ -35,18 +35,23 @@ async def complete_json(
     """The JSON object the model answers for ``system`` + ``user``, shaped by ``schema``."""
     s = ctx.settings
     client = ctx.providers.openai(s.llm_url, s.llm_api_key, s.llm_timeout_seconds)
-    try:
-        completion = await client.chat.completions.create(
-            model=s.llm_model,
-            messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
-            response_format={"type": "json_schema", "json_schema": {"name": name, "strict": True, "schema": schema}},
-        )
-    except (openai.OpenAIError, ValueError) as exc:
-        raise translate(WHAT, exc) from None
-    usage = completion.usage
-    if usage is not None:
-        amount = llm_usd(s, s.llm_model, usage.prompt_tokens, usage.completion_tokens)
-        await ctx.cost(CostItem(call_id=call, api_name=f"llm:{s.llm_model}", amount=amount))
+    price = llm_reserve_usd(s, s.llm_model, len(system) + len(user) + len(json.dumps(schema)))
+    async with ctx.budget.reserved(call, price):  # BudgetExceededError: the call is not made
+        try:
+            completion = await client.chat.completions.create(
+                model=s.llm_model,
+                messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
+                response_format={
+                    "type": "json_schema",
+                    "json_schema": {"name": name, "strict": True, "schema": schema},
+                },
+            )
+        except (openai.OpenAIError, ValueError) as exc:
+            raise translate(WHAT, exc) from None
+        usage = completion.usage
+        if usage is not None:
+            amount = llm_usd(s, s.llm_model, usage.prompt_tokens, usage.completion_tokens)
+            await ctx.cost(CostItem(call_id=call, api_name=f"llm:{s.llm_model}", amount=amount))
     if not completion.choices:
         raise ProviderUnavailable(f"{WHAT} answered without a choice")
     choice = completion.choices[0]

@@ -45,16 +45,16 @@ from typing import Any
 
 import structlog
 from montage_common.storage import layout
-from montage_contracts.errors import GenerationError, JobCancelled, MontageError
+from montage_contracts.errors import BudgetExceededError, GenerationError, JobCancelled, MontageError
 from montage_contracts.messages import call_id
 from montage_contracts.models import Clip, ClipFailure, ClipPrompt, Clips, Transition, VideoGeneratorInput
 from montage_contracts.pipeline import spec
 
 from montage_stages import ffmpeg
 from montage_stages.clip_encoder import Source, StillSource, VideoSource, segment_args
-from montage_stages.clip_fanout import ClipEncoding, ClipEntry, ClipSource, ClipSpan
+from montage_stages.clip_fanout import ClipEncoding, ClipEntry, ClipSource, ClipSpan, ClipsStalled
 from montage_stages.context import StageContext
-from montage_stages.costing import local_cost
+from montage_stages.costing import clip_encode_usd, local_cost
 from montage_stages.metrics import CLIPS_RENDERED, track_stage
 from montage_stages.provider_http import ProviderUnavailable
 from montage_stages.renderers import ClipRenderer, renderer_for
@@ -62,6 +62,7 @@ from montage_stages.timeline import Segment, plan_segments, too_short
 
 STAGE = "video_generator"
 CANCEL_POLL_SECONDS = 0.5
+STOP_WAIT_SECONDS = 5.0  # how long the render loop waits for its tasks to end once it is done
 log = structlog.get_logger()
 
 
@@ -120,7 +121,8 @@ class _Render:
                 self._fail(p.index, "clip is shorter than one frame")
             else:
                 self._spawn(self._fetch(p), "fetch", p.index)
-        poller = asyncio.create_task(_poll_cancel(self.ctx))
+        stop = asyncio.Event()
+        poller = asyncio.create_task(_poll_cancel(self.ctx, stop), name=f"cancel-poll-{self.job_id}")
         try:
             while True:
                 plan = plan_segments(self.prompts, self.ok, self.transitions, self.fps)
@@ -136,9 +138,17 @@ class _Render:
                 for task in finished - {poller}:
                     self._finished(task)
         finally:
+            # The poller ends by `stop`, not only by its cancel (redis-py may swallow a cancel that
+            # lands mid-command); the wait is bounded either way, so a stuck task never holds the result.
+            stop.set()
             for t in (*self.tasks, poller):
                 t.cancel()
-            await asyncio.gather(*self.tasks, poller, return_exceptions=True)
+            _, stuck = await asyncio.wait({*self.tasks, poller}, timeout=STOP_WAIT_SECONDS)
+            if stuck:
+                log.warning("render_tasks_stuck", job_id=self.job_id, count=len(stuck))
+            for t in {*self.tasks, poller} - stuck:
+                if not t.cancelled():
+                    t.exception()  # retrieved: no "exception never retrieved" noise
         self._check_provider(len(plan))
         done = []
         for index, seg in sorted(plan.items()):
@@ -177,7 +187,7 @@ class _Render:
         if kind == "encode":
             self.encoding.discard(index)
         exc = task.exception()
-        if isinstance(exc, JobCancelled):
+        if isinstance(exc, JobCancelled | BudgetExceededError | ClipsStalled):  # the whole stage ends, not this clip
             raise exc
         if exc is not None and not isinstance(exc, Exception):
             raise exc
@@ -227,8 +237,16 @@ class _Render:
         return ClipSource(key=key, kind="video", seconds=source.seconds)
 
     async def _encode(self, seg: Segment) -> None:
-        if self.ctx.fanout is not None:
-            return await self._encode_elsewhere(seg)
+        """Encode the clip (here or on a clip worker) once its price is reserved against the job's
+        budget; a refused reservation stops the stage (``BudgetExceededError``)."""
+        index = seg.span.index
+        price = clip_encode_usd(self.ctx.settings, seg.span.frames / self.fps)
+        async with self.ctx.budget.reserved(call_id(self.job_id, STAGE, f"clip_{index}"), price):
+            if self.ctx.fanout is not None:
+                return await self._encode_elsewhere(seg)
+            return await self._encode_here(seg)
+
+    async def _encode_here(self, seg: Segment) -> None:
         index = seg.span.index
         own = self.sources[index]
         previous = self.sources.get(seg.previous.index) if seg.previous is not None else None
@@ -294,7 +312,10 @@ def _digest(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-async def _poll_cancel(ctx: StageContext) -> None:
-    while True:  # bounded by the render loop, which cancels this task
-        await asyncio.sleep(CANCEL_POLL_SECONDS)
-        await ctx.check_cancelled()
+async def _poll_cancel(ctx: StageContext, stop: asyncio.Event) -> None:
+    """Raise :class:`JobCancelled` once the job is cancelled; return once ``stop`` is set."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), CANCEL_POLL_SECONDS)
+        if not stop.is_set():
+            await ctx.check_cancelled()

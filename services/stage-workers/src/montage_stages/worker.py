@@ -7,10 +7,20 @@ the cancel flag, builds a :class:`StageContext` wired to the results stream, run
 the task's ack. Progress texts and costs go out as they happen (``StageProgress``,
 ``StageCost``) so the user sees them live and the orchestrator enforces the budget on each.
 
-Liveness: while a task runs, the worker refreshes ``keys.stage_alive(job_id, stage)`` (value: the
-dispatch number, TTL ``2 x JOB_HEARTBEAT_SECONDS``) every ``JOB_HEARTBEAT_SECONDS``. The
-orchestrator's reconciler dispatches a stage again only when Redis has neither its task nor its
-result and no worker has reported on it for that long (``montage_orchestrator.reconciler``).
+Liveness: while a task runs, the worker refreshes ``keys.stage_alive(job_id, stage)`` (value:
+:class:`StageAlive`, the dispatch number and when the task last made progress: its start, a
+progress text, a cost; TTL ``2 x JOB_HEARTBEAT_SECONDS``) every ``JOB_HEARTBEAT_SECONDS``. The
+orchestrator's reconciler dispatches a stage again when Redis has neither its task nor its
+result and no worker has reported on it for that long, or when its worker reported no progress
+for ``STAGE_STALL_SECONDS`` (``montage_orchestrator.reconciler``). Every background loop here
+ends by a stop signal of its own (an ``asyncio.Event``, waited on with a bound), not only by a
+cancel, which redis-py may swallow when it lands mid-command.
+
+Budget: each task runs with a :class:`~montage_common.budget.JobBudget` (``ctx.budget``) seeded from
+the task's ``cost_limit`` and ``budget_remaining``; providers and clips reserve their price in the
+job's ledger before each call, every reported cost settles there, the task's lease is renewed every
+``JOB_HEARTBEAT_SECONDS`` and its reservations dropped when it ends. A refused reservation ends the
+task with ``StageResult(ok=False, code="BUDGET_EXCEEDED")`` carrying the costs so far.
 
 Fan-out (video_generator, ``CLIP_FANOUT``, on by default): the process also reads the clip
 streams (``keys.clip_stream(p)``, group ``clips``) with ``CLIP_CONCURRENCY`` clips at once, beside
@@ -31,6 +41,7 @@ import math
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from types import ModuleType
@@ -38,11 +49,13 @@ from typing import Annotated
 
 import msgspec
 import structlog
+from montage_common.budget import BudgetLedger, JobBudget, Seed
 from montage_common.storage import Storage
-from montage_contracts.errors import ErrorCode, JobCancelled
+from montage_contracts.errors import BudgetExceededError, ErrorCode, JobCancelled
 from montage_contracts.keys import Keys
 from montage_contracts.messages import (
     ErrorInfo,
+    StageAlive,
     StageCost,
     StageProgress,
     StageResult,
@@ -103,6 +116,12 @@ class WorkerSettings(StageSettings, frozen=True, kw_only=True):
             description="video_generator: hand each clip to the clip streams read by every video_generator process (false: a job's clips are rendered by the worker that took its task)"
         ),
     ] = True
+    clip_stall_seconds: Annotated[
+        float,
+        Meta(
+            description="video_generator: the stage gives up (GENERATION_ERROR) when no clip of its job finished for this long (lost clip entries are added again before that)"
+        ),
+    ] = 300.0
     clip_concurrency: Annotated[
         int, Meta(description="video_generator: clip entries rendered at once per process (0: MAX_PARALLEL_CLIPS)")
     ] = 0
@@ -115,27 +134,44 @@ class WorkerSettings(StageSettings, frozen=True, kw_only=True):
         )
 
 
+class Liveness:
+    """A running task's report: its dispatch and when it last made progress (see :class:`StageAlive`)."""
+
+    def __init__(self, dispatch: int) -> None:
+        self.dispatch = dispatch
+        self.progress_ms = int(time.time() * 1000)
+
+    def touch(self) -> None:
+        """The stage made progress (a progress text, a cost)."""
+        self.progress_ms = int(time.time() * 1000)
+
+    def value(self) -> str:
+        return StageAlive(self.dispatch, self.progress_ms).value()
+
+
 @contextlib.asynccontextmanager
-async def job_liveness(redis: Redis, keys: Keys, task: StageTask, interval: float) -> AsyncIterator[None]:
-    """Report ``task``'s job and stage alive every ``interval`` seconds while the block runs.
+async def job_liveness(redis: Redis, keys: Keys, task: StageTask, interval: float) -> AsyncIterator[Liveness]:
+    """Report ``task``'s job and stage alive every ``interval`` seconds while the block runs, with
+    when it last made progress (the block calls :meth:`Liveness.touch`).
 
     Best effort: a failed write is retried at the next beat (Redis down or flushed meanwhile).
     """
     key = keys.stage_alive(task.job_id, task.stage)
     ttl_ms = max(int(interval * 2000), 1)
     done = asyncio.Event()
+    alive = Liveness(task.dispatch)
 
     async def beat() -> None:
         # Ends by `done`, not by a cancel: redis-py may swallow a cancel that lands mid-command.
         while not done.is_set():
             with contextlib.suppress(Exception):
-                await redis.set(key, str(task.dispatch), px=ttl_ms)
+                await redis.set(key, alive.value(), px=ttl_ms)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(done.wait(), interval)
 
     beating = asyncio.create_task(beat(), name=f"alive-{task.job_id}-{task.stage}")
     try:
-        yield
+        yield alive
     finally:
         done.set()
         _, stuck = await asyncio.wait([beating], timeout=5.0)  # bounded: the hand-off must not wait on it
@@ -161,6 +197,9 @@ class StageWorker:
         self.module = MODULES[stage]
         self.providers = Providers()  # one pool of provider connections per process
         self.producer = StreamProducer(redis)
+        self.ledger = BudgetLedger(redis, keys)  # every provider call and clip reserves its price here
+        self._stopping = asyncio.Event()
+        self.beat_at = time.monotonic()  # the last heartbeat written (the ops port's liveness reads it)
         name = consumer or default_consumer_name()
         # One consumer per partition (a stream per partition; on Redis Cluster they live on
         # different nodes, and one XREADGROUP cannot span slots). The process's concurrency is
@@ -212,27 +251,38 @@ class StageWorker:
     # --- the handler --------------------------------------------------------------
     async def handle(self, d: Delivery) -> list[Emit]:
         task = task_decoder.decode(d.payload)
-        async with job_liveness(self.redis, self.keys, task, self.settings.job_heartbeat_seconds):
-            return await self._handle(d, task)
+        interval = self.settings.job_heartbeat_seconds
+        budget = JobBudget(
+            self.ledger,
+            task.job_id,
+            holder=f"{self.consumer.consumer}:{self.stage}:{task.dispatch}:{uuid.uuid4().hex[:8]}",
+            seed=Seed.of_task(task.cost_limit, task.budget_remaining),
+            lease_seconds=3 * interval,
+        )
+        async with job_liveness(self.redis, self.keys, task, interval) as alive, budget.leased(interval):
+            return await self._handle(d, task, alive, budget)
 
-    async def _handle(self, d: Delivery, task: StageTask) -> list[Emit]:
+    async def _handle(self, d: Delivery, task: StageTask, alive: Liveness, budget: JobBudget) -> list[Emit]:
         with structlog.contextvars.bound_contextvars(job_id=task.job_id, stage=self.stage, attempt=d.attempt):
             start = time.perf_counter()
             costs: list[CostItem] = []
             workdir = Path(tempfile.mkdtemp(prefix=f"montage-{self.stage}-"))
-            fanout = ClipFanout(self.redis, self.keys, task.job_id) if self.fanout else None
+            fanout = None
+            if self.fanout:
+                fanout = ClipFanout(self.redis, self.keys, task.job_id, stall_seconds=self.settings.clip_stall_seconds)
             try:
                 ctx = StageContext(
                     job_id=task.job_id,
                     settings=self.settings,
                     storage=self.storage,
                     workdir=workdir,
-                    progress=self._progress(task),
-                    cost=self._cost(task, costs),
+                    progress=self._progress(task, alive),
+                    cost=self._cost(task, costs, alive, budget),
                     check_cancelled=self._cancel_check(task.job_id),
                     user_id=task.user_id,
                     providers=self.providers,
                     fanout=fanout,
+                    budget=budget,
                 )
                 await ctx.check_cancelled()
                 log.info("stage_started", delivery=d.delivery_count)
@@ -242,6 +292,10 @@ class StageWorker:
                 return [
                     self._result(task, d, start, costs, error=ErrorInfo(code=ErrorCode.CANCELLED, message=exc.message))
                 ]
+            except BudgetExceededError as exc:  # a reservation was refused: the call was not made
+                log.info("stage_budget_exceeded")
+                error = ErrorInfo(code=ErrorCode.BUDGET_EXCEEDED, message=exc.message)
+                return [self._result(task, d, start, costs, error=error)]
             finally:
                 if fanout is not None:
                     await fanout.close()
@@ -291,17 +345,22 @@ class StageWorker:
         return [Emit(results, encode(result), message_id=dispatch_message_id(task.job_id, self.stage, task.dispatch))]
 
     # --- callbacks for the stage ----------------------------------------------------
-    def _progress(self, task: StageTask) -> Callable[[str], Awaitable[None]]:
+    def _progress(self, task: StageTask, alive: Liveness) -> Callable[[str], Awaitable[None]]:
         async def progress(text: str) -> None:
+            alive.touch()
             msg = StageProgress(job_id=task.job_id, stage=self.stage, text=text, dispatch=task.dispatch)
             with contextlib.suppress(Exception):  # progress is best effort; the result is not
                 await self.producer.emit([Emit(self.results_stream(task.job_id), encode(msg))])
 
         return progress
 
-    def _cost(self, task: StageTask, costs: list[CostItem]) -> Callable[[CostItem], Awaitable[None]]:
+    def _cost(
+        self, task: StageTask, costs: list[CostItem], alive: Liveness, budget: JobBudget
+    ) -> Callable[[CostItem], Awaitable[None]]:
         async def cost(item: CostItem) -> None:
+            alive.touch()
             costs.append(item)  # also carried by the final result: durable, deduped by call_id
+            await budget.settle(item)  # its reservation becomes the real amount in the job's ledger
             msg = StageCost(job_id=task.job_id, stage=self.stage, cost=item, dispatch=task.dispatch)
             with contextlib.suppress(Exception):
                 await self.producer.emit([Emit(self.results_stream(task.job_id), encode(msg))])
@@ -319,25 +378,31 @@ class StageWorker:
 
     # --- lifecycle ------------------------------------------------------------------
     async def heartbeat(self) -> None:
+        """Announce this worker every ``HEARTBEAT_SECONDS`` until :meth:`stop` (its own stop signal:
+        redis-py may swallow a cancel that lands mid-command)."""
         key = self.keys.worker_heartbeat(self.stage, self.consumer.consumer)
-        while True:
+        while not self._stopping.is_set():
             with contextlib.suppress(Exception):
                 await self.redis.set(key, str(time.time()), ex=HEARTBEAT_TTL)
-            await asyncio.sleep(HEARTBEAT_SECONDS)
+                self.beat_at = time.monotonic()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), HEARTBEAT_SECONDS)
 
     async def run(self) -> None:
-        beat = asyncio.create_task(self.heartbeat())
+        beat = asyncio.create_task(self.heartbeat(), name=f"heartbeat-{self.stage}")
         try:
             await asyncio.gather(*(c.run() for c in (*self.consumers, *self.clip_consumers)))
         finally:
-            beat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beat
+            self._stopping.set()
+            _, stuck = await asyncio.wait([beat], timeout=5.0)  # bounded, then cancelled
+            for t in stuck:
+                t.cancel()
             with contextlib.suppress(Exception):
                 await self.redis.delete(self.keys.worker_heartbeat(self.stage, self.consumer.consumer))
             with contextlib.suppress(Exception):
                 await self.providers.aclose()
 
     def stop(self) -> None:
+        self._stopping.set()
         for c in (*self.consumers, *self.clip_consumers):
             c.stop()
