@@ -21,7 +21,7 @@ from decimal import Decimal
 import pytest
 from montage_common.budget import BudgetLedger, JobBudget, Seed, from_micro
 from montage_common.redis import create_redis
-from montage_contracts.errors import BudgetExceededError, RetryableError
+from montage_contracts.errors import BudgetExceededError, JobCancelled, RetryableError
 from montage_contracts.keys import Keys
 from montage_contracts.models import CostItem
 from redis.asyncio import Redis
@@ -175,3 +175,24 @@ async def test_redis_unreachable_means_no_reservation(keys: Keys) -> None:
             await budget.reserve("x:y:z", D("0.10"))
     finally:
         await dead.aclose()
+
+
+async def test_a_cancelled_job_reserves_nothing_so_makes_no_call(redis: Redis, namespace: str) -> None:
+    """``before_call`` (the worker's cancel check) runs before every reservation: once it raises,
+    no reservation is made, so no provider call or clip starts."""
+    keys = Keys(namespace)
+    job = f"job-{uuid.uuid4().hex[:8]}"
+    cancelled = False
+
+    async def check() -> None:
+        if cancelled:
+            raise JobCancelled("Job cancelled by user", job_id=job)
+
+    budget = _budget(BudgetLedger(redis, keys), job, "1.00")
+    budget.before_call = check
+    await budget.reserve("call-1", Decimal("0.10"))
+    cancelled = True
+    with pytest.raises(JobCancelled):
+        await budget.reserve("call-2", Decimal("0.10"))
+    assert set(budget.held) == {"call-1"}
+    assert (await _state(redis, keys, job))[1] == Decimal("0.10")  # only the first is reserved

@@ -24,6 +24,7 @@ from montage_contracts.pipeline import STAGES
 from redis.asyncio import Redis
 
 from tests.e2e.flows import PROMPT, follow_to_end, stage_updates
+from tests.e2e.queues import queued_work
 from tests.stack import ClientFactory, RunningStack, unique
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
@@ -65,6 +66,8 @@ async def test_cancel_mid_pipeline(as_user: ClientFactory, e2e_stack: RunningSta
     client = await as_user(unique("carol"))
     job_id = str((await client.upload(song, PROMPT))["job_id"])
     cancelled: dict[str, object] = {}
+    redis = create_redis(e2e_stack.redis_url)
+    keys = Keys(e2e_stack.namespace)
 
     video_worker = e2e_stack.stack.procs["video_generator"]
 
@@ -80,7 +83,10 @@ async def test_cancel_mid_pipeline(as_user: ClientFactory, e2e_stack: RunningSta
             # reference images exist and the clips task is out: cancel, then let the worker go on
             cancelled["files_before"] = len(intermediates(e2e_stack.storage_dir, job_id))
             try:
+                cancelled["queued_before"] = await queued_work(redis, keys, job_id)
                 cancelled["body"] = await client.cancel(job_id)
+                # answered: no task of the job is left anywhere, though its worker still holds it
+                cancelled["queued_after"] = await queued_work(redis, keys, job_id)
             finally:
                 os.killpg(video_worker.pid, signal.SIGCONT)
 
@@ -89,8 +95,11 @@ async def test_cancel_mid_pipeline(as_user: ClientFactory, e2e_stack: RunningSta
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(video_worker.pid, signal.SIGCONT)
+        await redis.aclose()
     assert "body" in cancelled, f"the job ended before video_generator started: {stage_updates(events)}"
     assert cancelled["body"] == {"job_id": job_id, "status": "failed", "message": "Job cancelled by user"}
+    assert cancelled["queued_before"], "the video task was not waiting: the purge had nothing to remove"
+    assert cancelled["queued_after"] == [], cancelled["queued_after"]
     assert cancelled["files_before"], "no reference images existed before the cancel (nothing to clean up)"
 
     final = events[-1]

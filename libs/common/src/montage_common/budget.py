@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -264,6 +264,9 @@ class JobBudget:
     held: dict[str, Decimal] = field(default_factory=dict)  # call id → amount reserved by this task
     settled: dict[str, Decimal] = field(default_factory=dict)  # call id → amount this task settled
     unsent: dict[str, Decimal] = field(default_factory=dict)  # settlements Redis did not take yet
+    # Awaited before every reservation, so before every provider call and clip: the worker's
+    # cancel check (a cancelled job makes no provider call once the cancel is answered).
+    before_call: Callable[[], Awaitable[None]] | None = None
 
     @classmethod
     def unlimited(cls, job_id: str = "") -> JobBudget:
@@ -280,7 +283,10 @@ class JobBudget:
 
     async def reserve(self, call_id: str, amount: Decimal) -> None:
         """Reserve ``amount`` for ``call_id``; :class:`BudgetExceededError` when it would pass the cap.
-        Redis unreachable: :class:`RetryableError` (no call is made without a reservation)."""
+        Redis unreachable: :class:`RetryableError` (no call is made without a reservation).
+        Whatever ``before_call`` raises (the job was cancelled) is raised first."""
+        if self.before_call is not None:
+            await self.before_call()
         if self.ledger is None:
             return
         try:

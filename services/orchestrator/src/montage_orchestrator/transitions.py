@@ -2,7 +2,8 @@
 
 Each runs inside the caller's transaction (the job row locked) and records its side effects in
 :class:`Effects`: the emits that go out with the hand-off, and what happens after the commit
-(the cache write, the cancel flag, deleting intermediate files).
+(the cache write, the cancel flag and the removal of the job's queued tasks, deleting
+intermediate files).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import structlog
 from montage_common.events import event_emit
 from montage_streams import Emit
 
-from montage_orchestrator import cleanup, job_metrics, metrics, store
+from montage_orchestrator import cleanup, job_metrics, metrics, purge, store
 from montage_orchestrator.deps import Deps
 from montage_orchestrator.jobs import RETRYABLE_JOB_CODES, snapshot
 
@@ -36,7 +37,8 @@ class Effects:
     emits: list[Emit] = field(default_factory=list)
     tomb: bytes | None = None
     row: asyncpg.Record | None = None
-    cancel_flag: bool = False
+    cancel_flag: bool = False  # also: the job's tasks are removed from the streams (``purge``)
+    settle_purge: bool = False  # the purge waits for the job's results in flight (not from the pipeline)
     delete_prefixes: list[str] = field(default_factory=list)
     committed: list[Callable[[], None]] = field(default_factory=list)  # metrics and logs, once committed
 
@@ -64,6 +66,7 @@ async def after_commit(deps: Deps, eff: Effects) -> None:
             await deps.redis.set(deps.keys.job_cancel(eff.job_id), "1", ex=deps.settings.cancel_flag_seconds)
         except Exception as exc:
             log.warning("cancel_flag_failed", job_id=eff.job_id, error=str(exc)[:200])
+        await purge.purge_job(deps, eff.job_id, settle=eff.settle_purge)
     if eff.delete_prefixes:
         await cleanup.delete_prefixes(deps, uuid.UUID(eff.job_id), eff.delete_prefixes, reason="job_final")
 
@@ -100,5 +103,6 @@ async def fail_job(conn: asyncpg.Connection, deps: Deps, eff: Effects, code: str
         ),
     )
     job_failed(deps, eff, code, message)
+    eff.settle_purge = True
     eff.row = row
     return row

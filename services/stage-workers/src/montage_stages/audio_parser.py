@@ -71,6 +71,7 @@ async def transcribe(
     (``seconds``: the song's length, what the call reserves against the job's budget)."""
     if not ctx.settings.stt_url:
         return None
+    await ctx.check_cancelled()  # no provider call once the job is cancelled (the analysis took a while)
     suffix = PurePosixPath(audio_key).suffix or ".mp3"
     found = await lyrics.transcribe(ctx, job_id, audio, f"song{suffix}", planned_seconds=seconds)
     log.info("lyrics_transcribed", job_id=job_id, lines=len(found), words=sum(len(x.words) for x in found))

@@ -258,6 +258,7 @@ class StageWorker:
             holder=f"{self.consumer.consumer}:{self.stage}:{task.dispatch}:{uuid.uuid4().hex[:8]}",
             seed=Seed.of_task(task.cost_limit, task.budget_remaining),
             lease_seconds=3 * interval,
+            before_call=self._cancel_check(task.job_id),  # no provider call after a cancel
         )
         async with job_liveness(self.redis, self.keys, task, interval) as alive, budget.leased(interval):
             return await self._handle(d, task, alive, budget)
