@@ -55,6 +55,7 @@ RELEASE = "kube-prometheus-stack"
 # (grafana.sidecar.dashboards.label / labelValue, the chart's defaults).
 DASHBOARD_LABEL = ("grafana_dashboard", "1")
 
+# The pipeline's stages, from their one home (run with the workspace's Python: `make install`).
 STAGES = tuple(spec.name for spec in PIPELINE)
 HTTP_JOBS = ("gateway", "orchestrator", "ragnarok-proxy")
 STAGE_JOBS = tuple("stage-" + s.replace("_", "-") for s in STAGES)

@@ -94,7 +94,9 @@ def served_document(e2e_stack: RunningStack) -> Path:
 TS_PROGRAM = """\
 import type { components, paths } from "./montage-api";
 
-type JobStatus = components["schemas"]["JobStatus"];
+type Job = components["schemas"]["Job"];
+type Status = components["schemas"]["JobStatus"];
+type Code = components["schemas"]["ErrorCode"];
 type Created = paths["/api/v1/upload-audio"]["post"]["responses"]["201"]["content"]["application/json"];
 type GetJob = paths["/api/v1/jobs/{job_id}"]["get"]["responses"]["200"]["content"]["application/json"];
 type ApiError = paths["/api/v1/jobs/{job_id}"]["get"]["responses"]["404"]["content"]["application/json"];
@@ -143,11 +145,15 @@ async function getJob(jobId: string, token: string): Promise<GetJob> {
 }
 
 // @ts-expect-error a job body without its required fields does not type-check
-const incomplete: JobStatus = { job_id: "x", status: "queued" };
+const incomplete: Job = { job_id: "x", status: "queued" };
 // @ts-expect-error an error code the API does not have
-const wrongCode: JobStatus["error_code"] = "FAILED";
+const wrongCode: Job["error_code"] = "FAILED";
+// @ts-expect-error a status the API does not have
+const wrongStatus: Status = "cancelled";
+// @ts-expect-error an error code outside the catalogue
+const notInCatalogue: Code = "FAILED";
 
-export { percent, remaining, code, canRetry, describe, eventName, getJob, incomplete, wrongCode };
+export { percent, remaining, code, canRetry, describe, eventName, getJob, incomplete, wrongCode, wrongStatus, notInCatalogue };
 """
 
 

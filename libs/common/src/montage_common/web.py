@@ -36,6 +36,7 @@ from aiohttp import web, web_protocol
 from aiohttp.http_exceptions import LineTooLong
 from aiohttp.typedefs import Middleware
 from montage_contracts.errors import (
+    ErrorCode,
     MethodNotAllowed,
     MontageError,
     NotFound,
@@ -198,8 +199,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        base = MontageError(exc.reason)
-        return json_response({**base.body(), "code": exc.reason.upper().replace(" ", "_")}, status=exc.status)
+        # Its status stands; its code is from the catalogue: a refused request, or a server fault.
+        code = ErrorCode.VALIDATION_ERROR if exc.status < 500 else ErrorCode.INTERNAL_ERROR
+        return json_response({**MontageError(exc.reason).body(), "code": code}, status=exc.status)
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except DEPENDENCY_DOWN as exc:

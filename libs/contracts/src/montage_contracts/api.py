@@ -22,49 +22,25 @@ import msgspec
 from msgspec import Meta, Struct
 
 from montage_contracts import pipeline
-from montage_contracts.errors import JOB_FAILURE_CODES
+from montage_contracts.errors import JOB_FAILURE_CODES, ErrorCode
+from montage_contracts.pipeline import JobStatus
 
 # One path segment as the gateway accepts it: not empty, not `.` or `..`, no `/` (not even
 # encoded), no control characters.
 PathSegment = Annotated[str, Meta(pattern=r"^(?!\.\.?$)[^/\x00-\x1f\x7f]+$")]
-# The vocabularies are defined once (montage_contracts.pipeline, montage_contracts.errors); the API
-# types are Literals made from them, so the document lists their values inline.
+# The vocabularies are defined once: a status is a `pipeline.JobStatus` and a code an
+# `errors.ErrorCode` (enums, so the document lists them once, as components of those names). The
+# stage names and the codes a job can fail with are Literals made from them (subsets, inline).
 if TYPE_CHECKING:
-    JobStatusName = str
     StageName = str
     JobErrorCode = str
 else:
-    JobStatusName = Literal[tuple(s.value for s in pipeline.JobStatus)]
     StageName = Literal[pipeline.STAGES]
     JobErrorCode = Literal[tuple(sorted(str(c) for c in JOB_FAILURE_CODES))]
 Money = Annotated[float, Meta(description="US dollars (a JSON number, up to 6 decimals)", examples=[0.0125])]
 Progress = Annotated[int, Meta(ge=0, le=100, description="Percent done (fixed marks per stage)")]
 Seconds = Annotated[int, Meta(ge=0, description="Seconds")]
 JobId = Annotated[str, Meta(description="The job's UUID", extra_json_schema={"format": "uuid"})]
-ErrorCode = Annotated[
-    str,
-    Meta(
-        description="Machine-readable error code",
-        examples=[
-            "VALIDATION_ERROR",
-            "UNAUTHORIZED",
-            "FORBIDDEN",
-            "NOT_FOUND",
-            "GONE",
-            "BUDGET_EXCEEDED",
-            "RATE_LIMIT_EXCEEDED",
-            "SERVICE_UNAVAILABLE",
-            "TOO_MANY_CONNECTIONS",
-            "TIMEOUT",
-            "UPSTREAM_ERROR",
-            "GENERATION_ERROR",
-            "MODULE_FAILURE",
-            "CANCELLED",
-            "IDEMPOTENCY_KEY_REUSED",
-            "IDEMPOTENCY_KEY_IN_USE",
-        ],
-    ),
-]
 IdempotencyKey = Annotated[
     str,
     Meta(
@@ -143,11 +119,11 @@ class JobCreated(Struct, kw_only=True):
     created_at: datetime
 
 
-class JobStatus(Struct, kw_only=True):
+class Job(Struct, kw_only=True):
     """One job (``GET /api/v1/jobs/{job_id}``)."""
 
     job_id: JobId
-    status: JobStatusName
+    status: JobStatus
     current_stage: StageName | None
     progress: Progress
     estimated_remaining: Annotated[Seconds, Meta(description="Expected seconds left (0 when final)")]
@@ -169,7 +145,7 @@ class JobListItem(Struct, kw_only=True):
     """One entry of ``GET /api/v1/jobs`` (a summary: no URL, no error text)."""
 
     job_id: JobId
-    status: JobStatusName
+    status: JobStatus
     current_stage: StageName | None
     progress: Progress
     total_cost: Money
@@ -262,7 +238,6 @@ class DevToken(Struct, kw_only=True):
 
 
 # --- Nexus (RAGNAROK) -----------------------------------------------------------------------
-NexusStatus = Literal["queued", "processing", "completed", "failed"]
 BusinessName = Annotated[
     str,
     Meta(
@@ -297,7 +272,7 @@ class NexusSubmitted(Struct, kw_only=True):
 
     job_id: Annotated[str, Meta(examples=["job_0f8e…"])]
     workflow_id: str
-    status: NexusStatus
+    status: JobStatus  # a Nexus job has the same four statuses as a Montage job
     tracking_url: str
     trace_id: str
 
@@ -313,7 +288,7 @@ class NexusJob(Struct, kw_only=True):
 
     job_id: str
     workflow_id: str
-    status: NexusStatus
+    status: JobStatus  # a Nexus job has the same four statuses as a Montage job
     tracking_url: str
     business_name: str
     video_url: str | None
@@ -333,7 +308,7 @@ EventId = Annotated[str, Meta(pattern=r"^[0-9]+-[0-9]+$", description="SSE `id:`
 
 class StateData(Struct, kw_only=True):
     job_id: JobId
-    status: JobStatusName
+    status: JobStatus
     current_stage: StageName | None
     progress: Progress
     estimated_remaining: Seconds
@@ -593,7 +568,7 @@ class AdminDeleted(Struct, kw_only=True):
 class AdminJob(Struct, kw_only=True):
     job_id: JobId
     user_id: str
-    status: JobStatusName
+    status: JobStatus
     current_stage: str | None
     progress: Progress
     total_cost: Money
@@ -699,7 +674,7 @@ class AdminNexusJob(Struct, kw_only=True):
     workflow_id: str
     kind: str
     business_name: str
-    status: JobStatusName
+    status: JobStatus
     trace_id: str
     video_url: str | None
     error: str | None

@@ -113,6 +113,7 @@ class StageSpec:
     build_input: InputBuilder  # the stage's input from the job and the earlier stages' outputs
     inputs_from: tuple[str, ...] = ()  # the earlier stages whose outputs ``build_input`` reads
     min_clips: int = 0  # an output with fewer clips than this is a failure (video_generator)
+    started_message: str = ""  # the ``message`` event the stage starts with (every stage has one)
 
     @property
     def seconds_per_audio_second(self) -> float:
@@ -121,7 +122,17 @@ class StageSpec:
 
 
 PIPELINE: tuple[StageSpec, ...] = (
-    StageSpec("audio_parser", AudioAnalysis, 10, 15, Decimal("0.01"), False, "fail", _audio_parser_input),
+    StageSpec(
+        "audio_parser",
+        AudioAnalysis,
+        10,
+        15,
+        Decimal("0.01"),
+        False,
+        "fail",
+        _audio_parser_input,
+        started_message="Analysing the song: tempo, beats, sections and mood",
+    ),
     StageSpec(
         "scene_planner",
         ScenePlan,
@@ -132,6 +143,7 @@ PIPELINE: tuple[StageSpec, ...] = (
         "fallback_plan",
         _scene_planner_input,
         inputs_from=("audio_parser",),
+        started_message="Planning scenes that cut on the beat",
     ),
     StageSpec(
         "reference_generator",
@@ -143,6 +155,7 @@ PIPELINE: tuple[StageSpec, ...] = (
         "continue_text_only",
         _reference_generator_input,
         inputs_from=("scene_planner",),
+        started_message="Rendering a reference still for each scene",
     ),
     StageSpec(
         "prompt_generator",
@@ -154,6 +167,7 @@ PIPELINE: tuple[StageSpec, ...] = (
         "fail",
         _prompt_generator_input,
         inputs_from=("scene_planner", "reference_generator"),
+        started_message="Writing a prompt for each clip",
     ),
     StageSpec(
         "video_generator",
@@ -166,6 +180,7 @@ PIPELINE: tuple[StageSpec, ...] = (
         _video_generator_input,
         inputs_from=("scene_planner", "prompt_generator"),
         min_clips=MIN_CLIPS,
+        started_message="Rendering the clips",
     ),
     StageSpec(
         "composer",
@@ -177,6 +192,7 @@ PIPELINE: tuple[StageSpec, ...] = (
         "fail",
         _composer_input,
         inputs_from=("audio_parser", "scene_planner", "video_generator"),
+        started_message="Composing the video with the song",
     ),
 )
 
@@ -219,6 +235,25 @@ class JobStatus(enum.StrEnum):
 
 FINAL_STATUSES: frozenset[JobStatus] = frozenset({JobStatus.COMPLETED, JobStatus.FAILED})
 JOB_STATUSES: tuple[str, ...] = tuple(s.value for s in JobStatus)
+ACTIVE_STATUSES: frozenset[JobStatus] = frozenset(JobStatus) - FINAL_STATUSES
+
+
+class StageStatus(enum.StrEnum):
+    """The status of one stage of a job (``job_stages.status``); ``pending``: not dispatched yet."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+class StageUpdate(enum.StrEnum):
+    """The ``status`` of a ``stage_update`` event: what just happened to the stage."""
+
+    STARTED = "started"
+    COMPLETED = "completed"
+    FAILED = "failed"
 
 
 def timeout_message(seconds: float) -> str:

@@ -27,6 +27,7 @@ import msgspec
 from msgspec import Meta
 
 from montage_contracts import api
+from montage_contracts.pipeline import JobStatus
 
 JSON = "application/json"
 SSE = "text/event-stream"
@@ -283,7 +284,7 @@ ROUTES: tuple[Route, ...] = (
         tag="jobs",
         responses={200: Reply("Jobs", api.JobList), **errors(400, *AUTHED)},
         params=(
-            Param("status", "query", api.JobStatusName),
+            Param("status", "query", JobStatus),
             Param("limit", "query", Limit),
             Param("offset", "query", Offset),
         ),
@@ -296,7 +297,7 @@ ROUTES: tuple[Route, ...] = (
         auth=Auth.USER,
         summary="One job's status",
         tag="jobs",
-        responses={200: Reply("The job", api.JobStatus), **errors(400, 403, 404, *AUTHED)},
+        responses={200: Reply("The job", api.Job), **errors(400, 403, 404, *AUTHED)},
         params=(JOB_ID,),
     ),
     Route(
@@ -562,7 +563,7 @@ ROUTES: tuple[Route, ...] = (
         responses={200: Reply("Jobs", api.AdminJobs), 403: ADMIN_403, **errors(400, *AUTHED)},
         params=(
             Param("q", "query", api.SearchText),
-            Param("status", "query", api.JobStatusName),
+            Param("status", "query", JobStatus),
             Param("limit", "query", Annotated[int, Meta(ge=1, le=100)]),
             Param("offset", "query", Offset),
         ),
@@ -619,7 +620,7 @@ ROUTES: tuple[Route, ...] = (
         responses={200: Reply("Nexus jobs", api.AdminNexusJobs), 403: ADMIN_403, **errors(400, *AUTHED)},
         params=(
             Param("q", "query", Annotated[api.SearchText, Meta(description="job, workflow, trace or user id")]),
-            Param("status", "query", api.JobStatusName),
+            Param("status", "query", JobStatus),
             Param("limit", "query", Annotated[int, Meta(ge=1, le=200)]),
             Param("offset", "query", Offset),
         ),

@@ -8,22 +8,10 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
-from montage_contracts.pipeline import FINAL_STATUSES, StageSpec, remaining_after
+from montage_contracts.errors import job_retryable
+from montage_contracts.pipeline import FINAL_STATUSES, JobStatus, StageSpec, remaining_after
 
 from montage_orchestrator.store import iso
-
-# Failure codes of a job for which submitting the same song and prompt again may succeed.
-RETRYABLE_JOB_CODES = frozenset({"TIMEOUT", "GENERATION_ERROR"})
-
-# The `message` event each stage starts with (every stage has at least this one).
-STARTED_MESSAGES: dict[str, str] = {
-    "audio_parser": "Analysing the song: tempo, beats, sections and mood",
-    "scene_planner": "Planning scenes that cut on the beat",
-    "reference_generator": "Rendering a reference still for each scene",
-    "prompt_generator": "Writing a prompt for each clip",
-    "video_generator": "Rendering the clips",
-    "composer": "Composing the video with the song",
-}
 
 _RATES_SQL = """
 SELECT stage_name, percentile_cont(0.5) WITHIN GROUP (ORDER BY rate) AS rate, count(*) AS samples
@@ -110,7 +98,7 @@ def snapshot(row: asyncpg.Record) -> dict[str, Any]:
 
 def status_body(snap: dict[str, Any], video_url: str | None) -> dict[str, Any]:
     """``GET /api/v1/jobs/{job_id}``."""
-    code = snap.get("error_code") if snap["status"] == "failed" else None
+    code = snap.get("error_code") if snap["status"] == JobStatus.FAILED else None
     return {
         "job_id": snap["job_id"],
         "status": snap["status"],
@@ -121,7 +109,7 @@ def status_body(snap: dict[str, Any], video_url: str | None) -> dict[str, Any]:
         "video_url": video_url,
         "error_message": snap["error_message"],
         "error_code": code,
-        "retryable": code in RETRYABLE_JOB_CODES,
+        "retryable": job_retryable(code),
         "created_at": snap["created_at"],
         "updated_at": snap["updated_at"],
     }

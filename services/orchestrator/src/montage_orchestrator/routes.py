@@ -20,7 +20,7 @@ from montage_common.storage import layout
 from montage_common.web import Handler, internal_user, query_int
 from montage_contracts.errors import BudgetExceededError, ErrorCode, Forbidden, Gone, NotFound, ValidationError
 from montage_contracts.models import AudioParserInput
-from montage_contracts.pipeline import FINAL_STATUSES, JOB_STATUSES, STAGES
+from montage_contracts.pipeline import FINAL_STATUSES, JOB_STATUSES, STAGES, JobStatus
 
 from montage_orchestrator import admin, costs, metrics, store, upload
 from montage_orchestrator.deps import DEPS, Deps
@@ -127,7 +127,7 @@ async def _create_job(  # noqa: PLR0917
             {
                 "job_id": job_id,
                 "user_id": user,
-                "status": "queued",
+                "status": JobStatus.QUEUED,
                 "current_stage": STAGES[0],
                 "user_prompt": prompt,
                 "audio_key": audio_key,
@@ -174,7 +174,7 @@ async def get_job(request: web.Request) -> web.Response:
     _owned(snap, user)
     assert snap is not None
     url = None
-    if snap["status"] == "completed" and snap["video_key"] and not snap["files_cleaned_at"]:
+    if snap["status"] == JobStatus.COMPLETED and snap["video_key"] and not snap["files_cleaned_at"]:
         url = await deps.storage.signed_url(snap["video_key"], deps.settings.download_url_seconds)
     with contextlib.suppress(asyncpg.PostgresError, *db.TRANSIENT):
         await RATES.refresh(deps.pool)  # at most once a minute; the spec's priors meanwhile
@@ -209,7 +209,7 @@ async def cancel_job(request: web.Request) -> web.Response:
     await after_commit(deps, eff)
     await deps.outbox.send_quietly(outbox_id)
     log.info("job_cancelled", job_id=str(job_id), was=was)
-    return respond({"job_id": str(job_id), "status": "failed", "message": CANCELLED_MESSAGE})
+    return respond({"job_id": str(job_id), "status": JobStatus.FAILED, "message": CANCELLED_MESSAGE})
 
 
 async def download(request: web.Request) -> web.Response:
@@ -218,7 +218,7 @@ async def download(request: web.Request) -> web.Response:
     row = await store.get_job(deps.pool, job_id)
     _owned(row, user)
     assert row is not None
-    if row["status"] != "completed" or not row["video_key"]:
+    if row["status"] != JobStatus.COMPLETED or not row["video_key"]:
         raise NotFound("Job not completed", job_id=str(job_id))
     if row["files_cleaned_at"] is not None or not await deps.storage.exists(row["video_key"]):
         raise Gone("Video expired or deleted", job_id=str(job_id))
