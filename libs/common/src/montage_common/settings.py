@@ -76,6 +76,13 @@ class CommonSettings(msgspec.Struct, frozen=True, kw_only=True):
         int, Meta(description="an entry left unacknowledged this long by a dead consumer is taken over")
     ] = 30_000
     shutdown_grace_seconds: Annotated[float, Meta(description="in-flight work gets this long after SIGTERM")] = 20.0
+    dependency_probe_seconds: Annotated[
+        float,
+        Meta(
+            gt=0,
+            description="How often each service pings Redis and Postgres for montage_dependency_up / _ping_seconds (each ping bounded by 2 s).",
+        ),
+    ] = 15.0
     storage_backend: Annotated[
         Literal["local", "supabase"],
         Meta(description='Storage: "local" (a directory, HMAC-signed URLs served by the gateway) or "supabase".'),

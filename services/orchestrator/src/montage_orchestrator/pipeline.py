@@ -49,7 +49,7 @@ from montage_contracts.models import AudioAnalysis, CostItem, StageInput, VideoO
 from montage_contracts.pipeline import FINAL_STATUSES, JobFacts, JobStatus, StageStatus, StageUpdate, spec
 from montage_streams import Delivery, Emit
 
-from montage_orchestrator import costs, decisions, metrics, stages, store
+from montage_orchestrator import costs, decisions, job_metrics, metrics, stages, store
 from montage_orchestrator.batching import Coalescer
 from montage_orchestrator.deps import Deps
 from montage_orchestrator.jobs import RATES, estimated_remaining
@@ -367,6 +367,7 @@ class Pipeline:
 
         def note() -> None:
             metrics.JOBS_COMPLETED.inc()
+            job_metrics.finished(eff.row, "completed")
             log.info("job_completed", total_cost=str(total))
 
         eff.committed.append(note)
