@@ -311,6 +311,9 @@ def make_settings(
         "claim_idle_ms": 3000,
         "shutdown_grace_seconds": 1.0,
         "orphan_grace_seconds": 3600.0,
+        # The session shares one database and most tests upload as "user-1", leaving jobs of earlier
+        # tests processing: no per-user turns here unless a test asks (tests/orchestrator/test_turns.py).
+        "user_max_active_jobs": 1000,
     }
     values.update(overrides)
     return load(OrchestratorSettings, env={}, **values)

@@ -19,7 +19,7 @@ import asyncpg
 import structlog
 from montage_common.events import event_emit
 from montage_contracts.errors import ErrorCode, job_retryable
-from montage_contracts.pipeline import JobStatus
+from montage_contracts.pipeline import FINAL_STATUSES, JobStatus
 from montage_streams import Emit
 
 from montage_orchestrator import cleanup, metrics, purge, store
@@ -58,6 +58,8 @@ async def after_commit(deps: Deps, eff: Effects) -> None:
     """Metrics and logs of the change, cache write-through, cancel flag, intermediate-file cleanup; each best effort."""
     for note in eff.committed:
         note()
+    if eff.row is not None and eff.row["status"] in FINAL_STATUSES:
+        deps.turns_due.set()  # its slot is free: a waiting job's turn (``admission``)
     if eff.tomb is not None and eff.row is not None:
         try:
             await deps.cache.end_write(eff.job_id, eff.tomb, snapshot(eff.row))
