@@ -59,7 +59,12 @@ async def serve(
     await api.setup()
     try:
         if settings.ops_port:
-            ops = AppRunner(create_ops_app(app), limits=limits, access_log=None, shutdown_timeout=1.0)
+            ops = AppRunner(
+                create_ops_app(app, settings.dependency_probe_seconds),
+                limits=limits,
+                access_log=None,
+                shutdown_timeout=1.0,
+            )
             await ops.setup()
             await web.TCPSite(ops, settings.host, settings.ops_port).start()
         await web.TCPSite(api, settings.host, port or settings.port).start()
