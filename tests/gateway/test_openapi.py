@@ -5,6 +5,7 @@ The live check (schemathesis against the running stack) is ``tests/security/test
 
 from __future__ import annotations
 
+import enum
 import re
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -14,6 +15,7 @@ import msgspec
 import pytest
 import schemathesis
 from montage_contracts import api
+from montage_contracts.errors import ErrorCode
 from montage_contracts.pipeline import STAGES
 from montage_gateway.app import create_app
 from montage_gateway.openapi import document
@@ -111,7 +113,12 @@ def test_no_schema_is_written_by_hand() -> None:
         for cls in vars(api).values()
         if isinstance(cls, type) and issubclass(cls, msgspec.Struct) and cls is not msgspec.Struct
     }
-    assert names - {"SseEvent"} <= structs
+    # and the vocabularies the Structs speak: the enums of montage_contracts (JobStatus, ErrorCode, …)
+    enums = {cls.__name__ for cls in vars(api).values() if isinstance(cls, type) and issubclass(cls, enum.Enum)}
+    assert {"JobStatus", "ErrorCode"} <= names
+    assert names - {"SseEvent"} <= structs | enums
+    assert sorted(doc["components"]["schemas"]["ErrorCode"]["enum"]) == sorted(str(c) for c in ErrorCode)
+    assert doc["components"]["schemas"]["Error"]["properties"]["code"]["$ref"] == "#/components/schemas/ErrorCode"
 
 
 def test_stage_names_match_the_pipeline() -> None:
@@ -143,7 +150,7 @@ def test_orchestrator_job_bodies_are_the_documented_structs() -> None:
         "completed_at": None,
     }
     body = _wire.encode(status_body(snap, None))
-    assert msgspec.json.decode(body, type=api.JobStatus).estimated_remaining > 0
+    assert msgspec.json.decode(body, type=api.Job).estimated_remaining > 0
     row = {**snap, "created_at": datetime(2024, 6, 11, 10, tzinfo=UTC), "completed_at": None}
     item = _wire.encode(list_item(row))
     assert msgspec.json.decode(item, type=api.JobListItem).completed_at is None

@@ -36,7 +36,7 @@ def shape(events: Events) -> list[tuple[Any, ...]]:
 def stage_block(stage: str, *, messages: int = 1, costs: int = 1) -> list[tuple[Any, ...]]:
     return [
         ("stage_update", stage, "started"),
-        ("message", stage),  # every stage starts with a message (jobs.STARTED_MESSAGES)
+        ("message", stage),  # every stage starts with a message (StageSpec.started_message)
         *[("message", stage)] * messages,
         *[("cost_update", stage)] * costs,
         ("stage_update", stage, "completed"),

@@ -22,49 +22,25 @@ import msgspec
 from msgspec import Meta, Struct
 
 from montage_contracts import pipeline
-from montage_contracts.errors import JOB_FAILURE_CODES
+from montage_contracts.errors import JOB_FAILURE_CODES, ErrorCode
+from montage_contracts.pipeline import JobStatus
 
 # One path segment as the gateway accepts it: not empty, not `.` or `..`, no `/` (not even
 # encoded), no control characters.
 PathSegment = Annotated[str, Meta(pattern=r"^(?!\.\.?$)[^/\x00-\x1f\x7f]+$")]
-# The vocabularies are defined once (montage_contracts.pipeline, montage_contracts.errors); the API
-# types are Literals made from them, so the document lists their values inline.
+# The vocabularies are defined once: a status is a `pipeline.JobStatus` and a code an
+# `errors.ErrorCode` (enums, so the document lists them once, as components of those names). The
+# stage names and the codes a job can fail with are Literals made from them (subsets, inline).
 if TYPE_CHECKING:
-    JobStatusName = str
     StageName = str
     JobErrorCode = str
 else:
-    JobStatusName = Literal[tuple(s.value for s in pipeline.JobStatus)]
     StageName = Literal[pipeline.STAGES]
     JobErrorCode = Literal[tuple(sorted(str(c) for c in JOB_FAILURE_CODES))]
 Money = Annotated[float, Meta(description="US dollars (a JSON number, up to 6 decimals)", examples=[0.0125])]
 Progress = Annotated[int, Meta(ge=0, le=100, description="Percent done (fixed marks per stage)")]
 Seconds = Annotated[int, Meta(ge=0, description="Seconds")]
 JobId = Annotated[str, Meta(description="The job's UUID", extra_json_schema={"format": "uuid"})]
-ErrorCode = Annotated[
-    str,
-    Meta(
-        description="Machine-readable error code",
-        examples=[
-            "VALIDATION_ERROR",
-            "UNAUTHORIZED",
-            "FORBIDDEN",
-            "NOT_FOUND",
-            "GONE",
-            "BUDGET_EXCEEDED",
-            "RATE_LIMIT_EXCEEDED",
-            "SERVICE_UNAVAILABLE",
-            "TOO_MANY_CONNECTIONS",
-            "TIMEOUT",
-            "UPSTREAM_ERROR",
-            "GENERATION_ERROR",
-            "MODULE_FAILURE",
-            "CANCELLED",
-            "IDEMPOTENCY_KEY_REUSED",
-            "IDEMPOTENCY_KEY_IN_USE",
-        ],
-    ),
-]
 IdempotencyKey = Annotated[
     str,
     Meta(
@@ -143,11 +119,11 @@ class JobCreated(Struct, kw_only=True):
     created_at: datetime
 
 
-class JobStatus(Struct, kw_only=True):
+class Job(Struct, kw_only=True):
     """One job (``GET /api/v1/jobs/{job_id}``)."""
 
     job_id: JobId
-    status: JobStatusName
+    status: JobStatus
     current_stage: StageName | None
     progress: Progress
     estimated_remaining: Annotated[Seconds, Meta(description="Expected seconds left (0 when final)")]
@@ -163,18 +139,32 @@ class JobStatus(Struct, kw_only=True):
     ]
     created_at: datetime
     updated_at: datetime
+    retry_of: Annotated[
+        JobId | None,
+        Meta(description="The failed or cancelled job this one retries (`POST …/retry`); `null` for an upload"),
+    ] = None
+    retried_by: Annotated[
+        JobId | None, Meta(description="The job that retries this one; `null` until it is retried (at most once)")
+    ] = None
 
 
 class JobListItem(Struct, kw_only=True):
     """One entry of ``GET /api/v1/jobs`` (a summary: no URL, no error text)."""
 
     job_id: JobId
-    status: JobStatusName
+    status: JobStatus
     current_stage: StageName | None
     progress: Progress
     total_cost: Money
     created_at: datetime
     completed_at: datetime | None
+    retry_of: Annotated[
+        JobId | None,
+        Meta(description="The failed or cancelled job this one retries (`POST …/retry`); `null` for an upload"),
+    ] = None
+    retried_by: Annotated[
+        JobId | None, Meta(description="The job that retries this one; `null` until it is retried (at most once)")
+    ] = None
 
 
 class JobList(Struct, kw_only=True):
@@ -184,6 +174,21 @@ class JobList(Struct, kw_only=True):
     total: Annotated[int, Meta(ge=0, description="All of the caller's jobs matching the filter")]
     limit: Annotated[int, Meta(ge=1, le=50)]
     offset: Annotated[int, Meta(ge=0)]
+
+
+class JobRetried(Struct, kw_only=True):
+    """201 of the retry: a new job that continues a failed or cancelled one from the stage it did not finish."""
+
+    job_id: Annotated[JobId, Meta(description="The new job: watch, cancel and download it like any other")]
+    status: Literal["queued"]
+    estimated_cost: Annotated[Money, Meta(description="The pre-flight estimate of the whole song (as for an upload)")]
+    created_at: datetime
+    retry_of: Annotated[JobId, Meta(description="The job retried (its history stays as it was)")]
+    resumed_from: Annotated[StageName, Meta(description="The first stage the new job runs")]
+    reused_stages: Annotated[
+        list[StageName],
+        Meta(description="The stages whose stored output (and files) it reuses; their cost is not charged again"),
+    ]
 
 
 class Cancelled(Struct, kw_only=True):
@@ -262,7 +267,6 @@ class DevToken(Struct, kw_only=True):
 
 
 # --- Nexus (RAGNAROK) -----------------------------------------------------------------------
-NexusStatus = Literal["queued", "processing", "completed", "failed"]
 BusinessName = Annotated[
     str,
     Meta(
@@ -297,7 +301,7 @@ class NexusSubmitted(Struct, kw_only=True):
 
     job_id: Annotated[str, Meta(examples=["job_0f8e…"])]
     workflow_id: str
-    status: NexusStatus
+    status: JobStatus  # a Nexus job has the same four statuses as a Montage job
     tracking_url: str
     trace_id: str
 
@@ -313,7 +317,7 @@ class NexusJob(Struct, kw_only=True):
 
     job_id: str
     workflow_id: str
-    status: NexusStatus
+    status: JobStatus  # a Nexus job has the same four statuses as a Montage job
     tracking_url: str
     business_name: str
     video_url: str | None
@@ -333,7 +337,7 @@ EventId = Annotated[str, Meta(pattern=r"^[0-9]+-[0-9]+$", description="SSE `id:`
 
 class StateData(Struct, kw_only=True):
     job_id: JobId
-    status: JobStatusName
+    status: JobStatus
     current_stage: StageName | None
     progress: Progress
     estimated_remaining: Seconds
@@ -593,7 +597,7 @@ class AdminDeleted(Struct, kw_only=True):
 class AdminJob(Struct, kw_only=True):
     job_id: JobId
     user_id: str
-    status: JobStatusName
+    status: JobStatus
     current_stage: str | None
     progress: Progress
     total_cost: Money
@@ -699,7 +703,7 @@ class AdminNexusJob(Struct, kw_only=True):
     workflow_id: str
     kind: str
     business_name: str
-    status: JobStatusName
+    status: JobStatus
     trace_id: str
     video_url: str | None
     error: str | None

@@ -20,6 +20,7 @@ class ErrorCode(enum.StrEnum):
     NOT_FOUND = "NOT_FOUND"
     METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
     GONE = "GONE"
+    CONFLICT = "CONFLICT"
     BUDGET_EXCEEDED = "BUDGET_EXCEEDED"
     RATE_LIMIT_EXCEEDED = "RATE_LIMIT_EXCEEDED"
     SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"
@@ -46,6 +47,15 @@ JOB_FAILURE_CODES: frozenset[ErrorCode] = frozenset(
     }
 )
 
+# The failure codes of a job for which submitting the same song and prompt again may succeed.
+RETRYABLE_JOB_CODES: frozenset[ErrorCode] = frozenset({ErrorCode.TIMEOUT, ErrorCode.GENERATION_ERROR})
+
+
+def job_retryable(code: str | None) -> bool:
+    """Whether a job that failed with ``code`` may succeed if submitted again: the ``retryable`` of
+    its status, of its ``error`` event, and of an ``error`` event rebuilt from its state."""
+    return code in RETRYABLE_JOB_CODES
+
 
 # What a 503 tells a client to wait (``Retry-After``): a dependency that is down is usually back, or
 # another replica takes the retry, within seconds; the demo page and generated clients honour it.
@@ -56,7 +66,7 @@ class MontageError(Exception):
     """Base of every error Montage reports to a client or a pipeline."""
 
     status: ClassVar[int] = 500
-    code: ClassVar[str] = ErrorCode.INTERNAL_ERROR
+    code: ClassVar[ErrorCode] = ErrorCode.INTERNAL_ERROR
     retryable: ClassVar[bool] = False
     default_message: ClassVar[str] = "Internal server error"
     # Seconds a client should wait before retrying, sent as ``Retry-After`` (None: not sent).
@@ -134,6 +144,12 @@ class Gone(MontageError):
     """The resource existed but has expired or was deleted."""
 
     status, code, default_message = 410, ErrorCode.GONE, "Gone"
+
+
+class Conflict(MontageError):
+    """The action does not apply to the target's current state (an operator's retry of a dead letter)."""
+
+    status, code, default_message = 409, ErrorCode.CONFLICT, "Conflict"
 
 
 class BudgetExceededError(MontageError):

@@ -1,7 +1,7 @@
 """The pipeline as data: the six stages, in order, with every fact about each in one place.
 
-Everything that used to compare stage names (progress marks, output types, cost shares, expected
-durations, budget checks, what a failure means, how a stage's input is built from the job and the
+Everything that used to compare stage names (progress marks, output types, expected durations,
+budget checks, what a failure means, how a stage's input is built from the job and the
 earlier stages' outputs) asks a :class:`StageSpec` instead. The orchestrator, the workers and the
 one-process pipeline (``montage_stages.local_pipeline``) all iterate :data:`PIPELINE`. The job
 statuses and the pipeline-wide rules (the clip minimum, the timeout message) live here too.
@@ -12,7 +12,6 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Literal, TypeVar
 
 import msgspec
@@ -107,12 +106,14 @@ class StageSpec:
     output_type: type[msgspec.Struct]
     progress: int  # the spec's fixed progress mark once the stage has finished (percent)
     expected_seconds: int  # typical duration for a TYPICAL_SONG_SECONDS song (the prior of ``estimated_remaining``)
-    cost_share: Decimal  # the stage's share of a job's pre-flight estimate
-    budget_checked: bool  # the remaining budget must cover its share before it is dispatched
+    budget_checked: (
+        bool  # what is left of the cap must cover its planned cost (``pricing.plan``) before it is dispatched
+    )
     on_failure: FailurePolicy
     build_input: InputBuilder  # the stage's input from the job and the earlier stages' outputs
     inputs_from: tuple[str, ...] = ()  # the earlier stages whose outputs ``build_input`` reads
     min_clips: int = 0  # an output with fewer clips than this is a failure (video_generator)
+    started_message: str = ""  # the ``message`` event the stage starts with (every stage has one)
 
     @property
     def seconds_per_audio_second(self) -> float:
@@ -121,62 +122,71 @@ class StageSpec:
 
 
 PIPELINE: tuple[StageSpec, ...] = (
-    StageSpec("audio_parser", AudioAnalysis, 10, 15, Decimal("0.01"), False, "fail", _audio_parser_input),
+    StageSpec(
+        "audio_parser",
+        AudioAnalysis,
+        10,
+        15,
+        False,
+        "fail",
+        _audio_parser_input,
+        started_message="Analysing the song: tempo, beats, sections and mood",
+    ),
     StageSpec(
         "scene_planner",
         ScenePlan,
         20,
         15,
-        Decimal("0.04"),
         False,
         "fallback_plan",
         _scene_planner_input,
         inputs_from=("audio_parser",),
+        started_message="Planning scenes that cut on the beat",
     ),
     StageSpec(
         "reference_generator",
         ReferenceImages,
         30,
         45,
-        Decimal("0.10"),
         True,
         "continue_text_only",
         _reference_generator_input,
         inputs_from=("scene_planner",),
+        started_message="Rendering a reference still for each scene",
     ),
     StageSpec(
         "prompt_generator",
         ClipPrompts,
         40,
         10,
-        Decimal("0.02"),
         False,
         "fail",
         _prompt_generator_input,
         inputs_from=("scene_planner", "reference_generator"),
+        started_message="Writing a prompt for each clip",
     ),
     StageSpec(
         "video_generator",
         Clips,
         85,
         240,
-        Decimal("0.78"),
         True,
         "fail",
         _video_generator_input,
         inputs_from=("scene_planner", "prompt_generator"),
         min_clips=MIN_CLIPS,
+        started_message="Rendering the clips",
     ),
     StageSpec(
         "composer",
         VideoOutput,
         100,
         45,
-        Decimal("0.05"),
         False,
         "fail",
         _composer_input,
         inputs_from=("audio_parser", "scene_planner", "video_generator"),
+        started_message="Composing the video with the song",
     ),
 )
 
@@ -219,6 +229,25 @@ class JobStatus(enum.StrEnum):
 
 FINAL_STATUSES: frozenset[JobStatus] = frozenset({JobStatus.COMPLETED, JobStatus.FAILED})
 JOB_STATUSES: tuple[str, ...] = tuple(s.value for s in JobStatus)
+ACTIVE_STATUSES: frozenset[JobStatus] = frozenset(JobStatus) - FINAL_STATUSES
+
+
+class StageStatus(enum.StrEnum):
+    """The status of one stage of a job (``job_stages.status``); ``pending``: not dispatched yet."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+class StageUpdate(enum.StrEnum):
+    """The ``status`` of a ``stage_update`` event: what just happened to the stage."""
+
+    STARTED = "started"
+    COMPLETED = "completed"
+    FAILED = "failed"
 
 
 def timeout_message(seconds: float) -> str:

@@ -27,6 +27,7 @@ import msgspec
 from msgspec import Meta
 
 from montage_contracts import api
+from montage_contracts.pipeline import JobStatus
 
 JSON = "application/json"
 SSE = "text/event-stream"
@@ -195,9 +196,9 @@ Logged events: `stage_update`, `progress`, `message`, `cost_update`, and the fin
 (an `EventSource` then stops reconnecting). A reconnecting client that sends the last `id:` it
 saw gets every event exactly once, in order. An `EventSource` cannot read the status of a
 refused connection (401, 403, 404, 429, 503): it fires `error` with `readyState` CLOSED; ask
-`POST …/stream-ticket` for the reason and a new ticket. Each message's `event:` and `data:`
-(JSON) are described by the `SseEvent` schema: a union tagged by `event`; `data` is JSON text
-whose schema is the `contentSchema` of each member.
+`POST …/stream-ticket` for the reason and a new ticket. Each message's `event:`, `id:` and
+`data:` are described by the `SseEvent` schema: a union tagged by `event`; each member's `data`
+schema is what its `data:` line holds, as one line of JSON text.
 """
 
 # --- the table ------------------------------------------------------------------------------
@@ -283,7 +284,7 @@ ROUTES: tuple[Route, ...] = (
         tag="jobs",
         responses={200: Reply("Jobs", api.JobList), **errors(400, *AUTHED)},
         params=(
-            Param("status", "query", api.JobStatusName),
+            Param("status", "query", JobStatus),
             Param("limit", "query", Limit),
             Param("offset", "query", Offset),
         ),
@@ -296,7 +297,7 @@ ROUTES: tuple[Route, ...] = (
         auth=Auth.USER,
         summary="One job's status",
         tag="jobs",
-        responses={200: Reply("The job", api.JobStatus), **errors(400, 403, 404, *AUTHED)},
+        responses={200: Reply("The job", api.Job), **errors(400, 403, 404, *AUTHED)},
         params=(JOB_ID,),
     ),
     Route(
@@ -308,6 +309,26 @@ ROUTES: tuple[Route, ...] = (
         summary="Cancel a queued or processing job (400 when it is already final)",
         tag="jobs",
         responses={200: Reply("Cancelled", api.Cancelled), **errors(400, 403, 404, *AUTHED)},
+        params=(JOB_ID,),
+    ),
+    Route(
+        method="POST",
+        path="/api/v1/jobs/{job_id}/retry",
+        operation_id="retryJob",
+        service=Service.ORCHESTRATOR,
+        auth=Auth.USER,
+        summary="Retry a failed or cancelled job: a new job that reuses every finished stage (takes a job slot)",
+        description=(
+            "Creates a new job (`retry_of` names the original, whose `retried_by` then names the new one)"
+            " that reuses every stage the original finished, with its stored output and files, and runs"
+            " from the first stage it did not finish; what the reused stages cost is not charged again."
+            " Watch the new `job_id` like an upload's. Counts against the job-creation limit like an"
+            " upload (the slot is given back when the retry is refused). 400 when the job is not failed"
+            " (as the cancel of a final job) or was retried already (`retried_by` in the body); 410 when"
+            " its song has expired."
+        ),
+        tag="jobs",
+        responses={201: Reply("The new job", api.JobRetried), **errors(400, 403, 404, 410, *AUTHED)},
         params=(JOB_ID,),
     ),
     Route(
@@ -562,7 +583,7 @@ ROUTES: tuple[Route, ...] = (
         responses={200: Reply("Jobs", api.AdminJobs), 403: ADMIN_403, **errors(400, *AUTHED)},
         params=(
             Param("q", "query", api.SearchText),
-            Param("status", "query", api.JobStatusName),
+            Param("status", "query", JobStatus),
             Param("limit", "query", Annotated[int, Meta(ge=1, le=100)]),
             Param("offset", "query", Offset),
         ),
@@ -619,7 +640,7 @@ ROUTES: tuple[Route, ...] = (
         responses={200: Reply("Nexus jobs", api.AdminNexusJobs), 403: ADMIN_403, **errors(400, *AUTHED)},
         params=(
             Param("q", "query", Annotated[api.SearchText, Meta(description="job, workflow, trace or user id")]),
-            Param("status", "query", api.JobStatusName),
+            Param("status", "query", JobStatus),
             Param("limit", "query", Annotated[int, Meta(ge=1, le=200)]),
             Param("offset", "query", Offset),
         ),

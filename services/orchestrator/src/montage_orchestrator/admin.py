@@ -55,10 +55,10 @@ from montage_common.events import withdraw_final_events
 from montage_common.storage import layout
 from montage_common.web import REQUEST_ID, Handler, internal_user, query_int, query_text
 from montage_contracts.api import ENTRY_ID_PATTERN, timestamp
-from montage_contracts.errors import Forbidden, MontageError, NotFound, ValidationError
+from montage_contracts.errors import Conflict, ErrorCode, Forbidden, NotFound, ValidationError
 from montage_contracts.keys import ORCHESTRATOR_GROUP
 from montage_contracts.messages import event_decoder, task_decoder
-from montage_contracts.pipeline import FINAL_STATUSES, JOB_STATUSES, STAGES
+from montage_contracts.pipeline import FINAL_STATUSES, JOB_STATUSES, STAGES, JobStatus, StageStatus
 from montage_streams import (
     DeadLetterEntry,
     consumer_stats,
@@ -86,12 +86,6 @@ RESULTS = "results"  # the results stream's name in admin paths
 OPERATOR_CANCEL_MESSAGE = "Job cancelled by an operator"
 WINDOW_MAX_SECONDS = 3600
 RETRY_ALL_MAX = 200
-
-
-class Conflict(MontageError):
-    """The action does not apply to the target's current state."""
-
-    status, code, default_message = 409, "CONFLICT", "Conflict"
 
 
 def respond(body: Any, status: int = 200) -> web.Response:
@@ -436,7 +430,7 @@ async def _retry_stage(deps: Deps, actor: str, request_id: str, name: str, entry
         was = job["status"]
         eff.total = job["total_cost"]
         await begin(deps, eff)
-        if was == "failed":
+        if was == JobStatus.FAILED:
             job = await conn.fetchrow(
                 "UPDATE jobs SET status = 'processing', error_message = NULL, error_code = NULL,"
                 " completed_at = NULL, files_expire_at = NULL, updated_at = now(),"
@@ -452,7 +446,7 @@ async def _retry_stage(deps: Deps, actor: str, request_id: str, name: str, entry
         outbox_id = await deps.outbox.add(conn, job_id, eff.emits)
         detail = {"stage": name, "was": was, "dispatched": dispatched, "old_dispatch": task.dispatch}
         await record_action(conn, actor, "dead_letter.retry", target, job_id, "done", detail, request_id)
-    if was == "failed":  # re-opened: the log's earlier error is no longer the job's end
+    if was == JobStatus.FAILED:  # re-opened: the log's earlier error is no longer the job's end
         await withdraw_final_events(deps.redis, deps.keys, str(job_id))
     await after_commit(deps, eff)
     await delete_dead_letter(deps.redis, deps.keys, deps.keys.stage_stream(name), entry.entry_id)
@@ -465,9 +459,9 @@ async def _retry_stage(deps: Deps, actor: str, request_id: str, name: str, entry
 def _why_not(job: asyncpg.Record | None, stage_row: asyncpg.Record | None, dispatch: int, name: str) -> str | None:
     if job is None:
         return "The job no longer exists"
-    if job["status"] == "completed":
+    if job["status"] == JobStatus.COMPLETED:
         return "The job has completed since; nothing to retry"
-    if job["status"] == "failed" and job["error_code"] == "CANCELLED":
+    if job["status"] == JobStatus.FAILED and job["error_code"] == ErrorCode.CANCELLED:
         return "The job was cancelled; it is not retried"
     if job["files_cleaned_at"] is not None:
         return "The job's files were cleaned up; it cannot be resumed"
@@ -626,7 +620,7 @@ async def job_detail(request: web.Request) -> web.Response:
         stages.append(
             {
                 "stage": name,
-                "status": s["status"] if s is not None else "pending",
+                "status": s["status"] if s is not None else StageStatus.PENDING,
                 "dispatch": s["dispatch"] if s is not None else 0,
                 "attempts": s["attempts"] if s is not None else 0,
                 "started_at": store.iso(s["started_at"]) if s is not None else None,
@@ -708,7 +702,7 @@ async def cancel_job(request: web.Request) -> web.Response:
                 detail = {"status": row["status"]}
                 await record_action(conn, actor, "job.cancel", target, job_id, "conflict", detail, request[REQUEST_ID])
             else:
-                await fail_job(conn, deps, eff, "CANCELLED", OPERATOR_CANCEL_MESSAGE)
+                await fail_job(conn, deps, eff, ErrorCode.CANCELLED, OPERATOR_CANCEL_MESSAGE)
                 outbox_id = await deps.outbox.add(conn, job_id, eff.emits)
                 detail = {"was": row["status"], "stage": row["current_stage"]}
                 await record_action(conn, actor, "job.cancel", target, job_id, "done", detail, request[REQUEST_ID])
@@ -721,7 +715,7 @@ async def cancel_job(request: web.Request) -> web.Response:
     await after_commit(deps, eff)
     await deps.outbox.send_quietly(outbox_id)
     log.info("admin_job_cancelled", job_id=str(job_id), actor=actor)
-    return respond({"job_id": str(job_id), "status": "failed", "message": OPERATOR_CANCEL_MESSAGE})
+    return respond({"job_id": str(job_id), "status": JobStatus.FAILED, "message": OPERATOR_CANCEL_MESSAGE})
 
 
 def handlers() -> dict[str, Handler]:

@@ -26,6 +26,7 @@ import asyncpg
 import structlog
 from montage_common.storage import layout
 from montage_common.storage.layout import BUCKETS, INTERMEDIATE_BUCKETS
+from montage_contracts.pipeline import FINAL_STATUSES, JobStatus
 
 from montage_orchestrator import metrics
 from montage_orchestrator.store import as_uuid
@@ -139,9 +140,9 @@ def _reason(bucket: str, job: asyncpg.Record | None, age: float, deps: Deps) -> 
     if job["files_cleaned_at"] is not None:
         return "expired"
     expire: datetime | None = job["files_expire_at"]
-    if job["status"] in ("completed", "failed") and expire is not None and expire < datetime.now(UTC):
+    if job["status"] in FINAL_STATUSES and expire is not None and expire < datetime.now(UTC):
         return "expired"
-    if bucket in INTERMEDIATE_BUCKETS and job["status"] == "completed":
+    if bucket in INTERMEDIATE_BUCKETS and job["status"] == JobStatus.COMPLETED:
         return "intermediate"
     return None
 

@@ -8,22 +8,10 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
-from montage_contracts.pipeline import FINAL_STATUSES, StageSpec, remaining_after
+from montage_contracts.errors import job_retryable
+from montage_contracts.pipeline import FINAL_STATUSES, JobStatus, StageSpec, remaining_after
 
 from montage_orchestrator.store import iso
-
-# Failure codes of a job for which submitting the same song and prompt again may succeed.
-RETRYABLE_JOB_CODES = frozenset({"TIMEOUT", "GENERATION_ERROR"})
-
-# The `message` event each stage starts with (every stage has at least this one).
-STARTED_MESSAGES: dict[str, str] = {
-    "audio_parser": "Analysing the song: tempo, beats, sections and mood",
-    "scene_planner": "Planning scenes that cut on the beat",
-    "reference_generator": "Rendering a reference still for each scene",
-    "prompt_generator": "Writing a prompt for each clip",
-    "video_generator": "Rendering the clips",
-    "composer": "Composing the video with the song",
-}
 
 _RATES_SQL = """
 SELECT stage_name, percentile_cont(0.5) WITHIN GROUP (ORDER BY rate) AS rate, count(*) AS samples
@@ -105,12 +93,18 @@ def snapshot(row: asyncpg.Record) -> dict[str, Any]:
         "completed_at": iso(row["completed_at"]),
         "files_expire_at": iso(row["files_expire_at"]),
         "files_cleaned_at": iso(row["files_cleaned_at"]),
+        **retry_links(row),
     }
+
+
+def retry_links(row: Any) -> dict[str, str | None]:
+    """How a job and its retry name each other (``retry_of``, ``retried_by``; see ``retry``)."""
+    return {name: None if row.get(name) is None else str(row[name]) for name in ("retry_of", "retried_by")}
 
 
 def status_body(snap: dict[str, Any], video_url: str | None) -> dict[str, Any]:
     """``GET /api/v1/jobs/{job_id}``."""
-    code = snap.get("error_code") if snap["status"] == "failed" else None
+    code = snap.get("error_code") if snap["status"] == JobStatus.FAILED else None
     return {
         "job_id": snap["job_id"],
         "status": snap["status"],
@@ -121,9 +115,11 @@ def status_body(snap: dict[str, Any], video_url: str | None) -> dict[str, Any]:
         "video_url": video_url,
         "error_message": snap["error_message"],
         "error_code": code,
-        "retryable": code in RETRYABLE_JOB_CODES,
+        "retryable": job_retryable(code),
         "created_at": snap["created_at"],
         "updated_at": snap["updated_at"],
+        "retry_of": snap.get("retry_of"),
+        "retried_by": snap.get("retried_by"),
     }
 
 
@@ -137,6 +133,7 @@ def list_item(row: asyncpg.Record) -> dict[str, Any]:
         "total_cost": row["total_cost"],
         "created_at": iso(row["created_at"]),
         "completed_at": iso(row["completed_at"]),
+        **retry_links(row),
     }
 
 

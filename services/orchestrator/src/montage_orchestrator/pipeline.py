@@ -46,13 +46,13 @@ from montage_contracts.messages import (
     result_decoder,
 )
 from montage_contracts.models import AudioAnalysis, CostItem, StageInput, VideoOutput
-from montage_contracts.pipeline import FINAL_STATUSES, JobFacts, spec
+from montage_contracts.pipeline import FINAL_STATUSES, JobFacts, JobStatus, StageStatus, StageUpdate, spec
 from montage_streams import Delivery, Emit
 
-from montage_orchestrator import costs, decisions, metrics, stages, store
+from montage_orchestrator import costs, decisions, job_metrics, metrics, stages, store
 from montage_orchestrator.batching import Coalescer
 from montage_orchestrator.deps import Deps
-from montage_orchestrator.jobs import RATES, STARTED_MESSAGES, estimated_remaining
+from montage_orchestrator.jobs import RATES, estimated_remaining
 from montage_orchestrator.outbox import pack, unpack
 from montage_orchestrator.transitions import BUDGET_MESSAGE, Effects, after_commit, begin, fail_job, job_failed
 
@@ -90,8 +90,8 @@ def queue_stage(  # noqa: PLR0917
         dispatch=dispatch,
     )
     eff.emits.append(stage_task_emit(deps, task))
-    eff.event(deps, "stage_update", {"stage": stage, "status": "started"})
-    eff.event(deps, "message", {"text": STARTED_MESSAGES[stage], "stage": stage})
+    eff.event(deps, "stage_update", {"stage": stage, "status": StageUpdate.STARTED})
+    eff.event(deps, "message", {"text": spec(stage).started_message, "stage": stage})
 
 
 async def dispatch_stage(conn: asyncpg.Connection, deps: Deps, job: asyncpg.Record, stage: str, eff: Effects) -> bool:
@@ -100,7 +100,8 @@ async def dispatch_stage(conn: asyncpg.Connection, deps: Deps, job: asyncpg.Reco
     job_id = job["job_id"]
     limit: Decimal = job["cost_limit"]
     eff.total = max(eff.total, job["total_cost"])  # what is spent: the budget check and the task's seed
-    if not decisions.budget_allows(stage, eff.total, job["estimated_cost"], limit):
+    planned = costs.estimate_stage(deps.settings, stage, job["audio_duration"] or 0.0)
+    if not decisions.budget_allows(stage, eff.total, planned, limit):
         log.info("budget_precheck_failed", job_id=str(job_id), stage=stage, total=str(eff.total))
         await fail_job(conn, deps, eff, ErrorCode.BUDGET_EXCEEDED, BUDGET_MESSAGE)
         return False
@@ -119,7 +120,7 @@ def _stale(state: store.JobState, msg: ResultMessage) -> bool:
     if not state.found or state.status in FINAL_STATUSES:
         return True
     row = state.stages.get(msg.stage)
-    return row is None or row.status != "running" or row.dispatch != msg.dispatch
+    return row is None or row.status != StageStatus.RUNNING or row.dispatch != msg.dispatch
 
 
 def _outputs_to_read(msg: ResultMessage, judged: decisions.Judged | None) -> tuple[str, ...]:
@@ -210,6 +211,7 @@ class Pipeline:
             if _stale(state, msg):
                 log.info("result_stale", kind=type(msg).__name__, dispatch=msg.dispatch)
                 return []
+            assert state.status is not None  # found (not stale)
             eff = Effects(job_id=str(job_id), total=state.total_cost)
             change = store.Change(
                 entry_key,
@@ -220,8 +222,8 @@ class Pipeline:
                 state.total_cost,
                 record=not isinstance(msg, StageProgress),
             )
-            if state.status == "queued":
-                change.status, change.started = "processing", True
+            if state.status == JobStatus.QUEUED:
+                change.status, change.started = JobStatus.PROCESSING, True
             match msg:
                 case StageProgress():
                     eff.event(self.deps, "message", {"text": msg.text, "stage": msg.stage})
@@ -267,10 +269,10 @@ class Pipeline:
         eff.event(self.deps, "cost_update", {"stage": stage, "cost": item.amount, "total": eff.total})
         return True
 
-    def _fail(self, change: store.Change, eff: Effects, code: str, message: str) -> None:
+    def _fail(self, change: store.Change, eff: Effects, code: ErrorCode, message: str) -> None:
         """The job fails (as :func:`~montage_orchestrator.transitions.fail_job`, in ``change``)."""
         change.fail_running = message
-        change.status, change.error_message, change.error_code = "failed", message, code
+        change.status, change.error_message, change.error_code = JobStatus.FAILED, message, code
         change.completed = True
         change.expire_after = timedelta(days=self.deps.settings.failed_retention_days)
         job_failed(self.deps, eff, code, message)
@@ -296,7 +298,7 @@ class Pipeline:
         eff: Effects,
         metadata: dict[str, object],
         *,
-        status: str = "completed",
+        status: StageStatus = StageStatus.COMPLETED,
         error: str | None = None,
     ) -> None:
         stage = msg.stage
@@ -307,8 +309,10 @@ class Pipeline:
         eff.committed.append(lambda: metrics.STAGE_DURATION.labels(stage, status).observe(duration))
         progress = spec(stage).progress
         change.progress = progress
-        eff.event(self.deps, "stage_update", {"stage": stage, "status": "completed", "duration": round(duration, 3)})
-        remaining = estimated_remaining("processing", stage, state.audio_duration, finished=True)
+        eff.event(
+            self.deps, "stage_update", {"stage": stage, "status": StageUpdate.COMPLETED, "duration": round(duration, 3)}
+        )
+        remaining = estimated_remaining(JobStatus.PROCESSING, stage, state.audio_duration, finished=True)
         eff.event(self.deps, "progress", {"progress": progress, "estimated_remaining": remaining})
         following = decisions.after_success(stage)
         if following is None:
@@ -321,7 +325,8 @@ class Pipeline:
         self, state: store.JobState, change: store.Change, stage: str, eff: Effects, known: dict[str, msgspec.Struct]
     ) -> None:
         """Start ``stage`` (budget check first for the expensive ones), or fail the job."""
-        if not decisions.budget_allows(stage, eff.total, state.estimated_cost, state.cost_limit):
+        planned = costs.estimate_stage(self.deps.settings, stage, state.audio_duration or 0.0)
+        if not decisions.budget_allows(stage, eff.total, planned, state.cost_limit):
             log.info("budget_precheck_failed", stage=stage, total=str(eff.total))
             self._fail(change, eff, ErrorCode.BUDGET_EXCEEDED, BUDGET_MESSAGE)
             return
@@ -339,21 +344,21 @@ class Pipeline:
         decision = decisions.on_failure(stage, err)
         log.info("stage_failed", code=err.code, error=err.message[:200], decision=type(decision).__name__)
         if isinstance(decision, decisions.FailJob):
-            change.finish, change.attempts, change.stage_error = "failed", msg.attempts, err.message
+            change.finish, change.attempts, change.stage_error = StageStatus.FAILED, msg.attempts, err.message
             change.duration = state.stages[stage].elapsed
             self._fail(change, eff, decision.code, decision.message)
             return
         eff.event(self.deps, "message", {"text": decision.message, "stage": stage})
         meta = {"fallback_mode": True, "fallback_reason": decision.reason}
         if decision.policy == "continue_text_only":
-            await self._stage_done(state, change, msg, None, eff, meta, status="failed", error=err.message)
+            await self._stage_done(state, change, msg, None, eff, meta, status=StageStatus.FAILED, error=err.message)
             return
         audio = msgspec.json.decode(state.outputs["audio_parser"] or b"null", type=AudioAnalysis)
         plan = stages.fallback_plan(state.user_prompt, audio)
         await self._stage_done(state, change, msg, plan, eff, meta)
 
     async def _complete(self, change: store.Change, output: VideoOutput, eff: Effects) -> None:
-        change.status, change.progress, change.video_key, change.completed = "completed", 100, output.key, True
+        change.status, change.progress, change.video_key, change.completed = JobStatus.COMPLETED, 100, output.key, True
         change.expire_after = timedelta(days=self.deps.settings.video_retention_days)
         url = await self.deps.storage.signed_url(output.key, self.deps.settings.download_url_seconds)
         eff.event(self.deps, "completed", {"video_url": url, "total_cost": eff.total})
@@ -362,6 +367,7 @@ class Pipeline:
 
         def note() -> None:
             metrics.JOBS_COMPLETED.inc()
+            job_metrics.finished(eff.row, "completed")
             log.info("job_completed", total_cost=str(total))
 
         eff.committed.append(note)

@@ -51,7 +51,7 @@ import asyncpg
 import structlog
 from montage_contracts.keys import ORCHESTRATOR_GROUP
 from montage_contracts.messages import StageAlive, dispatch_message_id
-from montage_contracts.pipeline import STAGES
+from montage_contracts.pipeline import STAGES, StageStatus
 from montage_streams import REDIS_DOWN, discard, in_flight
 
 from montage_orchestrator import decisions, metrics, store
@@ -203,7 +203,7 @@ class Reconciler:
                 if job is None:
                     return False
                 row = await store.get_stage(conn, d.job_id, d.stage)
-                if row is None or row["status"] != "running" or row["dispatch"] != d.dispatch:
+                if row is None or row["status"] != StageStatus.RUNNING or row["dispatch"] != d.dispatch:
                     return False
                 eff.total = job["total_cost"]
                 eff.row = job

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -19,15 +18,13 @@ from montage_common.redis import REDIS_DOWN
 from montage_common.storage import layout
 from montage_common.web import Handler, internal_user, query_int
 from montage_contracts.errors import BudgetExceededError, ErrorCode, Forbidden, Gone, NotFound, ValidationError
-from montage_contracts.models import AudioParserInput
-from montage_contracts.pipeline import FINAL_STATUSES, JOB_STATUSES, STAGES
+from montage_contracts.pipeline import FINAL_STATUSES, JOB_STATUSES, STAGES, JobStatus
 
-from montage_orchestrator import admin, costs, metrics, store, upload
+from montage_orchestrator import admin, admission, costs, metrics, retry, store, upload
 from montage_orchestrator.deps import DEPS, Deps
 from montage_orchestrator.errors import JobNotCancellable
 from montage_orchestrator.health import health_report
 from montage_orchestrator.jobs import RATES, list_item, snapshot, status_body
-from montage_orchestrator.pipeline import queue_stage
 from montage_orchestrator.transitions import CANCELLED_MESSAGE, Effects, after_commit, fail_job
 
 log = structlog.get_logger()
@@ -87,13 +84,13 @@ async def upload_audio(request: web.Request) -> web.Response:
     finally:
         received.discard()
     try:
-        row, outbox_id = await _create_job(deps, job_id, user, prompt, audio_key, filename, audio.duration, estimate)
+        row = await _create_job(deps, job_id, user, prompt, audio_key, filename, audio.duration, estimate)
     except BaseException:
         # No job row: the stored song must not stay behind (nothing is left by a failed upload).
         with contextlib.suppress(Exception):
             await asyncio.shield(deps.storage.delete([audio_key]))
         raise
-    await deps.outbox.send_quietly(outbox_id)
+    await admission.start_turns_quietly(deps)  # its turn now if its user has a free slot
     metrics.JOBS_CREATED.inc()
     log.info("job_created", job_id=str(job_id), duration=round(audio.duration, 2), estimate=str(estimate))
     body = {
@@ -116,18 +113,17 @@ async def _create_job(  # noqa: PLR0917
     filename: str,
     duration: float,
     estimate: Any,
-) -> tuple[asyncpg.Record, int]:
-    """Insert the job ``queued`` with its first dispatch in the outbox, in one transaction."""
+) -> asyncpg.Record:
+    """Insert the job waiting for its turn (``queued``, no deadline, no task: see ``admission``)."""
     s = deps.settings
-    eff = Effects(job_id=str(job_id))
-    async with deps.pool.acquire() as conn, conn.transaction():
+    async with deps.pool.acquire() as conn:
         now = await conn.fetchval("SELECT now()")
-        row = await store.insert_job(
+        return await store.insert_job(
             conn,
             {
                 "job_id": job_id,
                 "user_id": user,
-                "status": "queued",
+                "status": JobStatus.QUEUED,
                 "current_stage": STAGES[0],
                 "user_prompt": prompt,
                 "audio_key": audio_key,
@@ -138,13 +134,8 @@ async def _create_job(  # noqa: PLR0917
                 "cost_limit": s.cost_limit,
                 "created_at": now,
                 "updated_at": now,
-                "deadline_at": now + timedelta(seconds=s.job_timeout_seconds),
             },
         )
-        dispatch = await store.start_stage(conn, job_id, STAGES[0])
-        queue_stage(deps, eff, STAGES[0], AudioParserInput(audio_key=audio_key), user, s.cost_limit, dispatch)
-        outbox_id = await deps.outbox.add(conn, job_id, eff.emits)
-    return row, outbox_id
 
 
 async def _snapshot(deps: Deps, job_id: uuid.UUID) -> dict[str, Any] | None:
@@ -174,7 +165,7 @@ async def get_job(request: web.Request) -> web.Response:
     _owned(snap, user)
     assert snap is not None
     url = None
-    if snap["status"] == "completed" and snap["video_key"] and not snap["files_cleaned_at"]:
+    if snap["status"] == JobStatus.COMPLETED and snap["video_key"] and not snap["files_cleaned_at"]:
         url = await deps.storage.signed_url(snap["video_key"], deps.settings.download_url_seconds)
     with contextlib.suppress(asyncpg.PostgresError, *db.TRANSIENT):
         await RATES.refresh(deps.pool)  # at most once a minute; the spec's priors meanwhile
@@ -209,7 +200,13 @@ async def cancel_job(request: web.Request) -> web.Response:
     await after_commit(deps, eff)
     await deps.outbox.send_quietly(outbox_id)
     log.info("job_cancelled", job_id=str(job_id), was=was)
-    return respond({"job_id": str(job_id), "status": "failed", "message": CANCELLED_MESSAGE})
+    return respond({"job_id": str(job_id), "status": JobStatus.FAILED, "message": CANCELLED_MESSAGE})
+
+
+async def retry_job(request: web.Request) -> web.Response:
+    """A new job continuing a failed or cancelled one from the stage it did not finish (``retry``)."""
+    deps, user = _user(request)
+    return respond(await retry.retry_job(deps, _job_uuid(request), user), status=201)
 
 
 async def download(request: web.Request) -> web.Response:
@@ -218,7 +215,7 @@ async def download(request: web.Request) -> web.Response:
     row = await store.get_job(deps.pool, job_id)
     _owned(row, user)
     assert row is not None
-    if row["status"] != "completed" or not row["video_key"]:
+    if row["status"] != JobStatus.COMPLETED or not row["video_key"]:
         raise NotFound("Job not completed", job_id=str(job_id))
     if row["files_cleaned_at"] is not None or not await deps.storage.exists(row["video_key"]):
         raise Gone("Video expired or deleted", job_id=str(job_id))
@@ -241,6 +238,7 @@ def handlers() -> dict[str, Handler]:
         "listJobs": list_jobs,
         "getJob": get_job,
         "cancelJob": cancel_job,
+        "retryJob": retry_job,
         "getDownload": download,
         "getInternalHealth": internal_health,
         **admin.handlers(),  # /api/v1/admin/*: the operator console (admins only; see admin.py)

@@ -15,7 +15,9 @@ from typing import Any
 
 import asyncpg
 from montage_contracts.api import timestamp
+from montage_contracts.errors import ErrorCode
 from montage_contracts.models import CostItem
+from montage_contracts.pipeline import JobStatus, StageStatus
 
 _JOB_COLUMNS = frozenset(
     {
@@ -275,7 +277,7 @@ ORDER BY q.i
 
 @dataclass(frozen=True, slots=True)
 class StageState:
-    status: str
+    status: StageStatus
     dispatch: int
     elapsed: float  # seconds since it was (last) dispatched, on the database's clock
 
@@ -286,7 +288,7 @@ class JobState:
 
     handled: bytes | None  # the recorded emits when this entry was handled already
     found: bool
-    status: str = ""
+    status: JobStatus | None = None  # None: no such job
     total_cost: Decimal = Decimal(0)
     cost_limit: Decimal = Decimal(0)
     estimated_cost: Decimal = Decimal(0)
@@ -326,7 +328,7 @@ def _state(read: Read, r: asyncpg.Record) -> JobState:
     state = JobState(handled=r["handled"], found=r["status"] is not None)
     if not state.found:
         return state
-    state.status = r["status"]
+    state.status = JobStatus(r["status"])
     state.total_cost = r["total_cost"]
     state.cost_limit = r["cost_limit"]
     state.estimated_cost = r["estimated_cost"]
@@ -338,7 +340,7 @@ def _state(read: Read, r: asyncpg.Record) -> JobState:
         for name, status, dispatch, elapsed, output in zip(
             r["names"], r["statuses"], r["dispatches"], r["elapsed"], r["outputs"], strict=True
         ):
-            state.stages[name] = StageState(status, dispatch, elapsed or 0.0)
+            state.stages[name] = StageState(StageStatus(status), dispatch, elapsed or 0.0)
             if name in read.outputs_of:
                 state.outputs[name] = output
     state.recorded_calls = frozenset(r["recorded_calls"] or ())
@@ -354,13 +356,13 @@ class Change:
     job_id: uuid.UUID
     stage: str
     dispatch: int
-    expect_status: str
+    expect_status: JobStatus
     expect_total: Decimal
     record: bool = True  # keep the handled entry with its emits (not for progress messages)
     emits: bytes = b"[]"  # what goes out with the ack (``outbox.pack``), kept with the handled entry
     costs: list[CostItem] = field(default_factory=list)  # new provider calls of ``stage``
     stage_meta: dict[str, Any] | None = None  # merged into the stage's metadata
-    finish: str | None = None  # close the stage with this status
+    finish: StageStatus | None = None  # close the stage with this status
     attempts: int = 0
     output: str | None = None  # JSON
     stage_error: str | None = None
@@ -369,13 +371,13 @@ class Change:
     next_stage: str | None = None  # start it under ``next_dispatch``
     next_dispatch: int = 0
     # the job row (None: unchanged)
-    status: str | None = None
+    status: JobStatus | None = None
     progress: int | None = None
     current_stage: str | None = None
     total: Decimal | None = None
     video_key: str | None = None
     error_message: str | None = None
-    error_code: str | None = None
+    error_code: ErrorCode | None = None
     started: bool = False  # started_at = now()
     completed: bool = False  # completed_at = now()
     expire_after: timedelta | None = None  # files_expire_at = now() + this

@@ -18,11 +18,13 @@ from typing import Any
 import asyncpg
 import structlog
 from montage_common.events import event_emit
+from montage_contracts.errors import ErrorCode, job_retryable
+from montage_contracts.pipeline import FINAL_STATUSES, JobStatus
 from montage_streams import Emit
 
-from montage_orchestrator import cleanup, metrics, purge, store
+from montage_orchestrator import cleanup, job_metrics, metrics, purge, store
 from montage_orchestrator.deps import Deps
-from montage_orchestrator.jobs import RETRYABLE_JOB_CODES, snapshot
+from montage_orchestrator.jobs import snapshot
 
 log = structlog.get_logger()
 
@@ -56,6 +58,8 @@ async def after_commit(deps: Deps, eff: Effects) -> None:
     """Metrics and logs of the change, cache write-through, cancel flag, intermediate-file cleanup; each best effort."""
     for note in eff.committed:
         note()
+    if eff.row is not None and eff.row["status"] in FINAL_STATUSES:
+        deps.turns_due.set()  # its slot is free: a waiting job's turn (``admission``)
     if eff.tomb is not None and eff.row is not None:
         try:
             await deps.cache.end_write(eff.job_id, eff.tomb, snapshot(eff.row))
@@ -71,21 +75,22 @@ async def after_commit(deps: Deps, eff: Effects) -> None:
         await cleanup.delete_prefixes(deps, uuid.UUID(eff.job_id), eff.delete_prefixes, reason="job_final")
 
 
-def job_failed(deps: Deps, eff: Effects, code: str, message: str) -> None:
+def job_failed(deps: Deps, eff: Effects, code: ErrorCode, message: str) -> None:
     """What a failed job sends and does besides its rows: the ``error`` event, the cancel flag (any
     worker still on this job stops before its next step), the metric and the log."""
-    eff.event(deps, "error", {"error": message, "code": code, "retryable": code in RETRYABLE_JOB_CODES})
+    eff.event(deps, "error", {"error": message, "code": code, "retryable": job_retryable(code)})
     eff.cancel_flag = True
     job_id = eff.job_id
 
     def note() -> None:
         metrics.JOBS_FAILED.labels(code).inc()
+        job_metrics.finished(eff.row, job_metrics.failure_outcome(code))
         log.info("job_failed", job_id=job_id, code=code, error=message[:200])
 
     eff.committed.append(note)
 
 
-async def fail_job(conn: asyncpg.Connection, deps: Deps, eff: Effects, code: str, message: str) -> asyncpg.Record:
+async def fail_job(conn: asyncpg.Connection, deps: Deps, eff: Effects, code: ErrorCode, message: str) -> asyncpg.Record:
     """Mark the job failed: error fields, running stages failed, files kept 7 days, ``error`` event."""
     job_id = uuid.UUID(eff.job_id)
     await begin(deps, eff)
@@ -93,7 +98,7 @@ async def fail_job(conn: asyncpg.Connection, deps: Deps, eff: Effects, code: str
     row = await store.update_job(
         conn,
         job_id,
-        status="failed",
+        status=JobStatus.FAILED,
         error_message=message,
         error_code=code,
         completed_at=await conn.fetchval("SELECT now()"),

@@ -13,10 +13,11 @@ from aiohttp import web
 from montage_common.web import Handler, internal_user, json_response, query_int, query_text
 from montage_contracts.api import timestamp
 from montage_contracts.errors import Forbidden, ValidationError
+from montage_contracts.pipeline import JOB_STATUSES
 
 HEADER_ROLE = "X-Montage-Role"
 ADMIN_ROLE = "admin"
-STATUSES = ("queued", "processing", "completed", "failed")
+STATUSES = JOB_STATUSES
 _COLUMNS = (
     "job_id, user_id, workflow_id, kind, business_name, status, trace_id, video_url, cost_usd, error,"
     " poll_attempts, last_polled_at, next_poll_at, event_published_at, lease_owner, created_at, updated_at,"

@@ -15,7 +15,7 @@ class RagnarokAPIError(MontageError):
     """RAGNAROK refused a call or could not be reached."""
 
     status: ClassVar[int] = 502
-    code: ClassVar[str] = ErrorCode.UPSTREAM_ERROR
+    code: ClassVar[ErrorCode] = ErrorCode.UPSTREAM_ERROR
     retryable: ClassVar[bool] = True
     default_message: ClassVar[str] = "RAGNAROK returned an unexpected response"
 

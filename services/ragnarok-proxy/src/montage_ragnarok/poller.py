@@ -14,6 +14,7 @@ import contextlib
 import random
 
 import structlog
+from montage_contracts.pipeline import JOB_STATUSES, JobStatus
 
 from montage_ragnarok.errors import RagnarokAPIError, WorkflowNotFound
 from montage_ragnarok.events import EventPublisher
@@ -37,10 +38,10 @@ _STATUS_ALIASES = {
 }
 
 
-def normalise_status(status: str) -> str:
+def normalise_status(status: str) -> JobStatus:
     status = status.lower()
     status = _STATUS_ALIASES.get(status, status)
-    return status if status in ("queued", "processing", "completed", "failed") else "processing"
+    return JobStatus(status) if status in JOB_STATUSES else JobStatus.PROCESSING
 
 
 class Poller:
@@ -125,7 +126,9 @@ class Poller:
             return
         if claim.age_seconds > self.settings.job_max_age_seconds:
             POLLS.labels("expired").inc()
-            await self._finish(job, "failed", None, f"No final status from RAGNAROK after {claim.age_seconds:.0f}s")
+            await self._finish(
+                job, JobStatus.FAILED, None, f"No final status from RAGNAROK after {claim.age_seconds:.0f}s"
+            )
             return
         if asyncio.get_running_loop().time() + self.settings.ragnarok_timeout_seconds > deadline:
             POLLS.labels("deferred").inc()
@@ -135,7 +138,7 @@ class Poller:
             workflow = await self.ragnarok.workflow(job.workflow_id, trace_id=job.trace_id)
         except WorkflowNotFound as err:
             POLLS.labels("not_found").inc()
-            await self._finish(job, "failed", None, err.detail)
+            await self._finish(job, JobStatus.FAILED, None, err.detail)
             return
         except RagnarokAPIError as err:
             POLLS.labels("error").inc()
@@ -167,7 +170,7 @@ class Poller:
             video_url=workflow.video_url if workflow else None,
             cost_usd=workflow.cost_usd if workflow else None,
             quality_score=workflow.quality_score if workflow else None,
-            error=error if status == "failed" else None,
+            error=error if status == JobStatus.FAILED else None,
         )
         if not stored:
             log.warning("lease_lost", status=status)

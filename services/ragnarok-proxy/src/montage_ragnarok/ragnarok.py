@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import msgspec
 import structlog
+from montage_contracts.pipeline import JobStatus
 
 from montage_ragnarok.errors import (
     RagnarokAPIError,
@@ -33,7 +34,7 @@ class Submitted(msgspec.Struct, frozen=True, kw_only=True):
     """RAGNAROK's answer to ``POST /api/v1/workflows``."""
 
     workflow_id: str
-    status: str = "queued"
+    status: str = JobStatus.QUEUED
 
 
 class Workflow(msgspec.Struct, frozen=True, kw_only=True):

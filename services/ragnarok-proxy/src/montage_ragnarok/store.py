@@ -14,9 +14,11 @@ from typing import Any
 
 import asyncpg
 import msgspec
+from montage_contracts.pipeline import FINAL_STATUSES, JOB_STATUSES, JobStatus
 
-STATUSES: tuple[str, ...] = ("queued", "processing", "completed", "failed")
-FINAL: frozenset[str] = frozenset({"completed", "failed"})
+# A Nexus job has the statuses of a Montage job (montage_contracts.pipeline).
+STATUSES: tuple[str, ...] = JOB_STATUSES
+FINAL: frozenset[JobStatus] = FINAL_STATUSES
 
 _COLUMNS = (
     "job_id, user_id, workflow_id, kind, business_name, status, request::text AS request,"
@@ -101,7 +103,7 @@ class JobStore:
             workflow_id,
             kind,
             business_name,
-            status if status in STATUSES else "queued",
+            status if status in STATUSES else JobStatus.QUEUED,
             _json(request),
             _json(enrichment),
             trace_id,
