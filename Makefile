@@ -7,7 +7,7 @@ UV ?= $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 PY := .venv/bin/python
 export UV_LINK_MODE ?= copy
 
-.PHONY: install browser redis promtool up demo test lint typecheck pytest bench docs clean
+.PHONY: install browser redis promtool contract-tools contract up demo test lint typecheck pytest bench docs clean
 
 $(UV):
 	@python3 -m pip install --quiet --target .tools/uvpkg uv >/dev/null && mkdir -p .tools/bin && ln -sf ../uvpkg/bin/uv .tools/bin/uv
@@ -36,6 +36,17 @@ promtool:
 	  mkdir -p .tools/prometheus && cd .tools && apt-get download prometheus >/dev/null 2>&1 && \
 	  dpkg-deb -x prometheus_*.deb prometheus && rm -f prometheus_*.deb; } || echo "promtool unavailable: its check will be skipped"
 
+# The published contract's npm tools (openapi-typescript, typescript, optic), pinned by
+# tools/npm/package-lock.json and installed with npm ci under .tools/contract (docs/contracts.md).
+contract-tools: install
+	@command -v npm >/dev/null || { echo "installing Debian's nodejs and npm for the contract checks"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; } || true
+	@$(PY) tools/contract.py --install || echo "contract tools unavailable: the TypeScript and breaking-change checks will be skipped"
+
+# Regenerate the published contract (clients/openapi.json, clients/montage-api.d.ts) from the code.
+contract: contract-tools
+	$(PY) tools/contract.py --write
+
 up: install
 	$(PY) -m montage_dev.devstack up
 
@@ -50,7 +61,7 @@ typecheck: install
 	$(PY) -m mypy libs/*/src services/*/src clients/*/src
 	$(PY) -m mypy -p montage_dev  # by name: under tests/ (a package) a path would name it tests.dev.src.montage_dev
 
-pytest: install browser redis promtool
+pytest: install browser redis promtool contract-tools
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test: lint typecheck pytest

@@ -188,9 +188,9 @@ ROUTE_CALLS = {  # what declares a route in aiohttp: router methods, ``web.get(â
 }
 # Literal paths allowed outside the table, each with its reason: (file, literal) â†’ why.
 PATHS_ALLOWED = {
-    ("libs/common/src/montage_common/web.py", "/healthz"): "ops port (OPS_PORT): liveness probe, not the API",
-    ("libs/common/src/montage_common/web.py", "/readyz"): "ops port: readiness probe, not the API",
-    ("libs/common/src/montage_common/web.py", "/metrics"): "ops port: Prometheus scrape, not the API",
+    ("libs/common/src/montage_common/web/ops.py", "/healthz"): "ops port (OPS_PORT): liveness probe, not the API",
+    ("libs/common/src/montage_common/web/ops.py", "/readyz"): "ops port: readiness probe, not the API",
+    ("libs/common/src/montage_common/web/ops.py", "/metrics"): "ops port: Prometheus scrape, not the API",
     (
         "services/ragnarok-proxy/src/montage_ragnarok/ragnarok.py",
         "/api/v1/workflows",

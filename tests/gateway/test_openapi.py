@@ -15,6 +15,7 @@ import msgspec
 import pytest
 import schemathesis
 from montage_contracts import api
+from montage_contracts.errors import ErrorCode
 from montage_contracts.pipeline import STAGES
 from montage_gateway.app import create_app
 from montage_gateway.openapi import document
@@ -116,6 +117,8 @@ def test_no_schema_is_written_by_hand() -> None:
     enums = {cls.__name__ for cls in vars(api).values() if isinstance(cls, type) and issubclass(cls, enum.Enum)}
     assert {"JobStatus", "ErrorCode"} <= names
     assert names - {"SseEvent"} <= structs | enums
+    assert sorted(doc["components"]["schemas"]["ErrorCode"]["enum"]) == sorted(str(c) for c in ErrorCode)
+    assert doc["components"]["schemas"]["Error"]["properties"]["code"]["$ref"] == "#/components/schemas/ErrorCode"
 
 
 def test_stage_names_match_the_pipeline() -> None:

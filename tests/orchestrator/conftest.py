@@ -284,7 +284,10 @@ class Orchestrator:
         return result
 
     async def events(self, job_id: str) -> list[tuple[str, dict[str, Any]]]:
-        return [(e.event, msgspec.to_builtins(e.data)) for _, e in await events.replay(self.deps.redis, self.deps.keys, job_id)]
+        return [
+            (e.event, msgspec.to_builtins(e.data))
+            for _, e in await events.replay(self.deps.redis, self.deps.keys, job_id)
+        ]
 
     async def wait_event(self, job_id: str, name: str) -> list[tuple[str, dict[str, Any]]]:
         async def seen() -> list[tuple[str, dict[str, Any]]] | None:
@@ -311,6 +314,9 @@ def make_settings(
         "claim_idle_ms": 3000,
         "shutdown_grace_seconds": 1.0,
         "orphan_grace_seconds": 3600.0,
+        # The session shares one database and most tests upload as "user-1", leaving jobs of earlier
+        # tests processing: no per-user turns here unless a test asks (tests/orchestrator/test_turns.py).
+        "user_max_active_jobs": 1000,
     }
     values.update(overrides)
     return load(OrchestratorSettings, env={}, **values)
@@ -354,5 +360,6 @@ async def orch(orchestrator_factory: Callable[..., Awaitable[Orchestrator]]) -> 
 
 @pytest.fixture
 async def orch_factory_budget(orchestrator_factory: Callable[..., Awaitable[Orchestrator]]) -> Orchestrator:
-    """Development mode with a $3 cap (the estimate of a 2 s song is $2.01)."""
-    return await orchestrator_factory(job_cost_limit="3")
+    """Development mode with a $3 cap and local compute at $0.80 a second: a 2 s song is estimated at
+    about $2.60, its video_generator at about $1.57."""
+    return await orchestrator_factory(job_cost_limit="3", local_compute_rate_usd_per_second=0.8)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import asyncpg
+from montage_contracts import pricing
 from montage_contracts.messages import ErrorInfo
 from montage_contracts.pipeline import STAGES
 
@@ -26,15 +28,19 @@ from tests.support import ops_server
 
 
 async def test_upload_wav_creates_queued_job_and_dispatches(orchestrator_factory: Any, pool: asyncpg.Pool) -> None:
+    """The user has a free slot: the job's turn comes at once; its deadline counts from then."""
     orch: Orchestrator = await orchestrator_factory(workers=False)
     resp = await orch.upload(user="u-up")
     assert resp.status == 201, await resp.text()
     body = await resp.json()
     assert set(body) == {"job_id", "status", "estimated_cost", "created_at"}
     assert body["status"] == "queued" and body["created_at"].endswith("Z")
-    assert 2 <= body["estimated_cost"] <= 5  # development mode
+    # the configured prices times the planned calls: the local path's compute for a 2 s song
+    assert Decimal(str(body["estimated_cost"])) == pricing.estimate(orch.deps.settings.price_card, 2.0) > 0
     row = await pool.fetchrow("SELECT * FROM jobs WHERE job_id = $1::uuid", body["job_id"])
-    assert row["status"] == "queued" and row["user_prompt"] == PROMPT and abs(row["audio_duration"] - 2.0) < 0.01
+    assert row["status"] == "processing" and row["user_prompt"] == PROMPT and abs(row["audio_duration"] - 2.0) < 0.01
+    assert row["started_at"] >= row["created_at"]
+    assert (row["deadline_at"] - row["started_at"]).total_seconds() == orch.deps.settings.job_timeout_seconds
     assert row["audio_key"] == f"audio-uploads/u-up/{body['job_id']}/song.wav"
     assert await orch.deps.storage.exists(row["audio_key"])
     r: Any = orch.deps.redis
@@ -85,7 +91,10 @@ async def test_upload_validation_errors(orchestrator_factory: Any) -> None:
 
 
 async def test_upload_over_budget_is_402(orchestrator_factory: Any) -> None:
-    orch: Orchestrator = await orchestrator_factory(workers=False, job_cost_limit="1")
+    # at $1 per compute second the 2 s song's local work is estimated above the $1 cap
+    orch: Orchestrator = await orchestrator_factory(
+        workers=False, job_cost_limit="1", local_compute_rate_usd_per_second=1.0
+    )
     resp = await orch.upload()
     assert resp.status == 402
     assert (await resp.json())["code"] == "BUDGET_EXCEEDED"
@@ -159,7 +168,7 @@ async def test_get_job_status_and_ownership(orchestrator_factory: Any) -> None:
         "job_id", "status", "current_stage", "progress", "estimated_remaining", "total_cost",
         "video_url", "error_message", "error_code", "retryable", "created_at", "updated_at",
     }  # fmt: skip
-    assert body["status"] == "queued" and body["progress"] == 0 and body["estimated_remaining"] > 0
+    assert body["status"] == "processing" and body["progress"] == 0 and body["estimated_remaining"] > 0
     assert body["error_code"] is None and body["retryable"] is False
     assert body["created_at"].endswith("Z") and len(body["created_at"]) == len("2026-01-01T12:00:00.000Z")
     assert await orch.deps.redis.exists(orch.deps.keys.job_status_cache(job_id))  # cached
@@ -192,18 +201,21 @@ async def test_list_jobs(orchestrator_factory: Any) -> None:
     assert (await orch.session.get(url)).status == 401
 
 
-async def test_cancel_queued_and_errors(orchestrator_factory: Any) -> None:
-    orch: Orchestrator = await orchestrator_factory(workers=False)
-    job_id = await orch.create_job()
-    assert (await orch.job(job_id))["status"] == "queued"  # now cached
+async def test_cancel_queued_and_errors(orchestrator_factory: Any, pool: asyncpg.Pool) -> None:
+    """A job waiting for its turn is cancelled without ever being dispatched."""
+    orch: Orchestrator = await orchestrator_factory(workers=False, user_max_active_jobs=1)
+    await orch.create_job(user="canceller")  # holds the user's one slot
+    job_id = await orch.create_job(user="canceller")
+    assert (await orch.job(job_id, user="canceller"))["status"] == "queued"  # now cached
     url = f"{orch.url}/api/v1/jobs/{job_id}/cancel"
     assert (await orch.session.post(url, headers=headers("intruder"))).status == 403
-    resp = await orch.session.post(url, headers=headers())
+    resp = await orch.session.post(url, headers=headers("canceller"))
     assert resp.status == 200
     assert await resp.json() == {"job_id": job_id, "status": "failed", "message": "Job cancelled by user"}
-    body = await orch.job(job_id)  # the cache never serves the old state
+    body = await orch.job(job_id, user="canceller")  # the cache never serves the old state
     assert body["status"] == "failed" and body["error_message"] == "Job cancelled by user"
-    again = await orch.session.post(url, headers=headers())
+    assert await pool.fetchval("SELECT count(*) FROM job_stages WHERE job_id = $1::uuid", job_id) == 0
+    again = await orch.session.post(url, headers=headers("canceller"))
     assert again.status == 400
     missing = f"{orch.url}/api/v1/jobs/00000000-0000-0000-0000-000000000000/cancel"
     assert (await orch.session.post(missing, headers=headers())).status == 404

@@ -74,6 +74,7 @@ async def test_killed_orchestrator_resumes_without_duplicates(
         "OUTBOX_GRACE_SECONDS": "1",
         "LOG_FORMAT": "json",
         "SHUTDOWN_GRACE_SECONDS": "1",
+        "USER_MAX_ACTIVE_JOBS": "1000",  # jobs of earlier tests (same database, same user) hold slots
     }
     fakes = FakeStages(redis, keys, LocalStorage(storage_dir, "test-signing-key", "http://127.0.0.1:1"))
     hold = asyncio.Event()

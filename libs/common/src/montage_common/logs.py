@@ -3,7 +3,7 @@
 structlog renders Montage's own events; the standard library's loggers (aiohttp, asyncpg,
 redis-py) go through the same processors (``structlog.stdlib.ProcessorFormatter``), so no plain
 text ever lands in the JSON stream. Each request gets one ``access`` line (see
-:func:`montage_common.web.observe_middleware`).
+:func:`montage_common.web.observe.observe_middleware`).
 """
 
 from __future__ import annotations

@@ -196,9 +196,9 @@ Logged events: `stage_update`, `progress`, `message`, `cost_update`, and the fin
 (an `EventSource` then stops reconnecting). A reconnecting client that sends the last `id:` it
 saw gets every event exactly once, in order. An `EventSource` cannot read the status of a
 refused connection (401, 403, 404, 429, 503): it fires `error` with `readyState` CLOSED; ask
-`POST …/stream-ticket` for the reason and a new ticket. Each message's `event:` and `data:`
-(JSON) are described by the `SseEvent` schema: a union tagged by `event`; `data` is JSON text
-whose schema is the `contentSchema` of each member.
+`POST …/stream-ticket` for the reason and a new ticket. Each message's `event:`, `id:` and
+`data:` are described by the `SseEvent` schema: a union tagged by `event`; each member's `data`
+schema is what its `data:` line holds, as one line of JSON text.
 """
 
 # --- the table ------------------------------------------------------------------------------

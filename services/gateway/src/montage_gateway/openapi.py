@@ -22,7 +22,7 @@ import msgspec
 from aiohttp import web
 from montage_common.web import json_response
 from montage_contracts import api, routes
-from montage_contracts.routes import JSON, Auth, Route
+from montage_contracts.routes import Auth, Route
 from msgspec import Meta
 
 REF = "#/components/schemas/{name}"
@@ -77,12 +77,6 @@ class _Schemas:
         schemas, self.components = msgspec.json.schema_components(unique, ref_template=REF)
         self._by_type = dict(zip(unique, schemas, strict=True))
         self.components["SseEvent"] = self._by_type[api.SseEvent]
-        # On the wire an SSE message's `data:` is JSON text: the payload Struct's schema becomes
-        # its `contentSchema` (OpenAPI 3.1 reads a text/event-stream `schema` as one message).
-        text: dict[str, Any] = msgspec.json.schema(Annotated[str, Meta(extra_json_schema={"contentMediaType": JSON})])
-        for cls in api.SSE_EVENTS:
-            props = self.components[cls.__name__]["properties"]
-            props["data"] = {**text, "contentSchema": props["data"]}
 
     def of(self, t: Any) -> dict[str, Any]:
         if isinstance(t, tuple):
@@ -192,7 +186,7 @@ def docs_page(doc: dict[str, Any]) -> str:
     events = []
     for cls in api.SSE_EVENTS:
         name = api.sse_event_name(cls)
-        data_ref = components[cls.__name__]["properties"]["data"]["contentSchema"]["$ref"].rsplit("/", 1)[-1]
+        data_ref = components[cls.__name__]["properties"]["data"]["$ref"].rsplit("/", 1)[-1]
         has_id = "id" in components[cls.__name__]["properties"]
         events.append(
             f"<tr><td><code>{name}</code></td><td>{'yes' if has_id else 'no'}</td>"

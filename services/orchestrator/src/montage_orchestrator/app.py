@@ -49,6 +49,7 @@ def create_app(settings: OrchestratorSettings) -> web.Application:
             resources.container(settings),
             resources.results_consumers(settings, replica),
             resources.sweeper(settings, replica),
+            resources.turns(settings),
         ]
     )
     return app

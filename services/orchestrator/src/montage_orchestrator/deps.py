@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 
 import asyncpg
 from aiohttp import web
@@ -27,6 +28,8 @@ class Deps:
     cache: StatusCache
     outbox: Outbox
     producer: StreamProducer
+    # Set when a slot may have freed (a job became final): the turn-giver wakes (``admission.run``).
+    turns_due: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
     def build(cls, settings: OrchestratorSettings, pool: asyncpg.Pool, redis: Redis, storage: Storage) -> Deps:

@@ -1,7 +1,7 @@
 """The orchestrator's resources, one ``cleanup_ctx`` each, started in this order and stopped in
 the reverse one: the Postgres pool (and migrations) and the Redis client (both from
 ``montage_common.resources``), storage, the container
-(``app[DEPS]``), the results consumers (one per partition), the sweeper.
+(``app[DEPS]``), the results consumers (one per partition), the sweeper, the turn-giver.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from montage_common.storage import Storage, create_storage
 from montage_contracts.keys import ORCHESTRATOR_GROUP
 from montage_streams import RetryPolicy, StreamConsumer
 
+from montage_orchestrator import admission
 from montage_orchestrator.deps import DEPS, Deps
 from montage_orchestrator.pipeline import Pipeline
 from montage_orchestrator.settings import OrchestratorSettings
@@ -87,6 +88,21 @@ def sweeper(settings: OrchestratorSettings, replica: str) -> Context:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         stop = asyncio.Event()
         task = asyncio.create_task(Sweeper(app[DEPS], replica).run(stop), name="sweeper")
+        try:
+            yield
+        finally:
+            stop.set()
+            await _finish([task], settings.shutdown_grace_seconds + 1)
+
+    return ctx
+
+
+def turns(settings: OrchestratorSettings) -> Context:
+    """The turn-giver (``admission.run``): waiting jobs start when a slot frees."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        stop = asyncio.Event()
+        task = asyncio.create_task(admission.run(app[DEPS], stop), name="turns")
         try:
             yield
         finally:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -21,15 +20,13 @@ from montage_common.web import Handler, internal_user, query_int
 from montage_contracts import api
 from montage_contracts.api import timestamp
 from montage_contracts.errors import BudgetExceededError, ErrorCode, Forbidden, Gone, NotFound, ValidationError
-from montage_contracts.models import AudioParserInput
 from montage_contracts.pipeline import FINAL_STATUSES, JOB_STATUSES, STAGES, JobStatus
 
-from montage_orchestrator import admin, costs, metrics, store, upload
+from montage_orchestrator import admin, admission, costs, metrics, store, upload
 from montage_orchestrator.deps import DEPS, Deps
 from montage_orchestrator.errors import JobNotCancellable
 from montage_orchestrator.health import health_report
 from montage_orchestrator.jobs import RATES, list_item, money, snapshot, status_body
-from montage_orchestrator.pipeline import queue_stage
 from montage_orchestrator.transitions import CANCELLED_MESSAGE, Effects, after_commit, fail_job
 
 log = structlog.get_logger()
@@ -90,13 +87,13 @@ async def upload_audio(request: web.Request) -> web.Response:
     finally:
         received.discard()
     try:
-        row, outbox_id = await _create_job(deps, job_id, user, prompt, audio_key, filename, audio.duration, estimate)
+        row = await _create_job(deps, job_id, user, prompt, audio_key, filename, audio.duration, estimate)
     except BaseException:
         # No job row: the stored song must not stay behind (nothing is left by a failed upload).
         with contextlib.suppress(Exception):
             await asyncio.shield(deps.storage.delete([audio_key]))
         raise
-    await deps.outbox.send_quietly(outbox_id)
+    await admission.start_turns_quietly(deps)  # its turn now if its user has a free slot
     metrics.JOBS_CREATED.inc()
     log.info("job_created", job_id=str(job_id), duration=round(audio.duration, 2), estimate=str(estimate))
     body = api.JobCreated(
@@ -119,13 +116,12 @@ async def _create_job(  # noqa: PLR0917
     filename: str,
     duration: float,
     estimate: Any,
-) -> tuple[asyncpg.Record, int]:
-    """Insert the job ``queued`` with its first dispatch in the outbox, in one transaction."""
+) -> asyncpg.Record:
+    """Insert the job waiting for its turn (``queued``, no deadline, no task: see ``admission``)."""
     s = deps.settings
-    eff = Effects(job_id=str(job_id))
-    async with deps.pool.acquire() as conn, conn.transaction():
+    async with deps.pool.acquire() as conn:
         now = await conn.fetchval("SELECT now()")
-        row = await store.insert_job(
+        return await store.insert_job(
             conn,
             {
                 "job_id": job_id,
@@ -141,13 +137,8 @@ async def _create_job(  # noqa: PLR0917
                 "cost_limit": s.cost_limit,
                 "created_at": now,
                 "updated_at": now,
-                "deadline_at": now + timedelta(seconds=s.job_timeout_seconds),
             },
         )
-        dispatch = await store.start_stage(conn, job_id, STAGES[0])
-        queue_stage(deps, eff, STAGES[0], AudioParserInput(audio_key=audio_key), user, s.cost_limit, dispatch)
-        outbox_id = await deps.outbox.add(conn, job_id, eff.emits)
-    return row, outbox_id
 
 
 async def _snapshot(deps: Deps, job_id: uuid.UUID) -> dict[str, Any] | None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 from decimal import Decimal, InvalidOperation
 from typing import Annotated
 
-from montage_common.settings import CommonSettings
+from montage_common.settings import PricingSettings
 from msgspec import Meta
 
 
-class OrchestratorSettings(CommonSettings, frozen=True, kw_only=True):
+class OrchestratorSettings(PricingSettings, frozen=True, kw_only=True):
     """Environment: the upper-cased field names (``MAX_UPLOAD_BYTES``, ``JOB_TIMEOUT_SECONDS`` …)."""
 
     port: int = 8081
@@ -21,7 +21,19 @@ class OrchestratorSettings(CommonSettings, frozen=True, kw_only=True):
     job_cost_limit: Annotated[
         str, Meta(description="Per-job hard cap; empty: the mode's cap (production/staging $2000, development $50).")
     ] = ""
-    job_timeout_seconds: Annotated[float, Meta(description="a job running longer fails with TIMEOUT")] = 900.0
+    job_timeout_seconds: Annotated[
+        float,
+        Meta(
+            description="a job running longer than this since its first stage was dispatched fails with TIMEOUT (waiting for its turn does not count)"
+        ),
+    ] = 900.0
+    user_max_active_jobs: Annotated[
+        int,
+        Meta(
+            ge=1,
+            description="jobs of one user processing at once; the rest wait as queued (no deadline) and start in turn, round robin over users",
+        ),
+    ] = 2
     status_cache_seconds: Annotated[int, Meta(description="TTL of the cached job status")] = 30
     cancel_flag_seconds: Annotated[int, Meta(description="TTL of the job_cancel:{job_id} flag workers check")] = 900
     download_url_seconds: Annotated[int, Meta(description="validity of signed download URLs")] = 3600

@@ -20,10 +20,10 @@ from montage_common.events import event_emit
 from montage_contracts.api import ErrorData
 from montage_contracts.errors import ErrorCode, job_retryable
 from montage_contracts.events import EventData
-from montage_contracts.pipeline import JobStatus
+from montage_contracts.pipeline import FINAL_STATUSES, JobStatus
 from montage_streams import Emit
 
-from montage_orchestrator import cleanup, metrics, purge, store
+from montage_orchestrator import cleanup, job_metrics, metrics, purge, store
 from montage_orchestrator.deps import Deps
 from montage_orchestrator.jobs import snapshot
 
@@ -60,6 +60,8 @@ async def after_commit(deps: Deps, eff: Effects) -> None:
     """Metrics and logs of the change, cache write-through, cancel flag, intermediate-file cleanup; each best effort."""
     for note in eff.committed:
         note()
+    if eff.row is not None and eff.row["status"] in FINAL_STATUSES:
+        deps.turns_due.set()  # its slot is free: a waiting job's turn (``admission``)
     if eff.tomb is not None and eff.row is not None:
         try:
             await deps.cache.end_write(eff.job_id, eff.tomb, snapshot(eff.row))
@@ -84,6 +86,7 @@ def job_failed(deps: Deps, eff: Effects, code: ErrorCode, message: str) -> None:
 
     def note() -> None:
         metrics.JOBS_FAILED.labels(code).inc()
+        job_metrics.finished(eff.row, job_metrics.failure_outcome(code))
         log.info("job_failed", job_id=job_id, code=code, error=message[:200])
 
     eff.committed.append(note)
