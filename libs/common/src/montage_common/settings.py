@@ -76,6 +76,22 @@ class CommonSettings(msgspec.Struct, frozen=True, kw_only=True):
         int, Meta(description="an entry left unacknowledged this long by a dead consumer is taken over")
     ] = 30_000
     shutdown_grace_seconds: Annotated[float, Meta(description="in-flight work gets this long after SIGTERM")] = 20.0
+    http_keepalive_timeout_seconds: Annotated[
+        float,
+        Meta(
+            gt=0,
+            description="an HTTP connection with no request in progress (or a socket that sends nothing) is"
+            " closed after this long; behind a load balancer, keep it above the balancer's idle timeout",
+        ),
+    ] = 75.0
+    http_header_timeout_seconds: Annotated[
+        float,
+        Meta(
+            gt=0,
+            description="a request's line and headers must arrive within this long of its first byte,"
+            " else 408 and the connection is closed (slow clients)",
+        ),
+    ] = 10.0
     dependency_probe_seconds: Annotated[
         float,
         Meta(
