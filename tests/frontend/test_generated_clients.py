@@ -99,6 +99,7 @@ type GetJob = paths["/api/v1/jobs/{job_id}"]["get"]["responses"]["200"]["content
 type ApiError = paths["/api/v1/jobs/{job_id}"]["get"]["responses"]["404"]["content"]["application/json"];
 type TooMany = paths["/api/v1/jobs/{job_id}/stream"]["get"]["responses"]["503"]["content"]["application/json"];
 type Ticket = components["schemas"]["StreamTicket"];
+type Retried = paths["/api/v1/jobs/{job_id}/retry"]["post"]["responses"]["201"]["content"]["application/json"];
 type SseEvent = components["schemas"]["SseEvent"];
 
 const job: GetJob = {
@@ -114,6 +115,8 @@ const job: GetJob = {
   retryable: false,
   created_at: "2026-01-01T12:00:00.000Z",
   updated_at: "2026-01-01T12:01:00.000Z",
+  retry_of: null,
+  retried_by: null,
 };
 
 // Required fields are required: strict mode needs no undefined checks here.
@@ -126,6 +129,11 @@ const canRetry: boolean = job.retryable;
 function describe(created: Created, error: ApiError, busy: TooMany, ticket: Ticket): string {
   return `${created.job_id} ${created.status} ${created.estimated_cost} ${error.code} ${error.retryable} `
     + `${busy.code} ${ticket.ticket} ${ticket.expires_in}`;
+}
+
+function retried(r: Retried): string {
+  const reused: string[] = r.reused_stages;
+  return `${r.job_id} retries ${r.retry_of} from ${r.resumed_from}, reusing ${reused.join(", ")}`;
 }
 
 function eventName(event: SseEvent): string {
@@ -150,7 +158,10 @@ const wrongStatus: Status = "cancelled";
 // @ts-expect-error an error code outside the catalogue
 const notInCatalogue: Code = "FAILED";
 
-export { percent, remaining, code, canRetry, describe, eventName, getJob, incomplete, wrongCode, wrongStatus, notInCatalogue };
+export {
+  percent, remaining, code, canRetry, describe, retried, eventName, getJob, incomplete, wrongCode, wrongStatus,
+  notInCatalogue,
+};
 """
 
 

@@ -166,10 +166,11 @@ async def test_get_job_status_and_ownership(orchestrator_factory: Any) -> None:
     body = await orch.job(job_id)
     assert set(body) == {
         "job_id", "status", "current_stage", "progress", "estimated_remaining", "total_cost",
-        "video_url", "error_message", "error_code", "retryable", "created_at", "updated_at",
+        "video_url", "error_message", "error_code", "retryable", "created_at", "updated_at", "retry_of", "retried_by",
     }  # fmt: skip
     assert body["status"] == "processing" and body["progress"] == 0 and body["estimated_remaining"] > 0
     assert body["error_code"] is None and body["retryable"] is False
+    assert body["retry_of"] is None and body["retried_by"] is None
     assert body["created_at"].endswith("Z") and len(body["created_at"]) == len("2026-01-01T12:00:00.000Z")
     assert await orch.deps.redis.exists(orch.deps.keys.job_status_cache(job_id))  # cached
     other = await orch.session.get(f"{orch.url}/api/v1/jobs/{job_id}", headers=headers("someone-else"))

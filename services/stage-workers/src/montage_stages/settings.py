@@ -35,6 +35,13 @@ class StageSettings(PricingSettings, frozen=True, kw_only=True):
     aac_coder: Annotated[
         Literal["twoloop", "fast"], Meta(description="ffmpeg's AAC search: fast takes half of twoloop's time")
     ] = "fast"
+    fault_injection: Annotated[
+        bool,
+        Meta(
+            description="Development only (ignored otherwise): a stage fails once for a job when a test sets its"
+            " fault key in Redis (montage_stages.faults)"
+        ),
+    ] = False
     # --- providers: one seam per capability, each off (the local path) while its URL is empty;
     # the URLs, models, prices and the frame size are PricingSettings' (the orchestrator's estimate
     # reads them too) ---
