@@ -95,7 +95,7 @@ function show(event: SseEvent): string {
     case "stage_update": return `${event.data.stage} ${event.data.status}`;
     case "cost_update": return `${event.data.stage}: $${event.data.cost} of $${event.data.total}`;
     case "error": return `${event.data.code}: ${event.data.error} (retryable: ${event.data.retryable})`;
-    case "completed": return event.data.video_url;
+    case "completed": return event.data.video_url ?? "(the video expired)";
     default: return event.event;
   }
 }

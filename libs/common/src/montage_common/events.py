@@ -9,6 +9,9 @@ channel. The events and their payloads are :mod:`montage_contracts.events`. A ga
 
 from __future__ import annotations
 
+import re
+
+from montage_contracts.api import ENTRY_ID_PATTERN
 from montage_contracts.events import EventData, JobEvent, decode_event, encode_event
 from montage_contracts.keys import Keys
 from montage_streams import Emit, id_key, read_last, read_range
@@ -56,21 +59,13 @@ async def last_event(redis: Redis, keys: Keys, job_id: str) -> tuple[str, JobEve
     return None if entry is None else (entry.entry_id, decode_event(entry.payload))
 
 
-_U64 = 2**64 - 1
+_ENTRY_ID = re.compile(ENTRY_ID_PATTERN)
 
 
 def valid_event_id(value: str) -> bool:
-    """A stream entry id Redis accepts: ``<ms>-<seq>``, ASCII digits, each part a 64-bit integer."""
-    ms, sep, seq = value.partition("-")
-    return (
-        bool(sep)
-        and len(value) <= 41
-        and value.isascii()
-        and ms.isdigit()
-        and seq.isdigit()
-        and int(ms) <= _U64
-        and int(seq) <= _U64
-    )
+    """A stream entry id Redis accepts: ``<ms>-<seq>``, ASCII digits, each part a 64-bit integer
+    of at most 20 digits (the document's pattern for ``Last-Event-ID``, one definition)."""
+    return _ENTRY_ID.fullmatch(value) is not None
 
 
 async def replay(redis: Redis, keys: Keys, job_id: str, after: str = "0-0") -> list[tuple[str, JobEvent]]:

@@ -27,7 +27,14 @@ from montage_contracts.pipeline import JobStatus, StageStatus, StageUpdate
 
 # One path segment as the gateway accepts it: not empty, not `.` or `..`, no `/` (not even
 # encoded), no control characters.
-PathSegment = Annotated[str, Meta(pattern=r"^(?!\.\.?$)[^/\x00-\x1f\x7f]+$")]
+# One path segment as the path guard (montage_common.web.guard.unsafe_path) lets it through: no
+# slash, backslash, percent sign (the guard decodes up to three times) or control character, and
+# not a dot segment, also after Unicode compatibility folding (U+2024, U+FE52, U+FF0E fold to
+# ".", U+2025 and U+FE30 to "..").
+PathSegment = Annotated[
+    str,
+    Meta(pattern=r"^(?![.\u2024\uFE52\uFF0E]{1,2}$|[\u2025\uFE30]$)[^/\\%\x00-\x1f\x7f]+$"),
+]
 # The vocabularies are defined once: a status is a `pipeline.JobStatus` and a code an
 # `errors.ErrorCode` (enums, so the document lists them once, as components of those names). The
 # stage names and the codes a job can fail with are Literals made from them (subsets, inline).
@@ -70,7 +77,7 @@ IdempotencyKey = Annotated[
             " the first is still being processed a repeat waits for it (up to 15 s), then 409. Only a created"
             " job is remembered: after any other answer the key may be sent again."
         ),
-        pattern=r'^"?[\x21\x23-\x5b\x5d-\x7e]{1,255}"?$',
+        pattern=r'^(?:"[\x21\x23-\x5b\x5d-\x7e]{1,255}"|[\x21\x23-\x5b\x5d-\x7e]{1,255})$',
         examples=["8e03978e-40d5-43e8-bc93-6894a57f9324"],
     ),
 ]
@@ -113,18 +120,39 @@ class NexusError(Error, kw_only=True):
 
 
 # --- jobs -----------------------------------------------------------------------------------
+# What montage_orchestrator.upload.check_prompt accepts, as a pattern: no control character but tab
+# and line breaks, and 50 to 500 characters from the first to the last that Python's str.strip()
+# keeps (the default PROMPT_MIN_CHARS and PROMPT_MAX_CHARS). Whitespace is spelled out (not \s): pattern engines disagree on Unicode
+# spaces, str.strip() does not.
+_NOT_CONTROL = r"[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]"
+_SPACE = r"[\t\n\r \xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+_KEPT = r"[^\t\n\r \xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f]"
+PROMPT_PATTERN = f"^{_SPACE}*{_KEPT}{_NOT_CONTROL}{{48,498}}{_KEPT}{_SPACE}*$"
+PROMPT_MAX_SENT = 2000  # characters of user_prompt as sent, padding included (the trimmed text is 50-500)
+
+
 class UploadForm(Struct, kw_only=True):
     """``multipart/form-data`` of ``POST /api/v1/upload-audio``."""
 
     audio_file: Annotated[
         str,
         Meta(
+            min_length=1,
             description="MP3, WAV or FLAC (decided from the bytes), at most 10 MB and 10 minutes",
             # format binary too: what generators (openapi-python-client, openapi-typescript) read as a file
             extra_json_schema={"contentMediaType": "application/octet-stream", "format": "binary"},
         ),
     ]
-    user_prompt: Annotated[str, Meta(min_length=50, max_length=500, description="What the video should show")]
+    user_prompt: Annotated[
+        str,
+        Meta(
+            min_length=50,
+            max_length=PROMPT_MAX_SENT,
+            pattern=PROMPT_PATTERN,
+            description="What the video should show: 50 to 500 characters once trimmed (at most"
+            f" {PROMPT_MAX_SENT} as sent); no control character but tab and line breaks",
+        ),
+    ]
 
 
 class JobCreated(Struct, kw_only=True):
@@ -293,7 +321,40 @@ BusinessName = Annotated[
         description="Not blank; no NUL characters (they cannot be stored)",
     ),
 ]
-Industry = Annotated[str | None, Meta(description="Optional industry")]
+# Text the Nexus job record (Postgres jsonb) can store: no NUL. ragnarok-proxy refuses (400) a body
+# with NUL in any string or key, at any depth, before RAGNAROK is called.
+NO_NUL = r"^[^\x00]*$"
+STORABLE_JSON = "StorableJson"
+STORABLE_JSON_REF = {"$ref": f"#/components/schemas/{STORABLE_JSON}"}
+# Components the document adds to those msgspec generates (a recursive schema has no Python type).
+EXTRA_COMPONENTS: dict[str, dict[str, Any]] = {
+    STORABLE_JSON: {
+        "description": "A JSON value without NUL characters in its text or keys (they cannot be stored); the"
+        " proxy refuses NUL at any depth, this schema checks the first level (a recursive schema is not"
+        " something generated TypeScript types can express)",
+        "anyOf": [
+            {"type": "string", "pattern": NO_NUL},
+            {"type": ["number", "boolean", "null"]},
+            {"type": "array"},
+            {"type": "object", "propertyNames": {"pattern": NO_NUL}},
+        ],
+    }
+}
+# On a body whose extra fields are forwarded: each is storable JSON, and so is every key.
+STORABLE_EXTRAS = Meta(
+    extra_json_schema={"propertyNames": {"pattern": NO_NUL}, "additionalProperties": STORABLE_JSON_REF}
+)
+# Keywords a Struct's component carries beyond its fields (msgspec has no class-level schema option):
+# what the extra properties of a body may be.
+SCHEMA_EXTRAS: dict[str, dict[str, Any]] = {
+    # Extra form fields are ignored, but each part's name is a header value: control characters but
+    # tab are refused by the multipart parser (400).
+    "UploadForm": {"propertyNames": {"pattern": r"^[^\x00-\x08\x0a-\x1f\x7f]*$"}},
+    # The Nexus submits forward their extra fields to RAGNAROK and record them: storable JSON.
+    "DirectSubmitBody": dict(STORABLE_EXTRAS.extra_json_schema or {}),
+    "EnrichedRequest": dict(STORABLE_EXTRAS.extra_json_schema or {}),
+}
+Industry = Annotated[Annotated[str, Meta(pattern=NO_NUL)] | None, Meta(description="Optional industry")]
 Duration = Annotated[float, Meta(ge=5, le=120, description="Optional video length in seconds")] | None
 
 
@@ -302,7 +363,7 @@ class DirectSubmitBody(Struct, kw_only=True):
 
     industry: Industry = None
     duration_seconds: Duration = None
-    enrichment: dict[str, Any] | None = None
+    enrichment: Annotated[dict[str, Any], Meta(extra_json_schema=STORABLE_EXTRAS.extra_json_schema)] | None = None
 
 
 class EnrichedRequest(Struct, kw_only=True):

@@ -75,6 +75,7 @@ class Body(msgspec.Struct, frozen=True):
     type: Any
     media: str = JSON
     required: bool = True
+    encoding: dict[str, str] = {}  # a multipart part's name → its media types (OpenAPI ``encoding.contentType``)
 
 
 class Route(msgspec.Struct, frozen=True, kw_only=True):
@@ -120,7 +121,8 @@ Offset = Annotated[int, Meta(ge=0, le=1_000_000, extra_json_schema={"default": 0
 ResumeId = Annotated[
     str,
     Meta(
-        description="Resume after this event id (`<ms>-<seq>`); any other value replays from the start",
+        pattern=api.ENTRY_ID_PATTERN,
+        description="Resume after this event id (`<ms>-<seq>`, each part at most 2^64-1); 400 for any other value",
         examples=["1700000000000-0"],
     ),
 ]
@@ -272,7 +274,11 @@ ROUTES: tuple[Route, ...] = (
             **errors(400, 402, 408, 413, *AUTHED),
         },
         params=(Param("Idempotency-Key", "header", api.IdempotencyKey),),
-        body=Body(api.UploadForm, media=MULTIPART),
+        body=Body(
+            api.UploadForm,
+            media=MULTIPART,
+            encoding={"audio_file": "audio/mpeg, audio/wav, audio/flac", "user_prompt": "text/plain"},
+        ),
     ),
     Route(
         method="GET",

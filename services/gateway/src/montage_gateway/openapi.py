@@ -77,6 +77,9 @@ class _Schemas:
         schemas, self.components = msgspec.json.schema_components(unique, ref_template=REF)
         self._by_type = dict(zip(unique, schemas, strict=True))
         self.components["SseEvent"] = self._by_type[api.SseEvent]
+        self.components.update(api.EXTRA_COMPONENTS)
+        for name, keywords in api.SCHEMA_EXTRAS.items():
+            self.components[name] = {**self.components[name], **keywords}
 
     def of(self, t: Any) -> dict[str, Any]:
         if isinstance(t, tuple):
@@ -104,10 +107,10 @@ def _operation(op: Route, schemas: _Schemas) -> dict[str, Any]:
             for p in op.params
         ]
     if op.body is not None:
-        out["requestBody"] = {
-            "required": op.body.required,
-            "content": {op.body.media: {"schema": schemas.of(op.body.type)}},
-        }
+        media: dict[str, Any] = {"schema": schemas.of(op.body.type)}
+        if op.body.encoding:
+            media["encoding"] = {part: {"contentType": types} for part, types in op.body.encoding.items()}
+        out["requestBody"] = {"required": op.body.required, "content": {op.body.media: media}}
     responses: dict[str, Any] = {}
     for status, reply in sorted(op.responses.items()):
         headers = {"X-Request-ID": {"$ref": "#/components/headers/X-Request-ID"}}

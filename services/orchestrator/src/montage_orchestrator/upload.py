@@ -20,6 +20,7 @@ from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 from montage_common.idempotency import UploadFingerprint
 from montage_common.media import ffmpeg_exe
+from montage_contracts.api import PROMPT_MAX_SENT
 from montage_contracts.errors import ValidationError
 from mutagen import MutagenError
 from mutagen.flac import FLAC
@@ -113,10 +114,16 @@ _ALLOWED_CONTROLS = frozenset("\t\n\r")
 
 
 def check_prompt(prompt: str | None, low: int, high: int) -> str:
-    text = (prompt or "").strip()
+    """The prompt, trimmed: ``low`` to ``high`` characters once trimmed, at most
+    ``PROMPT_MAX_SENT`` as sent, no control character but tab and line breaks (as the document's
+    ``UploadForm.user_prompt`` says)."""
+    raw = prompt or ""
+    text = raw.strip()
+    if len(raw) > PROMPT_MAX_SENT:
+        raise ValidationError(f"user_prompt is at most {PROMPT_MAX_SENT} characters as sent")
     if not low <= len(text) <= high:
         raise ValidationError(f"user_prompt must be {low}-{high} characters (got {len(text)})")
-    if any(unicodedata.category(ch) in ("Cc", "Cs") and ch not in _ALLOWED_CONTROLS for ch in text):
+    if any(unicodedata.category(ch) in ("Cc", "Cs") and ch not in _ALLOWED_CONTROLS for ch in raw):
         raise ValidationError("user_prompt must not contain control characters")
     return text
 
