@@ -100,14 +100,16 @@ async def serve(app: web.Application, settings: CommonSettings, *, port: int | N
         loop.add_signal_handler(sig, stop.set)
     api = AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_grace_seconds)
     ops: AppRunner | None = None
-    await api.setup()
     try:
+        # The ops port first: while the API app starts (e.g. waiting for its schema) the kubelet
+        # sees /healthz alive and /readyz saying why it is not ready yet.
         if settings.ops_port:
             ops = AppRunner(
                 create_ops_app(app, settings.dependency_probe_seconds), access_log=None, shutdown_timeout=1.0
             )
             await ops.setup()
             await web.TCPSite(ops, settings.host, settings.ops_port).start()
+        await api.setup()
         await web.TCPSite(api, settings.host, port or settings.port).start()
         await stop.wait()
     finally:
