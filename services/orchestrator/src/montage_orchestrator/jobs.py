@@ -93,7 +93,13 @@ def snapshot(row: asyncpg.Record) -> dict[str, Any]:
         "completed_at": iso(row["completed_at"]),
         "files_expire_at": iso(row["files_expire_at"]),
         "files_cleaned_at": iso(row["files_cleaned_at"]),
+        **retry_links(row),
     }
+
+
+def retry_links(row: Any) -> dict[str, str | None]:
+    """How a job and its retry name each other (``retry_of``, ``retried_by``; see ``retry``)."""
+    return {name: None if row.get(name) is None else str(row[name]) for name in ("retry_of", "retried_by")}
 
 
 def status_body(snap: dict[str, Any], video_url: str | None) -> dict[str, Any]:
@@ -112,6 +118,8 @@ def status_body(snap: dict[str, Any], video_url: str | None) -> dict[str, Any]:
         "retryable": job_retryable(code),
         "created_at": snap["created_at"],
         "updated_at": snap["updated_at"],
+        "retry_of": snap.get("retry_of"),
+        "retried_by": snap.get("retried_by"),
     }
 
 
@@ -125,6 +133,7 @@ def list_item(row: asyncpg.Record) -> dict[str, Any]:
         "total_cost": row["total_cost"],
         "created_at": iso(row["created_at"]),
         "completed_at": iso(row["completed_at"]),
+        **retry_links(row),
     }
 
 
