@@ -161,8 +161,10 @@ async def test_get_job_status_and_ownership(orchestrator_factory: Any) -> None:
     assert set(body) == {
         "job_id", "status", "current_stage", "progress", "estimated_remaining", "total_cost",
         "video_url", "error_message", "error_code", "retryable", "created_at", "updated_at",
+        "queue_position", "estimated_start",
     }  # fmt: skip
     assert body["status"] == "processing" and body["progress"] == 0 and body["estimated_remaining"] > 0
+    assert body["queue_position"] is None and body["estimated_start"] is None  # not waiting
     assert body["error_code"] is None and body["retryable"] is False
     assert body["created_at"].endswith("Z") and len(body["created_at"]) == len("2026-01-01T12:00:00.000Z")
     assert await orch.deps.redis.exists(orch.deps.keys.job_status_cache(job_id))  # cached

@@ -67,6 +67,8 @@ STATE_FIELDS = (
     "video_url",
     "error_message",
     "error_code",
+    "queue_position",
+    "estimated_start",
 )
 _decoder = msgspec.json.Decoder(dict[str, Any])
 _DELIVERED = {kind: SSE_DELIVERED.labels(kind) for kind in ("event", "state", "heartbeat")}

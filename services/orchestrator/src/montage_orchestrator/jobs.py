@@ -96,6 +96,10 @@ def snapshot(row: asyncpg.Record) -> dict[str, Any]:
     }
 
 
+# A waiting job's place in line and expected start (``admission.places`` fills them while it waits).
+NOT_WAITING: dict[str, Any] = {"queue_position": None, "estimated_start": None}
+
+
 def status_body(snap: dict[str, Any], video_url: str | None) -> dict[str, Any]:
     """``GET /api/v1/jobs/{job_id}``."""
     code = snap.get("error_code") if snap["status"] == JobStatus.FAILED else None
@@ -112,6 +116,7 @@ def status_body(snap: dict[str, Any], video_url: str | None) -> dict[str, Any]:
         "retryable": job_retryable(code),
         "created_at": snap["created_at"],
         "updated_at": snap["updated_at"],
+        **NOT_WAITING,
     }
 
 
@@ -125,6 +130,7 @@ def list_item(row: asyncpg.Record) -> dict[str, Any]:
         "total_cost": row["total_cost"],
         "created_at": iso(row["created_at"]),
         "completed_at": iso(row["completed_at"]),
+        **NOT_WAITING,
     }
 
 
