@@ -80,9 +80,11 @@ ORDER BY w.created_at, w.job_id
 LIMIT $2
 """
 
+# statement_timestamp(), not now(): the transaction may have waited for the lock since before the
+# job's row was written, and its deadline must count from the start itself.
 _START_SQL = """
-UPDATE jobs SET status = 'processing', current_stage = $3, started_at = now(), updated_at = now(),
-       deadline_at = now() + make_interval(secs => $2)
+UPDATE jobs SET status = 'processing', current_stage = $3, started_at = statement_timestamp(),
+       updated_at = statement_timestamp(), deadline_at = statement_timestamp() + make_interval(secs => $2)
 WHERE job_id = $1 AND status = 'queued' AND deadline_at IS NULL
 RETURNING *
 """
