@@ -169,6 +169,7 @@ class Services:
             "DATABASE_URL": self.infra.database_url,
             "REDIS_NAMESPACE": NAMESPACE,
             "GUARD_IP_REQUESTS": "1000000",  # every upload comes from 127.0.0.1
+            "MAX_CONNECTIONS_PER_CLIENT": "0",  # every client is 127.0.0.1
             "LOG_FORMAT": "json",
             **self.extra_env,
         }

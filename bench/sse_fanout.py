@@ -260,6 +260,7 @@ def main() -> None:
         "SSE_MAX_PER_USER": "100",
         "GUARD_USER_REQUESTS": "100000000",
         "GUARD_IP_REQUESTS": "100000000",
+        "MAX_CONNECTIONS_PER_CLIENT": "0",  # every client is 127.0.0.1
         "SSE_QUEUE_SIZE": "256",
     }
     log_path = Path(tempfile.gettempdir()) / "bench-gateway.log"

@@ -123,6 +123,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/jobs/{job_id}/retry": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Retry a failed or cancelled job: a new job that reuses every finished stage (takes a job slot)
+         * @description Creates a new job (`retry_of` names the original, whose `retried_by` then names the new one) that reuses every stage the original finished, with its stored output and files, and runs from the first stage it did not finish; what the reused stages cost is not charged again. Watch the new `job_id` like an upload's. Counts against the job-creation limit like an upload (the slot is given back when the retry is refused). 400 when the job is not failed (as the cancel of a final job) or was retried already (`retried_by` in the body); 410 when its song has expired.
+         */
+        post: operations["retryJob"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/jobs/{job_id}/download": {
         parameters: {
             query?: never;
@@ -848,6 +868,16 @@ export interface components {
             queue_position: number | null;
             /** @description While `queued`: when its first stage is expected to start (UTC); `null` otherwise */
             estimated_start: string | null;
+            /**
+             * @description The failed or cancelled job this one retries (`POST …/retry`); `null` for an upload
+             * @default null
+             */
+            retry_of: string | null;
+            /**
+             * @description The job that retries this one; `null` until it is retried (at most once)
+             * @default null
+             */
+            retried_by: string | null;
         };
         /**
          * Job
@@ -883,6 +913,16 @@ export interface components {
             queue_position: number | null;
             /** @description While `queued`: when its first stage is expected to start (UTC); `null` otherwise */
             estimated_start: string | null;
+            /**
+             * @description The failed or cancelled job this one retries (`POST …/retry`); `null` for an upload
+             * @default null
+             */
+            retry_of: string | null;
+            /**
+             * @description The job that retries this one; `null` until it is retried (at most once)
+             * @default null
+             */
+            retried_by: string | null;
         };
         /**
          * Cancelled
@@ -897,6 +937,37 @@ export interface components {
             /** @enum {unknown} */
             status: "failed";
             message: string;
+        };
+        /**
+         * JobRetried
+         * @description 201 of the retry: a new job that continues a failed or cancelled one from the stage it did not finish.
+         */
+        JobRetried: {
+            /**
+             * Format: uuid
+             * @description The new job: watch, cancel and download it like any other
+             */
+            job_id: string;
+            /** @enum {unknown} */
+            status: "queued";
+            /**
+             * @description The pre-flight estimate of the whole song (as for an upload)
+             * @example 0.0125
+             */
+            estimated_cost: number;
+            created_at: string;
+            /**
+             * Format: uuid
+             * @description The job retried (its history stays as it was)
+             */
+            retry_of: string;
+            /**
+             * @description The first stage the new job runs
+             * @enum {unknown}
+             */
+            resumed_from: "audio_parser" | "composer" | "prompt_generator" | "reference_generator" | "scene_planner" | "video_generator";
+            /** @description The stages whose stored output (and files) it reuses; their cost is not charged again */
+            reused_stages: ("audio_parser" | "composer" | "prompt_generator" | "reference_generator" | "scene_planner" | "video_generator")[];
         };
         /**
          * Download
@@ -1805,6 +1876,111 @@ export interface operations {
             };
             /** @description Not found (`NOT_FOUND`) */
             404: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Rate limited (`RATE_LIMIT_EXCEEDED`): the request guard, or the job-creation limit */
+            429: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RateLimited"];
+                };
+            };
+            /** @description A dependency is unavailable, or too many open streams (`SERVICE_UNAVAILABLE`, `TOO_MANY_CONNECTIONS`) */
+            503: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description An internal or external service did not answer in time (`TIMEOUT`) */
+            504: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    retryJob: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                job_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The new job */
+            201: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["JobRetried"];
+                };
+            };
+            /** @description Invalid request (code `VALIDATION_ERROR`), including a malformed path */
+            400: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Missing or invalid credentials (`UNAUTHORIZED`) */
+            401: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not the caller's (`FORBIDDEN`) */
+            403: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not found (`NOT_FOUND`) */
+            404: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The video expired or was deleted (`GONE`) */
+            410: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
                     [name: string]: unknown;

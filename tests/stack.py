@@ -51,6 +51,8 @@ E2E_ENV = {
     # A client that has not sent its whole upload by then gets 408 (tests/security); the suite's
     # songs are a few hundred KB, sent in milliseconds.
     "UPLOAD_TIMEOUT_SECONDS": "8",
+    # A test may make one stage of one job fail (montage_stages.faults; development only).
+    "FAULT_INJECTION": "true",
 }
 
 

@@ -4,11 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from aiohttp import web
 from montage_common.web import HEADER_INTERNAL, HEADER_USER, create_ops_app
+
+
+def contract_tool() -> ModuleType:
+    """``tools/contract.py`` (a script, not a package): the contract's generators and pinned npm tools."""
+    path = Path(__file__).resolve().parents[1] / "tools" / "contract.py"
+    spec = importlib.util.spec_from_file_location("contract_tool", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def internal_headers(user: str, secret: str) -> dict[str, str]:

@@ -15,10 +15,8 @@ Regenerate with ``make contract``.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import msgspec
@@ -26,18 +24,12 @@ import pytest
 from montage_contracts import api
 from montage_contracts.errors import ErrorCode
 
+from tests.support import contract_tool
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load_tool() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("contract_tool", ROOT / "tools" / "contract.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-contract = _load_tool()
+contract = contract_tool()
 
 
 @pytest.fixture(scope="module")

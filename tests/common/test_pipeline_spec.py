@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from montage_contracts import pricing
 from montage_contracts.pipeline import FINAL_STATUSES, MIN_CLIPS, PIPELINE, STAGES, JobStatus, next_stage, spec
 
 
@@ -15,8 +16,11 @@ def test_stages_in_order_with_rising_progress_to_100() -> None:
     assert marks == sorted(set(marks)) and marks[-1] == 100
 
 
-def test_cost_shares_cover_the_whole_estimate() -> None:
-    assert sum((s.cost_share for s in PIPELINE), Decimal(0)) == Decimal(1)
+def test_every_stage_has_a_planned_cost_and_the_estimate_is_their_sum() -> None:
+    card = pricing.PriceCard(llm_model="m", llm_prices={"m": (1.0, 2.0)}, video_provider="ragnarok")
+    planned = pricing.plan(card, 60.0)
+    assert set(planned) == set(STAGES)
+    assert pricing.estimate(card, 60.0) == sum(planned.values(), Decimal(0)).quantize(Decimal("0.01"), "ROUND_CEILING")
 
 
 def test_next_stage_walks_the_pipeline_once() -> None:

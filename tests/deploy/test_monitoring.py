@@ -75,7 +75,7 @@ def test_prometheus_rule_carries_the_plain_rules() -> None:
     assert rule["apiVersion"] == "monitoring.coreos.com/v1"
     assert rule["spec"]["groups"] == plain["groups"]
     # kube-prometheus-stack selects rules and monitors by its release label (documented default).
-    for obj in objs:
+    for obj in (o for o in objs if o["apiVersion"].startswith("monitoring.coreos.com/")):
         assert obj["metadata"]["labels"]["release"] == "kube-prometheus-stack", obj["kind"]
 
 
@@ -109,6 +109,65 @@ def test_every_alert_is_shown_to_fire_and_to_resolve() -> None:
     names = {a["alert"] for a in alerts()}
     missing = sorted(names - fired_then_resolved)
     assert not missing, f"alerts with no unit test that shows them firing and then resolving: {missing}"
+
+
+# --- namespaces ----------------------------------------------------------------------------------
+def _rules() -> list[dict[str, Any]]:
+    return [r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]]
+
+
+AGGREGATION = re.compile(r"\b(sum|max|min|avg|count|group|topk|bottomk|quantile)\s+(by|without)\s*\(([^)]*)\)")
+
+
+def test_every_aggregation_keeps_the_namespace() -> None:
+    """One namespace's healthy pods must never hide (or take the blame for) another's."""
+    for rule in _rules():
+        name = rule.get("record") or rule["alert"]
+        expr = rule["expr"]
+        assert "absent(" not in expr, f"{name}: absent() cannot say which namespace"
+        assert not re.search(r"\b(sum|max|min|avg|count|group)\s*\(", expr), f"{name}: aggregates without by()"
+        for _, how, labels in AGGREGATION.findall(expr):
+            assert how == "by" and "namespace" in {x.strip() for x in labels.split(",")}, f"{name}: {expr}"
+        if "alert" in rule:
+            assert rule["annotations"]["summary"].startswith("[{{ $labels.namespace }}] "), name
+
+
+def _aggregating_alerts() -> set[str]:
+    recorded = {r["record"]: r["expr"] for r in _rules() if "record" in r}
+    out = set()
+    for rule in (r for r in _rules() if "alert" in r):
+        expanded = rule["expr"] + " ".join(e for n, e in recorded.items() if n in rule["expr"])
+        if AGGREGATION.search(expanded):
+            out.add(rule["alert"])
+    return out
+
+
+def _namespace(series: str) -> str | None:
+    found = re.search(r'namespace="([^"]*)"', series)
+    return found.group(1) if found else None
+
+
+def test_every_aggregating_alert_has_a_two_namespace_test() -> None:
+    """Fires for the unhealthy namespace only while a healthy one shares the Prometheus, then resolves."""
+    shown: set[str] = set()
+    for path in UNIT_TESTS:
+        for case in yaml.safe_load(path.read_text())["tests"]:
+            namespaces = {_namespace(s["series"]) for s in case["input_series"]}
+            assert None not in namespaces, f"{path.name}: {case['name']}: a series without a namespace"
+            if len(namespaces) < 2:
+                continue
+            by_alert: dict[str, list[tuple[float, set[str | None]]]] = {}
+            for check in case.get("alert_rule_test", []):
+                fired = {a["exp_labels"].get("namespace") for a in check.get("exp_alerts") or []}
+                by_alert.setdefault(check["alertname"], []).append((_minutes(check["eval_time"]), fired))
+            for alert, checks in by_alert.items():
+                checks.sort(key=lambda c: c[0])
+                firing = [(t, f) for t, f in checks if f]
+                isolated = firing and all(len(f) == 1 and f < namespaces for _, f in firing)
+                if isolated and any(t > firing[0][0] and not f for t, f in checks):
+                    shown.add(alert)
+    missing = sorted(_aggregating_alerts() - shown)
+    assert not missing, f"aggregating alerts with no two-namespace fire-and-resolve test: {missing}"
 
 
 def test_no_worker_alert_does_not_depend_on_the_workers() -> None:
@@ -179,10 +238,24 @@ def test_dashboard_loads_and_covers_the_essentials() -> None:
     titles = " | ".join(p["title"].lower() for p in board["panels"])
     for topic in ("throughput", "latency", "queue depth", "active jobs", "cost per hour", "sse connections"):
         assert topic in titles, topic
-    variables = {v["name"] for v in board["templating"]["list"]}
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["namespace"]["datasource"]["uid"] == "${datasource}"
+    assert "namespace)" in variables["namespace"]["definition"]
     for _, expr in _dashboard_exprs():
         used = set(re.findall(r"\$\{?(\w+)", expr))
-        assert used <= variables, f"{expr} uses undefined variables {used - variables}"
+        assert used <= set(variables), f"{expr} uses undefined variables {used - set(variables)}"
+        # Every selector of every query is scoped to the chosen namespace.
+        selectors = re.findall(r"\w+\{([^}]*)\}", expr)
+        assert selectors and all('namespace="$namespace"' in sel for sel in selectors), expr
+    for topic in ("success ratio", "job duration by outcome", "cost per job", "dependencies"):
+        assert topic in titles, topic
+
+
+def test_dashboard_ships_as_a_configmap_for_the_grafana_sidecar() -> None:
+    objs = kustomize_lite.build(ROOT / "deploy" / "k8s" / "overlays" / "production")
+    (cm,) = [o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["labels"].get("grafana_dashboard") == "1"]
+    assert json.loads(cm["data"]["montage.json"]) == json.loads(DASHBOARD.read_text())
 
 
 def test_dashboard_expressions_parse(tmp_path: Path) -> None:

@@ -234,6 +234,12 @@ async def test_every_stage_on_a_provider(run: Run, short_song: Path) -> None:
     provider_rows = _provider_rows(costs)
     assert {k: v for k, v in provider_rows.items() if k not in image_calls} == expected
     assert Decimal(str(final["total_cost"])) == sum(c for _, _, c in costs.values())
+    # the pre-flight estimate (the configured prices times the calls planned for 10 s) against what
+    # the job cost: within the spec's development tolerance (docs/providers.md has the figures)
+    [[estimate]] = await run.rows("SELECT estimated_cost FROM jobs WHERE job_id = $1", job)
+    actual = Decimal(str(final["total_cost"]))
+    print(f"estimate {estimate} actual {actual} clips {len(clips)}")
+    assert abs(estimate - actual) <= Decimal("0.50"), (estimate, actual)
 
     # each clip is the user's Nexus job, under the trace id the clip recorded
     for clip in clips:

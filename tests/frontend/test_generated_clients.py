@@ -1,15 +1,16 @@
 """Clients generated from the served OpenAPI document work as they come.
 
-- TypeScript: ``openapi-typescript`` (npm) turns ``/api/v1/openapi.json`` into types, and a small
+- TypeScript: ``openapi-typescript`` (npm, pinned with the published contract's tools:
+  ``tools/contract.py``) turns ``/api/v1/openapi.json`` into types, and a small
   program that uses them — including lines that must *not* compile (a missing required field,
   an unknown error code) — is checked with ``tsc --strict``.
 - Python: ``openapi-python-client`` generates a client package, and a script using only that
   package (and the ``httpx`` client it is built on) runs one upload → watch → download against
   the live stack.
 
-The tools are installed on first use into ``.tools/`` (git-ignored): npm packages with
-``npm install --prefix``, the Python generator into its own virtualenv with ``uv`` (its
-dependencies stay out of the workspace's lockfile). A missing ``npm``/``node`` or no registry
+The tools are installed on first use into ``.tools/`` (git-ignored): the npm packages with
+``npm ci`` of ``tools/npm`` (``make contract-tools``), the Python generator into its own
+virtualenv with ``uv`` (its dependencies stay out of the workspace's lockfile). A missing ``npm``/``node`` or no registry
 skips with the reason.
 """
 
@@ -28,12 +29,11 @@ from montage_dev.devstack import ROOT
 
 from tests.e2e.flows import PROMPT
 from tests.stack import ARTIFACTS, RunningStack, dev_token, unique
+from tests.support import contract_tool
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 TOOLS = ROOT / ".tools"
-NPM_PREFIX = TOOLS / "npm-openapi"
-NPM_PACKAGES = ("openapi-typescript@7", "typescript@5")
 PY_TOOL = TOOLS / "openapi-python-client"
 PY_PACKAGE = "openapi-python-client>=0.21,<0.30"
 OUT = ARTIFACTS / "generated-clients"
@@ -44,16 +44,13 @@ def _run(argv: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
 
 
 def _npm_tools() -> tuple[Path, Path]:
-    bins = NPM_PREFIX / "node_modules" / ".bin"
-    gen, tsc = bins / "openapi-typescript", bins / "tsc"
-    if not (gen.exists() and tsc.exists()):
-        npm = shutil.which("npm")
-        if npm is None or shutil.which("node") is None:
-            pytest.skip("node/npm not installed: cannot generate the TypeScript client")
-        done = _run([npm, "install", "--prefix", str(NPM_PREFIX), "--no-audit", "--no-fund", *NPM_PACKAGES])
-        if done.returncode != 0:
-            pytest.skip(f"npm install {' '.join(NPM_PACKAGES)} failed: {done.stderr.strip()[-400:]}")
-    return gen, tsc
+    """openapi-typescript and tsc as pinned for the published contract (``make contract-tools``)."""
+    contract = contract_tool()
+    try:
+        bins: Path = contract.install()
+    except contract.ToolsMissing as err:
+        pytest.skip(f"cannot generate the TypeScript client: {err}")
+    return bins / "openapi-typescript", bins / "tsc"
 
 
 def _python_generator() -> Path:
@@ -102,6 +99,7 @@ type GetJob = paths["/api/v1/jobs/{job_id}"]["get"]["responses"]["200"]["content
 type ApiError = paths["/api/v1/jobs/{job_id}"]["get"]["responses"]["404"]["content"]["application/json"];
 type TooMany = paths["/api/v1/jobs/{job_id}/stream"]["get"]["responses"]["503"]["content"]["application/json"];
 type Ticket = components["schemas"]["StreamTicket"];
+type Retried = paths["/api/v1/jobs/{job_id}/retry"]["post"]["responses"]["201"]["content"]["application/json"];
 type SseEvent = components["schemas"]["SseEvent"];
 
 const job: GetJob = {
@@ -117,6 +115,8 @@ const job: GetJob = {
   retryable: false,
   created_at: "2026-01-01T12:00:00.000Z",
   updated_at: "2026-01-01T12:01:00.000Z",
+  retry_of: null,
+  retried_by: null,
 };
 
 // Required fields are required: strict mode needs no undefined checks here.
@@ -129,6 +129,11 @@ const canRetry: boolean = job.retryable;
 function describe(created: Created, error: ApiError, busy: TooMany, ticket: Ticket): string {
   return `${created.job_id} ${created.status} ${created.estimated_cost} ${error.code} ${error.retryable} `
     + `${busy.code} ${ticket.ticket} ${ticket.expires_in}`;
+}
+
+function retried(r: Retried): string {
+  const reused: string[] = r.reused_stages;
+  return `${r.job_id} retries ${r.retry_of} from ${r.resumed_from}, reusing ${reused.join(", ")}`;
 }
 
 function eventName(event: SseEvent): string {
@@ -153,7 +158,10 @@ const wrongStatus: Status = "cancelled";
 // @ts-expect-error an error code outside the catalogue
 const notInCatalogue: Code = "FAILED";
 
-export { percent, remaining, code, canRetry, describe, eventName, getJob, incomplete, wrongCode, wrongStatus, notInCatalogue };
+export {
+  percent, remaining, code, canRetry, describe, retried, eventName, getJob, incomplete, wrongCode, wrongStatus,
+  notInCatalogue,
+};
 """
 
 

@@ -357,5 +357,6 @@ async def orch(orchestrator_factory: Callable[..., Awaitable[Orchestrator]]) -> 
 
 @pytest.fixture
 async def orch_factory_budget(orchestrator_factory: Callable[..., Awaitable[Orchestrator]]) -> Orchestrator:
-    """Development mode with a $3 cap (the estimate of a 2 s song is $2.01)."""
-    return await orchestrator_factory(job_cost_limit="3")
+    """Development mode with a $3 cap and local compute at $0.80 a second: a 2 s song is estimated at
+    about $2.60, its video_generator at about $1.57."""
+    return await orchestrator_factory(job_cost_limit="3", local_compute_rate_usd_per_second=0.8)

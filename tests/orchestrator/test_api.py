@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import asyncpg
+from montage_contracts import pricing
 from montage_contracts.messages import ErrorInfo
 from montage_contracts.pipeline import STAGES
 
@@ -33,7 +35,8 @@ async def test_upload_wav_creates_queued_job_and_dispatches(orchestrator_factory
     body = await resp.json()
     assert set(body) == {"job_id", "status", "estimated_cost", "created_at"}
     assert body["status"] == "queued" and body["created_at"].endswith("Z")
-    assert 2 <= body["estimated_cost"] <= 5  # development mode
+    # the configured prices times the planned calls: the local path's compute for a 2 s song
+    assert Decimal(str(body["estimated_cost"])) == pricing.estimate(orch.deps.settings.price_card, 2.0) > 0
     row = await pool.fetchrow("SELECT * FROM jobs WHERE job_id = $1::uuid", body["job_id"])
     assert row["status"] == "processing" and row["user_prompt"] == PROMPT and abs(row["audio_duration"] - 2.0) < 0.01
     assert row["started_at"] >= row["created_at"]
@@ -88,7 +91,10 @@ async def test_upload_validation_errors(orchestrator_factory: Any) -> None:
 
 
 async def test_upload_over_budget_is_402(orchestrator_factory: Any) -> None:
-    orch: Orchestrator = await orchestrator_factory(workers=False, job_cost_limit="1")
+    # at $1 per compute second the 2 s song's local work is estimated above the $1 cap
+    orch: Orchestrator = await orchestrator_factory(
+        workers=False, job_cost_limit="1", local_compute_rate_usd_per_second=1.0
+    )
     resp = await orch.upload()
     assert resp.status == 402
     assert (await resp.json())["code"] == "BUDGET_EXCEEDED"
@@ -160,12 +166,13 @@ async def test_get_job_status_and_ownership(orchestrator_factory: Any) -> None:
     body = await orch.job(job_id)
     assert set(body) == {
         "job_id", "status", "current_stage", "progress", "estimated_remaining", "total_cost",
-        "video_url", "error_message", "error_code", "retryable", "created_at", "updated_at",
+        "video_url", "error_message", "error_code", "retryable", "created_at", "updated_at", "retry_of", "retried_by",
         "queue_position", "estimated_start",
     }  # fmt: skip
     assert body["status"] == "processing" and body["progress"] == 0 and body["estimated_remaining"] > 0
     assert body["queue_position"] is None and body["estimated_start"] is None  # not waiting
     assert body["error_code"] is None and body["retryable"] is False
+    assert body["retry_of"] is None and body["retried_by"] is None
     assert body["created_at"].endswith("Z") and len(body["created_at"]) == len("2026-01-01T12:00:00.000Z")
     assert await orch.deps.redis.exists(orch.deps.keys.job_status_cache(job_id))  # cached
     other = await orch.session.get(f"{orch.url}/api/v1/jobs/{job_id}", headers=headers("someone-else"))

@@ -70,10 +70,10 @@ def test_unknown_codes_are_module_failures() -> None:
 
 
 def test_budget_precheck_only_for_the_expensive_stages() -> None:
-    estimate, limit = Decimal("200"), Decimal("2000")
-    assert decisions.budget_allows("video_generator", Decimal("1800"), estimate, limit)  # 156 fits in 200
-    assert not decisions.budget_allows("video_generator", Decimal("1900"), estimate, limit)
-    assert decisions.budget_allows("composer", Decimal("1999.99"), estimate, limit)  # not checked
+    planned, limit = Decimal("156"), Decimal("2000")  # video_generator's planned cost
+    assert decisions.budget_allows("video_generator", Decimal("1800"), planned, limit)  # 156 fits in 200
+    assert not decisions.budget_allows("video_generator", Decimal("1900"), planned, limit)
+    assert decisions.budget_allows("composer", Decimal("1999.99"), planned, limit)  # not checked
 
 
 def test_after_success_walks_the_pipeline() -> None:

@@ -117,6 +117,11 @@ class MontageClient:
         result: dict[str, Any] = await self.call("POST", route("cancelJob").url(job_id=job_id))
         return result
 
+    async def retry(self, job_id: str) -> dict[str, Any]:
+        """``POST …/retry``: a new job continuing a failed or cancelled one (its ``job_id`` is new)."""
+        result: dict[str, Any] = await self.call("POST", route("retryJob").url(job_id=job_id))
+        return result
+
     async def download_info(self, job_id: str) -> dict[str, Any]:
         result: dict[str, Any] = await self.call("GET", route("getDownload").url(job_id=job_id))
         return result

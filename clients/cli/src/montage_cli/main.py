@@ -67,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("job")
     c.add_argument("--json", action="store_true")
 
+    r = sub.add_parser("retry", help="retry a failed or cancelled job, reusing every stage it finished")
+    r.add_argument("job")
+    r.add_argument("--watch", action="store_true", help="follow the new job until it ends")
+    r.add_argument("--json", action="store_true", help="JSON (with --watch: the new job, then one line per event)")
+
     d = sub.add_parser("download", help="download a finished job's video")
     d.add_argument("job")
     d.add_argument("-o", "--out", type=Path, default=Path("out"), help="directory (default ./out)")
@@ -159,6 +164,19 @@ async def dispatch(client: MontageClient, args: argparse.Namespace) -> int:
         case "cancel":
             body = await client.cancel(args.job)
             commands.emit_json(body) if args.json else print(f"job {body.get('job_id')}: {body.get('message')}")
+        case "retry":
+            job = await client.retry(args.job)
+            if args.json:
+                commands.emit_json_line(job) if args.watch else commands.emit_json(job)
+            else:
+                reused = ", ".join(job.get("reused_stages") or []) or "nothing"
+                print(
+                    f"job {job['job_id']} retries {job['retry_of']}: reuses {reused}; starts at {job['resumed_from']}"
+                )
+            if args.watch:
+                view = await commands.follow(client, job["job_id"], json_lines=sys.stdout if args.json else None)
+                if not args.json:
+                    print(f"completed: total cost {money(view.cost)}; `montage download {job['job_id']}`")
         case "download":
             path = await commands.download(client, args.job, args.out)
             commands.emit_json({"job_id": args.job, "path": str(path)}) if args.json else print(path)

@@ -162,6 +162,13 @@ class Job(Struct, kw_only=True):
     updated_at: datetime
     queue_position: QueuePosition
     estimated_start: EstimatedStart
+    retry_of: Annotated[
+        JobId | None,
+        Meta(description="The failed or cancelled job this one retries (`POST …/retry`); `null` for an upload"),
+    ] = None
+    retried_by: Annotated[
+        JobId | None, Meta(description="The job that retries this one; `null` until it is retried (at most once)")
+    ] = None
 
 
 class JobListItem(Struct, kw_only=True):
@@ -176,6 +183,13 @@ class JobListItem(Struct, kw_only=True):
     completed_at: datetime | None
     queue_position: QueuePosition
     estimated_start: EstimatedStart
+    retry_of: Annotated[
+        JobId | None,
+        Meta(description="The failed or cancelled job this one retries (`POST …/retry`); `null` for an upload"),
+    ] = None
+    retried_by: Annotated[
+        JobId | None, Meta(description="The job that retries this one; `null` until it is retried (at most once)")
+    ] = None
 
 
 class JobList(Struct, kw_only=True):
@@ -185,6 +199,21 @@ class JobList(Struct, kw_only=True):
     total: Annotated[int, Meta(ge=0, description="All of the caller's jobs matching the filter")]
     limit: Annotated[int, Meta(ge=1, le=50)]
     offset: Annotated[int, Meta(ge=0)]
+
+
+class JobRetried(Struct, kw_only=True):
+    """201 of the retry: a new job that continues a failed or cancelled one from the stage it did not finish."""
+
+    job_id: Annotated[JobId, Meta(description="The new job: watch, cancel and download it like any other")]
+    status: Literal["queued"]
+    estimated_cost: Annotated[Money, Meta(description="The pre-flight estimate of the whole song (as for an upload)")]
+    created_at: datetime
+    retry_of: Annotated[JobId, Meta(description="The job retried (its history stays as it was)")]
+    resumed_from: Annotated[StageName, Meta(description="The first stage the new job runs")]
+    reused_stages: Annotated[
+        list[StageName],
+        Meta(description="The stages whose stored output (and files) it reuses; their cost is not charged again"),
+    ]
 
 
 class Cancelled(Struct, kw_only=True):

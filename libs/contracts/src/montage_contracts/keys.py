@@ -183,6 +183,10 @@ class Keys:
         """A worker's liveness for one job's stage while it runs it (value: the dispatch number)."""
         return f"{self.partition_tag(self.partition_of(job_id))}:alive:{job_id}:{stage}"
 
+    def stage_fault(self, job_id: str, stage: str) -> str:
+        """Development only: the next attempt of this job's stage fails (``montage_stages.faults``)."""
+        return f"{self.partition_tag(self.partition_of(job_id))}:fault:{job_id}:{stage}"
+
     # --- gateway --------------------------------------------------------------
     def rate_limit(self, user_id: str) -> str:
         return f"{self.namespace}:rate_limit:{user_id}"

@@ -1,7 +1,7 @@
 """The pipeline as data: the six stages, in order, with every fact about each in one place.
 
-Everything that used to compare stage names (progress marks, output types, cost shares, expected
-durations, budget checks, what a failure means, how a stage's input is built from the job and the
+Everything that used to compare stage names (progress marks, output types, expected durations,
+budget checks, what a failure means, how a stage's input is built from the job and the
 earlier stages' outputs) asks a :class:`StageSpec` instead. The orchestrator, the workers and the
 one-process pipeline (``montage_stages.local_pipeline``) all iterate :data:`PIPELINE`. The job
 statuses and the pipeline-wide rules (the clip minimum, the timeout message) live here too.
@@ -12,7 +12,6 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Literal, TypeVar
 
 import msgspec
@@ -107,8 +106,9 @@ class StageSpec:
     output_type: type[msgspec.Struct]
     progress: int  # the spec's fixed progress mark once the stage has finished (percent)
     expected_seconds: int  # typical duration for a TYPICAL_SONG_SECONDS song (the prior of ``estimated_remaining``)
-    cost_share: Decimal  # the stage's share of a job's pre-flight estimate
-    budget_checked: bool  # the remaining budget must cover its share before it is dispatched
+    budget_checked: (
+        bool  # what is left of the cap must cover its planned cost (``pricing.plan``) before it is dispatched
+    )
     on_failure: FailurePolicy
     build_input: InputBuilder  # the stage's input from the job and the earlier stages' outputs
     inputs_from: tuple[str, ...] = ()  # the earlier stages whose outputs ``build_input`` reads
@@ -127,7 +127,6 @@ PIPELINE: tuple[StageSpec, ...] = (
         AudioAnalysis,
         10,
         15,
-        Decimal("0.01"),
         False,
         "fail",
         _audio_parser_input,
@@ -138,7 +137,6 @@ PIPELINE: tuple[StageSpec, ...] = (
         ScenePlan,
         20,
         15,
-        Decimal("0.04"),
         False,
         "fallback_plan",
         _scene_planner_input,
@@ -150,7 +148,6 @@ PIPELINE: tuple[StageSpec, ...] = (
         ReferenceImages,
         30,
         45,
-        Decimal("0.10"),
         True,
         "continue_text_only",
         _reference_generator_input,
@@ -162,7 +159,6 @@ PIPELINE: tuple[StageSpec, ...] = (
         ClipPrompts,
         40,
         10,
-        Decimal("0.02"),
         False,
         "fail",
         _prompt_generator_input,
@@ -174,7 +170,6 @@ PIPELINE: tuple[StageSpec, ...] = (
         Clips,
         85,
         240,
-        Decimal("0.78"),
         True,
         "fail",
         _video_generator_input,
@@ -187,7 +182,6 @@ PIPELINE: tuple[StageSpec, ...] = (
         VideoOutput,
         100,
         45,
-        Decimal("0.05"),
         False,
         "fail",
         _composer_input,

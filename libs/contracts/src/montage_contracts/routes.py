@@ -320,6 +320,26 @@ ROUTES: tuple[Route, ...] = (
         params=(JOB_ID,),
     ),
     Route(
+        method="POST",
+        path="/api/v1/jobs/{job_id}/retry",
+        operation_id="retryJob",
+        service=Service.ORCHESTRATOR,
+        auth=Auth.USER,
+        summary="Retry a failed or cancelled job: a new job that reuses every finished stage (takes a job slot)",
+        description=(
+            "Creates a new job (`retry_of` names the original, whose `retried_by` then names the new one)"
+            " that reuses every stage the original finished, with its stored output and files, and runs"
+            " from the first stage it did not finish; what the reused stages cost is not charged again."
+            " Watch the new `job_id` like an upload's. Counts against the job-creation limit like an"
+            " upload (the slot is given back when the retry is refused). 400 when the job is not failed"
+            " (as the cancel of a final job) or was retried already (`retried_by` in the body); 410 when"
+            " its song has expired."
+        ),
+        tag="jobs",
+        responses={201: Reply("The new job", api.JobRetried), **errors(400, 403, 404, 410, *AUTHED)},
+        params=(JOB_ID,),
+    ),
+    Route(
         method="GET",
         path="/api/v1/jobs/{job_id}/download",
         operation_id="getDownload",

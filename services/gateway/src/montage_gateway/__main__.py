@@ -15,7 +15,7 @@ def main() -> None:
     if problems := settings.problems():
         raise SystemExit("invalid configuration: " + "; ".join(problems))
     logs.configure(settings, "gateway")
-    run(create_app(settings), settings)
+    run(create_app(settings), settings, max_connections_per_client=settings.connection_cap)
 
 
 if __name__ == "__main__":

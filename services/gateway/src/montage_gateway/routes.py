@@ -95,21 +95,17 @@ class Forward:
         return await gw.forwarder.forward(request, self.upstream(gw), request_user(request))
 
 
-class UploadForward(Forward):
-    """``POST /api/v1/upload-audio``: its ``Idempotency-Key`` first (a repeated key takes no slot,
-    see ``montage_gateway.idempotency``), then the job-creation rate limit and the streamed upload."""
+class CreatingForward(Forward):
+    """A route that creates a job (``retryJob``): a slot of the job-creation rate limit first.
+
+    A retry creates a job that occupies the workers like an upload, so it counts against the same
+    limit; the slot is given back when the orchestrator does not answer 201 (a refused retry)."""
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        key = parse_key(request)
-        if key is None:
-            return await self._create(request, None)
-        gw = request.app[GATEWAY]
-        return await gw.idempotency.upload(
-            request, request_user(request), key, lambda keep: self._create(request, keep)
-        )
+        return await self._create(request, None)
 
     async def _create(self, request: web.Request, on_reply: ReplyHook | None) -> web.StreamResponse:
-        """Take a rate-limit slot (given back unless the orchestrator answers 201), forward the upload."""
+        """Take a rate-limit slot (given back unless the orchestrator answers 201), forward the request."""
         gw = request.app[GATEWAY]
         user = request_user(request)
         # Unique per attempt even if a client reuses its X-Request-ID.
@@ -148,8 +144,22 @@ class UploadForward(Forward):
             raise
 
 
+class UploadForward(CreatingForward):
+    """``POST /api/v1/upload-audio``: its ``Idempotency-Key`` first (a repeated key takes no slot,
+    see ``montage_gateway.idempotency``), then the job-creation rate limit and the streamed upload."""
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        key = parse_key(request)
+        if key is None:
+            return await self._create(request, None)
+        gw = request.app[GATEWAY]
+        return await gw.idempotency.upload(
+            request, request_user(request), key, lambda keep: self._create(request, keep)
+        )
+
+
 # Forwarded routes whose forwarding does more than forward (by operation id).
-FORWARDS: dict[str, type[Forward]] = {"uploadAudio": UploadForward}
+FORWARDS: dict[str, type[Forward]] = {"uploadAudio": UploadForward, "retryJob": CreatingForward}
 
 
 async def stream(request: web.Request) -> web.StreamResponse:

@@ -35,6 +35,15 @@ class GatewaySettings(CommonSettings, frozen=True, kw_only=True):
     trust_forwarded_for: Annotated[
         bool, Meta(description="Deprecated: true counts as TRUSTED_PROXY_HOPS=1 (the last X-Forwarded-For entry).")
     ] = False
+    max_connections_per_client: Annotated[
+        int,
+        Meta(
+            ge=0,
+            description="Open connections one client address (IPv4, or IPv6 /64) may hold; the next is closed at"
+            " once. Only without trusted proxies (TRUSTED_PROXY_HOPS=0): behind one, every connection is the"
+            " proxy's and the edge caps clients. 0: no cap.",
+        ),
+    ] = 128
 
     redis_max_connections: Annotated[
         int, Meta(description="Pool of the gateway's command connections (SSE fan-out uses one more, of its own).")
@@ -144,6 +153,12 @@ class GatewaySettings(CommonSettings, frozen=True, kw_only=True):
     def proxy_hops(self) -> int:
         """Trusted X-Forwarded-For hops, the deprecated TRUST_FORWARDED_FOR included."""
         return effective_hops(self.trusted_proxy_hops, self.trust_forwarded_for)
+
+    @property
+    def connection_cap(self) -> int:
+        """The per-client connection cap in force: none behind trusted proxies, whose address every
+        connection would carry."""
+        return 0 if self.proxy_hops else self.max_connections_per_client
 
     @property
     def algorithms(self) -> tuple[str, ...]:

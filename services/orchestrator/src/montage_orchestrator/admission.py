@@ -48,14 +48,13 @@ from aiohttp import web
 from montage_common.web import internal_user
 from montage_contracts.api import timestamp
 from montage_contracts.errors import ErrorCode, ServiceBusy
-from montage_contracts.models import AudioParserInput
 from montage_contracts.pipeline import PIPELINE, STAGES, TYPICAL_SONG_SECONDS
 
-from montage_orchestrator import metrics, store, turns
+from montage_orchestrator import metrics, turns
 from montage_orchestrator.deps import DEPS, Deps
 from montage_orchestrator.health import stage_workers
 from montage_orchestrator.jobs import RATES
-from montage_orchestrator.pipeline import queue_stage
+from montage_orchestrator.pipeline import dispatch_stage
 from montage_orchestrator.transitions import Effects, after_commit, begin
 
 log = structlog.get_logger()
@@ -83,8 +82,9 @@ LIMIT $2
 # statement_timestamp(), not now(): the transaction may have waited for the lock since before the
 # job's row was written, and its deadline must count from the start itself.
 _START_SQL = """
-UPDATE jobs SET status = 'processing', current_stage = $3, started_at = statement_timestamp(),
-       updated_at = statement_timestamp(), deadline_at = statement_timestamp() + make_interval(secs => $2)
+UPDATE jobs SET status = 'processing', current_stage = COALESCE(current_stage, $3),
+       started_at = statement_timestamp(), updated_at = statement_timestamp(),
+       deadline_at = statement_timestamp() + make_interval(secs => $2)
 WHERE job_id = $1 AND status = 'queued' AND deadline_at IS NULL
 RETURNING *
 """
@@ -118,9 +118,9 @@ async def _start(conn: asyncpg.Connection, deps: Deps, job_id: uuid.UUID) -> Eff
         return None
     eff = Effects(job_id=str(job_id), total=row["total_cost"], row=row)
     await begin(deps, eff)
-    dispatch = await store.start_stage(conn, job_id, STAGES[0])
-    stage_input = AudioParserInput(audio_key=row["audio_key"])
-    queue_stage(deps, eff, STAGES[0], stage_input, row["user_id"], row["cost_limit"], dispatch)
+    # An upload starts at audio_parser; a retry at the first stage its original did not finish
+    # (``retry``: the earlier ones are in job_stages already, and the input is built from them).
+    await dispatch_stage(conn, deps, row, row["current_stage"], eff)
     waited = (row["started_at"] - row["created_at"]).total_seconds()
     eff.committed.append(lambda: log.info("job_started", job_id=str(job_id), waited=round(waited, 3)))
     return eff

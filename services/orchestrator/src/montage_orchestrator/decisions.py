@@ -85,11 +85,12 @@ def on_failure(stage_name: str, err: ErrorInfo) -> Recover | FailJob:
     return FailJob(code, message[:1000])
 
 
-def budget_allows(stage_name: str, spent: Decimal, job_estimate: Decimal, limit: Decimal) -> bool:
-    """A budget-checked stage starts only if its share of the estimate fits in what is left."""
+def budget_allows(stage_name: str, spent: Decimal, stage_estimate: Decimal, limit: Decimal) -> bool:
+    """A budget-checked stage starts only if its planned cost (``costs.estimate_stage``) fits in
+    what is left of the cap."""
     if not spec(stage_name).budget_checked:
         return True
-    return costs.within(spent, costs.estimate_stage(stage_name, job_estimate), limit)
+    return costs.within(spent, stage_estimate, limit)
 
 
 def after_success(stage_name: str) -> StageSpec | None:

@@ -14,5 +14,15 @@ class UnsupportedAudio(ValidationError):
     """The uploaded bytes are not MP3, WAV or FLAC."""
 
 
-class JobNotCancellable(ValidationError):
+class JobWrongState(ValidationError):
+    """The owner asked for an action the job's state does not allow. The spec answers a cancel of a
+    final job with 400; a retry of a job that is not failed answers the same, so a client handles
+    the owner's job actions one way."""
+
+
+class JobNotCancellable(JobWrongState):
     """The job already completed or failed."""
+
+
+class JobNotRetryable(JobWrongState):
+    """The job is not failed (nor cancelled), or was retried already."""

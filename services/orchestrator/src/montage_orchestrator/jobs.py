@@ -93,11 +93,17 @@ def snapshot(row: asyncpg.Record) -> dict[str, Any]:
         "completed_at": iso(row["completed_at"]),
         "files_expire_at": iso(row["files_expire_at"]),
         "files_cleaned_at": iso(row["files_cleaned_at"]),
+        **retry_links(row),
     }
 
 
 # A waiting job's place in line and expected start (``admission.places`` fills them while it waits).
 NOT_WAITING: dict[str, Any] = {"queue_position": None, "estimated_start": None}
+
+
+def retry_links(row: Any) -> dict[str, str | None]:
+    """How a job and its retry name each other (``retry_of``, ``retried_by``; see ``retry``)."""
+    return {name: None if row.get(name) is None else str(row[name]) for name in ("retry_of", "retried_by")}
 
 
 def status_body(snap: dict[str, Any], video_url: str | None) -> dict[str, Any]:
@@ -117,6 +123,8 @@ def status_body(snap: dict[str, Any], video_url: str | None) -> dict[str, Any]:
         "created_at": snap["created_at"],
         "updated_at": snap["updated_at"],
         **NOT_WAITING,
+        "retry_of": snap.get("retry_of"),
+        "retried_by": snap.get("retried_by"),
     }
 
 
@@ -131,6 +139,7 @@ def list_item(row: asyncpg.Record) -> dict[str, Any]:
         "created_at": iso(row["created_at"]),
         "completed_at": iso(row["completed_at"]),
         **NOT_WAITING,
+        **retry_links(row),
     }
 
 

@@ -14,6 +14,19 @@ STAGE_DURATION = Histogram(
     buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 900),
 )
 COST_DOLLARS = Counter("montage_job_cost_dollars_total", "Recorded provider cost", ["stage"])
+# One observation per finished job (job_metrics.finished); the counts by outcome give the success ratio.
+JOB_DURATION = Histogram(
+    "montage_job_duration_seconds",
+    "Finished jobs: creation to the final status, by outcome (completed, failed, cancelled)",
+    ["outcome"],
+    buckets=(30, 60, 120, 180, 300, 450, 600, 900, 1200, 1800, 3600),
+)
+JOB_COST = Histogram(
+    "montage_job_total_cost_dollars",
+    "Finished jobs: total provider cost of one job in US dollars, by outcome",
+    ["outcome"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 1.5, 2, 3, 5, 10, 20),
+)
 ACTIVE_JOBS = Gauge("montage_active_jobs", "Jobs queued or processing")
 STAGE_BACKLOG = Gauge("montage_stage_backlog", "Stage tasks not finished: unread plus in flight", ["stage"])
 STAGE_WORKERS = Gauge("montage_stage_workers", "Stage workers with a live heartbeat", ["stage"])

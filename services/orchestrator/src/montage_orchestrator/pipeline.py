@@ -49,7 +49,7 @@ from montage_contracts.models import AudioAnalysis, CostItem, StageInput, VideoO
 from montage_contracts.pipeline import FINAL_STATUSES, JobFacts, JobStatus, StageStatus, StageUpdate, spec
 from montage_streams import Delivery, Emit
 
-from montage_orchestrator import costs, decisions, metrics, stages, store
+from montage_orchestrator import costs, decisions, job_metrics, metrics, stages, store
 from montage_orchestrator.batching import Coalescer
 from montage_orchestrator.deps import Deps
 from montage_orchestrator.jobs import RATES, estimated_remaining
@@ -100,7 +100,8 @@ async def dispatch_stage(conn: asyncpg.Connection, deps: Deps, job: asyncpg.Reco
     job_id = job["job_id"]
     limit: Decimal = job["cost_limit"]
     eff.total = max(eff.total, job["total_cost"])  # what is spent: the budget check and the task's seed
-    if not decisions.budget_allows(stage, eff.total, job["estimated_cost"], limit):
+    planned = costs.estimate_stage(deps.settings, stage, job["audio_duration"] or 0.0)
+    if not decisions.budget_allows(stage, eff.total, planned, limit):
         log.info("budget_precheck_failed", job_id=str(job_id), stage=stage, total=str(eff.total))
         await fail_job(conn, deps, eff, ErrorCode.BUDGET_EXCEEDED, BUDGET_MESSAGE)
         return False
@@ -324,7 +325,8 @@ class Pipeline:
         self, state: store.JobState, change: store.Change, stage: str, eff: Effects, known: dict[str, msgspec.Struct]
     ) -> None:
         """Start ``stage`` (budget check first for the expensive ones), or fail the job."""
-        if not decisions.budget_allows(stage, eff.total, state.estimated_cost, state.cost_limit):
+        planned = costs.estimate_stage(self.deps.settings, stage, state.audio_duration or 0.0)
+        if not decisions.budget_allows(stage, eff.total, planned, state.cost_limit):
             log.info("budget_precheck_failed", stage=stage, total=str(eff.total))
             self._fail(change, eff, ErrorCode.BUDGET_EXCEEDED, BUDGET_MESSAGE)
             return
@@ -365,6 +367,7 @@ class Pipeline:
 
         def note() -> None:
             metrics.JOBS_COMPLETED.inc()
+            job_metrics.finished(eff.row, "completed")
             log.info("job_completed", total_cost=str(total))
 
         eff.committed.append(note)

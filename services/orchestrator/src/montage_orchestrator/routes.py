@@ -20,7 +20,7 @@ from montage_common.web import Handler, internal_user, query_int
 from montage_contracts.errors import BudgetExceededError, ErrorCode, Forbidden, Gone, NotFound, ValidationError
 from montage_contracts.pipeline import FINAL_STATUSES, JOB_STATUSES, STAGES, JobStatus
 
-from montage_orchestrator import admin, admission, costs, metrics, store, upload
+from montage_orchestrator import admin, admission, costs, metrics, retry, store, upload
 from montage_orchestrator.deps import DEPS, Deps
 from montage_orchestrator.errors import JobNotCancellable
 from montage_orchestrator.health import health_report
@@ -208,6 +208,12 @@ async def cancel_job(request: web.Request) -> web.Response:
     return respond({"job_id": str(job_id), "status": JobStatus.FAILED, "message": CANCELLED_MESSAGE})
 
 
+async def retry_job(request: web.Request) -> web.Response:
+    """A new job continuing a failed or cancelled one from the stage it did not finish (``retry``)."""
+    deps, user = _user(request)
+    return respond(await retry.retry_job(deps, _job_uuid(request), user), status=201)
+
+
 async def download(request: web.Request) -> web.Response:
     deps, user = _user(request)
     job_id = _job_uuid(request)
@@ -237,6 +243,7 @@ def handlers() -> dict[str, Handler]:
         "listJobs": list_jobs,
         "getJob": get_job,
         "cancelJob": cancel_job,
+        "retryJob": retry_job,
         "getDownload": download,
         "getInternalHealth": internal_health,
         **admin.handlers(),  # /api/v1/admin/*: the operator console (admins only; see admin.py)

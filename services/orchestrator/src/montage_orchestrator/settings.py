@@ -5,11 +5,11 @@ from __future__ import annotations
 from decimal import Decimal, InvalidOperation
 from typing import Annotated
 
-from montage_common.settings import CommonSettings
+from montage_common.settings import PricingSettings
 from msgspec import Meta
 
 
-class OrchestratorSettings(CommonSettings, frozen=True, kw_only=True):
+class OrchestratorSettings(PricingSettings, frozen=True, kw_only=True):
     """Environment: the upper-cased field names (``MAX_UPLOAD_BYTES``, ``JOB_TIMEOUT_SECONDS`` …)."""
 
     port: int = 8081

@@ -22,7 +22,7 @@ from montage_contracts.errors import ErrorCode, job_retryable
 from montage_contracts.pipeline import FINAL_STATUSES, JobStatus
 from montage_streams import Emit
 
-from montage_orchestrator import cleanup, metrics, purge, store
+from montage_orchestrator import cleanup, job_metrics, metrics, purge, store
 from montage_orchestrator.deps import Deps
 from montage_orchestrator.jobs import snapshot
 
@@ -84,6 +84,7 @@ def job_failed(deps: Deps, eff: Effects, code: ErrorCode, message: str) -> None:
 
     def note() -> None:
         metrics.JOBS_FAILED.labels(code).inc()
+        job_metrics.finished(eff.row, job_metrics.failure_outcome(code))
         log.info("job_failed", job_id=job_id, code=code, error=message[:200])
 
     eff.committed.append(note)

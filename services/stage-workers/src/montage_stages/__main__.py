@@ -31,7 +31,11 @@ async def serve_metrics(settings: WorkerSettings, worker: StageWorker) -> web.Ap
 
     api[common_web.READY_CHECKS]["redis"] = redis_ready
     api[common_web.LIFECYCLE].started = True
-    runner = web.AppRunner(common_web.create_ops_app(api), access_log=None)
+    runner = common_web.AppRunner(
+        common_web.create_ops_app(api, settings.dependency_probe_seconds),
+        limits=common_web.ConnectionLimits.of(settings),
+        access_log=None,
+    )
     await runner.setup()
     await web.TCPSite(runner, settings.host, settings.ops_port).start()
     return runner

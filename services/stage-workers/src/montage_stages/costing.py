@@ -1,5 +1,7 @@
 """Pricing: local work by measured compute seconds (``local_compute_rate_usd_per_second``), provider
-calls by their reported usage times the price tables of :class:`~montage_stages.settings.StageSettings`."""
+calls by their reported usage times the configured price tables; the rules themselves (and what a
+call reserves before it is made) are :mod:`montage_contracts.pricing`'s, shared with the
+orchestrator's estimate."""
 
 from __future__ import annotations
 
@@ -7,18 +9,17 @@ import time
 from decimal import Decimal
 from types import TracebackType
 
+import msgspec
 import structlog
+from montage_contracts import pricing
 from montage_contracts.messages import call_id
 from montage_contracts.models import CostItem
+from montage_contracts.pricing import price_table
 
 from montage_stages.context import StageContext
-from montage_stages.settings import StageSettings, price_table
+from montage_stages.settings import StageSettings
 
-_QUANTUM = Decimal("0.000001")
-
-
-def usd(amount: float) -> Decimal:
-    return Decimal(str(amount)).quantize(_QUANTUM)
+usd = pricing.usd
 
 
 def local_cost(ctx: StageContext, call_id: str, api_name: str, seconds: float) -> CostItem:
@@ -57,59 +58,46 @@ class ComputeMeter:
         return item
 
 
-# --- provider prices (the tables in StageSettings: llm_prices, image_prices, stt_prices) ---
+# --- provider prices: the rules of montage_contracts.pricing over the configured tables ---------
 _warned: set[str] = set()
 
 
-def _price(spec: str, model: str, parts: int) -> tuple[float, ...]:
-    found = price_table(spec, parts).get(model)
-    if found is None:
-        if model not in _warned:
-            _warned.add(model)
-            structlog.get_logger().warning("provider_price_unknown", model=model, note="priced at 0")
-        return (0.0,) * parts
-    return found
+def _card(s: StageSettings, table: dict[str, tuple[float, ...]], model: str) -> pricing.PriceCard:
+    """The settings' price card; a model missing from its table is priced 0 and logged once."""
+    if model not in table and model not in _warned:
+        _warned.add(model)
+        structlog.get_logger().warning("provider_price_unknown", model=model, note="priced at 0")
+    return s.price_card
 
 
 def llm_usd(s: StageSettings, model: str, prompt_tokens: int, completion_tokens: int) -> Decimal:
     """Tokens times the model's price per 1M input/output tokens."""
-    per_in, per_out = _price(s.llm_prices, model, 2)
-    return usd((prompt_tokens * per_in + completion_tokens * per_out) / 1_000_000)
+    card = _card(s, price_table(s.llm_prices, 2), model)
+    return pricing.llm_usd(msgspec.structs.replace(card, llm_model=model), prompt_tokens, completion_tokens)
+
+
+def llm_reserve_usd(s: StageSettings, model: str, prompt_chars: int) -> Decimal:
+    """What a chat completion of ``prompt_chars`` characters reserves before it is made."""
+    return pricing.llm_reserve_usd(msgspec.structs.replace(s.price_card, llm_model=model), prompt_chars)
 
 
 def image_usd(s: StageSettings, model: str, images: int) -> Decimal:
     """Images times the model's price per image."""
-    return usd(images * _price(s.image_prices, model, 1)[0])
+    card = _card(s, price_table(s.image_prices, 1), model)
+    return pricing.image_usd(msgspec.structs.replace(card, image_model=model), images)
 
 
 def stt_usd(s: StageSettings, model: str, seconds: float) -> Decimal:
     """Minutes of audio times the model's price per minute."""
-    return usd(seconds / 60 * _price(s.stt_prices, model, 1)[0])
-
-
-# --- prices before the call (what a call reserves against the job's budget) ---------------------
-# A chat completion's usage is known only after it; its reservation counts a token per
-# LLM_CHARS_PER_TOKEN characters of what is sent (English runs about 4, JSON about 3: the high
-# side), and an answer as long as the question (the planner and the prompt writer rewrite what
-# they are given). The settlement replaces the guess with the reported usage.
-LLM_CHARS_PER_TOKEN = 3
-LLM_ANSWER_TOKENS_PER_PROMPT_TOKEN = 1.0
-# Measured compute seconds per second of clip encoded (ffmpeg, one clip, the suite's and the
-# default sizes on a 2-core machine): what a clip reserves before its encode.
-ENCODE_SECONDS_PER_CLIP_SECOND = 1.0
-
-
-def llm_reserve_usd(s: StageSettings, model: str, prompt_chars: int) -> Decimal:
-    """What a chat completion of ``prompt_chars`` characters reserves."""
-    tokens = -(-prompt_chars // LLM_CHARS_PER_TOKEN)
-    return llm_usd(s, model, tokens, round(tokens * LLM_ANSWER_TOKENS_PER_PROMPT_TOKEN))
+    card = _card(s, price_table(s.stt_prices, 1), model)
+    return pricing.stt_usd(msgspec.structs.replace(card, stt_model=model), seconds)
 
 
 def clip_encode_usd(s: StageSettings, clip_seconds: float) -> Decimal:
-    """What encoding a clip of ``clip_seconds`` reserves (local compute)."""
-    return usd(clip_seconds * ENCODE_SECONDS_PER_CLIP_SECOND * s.local_compute_rate_usd_per_second)
+    """What encoding a clip of ``clip_seconds`` reserves (local compute at the frame size and rate)."""
+    return pricing.clip_encode_usd(s.price_card, clip_seconds)
 
 
 def ragnarok_clip_usd(s: StageSettings, requested_seconds: float) -> Decimal:
     """What a RAGNAROK clip of ``requested_seconds`` reserves (the configured price per second)."""
-    return usd(requested_seconds * s.ragnarok_usd_per_second)
+    return pricing.ragnarok_usd(s.price_card, requested_seconds)

@@ -80,6 +80,7 @@ from montage_streams import (
 from msgspec import Meta
 from redis.asyncio import Redis
 
+from montage_stages import faults
 from montage_stages.clip_fanout import ClipFanout, ClipWorker
 from montage_stages.context import StageContext
 from montage_stages.provider_http import Providers
@@ -195,6 +196,7 @@ class StageWorker:
         self.storage = storage
         self.keys = keys
         self.module = MODULES[stage]
+        self.faults = faults.enabled(settings)
         self.providers = Providers()  # one pool of provider connections per process
         self.producer = StreamProducer(redis)
         self.ledger = BudgetLedger(redis, keys)  # every provider call and clip reserves its price here
@@ -286,6 +288,8 @@ class StageWorker:
                     budget=budget,
                 )
                 await ctx.check_cancelled()
+                if self.faults:  # development only: a test made this stage fail
+                    await faults.raise_injected(self.redis, self.keys, task.job_id, self.stage)
                 log.info("stage_started", delivery=d.delivery_count)
                 output = await self.module.process(ctx, task.job_id, task.input)
             except JobCancelled as exc:

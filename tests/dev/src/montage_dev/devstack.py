@@ -46,6 +46,7 @@ from msgspec import Meta
 # tests/dev/src/montage_dev/devstack.py. ``var/`` and the services' working directory are there.
 ROOT = Path(__file__).resolve().parents[4]
 FAKES = "montage_dev.fakes"  # the stand-ins, each run as ``python -m montage_dev.fakes.<name>``
+FAKE_RAGNAROK_USD_PER_SECOND = "0.528"  # $2.64 (the fake RAGNAROK's default cost_usd) for a 5 s render
 COLORS = ("36", "35", "33", "32", "34", "31", "96", "95", "93", "92", "94", "91")
 
 
@@ -367,6 +368,9 @@ class Stack:
         )  # fmt: skip
         base = f"http://127.0.0.1:{self.openai_port}/v1"
         common.update(LLM_URL=base, STT_URL=base, IMAGE_PROVIDER_URL=base, VIDEO_PROVIDER="ragnarok")
+        # the fake RAGNAROK bills $2.64 a clip; RAGNAROK renders at least 5 s, so this is its price per
+        # second for the clips of a short song (what clips reserve and the estimate counts)
+        common["RAGNAROK_USD_PER_SECOND"] = FAKE_RAGNAROK_USD_PER_SECOND
         for spec in specs:
             if spec.name == "fake-ragnarok":
                 spec.argv += ["--serve-videos", "--daily-limit", "100000"]

@@ -6,6 +6,7 @@ Objects are addressed by *storage keys* ``"<bucket>/<path>"`` (built by
 
 from __future__ import annotations
 
+import tempfile
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,15 @@ class Storage(ABC):
     @abstractmethod
     async def signed_url(self, key: str, expires_in: int) -> str:
         """A URL that reads the object until ``expires_in`` seconds from now."""
+
+    async def copy(self, source: str, dest: str, content_type: str = "application/octet-stream") -> int:
+        """Copy an object to another key (a retried job's files under its own prefix); raises NotFound.
+
+        This default goes through a temporary file; a backend with a server-side copy overrides it.
+        """
+        with tempfile.TemporaryDirectory(prefix="montage-copy-") as tmp:
+            path = await self.get_file(source, Path(tmp) / "object")
+            return await self.put_file(dest, path, content_type)
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

@@ -43,3 +43,12 @@ def intermediate_prefixes(job_id: str) -> list[str]:
 def job_prefixes(job_id: str, user_id: str) -> list[str]:
     """Every prefix holding one of the job's objects."""
     return [f"{AUDIO_UPLOADS}/{user_id}/{job_id}/", *intermediate_prefixes(job_id), f"{VIDEO_OUTPUTS}/{job_id}/"]
+
+
+def rebase_key(key: str, job_id: str, user_id: str, new_job_id: str) -> str | None:
+    """Where one of ``job_id``'s objects lives when copied to ``new_job_id`` of the same user (a retry
+    reuses its stages' files as its own copies); None when ``key`` is not one of ``job_id``'s objects."""
+    for old, new in zip(job_prefixes(job_id, user_id), job_prefixes(new_job_id, user_id), strict=True):
+        if key.startswith(old) and len(key) > len(old):
+            return new + key[len(old) :]
+    return None

@@ -88,6 +88,13 @@ class LocalStorage(Storage):
 
         return await asyncio.to_thread(copy)
 
+    async def copy(self, source: str, dest: str, content_type: str = "application/octet-stream") -> int:
+        """A file copy with a fresh modification time (cleanup's orphan grace counts from it)."""
+        src = self.path_of(source)
+        if not await asyncio.to_thread(src.is_file):
+            raise NotFound(f"object not found: {source}")
+        return await self.put_file(dest, src, content_type)
+
     async def delete(self, keys: list[str]) -> None:
         def remove() -> None:
             for key in keys:

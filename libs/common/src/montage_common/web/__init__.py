@@ -8,12 +8,15 @@
 - :mod:`~montage_common.web.guard`: the request guard (unsafe paths, the gateway's internal
   credential, query parameters);
 - :mod:`~montage_common.web.ops`: ``/healthz``, ``/readyz`` and ``/metrics`` on their own port;
-- :mod:`~montage_common.web.serving`: serving both ports until SIGTERM, and the connections.
+- :mod:`~montage_common.web.connections`: each accepted connection and its limits (keep-alive and
+  header-read timeouts, a cap per client), and why aiohttp's protocol class is replaced;
+- :mod:`~montage_common.web.serving`: serving both ports until SIGTERM.
 
 The names below are the surface services import; the rooms may move things between them.
 """
 
 from montage_common.web.app import create_base_app
+from montage_common.web.connections import ConnectionLimits, on_connection_lost
 from montage_common.web.context import (
     HEADER_INTERNAL,
     HEADER_REQUEST_ID,
@@ -39,7 +42,7 @@ from montage_common.web.guard import (
 )
 from montage_common.web.observe import observe_middleware, request_id_middleware
 from montage_common.web.ops import API_APP, LIFECYCLE, Lifecycle, create_ops_app, run_ready_checks
-from montage_common.web.serving import AppRunner, on_connection_lost, run, serve
+from montage_common.web.serving import AppRunner, run, serve
 
 __all__ = [
     "API_APP",
@@ -56,6 +59,7 @@ __all__ = [
     "SERVICE",
     "USER_ID",
     "AppRunner",
+    "ConnectionLimits",
     "Handler",
     "Lifecycle",
     "check_internal",

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from montage_common import dependencies
 from montage_common.web.context import READY_CHECKS, SERVICE
 from montage_common.web.errors import error_middleware, json_response
 from montage_common.web.observe import request_id_middleware, server_header
@@ -70,11 +71,12 @@ async def metrics(request: web.Request) -> web.Response:
     return resp
 
 
-def create_ops_app(api: web.Application) -> web.Application:
+def create_ops_app(api: web.Application, probe_seconds: float | None = None) -> web.Application:
     """``/healthz``, ``/readyz`` and ``/metrics`` of ``api``, served on the ops port only.
 
     It shares the API app's readiness checks and lifecycle, so ``/readyz`` is 503 until the API
-    app has started and again from the moment it begins shutting down.
+    app has started and again from the moment it begins shutting down. With ``probe_seconds`` it
+    also pings the dependencies among those checks in the background (``montage_dependency_*``).
     """
     ops = web.Application(middlewares=[request_id_middleware, error_middleware])
     ops[SERVICE] = api[SERVICE]
@@ -84,4 +86,7 @@ def create_ops_app(api: web.Application) -> web.Application:
     ops.router.add_get("/healthz", healthz)
     ops.router.add_get("/readyz", readyz)
     ops.router.add_get("/metrics", metrics)
+    if probe_seconds is not None:
+        checks = api[READY_CHECKS]  # the same dict: checks registered later are probed too
+        ops.cleanup_ctx.append(dependencies.probe_context(checks, probe_seconds))
     return ops

@@ -1,0 +1,223 @@
+"""Retry of a failed or cancelled job (``montage_orchestrator.retry``): its decisions as pure
+functions, then the route on a real orchestrator, Postgres, Redis and local storage, with the
+stage workers answered by the harness's stand-ins (``conftest.FakeStages``).
+
+The multi-process test with the real workers (a failure at ``composer``) is
+``tests/e2e/test_retry.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from montage_common.storage import LocalStorage, layout
+from montage_contracts.messages import ErrorInfo, StageTask
+from montage_contracts.pipeline import STAGES
+from montage_orchestrator.retry import StageRow, plan, rebase_output, refusal
+
+from tests.orchestrator.conftest import Orchestrator, Reply, headers, wait_for
+
+OUT = '{"x":1}'
+
+
+# --- decisions ----------------------------------------------------------------------------
+def test_plan_reuses_every_finished_stage_in_order() -> None:
+    done = {s: StageRow("completed", OUT) for s in STAGES[:5]}
+    assert plan({**done, "composer": StageRow("failed", None)}) == tuple(STAGES[:5])
+    assert plan(done) == tuple(STAGES[:5])  # composer never started (e.g. a budget stop)
+    assert plan({}) == ()
+    assert plan({"audio_parser": StageRow("failed", None)}) == ()
+    # a gap: nothing after it is reused
+    gap = {**done, "scene_planner": StageRow("running", None)}
+    assert plan(gap) == ("audio_parser",)
+
+
+def test_plan_and_stages_continued_past() -> None:
+    base = {s: StageRow("completed", OUT) for s in ("audio_parser", "scene_planner")}
+    # reference_generator failed and the job went on text-only: reused (no output)
+    text_only = {**base, "reference_generator": StageRow("failed", None), "prompt_generator": StageRow("failed", None)}
+    assert plan(text_only) == ("audio_parser", "scene_planner", "reference_generator")
+    # reference_generator failed because the job was cancelled in it: not reused
+    cancelled = {**base, "reference_generator": StageRow("failed", None)}
+    assert plan(cancelled) == ("audio_parser", "scene_planner")
+    # a failed stage whose policy fails the job is never reused, whatever follows
+    assert plan({"audio_parser": StageRow("failed", None), "scene_planner": StageRow("completed", OUT)}) == ()
+
+
+def test_refusal() -> None:
+    assert refusal("failed", None) is None
+    for status in ("queued", "processing", "completed"):
+        why = refusal(status, None)
+        assert why is not None and status in why
+    why = refusal("failed", "1234")
+    assert why is not None and "1234" in why
+
+
+def test_rebase_output_rewrites_only_the_jobs_keys() -> None:
+    old, new, user = str(uuid.uuid4()), str(uuid.uuid4()), "u1"
+    raw = json.dumps(
+        {
+            "clips": [{"key": f"video-clips/{old}/clip_0.mp4", "start": 0.5}, {"key": f"video-clips/{old}/clip_1.mp4"}],
+            "refs": [f"reference-images/{old}/scene_a.png"],
+            "other": f"video-clips/{uuid.uuid4()}/clip_0.mp4",
+            "text": "video-clips",
+            "n": 3,
+        }
+    )
+    out, named = rebase_output(raw, lambda k: layout.rebase_key(k, old, user, new))
+    data = json.loads(out)
+    assert data["clips"][0] == {"key": f"video-clips/{new}/clip_0.mp4", "start": 0.5}
+    assert data["refs"] == [f"reference-images/{new}/scene_a.png"]
+    assert data["other"].startswith("video-clips/") and new not in data["other"]
+    assert data["text"] == "video-clips" and data["n"] == 3
+    assert sorted(named) == sorted(
+        [f"video-clips/{old}/clip_0.mp4", f"video-clips/{old}/clip_1.mp4", f"reference-images/{old}/scene_a.png"]
+    )
+
+
+def test_rebase_key() -> None:
+    assert layout.rebase_key("audio-uploads/u/j1/song.mp3", "j1", "u", "j2") == "audio-uploads/u/j2/song.mp3"
+    assert layout.rebase_key("video-outputs/j1/final_video.mp4", "j1", "u", "j2") == "video-outputs/j2/final_video.mp4"
+    assert layout.rebase_key("audio-uploads/other/j1/song.mp3", "j1", "u", "j2") is None
+    assert layout.rebase_key("video-clips/j1/", "j1", "u", "j2") is None
+    assert layout.rebase_key("video-clips/j10/clip_0.mp4", "j1", "u", "j2") is None
+
+
+async def test_local_copy(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path, "k", "http://127.0.0.1:1")
+    await storage.put_bytes("video-clips/a/clip_0.mp4", b"clip")
+    assert await storage.copy("video-clips/a/clip_0.mp4", "video-clips/b/clip_0.mp4") == 4
+    assert storage.path_of("video-clips/b/clip_0.mp4").read_bytes() == b"clip"
+    assert await storage.exists("video-clips/a/clip_0.mp4")
+
+
+# --- the route ----------------------------------------------------------------------------
+async def _retry(orch: Orchestrator, job_id: str, user: str = "user-1") -> Any:
+    return await orch.session.post(f"{orch.url}/api/v1/jobs/{job_id}/retry", headers=headers(user))
+
+
+def _tasks(orch: Orchestrator, job_id: str) -> list[str]:
+    return [t.stage for t in orch.fakes.tasks if t.job_id == job_id]
+
+
+async def _costs(pool: asyncpg.Pool, job_id: str) -> dict[str, Decimal]:
+    rows = await pool.fetch(
+        "SELECT stage_name, sum(cost) AS c FROM job_costs WHERE job_id = $1 GROUP BY stage_name", uuid.UUID(job_id)
+    )
+    return {r["stage_name"]: r["c"] for r in rows}
+
+
+async def test_retry_after_video_generator_failed(orch: Orchestrator) -> None:
+    fail_once = {"n": 0}
+
+    def video(task: StageTask) -> Reply:
+        fail_once["n"] += 1
+        if fail_once["n"] == 1:
+            return Reply(error=ErrorInfo(code="GENERATION_ERROR", message="provider down"), costs=["0.20"])
+        return Reply()
+
+    orch.fakes.behaviour["video_generator"] = video
+    old = await orch.create_job()
+    assert (await orch.wait_final(old))["status"] == "failed"
+    pool = orch.deps.pool
+    paid = await _costs(pool, old)
+    storage = orch.deps.storage
+    old_ref = f"reference-images/{old}/scene_s1.png"
+    assert await storage.exists(old_ref)  # a failed job keeps its intermediates
+
+    resp = await _retry(orch, old)
+    assert resp.status == 201, await resp.text()
+    body = await resp.json()
+    new = body["job_id"]
+    assert body["retry_of"] == old and body["resumed_from"] == "video_generator"
+    assert body["reused_stages"] == ["audio_parser", "scene_planner", "reference_generator", "prompt_generator"]
+    final = await orch.wait_final(new)
+    assert final["status"] == "completed" and final["retry_of"] == old
+    assert _tasks(orch, new) == ["video_generator", "composer"]  # no earlier stage ran again
+    # the reused reference image is the new job's own copy; the original keeps its files
+    assert await storage.exists(f"reference-images/{new}/scene_s1.png") is False  # deleted: the job completed
+    assert await storage.exists(old_ref)
+    audio = await pool.fetchval("SELECT audio_key FROM jobs WHERE job_id = $1", uuid.UUID(new))
+    assert audio.startswith(f"audio-uploads/user-1/{new}/") and await storage.exists(audio)
+    prompts = await pool.fetchval(
+        "SELECT output::text FROM job_stages WHERE job_id = $1 AND stage_name = 'reference_generator'",
+        uuid.UUID(new),
+    )
+    assert f"reference-images/{new}/" in prompts and old not in prompts
+    # the cost of the reused stages is charged once (to the original); the retry pays what it ran
+    assert await _costs(pool, old) == paid
+    assert set(await _costs(pool, new)) == {"video_generator", "composer"}
+    # the original names its retry, and is retried once only
+    assert (await orch.job(old))["retried_by"] == new
+    again = await _retry(orch, old)
+    assert again.status == 400
+    err = await again.json()
+    assert err["code"] == "VALIDATION_ERROR" and err["retried_by"] == new and err["job_id"] == old
+    # a completed job is not retried
+    done = await _retry(orch, new)
+    assert done.status == 400 and "completed" in (await done.json())["error"]
+
+
+async def test_retry_of_a_cancelled_job_runs_the_stages_whose_files_are_gone(orch: Orchestrator) -> None:
+    hold = asyncio.Event()
+    orch.fakes.behaviour["prompt_generator"] = lambda t: Reply(hold=hold if not hold.is_set() else None)
+    old = await orch.create_job()
+
+    async def in_prompt_generator() -> bool | None:
+        return True if "prompt_generator" in _tasks(orch, old) else None
+
+    await wait_for(in_prompt_generator)
+    cancel = await orch.session.post(f"{orch.url}/api/v1/jobs/{old}/cancel", headers=headers())
+    assert cancel.status == 200
+    hold.set()
+    await orch.wait_final(old)
+    # the cancel deleted the reference images (spec): reference_generator must run again
+    assert not await orch.deps.storage.exists(f"reference-images/{old}/scene_s1.png")
+    resp = await _retry(orch, old)
+    assert resp.status == 201, await resp.text()
+    body = await resp.json()
+    assert body["reused_stages"] == ["audio_parser", "scene_planner"]
+    assert body["resumed_from"] == "reference_generator"
+    assert (await orch.wait_final(body["job_id"]))["status"] == "completed"
+    assert _tasks(orch, body["job_id"]) == ["reference_generator", "prompt_generator", "video_generator", "composer"]
+
+
+async def test_concurrent_retries_make_one_job_and_refusals(orch: Orchestrator) -> None:
+    orch.fakes.behaviour["composer"] = lambda t: Reply(error=ErrorInfo(code="MODULE_FAILURE", message="boom"))
+    old = await orch.create_job()
+    await orch.wait_final(old)
+    orch.fakes.behaviour.pop("composer")
+    assert (await _retry(orch, old, user="intruder")).status == 403
+    assert (await _retry(orch, str(uuid.uuid4()))).status == 404
+    assert (await _retry(orch, "not-a-uuid")).status == 404
+    answers = await asyncio.gather(*(_retry(orch, old) for _ in range(5)))
+    statuses = sorted(r.status for r in answers)
+    assert statuses == [201, 400, 400, 400, 400]
+    (created,) = [await r.json() for r in answers if r.status == 201]
+    assert created["resumed_from"] == "composer"
+    assert (await orch.wait_final(created["job_id"]))["status"] == "completed"
+    count = await orch.deps.pool.fetchval("SELECT count(*) FROM jobs WHERE retry_of = $1", uuid.UUID(old))
+    assert count == 1
+    # the retry's first events say what it reuses; its stream starts with the reused progress
+    evs = await orch.events(created["job_id"])
+    assert evs[0][0] == "message" and old in evs[0][1]["text"]
+    assert evs[1] == ("progress", {"progress": 85, "estimated_remaining": evs[1][1]["estimated_remaining"]})
+
+
+async def test_no_song_no_retry(orch: Orchestrator) -> None:
+    orch.fakes.behaviour["audio_parser"] = lambda t: Reply(error=ErrorInfo(code="MODULE_FAILURE", message="x"))
+    old = await orch.create_job()
+    await orch.wait_final(old)
+    key = await orch.deps.pool.fetchval("SELECT audio_key FROM jobs WHERE job_id = $1", uuid.UUID(old))
+    await orch.deps.storage.delete([key])
+    resp = await _retry(orch, old)
+    assert resp.status == 410 and (await resp.json())["code"] == "GONE"
+    # nothing was left behind by the refused retry
+    assert await orch.deps.pool.fetchval("SELECT count(*) FROM jobs WHERE retry_of = $1", uuid.UUID(old)) == 0
+    assert await orch.deps.pool.fetchval("SELECT retried_by FROM jobs WHERE job_id = $1", uuid.UUID(old)) is None
