@@ -583,14 +583,19 @@ export interface components {
         StageUpdateData: {
             /** @enum {unknown} */
             stage: "audio_parser" | "composer" | "prompt_generator" | "reference_generator" | "scene_planner" | "video_generator";
-            /** @enum {unknown} */
-            status: "completed" | "failed" | "started";
+            status: components["schemas"]["StageUpdate"];
             /**
              * @description Seconds the stage took (on `completed`)
              * @default null
              */
             duration: number | null;
         };
+        /**
+         * StageUpdate
+         * @description The ``status`` of a ``stage_update`` event: what just happened to the stage.
+         * @enum {unknown}
+         */
+        StageUpdate: "completed" | "failed" | "started";
         /**
          * ProgressEvent
          * @description Progress after a stage completed.
@@ -665,8 +670,8 @@ export interface components {
         };
         /** CompletedData */
         CompletedData: {
-            /** @description Signed URL of the video (1 hour) */
-            video_url: string;
+            /** @description Signed URL of the video (1 hour); `null` only when rebuilt after the video expired */
+            video_url: string | null;
             /**
              * @description US dollars (a JSON number, up to 6 decimals)
              * @example 0.0125
@@ -707,6 +712,10 @@ export interface components {
         };
         /** HeartbeatData */
         HeartbeatData: {
+            /**
+             * @description RFC 3339 in UTC with milliseconds
+             * @example 2026-01-01T12:00:00.000Z
+             */
             timestamp: string;
         };
         /**
@@ -716,6 +725,10 @@ export interface components {
         Healthy: {
             /** @enum {unknown} */
             status: "healthy";
+            /**
+             * @description RFC 3339 in UTC with milliseconds
+             * @example 2026-01-01T12:00:00.000Z
+             */
             timestamp: string;
             queue: components["schemas"]["Queue"];
             /** @enum {unknown} */
@@ -742,6 +755,10 @@ export interface components {
         Unhealthy: {
             /** @enum {unknown} */
             status: "unhealthy";
+            /**
+             * @description RFC 3339 in UTC with milliseconds
+             * @example 2026-01-01T12:00:00.000Z
+             */
             timestamp: string;
             /** @example [
              *       "database connection failed"
@@ -800,6 +817,10 @@ export interface components {
              * @example 0.0125
              */
             estimated_cost: number;
+            /**
+             * @description RFC 3339 in UTC with milliseconds
+             * @example 2026-01-01T12:00:00.000Z
+             */
             created_at: string;
         };
         /**
@@ -862,6 +883,10 @@ export interface components {
              * @example 0.0125
              */
             total_cost: number;
+            /**
+             * @description RFC 3339 in UTC with milliseconds
+             * @example 2026-01-01T12:00:00.000Z
+             */
             created_at: string;
             completed_at: string | null;
             /** @description While `queued`: the job's place in line for a turn (1 = next); `null` otherwise */
@@ -907,7 +932,15 @@ export interface components {
             error_code: ("BUDGET_EXCEEDED" | "CANCELLED" | "GENERATION_ERROR" | "MODULE_FAILURE" | "TIMEOUT" | "VALIDATION_ERROR") | null;
             /** @description The job failed, and submitting the same song and prompt again may succeed */
             retryable: boolean;
+            /**
+             * @description RFC 3339 in UTC with milliseconds
+             * @example 2026-01-01T12:00:00.000Z
+             */
             created_at: string;
+            /**
+             * @description RFC 3339 in UTC with milliseconds
+             * @example 2026-01-01T12:00:00.000Z
+             */
             updated_at: string;
             /** @description While `queued`: the job's place in line for a turn (1 = next); `null` otherwise */
             queue_position: number | null;
@@ -955,6 +988,10 @@ export interface components {
              * @example 0.0125
              */
             estimated_cost: number;
+            /**
+             * @description RFC 3339 in UTC with milliseconds
+             * @example 2026-01-01T12:00:00.000Z
+             */
             created_at: string;
             /**
              * Format: uuid
@@ -1090,7 +1127,15 @@ export interface components {
             error: string | null;
             enrichment: Record<string, never> | null;
             trace_id: string;
+            /**
+             * @description RFC 3339 in UTC with milliseconds
+             * @example 2026-01-01T12:00:00.000Z
+             */
             created_at: string;
+            /**
+             * @description RFC 3339 in UTC with milliseconds
+             * @example 2026-01-01T12:00:00.000Z
+             */
             updated_at: string;
             completed_at: string | null;
         };
@@ -1104,6 +1149,10 @@ export interface components {
         /** AdminQueues */
         AdminQueues: {
             namespace: string;
+            /**
+             * @description RFC 3339 in UTC with milliseconds
+             * @example 2026-01-01T12:00:00.000Z
+             */
             generated_at: string;
             window_seconds: number;
             stages: components["schemas"]["AdminQueue"][];
@@ -1160,11 +1209,15 @@ export interface components {
             error: string;
             attempts: number;
             history: string[];
+            /**
+             * @description RFC 3339 in UTC with milliseconds
+             * @example 2026-01-01T12:00:00.000Z
+             */
             dead_at: string;
             job_id: string | null;
             user_id: string | null;
             dispatch: number | null;
-            job_status: string | null;
+            job_status: components["schemas"]["JobStatus"] | null;
         };
         /** AdminRetryAll */
         AdminRetryAll: {
@@ -1181,7 +1234,7 @@ export interface components {
             /** @default null */
             job_id: string | null;
             /** @default null */
-            job_status: string | null;
+            job_status: components["schemas"]["JobStatus"] | null;
             /** @default null */
             new_entry_id: string | null;
             /** @default null */
@@ -1198,7 +1251,7 @@ export interface components {
             /** @default null */
             job_id: string | null;
             /** @default null */
-            job_status: string | null;
+            job_status: components["schemas"]["JobStatus"] | null;
             /** @default null */
             new_entry_id: string | null;
         };
@@ -1239,8 +1292,16 @@ export interface components {
             estimated_cost: number;
             video_key: string | null;
             error_message: string | null;
-            error_code: string | null;
+            error_code: components["schemas"]["ErrorCode"] | null;
+            /**
+             * @description RFC 3339 in UTC with milliseconds
+             * @example 2026-01-01T12:00:00.000Z
+             */
             created_at: string;
+            /**
+             * @description RFC 3339 in UTC with milliseconds
+             * @example 2026-01-01T12:00:00.000Z
+             */
             updated_at: string;
             completed_at: string | null;
             files_expire_at: string | null;
@@ -1282,8 +1343,16 @@ export interface components {
             estimated_cost: number;
             video_key: string | null;
             error_message: string | null;
-            error_code: string | null;
+            error_code: components["schemas"]["ErrorCode"] | null;
+            /**
+             * @description RFC 3339 in UTC with milliseconds
+             * @example 2026-01-01T12:00:00.000Z
+             */
             created_at: string;
+            /**
+             * @description RFC 3339 in UTC with milliseconds
+             * @example 2026-01-01T12:00:00.000Z
+             */
             updated_at: string;
             completed_at: string | null;
             files_expire_at: string | null;
@@ -1302,7 +1371,7 @@ export interface components {
         /** AdminStage */
         AdminStage: {
             stage: string;
-            status: string;
+            status: components["schemas"]["StageStatus"];
             dispatch: number;
             attempts: number;
             started_at: string | null;
@@ -1311,9 +1380,19 @@ export interface components {
             error: string | null;
             metadata: Record<string, never>;
         };
+        /**
+         * StageStatus
+         * @description The status of one stage of a job (``job_stages.status``); ``pending``: not dispatched yet.
+         * @enum {unknown}
+         */
+        StageStatus: "completed" | "failed" | "pending" | "running" | "skipped";
         /** AdminEvent */
         AdminEvent: {
             id: string;
+            /**
+             * @description RFC 3339 in UTC with milliseconds
+             * @example 2026-01-01T12:00:00.000Z
+             */
             at: string;
             event: string;
             data: Record<string, never>;
@@ -1328,18 +1407,26 @@ export interface components {
              * @example 0.0125
              */
             cost: number;
+            /**
+             * @description RFC 3339 in UTC with milliseconds
+             * @example 2026-01-01T12:00:00.000Z
+             */
             created_at: string;
         };
         /** AdminJobError */
         AdminJobError: {
             where: string;
-            code: string | null;
+            code: components["schemas"]["ErrorCode"] | null;
             message: string;
         };
         /** AdminFile */
         AdminFile: {
             key: string;
             size: number;
+            /**
+             * @description RFC 3339 in UTC with milliseconds
+             * @example 2026-01-01T12:00:00.000Z
+             */
             modified_at: string;
         };
         /**
@@ -1356,6 +1443,10 @@ export interface components {
             outcome: "conflict" | "done" | "not_found";
             detail: Record<string, never>;
             request_id: string | null;
+            /**
+             * @description RFC 3339 in UTC with milliseconds
+             * @example 2026-01-01T12:00:00.000Z
+             */
             created_at: string;
         };
         /** AdminActions */
@@ -1389,7 +1480,15 @@ export interface components {
             last_polled_at: string | null;
             next_poll_at: string | null;
             event_published_at: string | null;
+            /**
+             * @description RFC 3339 in UTC with milliseconds
+             * @example 2026-01-01T12:00:00.000Z
+             */
             created_at: string;
+            /**
+             * @description RFC 3339 in UTC with milliseconds
+             * @example 2026-01-01T12:00:00.000Z
+             */
             updated_at: string;
             completed_at: string | null;
         };

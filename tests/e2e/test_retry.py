@@ -10,7 +10,11 @@ the stage workers' logs (``tests/artifacts/e2e-logs``), to see that no earlier s
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import subprocess
+import sys
 import uuid
 from collections import defaultdict
 from decimal import Decimal
@@ -53,6 +57,15 @@ async def _stream_mentions(stack: RunningStack, job_id: str) -> dict[str, int]:
     finally:
         await redis.aclose()
     return dict(found)
+
+
+async def _slots(stack: RunningStack, user: str) -> int:
+    """The user's taken job-creation slots (the gateway's sliding window in Redis)."""
+    redis = create_redis(stack.redis_url)
+    try:
+        return int(await redis.zcard(Keys(stack.namespace).rate_limit(user)))
+    finally:
+        await redis.aclose()
 
 
 def _logged_stages(job_id: str) -> set[str]:
@@ -150,9 +163,11 @@ async def test_retry_after_a_composer_failure_runs_only_composer(
     assert info.value.status == 400 and info.value.body["retried_by"] == new
 
 
-async def test_retry_refusals(as_user: ClientFactory, song: Path) -> None:
-    owner = await as_user(unique("rex"))
+async def test_retry_refusals_and_the_command_line(e2e_stack: RunningStack, as_user: ClientFactory, song: Path) -> None:
+    owner_id = unique("rex")
+    owner = await as_user(owner_id)
     job_id = str((await owner.upload(song, PROMPT))["job_id"])
+    retried = None
     try:
         with pytest.raises(ApiError) as info:  # queued or processing: not failed
             await owner.retry(job_id)
@@ -164,5 +179,23 @@ async def test_retry_refusals(as_user: ClientFactory, song: Path) -> None:
         with pytest.raises(ApiError) as info:
             await owner.retry(str(uuid.uuid4()))
         assert info.value.status == 404
-    finally:
+        # a refused retry gives its job-creation slot back; a retry takes one (below)
+        assert await _slots(e2e_stack, owner_id) == 1
+        # cancelled: retried, here with `montage retry`
         await owner.cancel(job_id)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MONTAGE_", "REDIS_", "DATABASE_"))}
+        env |= {"MONTAGE_URL": e2e_stack.url, "MONTAGE_TOKEN": owner.token}
+        cli = subprocess.run(
+            [sys.executable, "-m", "montage_cli.main", "retry", job_id, "--json"],
+            env=env, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert cli.returncode == 0, cli.stderr
+        retried = json.loads(cli.stdout)
+        assert retried["retry_of"] == job_id and retried["job_id"] != job_id
+        assert (await owner.job(job_id))["retried_by"] == retried["job_id"]
+        assert await _slots(e2e_stack, owner_id) == 2
+    finally:
+        for job in (job_id, retried and retried["job_id"]):
+            if job:
+                with contextlib.suppress(ApiError):
+                    await owner.cancel(job)

@@ -19,6 +19,7 @@ import asyncpg
 from montage_common.storage import LocalStorage, layout
 from montage_contracts.messages import ErrorInfo, StageTask
 from montage_contracts.pipeline import STAGES
+from montage_orchestrator import cleanup
 from montage_orchestrator.retry import StageRow, plan, rebase_output, refusal
 
 from tests.orchestrator.conftest import Orchestrator, Reply, headers, wait_for
@@ -221,3 +222,34 @@ async def test_no_song_no_retry(orch: Orchestrator) -> None:
     # nothing was left behind by the refused retry
     assert await orch.deps.pool.fetchval("SELECT count(*) FROM jobs WHERE retry_of = $1", uuid.UUID(old)) == 0
     assert await orch.deps.pool.fetchval("SELECT retried_by FROM jobs WHERE job_id = $1", uuid.UUID(old)) is None
+
+
+async def test_cleanup_of_the_original_never_touches_a_live_retry(orch: Orchestrator) -> None:
+    """The original expires (scheduled cleanup deletes all its files) while its retry still runs:
+    the retry works on its own copies, which stay."""
+    orch.fakes.behaviour["composer"] = lambda t: Reply(error=ErrorInfo(code="MODULE_FAILURE", message="boom"))
+    old = await orch.create_job()
+    await orch.wait_final(old)
+    hold = asyncio.Event()
+    orch.fakes.behaviour["composer"] = lambda t: Reply(hold=hold)
+    resp = await _retry(orch, old)
+    assert resp.status == 201, await resp.text()
+    new = (await resp.json())["job_id"]
+
+    async def composing() -> bool | None:
+        return True if "composer" in _tasks(orch, new) else None
+
+    await wait_for(composing)  # the retry is live, in composer
+    pool, storage = orch.deps.pool, orch.deps.storage
+    await pool.execute(
+        "UPDATE jobs SET files_expire_at = now() - interval '1 second' WHERE job_id = $1", uuid.UUID(old)
+    )
+    report = await cleanup.run(orch.deps)
+    assert report.expired_jobs >= 1
+    assert await storage.list(f"video-clips/{old}/") == []  # the original's files are gone
+    copies = [o.key for o in await storage.list(f"video-clips/{new}/")]
+    assert copies and all(await asyncio.gather(*(storage.exists(k) for k in copies)))
+    audio = await pool.fetchval("SELECT audio_key FROM jobs WHERE job_id = $1", uuid.UUID(new))
+    assert await storage.exists(audio)
+    hold.set()
+    assert (await orch.wait_final(new))["status"] == "completed"

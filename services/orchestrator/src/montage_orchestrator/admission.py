@@ -37,18 +37,18 @@ import math
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 import asyncpg
 import structlog
 from aiohttp import web
 from montage_common.web import internal_user
+from montage_contracts import api
 from montage_contracts.api import timestamp
 from montage_contracts.errors import ErrorCode, ServiceBusy
-from montage_contracts.pipeline import PIPELINE, STAGES, TYPICAL_SONG_SECONDS
+from montage_contracts.pipeline import PIPELINE, STAGES, TYPICAL_SONG_SECONDS, JobStatus
 
 from montage_orchestrator import metrics, turns
 from montage_orchestrator.deps import DEPS, Deps
@@ -269,16 +269,15 @@ def door(handler: Handler) -> Handler:
 
 
 # --- places in line -------------------------------------------------------------------------
-async def places(deps: Deps, bodies: list[dict[str, Any]]) -> None:
+async def places(deps: Deps, bodies: Sequence[api.Job | api.JobListItem]) -> None:
     """Set ``queue_position`` and ``estimated_start`` on each queued job's body (the others keep null)."""
-    if not any(b["status"] == "queued" for b in bodies):
+    if not any(b.status == JobStatus.QUEUED for b in bodies):
         return
     system = await read_system(deps)
     f = turns.forecast(system.running, system.waiting, system.slots, deps.settings.user_max_active_jobs)
     for body in bodies:
-        job = body["job_id"]
-        if body["status"] == "queued" and job in f.positions:
-            body["queue_position"] = f.positions[job]
-            start = f.starts.get(job)
+        if body.status == JobStatus.QUEUED and body.job_id in f.positions:
+            body.queue_position = f.positions[body.job_id]
+            start = f.starts.get(body.job_id)
             if start is not None:
-                body["estimated_start"] = timestamp(system.now + timedelta(seconds=start))
+                body.estimated_start = timestamp(system.now + timedelta(seconds=start))
