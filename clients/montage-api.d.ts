@@ -551,6 +551,16 @@ export interface components {
              * @default null
              */
             error_code: ("BUDGET_EXCEEDED" | "CANCELLED" | "GENERATION_ERROR" | "MODULE_FAILURE" | "TIMEOUT" | "VALIDATION_ERROR") | null;
+            /**
+             * @description While `queued`: the job's place in line for a turn (1 = next); `null` otherwise
+             * @default null
+             */
+            queue_position: number | null;
+            /**
+             * @description While `queued`: when its first stage is expected to start (UTC); `null` otherwise
+             * @default null
+             */
+            estimated_start: string | null;
         };
         /**
          * JobStatus
@@ -826,6 +836,24 @@ export interface components {
             job_id: string | null;
         };
         /**
+         * Busy
+         * @description 503 of the upload when Montage is busy (code `SERVICE_UNAVAILABLE`, with `estimated_wait`): a new
+         *         job would wait longer than `ADMISSION_MAX_WAIT_SECONDS` to start. Nothing was stored and the
+         *         job-creation slot was given back; retry after `retry_after`.
+         */
+        Busy: {
+            /** @description Human-readable message */
+            error: string;
+            code: components["schemas"]["ErrorCode"];
+            retryable: boolean;
+            /** @description The job concerned, if any */
+            job_id: string | null;
+            /** @description Seconds until a new job is expected to start in time (also `Retry-After`) */
+            retry_after: number;
+            /** @description Seconds a job uploaded now would wait to start */
+            estimated_wait: number;
+        };
+        /**
          * JobList
          * @description The caller's jobs, newest first.
          */
@@ -861,6 +889,10 @@ export interface components {
              */
             created_at: string;
             completed_at: string | null;
+            /** @description While `queued`: the job's place in line for a turn (1 = next); `null` otherwise */
+            queue_position: number | null;
+            /** @description While `queued`: when its first stage is expected to start (UTC); `null` otherwise */
+            estimated_start: string | null;
             /**
              * @description The failed or cancelled job this one retries (`POST …/retry`); `null` for an upload
              * @default null
@@ -910,6 +942,10 @@ export interface components {
              * @example 2026-01-01T12:00:00.000Z
              */
             updated_at: string;
+            /** @description While `queued`: the job's place in line for a turn (1 = next); `null` otherwise */
+            queue_position: number | null;
+            /** @description While `queued`: when its first stage is expected to start (UTC); `null` otherwise */
+            estimated_start: string | null;
             /**
              * @description The failed or cancelled job this one retries (`POST …/retry`); `null` for an upload
              * @default null
@@ -1691,7 +1727,7 @@ export interface operations {
                     "application/json": components["schemas"]["RateLimited"];
                 };
             };
-            /** @description A dependency is unavailable, or too many open streams (`SERVICE_UNAVAILABLE`, `TOO_MANY_CONNECTIONS`) */
+            /** @description `SERVICE_UNAVAILABLE`: Montage is busy (a `Busy` body, with `estimated_wait`): a job uploaded now would wait longer than `ADMISSION_MAX_WAIT_SECONDS` to start; nothing was stored and the job-creation slot was given back: retry after `Retry-After` seconds. Or a dependency is unavailable (an `Error` body) */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -1699,7 +1735,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": components["schemas"]["Busy"] | components["schemas"]["Error"];
                 };
             };
             /** @description An internal or external service did not answer in time (`TIMEOUT`) */
