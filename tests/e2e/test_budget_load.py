@@ -115,7 +115,10 @@ def budget_stack(
         try:
             stack.start(timeout=60)
             first = stack.specs["video_generator"]  # a second process reading the same streams
-            stack.spawn(ServiceSpec("video_generator-2", list(first.argv), dict(first.env)))
+            ops = free_port()  # its own ops port (liveness), like every worker the stack starts
+            stack.spawn(
+                ServiceSpec("video_generator-2", list(first.argv), {**first.env, "OPS_PORT": str(ops)}, ops_port=ops)
+            )
             asyncio.run(_wait_healthy(url, stack, 90))
             yield BudgetStack(url, database_url, redis_url, namespace, f"http://127.0.0.1:{ports['rag']}")
         finally:
