@@ -44,13 +44,13 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from montage_common.devstack import EmbeddedRedis
 from montage_common.redis import create_redis
 from montage_common.storage import LocalStorage
 from montage_contracts.keys import Keys
 from montage_contracts.messages import StageResult, StageTask, dispatch_message_id, encode, result_decoder
 from montage_contracts.models import Clips
 from montage_contracts.pipeline import PIPELINE, JobFacts, spec
+from montage_dev.devstack import EmbeddedRedis
 from montage_stages.media import synth
 from montage_stages.runtime.context import StageContext
 from montage_stages.runtime.settings import StageSettings
