@@ -59,8 +59,9 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+from montage_contracts.events import decode_event
 from montage_contracts.keys import Keys
-from montage_contracts.messages import StageResult, event_decoder, result_decoder, task_decoder
+from montage_contracts.messages import StageResult, result_decoder, task_decoder
 from montage_contracts.pipeline import STAGES
 from montage_dev.devstack import EmbeddedPostgres, EmbeddedRedis, Stack, free_port, wait_port
 from montage_gateway.settings import DEV_JWT_SECRET
@@ -312,7 +313,7 @@ async def stage_latencies(redis: Redis, jobs: set[str]) -> dict[str, list[int]]:
     completed: dict[str, int] = {}
     for job in jobs:
         for e in await read_range(redis, keys.job_events_stream(job)):
-            if event_decoder.decode(e.payload).event == "completed":
+            if decode_event(e.payload).event == "completed":
                 completed[job] = _ms(e.entry_id)
     out: dict[str, list[int]] = defaultdict(list)
     for job in jobs:

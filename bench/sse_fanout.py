@@ -29,6 +29,7 @@ from typing import Any
 import aiohttp
 from montage_common.events import event_emit
 from montage_common.redis import create_redis
+from montage_contracts.api import MessageData
 from montage_contracts.keys import Keys
 from montage_dev.devstack import EmbeddedRedis
 from montage_gateway.tokens import mint_dev_token
@@ -109,10 +110,10 @@ async def client_main(port: int, jobs: list[str], per_job: int, users: int) -> N
             buf += data
             while (cut := buf.find(b"\n\n")) >= 0:
                 msg, buf = buf[:cut], buf[cut + 2 :]
-                at = msg.find(b'"t":')
+                at = msg.find(b'"text":"bench ')
                 if at >= 0 and b"event: message" in msg:
-                    end = msg.find(b"}", at)
-                    latencies.append((now - int(msg[at + 4 : end])) / 1e6)
+                    end = msg.find(b'"', at + 14)
+                    latencies.append((now - int(msg[at + 14 : end])) / 1e6)
 
     tasks = [asyncio.create_task(one(i, jobs[i // per_job])) for i in range(total)]
     await all_ready.wait()
@@ -132,9 +133,7 @@ async def emit_events(redis_url: str, keys: Keys, jobs: list[str], events: int, 
     start = time.perf_counter()
     for i in range(events):
         job = jobs[i % len(jobs)]
-        await producer.emit(
-            [event_emit(keys, job, "message", {"text": "bench", "stage": "bench", "t": time.time_ns()})]
-        )
+        await producer.emit([event_emit(keys, job, MessageData(text=f"bench {time.time_ns()}", stage="audio_parser"))])
         delay = start + (i + 1) * interval - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)

@@ -134,6 +134,12 @@ async def test_a_crashed_holders_reservations_expire_and_a_live_one_keeps_them(r
     assert await _state(redis, keys, job) == (D(0), D("1.00"), D("1.00"))  # the live holder's stayed
     await alive.close()
     assert await _state(redis, keys, job) == (D(0), D("0.50"), D("1.00"))
+    # a holder whose every call settled leaves no lease behind either
+    done = _budget(ledger, job, "1.00")
+    await done.reserve(f"{job}:c:d", D("0.10"))
+    await done.settle(CostItem(call_id=f"{job}:c:d", api_name="t", amount=D("0.10")))
+    await done.close()
+    assert f"h:{done.holder}" not in await ledger.read(job)
 
 
 async def test_seeded_from_the_task_and_raised_to_the_recorded_total(redis: Redis, keys: Keys) -> None:

@@ -59,6 +59,15 @@ async def _stream_mentions(stack: RunningStack, job_id: str) -> dict[str, int]:
     return dict(found)
 
 
+async def _slots(stack: RunningStack, user: str) -> int:
+    """The user's taken job-creation slots (the gateway's sliding window in Redis)."""
+    redis = create_redis(stack.redis_url)
+    try:
+        return int(await redis.zcard(Keys(stack.namespace).rate_limit(user)))
+    finally:
+        await redis.aclose()
+
+
 def _logged_stages(job_id: str) -> set[str]:
     """The stage workers whose log names ``job_id`` in a ``stage_started`` line."""
     out = set()
@@ -155,7 +164,8 @@ async def test_retry_after_a_composer_failure_runs_only_composer(
 
 
 async def test_retry_refusals_and_the_command_line(e2e_stack: RunningStack, as_user: ClientFactory, song: Path) -> None:
-    owner = await as_user(unique("rex"))
+    owner_id = unique("rex")
+    owner = await as_user(owner_id)
     job_id = str((await owner.upload(song, PROMPT))["job_id"])
     retried = None
     try:
@@ -169,6 +179,8 @@ async def test_retry_refusals_and_the_command_line(e2e_stack: RunningStack, as_u
         with pytest.raises(ApiError) as info:
             await owner.retry(str(uuid.uuid4()))
         assert info.value.status == 404
+        # a refused retry gives its job-creation slot back; a retry takes one (below)
+        assert await _slots(e2e_stack, owner_id) == 1
         # cancelled: retried, here with `montage retry`
         await owner.cancel(job_id)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MONTAGE_", "REDIS_", "DATABASE_"))}
@@ -181,6 +193,7 @@ async def test_retry_refusals_and_the_command_line(e2e_stack: RunningStack, as_u
         retried = json.loads(cli.stdout)
         assert retried["retry_of"] == job_id and retried["job_id"] != job_id
         assert (await owner.job(job_id))["retried_by"] == retried["job_id"]
+        assert await _slots(e2e_stack, owner_id) == 2
     finally:
         for job in (job_id, retried and retried["job_id"]):
             if job:

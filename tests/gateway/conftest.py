@@ -11,6 +11,8 @@ import pytest
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 from montage_common.events import event_emit
+from montage_contracts.api import HeartbeatData, StateData
+from montage_contracts.events import decode_data
 from montage_contracts.keys import Keys
 from montage_gateway.app import create_app
 from montage_gateway.settings import DEV_JWT_SECRET, GatewaySettings
@@ -115,7 +117,9 @@ def emit(redis: Any, keys: Keys) -> Callable[[str, str, dict[str, Any]], Awaitab
     producer = StreamProducer(redis)
 
     async def send(job_id: str, event: str, data: dict[str, Any]) -> str:
-        (entry_id,) = await producer.emit([event_emit(keys, job_id, event, data)])
+        payload = decode_data(event, msgspec.json.encode(data))  # the typed payload the orchestrator passes
+        assert not isinstance(payload, StateData | HeartbeatData)
+        (entry_id,) = await producer.emit([event_emit(keys, job_id, payload)])
         return entry_id
 
     return send

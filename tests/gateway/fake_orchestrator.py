@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 from montage_common.web import HEADER_REQUEST_ID, error_response, internal_user, json_response
+from montage_contracts.api import timestamp
 from montage_contracts.errors import Forbidden, MontageError, NotFound
 
 SECRET = "dev-internal-secret"
@@ -41,7 +42,7 @@ class FakeOrchestrator:
         default_factory=lambda: {
             "database": "connected",
             "redis": "connected",
-            "queue": {"size": 0, "active_jobs": 0, "workers": 6},
+            "queue": {"size": 0, "active_jobs": 0, "workers": 6, "stages": {}},
             "issues": [],
         }
     )
@@ -84,7 +85,17 @@ class FakeOrchestrator:
         user = self._user(request)
         job_id = request.match_info["job_id"]
         if self.any_job:
-            return {"job_id": job_id, "user_id": user, "status": "processing", "progress": 20, "current_stage": "x"}
+            return {
+                "job_id": job_id,
+                "user_id": user,
+                "status": "processing",
+                "current_stage": "scene_planner",
+                "progress": 20,
+                "estimated_remaining": 300,
+                "total_cost": 0.0,
+                "video_url": None,
+                "error_message": None,
+            }
         job = self.jobs.get(job_id)
         if job is None:
             raise NotFound("Job not found", job_id=job_id)
@@ -135,7 +146,10 @@ class FakeOrchestrator:
     async def internal_health(self, request: web.Request) -> web.Response:
         if request.headers.get("X-Montage-Internal") != self.secret:
             return json_response({"error": "Unauthorized"}, status=401)
-        return json_response(self.health, status=503 if self.health.get("issues") else 200)
+        # The body of the contract (api.InternalHealth), its status from its issues.
+        status = "unhealthy" if self.health.get("issues") else "healthy"
+        body = {"status": status, "timestamp": timestamp(datetime.now(UTC)), **self.health}
+        return json_response(body, status=503 if self.health.get("issues") else 200)
 
     async def slow(self, request: web.Request) -> web.Response:
         await asyncio.sleep(self.slow_seconds)

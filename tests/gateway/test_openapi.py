@@ -126,18 +126,21 @@ def test_stage_names_match_the_pipeline() -> None:
 
 
 def test_sse_events_cover_every_event_the_pipeline_emits() -> None:
-    from montage_common.events import EVENT_TYPES
+    from montage_contracts.events import DATA, LOGGED_EVENTS
 
     names = {api.sse_event_name(cls) for cls in api.SSE_EVENTS}
-    assert names == {*EVENT_TYPES, "state", "heartbeat"}
+    assert names == {*LOGGED_EVENTS, "state", "heartbeat"} == set(DATA)
+    assert set(LOGGED_EVENTS) == {"stage_update", "progress", "message", "cost_update", "completed", "error"}
     event = api.decode_sse("cost_update", b'{"stage":"composer","cost":0.01,"total":0.25}', "1700000000000-3")
     assert isinstance(event, api.CostUpdateEvent) and event.data.total == 0.25
     with pytest.raises(msgspec.ValidationError):
-        api.decode_sse("completed", b'{"video_url":null,"total_cost":1}', "1-0")
+        api.decode_sse("completed", b'{"video_url":"v"}', "1-0")
+    with pytest.raises(msgspec.ValidationError):
+        api.decode_sse("error", b'{"error":"x","code":"FAILED","retryable":false}', "1-0")  # not in the catalogue
 
 
 def test_orchestrator_job_bodies_are_the_documented_structs() -> None:
-    """The orchestrator builds dicts; on the wire they must decode strictly as the Structs."""
+    """The orchestrator's bodies are the Structs; on the wire they decode strictly as them."""
     snap = {
         "job_id": "6f1c2b4e-9a57-4d1f-8a3e-2f0b5c7d9e11",
         "status": "processing",
@@ -145,8 +148,8 @@ def test_orchestrator_job_bodies_are_the_documented_structs() -> None:
         "progress": 40,
         "total_cost": Decimal("0.012500"),
         "error_message": None,
-        "created_at": "2024-06-11T10:00:00.123456Z",
-        "updated_at": "2024-06-11T10:01:00Z",
+        "created_at": "2024-06-11T10:00:00.123Z",  # as every time is written (api.timestamp)
+        "updated_at": "2024-06-11T10:01:00.000Z",
         "completed_at": None,
     }
     body = _wire.encode(status_body(snap, None))

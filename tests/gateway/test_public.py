@@ -86,11 +86,12 @@ async def test_health_healthy_and_unhealthy(gw: Any, orchestrator: Orchestrator)
     assert resp.status == 200
     body = await resp.json()
     assert body["status"] == "healthy" and body["database"] == "connected" and body["redis"] == "connected"
-    assert body["queue"] == {"size": 0, "active_jobs": 0, "workers": 6} and body["timestamp"].endswith("Z")
+    assert body["queue"] == {"size": 0, "active_jobs": 0, "workers": 6, "stages": {}}
+    assert body["timestamp"].endswith("Z")
     orchestrator.fake.health = {
         "database": "failed",
         "redis": "connected",
-        "queue": {},
+        "queue": {"size": 0, "active_jobs": 0, "workers": 0, "stages": {}},
         "issues": ["database connection failed"],
     }
     resp = await gw.get("/api/v1/health")

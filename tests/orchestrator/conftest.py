@@ -284,7 +284,10 @@ class Orchestrator:
         return result
 
     async def events(self, job_id: str) -> list[tuple[str, dict[str, Any]]]:
-        return [(e.event, e.data) for _, e in await events.replay(self.deps.redis, self.deps.keys, job_id)]
+        return [
+            (e.event, msgspec.to_builtins(e.data))
+            for _, e in await events.replay(self.deps.redis, self.deps.keys, job_id)
+        ]
 
     async def wait_event(self, job_id: str, name: str) -> list[tuple[str, dict[str, Any]]]:
         async def seen() -> list[tuple[str, dict[str, Any]]] | None:

@@ -15,9 +15,10 @@ import asyncpg
 import msgspec
 from montage_common import events
 from montage_common.storage import LocalStorage
+from montage_contracts.api import StageUpdateData
 from montage_contracts.keys import Keys
 from montage_contracts.messages import StageResult, encode
-from montage_contracts.pipeline import STAGES
+from montage_contracts.pipeline import STAGES, StageUpdate
 from montage_dev.devstack import free_port
 from montage_orchestrator.pipeline import Pipeline
 from montage_streams import Delivery
@@ -110,7 +111,8 @@ async def test_killed_orchestrator_resumes_without_duplicates(
             return evs if evs and evs[-1][0] == "completed" else None
 
         evs = await wait_for(final_event)
-        assert [d["stage"] for e, d in evs if e == "stage_update" and d["status"] == "completed"] == list(STAGES)
+        done = [d.stage for _, d in evs if isinstance(d, StageUpdateData) and d.status == StageUpdate.COMPLETED]
+        assert done == list(STAGES)
         assert len([e for e, _ in evs if e == "cost_update"]) == 7
         assert len([t for t in fakes.tasks if t.stage == "composer"]) == 1
     finally:

@@ -7,6 +7,9 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from montage_contracts.errors import ErrorCode
+from montage_contracts.pipeline import JobStatus
+
 from montage_cli.client import MontageClient
 from montage_cli.errors import JobFailed
 from montage_cli.render import JobView, ProgressRenderer, money
@@ -49,8 +52,8 @@ async def follow(
                 renderer.draw(view)
     finally:
         renderer.finish()
-    if view.final == "failed":
-        raise JobFailed(job_id, view.error_code or "ERROR", view.error or "failed")
+    if view.final == JobStatus.FAILED:
+        raise JobFailed(job_id, view.error_code or ErrorCode.MODULE_FAILURE, view.error or "Job failed")
     return view
 
 

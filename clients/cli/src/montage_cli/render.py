@@ -10,6 +10,10 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+import msgspec
+from montage_contracts import api
+from montage_contracts.pipeline import JobStatus, StageUpdate
+
 from montage_cli.sse import SseEvent
 
 BAR_WIDTH = 28
@@ -30,53 +34,49 @@ class JobView:
 
     job_id: str
     progress: int = 0
-    stage: str = "queued"
+    stage: str = JobStatus.QUEUED
     message: str = ""
     cost: float = 0.0
     remaining: float | None = None
     stages_done: list[str] = field(default_factory=list)
-    final: str | None = None
+    final: JobStatus | None = None
     video_url: str | None = None
     error: str | None = None
     error_code: str | None = None
 
     def apply(self, ev: SseEvent) -> bool:
         """Fold one event in; returns whether anything visible changed."""
-        data = ev.json()
-        match ev.event:
-            case "state":  # the job as it is when the stream opens (no id), before the log
-                self.progress = int(float(data.get("progress") or 0))
-                self.stage = str(data.get("current_stage") or data.get("status") or self.stage)
-                if data.get("total_cost") is not None:
-                    self.cost = float(data["total_cost"])
-            case "progress":
-                self.progress = int(float(data.get("progress", self.progress)))
-                rem = data.get("estimated_remaining")
-                self.remaining = float(rem) if isinstance(rem, int | float) else None
-            case "stage_update":
-                stage = str(data.get("stage", self.stage))
-                status = data.get("status")
-                self.stage = stage
-                if status == "completed" and stage not in self.stages_done:
-                    self.stages_done.append(stage)
-                self.message = f"{stage} {status}" if status else self.message
-            case "message":
-                self.message = str(data.get("text", ""))
-                self.stage = str(data.get("stage") or self.stage)
-            case "cost_update":
-                total = data.get("total")
-                if isinstance(total, int | float | str):
-                    self.cost = float(total)
-            case "completed":
-                self.final, self.progress = "completed", 100
-                self.video_url = data.get("video_url")
-                if data.get("total_cost") is not None:
-                    self.cost = float(data["total_cost"])
+        try:
+            payload = ev.payload()
+        except (KeyError, msgspec.DecodeError):
+            return False  # an event this client does not know, or not one of Montage's
+        match payload:
+            case api.StateData():  # the job as it is when the stream opens, before the log
+                self.progress = payload.progress
+                self.stage = payload.current_stage or payload.status
+                self.cost = payload.total_cost
+            case api.ProgressData():
+                self.progress = payload.progress
+                self.remaining = float(payload.estimated_remaining)
+            case api.StageUpdateData():
+                self.stage = payload.stage
+                if payload.status == StageUpdate.COMPLETED and payload.stage not in self.stages_done:
+                    self.stages_done.append(payload.stage)
+                self.message = f"{payload.stage} {payload.status}"
+            case api.MessageData():
+                self.message = payload.text
+                self.stage = payload.stage
+            case api.CostUpdateData():
+                self.cost = payload.total
+            case api.CompletedData():
+                self.final, self.progress = JobStatus.COMPLETED, 100
+                self.video_url = payload.video_url
+                self.cost = payload.total_cost
                 self.message = "done"
-            case "error":
-                self.final = "failed"
-                self.error = str(data.get("error", "failed"))
-                self.error_code = str(data.get("code", "ERROR"))
+            case api.ErrorData():
+                self.final = JobStatus.FAILED
+                self.error = payload.error
+                self.error_code = payload.code
                 self.message = self.error
             case _:
                 return False

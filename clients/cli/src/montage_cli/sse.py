@@ -14,7 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-from montage_common.events import FINAL_EVENTS
+import msgspec
+from montage_contracts import api
+from montage_contracts.errors import ErrorCode
+from montage_contracts.events import FINAL_EVENTS, Payload, decode_data, encode_data, event_name
+from montage_contracts.pipeline import JobStatus
 from montage_contracts.routes import route
 
 from montage_cli.client import MontageClient
@@ -33,6 +37,11 @@ class SseEvent:
     data: str = ""
     id: str | None = None
     retry: int | None = None
+
+    def payload(self) -> Payload:
+        """The ``data:`` as the event's typed payload (``montage_contracts.events``); ``KeyError`` for
+        an event this client does not know, ``msgspec.DecodeError`` for a payload that is not its own."""
+        return decode_data(self.event, self.data.encode())
 
     def json(self) -> dict[str, Any]:
         try:
@@ -96,16 +105,18 @@ async def read_events(resp: aiohttp.ClientResponse, parser: SseParser) -> AsyncI
                 yield ev
 
 
-def final_event_from_status(job: dict[str, Any]) -> SseEvent | None:
-    """A job found final by polling, as the final event the stream would have sent."""
-    status = job.get("status")
-    if status == "completed":
-        data = {"video_url": job.get("video_url"), "total_cost": job.get("total_cost")}
-        return SseEvent("completed", json.dumps(data))
-    if status == "failed":
-        data = {"error": job.get("error_message") or "Job failed", "code": job.get("error_code") or "FAILED"}
-        return SseEvent("error", json.dumps({**data, "retryable": False}))
-    return None
+def final_event_from_status(body: dict[str, Any]) -> SseEvent | None:
+    """A job found final by polling (its ``api.Job``), as the final event the stream would have sent."""
+    job = msgspec.convert(body, api.Job)
+    data: api.CompletedData | api.ErrorData
+    if job.status == JobStatus.COMPLETED:
+        data = api.CompletedData(video_url=job.video_url, total_cost=job.total_cost)
+    elif job.status == JobStatus.FAILED:
+        code = ErrorCode(job.error_code) if job.error_code else ErrorCode.MODULE_FAILURE
+        data = api.ErrorData(error=job.error_message or "Job failed", code=code, retryable=job.retryable)
+    else:
+        return None
+    return SseEvent(event_name(data), encode_data(data).decode())
 
 
 async def job_events(

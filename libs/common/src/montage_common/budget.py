@@ -264,6 +264,7 @@ class JobBudget:
     held: dict[str, Decimal] = field(default_factory=dict)  # call id → amount reserved by this task
     settled: dict[str, Decimal] = field(default_factory=dict)  # call id → amount this task settled
     unsent: dict[str, Decimal] = field(default_factory=dict)  # settlements Redis did not take yet
+    has_lease: bool = False  # this holder has a lease in the ledger (dropped by :meth:`close`)
     # Awaited before every reservation, so before every provider call and clip: the worker's
     # cancel check (a cancelled job makes no provider call once the cancel is answered).
     before_call: Callable[[], Awaitable[None]] | None = None
@@ -306,6 +307,7 @@ class JobBudget:
             raise BudgetExceededError(BUDGET_EXCEEDED_MESSAGE, job_id=self.job_id)
         if state.status.startswith(("reserved", "held")):
             self.held[call_id] = amount
+            self.has_lease = True
 
     async def settle(self, item: CostItem) -> None:
         """Record what ``item``'s call really cost (its reservation released). Best effort: when
@@ -365,9 +367,10 @@ class JobBudget:
         with contextlib.suppress(*REDIS_DOWN):
             if self.unsent:
                 await self._flush()
-            if self.held:
+            if self.held or self.has_lease:
                 await self.ledger.run(self.job_id, "drop", self.seed, Decimal(0), self.holder)
                 self.held.clear()
+                self.has_lease = False
 
     @contextlib.asynccontextmanager
     async def leased(self, interval: float) -> AsyncIterator[JobBudget]:

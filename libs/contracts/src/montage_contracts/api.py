@@ -23,7 +23,7 @@ from msgspec import Meta, Struct
 
 from montage_contracts import pipeline
 from montage_contracts.errors import JOB_FAILURE_CODES, ErrorCode
-from montage_contracts.pipeline import JobStatus
+from montage_contracts.pipeline import JobStatus, StageStatus, StageUpdate
 
 # One path segment as the gateway accepts it: not empty, not `.` or `..`, no `/` (not even
 # encoded), no control characters.
@@ -31,16 +31,33 @@ PathSegment = Annotated[str, Meta(pattern=r"^(?!\.\.?$)[^/\x00-\x1f\x7f]+$")]
 # The vocabularies are defined once: a status is a `pipeline.JobStatus` and a code an
 # `errors.ErrorCode` (enums, so the document lists them once, as components of those names). The
 # stage names and the codes a job can fail with are Literals made from them (subsets, inline).
+# A body that always has one status says which (msgspec's Literals hold the enum's value).
 if TYPE_CHECKING:
     StageName = str
     JobErrorCode = str
+    Queued = Literal[JobStatus.QUEUED]
+    Failed = Literal[JobStatus.FAILED]
 else:
     StageName = Literal[pipeline.STAGES]
     JobErrorCode = Literal[tuple(sorted(str(c) for c in JOB_FAILURE_CODES))]
+    Queued = Literal[JobStatus.QUEUED.value]
+    Failed = Literal[JobStatus.FAILED.value]
+# The state of a dependency in a health report.
+DependencyState = Literal["connected", "failed"]
 Money = Annotated[float, Meta(description="US dollars (a JSON number, up to 6 decimals)", examples=[0.0125])]
 Progress = Annotated[int, Meta(ge=0, le=100, description="Percent done (fixed marks per stage)")]
 Seconds = Annotated[int, Meta(ge=0, description="Seconds")]
 JobId = Annotated[str, Meta(description="The job's UUID", extra_json_schema={"format": "uuid"})]
+# Every time of every API, as :func:`timestamp` writes it (handlers pass its text, not a datetime,
+# so the milliseconds and the ``Z`` are the same everywhere).
+Timestamp = Annotated[
+    str,
+    Meta(
+        pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z$",
+        description="RFC 3339 in UTC with milliseconds",
+        examples=["2026-01-01T12:00:00.000Z"],
+    ),
+]
 IdempotencyKey = Annotated[
     str,
     Meta(
@@ -114,9 +131,9 @@ class JobCreated(Struct, kw_only=True):
     """201 of the upload: the job is queued."""
 
     job_id: JobId
-    status: Literal["queued"]
+    status: Queued
     estimated_cost: Money
-    created_at: datetime
+    created_at: Timestamp
 
 
 class Job(Struct, kw_only=True):
@@ -137,8 +154,8 @@ class Job(Struct, kw_only=True):
     retryable: Annotated[
         bool, Meta(description="The job failed, and submitting the same song and prompt again may succeed")
     ]
-    created_at: datetime
-    updated_at: datetime
+    created_at: Timestamp
+    updated_at: Timestamp
     retry_of: Annotated[
         JobId | None,
         Meta(description="The failed or cancelled job this one retries (`POST …/retry`); `null` for an upload"),
@@ -156,8 +173,8 @@ class JobListItem(Struct, kw_only=True):
     current_stage: StageName | None
     progress: Progress
     total_cost: Money
-    created_at: datetime
-    completed_at: datetime | None
+    created_at: Timestamp
+    completed_at: Timestamp | None
     retry_of: Annotated[
         JobId | None,
         Meta(description="The failed or cancelled job this one retries (`POST …/retry`); `null` for an upload"),
@@ -180,9 +197,9 @@ class JobRetried(Struct, kw_only=True):
     """201 of the retry: a new job that continues a failed or cancelled one from the stage it did not finish."""
 
     job_id: Annotated[JobId, Meta(description="The new job: watch, cancel and download it like any other")]
-    status: Literal["queued"]
+    status: Queued
     estimated_cost: Annotated[Money, Meta(description="The pre-flight estimate of the whole song (as for an upload)")]
-    created_at: datetime
+    created_at: Timestamp
     retry_of: Annotated[JobId, Meta(description="The job retried (its history stays as it was)")]
     resumed_from: Annotated[StageName, Meta(description="The first stage the new job runs")]
     reused_stages: Annotated[
@@ -195,7 +212,7 @@ class Cancelled(Struct, kw_only=True):
     """200 of the cancel: the job is now failed with code ``CANCELLED``."""
 
     job_id: JobId
-    status: Literal["failed"]
+    status: Failed
     message: str
 
 
@@ -229,7 +246,7 @@ class Healthy(Struct, kw_only=True):
     """200 of ``GET /api/v1/health``."""
 
     status: Literal["healthy"]
-    timestamp: datetime
+    timestamp: Timestamp
     queue: Queue
     database: Literal["connected"]
     redis: Literal["connected"]
@@ -239,7 +256,7 @@ class Unhealthy(Struct, kw_only=True):
     """503 of ``GET /api/v1/health``."""
 
     status: Literal["unhealthy"]
-    timestamp: datetime
+    timestamp: Timestamp
     issues: Annotated[list[str], Meta(min_length=1, examples=[["database connection failed"]])]
 
 
@@ -247,9 +264,9 @@ class InternalHealth(Struct, kw_only=True):
     """The orchestrator's ``GET /internal/health`` (200 healthy, 503 not): the gateway's health asks it."""
 
     status: Literal["healthy", "unhealthy"]
-    timestamp: datetime
-    database: Literal["connected", "failed"]
-    redis: Literal["connected", "failed"]
+    timestamp: Timestamp
+    database: DependencyState
+    redis: DependencyState
     queue: Queue
     issues: list[str]
 
@@ -326,9 +343,9 @@ class NexusJob(Struct, kw_only=True):
     error: str | None
     enrichment: dict[str, Any] | None
     trace_id: str
-    created_at: datetime
-    updated_at: datetime
-    completed_at: datetime | None
+    created_at: Timestamp
+    updated_at: Timestamp
+    completed_at: Timestamp | None
 
 
 # --- SSE (GET /api/v1/jobs/{job_id}/stream) ---------------------------------------------------
@@ -347,9 +364,9 @@ class StateData(Struct, kw_only=True):
     error_code: Annotated[JobErrorCode | None, Meta(description="Why the job failed (`null` unless failed)")] = None
 
 
-class StageUpdateData(Struct, kw_only=True):
+class StageUpdateData(Struct, kw_only=True, omit_defaults=True):
     stage: StageName
-    status: Literal["started", "completed", "failed"]
+    status: StageUpdate
     duration: Annotated[float | None, Meta(description="Seconds the stage took (on `completed`)")] = None
 
 
@@ -370,7 +387,10 @@ class CostUpdateData(Struct, kw_only=True):
 
 
 class CompletedData(Struct, kw_only=True):
-    video_url: Annotated[str, Meta(description="Signed URL of the video (1 hour)")]
+    video_url: Annotated[
+        str | None,
+        Meta(description="Signed URL of the video (1 hour); `null` only when rebuilt after the video expired"),
+    ]
     total_cost: Money
 
 
@@ -381,7 +401,7 @@ class ErrorData(Struct, kw_only=True):
 
 
 class HeartbeatData(Struct, kw_only=True):
-    timestamp: datetime
+    timestamp: Timestamp
 
 
 class StateEvent(Struct, kw_only=True, tag="state", tag_field="event"):
@@ -537,7 +557,7 @@ class AdminQueue(Struct, kw_only=True):
 
 class AdminQueues(Struct, kw_only=True):
     namespace: str
-    generated_at: datetime
+    generated_at: Timestamp
     window_seconds: int
     stages: list[AdminQueue]
     results: AdminQueue
@@ -552,11 +572,11 @@ class AdminDeadLetter(Struct, kw_only=True):
     error: str
     attempts: int
     history: list[str]
-    dead_at: datetime
+    dead_at: Timestamp
     job_id: str | None
     user_id: str | None
     dispatch: int | None
-    job_status: str | None
+    job_status: JobStatus | None
 
 
 class AdminDeadLetters(Struct, kw_only=True):
@@ -569,7 +589,7 @@ class AdminRetried(Struct, kw_only=True):
     entry_id: str
     outcome: Literal["retried", "requeued"]
     job_id: str | None = None
-    job_status: str | None = None
+    job_status: JobStatus | None = None
     new_entry_id: str | None = None
 
 
@@ -577,7 +597,7 @@ class AdminRetryOutcome(Struct, kw_only=True):
     entry_id: str
     outcome: Literal["retried", "requeued", "conflict", "not_found"]
     job_id: str | None = None
-    job_status: str | None = None
+    job_status: JobStatus | None = None
     new_entry_id: str | None = None
     reason: str | None = None
 
@@ -604,12 +624,12 @@ class AdminJob(Struct, kw_only=True):
     estimated_cost: Money
     video_key: str | None
     error_message: str | None
-    error_code: str | None
-    created_at: datetime
-    updated_at: datetime
-    completed_at: datetime | None
-    files_expire_at: datetime | None
-    files_cleaned_at: datetime | None
+    error_code: ErrorCode | None
+    created_at: Timestamp
+    updated_at: Timestamp
+    completed_at: Timestamp | None
+    files_expire_at: Timestamp | None
+    files_cleaned_at: Timestamp | None
 
 
 class AdminJobs(Struct, kw_only=True):
@@ -624,17 +644,17 @@ class AdminJobFull(AdminJob, kw_only=True):
     audio_filename: str
     audio_duration: float
     cost_limit: Money
-    started_at: datetime | None
-    deadline_at: datetime | None
+    started_at: Timestamp | None
+    deadline_at: Timestamp | None
 
 
 class AdminStage(Struct, kw_only=True):
     stage: str
-    status: str
+    status: StageStatus
     dispatch: int
     attempts: int
-    started_at: datetime | None
-    completed_at: datetime | None
+    started_at: Timestamp | None
+    completed_at: Timestamp | None
     duration_seconds: float | None
     error: str | None
     metadata: dict[str, Any]
@@ -642,7 +662,7 @@ class AdminStage(Struct, kw_only=True):
 
 class AdminEvent(Struct, kw_only=True):
     id: str
-    at: datetime
+    at: Timestamp
     event: str
     data: dict[str, Any]
 
@@ -652,19 +672,19 @@ class AdminCost(Struct, kw_only=True):
     api_name: str
     call_id: str
     cost: Money
-    created_at: datetime
+    created_at: Timestamp
 
 
 class AdminJobError(Struct, kw_only=True):
     where: str
-    code: str | None
+    code: ErrorCode | None
     message: str
 
 
 class AdminFile(Struct, kw_only=True):
     key: str
     size: int
-    modified_at: datetime
+    modified_at: Timestamp
 
 
 class AdminAction(Struct, kw_only=True):
@@ -678,7 +698,7 @@ class AdminAction(Struct, kw_only=True):
     outcome: Literal["done", "not_found", "conflict"]
     detail: dict[str, Any]
     request_id: str | None
-    created_at: datetime
+    created_at: Timestamp
 
 
 class AdminActions(Struct, kw_only=True):
@@ -710,12 +730,12 @@ class AdminNexusJob(Struct, kw_only=True):
     poll_attempts: int
     lease_owner: str | None
     cost_usd: float | None
-    last_polled_at: datetime | None
-    next_poll_at: datetime | None
-    event_published_at: datetime | None
-    created_at: datetime
-    updated_at: datetime
-    completed_at: datetime | None
+    last_polled_at: Timestamp | None
+    next_poll_at: Timestamp | None
+    event_published_at: Timestamp | None
+    created_at: Timestamp
+    updated_at: Timestamp
+    completed_at: Timestamp | None
 
 
 class AdminNexusJobs(Struct, kw_only=True):

@@ -2,7 +2,7 @@
 
 - ``stage:<name>`` streams carry :class:`StageTask`.
 - the ``results`` stream carries :data:`ResultMessage` (result, progress text, cost).
-- per-job event logs carry :class:`JobEvent`.
+- per-job event logs carry the events of :mod:`montage_contracts.events`.
 - the RAGNAROK events stream carries :class:`RagnarokJobFinished`.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
 
 import msgspec
 
@@ -118,13 +117,6 @@ class StageCost(Wire, tag="cost", frozen=True, kw_only=True):
 ResultMessage = StageResult | StageProgress | StageCost
 
 
-class JobEvent(Wire, frozen=True, kw_only=True):
-    """One SSE event of a job: ``event`` is the SSE event type, ``data`` its JSON body."""
-
-    event: str
-    data: dict[str, Any]
-
-
 class RagnarokJobFinished(msgspec.Struct, tag="ragnarok_job_finished", tag_field="type", frozen=True, kw_only=True):
     """A RAGNAROK workflow reached a final state (``keys.ragnarok_events_stream()``, field ``data``).
 
@@ -146,7 +138,6 @@ class RagnarokJobFinished(msgspec.Struct, tag="ragnarok_job_finished", tag_field
 task_encoder = msgspec.json.Encoder(decimal_format="number")
 task_decoder = msgspec.json.Decoder(StageTask)
 result_decoder = msgspec.json.Decoder(ResultMessage)
-event_decoder = msgspec.json.Decoder(JobEvent)
 ragnarok_event_decoder = msgspec.json.Decoder(RagnarokJobFinished)
 
 

@@ -183,6 +183,12 @@ class StreamConsumer:
         )
         self.started = asyncio.Event()
 
+    @property
+    def renewed_at(self) -> float:
+        """When its claim-renewal loop last turned (``time.monotonic()``): a process's liveness
+        check can tell a consumer whose claims are still renewed from one whose loop stopped."""
+        return self._maintenance.renewed_at
+
     # --- lifecycle ------------------------------------------------------------------
     def stop(self) -> None:
         """Stop reading; :meth:`run` returns after in-flight work finished or was cancelled."""

@@ -55,6 +55,7 @@ class ConsumerMaintenance:
     _closing: asyncio.Event = field(default_factory=asyncio.Event)
     _claiming: set[str] = field(default_factory=set)  # reclaimed, not yet handed over (renewed)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    renewed_at: float = field(default_factory=time.monotonic)  # the renew loop's last turn (liveness)
 
     @property
     def labels(self) -> tuple[str, str]:
@@ -109,6 +110,7 @@ class ConsumerMaintenance:
     async def _renew_loop(self) -> None:
         interval = max(self.claim_idle_ms / 3000, 0.05)
         while await self._pause(interval):
+            self.renewed_at = time.monotonic()
             ids = [*self.held(), *self._claiming]
             if ids:
                 try:

@@ -33,6 +33,7 @@ from typing import Any
 
 from aiohttp import web
 from montage_common.web import Handler, json_response
+from montage_contracts.api import AdminMe
 from montage_contracts.errors import Forbidden, NotFound, Unauthorized
 
 from montage_gateway.auth import bearer_token, request_user
@@ -131,12 +132,12 @@ class AdminHandlers:
     async def me(self, request: web.Request) -> web.Response:
         user = await self.require_admin(request)
         return json_response(
-            {
-                "user_id": user,
-                "admin": True,
-                "claim": self.settings.admin_role_claim,
-                "namespace": self.settings.redis_namespace,
-            }
+            AdminMe(
+                user_id=user,
+                admin=True,
+                claim=self.settings.admin_role_claim,
+                namespace=self.settings.redis_namespace,
+            )
         )
 
     # --- the page -------------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 from montage_common.web import json_response
+from montage_contracts.api import DevToken
 from montage_contracts.errors import NotFound, ValidationError
 
 from montage_gateway.tokens import mint_dev_token
@@ -74,7 +75,7 @@ class DevHandlers:
             self.secret, body.user_id, self.ttl_seconds, audience=self.audience, issuer=self.issuer, extra=extra
         )
         return json_response(
-            {"access_token": token, "token_type": "bearer", "expires_in": self.ttl_seconds, "user_id": body.user_id}
+            DevToken(access_token=token, token_type="bearer", expires_in=self.ttl_seconds, user_id=body.user_id)
         )
 
     async def demo(self, request: web.Request) -> web.StreamResponse:

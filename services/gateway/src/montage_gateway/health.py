@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
-from typing import Any
 
 import msgspec
 from aiohttp import web
 from montage_common.web import REQUEST_ID, json_response
-from montage_contracts.api import timestamp
+from montage_contracts.api import Healthy, InternalHealth, Unhealthy, timestamp
 from montage_contracts.errors import SERVICE_UNAVAILABLE_RETRY_AFTER, MontageError
 from montage_contracts.routes import route
 from redis.asyncio import Redis
 
 from montage_gateway.proxy import Forwarder, Upstream
 
-_decoder = msgspec.json.Decoder(dict[str, Any])
+_decoder = msgspec.json.Decoder(InternalHealth)
 INTERNAL_HEALTH = route("getInternalHealth")
 
 
@@ -35,7 +34,7 @@ class HealthHandler:
         except Exception:
             return False
 
-    async def _orchestrator(self, request_id: str) -> dict[str, Any] | None:
+    async def _orchestrator(self, request_id: str) -> InternalHealth | None:
         try:
             reply = await self.forwarder.call(
                 self.orchestrator,
@@ -56,23 +55,16 @@ class HealthHandler:
         issues: list[str] = []
         if internal is None:
             issues.append("orchestrator unreachable")
-            internal = {}
         else:
-            issues.extend(str(i) for i in internal.get("issues") or [])
+            issues.extend(internal.issues)
         if not redis_ok and "redis connection failed" not in issues:
             issues.append("redis connection failed")
-        if issues:
+        if issues or internal is None:
             return json_response(
-                {"status": "unhealthy", "timestamp": now, "issues": issues},
+                Unhealthy(status="unhealthy", timestamp=now, issues=issues),
                 status=503,
                 headers={"Retry-After": str(SERVICE_UNAVAILABLE_RETRY_AFTER)},
             )
         return json_response(
-            {
-                "status": "healthy",
-                "timestamp": now,
-                "queue": internal.get("queue", {}),
-                "database": internal.get("database", "connected"),
-                "redis": "connected",
-            }
+            Healthy(status="healthy", timestamp=now, queue=internal.queue, database="connected", redis="connected")
         )

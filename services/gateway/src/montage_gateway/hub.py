@@ -18,16 +18,16 @@ from datetime import UTC, datetime
 
 import msgspec
 import structlog
-from montage_common.events import FINAL_EVENTS, id_key, parse_published
+from montage_common.events import id_key, parse_published
 from montage_common.redis import RedisTarget
-from montage_contracts.api import timestamp
+from montage_contracts.api import HeartbeatData, timestamp
+from montage_contracts.events import encode_data, event_name
 from montage_contracts.keys import Keys
 
 from montage_gateway.metrics import SSE_DROPPED, SSE_SUBSCRIPTIONS
 from montage_gateway.pubsub import make_subscriber
 
 log = structlog.get_logger()
-_json = msgspec.json.Encoder(decimal_format="number")
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,14 +40,15 @@ class Frame:
     kind: str = "event"
 
 
-def render(event: str, data: object, entry_id: str | None = None) -> bytes:
+def render(data: msgspec.Struct, entry_id: str | None = None) -> bytes:
+    """One SSE message: ``event:`` (the payload's event name), ``id:`` when logged, ``data:``."""
+    event = event_name(data)
     head = f"event: {event}\nid: {entry_id}\n" if entry_id else f"event: {event}\n"
-    return head.encode() + b"data: " + _json.encode(data) + b"\n\n"
+    return head.encode() + b"data: " + encode_data(data) + b"\n\n"
 
 
 def heartbeat_frame() -> Frame:
-    now = timestamp(datetime.now(UTC))
-    return Frame(render("heartbeat", {"timestamp": now}), kind="heartbeat")
+    return Frame(render(HeartbeatData(timestamp=timestamp(datetime.now(UTC)))), kind="heartbeat")
 
 
 @dataclass(eq=False)
@@ -160,7 +161,7 @@ class Hub:
         except (msgspec.DecodeError, ValueError):
             log.warning("event_unparseable", channel=channel.decode(errors="replace"))
             return
-        frame = Frame(render(event.event, event.data, entry_id), id_key(entry_id), event.event in FINAL_EVENTS)
+        frame = Frame(render(event.data, entry_id), id_key(entry_id), event.final)
         for client in tuple(members):
             client.push(frame)
 

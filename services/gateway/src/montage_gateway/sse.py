@@ -31,17 +31,17 @@ through unchanged.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import msgspec
 import structlog
 from aiohttp import web
-from montage_common.events import FINAL_EVENTS, id_key, last_event, replay, valid_event_id
+from montage_common.events import id_key, last_event, replay, valid_event_id
 from montage_common.redis import REDIS_DOWN
 from montage_common.web import HEADER_REQUEST_ID, REQUEST_ID, json_response, on_connection_lost
-from montage_contracts.errors import ServiceUnavailable, Unauthorized, ValidationError
+from montage_contracts.api import CompletedData, ErrorData, StateData, StreamTicket
+from montage_contracts.errors import ErrorCode, ServiceUnavailable, Unauthorized, ValidationError, job_retryable
 from montage_contracts.keys import Keys
-from montage_contracts.pipeline import FINAL_STATUSES
+from montage_contracts.pipeline import FINAL_STATUSES, JobStatus
 from montage_contracts.routes import route
 from redis.asyncio import Redis
 
@@ -57,18 +57,9 @@ GET_JOB = route("getJob")  # the owner check and the snapshot: the orchestrator'
 
 log = structlog.get_logger()
 
-STATE_FIELDS = (
-    "job_id",
-    "status",
-    "current_stage",
-    "progress",
-    "estimated_remaining",
-    "total_cost",
-    "video_url",
-    "error_message",
-    "error_code",
-)
-_decoder = msgspec.json.Decoder(dict[str, Any])
+# The job as the orchestrator answers it (``api.Job``), read as the ``state`` event's payload:
+# the fields they share, in the payload's order.
+_state = msgspec.json.Decoder(StateData)
 _DELIVERED = {kind: SSE_DELIVERED.labels(kind) for kind in ("event", "state", "heartbeat")}
 
 
@@ -77,15 +68,15 @@ _DELIVERED = {kind: SSE_DELIVERED.labels(kind) for kind in ("event", "state", "h
 REBUILT_SEQ = 2**64 - 1
 
 
-def rebuilt_final(state: dict[str, Any], after: str) -> bytes:
-    """``completed`` or ``error`` from the job's state, when its logged final event is gone."""
+def rebuilt_final(state: StateData, after: str) -> bytes:
+    """``completed`` or ``error`` from the job's state, when its logged final event is gone: the
+    payload the orchestrator logged, as far as the state tells it (``retryable`` by the same rule)."""
     entry_id = f"{id_key(after)[0]}-{REBUILT_SEQ}"
-    if state.get("status") == "completed":
-        return render(
-            "completed", {"video_url": state.get("video_url"), "total_cost": state.get("total_cost")}, entry_id
-        )
-    data = {"error": state.get("error_message"), "code": state.get("error_code"), "retryable": False}
-    return render("error", data, entry_id)
+    if state.status == JobStatus.COMPLETED:
+        return render(CompletedData(video_url=state.video_url, total_cost=state.total_cost), entry_id)
+    code = ErrorCode(state.error_code) if state.error_code else ErrorCode.MODULE_FAILURE
+    error = state.error_message or "Job failed"
+    return render(ErrorData(error=error, code=code, retryable=job_retryable(code)), entry_id)
 
 
 class _Gone(Exception):
@@ -138,7 +129,7 @@ class StreamHandler:
         if reply.status != 200:
             return web.Response(status=reply.status, body=reply.body, content_type="application/json")
         ticket = await self.tickets.issue(user, job_id)
-        return json_response({"ticket": ticket, "expires_in": self.tickets.ttl_seconds}, status=201)
+        return json_response(StreamTicket(ticket=ticket, expires_in=self.tickets.ttl_seconds), status=201)
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
         job_id = request.match_info["job_id"]
@@ -151,12 +142,13 @@ class StreamHandler:
         )
         if reply.status != 200:
             return web.Response(status=reply.status, body=reply.body, content_type="application/json")
-        job = _decoder.decode(reply.body)
+        # The job id as the client wrote it (the orchestrator's is the canonical form of the same UUID).
+        state = msgspec.structs.replace(_state.decode(reply.body), job_id=job_id)
         resume = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
         if resume is not None and not valid_event_id(resume):
             raise ValidationError("Last-Event-ID must be an event id this stream sent (<ms>-<seq>)", job_id=job_id)
         if resume is not None and (
-            (newest is not None and newest[1].event in FINAL_EVENTS and id_key(resume) >= id_key(newest[0]))
+            (newest is not None and newest[1].final and id_key(resume) >= id_key(newest[0]))
             or id_key(resume)[1] == REBUILT_SEQ
         ):
             # The client has seen the job's final event: nothing will ever follow. 204 is what
@@ -174,8 +166,8 @@ class StreamHandler:
             on_connection_lost(request, lambda: client.close("client_gone"))
             SSE_OPEN.inc()
             try:
-                logged_final = newest is not None and newest[1].event in FINAL_EVENTS
-                return await self._serve(request, job_id, job, after, client, logged_final)
+                logged_final = newest is not None and newest[1].final
+                return await self._serve(request, job_id, state, after, client, logged_final)
             finally:
                 SSE_OPEN.dec()
                 self.hub.leave(client)
@@ -183,7 +175,7 @@ class StreamHandler:
             await self.slots.release(lease)
 
     async def _serve(  # noqa: PLR0917
-        self, request: web.Request, job_id: str, job: dict[str, Any], after: str, client: Client, logged_final: bool
+        self, request: web.Request, job_id: str, state: StateData, after: str, client: Client, logged_final: bool
     ) -> web.StreamResponse:
         resp = web.StreamResponse(
             headers={
@@ -194,21 +186,20 @@ class StreamHandler:
             }
         )
         await resp.prepare(request)
-        state = {"job_id": job_id, **{k: job.get(k) for k in STATE_FIELDS if k != "job_id"}}
         reason = "client_gone"
         try:
-            await self._write(resp, Frame(render("state", state, after), kind="state"))
-            if state.get("status") in FINAL_STATUSES:
+            await self._write(resp, Frame(render(state, after), kind="state"))
+            if state.status in FINAL_STATUSES:
                 client.close_later(self.close_after_final)
             last = id_key(after)
             for entry_id, event in await replay(self.redis, self.keys, job_id, after=after):
-                final = event.event in FINAL_EVENTS
-                await self._write(resp, Frame(render(event.event, event.data, entry_id), id_key(entry_id), final))
+                final = event.final
+                await self._write(resp, Frame(render(event.data, entry_id), id_key(entry_id), final))
                 last = id_key(entry_id)
                 if final:
                     client.close_later(self.close_after_final)
                     logged_final = True
-            if state.get("status") in FINAL_STATUSES and not logged_final:
+            if state.status in FINAL_STATUSES and not logged_final:
                 # Redis lost the job's final event (docs/operations.md, Redis): rebuild it from
                 # the state so no client waits for it forever.
                 rebuilt = rebuilt_final(state, after)

@@ -54,10 +54,11 @@ from aiohttp import web
 from montage_common.events import withdraw_final_events
 from montage_common.storage import layout
 from montage_common.web import REQUEST_ID, Handler, internal_user, query_int, query_text
-from montage_contracts.api import ENTRY_ID_PATTERN, timestamp
+from montage_contracts.api import ENTRY_ID_PATTERN, MessageData, timestamp
 from montage_contracts.errors import Conflict, ErrorCode, Forbidden, NotFound, ValidationError
+from montage_contracts.events import decode_event
 from montage_contracts.keys import ORCHESTRATOR_GROUP
-from montage_contracts.messages import event_decoder, task_decoder
+from montage_contracts.messages import task_decoder
 from montage_contracts.pipeline import FINAL_STATUSES, JOB_STATUSES, STAGES, JobStatus, StageStatus
 from montage_streams import (
     DeadLetterEntry,
@@ -441,7 +442,7 @@ async def _retry_stage(deps: Deps, actor: str, request_id: str, name: str, entry
             # The failure set the cancel flag for workers still on the job; none is (it failed).
             await deps.redis.delete(deps.keys.job_cancel(str(job_id)))
         eff.row = job
-        eff.event(deps, "message", {"text": f"An operator retried {name}", "stage": name})
+        eff.event(deps, MessageData(text=f"An operator retried {name}", stage=name))
         dispatched = await dispatch_stage(conn, deps, job, name, eff)
         outbox_id = await deps.outbox.add(conn, job_id, eff.emits)
         detail = {"stage": name, "was": was, "dispatched": dispatched, "old_dispatch": task.dispatch}
@@ -586,10 +587,12 @@ async def _job_events(deps: Deps, job_id: str, limit: int = 1000) -> list[dict[s
     for raw_id, fields in rows:
         eid = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
         try:
-            ev = event_decoder.decode(fields[b"m"])
+            ev = decode_event(fields[b"m"])
         except (msgspec.DecodeError, KeyError):
             continue
-        out.append({"id": eid, "at": _iso_ms(int(eid.split("-")[0])), "event": ev.event, "data": ev.data})
+        out.append(
+            {"id": eid, "at": _iso_ms(int(eid.split("-")[0])), "event": ev.event, "data": msgspec.to_builtins(ev.data)}
+        )
     return out
 
 

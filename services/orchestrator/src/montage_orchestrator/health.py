@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
-from typing import Any
 
+from montage_contracts import api
 from montage_contracts.api import timestamp
 from montage_contracts.pipeline import STAGES
 from montage_streams import group_stats
@@ -47,9 +47,10 @@ async def export_stage_gauges(deps: Deps) -> None:
         metrics.STAGE_WORKERS.labels(stage).set(await stage_workers(deps, stage))
 
 
-async def health_report(deps: Deps) -> dict[str, Any]:
+async def health_report(deps: Deps) -> api.InternalHealth:
     issues: list[str] = []
-    database = redis = "connected"
+    database: api.DependencyState = "connected"
+    redis: api.DependencyState = "connected"
     active = 0
     try:
         active = await asyncio.wait_for(store.count_active(deps.pool), CHECK_SECONDS)
@@ -67,11 +68,11 @@ async def health_report(deps: Deps) -> dict[str, Any]:
     except Exception:
         redis = "failed"
         issues.append("redis connection failed")
-    return {
-        "status": "healthy" if not issues else "unhealthy",
-        "timestamp": timestamp(datetime.now(UTC)),
-        "database": database,
-        "redis": redis,
-        "queue": {"size": sum(by_stage.values()), "active_jobs": active, "workers": workers, "stages": by_stage},
-        "issues": issues,
-    }
+    return api.InternalHealth(
+        status="healthy" if not issues else "unhealthy",
+        timestamp=timestamp(datetime.now(UTC)),
+        database=database,
+        redis=redis,
+        queue=api.Queue(size=sum(by_stage.values()), active_jobs=active, workers=workers, stages=by_stage),
+        issues=issues,
+    )

@@ -8,6 +8,8 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
+from montage_contracts import api
+from montage_contracts.api import timestamp
 from montage_contracts.errors import job_retryable
 from montage_contracts.pipeline import FINAL_STATUSES, JobStatus, StageSpec, remaining_after
 
@@ -102,40 +104,42 @@ def retry_links(row: Any) -> dict[str, str | None]:
     return {name: None if row.get(name) is None else str(row[name]) for name in ("retry_of", "retried_by")}
 
 
-def status_body(snap: dict[str, Any], video_url: str | None) -> dict[str, Any]:
-    """``GET /api/v1/jobs/{job_id}``."""
-    code = snap.get("error_code") if snap["status"] == JobStatus.FAILED else None
-    return {
-        "job_id": snap["job_id"],
-        "status": snap["status"],
-        "current_stage": snap["current_stage"],
-        "progress": snap["progress"],
-        "estimated_remaining": estimated_remaining(snap["status"], snap["current_stage"], snap.get("audio_duration")),
-        "total_cost": _num(snap["total_cost"]),
-        "video_url": video_url,
-        "error_message": snap["error_message"],
-        "error_code": code,
-        "retryable": job_retryable(code),
-        "created_at": snap["created_at"],
-        "updated_at": snap["updated_at"],
-        "retry_of": snap.get("retry_of"),
-        "retried_by": snap.get("retried_by"),
-    }
+def status_body(snap: dict[str, Any], video_url: str | None) -> api.Job:
+    """``GET /api/v1/jobs/{job_id}`` from a :func:`snapshot` (cached, or read now)."""
+    status = JobStatus(snap["status"])
+    code = snap.get("error_code") if status == JobStatus.FAILED else None
+    return api.Job(
+        job_id=snap["job_id"],
+        status=status,
+        current_stage=snap["current_stage"],
+        progress=snap["progress"],
+        estimated_remaining=estimated_remaining(status, snap["current_stage"], snap.get("audio_duration")),
+        total_cost=money(snap["total_cost"]),
+        video_url=video_url,
+        error_message=snap["error_message"],
+        error_code=code,
+        retryable=job_retryable(code),
+        created_at=snap["created_at"],
+        updated_at=snap["updated_at"],
+        retry_of=snap.get("retry_of"),
+        retried_by=snap.get("retried_by"),
+    )
 
 
-def list_item(row: asyncpg.Record) -> dict[str, Any]:
+def list_item(row: asyncpg.Record) -> api.JobListItem:
     """One entry of ``GET /api/v1/jobs``."""
-    return {
-        "job_id": str(row["job_id"]),
-        "status": row["status"],
-        "current_stage": row["current_stage"],
-        "progress": row["progress"],
-        "total_cost": row["total_cost"],
-        "created_at": iso(row["created_at"]),
-        "completed_at": iso(row["completed_at"]),
+    return api.JobListItem(
+        job_id=str(row["job_id"]),
+        status=JobStatus(row["status"]),
+        current_stage=row["current_stage"],
+        progress=row["progress"],
+        total_cost=money(row["total_cost"]),
+        created_at=timestamp(row["created_at"]),
+        completed_at=iso(row["completed_at"]),
         **retry_links(row),
-    }
+    )
 
 
-def _num(value: Any) -> Any:
-    return value if isinstance(value, Decimal | int | float) else Decimal(str(value))
+def money(value: Decimal | float | str) -> float:
+    """An amount as the API's ``Money`` (a JSON number): from Postgres (``Decimal``) or the cache."""
+    return float(value)

@@ -33,6 +33,7 @@ import msgspec
 import structlog
 from montage_common import db
 from montage_common.storage import layout
+from montage_contracts.api import CompletedData, CostUpdateData, MessageData, ProgressData, StageUpdateData
 from montage_contracts.errors import ErrorCode, RetryableError
 from montage_contracts.messages import (
     ErrorInfo,
@@ -90,8 +91,8 @@ def queue_stage(  # noqa: PLR0917
         dispatch=dispatch,
     )
     eff.emits.append(stage_task_emit(deps, task))
-    eff.event(deps, "stage_update", {"stage": stage, "status": StageUpdate.STARTED})
-    eff.event(deps, "message", {"text": spec(stage).started_message, "stage": stage})
+    eff.event(deps, StageUpdateData(stage=stage, status=StageUpdate.STARTED))
+    eff.event(deps, MessageData(text=spec(stage).started_message, stage=stage))
 
 
 async def dispatch_stage(conn: asyncpg.Connection, deps: Deps, job: asyncpg.Record, stage: str, eff: Effects) -> bool:
@@ -226,7 +227,7 @@ class Pipeline:
                 change.status, change.started = JobStatus.PROCESSING, True
             match msg:
                 case StageProgress():
-                    eff.event(self.deps, "message", {"text": msg.text, "stage": msg.stage})
+                    eff.event(self.deps, MessageData(text=msg.text, stage=msg.stage))
                     if change.status is None:  # nothing to write
                         return eff.emits
                 case StageCost():
@@ -266,7 +267,7 @@ class Pipeline:
         change.total = eff.total
         amount = float(item.amount)
         eff.committed.append(lambda: metrics.COST_DOLLARS.labels(stage).inc(amount))
-        eff.event(self.deps, "cost_update", {"stage": stage, "cost": item.amount, "total": eff.total})
+        eff.event(self.deps, CostUpdateData(stage=stage, cost=amount, total=float(eff.total)))
         return True
 
     def _fail(self, change: store.Change, eff: Effects, code: ErrorCode, message: str) -> None:
@@ -309,11 +310,9 @@ class Pipeline:
         eff.committed.append(lambda: metrics.STAGE_DURATION.labels(stage, status).observe(duration))
         progress = spec(stage).progress
         change.progress = progress
-        eff.event(
-            self.deps, "stage_update", {"stage": stage, "status": StageUpdate.COMPLETED, "duration": round(duration, 3)}
-        )
+        eff.event(self.deps, StageUpdateData(stage=stage, status=StageUpdate.COMPLETED, duration=round(duration, 3)))
         remaining = estimated_remaining(JobStatus.PROCESSING, stage, state.audio_duration, finished=True)
-        eff.event(self.deps, "progress", {"progress": progress, "estimated_remaining": remaining})
+        eff.event(self.deps, ProgressData(progress=progress, estimated_remaining=remaining))
         following = decisions.after_success(stage)
         if following is None:
             assert isinstance(output, VideoOutput)
@@ -348,7 +347,7 @@ class Pipeline:
             change.duration = state.stages[stage].elapsed
             self._fail(change, eff, decision.code, decision.message)
             return
-        eff.event(self.deps, "message", {"text": decision.message, "stage": stage})
+        eff.event(self.deps, MessageData(text=decision.message, stage=stage))
         meta = {"fallback_mode": True, "fallback_reason": decision.reason}
         if decision.policy == "continue_text_only":
             await self._stage_done(state, change, msg, None, eff, meta, status=StageStatus.FAILED, error=err.message)
@@ -361,7 +360,7 @@ class Pipeline:
         change.status, change.progress, change.video_key, change.completed = JobStatus.COMPLETED, 100, output.key, True
         change.expire_after = timedelta(days=self.deps.settings.video_retention_days)
         url = await self.deps.storage.signed_url(output.key, self.deps.settings.download_url_seconds)
-        eff.event(self.deps, "completed", {"video_url": url, "total_cost": eff.total})
+        eff.event(self.deps, CompletedData(video_url=url, total_cost=float(eff.total)))
         eff.delete_prefixes = layout.intermediate_prefixes(eff.job_id)
         total = eff.total
 

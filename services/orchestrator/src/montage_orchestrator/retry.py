@@ -49,8 +49,10 @@ from typing import Any
 import asyncpg
 import structlog
 from montage_common.storage import layout
+from montage_contracts import api
+from montage_contracts.api import MessageData, ProgressData, timestamp
 from montage_contracts.errors import Forbidden, Gone, NotFound
-from montage_contracts.pipeline import PIPELINE, STAGES, JobStatus, spec
+from montage_contracts.pipeline import PIPELINE, STAGES, JobStatus, StageStatus, spec
 
 from montage_orchestrator import admission, costs, metrics, store
 from montage_orchestrator.deps import Deps
@@ -79,11 +81,11 @@ def plan(rows: Mapping[str, StageRow]) -> tuple[str, ...]:
         row = rows.get(stage.name)
         if row is None:
             break
-        if row.status == "completed" and row.output is not None:
+        if row.status == StageStatus.COMPLETED and row.output is not None:
             reused.append(stage.name)
             continue
         following = PIPELINE[i + 1].name if i + 1 < len(PIPELINE) else None
-        if row.status == "failed" and stage.on_failure != "fail" and following in rows:
+        if row.status == StageStatus.FAILED and stage.on_failure != "fail" and following in rows:
             reused.append(stage.name)
             continue
         break
@@ -167,7 +169,7 @@ def _owned(job: asyncpg.Record | None, user: str) -> asyncpg.Record:
     return job
 
 
-async def retry_job(deps: Deps, job_id: uuid.UUID, user: str) -> dict[str, Any]:
+async def retry_job(deps: Deps, job_id: uuid.UUID, user: str) -> api.JobRetried:
     """Create the retry of ``job_id`` (see the module docstring); returns the 201 body."""
     new_id = uuid.uuid4()
     copies = _Copies()
@@ -216,15 +218,15 @@ async def retry_job(deps: Deps, job_id: uuid.UUID, user: str) -> dict[str, Any]:
     await admission.start_turns_quietly(deps)  # its turn now if its user has a free slot
     metrics.JOBS_CREATED.inc()
     log.info("job_retried", job_id=str(new_id), retry_of=str(job_id), resumed_from=resume, reused=reused)
-    return {
-        "job_id": str(new_id),
-        "status": row["status"],
-        "estimated_cost": row["estimated_cost"],
-        "created_at": store.iso(row["created_at"]),
-        "retry_of": str(job_id),
-        "resumed_from": resume,
-        "reused_stages": reused,
-    }
+    return api.JobRetried(
+        job_id=str(new_id),
+        status=JobStatus.QUEUED,  # as inserted
+        estimated_cost=float(row["estimated_cost"]),
+        created_at=timestamp(row["created_at"]),
+        retry_of=str(job_id),
+        resumed_from=resume,
+        reused_stages=reused,
+    )
 
 
 def _reusable_outputs(
@@ -306,7 +308,7 @@ def _announce(  # noqa: PLR0917
         text = f"Retrying job {old_id}: reusing {', '.join(reused)}; starting at {resume}"
     else:
         text = f"Retrying job {old_id} from the start"
-    eff.event(deps, "message", {"text": text, "stage": resume})
-    remaining = estimated_remaining("processing", resume, row["audio_duration"], finished=False)
-    eff.event(deps, "progress", {"progress": row["progress"], "estimated_remaining": remaining})
+    eff.event(deps, MessageData(text=text, stage=resume))
+    remaining = estimated_remaining(JobStatus.PROCESSING, resume, row["audio_duration"], finished=False)
+    eff.event(deps, ProgressData(progress=row["progress"], estimated_remaining=remaining))
     eff.total = Decimal(0)

@@ -17,6 +17,8 @@ from montage_common.idempotency import FINGERPRINT_HEADER
 from montage_common.redis import REDIS_DOWN
 from montage_common.storage import layout
 from montage_common.web import Handler, internal_user, query_int
+from montage_contracts import api
+from montage_contracts.api import timestamp
 from montage_contracts.errors import BudgetExceededError, ErrorCode, Forbidden, Gone, NotFound, ValidationError
 from montage_contracts.pipeline import FINAL_STATUSES, JOB_STATUSES, STAGES, JobStatus
 
@@ -24,14 +26,15 @@ from montage_orchestrator import admin, admission, costs, metrics, retry, store,
 from montage_orchestrator.deps import DEPS, Deps
 from montage_orchestrator.errors import JobNotCancellable
 from montage_orchestrator.health import health_report
-from montage_orchestrator.jobs import RATES, list_item, snapshot, status_body
+from montage_orchestrator.jobs import RATES, list_item, money, snapshot, status_body
 from montage_orchestrator.transitions import CANCELLED_MESSAGE, Effects, after_commit, fail_job
 
 log = structlog.get_logger()
 _json = msgspec.json.Encoder(decimal_format="number")
 
 
-def respond(body: Any, status: int = 200) -> web.Response:
+def respond(body: msgspec.Struct, status: int = 200) -> web.Response:
+    """A contract body (a Struct of ``montage_contracts.api``), encoded by msgspec."""
     return web.Response(body=_json.encode(body), status=status, content_type="application/json")
 
 
@@ -93,12 +96,12 @@ async def upload_audio(request: web.Request) -> web.Response:
     await admission.start_turns_quietly(deps)  # its turn now if its user has a free slot
     metrics.JOBS_CREATED.inc()
     log.info("job_created", job_id=str(job_id), duration=round(audio.duration, 2), estimate=str(estimate))
-    body = {
-        "job_id": str(job_id),
-        "status": row["status"],
-        "estimated_cost": estimate,
-        "created_at": store.iso(row["created_at"]),
-    }
+    body = api.JobCreated(
+        job_id=str(job_id),
+        status=JobStatus.QUEUED,  # as inserted
+        estimated_cost=money(estimate),
+        created_at=timestamp(row["created_at"]),
+    )
     resp = respond(body, status=201)
     resp.headers[FINGERPRINT_HEADER] = received.fingerprint  # for Idempotency-Key (the gateway keeps it)
     return resp
@@ -180,7 +183,7 @@ async def list_jobs(request: web.Request) -> web.Response:
     limit = query_int(request, "limit", 10, 1, 50)
     offset = query_int(request, "offset", 0, 0, 1_000_000)
     rows, total = await store.list_jobs(deps.pool, user, status, limit, offset)
-    return respond({"jobs": [list_item(r) for r in rows], "total": total, "limit": limit, "offset": offset})
+    return respond(api.JobList(jobs=[list_item(r) for r in rows], total=total, limit=limit, offset=offset))
 
 
 async def cancel_job(request: web.Request) -> web.Response:
@@ -200,7 +203,7 @@ async def cancel_job(request: web.Request) -> web.Response:
     await after_commit(deps, eff)
     await deps.outbox.send_quietly(outbox_id)
     log.info("job_cancelled", job_id=str(job_id), was=was)
-    return respond({"job_id": str(job_id), "status": JobStatus.FAILED, "message": CANCELLED_MESSAGE})
+    return respond(api.Cancelled(job_id=str(job_id), status=JobStatus.FAILED, message=CANCELLED_MESSAGE))
 
 
 async def retry_job(request: web.Request) -> web.Response:
@@ -221,14 +224,14 @@ async def download(request: web.Request) -> web.Response:
         raise Gone("Video expired or deleted", job_id=str(job_id))
     expires = deps.settings.download_url_seconds
     url = await deps.storage.signed_url(row["video_key"], expires)
-    return respond({"download_url": url, "expires_in": expires, "filename": f"music_video_{job_id}.mp4"})
+    return respond(api.Download(download_url=url, expires_in=expires, filename=f"music_video_{job_id}.mp4"))
 
 
 async def internal_health(request: web.Request) -> web.Response:
     """The gateway's ``/api/v1/health`` asks this (the internal credential is checked by the app)."""
     deps = request.app[DEPS]
     report = await health_report(deps)
-    return respond(report, status=200 if not report["issues"] else 503)
+    return respond(report, status=200 if not report.issues else 503)
 
 
 def handlers() -> dict[str, Handler]:

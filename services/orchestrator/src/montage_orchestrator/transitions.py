@@ -13,12 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
-from typing import Any
 
 import asyncpg
 import structlog
 from montage_common.events import event_emit
+from montage_contracts.api import ErrorData
 from montage_contracts.errors import ErrorCode, job_retryable
+from montage_contracts.events import EventData
 from montage_contracts.pipeline import FINAL_STATUSES, JobStatus
 from montage_streams import Emit
 
@@ -44,8 +45,9 @@ class Effects:
     delete_prefixes: list[str] = field(default_factory=list)
     committed: list[Callable[[], None]] = field(default_factory=list)  # metrics and logs, once committed
 
-    def event(self, deps: Deps, event: str, data: dict[str, Any]) -> None:
-        self.emits.append(event_emit(deps.keys, self.job_id, event, data))
+    def event(self, deps: Deps, data: EventData) -> None:
+        """Log one event of the job (its name is its payload's type), sent with the hand-off."""
+        self.emits.append(event_emit(deps.keys, self.job_id, data))
 
 
 async def begin(deps: Deps, eff: Effects) -> None:
@@ -78,7 +80,7 @@ async def after_commit(deps: Deps, eff: Effects) -> None:
 def job_failed(deps: Deps, eff: Effects, code: ErrorCode, message: str) -> None:
     """What a failed job sends and does besides its rows: the ``error`` event, the cancel flag (any
     worker still on this job stops before its next step), the metric and the log."""
-    eff.event(deps, "error", {"error": message, "code": code, "retryable": job_retryable(code)})
+    eff.event(deps, ErrorData(error=message, code=code, retryable=job_retryable(code)))
     eff.cancel_flag = True
     job_id = eff.job_id
 

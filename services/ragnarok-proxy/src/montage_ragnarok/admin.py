@@ -11,9 +11,9 @@ from typing import Any
 
 from aiohttp import web
 from montage_common.web import Handler, internal_user, json_response, query_int, query_text
-from montage_contracts.api import timestamp
+from montage_contracts.api import AdminNexusJob, AdminNexusJobs, timestamp
 from montage_contracts.errors import Forbidden, ValidationError
-from montage_contracts.pipeline import JOB_STATUSES
+from montage_contracts.pipeline import JOB_STATUSES, JobStatus
 
 HEADER_ROLE = "X-Montage-Role"
 ADMIN_ROLE = "admin"
@@ -28,6 +28,29 @@ _COLUMNS = (
 def _iso(value: datetime | None) -> str | None:
     """The API's one time format (milliseconds), as the public Nexus routes."""
     return None if value is None else timestamp(value)
+
+
+def _job(r: Any) -> AdminNexusJob:
+    return AdminNexusJob(
+        job_id=r["job_id"],
+        user_id=r["user_id"],
+        workflow_id=r["workflow_id"],
+        kind=r["kind"],
+        business_name=r["business_name"],
+        status=JobStatus(r["status"]),
+        trace_id=r["trace_id"],
+        video_url=r["video_url"],
+        error=r["error"],
+        poll_attempts=r["poll_attempts"],
+        lease_owner=r["lease_owner"],
+        cost_usd=float(r["cost_usd"]) if r["cost_usd"] is not None else None,
+        last_polled_at=_iso(r["last_polled_at"]),
+        next_poll_at=_iso(r["next_poll_at"]),
+        event_published_at=_iso(r["event_published_at"]),
+        created_at=timestamp(r["created_at"]),
+        updated_at=timestamp(r["updated_at"]),
+        completed_at=_iso(r["completed_at"]),
+    )
 
 
 def list_handler(secret: str, pool_of: Any) -> Handler:
@@ -61,19 +84,9 @@ def list_handler(secret: str, pool_of: Any) -> Handler:
         )
         counts = {r["status"]: int(r["n"]) for r in await pool.fetch(
             "SELECT status, count(*) AS n FROM nexus_jobs GROUP BY status")}  # fmt: skip
-        jobs = [
-            {
-                **{k: r[k] for k in ("job_id", "user_id", "workflow_id", "kind", "business_name", "status",
-                                     "trace_id", "video_url", "error", "poll_attempts", "lease_owner")},
-                "cost_usd": float(r["cost_usd"]) if r["cost_usd"] is not None else None,
-                **{k: _iso(r[k]) for k in ("last_polled_at", "next_poll_at", "event_published_at", "created_at",
-                                           "updated_at", "completed_at")},
-            }
-            for r in rows
-        ]  # fmt: skip
-        return json_response(
-            {"jobs": jobs, "total": total, "limit": limit, "offset": offset,
-             "counts": {s: counts.get(s, 0) for s in STATUSES}}
-        )  # fmt: skip
+        jobs = [_job(r) for r in rows]
+        counts_by_status = {s: counts.get(s, 0) for s in STATUSES}
+        body = AdminNexusJobs(jobs=jobs, total=total, limit=limit, offset=offset, counts=counts_by_status)
+        return json_response(body)
 
     return list_jobs

@@ -16,6 +16,7 @@ import structlog
 from aiohttp import web
 from montage_common import db
 from montage_common.web import Handler, internal_user, json_response
+from montage_contracts import api
 from montage_contracts.api import timestamp
 from montage_contracts.errors import Forbidden, MontageError, NotFound, ServiceUnavailable, ValidationError
 from montage_contracts.routes import Service, route, served_by
@@ -70,24 +71,24 @@ async def trace_errors_middleware(request: web.Request, handler: Handler) -> web
         raise
 
 
-def job_view(job: Job) -> dict[str, Any]:
+def job_view(job: Job) -> api.NexusJob:
     """The single job shape of ``GET /jobs/{job_id}``."""
-    return {
-        "job_id": job.job_id,
-        "workflow_id": job.workflow_id,
-        "status": job.status,
-        "tracking_url": tracking_url(job.job_id),
-        "business_name": job.business_name,
-        "video_url": job.video_url,
-        "cost_usd": float(job.cost_usd) if job.cost_usd is not None else None,
-        "quality_score": job.quality_score,
-        "error": job.error,
-        "enrichment": job.enrichment,
-        "trace_id": job.trace_id,
-        "created_at": timestamp(job.created_at),
-        "updated_at": timestamp(job.updated_at),
-        "completed_at": timestamp(job.completed_at) if job.completed_at else None,
-    }
+    return api.NexusJob(
+        job_id=job.job_id,
+        workflow_id=job.workflow_id,
+        status=job.status,
+        tracking_url=tracking_url(job.job_id),
+        business_name=job.business_name,
+        video_url=job.video_url,
+        cost_usd=float(job.cost_usd) if job.cost_usd is not None else None,
+        quality_score=job.quality_score,
+        error=job.error,
+        enrichment=job.enrichment,
+        trace_id=job.trace_id,
+        created_at=timestamp(job.created_at),
+        updated_at=timestamp(job.updated_at),
+        completed_at=timestamp(job.completed_at) if job.completed_at else None,
+    )
 
 
 def _storable(text: str) -> bool:
@@ -233,15 +234,12 @@ class NexusHandlers:
                     enrichment=enrichment,
                 )
                 log.info("job_submitted", kind=kind, business_name=business)
-        response: dict[str, Any] = {
-            "job_id": job.job_id,
-            "workflow_id": job.workflow_id,
-            "status": job.status,
-            "tracking_url": tracking_url(job.job_id),
-            "trace_id": trace_id,
-        }
+        ids = {"job_id": job.job_id, "workflow_id": job.workflow_id, "tracking_url": tracking_url(job.job_id)}
+        response = api.NexusSubmitted(**ids, status=job.status, trace_id=trace_id)
         if kind == "enriched":
-            response["enrichment"] = enrichment
+            response = api.NexusEnrichedSubmitted(
+                **ids, status=job.status, trace_id=trace_id, enrichment=enrichment or {}
+            )
         return json_response(response, status=202)
 
     async def _record(

@@ -35,7 +35,7 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     workflow_id: str
     kind: str
     business_name: str
-    status: str
+    status: JobStatus
     request: dict[str, Any]
     enrichment: dict[str, Any] | None
     trace_id: str
@@ -65,7 +65,8 @@ def _job(record: asyncpg.Record) -> Job:
     row = dict(record)
     row["request"] = msgspec.json.decode(row["request"]) if row["request"] else {}
     row["enrichment"] = msgspec.json.decode(row["enrichment"]) if row["enrichment"] else None
-    return Job(**{k: v for k, v in row.items() if k in Job.__struct_fields__})
+    fields = {k: v for k, v in row.items() if k in Job.__struct_fields__}
+    return Job(**{**fields, "status": JobStatus(fields["status"])})
 
 
 def _json(value: object) -> str | None:

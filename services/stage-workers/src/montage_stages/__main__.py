@@ -12,6 +12,7 @@ from aiohttp import web
 from montage_common import logs
 from montage_common import settings as settings_mod
 from montage_common import web as common_web
+from montage_common.liveness import WATCHDOG
 from montage_common.redis import create_redis, keys_for, ready, target_of
 from montage_common.storage import create_storage
 from montage_contracts.pipeline import STAGES
@@ -30,6 +31,7 @@ async def serve_metrics(settings: WorkerSettings, worker: StageWorker) -> web.Ap
         await worker.redis.ping()
 
     api[common_web.READY_CHECKS]["redis"] = redis_ready
+    api[WATCHDOG] = worker.watchdog  # /healthz follows the event loop and the worker's loops
     api[common_web.LIFECYCLE].started = True
     runner = common_web.AppRunner(
         common_web.create_ops_app(api, settings.dependency_probe_seconds),

@@ -48,6 +48,7 @@ from typing import Annotated
 import msgspec
 import structlog
 from montage_common.budget import BudgetLedger, JobBudget, Seed
+from montage_common.liveness import Watchdog
 from montage_common.storage import Storage
 from montage_contracts.errors import BudgetExceededError, ErrorCode, JobCancelled
 from montage_contracts.keys import Keys
@@ -113,6 +114,12 @@ class WorkerSettings(StageSettings, frozen=True, kw_only=True):
             description="video_generator: hand each clip to the clip streams read by every video_generator process (false: a job's clips are rendered by the worker that took its task)"
         ),
     ] = True
+    liveness_bound_seconds: Annotated[
+        float,
+        Meta(
+            description="/healthz on the ops port fails (and Kubernetes restarts the worker) when its event loop, heartbeat loop, claim renewals or a running task's report have not turned for this long"
+        ),
+    ] = 60.0
     clip_stall_seconds: Annotated[
         float,
         Meta(
@@ -137,6 +144,7 @@ class Liveness:
     def __init__(self, dispatch: int) -> None:
         self.dispatch = dispatch
         self.progress_ms = int(time.time() * 1000)
+        self.beat_at = time.monotonic()  # the report loop's last turn (the process's liveness)
 
     def touch(self) -> None:
         """The stage made progress (a progress text, a cost)."""
@@ -161,6 +169,7 @@ async def job_liveness(redis: Redis, keys: Keys, task: StageTask, interval: floa
     async def beat() -> None:
         # Ends by `done`, not by a cancel: redis-py may swallow a cancel that lands mid-command.
         while not done.is_set():
+            alive.beat_at = time.monotonic()
             with contextlib.suppress(Exception):
                 await redis.set(key, alive.value(), px=ttl_ms)
             with contextlib.suppress(TimeoutError):
@@ -197,7 +206,8 @@ class StageWorker:
         self.producer = StreamProducer(redis)
         self.ledger = BudgetLedger(redis, keys)  # every provider call and clip reserves its price here
         self._stopping = asyncio.Event()
-        self.beat_at = time.monotonic()  # the last heartbeat written (the ops port's liveness reads it)
+        self.beat_at = time.monotonic()  # the heartbeat loop's last turn (the ops port's liveness reads it)
+        self._reports: set[Liveness] = set()  # the running tasks' reports
         name = consumer or default_consumer_name()
         # One consumer per partition (a stream per partition; on Redis Cluster they live on
         # different nodes, and one XREADGROUP cannot span slots). The process's concurrency is
@@ -241,6 +251,7 @@ class StageWorker:
                 retry=RetryPolicy(handler_timeout=settings.stage_timeout_seconds),
                 on_dead_letter=self.clip_worker.dead_letter,
             )  # fmt: skip
+        self.watchdog = self._watchdog()
 
     def results_stream(self, job_id: str) -> str:
         """Where the results of a job's tasks go: the results stream of the job's partition."""
@@ -259,7 +270,11 @@ class StageWorker:
             before_call=self._cancel_check(task.job_id),  # no provider call after a cancel
         )
         async with job_liveness(self.redis, self.keys, task, interval) as alive, budget.leased(interval):
-            return await self._handle(d, task, alive, budget)
+            self._reports.add(alive)
+            try:
+                return await self._handle(d, task, alive, budget)
+            finally:
+                self._reports.discard(alive)
 
     async def _handle(self, d: Delivery, task: StageTask, alive: Liveness, budget: JobBudget) -> list[Emit]:
         with structlog.contextvars.bound_contextvars(job_id=task.job_id, stage=self.stage, attempt=d.attempt):
@@ -383,19 +398,32 @@ class StageWorker:
         redis-py may swallow a cancel that lands mid-command)."""
         key = self.keys.worker_heartbeat(self.stage, self.consumer.consumer)
         while not self._stopping.is_set():
+            self.beat_at = time.monotonic()  # the loop turned (a Redis outage must not fail liveness)
             with contextlib.suppress(Exception):
                 await self.redis.set(key, str(time.time()), ex=HEARTBEAT_TTL)
-                self.beat_at = time.monotonic()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), HEARTBEAT_SECONDS)
 
+    def _watchdog(self) -> Watchdog:
+        """The process's liveness (``/healthz``, ``montage_common.liveness``): the event loop, the
+        heartbeat loop, every consumer's claim renewal and every running task's report must have
+        turned within ``LIVENESS_BOUND_SECONDS``."""
+        bound = self.settings.liveness_bound_seconds
+        dog = Watchdog(bound)
+        consumers = (*self.consumers, *self.clip_consumers)
+        dog.watch("heartbeat", lambda: self.beat_at, bound)
+        dog.watch("claim_renewal", lambda: min(c.renewed_at for c in consumers), bound)
+        dog.watch("task_reports", lambda: min((r.beat_at for r in self._reports), default=None), bound)
+        return dog
+
     async def run(self) -> None:
         beat = asyncio.create_task(self.heartbeat(), name=f"heartbeat-{self.stage}")
+        ticking = asyncio.create_task(self.watchdog.run(self._stopping), name="watchdog")
         try:
             await asyncio.gather(*(c.run() for c in (*self.consumers, *self.clip_consumers)))
         finally:
             self._stopping.set()
-            _, stuck = await asyncio.wait([beat], timeout=5.0)  # bounded, then cancelled
+            _, stuck = await asyncio.wait([beat, ticking], timeout=5.0)  # bounded, then cancelled
             for t in stuck:
                 t.cancel()
             with contextlib.suppress(Exception):

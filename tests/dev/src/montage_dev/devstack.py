@@ -22,7 +22,6 @@ exactly the way ``make up`` does.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import importlib.util
 import os
@@ -31,8 +30,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Mapping
+import urllib.request
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -45,6 +46,11 @@ from msgspec import Meta
 # The checkout this package is installed from (editable, as every workspace member):
 # tests/dev/src/montage_dev/devstack.py. ``var/`` and the services' working directory are there.
 ROOT = Path(__file__).resolve().parents[4]
+# Supervision as Kubernetes' liveness probe does it (deploy/k8s: periodSeconds, timeoutSeconds,
+# failureThreshold): a service that does not answer /healthz 3 times in a row is restarted.
+PROBE_PERIOD_SECONDS = 2.0
+PROBE_TIMEOUT_SECONDS = 2.0
+PROBE_FAILURES = 3
 FAKES = "montage_dev.fakes"  # the stand-ins, each run as ``python -m montage_dev.fakes.<name>``
 FAKE_RAGNAROK_USD_PER_SECOND = "0.528"  # $2.64 (the fake RAGNAROK's default cost_usd) for a 5 s render
 COLORS = ("36", "35", "33", "32", "34", "31", "96", "95", "93", "92", "94", "91")
@@ -255,6 +261,7 @@ class ServiceSpec:
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
     port: int | None = None  # waited for before the stack counts as up
+    ops_port: int | None = None  # its /healthz: the supervisor's liveness probe
 
 
 def _installed(module: str) -> bool:
@@ -285,6 +292,8 @@ class Stack:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     specs: dict[str, ServiceSpec] = field(default_factory=dict)
     base_env: dict[str, str] = field(default_factory=dict)
+    _failures: dict[str, int] = field(default_factory=dict)  # consecutive failed liveness probes
+    _answered: set[str] = field(default_factory=set)  # answered a probe since it was started
 
     def start_infra(self) -> dict[str, str]:
         env = dict(self.env)
@@ -329,22 +338,21 @@ class Stack:
             specs.append(
                 ServiceSpec("orchestrator", [py, "-m", "montage_orchestrator"],
                             {"PORT": str(self.orchestrator_port), "OPS_PORT": str(self.orchestrator_ops_port)},
-                            self.orchestrator_port)
+                            self.orchestrator_port, self.orchestrator_ops_port)
             )  # fmt: skip
         if _installed("montage_ragnarok"):
             specs.append(
                 ServiceSpec("ragnarok-proxy", [py, "-m", "montage_ragnarok"],
-                            {"PORT": str(self.proxy_port), "OPS_PORT": str(self.proxy_ops_port)}, self.proxy_port)
+                            {"PORT": str(self.proxy_port), "OPS_PORT": str(self.proxy_ops_port)}, self.proxy_port,
+                            self.proxy_ops_port)
             )  # fmt: skip
         if _installed("montage_stages"):
             for stage in STAGES:
                 for n in range(self.workers_per_stage):
                     suffix = f"-{n + 1}" if self.workers_per_stage > 1 else ""
-                    specs.append(
-                        ServiceSpec(
-                            f"{stage}{suffix}", [py, "-m", "montage_stages", "--stage", stage], {"OPS_PORT": "0"}
-                        )
-                    )
+                    ops = free_port()  # its /healthz, probed by the supervisor (``supervise_once``)
+                    argv = [py, "-m", "montage_stages", "--stage", stage]
+                    specs.append(ServiceSpec(f"{stage}{suffix}", argv, {"OPS_PORT": str(ops)}, ops_port=ops))
         if _installed("montage_gateway"):
             specs.append(
                 ServiceSpec(
@@ -352,6 +360,7 @@ class Stack:
                     [py, "-m", "montage_gateway"],
                     {"PORT": str(gw), "OPS_PORT": str(self.gateway_ops_port)},
                     gw,
+                    self.gateway_ops_port,
                 )
             )
         for spec in specs:
@@ -406,8 +415,6 @@ class Stack:
         )
         self.procs[spec.name] = proc
         if self.prefix_output and proc.stdout is not None:
-            import threading
-
             label = f"\033[{color}m{spec.name:>20}\033[0m | " if sys.stdout.isatty() else f"{spec.name:>20} | "
 
             def pump(stream: object = proc.stdout) -> None:
@@ -428,6 +435,66 @@ class Stack:
             self.postgres.restart()
             revived.append("postgres")
         return revived
+
+    # --- supervision, as Kubernetes does it (restartPolicy Always, a liveness probe) -----------
+    def probe(self, name: str, timeout: float = PROBE_TIMEOUT_SECONDS) -> bool:
+        """``GET /healthz`` on the service's ops port answered 200 within ``timeout``."""
+        spec = self.specs[name]
+        if not spec.ops_port:
+            return True
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{spec.ops_port}/healthz", timeout=timeout) as r:
+                return bool(r.status == 200)
+        except (OSError, ValueError):
+            return False
+
+    def supervise_once(self, failure_threshold: int = PROBE_FAILURES) -> list[str]:
+        """One round of supervision: a service that exited is started again; one whose liveness
+        probe failed ``failure_threshold`` times in a row (after it first answered: a starting
+        process is not probed) is SIGKILLed and started again. Returns what was restarted."""
+        restarted: list[str] = []
+        for name, proc in list(self.procs.items()):
+            if proc.poll() is not None:
+                self._failures.pop(name, None)
+                self._answered.discard(name)
+                self.spawn(self.specs[name])
+                restarted.append(name)
+                continue
+            if self.probe(name):
+                self._answered.add(name)
+                self._failures.pop(name, None)
+                continue
+            if name not in self._answered:
+                continue  # still starting
+            self._failures[name] = self._failures.get(name, 0) + 1
+            if self._failures[name] >= failure_threshold:
+                self.kill(name, signal.SIGKILL)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(10)
+                self._failures.pop(name, None)
+                self._answered.discard(name)
+                self.spawn(self.specs[name])
+                restarted.append(name)
+        return restarted
+
+    @contextlib.contextmanager
+    def supervising(self, period: float = PROBE_PERIOD_SECONDS) -> Iterator[list[str]]:
+        """Supervise in a background thread while the block runs; yields the list of restarts
+        (names, in order) it makes."""
+        done = threading.Event()
+        restarts: list[str] = []
+
+        def loop() -> None:
+            while not done.wait(period):
+                restarts.extend(self.supervise_once())
+
+        thread = threading.Thread(target=loop, name="devstack-supervisor", daemon=True)
+        thread.start()
+        try:
+            yield restarts
+        finally:
+            done.set()
+            thread.join(period + 30)
 
     def restart(self, name: str) -> subprocess.Popen[bytes]:
         """Start a service again (after a test killed it)."""
@@ -513,7 +580,7 @@ def up(args: argparse.Namespace) -> int:
         workers_per_stage=args.workers,
         env=env,
     )
-    stopping = asyncio.Event()  # used only as a flag; the loop below is synchronous
+    stopping = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
         stopping.set()
@@ -529,13 +596,10 @@ def up(args: argparse.Namespace) -> int:
         while not stopping.is_set():
             for name in stack.revive_infra():
                 print(f"[stack] embedded {name} had stopped; restarted it", flush=True)
-            for name, proc in stack.procs.items():
-                if proc.poll() is not None and not stopping.is_set():
-                    print(f"[stack] {name} exited with {proc.returncode}; restarting", flush=True)
-                    time.sleep(1)
-                    stack.spawn(stack.specs[name])
-                    break
-            time.sleep(0.5)
+            if not stopping.is_set():
+                for name in stack.supervise_once():  # exited, or its liveness probe kept failing
+                    print(f"[stack] {name} exited or stopped answering /healthz; restarted it", flush=True)
+            stopping.wait(PROBE_PERIOD_SECONDS)
     finally:
         print("[stack] stopping", flush=True)
         stack.stop()

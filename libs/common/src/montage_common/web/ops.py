@@ -11,6 +11,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from montage_common import dependencies
+from montage_common.liveness import WATCHDOG
 from montage_common.web.context import READY_CHECKS, SERVICE
 from montage_common.web.errors import error_middleware, json_response
 from montage_common.web.observe import request_id_middleware, server_header
@@ -37,6 +38,11 @@ async def mark_stopping(app: web.Application) -> None:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """Alive, unless the app's watchdog (``montage_common.liveness``) has a beat past its bound."""
+    watchdog = request.app.get(WATCHDOG)
+    problems = watchdog.problems() if watchdog is not None else []
+    if problems:
+        return json_response({"status": "unhealthy", "service": request.app[SERVICE], "problems": problems}, 503)
     return json_response({"status": "ok", "service": request.app[SERVICE]})
 
 
@@ -82,6 +88,8 @@ def create_ops_app(api: web.Application, probe_seconds: float | None = None) -> 
     ops[SERVICE] = api[SERVICE]
     ops[READY_CHECKS] = api[READY_CHECKS]
     ops[LIFECYCLE] = api[LIFECYCLE]
+    if WATCHDOG in api:
+        ops[WATCHDOG] = api[WATCHDOG]
     ops.on_response_prepare.append(server_header)
     ops.router.add_get("/healthz", healthz)
     ops.router.add_get("/readyz", readyz)

@@ -9,7 +9,10 @@ A fake of the API in docs/ragnarok-contract.md for tests and the local stack:
 - ``GET /api/v1/workflows/{id}``: ``queued`` for one step, ``processing`` for the next, then
   ``completed`` (or ``failed`` when submitted with ``"simulate_failure": true``).
 - ``POST /_control`` ``{"mode": "ok"|"503"|"429"|"500"|"malformed"|"refuse"|"hang", "step_seconds",
-  "poll_delay_seconds", "serve_videos", "cost_usd", "fail_workflows"}`` switches behaviour: ``503``/``429`` answer
+  "poll_delay_seconds", "serve_videos", "cost_usd", "cost_usd_range", "seed", "fail_workflows"}``
+  switches behaviour (``cost_usd``: what every completed workflow costs; ``cost_usd_range``
+  ``[low, high]``: each new workflow's price is drawn uniformly from it, to the cent, from a
+  generator seeded by ``seed``; ``null`` goes back to ``cost_usd``): ``503``/``429`` answer
   every API call so (with ``Retry-After: 1``), ``500`` a bare 500, ``malformed`` a truncated JSON
   body, ``refuse`` refuses submissions (400, content policy), ``hang`` holds every call. With
   ``serve_videos`` (or ``--serve-videos``) a completed workflow's ``video_url`` is a real MP4 the
@@ -28,6 +31,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import random
 import time
 import uuid
 from collections import defaultdict
@@ -49,6 +53,7 @@ class Workflow:
     trace_id: str
     body: dict[str, Any] = field(default_factory=dict)
     origin: str = ""  # where this fake was reached (the base of a served video_url)
+    cost_usd: float | None = None  # its own price (cost_usd_range), else the fake's cost_usd
 
 
 @dataclass
@@ -61,6 +66,8 @@ class FakeRagnarok:
     serve_videos: bool = False
     fail_workflows: bool = False  # every new workflow fails, as "simulate_failure" makes one fail
     cost_usd: float = 2.64
+    cost_usd_range: tuple[float, float] | None = None  # each workflow priced at random within it
+    rng: random.Random = field(default_factory=random.Random)
     videos: dict[str, bytes] = field(default_factory=dict)
     workflows: dict[str, Workflow] = field(default_factory=dict)
     per_business: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
@@ -90,7 +97,8 @@ class FakeRagnarok:
                 url = f"s3://commercials/1080p/{wf.workflow_id}.mp4"
                 if self.serve_videos and wf.origin:
                     url = f"{wf.origin}/videos/{wf.workflow_id}.mp4"
-                body.update(status="completed", video_url=url, cost_usd=self.cost_usd, quality_score=0.88)
+                cost = self.cost_usd if wf.cost_usd is None else wf.cost_usd
+                body.update(status="completed", video_url=url, cost_usd=cost, quality_score=0.88)
         elif steps >= 1:
             body["status"] = "processing"
         return body
@@ -98,6 +106,7 @@ class FakeRagnarok:
     def stats(self) -> dict[str, Any]:
         return {
             "mode": self.mode,
+            "cost_usd_range": self.cost_usd_range,
             "submissions": self.submissions,
             "workflows": len(self.workflows),
             "rejected": dict(self.rejected),
@@ -107,7 +116,7 @@ class FakeRagnarok:
             "pollers": {k: sorted(v) for k, v in self.pollers.items()},
             "trace_ids": self.trace_ids[-200:],
             "submitted": [
-                {"workflow_id": wf.workflow_id, "trace_id": wf.trace_id, "body": wf.body}
+                {"workflow_id": wf.workflow_id, "trace_id": wf.trace_id, "body": wf.body, "cost_usd": wf.cost_usd}
                 for wf in list(self.workflows.values())[-200:]
             ],
         }
@@ -231,6 +240,7 @@ def create_app(state: FakeRagnarok | None = None) -> tuple[web.Application, Fake
             trace_id=request.headers.get("X-Trace-ID", ""),
             body=body,
             origin=f"http://{request.host}",
+            cost_usd=round(fake.rng.uniform(*fake.cost_usd_range), 2) if fake.cost_usd_range else None,
         )
         fake.workflows[wf.workflow_id] = wf
         return web.json_response({"workflow_id": wf.workflow_id, "status": "queued"}, status=201, headers=STAND_IN)
@@ -283,6 +293,11 @@ def create_app(state: FakeRagnarok | None = None) -> tuple[web.Application, Fake
             fake.fail_workflows = bool(body["fail_workflows"])
         if "cost_usd" in body:
             fake.cost_usd = float(body["cost_usd"])
+        if "cost_usd_range" in body:
+            span = body["cost_usd_range"]
+            fake.cost_usd_range = None if span is None else (float(span[0]), float(span[1]))
+        if "seed" in body:
+            fake.rng.seed(body["seed"])
         return web.json_response(fake.stats(), headers=STAND_IN)
 
     async def stats(request: web.Request) -> web.Response:
