@@ -123,6 +123,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/jobs/{job_id}/retry": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Retry a failed or cancelled job: a new job that reuses every finished stage (takes a job slot)
+         * @description Creates a new job (`retry_of` names the original, whose `retried_by` then names the new one) that reuses every stage the original finished, with its stored output and files, and runs from the first stage it did not finish; what the reused stages cost is not charged again. Watch the new `job_id` like an upload's. Counts against the job-creation limit like an upload (the slot is given back when the retry is refused). 400 when the job is not failed (as the cancel of a final job) or was retried already (`retried_by` in the body); 410 when its song has expired.
+         */
+        post: operations["retryJob"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/jobs/{job_id}/download": {
         parameters: {
             query?: never;
@@ -531,6 +551,16 @@ export interface components {
              * @default null
              */
             error_code: ("BUDGET_EXCEEDED" | "CANCELLED" | "GENERATION_ERROR" | "MODULE_FAILURE" | "TIMEOUT" | "VALIDATION_ERROR") | null;
+            /**
+             * @description While `queued`: the job's place in line for a turn (1 = next); `null` otherwise
+             * @default null
+             */
+            queue_position: number | null;
+            /**
+             * @description While `queued`: when its first stage is expected to start (UTC); `null` otherwise
+             * @default null
+             */
+            estimated_start: string | null;
         };
         /**
          * JobStatus
@@ -553,14 +583,19 @@ export interface components {
         StageUpdateData: {
             /** @enum {unknown} */
             stage: "audio_parser" | "composer" | "prompt_generator" | "reference_generator" | "scene_planner" | "video_generator";
-            /** @enum {unknown} */
-            status: "completed" | "failed" | "started";
+            status: components["schemas"]["StageUpdate"];
             /**
              * @description Seconds the stage took (on `completed`)
              * @default null
              */
             duration: number | null;
         };
+        /**
+         * StageUpdate
+         * @description The ``status`` of a ``stage_update`` event: what just happened to the stage.
+         * @enum {unknown}
+         */
+        StageUpdate: "completed" | "failed" | "started";
         /**
          * ProgressEvent
          * @description Progress after a stage completed.
@@ -635,7 +670,7 @@ export interface components {
         };
         /** CompletedData */
         CompletedData: {
-            /** @description Signed URL of the video (1 hour) */
+            /** @description Signed URL of the video (1 hour); empty when rebuilt after the video expired */
             video_url: string;
             /**
              * @description US dollars (a JSON number, up to 6 decimals)
@@ -677,6 +712,10 @@ export interface components {
         };
         /** HeartbeatData */
         HeartbeatData: {
+            /**
+             * @description RFC 3339 in UTC with milliseconds
+             * @example 2026-01-01T12:00:00.000Z
+             */
             timestamp: string;
         };
         /**
@@ -686,6 +725,10 @@ export interface components {
         Healthy: {
             /** @enum {unknown} */
             status: "healthy";
+            /**
+             * @description RFC 3339 in UTC with milliseconds
+             * @example 2026-01-01T12:00:00.000Z
+             */
             timestamp: string;
             queue: components["schemas"]["Queue"];
             /** @enum {unknown} */
@@ -712,6 +755,10 @@ export interface components {
         Unhealthy: {
             /** @enum {unknown} */
             status: "unhealthy";
+            /**
+             * @description RFC 3339 in UTC with milliseconds
+             * @example 2026-01-01T12:00:00.000Z
+             */
             timestamp: string;
             /** @example [
              *       "database connection failed"
@@ -770,6 +817,10 @@ export interface components {
              * @example 0.0125
              */
             estimated_cost: number;
+            /**
+             * @description RFC 3339 in UTC with milliseconds
+             * @example 2026-01-01T12:00:00.000Z
+             */
             created_at: string;
         };
         /**
@@ -783,6 +834,24 @@ export interface components {
             retryable: boolean;
             /** @description The job concerned, if any */
             job_id: string | null;
+        };
+        /**
+         * Busy
+         * @description 503 of the upload when Montage is busy (code `SERVICE_UNAVAILABLE`, with `estimated_wait`): a new
+         *         job would wait longer than `ADMISSION_MAX_WAIT_SECONDS` to start. Nothing was stored and the
+         *         job-creation slot was given back; retry after `retry_after`.
+         */
+        Busy: {
+            /** @description Human-readable message */
+            error: string;
+            code: components["schemas"]["ErrorCode"];
+            retryable: boolean;
+            /** @description The job concerned, if any */
+            job_id: string | null;
+            /** @description Seconds until a new job is expected to start in time (also `Retry-After`) */
+            retry_after: number;
+            /** @description Seconds a job uploaded now would wait to start */
+            estimated_wait: number;
         };
         /**
          * JobList
@@ -814,8 +883,26 @@ export interface components {
              * @example 0.0125
              */
             total_cost: number;
+            /**
+             * @description RFC 3339 in UTC with milliseconds
+             * @example 2026-01-01T12:00:00.000Z
+             */
             created_at: string;
             completed_at: string | null;
+            /** @description While `queued`: the job's place in line for a turn (1 = next); `null` otherwise */
+            queue_position: number | null;
+            /** @description While `queued`: when its first stage is expected to start (UTC); `null` otherwise */
+            estimated_start: string | null;
+            /**
+             * @description The failed or cancelled job this one retries (`POST …/retry`); `null` for an upload
+             * @default null
+             */
+            retry_of: string | null;
+            /**
+             * @description The job that retries this one; `null` until it is retried (at most once)
+             * @default null
+             */
+            retried_by: string | null;
         };
         /**
          * Job
@@ -845,8 +932,30 @@ export interface components {
             error_code: ("BUDGET_EXCEEDED" | "CANCELLED" | "GENERATION_ERROR" | "MODULE_FAILURE" | "TIMEOUT" | "VALIDATION_ERROR") | null;
             /** @description The job failed, and submitting the same song and prompt again may succeed */
             retryable: boolean;
+            /**
+             * @description RFC 3339 in UTC with milliseconds
+             * @example 2026-01-01T12:00:00.000Z
+             */
             created_at: string;
+            /**
+             * @description RFC 3339 in UTC with milliseconds
+             * @example 2026-01-01T12:00:00.000Z
+             */
             updated_at: string;
+            /** @description While `queued`: the job's place in line for a turn (1 = next); `null` otherwise */
+            queue_position: number | null;
+            /** @description While `queued`: when its first stage is expected to start (UTC); `null` otherwise */
+            estimated_start: string | null;
+            /**
+             * @description The failed or cancelled job this one retries (`POST …/retry`); `null` for an upload
+             * @default null
+             */
+            retry_of: string | null;
+            /**
+             * @description The job that retries this one; `null` until it is retried (at most once)
+             * @default null
+             */
+            retried_by: string | null;
         };
         /**
          * Cancelled
@@ -861,6 +970,41 @@ export interface components {
             /** @enum {unknown} */
             status: "failed";
             message: string;
+        };
+        /**
+         * JobRetried
+         * @description 201 of the retry: a new job that continues a failed or cancelled one from the stage it did not finish.
+         */
+        JobRetried: {
+            /**
+             * Format: uuid
+             * @description The new job: watch, cancel and download it like any other
+             */
+            job_id: string;
+            /** @enum {unknown} */
+            status: "queued";
+            /**
+             * @description The pre-flight estimate of the whole song (as for an upload)
+             * @example 0.0125
+             */
+            estimated_cost: number;
+            /**
+             * @description RFC 3339 in UTC with milliseconds
+             * @example 2026-01-01T12:00:00.000Z
+             */
+            created_at: string;
+            /**
+             * Format: uuid
+             * @description The job retried (its history stays as it was)
+             */
+            retry_of: string;
+            /**
+             * @description The first stage the new job runs
+             * @enum {unknown}
+             */
+            resumed_from: "audio_parser" | "composer" | "prompt_generator" | "reference_generator" | "scene_planner" | "video_generator";
+            /** @description The stages whose stored output (and files) it reuses; their cost is not charged again */
+            reused_stages: ("audio_parser" | "composer" | "prompt_generator" | "reference_generator" | "scene_planner" | "video_generator")[];
         };
         /**
          * Download
@@ -983,7 +1127,15 @@ export interface components {
             error: string | null;
             enrichment: Record<string, never> | null;
             trace_id: string;
+            /**
+             * @description RFC 3339 in UTC with milliseconds
+             * @example 2026-01-01T12:00:00.000Z
+             */
             created_at: string;
+            /**
+             * @description RFC 3339 in UTC with milliseconds
+             * @example 2026-01-01T12:00:00.000Z
+             */
             updated_at: string;
             completed_at: string | null;
         };
@@ -997,6 +1149,10 @@ export interface components {
         /** AdminQueues */
         AdminQueues: {
             namespace: string;
+            /**
+             * @description RFC 3339 in UTC with milliseconds
+             * @example 2026-01-01T12:00:00.000Z
+             */
             generated_at: string;
             window_seconds: number;
             stages: components["schemas"]["AdminQueue"][];
@@ -1053,11 +1209,15 @@ export interface components {
             error: string;
             attempts: number;
             history: string[];
+            /**
+             * @description RFC 3339 in UTC with milliseconds
+             * @example 2026-01-01T12:00:00.000Z
+             */
             dead_at: string;
             job_id: string | null;
             user_id: string | null;
             dispatch: number | null;
-            job_status: string | null;
+            job_status: components["schemas"]["JobStatus"] | null;
         };
         /** AdminRetryAll */
         AdminRetryAll: {
@@ -1074,7 +1234,7 @@ export interface components {
             /** @default null */
             job_id: string | null;
             /** @default null */
-            job_status: string | null;
+            job_status: components["schemas"]["JobStatus"] | null;
             /** @default null */
             new_entry_id: string | null;
             /** @default null */
@@ -1091,7 +1251,7 @@ export interface components {
             /** @default null */
             job_id: string | null;
             /** @default null */
-            job_status: string | null;
+            job_status: components["schemas"]["JobStatus"] | null;
             /** @default null */
             new_entry_id: string | null;
         };
@@ -1132,8 +1292,16 @@ export interface components {
             estimated_cost: number;
             video_key: string | null;
             error_message: string | null;
-            error_code: string | null;
+            error_code: components["schemas"]["ErrorCode"] | null;
+            /**
+             * @description RFC 3339 in UTC with milliseconds
+             * @example 2026-01-01T12:00:00.000Z
+             */
             created_at: string;
+            /**
+             * @description RFC 3339 in UTC with milliseconds
+             * @example 2026-01-01T12:00:00.000Z
+             */
             updated_at: string;
             completed_at: string | null;
             files_expire_at: string | null;
@@ -1175,8 +1343,16 @@ export interface components {
             estimated_cost: number;
             video_key: string | null;
             error_message: string | null;
-            error_code: string | null;
+            error_code: components["schemas"]["ErrorCode"] | null;
+            /**
+             * @description RFC 3339 in UTC with milliseconds
+             * @example 2026-01-01T12:00:00.000Z
+             */
             created_at: string;
+            /**
+             * @description RFC 3339 in UTC with milliseconds
+             * @example 2026-01-01T12:00:00.000Z
+             */
             updated_at: string;
             completed_at: string | null;
             files_expire_at: string | null;
@@ -1195,7 +1371,7 @@ export interface components {
         /** AdminStage */
         AdminStage: {
             stage: string;
-            status: string;
+            status: components["schemas"]["StageStatus"];
             dispatch: number;
             attempts: number;
             started_at: string | null;
@@ -1204,9 +1380,19 @@ export interface components {
             error: string | null;
             metadata: Record<string, never>;
         };
+        /**
+         * StageStatus
+         * @description The status of one stage of a job (``job_stages.status``); ``pending``: not dispatched yet.
+         * @enum {unknown}
+         */
+        StageStatus: "completed" | "failed" | "pending" | "running" | "skipped";
         /** AdminEvent */
         AdminEvent: {
             id: string;
+            /**
+             * @description RFC 3339 in UTC with milliseconds
+             * @example 2026-01-01T12:00:00.000Z
+             */
             at: string;
             event: string;
             data: Record<string, never>;
@@ -1221,18 +1407,26 @@ export interface components {
              * @example 0.0125
              */
             cost: number;
+            /**
+             * @description RFC 3339 in UTC with milliseconds
+             * @example 2026-01-01T12:00:00.000Z
+             */
             created_at: string;
         };
         /** AdminJobError */
         AdminJobError: {
             where: string;
-            code: string | null;
+            code: components["schemas"]["ErrorCode"] | null;
             message: string;
         };
         /** AdminFile */
         AdminFile: {
             key: string;
             size: number;
+            /**
+             * @description RFC 3339 in UTC with milliseconds
+             * @example 2026-01-01T12:00:00.000Z
+             */
             modified_at: string;
         };
         /**
@@ -1249,6 +1443,10 @@ export interface components {
             outcome: "conflict" | "done" | "not_found";
             detail: Record<string, never>;
             request_id: string | null;
+            /**
+             * @description RFC 3339 in UTC with milliseconds
+             * @example 2026-01-01T12:00:00.000Z
+             */
             created_at: string;
         };
         /** AdminActions */
@@ -1282,7 +1480,15 @@ export interface components {
             last_polled_at: string | null;
             next_poll_at: string | null;
             event_published_at: string | null;
+            /**
+             * @description RFC 3339 in UTC with milliseconds
+             * @example 2026-01-01T12:00:00.000Z
+             */
             created_at: string;
+            /**
+             * @description RFC 3339 in UTC with milliseconds
+             * @example 2026-01-01T12:00:00.000Z
+             */
             updated_at: string;
             completed_at: string | null;
         };
@@ -1521,7 +1727,7 @@ export interface operations {
                     "application/json": components["schemas"]["RateLimited"];
                 };
             };
-            /** @description A dependency is unavailable, or too many open streams (`SERVICE_UNAVAILABLE`, `TOO_MANY_CONNECTIONS`) */
+            /** @description `SERVICE_UNAVAILABLE`: Montage is busy (a `Busy` body, with `estimated_wait`): a job uploaded now would wait longer than `ADMISSION_MAX_WAIT_SECONDS` to start; nothing was stored and the job-creation slot was given back: retry after `Retry-After` seconds. Or a dependency is unavailable (an `Error` body) */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -1529,7 +1735,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": components["schemas"]["Busy"] | components["schemas"]["Error"];
                 };
             };
             /** @description An internal or external service did not answer in time (`TIMEOUT`) */
@@ -1769,6 +1975,111 @@ export interface operations {
             };
             /** @description Not found (`NOT_FOUND`) */
             404: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Rate limited (`RATE_LIMIT_EXCEEDED`): the request guard, or the job-creation limit */
+            429: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RateLimited"];
+                };
+            };
+            /** @description A dependency is unavailable, or too many open streams (`SERVICE_UNAVAILABLE`, `TOO_MANY_CONNECTIONS`) */
+            503: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description An internal or external service did not answer in time (`TIMEOUT`) */
+            504: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    retryJob: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                job_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The new job */
+            201: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["JobRetried"];
+                };
+            };
+            /** @description Invalid request (code `VALIDATION_ERROR`), including a malformed path */
+            400: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Missing or invalid credentials (`UNAUTHORIZED`) */
+            401: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not the caller's (`FORBIDDEN`) */
+            403: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not found (`NOT_FOUND`) */
+            404: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The video expired or was deleted (`GONE`) */
+            410: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
                     [name: string]: unknown;

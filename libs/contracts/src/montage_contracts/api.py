@@ -15,7 +15,7 @@ for logged events, the ``id:`` to resume from with ``Last-Event-ID``.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
@@ -86,6 +86,15 @@ def timestamp(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def timestamp_ms(ms: int) -> str:
+    """:func:`timestamp` of milliseconds since the epoch (a stream entry id, a file's mtime); integer
+    arithmetic, so the milliseconds are exact."""
+    return timestamp(_EPOCH + timedelta(milliseconds=ms))
+
+
 # --- errors ---------------------------------------------------------------------------------
 class Error(Struct, kw_only=True):
     """Every error response: a message, a code, whether retrying may help, the job if any."""
@@ -104,6 +113,17 @@ class RateLimited(Error, kw_only=True):
     window: Annotated[str, Meta(description="The window", examples=["1 hour", "60 seconds"])]
 
 
+class Busy(Error, kw_only=True):
+    """503 of the upload when Montage is busy (code `SERVICE_UNAVAILABLE`, with `estimated_wait`): a new
+    job would wait longer than `ADMISSION_MAX_WAIT_SECONDS` to start. Nothing was stored and the
+    job-creation slot was given back; retry after `retry_after`."""
+
+    retry_after: Annotated[
+        int, Meta(ge=1, description="Seconds until a new job is expected to start in time (also `Retry-After`)")
+    ]
+    estimated_wait: Annotated[int, Meta(ge=0, description="Seconds a job uploaded now would wait to start")]
+
+
 class NexusError(Error, kw_only=True):
     """An error answered by the Nexus proxy: Montage's error body plus RAGNAROK's ``detail``."""
 
@@ -113,6 +133,16 @@ class NexusError(Error, kw_only=True):
 
 
 # --- jobs -----------------------------------------------------------------------------------
+QueuePosition = Annotated[
+    Annotated[int, Meta(ge=1)] | None,
+    Meta(description="While `queued`: the job's place in line for a turn (1 = next); `null` otherwise"),
+]
+EstimatedStart = Annotated[
+    Timestamp | None,
+    Meta(description="While `queued`: when its first stage is expected to start (UTC); `null` otherwise"),
+]
+
+
 class UploadForm(Struct, kw_only=True):
     """``multipart/form-data`` of ``POST /api/v1/upload-audio``."""
 
@@ -156,6 +186,8 @@ class Job(Struct, kw_only=True):
     ]
     created_at: Timestamp
     updated_at: Timestamp
+    queue_position: QueuePosition
+    estimated_start: EstimatedStart
     retry_of: Annotated[
         JobId | None,
         Meta(description="The failed or cancelled job this one retries (`POST …/retry`); `null` for an upload"),
@@ -175,6 +207,8 @@ class JobListItem(Struct, kw_only=True):
     total_cost: Money
     created_at: Timestamp
     completed_at: Timestamp | None
+    queue_position: QueuePosition
+    estimated_start: EstimatedStart
     retry_of: Annotated[
         JobId | None,
         Meta(description="The failed or cancelled job this one retries (`POST …/retry`); `null` for an upload"),
@@ -362,6 +396,8 @@ class StateData(Struct, kw_only=True):
     video_url: str | None
     error_message: str | None
     error_code: Annotated[JobErrorCode | None, Meta(description="Why the job failed (`null` unless failed)")] = None
+    queue_position: QueuePosition = None
+    estimated_start: EstimatedStart = None
 
 
 class StageUpdateData(Struct, kw_only=True, omit_defaults=True):
@@ -388,8 +424,7 @@ class CostUpdateData(Struct, kw_only=True):
 
 class CompletedData(Struct, kw_only=True):
     video_url: Annotated[
-        str | None,
-        Meta(description="Signed URL of the video (1 hour); `null` only when rebuilt after the video expired"),
+        str, Meta(description="Signed URL of the video (1 hour); empty when rebuilt after the video expired")
     ]
     total_cost: Money
 

@@ -270,6 +270,14 @@ ROUTES: tuple[Route, ...] = (
                 "This `Idempotency-Key` was used for another song or prompt (`IDEMPOTENCY_KEY_REUSED`)", api.Error
             ),
             **errors(400, 402, 408, 413, *AUTHED),
+            503: Reply(
+                "`SERVICE_UNAVAILABLE`: Montage is busy (a `Busy` body, with `estimated_wait`): a job"
+                " uploaded now would wait longer than `ADMISSION_MAX_WAIT_SECONDS` to start; nothing was"
+                " stored and the job-creation slot was given back: retry after `Retry-After` seconds. Or a"
+                " dependency is unavailable (an `Error` body)",
+                (api.Busy, api.Error),
+                headers=("Retry-After",),
+            ),
         },
         params=(Param("Idempotency-Key", "header", api.IdempotencyKey),),
         body=Body(api.UploadForm, media=MULTIPART),

@@ -57,6 +57,7 @@ def _user(request: web.Request) -> tuple[Deps, str]:
     return deps, internal_user(request, deps.settings.internal_secret)
 
 
+@admission.door  # 503 (busy) + Retry-After, before the body is read, when the wait is too long
 async def upload_audio(request: web.Request) -> web.Response:
     deps, user = _user(request)
     s = deps.settings
@@ -172,7 +173,9 @@ async def get_job(request: web.Request) -> web.Response:
         url = await deps.storage.signed_url(snap["video_key"], deps.settings.download_url_seconds)
     with contextlib.suppress(asyncpg.PostgresError, *db.TRANSIENT):
         await RATES.refresh(deps.pool)  # at most once a minute; the spec's priors meanwhile
-    return respond(status_body(snap, url))
+    body = status_body(snap, url)
+    await admission.places(deps, [body])  # queue_position, estimated_start
+    return respond(body)
 
 
 async def list_jobs(request: web.Request) -> web.Response:
@@ -183,7 +186,9 @@ async def list_jobs(request: web.Request) -> web.Response:
     limit = query_int(request, "limit", 10, 1, 50)
     offset = query_int(request, "offset", 0, 0, 1_000_000)
     rows, total = await store.list_jobs(deps.pool, user, status, limit, offset)
-    return respond(api.JobList(jobs=[list_item(r) for r in rows], total=total, limit=limit, offset=offset))
+    items = [list_item(r) for r in rows]
+    await admission.places(deps, items)
+    return respond(api.JobList(jobs=items, total=total, limit=limit, offset=offset))
 
 
 async def cancel_job(request: web.Request) -> web.Response:
