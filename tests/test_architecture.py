@@ -345,3 +345,17 @@ def test_the_room_checker_sees_an_upward_import(tmp_path: Path) -> None:
     probe.write_text("def f():\n    from montage_stages.stages import audio_parser\n")
     assert imports_of(probe) == {"montage_stages.stages"}
     assert STAGE_ROOMS.index(room_of("montage_stages.stages")) < STAGE_ROOMS.index(room_of("montage_stages.media.x"))
+
+
+def test_every_python_m_of_montage_stages_names_a_module() -> None:
+    """``python -m montage_stages.…`` in a script or test names a module that exists (the sample
+    song is ``montage_stages.media.synth`` since the rooms)."""
+    import importlib.util
+    import re
+
+    argv = re.compile(r"""["']-m["'],\s*["'](montage_stages[\w.]*)["']""")
+    sources = [p for d in ("bench", "tools", "tests", "clients", "services") for p in (ROOT / d).rglob("*.py")]
+    named = {(str(p.relative_to(ROOT)), m) for p in sources for m in argv.findall(p.read_text())}
+    assert named, "the check found no python -m montage_stages call at all"
+    missing = sorted((f, m) for f, m in named if importlib.util.find_spec(m) is None)
+    assert not missing, f"python -m of modules that do not exist: {missing}"
