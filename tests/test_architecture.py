@@ -263,3 +263,99 @@ def test_the_route_path_checker_sees_a_declaration(tmp_path: Path) -> None:
         '    return session.get(f"{base}/internal/health")\n'
     )
     assert sorted(route_paths(probe)) == ["/admin/", "/api/v1/jobs", "/demo", "/internal/health"]
+
+
+# --- the rooms of montage_stages: no room imports one above it -----------------------------------
+STAGES_SRC = PACKAGES["montage_stages"]
+# From the top down: the package's own modules (the worker process, the one-process pipeline), the
+# six stages, the provider seams, local media, and what every stage runs with.
+STAGE_ROOMS = ["montage_stages", "stages", "providers", "media", "runtime"]
+# Imports a room makes of a room above it, each with its reason: (file, module) → why.
+ROOM_IMPORTS_ALLOWED = {
+    (
+        "services/stage-workers/src/montage_stages/runtime/context.py",
+        "montage_stages.stages.clip_fanout",
+    ): "type only (under TYPE_CHECKING): the context carries video_generator's fan-out link",
+}
+
+
+def room_of(module: str) -> str:
+    """The room of a ``montage_stages`` module: its subpackage, or the package itself."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in STAGE_ROOMS else "montage_stages"
+
+
+def room_violations() -> list[tuple[str, str]]:
+    bad: list[tuple[str, str]] = []
+    for f in _files("montage_stages"):
+        rel = str(f.relative_to(ROOT))
+        dotted = "montage_stages." + ".".join(f.relative_to(STAGES_SRC).with_suffix("").parts)
+        level = STAGE_ROOMS.index(room_of(dotted))
+        for m in imports_of(f):
+            if _top(m) != "montage_stages" or (rel, m) in ROOM_IMPORTS_ALLOWED:
+                continue
+            if m == "montage_stages" or STAGE_ROOMS.index(room_of(m)) < level:
+                bad.append((rel, m))
+    return sorted(bad)
+
+
+def test_montage_stages_rooms_import_only_downward() -> None:
+    """Stages may use providers, media and the runtime; providers media and the runtime; media the
+    runtime; the runtime nothing else; and no room uses the worker process above them."""
+    assert {p.name for p in STAGES_SRC.iterdir() if p.is_dir() and (p / "__init__.py").exists()} == set(STAGE_ROOMS[1:])
+    assert not room_violations(), f"montage_stages rooms importing upward: {room_violations()}"
+
+
+def test_no_flat_modules_left_beside_the_rooms() -> None:
+    """New code goes into a room; the package itself holds only the worker process's modules."""
+    flat = {p.name for p in STAGES_SRC.glob("*.py")}
+    assert flat == {"__init__.py", "__main__.py", "worker.py", "local_pipeline.py", "faults.py"}, flat
+
+
+def test_the_stage_table_names_every_stage_explicitly() -> None:
+    """``stages.PROCESS`` imports each stage module by name (no loading by a computed name) and
+    lists them in ``PIPELINE`` order."""
+    from montage_contracts.pipeline import STAGES
+    from montage_stages.stages import PROCESS
+
+    assert tuple(PROCESS) == tuple(STAGES)
+    assert all(fn.__module__ == f"montage_stages.stages.{name}" for name, fn in PROCESS.items())
+    table = ast.parse((STAGES_SRC / "stages" / "__init__.py").read_text())
+    imported = {
+        alias.name
+        for node in ast.walk(table)
+        if isinstance(node, ast.ImportFrom) and node.module == "montage_stages.stages"
+        for alias in node.names
+    }
+    assert imported >= set(STAGES)
+    loaders = [
+        rel
+        for f in _files("montage_stages")
+        if "import_module" in f.read_text() or "__import__" in f.read_text()
+        if (rel := str(f.relative_to(ROOT)))
+    ]
+    assert not loaders, f"modules loaded by a computed name: {loaders}"
+
+
+def test_the_room_checker_sees_an_upward_import(tmp_path: Path) -> None:
+    assert room_of("montage_stages.media.ffmpeg") == "media"
+    assert room_of("montage_stages.worker") == "montage_stages"
+    assert room_of("montage_stages.stages") == "stages"  # the stage table
+    probe = tmp_path / "probe.py"
+    probe.write_text("def f():\n    from montage_stages.stages import audio_parser\n")
+    assert imports_of(probe) == {"montage_stages.stages"}
+    assert STAGE_ROOMS.index(room_of("montage_stages.stages")) < STAGE_ROOMS.index(room_of("montage_stages.media.x"))
+
+
+def test_every_python_m_of_montage_stages_names_a_module() -> None:
+    """``python -m montage_stages.…`` in a script or test names a module that exists (the sample
+    song is ``montage_stages.media.synth`` since the rooms)."""
+    import importlib.util
+    import re
+
+    argv = re.compile(r"""["']-m["'],\s*["'](montage_stages[\w.]*)["']""")
+    sources = [p for d in ("bench", "tools", "tests", "clients", "services") for p in (ROOT / d).rglob("*.py")]
+    named = {(str(p.relative_to(ROOT)), m) for p in sources for m in argv.findall(p.read_text())}
+    assert named, "the check found no python -m montage_stages call at all"
+    missing = sorted((f, m) for f, m in named if importlib.util.find_spec(m) is None)
+    assert not missing, f"python -m of modules that do not exist: {missing}"

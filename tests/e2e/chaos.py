@@ -100,7 +100,7 @@ def make_song(out_dir: Path, seconds: float) -> Path:
     path = out_dir / f"song-{seconds:.0f}s.mp3"
     if not path.exists():
         subprocess.run(
-            [sys.executable, "-m", "montage_stages.synth", str(path), "--seconds", str(seconds), "--bpm", "120"],
+            [sys.executable, "-m", "montage_stages.media.synth", str(path), "--seconds", str(seconds), "--bpm", "120"],
             check=True,
             capture_output=True,
             timeout=300,

@@ -130,7 +130,7 @@ def budget_stack(
 def song(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("songs") / "budget-song.mp3"
     subprocess.run(
-        [sys.executable, "-m", "montage_stages.synth", str(out), "--seconds", str(SONG_SECONDS), "--bpm", "120"],
+        [sys.executable, "-m", "montage_stages.media.synth", str(out), "--seconds", str(SONG_SECONDS), "--bpm", "120"],
         check=True,
         capture_output=True,
         timeout=120,

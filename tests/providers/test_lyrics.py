@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 from montage_contracts.errors import GenerationError
 from montage_contracts.models import AudioParserInput
-from montage_stages import audio_parser, lyrics, synth
-from montage_stages.context import StageContext
-from montage_stages.provider_http import ProviderUnavailable
+from montage_stages.media import synth
+from montage_stages.providers import lyrics
+from montage_stages.runtime.context import StageContext
+from montage_stages.runtime.provider_http import ProviderUnavailable
+from montage_stages.stages import audio_parser
 
 from tests.providers.conftest import Costs, Fake
 

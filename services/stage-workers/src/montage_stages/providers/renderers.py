@@ -23,11 +23,11 @@ from montage_contracts.messages import call_id
 from montage_contracts.models import ClipPrompt, CostItem
 from montage_contracts.routes import route
 
-from montage_stages import imaging
-from montage_stages.clip_encoder import Source, StillSource, VideoSource
-from montage_stages.context import StageContext
-from montage_stages.costing import local_cost, ragnarok_clip_usd, usd
-from montage_stages.provider_http import ProviderUnavailable
+from montage_stages.media import imaging
+from montage_stages.media.clip_encoder import Source, StillSource, VideoSource
+from montage_stages.providers.costing import local_cost, ragnarok_clip_usd, usd
+from montage_stages.runtime.context import StageContext
+from montage_stages.runtime.provider_http import ProviderUnavailable
 
 log = structlog.get_logger()
 

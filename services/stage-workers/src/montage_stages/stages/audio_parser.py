@@ -20,10 +20,11 @@ import numpy as np
 import structlog
 from montage_contracts.models import AudioAnalysis, AudioParserInput, LyricLine
 
-from montage_stages import beats, ffmpeg, lyrics, soundtrack, spectrum, structure
-from montage_stages.context import StageContext
-from montage_stages.costing import ComputeMeter
-from montage_stages.metrics import track_stage
+from montage_stages.media import beats, ffmpeg, soundtrack, spectrum, structure
+from montage_stages.providers import lyrics
+from montage_stages.providers.costing import ComputeMeter
+from montage_stages.runtime.context import StageContext
+from montage_stages.runtime.metrics import track_stage
 
 STAGE = "audio_parser"
 SAMPLE_RATE = 22050

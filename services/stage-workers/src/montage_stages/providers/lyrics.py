@@ -20,9 +20,9 @@ import openai
 from montage_contracts.messages import call_id
 from montage_contracts.models import CostItem, LyricLine, LyricWord
 
-from montage_stages.context import StageContext
-from montage_stages.costing import stt_usd
-from montage_stages.provider_http import ProviderUnavailable, translate
+from montage_stages.providers.costing import stt_usd
+from montage_stages.runtime.context import StageContext
+from montage_stages.runtime.provider_http import ProviderUnavailable, translate
 
 WHAT = "transcription provider"
 _LINE_GAP_SECONDS = 1.0  # without segments, a pause this long starts a new line
