@@ -22,7 +22,7 @@ from montage_contracts.api import timestamp
 from montage_contracts.errors import BudgetExceededError, ErrorCode, Forbidden, Gone, NotFound, ValidationError
 from montage_contracts.pipeline import FINAL_STATUSES, JOB_STATUSES, STAGES, JobStatus
 
-from montage_orchestrator import admin, admission, costs, metrics, retry, store, upload
+from montage_orchestrator import admin, admission, costs, metrics, retry, store, upload, usage
 from montage_orchestrator.deps import DEPS, Deps
 from montage_orchestrator.errors import JobNotCancellable
 from montage_orchestrator.health import health_report
@@ -249,5 +249,6 @@ def handlers() -> dict[str, Handler]:
         "retryJob": retry_job,
         "getDownload": download,
         "getInternalHealth": internal_health,
+        "getInternalUsage": usage.internal_usage,
         **admin.handlers(),  # /api/v1/admin/*: the operator console (admins only; see admin.py)
     }
