@@ -134,7 +134,7 @@ export interface paths {
         put?: never;
         /**
          * Retry a failed or cancelled job: a new job that reuses every finished stage (takes a job slot)
-         * @description Creates a new job (`retry_of` names the original, whose `retried_by` then names the new one) that reuses every stage the original finished, with its stored output and files, and runs from the first stage it did not finish; what the reused stages cost is not charged again. Watch the new `job_id` like an upload's. Counts against the job-creation limit like an upload (the slot is given back when the retry is refused). 400 when the job is not failed (as the cancel of a final job) or was retried already (`retried_by` in the body); 410 when its song has expired.
+         * @description Creates a new job (`retry_of` names the original, whose `retried_by` then names the new one) that reuses every stage the original finished, with its stored output and files, and runs from the first stage it did not finish; what the reused stages cost is not charged again. Watch the new `job_id` like an upload's. Counts against the job-creation limit like an upload (the slot is given back when the retry is refused). 400 when the job is not failed (as the cancel of a final job) or was retried already (`retried_by` in the body); 410 when its song has expired; 503 with Retry-After at the door, as an upload, when the new job would wait too long to start.
          */
         post: operations["retryJob"];
         delete?: never;

@@ -334,7 +334,8 @@ ROUTES: tuple[Route, ...] = (
             " Watch the new `job_id` like an upload's. Counts against the job-creation limit like an"
             " upload (the slot is given back when the retry is refused). 400 when the job is not failed"
             " (as the cancel of a final job) or was retried already (`retried_by` in the body); 410 when"
-            " its song has expired."
+            " its song has expired; 503 with Retry-After at the door, as an upload, when the new job"
+            " would wait too long to start."
         ),
         tag="jobs",
         responses={201: Reply("The new job", api.JobRetried), **errors(400, 403, 404, 410, *AUTHED)},

@@ -211,6 +211,7 @@ async def cancel_job(request: web.Request) -> web.Response:
     return respond(api.Cancelled(job_id=str(job_id), status=JobStatus.FAILED, message=CANCELLED_MESSAGE))
 
 
+@admission.door  # a retry adds work like an upload: the same 503 + Retry-After when the wait is too long
 async def retry_job(request: web.Request) -> web.Response:
     """A new job continuing a failed or cancelled one from the stage it did not finish (``retry``)."""
     deps, user = _user(request)
