@@ -8,7 +8,6 @@ window is the gateway's rate limiter and is not read here.
 
 from __future__ import annotations
 
-import msgspec
 from aiohttp import web
 from montage_common.web import internal_user
 from montage_contracts import api
@@ -16,9 +15,8 @@ from montage_contracts.api import timestamp
 from montage_contracts.pipeline import ACTIVE_STATUSES
 
 from montage_orchestrator.deps import DEPS
+from montage_orchestrator.http import respond
 from montage_orchestrator.jobs import money
-
-_json = msgspec.json.Encoder(decimal_format="number")
 
 _QUERY = """
 WITH m AS (SELECT date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS start)
@@ -38,4 +36,4 @@ async def internal_usage(request: web.Request) -> web.Response:
     body = api.InternalUsage(
         active_jobs=int(row["active"]), spent_this_month=money(row["spent"]), month_start=timestamp(row["start"])
     )
-    return web.Response(body=_json.encode(body), content_type="application/json")
+    return respond(body)
