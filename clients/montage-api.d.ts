@@ -3720,7 +3720,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description The action does not apply to the target's current state (`CONFLICT`) */
+            /** @description Not answered any more: a finished job is 400, as for the owner's cancel */
             409: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];

@@ -619,7 +619,9 @@ ROUTES: tuple[Route, ...] = (
         responses={
             200: Reply("Cancelled", api.Cancelled),
             403: ADMIN_403,
-            409: CONFLICT,
+            # No longer answered: a finished job is 400 (`VALIDATION_ERROR`), as the owner's cancel
+            # answers; still listed so that clients of the released document are not broken.
+            409: Reply("Not answered any more: a finished job is 400, as for the owner's cancel", api.Error),
             **errors(400, 404, *AUTHED),
         },
         params=(JOB_ID,),
