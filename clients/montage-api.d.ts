@@ -670,8 +670,8 @@ export interface components {
         };
         /** CompletedData */
         CompletedData: {
-            /** @description Signed URL of the video (1 hour); `null` only when rebuilt after the video expired */
-            video_url: string | null;
+            /** @description Signed URL of the video (1 hour); empty when rebuilt after the video expired */
+            video_url: string;
             /**
              * @description US dollars (a JSON number, up to 6 decimals)
              * @example 0.0125

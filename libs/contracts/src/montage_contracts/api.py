@@ -15,7 +15,7 @@ for logged events, the ``id:`` to resume from with ``Last-Event-ID``.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
@@ -84,6 +84,15 @@ def timestamp(moment: datetime) -> str:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def timestamp_ms(ms: int) -> str:
+    """:func:`timestamp` of milliseconds since the epoch (a stream entry id, a file's mtime); integer
+    arithmetic, so the milliseconds are exact."""
+    return timestamp(_EPOCH + timedelta(milliseconds=ms))
 
 
 # --- errors ---------------------------------------------------------------------------------
@@ -415,8 +424,7 @@ class CostUpdateData(Struct, kw_only=True):
 
 class CompletedData(Struct, kw_only=True):
     video_url: Annotated[
-        str | None,
-        Meta(description="Signed URL of the video (1 hour); `null` only when rebuilt after the video expired"),
+        str, Meta(description="Signed URL of the video (1 hour); empty when rebuilt after the video expired")
     ]
     total_cost: Money
 
