@@ -170,7 +170,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     var_dir = Path(tempfile.mkdtemp(prefix="montage-backlog-"))
     song_path = var_dir / "song.mp3"
     subprocess.run(
-        [sys.executable, "-m", "montage_stages.synth", str(song_path), "--seconds", str(args.seconds), "--bpm", "120"],
+        [
+            sys.executable,
+            "-m",
+            "montage_stages.media.synth",
+            str(song_path),
+            "--seconds",
+            str(args.seconds),
+            "--bpm",
+            "120",
+        ],
         check=True,
         capture_output=True,
     )

@@ -594,6 +594,33 @@ def test_production_overlay() -> None:
     assert hpa["spec"]["minReplicas"] >= 2
 
 
+def test_production_stage_workers_have_their_providers() -> None:
+    """Every production stage worker would start: its provider is configured (a worker refuses to
+    start in production otherwise), and the provider keys come from the Secret by reference."""
+    from montage_common.settings import load
+    from montage_stages.runtime.provider_check import provider_refusal, unconfigured
+    from montage_stages.worker import WorkerSettings
+
+    def settings_of(objs: tuple[Obj, ...], deploy: Obj) -> WorkerSettings:
+        env = effective_env(objs, pod_spec(deploy)["containers"][0])
+        return load(WorkerSettings, env, internal_secret="x", storage_signing_key="x")
+
+    objs = render("overlays/production")
+    workers = [d for d in of_kind(objs, "Deployment") if "montage.dev/stage" in d["metadata"]["labels"]]
+    assert {d["metadata"]["labels"]["montage.dev/stage"] for d in workers} == set(STAGES)
+    for deploy in workers:
+        stage = deploy["metadata"]["labels"]["montage.dev/stage"]
+        settings = settings_of(objs, deploy)
+        assert not settings.allow_local_providers
+        assert provider_refusal(settings, stage) is None, stage
+        refs = {e["name"] for e in pod_spec(deploy)["containers"][0]["env"] if "secretKeyRef" in e.get("valueFrom", {})}
+        assert {"LLM_API_KEY", "STT_API_KEY", "IMAGE_PROVIDER_API_KEY"} <= refs, stage
+    # The base alone is production with every provider local: its workers would refuse.
+    base = render("base")
+    refused = [d for d in of_kind(base, "Deployment") if "montage.dev/stage" in d["metadata"]["labels"]]
+    assert any(unconfigured(settings_of(base, d), d["metadata"]["labels"]["montage.dev/stage"]) for d in refused)
+
+
 # KEDA and the gateway HPA: tests/deploy/test_scaling.py.
 
 

@@ -20,10 +20,11 @@ from montage_contracts.models import (
     ScenePlannerInput,
     Section,
 )
-from montage_stages import llm_planner, prompt_generator, scene_planner
-from montage_stages.context import StageContext
-from montage_stages.provider_http import ProviderUnavailable
-from montage_stages.text_provider import complete_json, strict_object
+from montage_stages.providers import llm_planner
+from montage_stages.providers.text_provider import complete_json, strict_object
+from montage_stages.runtime.context import StageContext
+from montage_stages.runtime.provider_http import ProviderUnavailable
+from montage_stages.stages import prompt_generator, scene_planner
 
 from tests.providers.conftest import Costs, Fake
 
@@ -209,7 +210,7 @@ async def test_a_missing_clip_keeps_its_local_prompt(make_ctx: Callable[..., Sta
             ClipPrompt(index=1, prompt="b", start=3, end=6, scene_id="s"),
         ]
     )
-    from montage_stages import prompt_writer
+    from montage_stages.providers import prompt_writer
 
     merged = prompt_writer.merge(prompts, {"prompts": [{"index": 1, "prompt": "B!"}, {"index": 9, "prompt": "x"}]})
     assert [p.prompt for p in merged.clips] == ["a", "B!"]

@@ -14,7 +14,7 @@ from montage_common.storage import LocalStorage
 from montage_contracts.keys import Keys
 from montage_contracts.messages import StageResult, StageTask, dispatch_message_id, encode, result_decoder
 from montage_contracts.models import PromptGeneratorInput
-from montage_stages import scene_planner
+from montage_stages.stages import scene_planner
 from montage_stages.worker import StageWorker, WorkerSettings
 from montage_streams import Emit, StreamProducer
 from redis.asyncio import Redis

@@ -57,11 +57,11 @@ from montage_contracts.messages import clip_message_id, clip_record_message_id
 from montage_streams import REDIS_DOWN, DeadLetter, Delivery, Emit, StreamProducer, in_flight, read_range
 from redis.asyncio import Redis
 
-from montage_stages import ffmpeg
-from montage_stages.clip_encoder import Source, StillSource, VideoSource, segment_args
-from montage_stages.metrics import CLIP_ENTRIES
-from montage_stages.settings import StageSettings
-from montage_stages.timeline import Segment, Span
+from montage_stages.media import ffmpeg
+from montage_stages.media.clip_encoder import Source, StillSource, VideoSource, segment_args
+from montage_stages.media.timeline import Segment, Span
+from montage_stages.runtime.metrics import CLIP_ENTRIES
+from montage_stages.runtime.settings import StageSettings
 
 log = structlog.get_logger()
 

@@ -16,8 +16,8 @@ import msgspec
 from montage_contracts.messages import call_id
 from montage_contracts.models import Character, Scene, ScenePlan
 
-from montage_stages.context import StageContext
-from montage_stages.text_provider import complete_json, strict_object
+from montage_stages.providers.text_provider import complete_json, strict_object
+from montage_stages.runtime.context import StageContext
 
 _SYSTEM = (
     "You plan music videos. You get a plan's structure as JSON: the user's prompt, a style, characters,"

@@ -33,11 +33,11 @@ from montage_common.budget import JobBudget
 from montage_common.storage import Storage
 from montage_contracts.models import CostItem
 
-from montage_stages.provider_http import Providers
-from montage_stages.settings import StageSettings
+from montage_stages.runtime.provider_http import Providers
+from montage_stages.runtime.settings import StageSettings
 
 if TYPE_CHECKING:
-    from montage_stages.clip_fanout import ClipFanout
+    from montage_stages.stages.clip_fanout import ClipFanout
 
 ProgressFn = Callable[[str], Awaitable[None]]
 CostFn = Callable[[CostItem], Awaitable[None]]

@@ -6,7 +6,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from montage_contracts.errors import MontageError
+from montage_contracts.errors import ErrorCode, MontageError
 from prometheus_client import Counter, Histogram
 
 STAGE_DURATION = Histogram(
@@ -34,7 +34,7 @@ async def track_stage(stage: str) -> AsyncIterator[None]:
         STAGE_FAILURES.labels(stage=stage, code=exc.code).inc()
         raise
     except Exception:
-        STAGE_FAILURES.labels(stage=stage, code="INTERNAL_ERROR").inc()
+        STAGE_FAILURES.labels(stage=stage, code=ErrorCode.INTERNAL_ERROR).inc()
         raise
     finally:
         STAGE_DURATION.labels(stage=stage).observe(time.perf_counter() - start)

@@ -18,9 +18,9 @@ import openai
 from montage_contracts.errors import GenerationError
 from montage_contracts.models import CostItem
 
-from montage_stages.context import StageContext
-from montage_stages.costing import image_usd
-from montage_stages.provider_http import ProviderUnavailable, translate
+from montage_stages.providers.costing import image_usd
+from montage_stages.runtime.context import StageContext
+from montage_stages.runtime.provider_http import ProviderUnavailable, translate
 
 WHAT = "image provider"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -17,9 +17,9 @@ import openai
 from montage_contracts.errors import GenerationError
 from montage_contracts.models import CostItem
 
-from montage_stages.context import StageContext
-from montage_stages.costing import llm_reserve_usd, llm_usd
-from montage_stages.provider_http import ProviderUnavailable, translate
+from montage_stages.providers.costing import llm_reserve_usd, llm_usd
+from montage_stages.runtime.context import StageContext
+from montage_stages.runtime.provider_http import ProviderUnavailable, translate
 
 WHAT = "text provider"
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import structlog
 from montage_common.storage import layout
 
-from montage_stages import ffmpeg
-from montage_stages.context import StageContext
-from montage_stages.settings import StageSettings
+from montage_stages.media import ffmpeg
+from montage_stages.runtime.context import StageContext
+from montage_stages.runtime.settings import StageSettings
 
 log = structlog.get_logger()
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 import structlog
 from montage_contracts.models import ClipPrompt, ClipPrompts, PromptGeneratorInput
 
-from montage_stages import prompt_writer
-from montage_stages.context import StageContext
-from montage_stages.costing import ComputeMeter
-from montage_stages.metrics import track_stage
+from montage_stages.providers import prompt_writer
+from montage_stages.providers.costing import ComputeMeter
+from montage_stages.runtime.context import StageContext
+from montage_stages.runtime.metrics import track_stage
 
 STAGE = "prompt_generator"
 NEGATIVE = "blurry, distorted faces, text, watermark, low quality, flicker"

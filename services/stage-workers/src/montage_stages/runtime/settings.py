@@ -45,6 +45,14 @@ class StageSettings(PricingSettings, frozen=True, kw_only=True):
     # --- providers: one seam per capability, each off (the local path) while its URL is empty;
     # the URLs, models, prices and the frame size are PricingSettings' (the orchestrator's estimate
     # reads them too) ---
+    allow_local_providers: Annotated[
+        bool,
+        Meta(
+            description="ENVIRONMENT=production: a stage worker whose provider is not configured (LLM_URL, STT_URL,"
+            " IMAGE_PROVIDER_URL, VIDEO_PROVIDER left local) refuses to start unless this says the local stand-ins"
+            " are intended"
+        ),
+    ] = False
     llm_api_key: Annotated[str, Meta(description="API key of the text provider")] = ""
     llm_timeout_seconds: Annotated[
         float, Meta(description="one text-provider call; past it the call counts as a retryable failure")

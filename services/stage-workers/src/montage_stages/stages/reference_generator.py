@@ -18,10 +18,11 @@ from montage_common.storage import layout
 from montage_contracts.messages import call_id
 from montage_contracts.models import ReferenceGeneratorInput, ReferenceImage, ReferenceImages
 
-from montage_stages import image_provider, imaging
-from montage_stages.context import StageContext
-from montage_stages.costing import ComputeMeter
-from montage_stages.metrics import track_stage
+from montage_stages.media import imaging
+from montage_stages.providers import image_provider
+from montage_stages.providers.costing import ComputeMeter
+from montage_stages.runtime.context import StageContext
+from montage_stages.runtime.metrics import track_stage
 
 STAGE = "reference_generator"
 log = structlog.get_logger()

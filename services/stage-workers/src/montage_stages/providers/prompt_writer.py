@@ -16,8 +16,8 @@ import msgspec
 from montage_contracts.messages import call_id
 from montage_contracts.models import ClipPrompts
 
-from montage_stages.context import StageContext
-from montage_stages.text_provider import complete_json, strict_object
+from montage_stages.providers.text_provider import complete_json, strict_object
+from montage_stages.runtime.context import StageContext
 
 _SYSTEM = (
     "You write prompts for a text-to-video model, one per clip of a music video. Each clip comes with"

@@ -2,7 +2,7 @@
 
 A renderer gives each clip a *source*: a still that ffmpeg animates (:class:`StillSource`, the
 local renderer) or a provider's video file (:class:`VideoSource`). :func:`segment_args` builds
-the single ffmpeg run that draws a :class:`~montage_stages.timeline.Segment` from its source and,
+the single ffmpeg run that draws a :class:`~montage_stages.media.timeline.Segment` from its source and,
 for a transition, from the previous clip's source continued past its cut, and encodes it with the
 settings every clip shares (:func:`video_codec_args`): same size, frame rate, time base, pixel
 format, colour tags and x264 parameters, an IDR frame first and closed GOPs of at most two
@@ -15,8 +15,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from montage_stages.settings import StageSettings
-from montage_stages.timeline import Segment, Span
+from montage_stages.media.timeline import Segment, Span
+from montage_stages.runtime.settings import StageSettings
 
 MAX_PULSES = 48
 LOOP_ABOVE_SECONDS = 1.0  # a video source short by more than this loops instead of holding its last frame

@@ -16,8 +16,8 @@ from montage_contracts.messages import call_id
 from montage_contracts.models import CostItem
 from montage_contracts.pricing import price_table
 
-from montage_stages.context import StageContext
-from montage_stages.settings import StageSettings
+from montage_stages.runtime.context import StageContext
+from montage_stages.runtime.settings import StageSettings
 
 usd = pricing.usd
 

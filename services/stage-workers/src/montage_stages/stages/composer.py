@@ -21,13 +21,13 @@ from montage_common.storage import layout
 from montage_contracts.errors import PipelineError
 from montage_contracts.models import Clip, ComposerInput, VideoOutput
 
-from montage_stages import ffmpeg, mp4box
-from montage_stages.clip_encoder import timescale
-from montage_stages.context import StageContext
-from montage_stages.costing import ComputeMeter
-from montage_stages.metrics import track_stage
-from montage_stages.settings import StageSettings
-from montage_stages.soundtrack import aac_args, soundtrack_key
+from montage_stages.media import ffmpeg, mp4box
+from montage_stages.media.clip_encoder import timescale
+from montage_stages.media.soundtrack import aac_args, soundtrack_key
+from montage_stages.providers.costing import ComputeMeter
+from montage_stages.runtime.context import StageContext
+from montage_stages.runtime.metrics import track_stage
+from montage_stages.runtime.settings import StageSettings
 
 STAGE = "composer"
 log = structlog.get_logger()

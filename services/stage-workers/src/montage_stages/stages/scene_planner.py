@@ -30,12 +30,12 @@ from montage_contracts.models import (
     TransitionKind,
 )
 
-from montage_stages import llm_planner
-from montage_stages.clip_timing import clip_bounds, energy_at
-from montage_stages.context import StageContext
-from montage_stages.costing import ComputeMeter
-from montage_stages.metrics import track_stage
-from montage_stages.palette import palette, words
+from montage_stages.media.clip_timing import clip_bounds, energy_at
+from montage_stages.media.palette import palette, words
+from montage_stages.providers import llm_planner
+from montage_stages.providers.costing import ComputeMeter
+from montage_stages.runtime.context import StageContext
+from montage_stages.runtime.metrics import track_stage
 
 STAGE = "scene_planner"
 log = structlog.get_logger()

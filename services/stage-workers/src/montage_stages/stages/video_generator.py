@@ -50,15 +50,15 @@ from montage_contracts.messages import call_id
 from montage_contracts.models import Clip, ClipFailure, ClipPrompt, Clips, Transition, VideoGeneratorInput
 from montage_contracts.pipeline import spec
 
-from montage_stages import ffmpeg
-from montage_stages.clip_encoder import Source, StillSource, VideoSource, segment_args
-from montage_stages.clip_fanout import ClipEncoding, ClipEntry, ClipSource, ClipSpan, ClipsStalled
-from montage_stages.context import StageContext
-from montage_stages.costing import clip_encode_usd, local_cost
-from montage_stages.metrics import CLIPS_RENDERED, track_stage
-from montage_stages.provider_http import ProviderUnavailable
-from montage_stages.renderers import ClipRenderer, renderer_for
-from montage_stages.timeline import Segment, plan_segments, too_short
+from montage_stages.media import ffmpeg
+from montage_stages.media.clip_encoder import Source, StillSource, VideoSource, segment_args
+from montage_stages.media.timeline import Segment, plan_segments, too_short
+from montage_stages.providers.costing import clip_encode_usd, local_cost
+from montage_stages.providers.renderers import ClipRenderer, renderer_for
+from montage_stages.runtime.context import StageContext
+from montage_stages.runtime.metrics import CLIPS_RENDERED, track_stage
+from montage_stages.runtime.provider_http import ProviderUnavailable
+from montage_stages.stages.clip_fanout import ClipEncoding, ClipEntry, ClipSource, ClipSpan, ClipsStalled
 
 STAGE = "video_generator"
 CANCEL_POLL_SECONDS = 0.5

@@ -8,7 +8,7 @@ import zlib
 
 import numpy as np
 
-from montage_stages.palette import rgb
+from montage_stages.media.palette import rgb
 
 
 def _rng(seed: str) -> np.random.Generator:

@@ -21,13 +21,14 @@ import structlog
 from montage_contracts.errors import GenerationError
 from montage_contracts.messages import call_id
 from montage_contracts.models import ClipPrompt, CostItem
+from montage_contracts.pipeline import FINAL_STATUSES, JobStatus
 from montage_contracts.routes import route
 
-from montage_stages import imaging
-from montage_stages.clip_encoder import Source, StillSource, VideoSource
-from montage_stages.context import StageContext
-from montage_stages.costing import local_cost, ragnarok_clip_usd, usd
-from montage_stages.provider_http import ProviderUnavailable
+from montage_stages.media import imaging
+from montage_stages.media.clip_encoder import Source, StillSource, VideoSource
+from montage_stages.providers.costing import local_cost, ragnarok_clip_usd, usd
+from montage_stages.runtime.context import StageContext
+from montage_stages.runtime.provider_http import ProviderUnavailable
 
 log = structlog.get_logger()
 
@@ -134,13 +135,13 @@ class RagnarokRenderer:
                     status = await _nexus(
                         session.get(base + route("nexusGetJob").url(job_id=nexus_id), headers=headers, timeout=timeout)
                     )
-                    if status.get("status") in ("completed", "failed"):
+                    if status.get("status") in FINAL_STATUSES:
                         break
                 else:
                     raise ProviderUnavailable(
                         f"RAGNAROK job {nexus_id} not finished after {s.ragnarok_clip_timeout_seconds:g} s"
                     )
-                if status.get("status") == "failed":
+                if status.get("status") == JobStatus.FAILED:
                     raise GenerationError(f"RAGNAROK job {nexus_id} failed: {str(status.get('error') or '')[:200]}")
                 await _download(session, str(status.get("video_url") or ""), dest, timeout)
             except (aiohttp.ClientError, TimeoutError) as exc:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from montage_stages import ffmpeg
+from montage_stages.media import ffmpeg
 
 SAMPLE_RATE = 44100
 # I–V–vi–IV in C major, then a minor-ish bridge; MIDI note numbers of each chord.
