@@ -143,6 +143,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/usage": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The caller's usage: jobs in the rate-limit window, when a slot frees, active jobs, this month's spend
+         * @description The job-creation window is the one the upload's `RateLimit-Policy` / `RateLimit` headers and its 429 describe (`jobs_used` of `jobs_limit` per `window_seconds`; `next_slot_at` when the oldest counted job leaves it). Reading it takes no slot.
+         */
+        get: operations["getUsage"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/jobs/{job_id}/download": {
         parameters: {
             query?: never;
@@ -1007,6 +1027,37 @@ export interface components {
             reused_stages: ("audio_parser" | "composer" | "prompt_generator" | "reference_generator" | "scene_planner" | "video_generator")[];
         };
         /**
+         * Usage
+         * @description ``GET /api/v1/usage``: the caller's job-creation window (the gateway's rate limiter, the same
+         *         numbers as the upload's ``RateLimit`` headers and its 429), active jobs and this month's spend.
+         */
+        Usage: {
+            /** @description Jobs created in the current sliding window */
+            jobs_used: number;
+            /** @description Jobs allowed per window (also `RateLimit-Policy` `q`) */
+            jobs_limit: number;
+            /** @description Jobs that can be created now (also `RateLimit` `r`) */
+            jobs_remaining: number;
+            /** @description The sliding window (also `RateLimit-Policy` `w`) */
+            window_seconds: number;
+            /** @description When the oldest job in the window leaves it and frees a slot; null when none counts */
+            next_slot_at: string | null;
+            /** @description Seconds until an upload can be accepted: 0 while `jobs_remaining` > 0 */
+            retry_after: number;
+            /** @description The caller's jobs queued or processing */
+            active_jobs: number;
+            /**
+             * @description Provider costs of the caller's jobs since `month_start`
+             * @example 0.0125
+             */
+            spent_this_month: number;
+            /**
+             * @description The first instant of the current calendar month (UTC)
+             * @example 2026-01-01T12:00:00.000Z
+             */
+            month_start: string;
+        };
+        /**
          * Download
          * @description A signed link to the finished video.
          */
@@ -1508,6 +1559,10 @@ export interface components {
         "X-Trace-ID": string;
         /** @description `true` when this is the first answer to the request's `Idempotency-Key`, sent again */
         "Idempotent-Replayed": "true";
+        /** @description The job-creation quota: `"jobs";q=<jobs>;w=<window seconds>`, e.g. `"jobs";q=5;w=3600` */
+        "RateLimit-Policy": string;
+        /** @description `"jobs";r=<jobs remaining>;t=<seconds until the oldest counted job frees its slot>` (absent when the request guard answered) */
+        RateLimit: string;
     };
     pathItems: never;
 }
@@ -1639,6 +1694,8 @@ export interface operations {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
                     "Idempotent-Replayed": components["headers"]["Idempotent-Replayed"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    RateLimit: components["headers"]["RateLimit"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -1721,6 +1778,8 @@ export interface operations {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
                     "Retry-After": components["headers"]["Retry-After"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    RateLimit: components["headers"]["RateLimit"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -2080,6 +2139,69 @@ export interface operations {
             };
             /** @description The video expired or was deleted (`GONE`) */
             410: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Rate limited (`RATE_LIMIT_EXCEEDED`): the request guard, or the job-creation limit */
+            429: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RateLimited"];
+                };
+            };
+            /** @description A dependency is unavailable, or too many open streams (`SERVICE_UNAVAILABLE`, `TOO_MANY_CONNECTIONS`) */
+            503: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description An internal or external service did not answer in time (`TIMEOUT`) */
+            504: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    getUsage: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Usage */
+            200: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Usage"];
+                };
+            };
+            /** @description Missing or invalid credentials (`UNAUTHORIZED`) */
+            401: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
                     [name: string]: unknown;

@@ -268,6 +268,35 @@ class StreamTicket(Struct, kw_only=True):
     expires_in: Annotated[int, Meta(ge=1, description="Seconds the ticket stays valid")]
 
 
+# --- usage ----------------------------------------------------------------------------------
+class Usage(Struct, kw_only=True):
+    """``GET /api/v1/usage``: the caller's job-creation window (the gateway's rate limiter, the same
+    numbers as the upload's ``RateLimit`` headers and its 429), active jobs and this month's spend."""
+
+    jobs_used: Annotated[int, Meta(ge=0, description="Jobs created in the current sliding window")]
+    jobs_limit: Annotated[int, Meta(ge=1, description="Jobs allowed per window (also `RateLimit-Policy` `q`)")]
+    jobs_remaining: Annotated[int, Meta(ge=0, description="Jobs that can be created now (also `RateLimit` `r`)")]
+    window_seconds: Annotated[int, Meta(ge=1, description="The sliding window (also `RateLimit-Policy` `w`)")]
+    next_slot_at: Annotated[
+        Timestamp | None,
+        Meta(description="When the oldest job in the window leaves it and frees a slot; null when none counts"),
+    ]
+    retry_after: Annotated[
+        int, Meta(ge=0, description="Seconds until an upload can be accepted: 0 while `jobs_remaining` > 0")
+    ]
+    active_jobs: Annotated[int, Meta(ge=0, description="The caller's jobs queued or processing")]
+    spent_this_month: Annotated[Money, Meta(description="Provider costs of the caller's jobs since `month_start`")]
+    month_start: Annotated[Timestamp, Meta(description="The first instant of the current calendar month (UTC)")]
+
+
+class InternalUsage(Struct, kw_only=True):
+    """The orchestrator's ``GET /internal/usage`` (what Postgres knows): the gateway adds the window."""
+
+    active_jobs: int
+    spent_this_month: Money
+    month_start: Timestamp
+
+
 # --- health ---------------------------------------------------------------------------------
 class Queue(Struct, kw_only=True):
     size: Annotated[int, Meta(ge=0, description="Stage tasks not yet finished, all stages")]

@@ -21,7 +21,7 @@ from montage_contracts.api import timestamp
 from montage_contracts.errors import BudgetExceededError, ErrorCode, Gone, NotFound, ValidationError
 from montage_contracts.pipeline import JOB_STATUSES, STAGES, JobStatus
 
-from montage_orchestrator import admin, admission, costs, metrics, retry, store, upload
+from montage_orchestrator import admin, admission, costs, metrics, retry, store, upload, usage
 from montage_orchestrator.deps import DEPS, Deps
 from montage_orchestrator.health import health_report
 from montage_orchestrator.http import job_uuid, owned, respond
@@ -217,5 +217,6 @@ def handlers() -> dict[str, Handler]:
         "retryJob": retry_job,
         "getDownload": download,
         "getInternalHealth": internal_health,
+        "getInternalUsage": usage.internal_usage,
         **admin.handlers(),  # /api/v1/admin/*: the operator console (admins only; see admin.py)
     }

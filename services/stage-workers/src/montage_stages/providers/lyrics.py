@@ -5,8 +5,8 @@ segment (Whisper and Whisper-compatible servers: OpenAI's ``whisper-1``, faster-
 LocalAI, …). Each segment becomes a :class:`~montage_contracts.models.LyricLine` carrying its words'
 timestamps; the scene planner puts the words sung in a clip into its description. Priced by
 the audio's minutes (the answer's ``usage.seconds``, else its ``duration``) times ``STT_PRICES``.
-Failures propagate: audio_parser has no fallback, so a transcription provider that stays down
-fails the job with ``GENERATION_ERROR`` once the retries are spent.
+Failures propagate as :class:`~montage_contracts.errors.GenerationError`; audio_parser catches
+them and goes on without lyrics (one attempt: the stage is not retried for lyrics alone).
 """
 
 from __future__ import annotations

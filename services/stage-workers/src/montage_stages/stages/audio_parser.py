@@ -6,7 +6,8 @@ Decodes the stored file with ffmpeg to mono float PCM, then measures duration, t
 downbeats, sections, an energy curve and a mood. Meanwhile it encodes the song's AAC track for
 the final video (:mod:`soundtrack`). Lyrics come from the transcription provider when
 ``ctx.settings.stt_url`` is set (:mod:`lyrics`: word timestamps, priced per minute), else they
-stay ``None``. Undecodable audio raises :class:`~montage_contracts.errors.PipelineError`.
+stay ``None``; a transcription that fails (outage, refusal) also leaves them ``None`` after one
+attempt, with a ``message`` event saying so, since lyrics are optional to the video. Undecodable audio raises :class:`~montage_contracts.errors.PipelineError`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path, PurePosixPath
 import msgspec
 import numpy as np
 import structlog
+from montage_contracts.errors import GenerationError
 from montage_contracts.models import AudioAnalysis, AudioParserInput, LyricLine
 
 from montage_stages.media import beats, ffmpeg, soundtrack, spectrum, structure
@@ -74,7 +76,14 @@ async def transcribe(
         return None
     await ctx.check_cancelled()  # no provider call once the job is cancelled (the analysis took a while)
     suffix = PurePosixPath(audio_key).suffix or ".mp3"
-    found = await lyrics.transcribe(ctx, job_id, audio, f"song{suffix}", planned_seconds=seconds)
+    try:
+        found = await lyrics.transcribe(ctx, job_id, audio, f"song{suffix}", planned_seconds=seconds)
+    except GenerationError as exc:
+        # Lyrics are optional to the video (the spec's critical part of this stage is the analysis):
+        # one attempt, then the job goes on without lyric-driven scenes and the user is told.
+        log.warning("lyrics_unavailable", job_id=job_id, error=str(exc))
+        await ctx.progress(f"Lyrics unavailable ({exc}): the video is made without lyric-driven scenes")
+        return None
     log.info("lyrics_transcribed", job_id=job_id, lines=len(found), words=sum(len(x.words) for x in found))
     return found
 
