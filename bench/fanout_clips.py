@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/fanout_clips.py [--runs 3] [--seconds 180] [--resolution 360p] [--configs off,1,2]
 
-Prepares one job once: a synthetic song (``montage_stages.synth``) through audio_parser,
+Prepares one job once: a synthetic song (``montage_stages.media.synth``) through audio_parser,
 scene_planner, reference_generator and prompt_generator in this process, into a local storage
 directory; its ``video_generator`` input is built by the stage's spec, as the orchestrator builds
 it. Starts a redis-server (no persistence, 127.0.0.1, a free port). Then, per round, for each
@@ -44,17 +44,17 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from montage_common.devstack import EmbeddedRedis
 from montage_common.redis import create_redis
 from montage_common.storage import LocalStorage
 from montage_contracts.keys import Keys
 from montage_contracts.messages import StageResult, StageTask, dispatch_message_id, encode, result_decoder
 from montage_contracts.models import Clips
 from montage_contracts.pipeline import PIPELINE, JobFacts, spec
-from montage_stages import synth
-from montage_stages.context import StageContext
-from montage_stages.settings import StageSettings
-from montage_stages.worker import MODULES
+from montage_dev.devstack import EmbeddedRedis
+from montage_stages.media import synth
+from montage_stages.runtime.context import StageContext
+from montage_stages.runtime.settings import StageSettings
+from montage_stages.stages import PROCESS
 from montage_streams import Emit, StreamProducer, read_range
 
 STAGE = "video_generator"
@@ -75,7 +75,7 @@ async def prepare(root: Path, seconds: float, bpm: float, settings: StageSetting
     for stage in PIPELINE:
         if stage.name == STAGE:
             break
-        outputs[stage.name] = await MODULES[stage.name].process(ctx, job, stage.build_input(facts, outputs))
+        outputs[stage.name] = await PROCESS[stage.name](ctx, job, stage.build_input(facts, outputs))
     video_input = spec(STAGE).build_input(facts, outputs)
     return storage_dir, video_input, len(video_input.clip_prompts.clips)  # type: ignore[attr-defined]
 

@@ -87,7 +87,7 @@ def main() -> None:
     args = p.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-redis-memory-"))
     song = root / "song.mp3"
-    subprocess.run([sys.executable, "-m", "montage_stages.synth", str(song), "--seconds", str(args.seconds)],
+    subprocess.run([sys.executable, "-m", "montage_stages.media.synth", str(song), "--seconds", str(args.seconds)],
                    check=True, capture_output=True)  # fmt: skip
     redis_server = EmbeddedRedis(root / "redis")
     redis_server.start()

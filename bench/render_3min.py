@@ -20,10 +20,10 @@ import tempfile
 from pathlib import Path
 
 from montage_common.storage import LocalStorage
-from montage_stages import synth
-from montage_stages.context import StageContext
 from montage_stages.local_pipeline import run_all
-from montage_stages.settings import StageSettings
+from montage_stages.media import synth
+from montage_stages.runtime.context import StageContext
+from montage_stages.runtime.settings import StageSettings
 
 STAGES = ("audio_parser", "scene_planner", "reference_generator", "prompt_generator", "video_generator", "composer")
 

@@ -134,9 +134,29 @@ export interface paths {
         put?: never;
         /**
          * Retry a failed or cancelled job: a new job that reuses every finished stage (takes a job slot)
-         * @description Creates a new job (`retry_of` names the original, whose `retried_by` then names the new one) that reuses every stage the original finished, with its stored output and files, and runs from the first stage it did not finish; what the reused stages cost is not charged again. Watch the new `job_id` like an upload's. Counts against the job-creation limit like an upload (the slot is given back when the retry is refused). 400 when the job is not failed (as the cancel of a final job) or was retried already (`retried_by` in the body); 410 when its song has expired.
+         * @description Creates a new job (`retry_of` names the original, whose `retried_by` then names the new one) that reuses every stage the original finished, with its stored output and files, and runs from the first stage it did not finish; what the reused stages cost is not charged again. Watch the new `job_id` like an upload's. Counts against the job-creation limit like an upload (the slot is given back when the retry is refused). 400 when the job is not failed (as the cancel of a final job) or was retried already (`retried_by` in the body); 410 when its song has expired; 503 with Retry-After at the door, as an upload, when the new job would wait too long to start.
          */
         post: operations["retryJob"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/usage": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The caller's usage: jobs in the rate-limit window, when a slot frees, active jobs, this month's spend
+         * @description The job-creation window is the one the upload's `RateLimit-Policy` / `RateLimit` headers and its 429 describe (`jobs_used` of `jobs_limit` per `window_seconds`; `next_slot_at` when the oldest counted job leaves it). Reading it takes no slot.
+         */
+        get: operations["getUsage"];
+        put?: never;
+        post?: never;
         delete?: never;
         options?: never;
         head?: never;
@@ -551,6 +571,16 @@ export interface components {
              * @default null
              */
             error_code: ("BUDGET_EXCEEDED" | "CANCELLED" | "GENERATION_ERROR" | "MODULE_FAILURE" | "TIMEOUT" | "VALIDATION_ERROR") | null;
+            /**
+             * @description While `queued`: the job's place in line for a turn (1 = next); `null` otherwise
+             * @default null
+             */
+            queue_position: number | null;
+            /**
+             * @description While `queued`: when its first stage is expected to start (UTC); `null` otherwise
+             * @default null
+             */
+            estimated_start: string | null;
         };
         /**
          * JobStatus
@@ -660,8 +690,8 @@ export interface components {
         };
         /** CompletedData */
         CompletedData: {
-            /** @description Signed URL of the video (1 hour); `null` only when rebuilt after the video expired */
-            video_url: string | null;
+            /** @description Signed URL of the video (1 hour); empty when rebuilt after the video expired */
+            video_url: string;
             /**
              * @description US dollars (a JSON number, up to 6 decimals)
              * @example 0.0125
@@ -826,6 +856,24 @@ export interface components {
             job_id: string | null;
         };
         /**
+         * Busy
+         * @description 503 of the upload when Montage is busy (code `SERVICE_UNAVAILABLE`, with `estimated_wait`): a new
+         *         job would wait longer than `ADMISSION_MAX_WAIT_SECONDS` to start. Nothing was stored and the
+         *         job-creation slot was given back; retry after `retry_after`.
+         */
+        Busy: {
+            /** @description Human-readable message */
+            error: string;
+            code: components["schemas"]["ErrorCode"];
+            retryable: boolean;
+            /** @description The job concerned, if any */
+            job_id: string | null;
+            /** @description Seconds until a new job is expected to start in time (also `Retry-After`) */
+            retry_after: number;
+            /** @description Seconds a job uploaded now would wait to start */
+            estimated_wait: number;
+        };
+        /**
          * JobList
          * @description The caller's jobs, newest first.
          */
@@ -861,6 +909,10 @@ export interface components {
              */
             created_at: string;
             completed_at: string | null;
+            /** @description While `queued`: the job's place in line for a turn (1 = next); `null` otherwise */
+            queue_position: number | null;
+            /** @description While `queued`: when its first stage is expected to start (UTC); `null` otherwise */
+            estimated_start: string | null;
             /**
              * @description The failed or cancelled job this one retries (`POST …/retry`); `null` for an upload
              * @default null
@@ -910,6 +962,10 @@ export interface components {
              * @example 2026-01-01T12:00:00.000Z
              */
             updated_at: string;
+            /** @description While `queued`: the job's place in line for a turn (1 = next); `null` otherwise */
+            queue_position: number | null;
+            /** @description While `queued`: when its first stage is expected to start (UTC); `null` otherwise */
+            estimated_start: string | null;
             /**
              * @description The failed or cancelled job this one retries (`POST …/retry`); `null` for an upload
              * @default null
@@ -969,6 +1025,37 @@ export interface components {
             resumed_from: "audio_parser" | "composer" | "prompt_generator" | "reference_generator" | "scene_planner" | "video_generator";
             /** @description The stages whose stored output (and files) it reuses; their cost is not charged again */
             reused_stages: ("audio_parser" | "composer" | "prompt_generator" | "reference_generator" | "scene_planner" | "video_generator")[];
+        };
+        /**
+         * Usage
+         * @description ``GET /api/v1/usage``: the caller's job-creation window (the gateway's rate limiter, the same
+         *         numbers as the upload's ``RateLimit`` headers and its 429), active jobs and this month's spend.
+         */
+        Usage: {
+            /** @description Jobs created in the current sliding window */
+            jobs_used: number;
+            /** @description Jobs allowed per window (also `RateLimit-Policy` `q`) */
+            jobs_limit: number;
+            /** @description Jobs that can be created now (also `RateLimit` `r`) */
+            jobs_remaining: number;
+            /** @description The sliding window (also `RateLimit-Policy` `w`) */
+            window_seconds: number;
+            /** @description When the oldest job in the window leaves it and frees a slot; null when none counts */
+            next_slot_at: string | null;
+            /** @description Seconds until an upload can be accepted: 0 while `jobs_remaining` > 0 */
+            retry_after: number;
+            /** @description The caller's jobs queued or processing */
+            active_jobs: number;
+            /**
+             * @description Provider costs of the caller's jobs since `month_start`
+             * @example 0.0125
+             */
+            spent_this_month: number;
+            /**
+             * @description The first instant of the current calendar month (UTC)
+             * @example 2026-01-01T12:00:00.000Z
+             */
+            month_start: string;
         };
         /**
          * Download
@@ -1480,6 +1567,10 @@ export interface components {
         "X-Trace-ID": string;
         /** @description `true` when this is the first answer to the request's `Idempotency-Key`, sent again */
         "Idempotent-Replayed": "true";
+        /** @description The job-creation quota: `"jobs";q=<jobs>;w=<window seconds>`, e.g. `"jobs";q=5;w=3600` */
+        "RateLimit-Policy": string;
+        /** @description `"jobs";r=<jobs remaining>;t=<seconds until the oldest counted job frees its slot>` (absent when the request guard answered) */
+        RateLimit: string;
     };
     pathItems: never;
 }
@@ -1611,6 +1702,8 @@ export interface operations {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
                     "Idempotent-Replayed": components["headers"]["Idempotent-Replayed"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    RateLimit: components["headers"]["RateLimit"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -1693,13 +1786,15 @@ export interface operations {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
                     "Retry-After": components["headers"]["Retry-After"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    RateLimit: components["headers"]["RateLimit"];
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["RateLimited"];
                 };
             };
-            /** @description A dependency is unavailable, or too many open streams (`SERVICE_UNAVAILABLE`, `TOO_MANY_CONNECTIONS`) */
+            /** @description `SERVICE_UNAVAILABLE`: Montage is busy (a `Busy` body, with `estimated_wait`): a job uploaded now would wait longer than `ADMISSION_MAX_WAIT_SECONDS` to start; nothing was stored and the job-creation slot was given back: retry after `Retry-After` seconds. Or a dependency is unavailable (an `Error` body) */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -1707,7 +1802,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Error"];
+                    "application/json": components["schemas"]["Busy"] | components["schemas"]["Error"];
                 };
             };
             /** @description An internal or external service did not answer in time (`TIMEOUT`) */
@@ -2052,6 +2147,69 @@ export interface operations {
             };
             /** @description The video expired or was deleted (`GONE`) */
             410: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Rate limited (`RATE_LIMIT_EXCEEDED`): the request guard, or the job-creation limit */
+            429: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RateLimited"];
+                };
+            };
+            /** @description A dependency is unavailable, or too many open streams (`SERVICE_UNAVAILABLE`, `TOO_MANY_CONNECTIONS`) */
+            503: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description An internal or external service did not answer in time (`TIMEOUT`) */
+            504: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    getUsage: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Usage */
+            200: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Usage"];
+                };
+            };
+            /** @description Missing or invalid credentials (`UNAUTHORIZED`) */
+            401: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
                     [name: string]: unknown;
@@ -3692,7 +3850,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description The action does not apply to the target's current state (`CONFLICT`) */
+            /** @description Not answered any more: a finished job is 400, as for the owner's cancel */
             409: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];

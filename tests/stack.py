@@ -198,7 +198,7 @@ def song(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real ~14 s song (drums, bass, chords) as MP3, made by the stage workers' synthesizer."""
     out = tmp_path_factory.mktemp("songs") / "e2e-song.mp3"
     subprocess.run(
-        [sys.executable, "-m", "montage_stages.synth", str(out), "--seconds", str(SONG_SECONDS), "--bpm", "120"],
+        [sys.executable, "-m", "montage_stages.media.synth", str(out), "--seconds", str(SONG_SECONDS), "--bpm", "120"],
         check=True,
         capture_output=True,
         timeout=120,

@@ -208,7 +208,6 @@ RECORDING: list[dict[str, Any]] = [
         "expr": 'sum by (namespace) (increase(montage_job_duration_seconds_count{outcome=~"completed|failed"}[1h]))',
     },
     {"record": "namespace:montage_job_cost_dollars:mean1h", "expr": _mean_cost("1h")},
-    {"record": "namespace:montage_job_cost_dollars:mean7d_before1h", "expr": _mean_cost("7d", "1h")},
     # Provider spend in US dollars per hour, over the last hour and the last six hours.
     {
         "record": "namespace:montage_job_cost_dollars_per_hour:rate1h",
@@ -218,6 +217,11 @@ RECORDING: list[dict[str, Any]] = [
         "record": "namespace:montage_job_cost_dollars_per_hour:rate6h",
         "expr": "sum by (namespace) (rate(montage_job_cost_dollars_total[6h])) * 3600",
     },
+]
+
+# A week's range is costly to read every 30 s and changes slowly: its own group, every 5 minutes.
+RECORDING_SLOW: list[dict[str, Any]] = [
+    {"record": "namespace:montage_job_cost_dollars:mean7d_before1h", "expr": _mean_cost("7d", "1h")},
 ]
 
 _budget_per_hour = COST_BUDGET_DOLLARS_PER_DAY / 24
@@ -495,6 +499,7 @@ HTTP: list[dict[str, Any]] = [
 def rule_groups() -> list[dict[str, Any]]:
     return [
         {"name": "montage.recording", "interval": "30s", "rules": RECORDING},
+        {"name": "montage.recording.slow", "interval": "5m", "rules": RECORDING_SLOW},
         {"name": "montage.availability", "rules": AVAILABILITY},
         {"name": "montage.dependencies", "rules": DEPENDENCY},
         {"name": "montage.pipeline", "rules": PIPELINE_RULES},

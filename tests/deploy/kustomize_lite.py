@@ -8,6 +8,9 @@ one does, the tests check that both render the same objects. Supported:
 - ``patches`` with strategic-merge YAML (``path`` or inline ``patch``), aimed either by the patch's
   own kind and name or by ``target`` (``kind``, ``name``, equality ``labelSelector``),
 - ``namespace`` and ``images`` (``newName``, ``newTag``, ``digest``),
+- ``replacements`` (inline; a source ``kind``/``name``/``fieldPath`` with ``options.delimiter``/
+  ``index``, targets selected by ``kind``/``name`` with the same options), run last, after
+  ``images``, as kustomize does,
 - ``secretGenerator`` (``envs`` files and ``literals``, type Opaque) with
   ``generatorOptions.disableNameSuffixHash: true`` (name hashing is refused, not imitated).
 
@@ -35,6 +38,7 @@ SUPPORTED = {
     "images",
     "secretGenerator",
     "generatorOptions",
+    "replacements",
 }
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "PersistentVolume"}
 # Strategic-merge keys of the list fields used here (k8s.io/api patchMergeKey).
@@ -206,6 +210,66 @@ def _generate_secrets(spec: Obj, directory: Path) -> list[Obj]:
     return out
 
 
+def _path(field_path: str) -> list[str]:
+    """``spec.template.spec.containers.[name=x].image`` as segments (``[k=v]`` selects a list item)."""
+    return [seg for seg in field_path.replace(".[", "\0[").replace(".", "\0").split("\0") if seg]
+
+
+def _step(node: Any, seg: str) -> Any:
+    if seg.startswith("[") and seg.endswith("]"):
+        key, value = seg[1:-1].split("=", 1)
+        (hit,) = [item for item in node if str(item.get(key)) == value]
+        return hit
+    if isinstance(node, list):
+        return node[int(seg)]
+    return node[seg]
+
+
+def _get(obj: Obj, field_path: str) -> Any:
+    node: Any = obj
+    for seg in _path(field_path):
+        node = _step(node, seg)
+    return node
+
+
+def _set(obj: Obj, field_path: str, value: Any) -> None:
+    *parents, last = _path(field_path)
+    node: Any = obj
+    for seg in parents:
+        node = _step(node, seg)
+    node[last] = value
+
+
+def _replacements(objs: list[Obj], replacements: list[Obj]) -> None:
+    for rep in replacements:
+        if set(rep) - {"source", "targets"}:
+            raise ValueError(f"unsupported replacement fields {sorted(rep)} (path: is not supported)")
+        src = rep["source"]
+        (source,) = [o for o in objs if _selected(o, {k: src[k] for k in ("kind", "name") if k in src})]
+        value = _get(source, src.get("fieldPath", "metadata.name"))
+        if opts := src.get("options"):
+            value = str(value).split(opts["delimiter"])[opts.get("index", 0)]
+        for target in rep["targets"]:
+            select = {k: target["select"][k] for k in ("kind", "name") if k in target["select"]}
+            hits = [o for o in objs if _selected(o, select)]
+            if not hits:
+                raise ValueError(f"replacement target {select} matches nothing")
+            for obj in hits:
+                for field_path in target["fieldPaths"]:
+                    new = value
+                    if opts := target.get("options"):
+                        parts = str(_get(obj, field_path)).split(opts["delimiter"])
+                        index = opts.get("index", 0)
+                        if index < len(parts):
+                            parts[index] = str(value)
+                        elif index == len(parts):  # one past the end: appended (kyaml's behaviour)
+                            parts.append(str(value))
+                        else:
+                            raise ValueError(f"replacement index {index} out of range in {parts}")
+                        new = opts["delimiter"].join(parts)
+                    _set(obj, field_path, new)
+
+
 def build(directory: Path, *, component: bool = False) -> list[Obj]:
     """Render the kustomization (or, with ``component``, the component) in ``directory``."""
     return _build(directory, [], component=component)
@@ -233,6 +297,7 @@ def _build(directory: Path, accumulated: list[Obj], *, component: bool) -> list[
             if obj["kind"] not in CLUSTER_SCOPED:
                 obj.setdefault("metadata", {})["namespace"] = spec["namespace"]
     _set_images(objs, spec.get("images", []))
+    _replacements(objs, spec.get("replacements", []))
     seen: set[tuple[str, str, str]] = set()
     for obj in objs:
         ident = (obj["kind"], obj["metadata"].get("namespace", ""), obj["metadata"]["name"])

@@ -409,10 +409,20 @@ def _env_keys(path: Path) -> list[str]:
     return [line.split("=", 1)[0] for line in path.read_text().splitlines() if line and not line.startswith("#")]
 
 
+# Components production may use instead of its defaults (their keys are in the template too).
+PRODUCTION_ALTERNATIVES = ("keda-cluster",)
+
+
 def test_production_secret_template_lists_exactly_what_is_read() -> None:
     keys = _env_keys(K8S / "overlays" / "production" / "secrets.env.example")
     assert len(keys) == len(set(keys))
-    assert set(keys) == set(secret_references(render("overlays/production")))
+    read = set(secret_references(render("overlays/production")))
+    for component in PRODUCTION_ALTERNATIVES:
+        folder = K8S / "components" / component
+        objs = tuple(o for f in sorted(folder.glob("*.yaml")) for o in kustomize_lite.load_docs(f))
+        read |= set(secret_references(tuple(o for o in objs if o.get("kind") == "TriggerAuthentication")))
+    assert "REDIS_ADDRESSES" in read  # keda-cluster's scaler
+    assert set(keys) == read
 
 
 def _decoded_secret(objs: tuple[Obj, ...]) -> dict[str, str]:
@@ -582,6 +592,33 @@ def test_production_overlay() -> None:
     hpa = by_name(objs, "HorizontalPodAutoscaler")["gateway"]
     assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "gateway"}
     assert hpa["spec"]["minReplicas"] >= 2
+
+
+def test_production_stage_workers_have_their_providers() -> None:
+    """Every production stage worker would start: its provider is configured (a worker refuses to
+    start in production otherwise), and the provider keys come from the Secret by reference."""
+    from montage_common.settings import load
+    from montage_stages.runtime.provider_check import provider_refusal, unconfigured
+    from montage_stages.worker import WorkerSettings
+
+    def settings_of(objs: tuple[Obj, ...], deploy: Obj) -> WorkerSettings:
+        env = effective_env(objs, pod_spec(deploy)["containers"][0])
+        return load(WorkerSettings, env, internal_secret="x", storage_signing_key="x")
+
+    objs = render("overlays/production")
+    workers = [d for d in of_kind(objs, "Deployment") if "montage.dev/stage" in d["metadata"]["labels"]]
+    assert {d["metadata"]["labels"]["montage.dev/stage"] for d in workers} == set(STAGES)
+    for deploy in workers:
+        stage = deploy["metadata"]["labels"]["montage.dev/stage"]
+        settings = settings_of(objs, deploy)
+        assert not settings.allow_local_providers
+        assert provider_refusal(settings, stage) is None, stage
+        refs = {e["name"] for e in pod_spec(deploy)["containers"][0]["env"] if "secretKeyRef" in e.get("valueFrom", {})}
+        assert {"LLM_API_KEY", "STT_API_KEY", "IMAGE_PROVIDER_API_KEY"} <= refs, stage
+    # The base alone is production with every provider local: its workers would refuse.
+    base = render("base")
+    refused = [d for d in of_kind(base, "Deployment") if "montage.dev/stage" in d["metadata"]["labels"]]
+    assert any(unconfigured(settings_of(base, d), d["metadata"]["labels"]["montage.dev/stage"]) for d in refused)
 
 
 # KEDA and the gateway HPA: tests/deploy/test_scaling.py.

@@ -273,3 +273,18 @@ def test_dashboard_expressions_parse(tmp_path: Path) -> None:
         [promtool(), "check", "rules", str(path)], check=False, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_job_labels_are_the_pods_names_in_both_scrape_setups() -> None:
+    """The rules' ``job`` values are what the Operator's monitors and the documented plain scrape
+    config both set: the pods' ``app.kubernetes.io/name``; both also set ``namespace``."""
+    objs = kustomize_lite.build(ROOT / "deploy" / "k8s" / "overlays" / "production")
+    names = {
+        o["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"] for o in objs if o["kind"] == "Deployment"
+    }
+    assert names == set(generator().JOBS)
+    monitors = [o for o in objs if o["kind"] in {"ServiceMonitor", "PodMonitor"}]
+    assert monitors and all(m["spec"]["jobLabel"] == "app.kubernetes.io/name" for m in monitors)
+    plain = OPERATIONS.read_text()
+    assert "{source_labels: [__meta_kubernetes_namespace], target_label: namespace}" in plain
+    assert "{source_labels: [__meta_kubernetes_pod_label_app_kubernetes_io_name], target_label: job}" in plain

@@ -7,6 +7,8 @@ the real ragnarok-proxy), each service its own process, real Redis and Postgres.
   user at ``/api/nexus/ragnarok/jobs/{id}`` under the clip's trace id;
 - with RAGNAROK down the job fails with ``GENERATION_ERROR`` (``retryable: true``) after the
   runtime's retries, its partial costs recorded;
+- with transcription down the job completes without lyrics, after one transcription attempt, and a
+  ``message`` event says so (lyrics are optional to the video);
 - provider costs that leave too little of the budget for video_generator stop the job with
   ``BUDGET_EXCEEDED`` before it, and nothing more is spent.
 
@@ -30,6 +32,8 @@ import aiohttp
 import asyncpg
 import msgspec
 import pytest
+from montage_cli.client import MontageClient
+from montage_cli.sse import job_events
 from montage_dev.devstack import free_port
 
 from tests.e2e.flows import PROMPT
@@ -113,7 +117,7 @@ def provider_stack(
 def short_song(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("songs") / "providers-song.mp3"
     subprocess.run(
-        [sys.executable, "-m", "montage_stages.synth", str(out), "--seconds", str(SONG_SECONDS), "--bpm", "120"],
+        [sys.executable, "-m", "montage_stages.media.synth", str(out), "--seconds", str(SONG_SECONDS), "--bpm", "120"],
         check=True,
         capture_output=True,
         timeout=120,
@@ -278,6 +282,29 @@ async def test_the_clip_provider_down(run: Run, short_song: Path) -> None:
     assert any(":reference_generator:" in c for c in calls)
     assert not any(":video_generator:ragnarok_" in c for c in calls)
     assert Decimal(str(final["total_cost"])) == sum(c for _, _, c in costs.values()) > 0
+
+
+async def test_a_transcription_outage_gives_a_video_without_lyrics(run: Run, short_song: Path) -> None:
+    await run.control("openai", "/_control", {"mode": "500", "endpoints": ["transcriptions"]})
+    job = await run.submit(short_song)
+    client = MontageClient(run.s, run.stack.url, run.auth["Authorization"].removeprefix("Bearer "))
+    messages: list[dict[str, Any]] = []
+    async with asyncio.timeout(FINAL_WITHIN):
+        async for ev in job_events(client, job, last_event_id="0-0", backoff=(0.5, 1.0, 2.0)):
+            if ev.event == "message":
+                messages.append(ev.json())
+    final = await run.final(job)
+    assert final["status"] == "completed", final
+    notes = [m for m in messages if m["stage"] == "audio_parser" and "Lyrics unavailable" in m["text"]]
+    assert len(notes) == 1 and "without lyric-driven scenes" in notes[0]["text"], messages
+    assert (await run.control("openai", "/_stats"))["calls"]["transcriptions"] == 1  # one attempt
+    [[audio_out, attempts]] = await run.rows(
+        "SELECT output, attempts FROM job_stages WHERE job_id = $1 AND stage_name = 'audio_parser'", job
+    )
+    assert attempts == 1
+    assert msgspec.json.decode(audio_out if isinstance(audio_out, str) else str(audio_out))["lyrics"] is None
+    calls = set(_provider_rows(await run.costs(job)))
+    assert f"{job}:audio_parser:lyrics" not in calls and f"{job}:scene_planner:llm" in calls
 
 
 async def test_provider_costs_exhaust_the_budget_before_video_generator(run: Run, short_song: Path) -> None:

@@ -89,6 +89,8 @@ def test_state_is_the_old_bytes() -> None:
         "retryable": True,
         "created_at": "2026-01-01T12:00:00.000Z",
         "updated_at": "2026-01-01T12:15:00.000Z",
+        "queue_position": None,
+        "estimated_start": None,
     }
     wire = _old.encode(body)
     fields = list(msgspec.structs.fields(api.StateData))

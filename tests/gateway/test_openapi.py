@@ -135,7 +135,7 @@ def test_sse_events_cover_every_event_the_pipeline_emits() -> None:
     event = api.decode_sse("cost_update", b'{"stage":"composer","cost":0.01,"total":0.25}', "1700000000000-3")
     assert isinstance(event, api.CostUpdateEvent) and event.data.total == 0.25
     with pytest.raises(msgspec.ValidationError):
-        api.decode_sse("completed", b'{"video_url":"v"}', "1-0")
+        api.decode_sse("completed", b'{"video_url":null,"total_cost":1}', "1-0")
     with pytest.raises(msgspec.ValidationError):
         api.decode_sse("error", b'{"error":"x","code":"FAILED","retryable":false}', "1-0")  # not in the catalogue
 

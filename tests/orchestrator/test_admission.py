@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -122,3 +123,74 @@ async def test_replicas_never_give_one_user_more_than_the_limit(
     for u in users:
         statuses = sorted(r["status"] for r in rows if r["user_id"] == u)
         assert statuses == ["processing", "processing", "queued", "queued"], (u, statuses)
+
+
+async def test_the_door_refuses_before_reading_the_body_and_leaves_nothing(
+    orchestrator_factory: Factory, pool: asyncpg.Pool
+) -> None:
+    """Its first job sits in audio_parser (no workers): a second job of the user would wait for the
+    whole of it (about 4 s of work for a 2 s song at the priors), past the 1 s limit."""
+    orch = await orchestrator_factory(workers=False, user_max_active_jobs=1, admission_max_wait_seconds=1.0)
+    user = _user("door")
+    first = await orch.create_job(user=user)
+    resp = await orch.upload(user=user)
+    assert resp.status == 503, await resp.text()
+    body = await resp.json()
+    assert body["code"] == "SERVICE_UNAVAILABLE" and body["retryable"] is True and body["job_id"] is None
+    assert body["estimated_wait"] >= 1 and body["retry_after"] >= 1
+    assert resp.headers["Retry-After"] == str(body["retry_after"])
+    assert await pool.fetchval("SELECT array_agg(job_id::text) FROM jobs WHERE user_id = $1", user) == [first]
+    stored = _files(orch, user)
+    assert len(stored) == 1 and first in stored[0]
+    # Only the headers and a little of a 5 MB body: the answer comes without the rest being sent.
+    status, head = await _first_answer(orch, user, declared=5 * 1024 * 1024, sent=1024)
+    assert status == 503 and "retry-after" in head
+    other = await orch.upload(user=_user("someone-else"))  # another user has a free slot: admitted
+    assert other.status == 201, await other.text()
+
+
+def _files(orch: Orchestrator, user: str) -> list[str]:
+    root = Path(orch.deps.settings.storage_dir) / "audio-uploads" / user
+    return [str(p) for p in root.rglob("*") if p.is_file()] if root.exists() else []
+
+
+async def _first_answer(orch: Orchestrator, user: str, *, declared: int, sent: int) -> tuple[int, dict[str, str]]:
+    host, _, port = orch.url.removeprefix("http://").partition(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        lines = [
+            "POST /api/v1/upload-audio HTTP/1.1",
+            f"Host: {host}",
+            "Content-Type: multipart/form-data; boundary=B",
+            f"Content-Length: {declared}",
+            *(f"{k}: {v}" for k, v in headers(user).items()),
+        ]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + b"--B\r\n" + b"x" * sent)
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    finally:
+        writer.close()
+    status_line, *rest = raw.decode("latin-1").split("\r\n")
+    head = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in rest if line)}
+    return int(status_line.split()[1]), head
+
+
+async def test_a_waiting_job_shows_its_place_and_expected_start(orchestrator_factory: Factory) -> None:
+    orch = await orchestrator_factory(workers=False, user_max_active_jobs=1, admission_max_wait_seconds=0)
+    user = _user("line")
+    first = await orch.create_job(user=user)
+    second = await orch.create_job(user=user)
+    third = await orch.create_job(user=user)
+    running = await orch.job(first, user=user)
+    assert running["status"] == "processing" and running["queue_position"] is None
+    assert running["estimated_start"] is None
+    waiting = [await orch.job(j, user=user) for j in (second, third)]
+    assert [w["status"] for w in waiting] == ["queued", "queued"]
+    assert [w["queue_position"] for w in waiting] == [1, 2]
+    starts = [w["estimated_start"] for w in waiting]
+    assert all(s.endswith("Z") and len(s) == len("2026-01-01T12:00:00.000Z") for s in starts)
+    assert starts[0] < starts[1] and starts[0] > running["created_at"]
+    listed = await (await orch.session.get(f"{orch.url}/api/v1/jobs", headers=headers(user))).json()
+    by_id = {j["job_id"]: j for j in listed["jobs"]}
+    assert by_id[third]["queue_position"] == 2 and by_id[third]["estimated_start"] >= starts[0]
+    assert by_id[first]["queue_position"] is None and by_id[first]["estimated_start"] is None

@@ -22,6 +22,7 @@ from tests.orchestrator.conftest import (
     encoded_audio,
     headers,
     upload_form,
+    wait_for,
     wav_bytes,
 )
 from tests.support import ops_server
@@ -44,8 +45,17 @@ async def test_upload_wav_creates_queued_job_and_dispatches(orchestrator_factory
     assert row["audio_key"] == f"audio-uploads/u-up/{body['job_id']}/song.wav"
     assert await orch.deps.storage.exists(row["audio_key"])
     r: Any = orch.deps.redis
-    assert await r.xlen(orch.deps.keys.stage_stream(STAGES[0])) == 1
-    assert await pool.fetchval("SELECT count(*) FROM orchestrator_outbox WHERE job_id = $1::uuid", body["job_id"]) == 0
+
+    async def sent() -> bool:  # its turn's task goes out right after the commit (by this request or the turn loop)
+        return bool(await r.xlen(orch.deps.keys.stage_stream(STAGES[0])) == 1)
+
+    await wait_for(sent)
+
+    async def outbox_empty() -> bool:  # the entry is deleted in the transaction that sent it
+        sql = "SELECT count(*) FROM orchestrator_outbox WHERE job_id = $1::uuid"
+        return bool(await pool.fetchval(sql, body["job_id"]) == 0)
+
+    await wait_for(outbox_empty)
 
 
 async def test_upload_mp3_and_flac(orchestrator_factory: Any, tmp_path: Path, pool: asyncpg.Pool) -> None:
@@ -167,8 +177,10 @@ async def test_get_job_status_and_ownership(orchestrator_factory: Any) -> None:
     assert set(body) == {
         "job_id", "status", "current_stage", "progress", "estimated_remaining", "total_cost",
         "video_url", "error_message", "error_code", "retryable", "created_at", "updated_at", "retry_of", "retried_by",
+        "queue_position", "estimated_start",
     }  # fmt: skip
     assert body["status"] == "processing" and body["progress"] == 0 and body["estimated_remaining"] > 0
+    assert body["queue_position"] is None and body["estimated_start"] is None  # not waiting
     assert body["error_code"] is None and body["retryable"] is False
     assert body["retry_of"] is None and body["retried_by"] is None
     assert body["created_at"].endswith("Z") and len(body["created_at"]) == len("2026-01-01T12:00:00.000Z")
@@ -267,8 +279,12 @@ async def test_stage_gauges_show_work_waiting_with_no_worker(orchestrator_factor
 
     orch: Orchestrator = await orchestrator_factory(workers=False)
     await orch.create_job()
-    await export_stage_gauges(orch.deps)
-    backlog = REGISTRY.get_sample_value("montage_stage_backlog", {"stage": "audio_parser"})
+
+    async def gauged() -> bool:  # the job's task goes out right after its turn's commit
+        await export_stage_gauges(orch.deps)
+        return REGISTRY.get_sample_value("montage_stage_backlog", {"stage": "audio_parser"}) == 1
+
+    await wait_for(gauged)
     workers = REGISTRY.get_sample_value("montage_stage_workers", {"stage": "audio_parser"})
-    assert backlog == 1 and workers == 0
+    assert workers == 0
     assert REGISTRY.get_sample_value("montage_stage_backlog", {"stage": "composer"}) == 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -253,3 +254,33 @@ async def test_cleanup_of_the_original_never_touches_a_live_retry(orch: Orchestr
     assert await storage.exists(audio)
     hold.set()
     assert (await orch.wait_final(new))["status"] == "completed"
+
+
+async def test_a_retry_passes_the_same_door_as_an_upload(
+    orchestrator_factory: Callable[..., Awaitable[Orchestrator]],
+) -> None:
+    """A retry adds work like an upload: while its user's one slot is taken by a job sitting in
+    audio_parser, it would wait past ADMISSION_MAX_WAIT_SECONDS, so 503 + Retry-After and nothing
+    is created; once the slot is free it is admitted."""
+    orch = await orchestrator_factory(user_max_active_jobs=1, admission_max_wait_seconds=1.0)
+    orch.fakes.behaviour["composer"] = lambda t: Reply(error=ErrorInfo(code="MODULE_FAILURE", message="boom"))
+    old = await orch.create_job()
+    await orch.wait_final(old)
+    orch.fakes.behaviour.pop("composer")
+    hold = asyncio.Event()
+    orch.fakes.behaviour["audio_parser"] = lambda t: Reply(hold=hold)
+    busy = await orch.create_job()
+
+    async def parsing() -> bool | None:
+        return True if "audio_parser" in _tasks(orch, busy) else None
+
+    await wait_for(parsing)
+    resp = await _retry(orch, old)
+    assert resp.status == 503, await resp.text()
+    assert int(resp.headers["Retry-After"]) >= 1
+    assert await orch.deps.pool.fetchval("SELECT retried_by FROM jobs WHERE job_id = $1", uuid.UUID(old)) is None
+    hold.set()
+    await orch.wait_final(busy)
+    resp = await _retry(orch, old)
+    assert resp.status == 201, await resp.text()
+    assert (await orch.wait_final((await resp.json())["job_id"]))["status"] == "completed"

@@ -13,9 +13,9 @@ from aiohttp.test_utils import TestServer
 from montage_common.storage import LocalStorage
 from montage_contracts.models import CostItem
 from montage_dev.fakes.openai import FakeOpenAI, create_app
-from montage_stages.context import StageContext
-from montage_stages.provider_http import Providers
-from montage_stages.settings import StageSettings
+from montage_stages.runtime.context import StageContext
+from montage_stages.runtime.provider_http import Providers
+from montage_stages.runtime.settings import StageSettings
 
 from tests.ragnarok.conftest import (  # noqa: F401 - the proxy's fixtures, for the clip tests
     fake_ragnarok,

@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 from montage_contracts.errors import GenerationError
 from montage_contracts.models import AudioParserInput
-from montage_stages import audio_parser, lyrics, synth
-from montage_stages.context import StageContext
-from montage_stages.provider_http import ProviderUnavailable
+from montage_stages.media import synth
+from montage_stages.providers import lyrics
+from montage_stages.runtime.context import StageContext
+from montage_stages.runtime.provider_http import ContentRefused, ProviderUnavailable
+from montage_stages.stages import audio_parser
 
 from tests.providers.conftest import Costs, Fake
 
@@ -60,7 +62,7 @@ async def test_request_shape_words_and_cost(
         ("429", ProviderUnavailable, "answered 429"),
         ("500", ProviderUnavailable, "answered 500"),
         ("malformed", ProviderUnavailable, "unusable body"),
-        ("refuse", GenerationError, "content policy"),
+        ("refuse", ContentRefused, "content policy"),
     ],
 )
 async def test_failures(
@@ -98,3 +100,28 @@ async def test_audio_parser_carries_the_lyrics(
     assert analysis.lyrics and analysis.lyrics[0].words[0].word == "neon"
     assert fake.requests("transcriptions")[0]["body"]["file"]["filename"] == "song.mp3"
     assert {c.call_id for c in costs} == {"job1:audio_parser:local", "job1:audio_parser:lyrics"}
+
+
+@pytest.mark.parametrize("mode", ["500", "refuse"])
+async def test_audio_parser_goes_on_without_lyrics_when_transcription_fails(
+    make_ctx: Callable[..., StageContext], fake: Fake, costs: Costs, song: Path, mode: str
+) -> None:
+    """Lyrics are optional to the video: one failed transcription leaves them out, says so, and
+    the analysis (the stage's critical part) is returned."""
+    import dataclasses
+
+    await fake.control(mode=mode, endpoints=["transcriptions"])
+    said: list[str] = []
+
+    async def progress(text: str) -> None:
+        said.append(text)
+
+    ctx = dataclasses.replace(make_ctx(), progress=progress)
+    key = "audio-uploads/job1/song.mp3"
+    await ctx.storage.put_file(key, song, "audio/mpeg")
+    analysis = await audio_parser.process(ctx, "job1", AudioParserInput(audio_key=key))
+    assert analysis.lyrics is None and analysis.beat_timestamps and analysis.duration > 0
+    assert len(fake.requests("transcriptions")) == 1  # one attempt, no retry of the stage for lyrics
+    [note] = [t for t in said if "Lyrics unavailable" in t]
+    assert "without lyric-driven scenes" in note
+    assert {c.call_id for c in costs} == {"job1:audio_parser:local"}  # the failed call is not billed

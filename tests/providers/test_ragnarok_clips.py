@@ -14,12 +14,12 @@ import pytest
 from montage_common.storage import LocalStorage
 from montage_contracts.errors import GenerationError
 from montage_contracts.models import ClipPrompt, ClipPrompts, VideoGeneratorInput
-from montage_stages import video_generator
-from montage_stages.clip_encoder import VideoSource
-from montage_stages.context import StageContext
-from montage_stages.provider_http import Providers, ProviderUnavailable
-from montage_stages.renderers import RagnarokRenderer
-from montage_stages.settings import StageSettings
+from montage_stages.media.clip_encoder import VideoSource
+from montage_stages.providers.renderers import RagnarokRenderer
+from montage_stages.runtime.context import StageContext
+from montage_stages.runtime.provider_http import Providers, ProviderUnavailable
+from montage_stages.runtime.settings import StageSettings
+from montage_stages.stages import video_generator
 
 from tests.providers.conftest import Costs
 from tests.ragnarok.conftest import SECRET, Served, headers

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from montage_common.storage import LocalStorage
 from montage_contracts.models import CostItem
-from montage_stages import synth
-from montage_stages.context import StageContext
-from montage_stages.settings import StageSettings
+from montage_stages.media import synth
+from montage_stages.runtime.context import StageContext
+from montage_stages.runtime.settings import StageSettings
 
 SONG_SECONDS = 30.0
 SONG_BPM = 120.0

@@ -32,7 +32,7 @@ from montage_contracts.messages import (
     result_decoder,
 )
 from montage_contracts.models import ClipPrompt, ClipPrompts, Clips, Transition, VideoGeneratorInput
-from montage_stages.clip_fanout import ClipRecord
+from montage_stages.stages.clip_fanout import ClipRecord
 from montage_streams import Emit, StreamProducer, read_range
 from redis.asyncio import Redis
 
@@ -81,7 +81,7 @@ def write_ffmpeg_wrapper(path: Path, marks: Path, *, hang: bool = False, fail_cl
     then hangs (a worker stuck rendering), fails the encode of ``clip_<fail_clip>``, or runs ffmpeg."""
     marks.mkdir(parents=True, exist_ok=True)
     real = subprocess.run(
-        [sys.executable, "-c", "from montage_stages.ffmpeg import ffmpeg_exe; print(ffmpeg_exe())"],
+        [sys.executable, "-c", "from montage_stages.media.ffmpeg import ffmpeg_exe; print(ffmpeg_exe())"],
         capture_output=True,
         text=True,
         check=True,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from montage_stages import ffmpeg
+from montage_stages.media import ffmpeg
 
 
 async def decode_errors(path: Path) -> str:

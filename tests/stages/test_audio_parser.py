@@ -8,8 +8,9 @@ import pytest
 from montage_common.storage import LocalStorage
 from montage_contracts.errors import PipelineError
 from montage_contracts.models import AudioParserInput
-from montage_stages import audio_parser, synth
-from montage_stages.context import StageContext
+from montage_stages.media import synth
+from montage_stages.runtime.context import StageContext
+from montage_stages.stages import audio_parser
 
 CLICK_OFFSET = 0.5
 LEAD_IN = 2.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 
 from montage_contracts.models import AudioAnalysis
-from montage_stages.clip_timing import clip_bounds
+from montage_stages.media.clip_timing import clip_bounds
 
 
 def test_short_song_gets_three_clips_on_beats() -> None:

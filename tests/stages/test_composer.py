@@ -22,11 +22,12 @@ from montage_contracts.models import (
     VideoGeneratorInput,
     VideoOutput,
 )
-from montage_stages import composer, ffmpeg, imaging, mp4box, soundtrack, synth, video_generator
-from montage_stages.clip_encoder import Source, StillSource, VideoSource
-from montage_stages.context import StageContext
-from montage_stages.settings import StageSettings
-from montage_stages.soundtrack import soundtrack_key
+from montage_stages.media import ffmpeg, imaging, mp4box, soundtrack, synth
+from montage_stages.media.clip_encoder import Source, StillSource, VideoSource
+from montage_stages.media.soundtrack import soundtrack_key
+from montage_stages.runtime.context import StageContext
+from montage_stages.runtime.settings import StageSettings
+from montage_stages.stages import composer, video_generator
 
 from .media import decode_errors, frame_colours, frame_count, packet_hashes, stream_lines
 

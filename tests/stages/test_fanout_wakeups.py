@@ -17,7 +17,7 @@ import msgspec
 import pytest
 from montage_contracts.keys import Keys
 from montage_contracts.messages import clip_message_id, clip_record_message_id
-from montage_stages.clip_fanout import (
+from montage_stages.stages.clip_fanout import (
     ClipEncoding,
     ClipEntry,
     ClipFanout,

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 from montage_common.storage import LocalStorage
-from montage_stages import ffmpeg
-from montage_stages.context import StageContext
 from montage_stages.local_pipeline import run_all
-from montage_stages.soundtrack import soundtrack_key
+from montage_stages.media import ffmpeg
+from montage_stages.media.soundtrack import soundtrack_key
+from montage_stages.runtime.context import StageContext
 
 from .conftest import SONG_SECONDS, Recorder
 from .media import correlation, decode_errors, envelope, frame_count

@@ -13,11 +13,11 @@ import math
 import numpy as np
 import pytest
 from montage_contracts import pricing
-from montage_stages import synth
-from montage_stages.audio_parser import SAMPLE_RATE, analyse
-from montage_stages.costing import clip_encode_usd
-from montage_stages.scene_planner import local_plan
-from montage_stages.settings import StageSettings
+from montage_stages.media import synth
+from montage_stages.providers.costing import clip_encode_usd
+from montage_stages.runtime.settings import StageSettings
+from montage_stages.stages.audio_parser import SAMPLE_RATE, analyse
+from montage_stages.stages.scene_planner import local_plan
 
 PROMPT = "A lone dancer in a neon city at night, rain on glass, flickering signs"
 

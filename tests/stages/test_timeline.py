@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 
 from montage_contracts.models import ClipPrompt, Transition
-from montage_stages.timeline import Segment, plan_segments
+from montage_stages.media.timeline import Segment, plan_segments
 
 FPS = 24
 BOUNDS = [0.0, 2.0, 4.5, 6.0, 9.51]

@@ -16,12 +16,13 @@ from montage_contracts.models import (
     ScenePlan,
     VideoGeneratorInput,
 )
-from montage_stages import composer, prompt_generator, synth, video_generator
-from montage_stages.audio_parser import analyse
-from montage_stages.clip_encoder import Source
-from montage_stages.context import StageContext
-from montage_stages.renderers import LocalRenderer
-from montage_stages.scene_planner import local_plan
+from montage_stages.media import synth
+from montage_stages.media.clip_encoder import Source
+from montage_stages.providers.renderers import LocalRenderer
+from montage_stages.runtime.context import StageContext
+from montage_stages.stages import composer, prompt_generator, video_generator
+from montage_stages.stages.audio_parser import analyse
+from montage_stages.stages.scene_planner import local_plan
 from prometheus_client import REGISTRY
 
 from .media import decode_errors
@@ -133,7 +134,7 @@ async def test_cancel_stops_rendering(storage: LocalStorage, make_ctx: Callable[
         if cancelled:
             raise JobCancelled(job_id="job1")
 
-    from montage_stages.settings import StageSettings
+    from montage_stages.runtime.settings import StageSettings
 
     ctx = make_ctx(
         settings=StageSettings(video_width=160, video_height=90, video_fps=12, max_parallel_clips=1),

@@ -122,6 +122,11 @@ class MontageClient:
         result: dict[str, Any] = await self.call("POST", route("retryJob").url(job_id=job_id))
         return result
 
+    async def usage(self) -> dict[str, Any]:
+        """``GET /api/v1/usage``: jobs in the rate-limit window, when a slot frees, active jobs, spend."""
+        result: dict[str, Any] = await self.call("GET", route("getUsage").path)
+        return result
+
     async def download_info(self, job_id: str) -> dict[str, Any]:
         result: dict[str, Any] = await self.call("GET", route("getDownload").url(job_id=job_id))
         return result

@@ -94,5 +94,21 @@ def format_jobs(body: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def format_usage(body: dict[str, Any]) -> str:
+    """``montage usage``: the job-creation window first (what the next upload meets), then the rest."""
+    window = f"{body['jobs_used']} of {body['jobs_limit']} jobs used in the last {body['window_seconds']} s"
+    if body.get("next_slot_at"):
+        window += f"; a slot frees at {body['next_slot_at']}"
+    if body["jobs_remaining"] == 0:
+        window += f" (uploads refused for {body['retry_after']} s)"
+    return "\n".join(
+        [
+            window,
+            f"active jobs {body['active_jobs']}",
+            f"spent       {money(body['spent_this_month'])} since {body['month_start']}",
+        ]
+    )
+
+
 async def download(client: MontageClient, job_id: str, out_dir: Path) -> Path:
     return await client.download(job_id, out_dir)

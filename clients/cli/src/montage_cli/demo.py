@@ -115,7 +115,7 @@ async def wait_healthy(client: MontageClient, stack: StackHandle | None, limit_s
 async def make_song(path: Path, seconds: float) -> Path:
     await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "montage_stages.synth", str(path), "--seconds", str(seconds), "--bpm", "120",
+        sys.executable, "-m", "montage_stages.media.synth", str(path), "--seconds", str(seconds), "--bpm", "120",
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     _, err = await proc.communicate()

@@ -21,6 +21,8 @@ from __future__ import annotations
 from enum import IntEnum
 from typing import Any
 
+from montage_contracts.errors import ErrorCode
+
 
 class Exit(IntEnum):
     OK = 0
@@ -88,7 +90,7 @@ class AuthRequired(CliError):
     """No usable credentials."""
 
     exit_code = Exit.AUTH
-    code = "UNAUTHORIZED"
+    code = ErrorCode.UNAUTHORIZED
 
 
 class Unavailable(CliError):
@@ -132,7 +134,7 @@ class ApiError(CliError):
         if self.status == 429:
             wait = f"; try again in {int(self.retry_after)} s" if self.retry_after is not None else ""
             return f"429 rate limited ({self.code}): {self.error}{wait}"
-        if self.status == 402 or self.code == "BUDGET_EXCEEDED":
+        if self.status == 402 or self.code == ErrorCode.BUDGET_EXCEEDED:
             return f"{self.status} budget exceeded: {self.error}"
         return f"{self.status} {self.code}: {self.error}"
 

@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--watch", action="store_true", help="follow the new job until it ends")
     r.add_argument("--json", action="store_true", help="JSON (with --watch: the new job, then one line per event)")
 
+    u = sub.add_parser("usage", help="jobs used in the rate-limit window, when a slot frees, active jobs, spend")
+    u.add_argument("--json", action="store_true")
+
     d = sub.add_parser("download", help="download a finished job's video")
     d.add_argument("job")
     d.add_argument("-o", "--out", type=Path, default=Path("out"), help="directory (default ./out)")
@@ -177,6 +180,9 @@ async def dispatch(client: MontageClient, args: argparse.Namespace) -> int:
                 view = await commands.follow(client, job["job_id"], json_lines=sys.stdout if args.json else None)
                 if not args.json:
                     print(f"completed: total cost {money(view.cost)}; `montage download {job['job_id']}`")
+        case "usage":
+            body = await client.usage()
+            commands.emit_json(body) if args.json else print(commands.format_usage(body))
         case "download":
             path = await commands.download(client, args.job, args.out)
             commands.emit_json({"job_id": args.job, "path": str(path)}) if args.json else print(path)

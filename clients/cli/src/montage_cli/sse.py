@@ -110,7 +110,7 @@ def final_event_from_status(body: dict[str, Any]) -> SseEvent | None:
     job = msgspec.convert(body, api.Job)
     data: api.CompletedData | api.ErrorData
     if job.status == JobStatus.COMPLETED:
-        data = api.CompletedData(video_url=job.video_url, total_cost=job.total_cost)
+        data = api.CompletedData(video_url=job.video_url or "", total_cost=job.total_cost)
     elif job.status == JobStatus.FAILED:
         code = ErrorCode(job.error_code) if job.error_code else ErrorCode.MODULE_FAILURE
         data = api.ErrorData(error=job.error_message or "Job failed", code=code, retryable=job.retryable)

@@ -10,6 +10,7 @@ at once apply each file exactly once.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import TypeVar
@@ -116,3 +117,40 @@ async def migrate(pool: asyncpg.Pool, *packages: str) -> list[str]:
                 applied.append(name)
                 log.info("migration_applied", name=name)
     return applied
+
+
+async def missing_migrations(pool: asyncpg.Pool, *packages: str) -> list[str]:
+    """The packages' migrations not recorded as applied (all of them before any ran).
+
+    What this code needs of the schema is its own migration files: a pod of a new release is
+    ready only once the release's migrations have run, while the previous release's pods (whose
+    files are a subset) stay ready through the rollout (migrations only add; docs/operations.md,
+    "Releases and migrations").
+    """
+    wanted = [name for name, _ in migration_files(*packages)]
+    async with pool.acquire() as conn:
+        if await conn.fetchval("SELECT to_regclass('schema_migrations')") is None:
+            return wanted
+        applied = {r["name"] for r in await conn.fetch("SELECT name FROM schema_migrations")}
+    return [name for name in wanted if name not in applied]
+
+
+async def wait_for_schema(pool: asyncpg.Pool, *packages: str, limit_seconds: float, poll_seconds: float = 2.0) -> None:
+    """Wait (bounded) until every migration of ``packages`` is applied (by the migration Job).
+
+    Raises :class:`SchemaNotCurrent` naming what is missing when ``limit_seconds`` pass first.
+    """
+    deadline = time.monotonic() + limit_seconds
+    while missing := await missing_migrations(pool, *packages):
+        if time.monotonic() >= deadline:
+            raise SchemaNotCurrent(missing)
+        log.info("schema_waiting", missing=missing)
+        await asyncio.sleep(min(poll_seconds, max(0.0, deadline - time.monotonic())))
+
+
+class SchemaNotCurrent(Exception):
+    """The database lacks migrations this code needs (the migration Job has not run them yet)."""
+
+    def __init__(self, missing: list[str]) -> None:
+        super().__init__(f"migrations not applied yet: {', '.join(missing)}")
+        self.missing = missing

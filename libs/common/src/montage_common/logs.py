@@ -1,8 +1,8 @@
 """Logging, configured once per process: every line one JSON object in production.
 
 structlog renders Montage's own events; the standard library's loggers (aiohttp, asyncpg,
-redis-py) go through the same processors (``structlog.stdlib.ProcessorFormatter``), so no plain
-text ever lands in the JSON stream. Each request gets one ``access`` line (see
+redis-py) go through the same processors (``structlog.stdlib.ProcessorFormatter``), and so do
+Python ``warnings`` (``logging.captureWarnings``), so no plain text ever lands in the JSON stream. Each request gets one ``access`` line (see
 :func:`montage_common.web.observe.observe_middleware`).
 """
 
@@ -54,3 +54,6 @@ def configure(settings: CommonSettings, service: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(level, logging.WARNING))
+    # Python warnings (DeprecationWarning from a library, ResourceWarning...) would print as plain
+    # text on stderr, between the JSON lines: route them to the "py.warnings" logger instead.
+    logging.captureWarnings(True)

@@ -15,7 +15,7 @@ for logged events, the ``id:`` to resume from with ``Last-Event-ID``.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
@@ -93,6 +93,15 @@ def timestamp(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def timestamp_ms(ms: int) -> str:
+    """:func:`timestamp` of milliseconds since the epoch (a stream entry id, a file's mtime); integer
+    arithmetic, so the milliseconds are exact."""
+    return timestamp(_EPOCH + timedelta(milliseconds=ms))
+
+
 # --- errors ---------------------------------------------------------------------------------
 class Error(Struct, kw_only=True):
     """Every error response: a message, a code, whether retrying may help, the job if any."""
@@ -111,6 +120,17 @@ class RateLimited(Error, kw_only=True):
     window: Annotated[str, Meta(description="The window", examples=["1 hour", "60 seconds"])]
 
 
+class Busy(Error, kw_only=True):
+    """503 of the upload when Montage is busy (code `SERVICE_UNAVAILABLE`, with `estimated_wait`): a new
+    job would wait longer than `ADMISSION_MAX_WAIT_SECONDS` to start. Nothing was stored and the
+    job-creation slot was given back; retry after `retry_after`."""
+
+    retry_after: Annotated[
+        int, Meta(ge=1, description="Seconds until a new job is expected to start in time (also `Retry-After`)")
+    ]
+    estimated_wait: Annotated[int, Meta(ge=0, description="Seconds a job uploaded now would wait to start")]
+
+
 class NexusError(Error, kw_only=True):
     """An error answered by the Nexus proxy: Montage's error body plus RAGNAROK's ``detail``."""
 
@@ -122,13 +142,21 @@ class NexusError(Error, kw_only=True):
 # --- jobs -----------------------------------------------------------------------------------
 # What montage_orchestrator.upload.check_prompt accepts, as a pattern: no control character but tab
 # and line breaks, and 50 to 500 characters from the first to the last that Python's str.strip()
-# keeps (the default PROMPT_MIN_CHARS and PROMPT_MAX_CHARS). Whitespace is spelled out (not \s): pattern engines disagree on Unicode
-# spaces, str.strip() does not.
+# keeps (the default PROMPT_MIN_CHARS and PROMPT_MAX_CHARS). Whitespace is spelled out (not \s):
+# pattern engines disagree on Unicode spaces, str.strip() does not.
 _NOT_CONTROL = r"[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]"
 _SPACE = r"[\t\n\r \xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
 _KEPT = r"[^\t\n\r \xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f]"
 PROMPT_PATTERN = f"^{_SPACE}*{_KEPT}{_NOT_CONTROL}{{48,498}}{_KEPT}{_SPACE}*$"
 PROMPT_MAX_SENT = 2000  # characters of user_prompt as sent, padding included (the trimmed text is 50-500)
+QueuePosition = Annotated[
+    Annotated[int, Meta(ge=1)] | None,
+    Meta(description="While `queued`: the job's place in line for a turn (1 = next); `null` otherwise"),
+]
+EstimatedStart = Annotated[
+    Timestamp | None,
+    Meta(description="While `queued`: when its first stage is expected to start (UTC); `null` otherwise"),
+]
 
 
 class UploadForm(Struct, kw_only=True):
@@ -184,6 +212,8 @@ class Job(Struct, kw_only=True):
     ]
     created_at: Timestamp
     updated_at: Timestamp
+    queue_position: QueuePosition
+    estimated_start: EstimatedStart
     retry_of: Annotated[
         JobId | None,
         Meta(description="The failed or cancelled job this one retries (`POST …/retry`); `null` for an upload"),
@@ -203,6 +233,8 @@ class JobListItem(Struct, kw_only=True):
     total_cost: Money
     created_at: Timestamp
     completed_at: Timestamp | None
+    queue_position: QueuePosition
+    estimated_start: EstimatedStart
     retry_of: Annotated[
         JobId | None,
         Meta(description="The failed or cancelled job this one retries (`POST …/retry`); `null` for an upload"),
@@ -260,6 +292,35 @@ class StreamTicket(Struct, kw_only=True):
 
     ticket: str
     expires_in: Annotated[int, Meta(ge=1, description="Seconds the ticket stays valid")]
+
+
+# --- usage ----------------------------------------------------------------------------------
+class Usage(Struct, kw_only=True):
+    """``GET /api/v1/usage``: the caller's job-creation window (the gateway's rate limiter, the same
+    numbers as the upload's ``RateLimit`` headers and its 429), active jobs and this month's spend."""
+
+    jobs_used: Annotated[int, Meta(ge=0, description="Jobs created in the current sliding window")]
+    jobs_limit: Annotated[int, Meta(ge=1, description="Jobs allowed per window (also `RateLimit-Policy` `q`)")]
+    jobs_remaining: Annotated[int, Meta(ge=0, description="Jobs that can be created now (also `RateLimit` `r`)")]
+    window_seconds: Annotated[int, Meta(ge=1, description="The sliding window (also `RateLimit-Policy` `w`)")]
+    next_slot_at: Annotated[
+        Timestamp | None,
+        Meta(description="When the oldest job in the window leaves it and frees a slot; null when none counts"),
+    ]
+    retry_after: Annotated[
+        int, Meta(ge=0, description="Seconds until an upload can be accepted: 0 while `jobs_remaining` > 0")
+    ]
+    active_jobs: Annotated[int, Meta(ge=0, description="The caller's jobs queued or processing")]
+    spent_this_month: Annotated[Money, Meta(description="Provider costs of the caller's jobs since `month_start`")]
+    month_start: Annotated[Timestamp, Meta(description="The first instant of the current calendar month (UTC)")]
+
+
+class InternalUsage(Struct, kw_only=True):
+    """The orchestrator's ``GET /internal/usage`` (what Postgres knows): the gateway adds the window."""
+
+    active_jobs: int
+    spent_this_month: Money
+    month_start: Timestamp
 
 
 # --- health ---------------------------------------------------------------------------------
@@ -423,6 +484,8 @@ class StateData(Struct, kw_only=True):
     video_url: str | None
     error_message: str | None
     error_code: Annotated[JobErrorCode | None, Meta(description="Why the job failed (`null` unless failed)")] = None
+    queue_position: QueuePosition = None
+    estimated_start: EstimatedStart = None
 
 
 class StageUpdateData(Struct, kw_only=True, omit_defaults=True):
@@ -449,8 +512,7 @@ class CostUpdateData(Struct, kw_only=True):
 
 class CompletedData(Struct, kw_only=True):
     video_url: Annotated[
-        str | None,
-        Meta(description="Signed URL of the video (1 hour); `null` only when rebuilt after the video expired"),
+        str, Meta(description="Signed URL of the video (1 hour); empty when rebuilt after the video expired")
     ]
     total_cost: Money
 

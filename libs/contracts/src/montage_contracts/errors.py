@@ -171,6 +171,25 @@ class ServiceUnavailable(MontageError):
     retry_after_seconds = SERVICE_UNAVAILABLE_RETRY_AFTER
 
 
+class ServiceBusy(ServiceUnavailable):
+    """Admission at the door: a new job would wait longer than ``ADMISSION_MAX_WAIT_SECONDS`` to start.
+
+    Its code stays ``SERVICE_UNAVAILABLE`` (a 503 with ``Retry-After`` already means "come back then"
+    to every client; a new value in a response enum breaks generated clients); ``estimated_wait``
+    in the body tells the two apart. ``retry_after`` (also the header): when the work ahead will have
+    drained enough for a new job to start in time.
+    """
+
+    default_message = "Too much work is waiting; retry later"
+
+    def __init__(self, message: str | None = None, *, retry_after: int, estimated_wait: int) -> None:
+        super().__init__(
+            message,
+            extra={"retry_after": retry_after, "estimated_wait": estimated_wait},
+            headers={"Retry-After": str(retry_after)},
+        )
+
+
 class UpstreamTimeout(MontageError):
     """An internal or external service did not answer in time."""
 

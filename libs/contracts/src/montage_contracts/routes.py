@@ -260,7 +260,7 @@ ROUTES: tuple[Route, ...] = (
             201: Reply(
                 "Job created (or, for a repeated `Idempotency-Key`, its first answer)",
                 api.JobCreated,
-                headers=("Idempotent-Replayed",),
+                headers=("Idempotent-Replayed", "RateLimit-Policy", "RateLimit"),
             ),
             409: Reply(
                 "A request with this `Idempotency-Key` is still being processed, or created nothing"
@@ -272,6 +272,15 @@ ROUTES: tuple[Route, ...] = (
                 "This `Idempotency-Key` was used for another song or prompt (`IDEMPOTENCY_KEY_REUSED`)", api.Error
             ),
             **errors(400, 402, 408, 413, *AUTHED),
+            429: Reply(ERROR_TEXT[429], api.RateLimited, headers=("Retry-After", "RateLimit-Policy", "RateLimit")),
+            503: Reply(
+                "`SERVICE_UNAVAILABLE`: Montage is busy (a `Busy` body, with `estimated_wait`): a job"
+                " uploaded now would wait longer than `ADMISSION_MAX_WAIT_SECONDS` to start; nothing was"
+                " stored and the job-creation slot was given back: retry after `Retry-After` seconds. Or a"
+                " dependency is unavailable (an `Error` body)",
+                (api.Busy, api.Error),
+                headers=("Retry-After",),
+            ),
         },
         params=(Param("Idempotency-Key", "header", api.IdempotencyKey),),
         body=Body(
@@ -331,11 +340,37 @@ ROUTES: tuple[Route, ...] = (
             " Watch the new `job_id` like an upload's. Counts against the job-creation limit like an"
             " upload (the slot is given back when the retry is refused). 400 when the job is not failed"
             " (as the cancel of a final job) or was retried already (`retried_by` in the body); 410 when"
-            " its song has expired."
+            " its song has expired; 503 with Retry-After at the door, as an upload, when the new job"
+            " would wait too long to start."
         ),
         tag="jobs",
         responses={201: Reply("The new job", api.JobRetried), **errors(400, 403, 404, 410, *AUTHED)},
         params=(JOB_ID,),
+    ),
+    Route(
+        method="GET",
+        path="/api/v1/usage",
+        operation_id="getUsage",
+        service=Service.GATEWAY,
+        auth=Auth.USER,
+        summary="The caller's usage: jobs in the rate-limit window, when a slot frees, active jobs, this month's spend",
+        description=(
+            "The job-creation window is the one the upload's `RateLimit-Policy` / `RateLimit` headers and"
+            " its 429 describe (`jobs_used` of `jobs_limit` per `window_seconds`; `next_slot_at` when the"
+            " oldest counted job leaves it). Reading it takes no slot."
+        ),
+        tag="jobs",
+        responses={200: Reply("Usage", api.Usage), **errors(*AUTHED)},
+    ),
+    Route(
+        method="GET",
+        path="/internal/usage",
+        operation_id="getInternalUsage",
+        service=Service.ORCHESTRATOR,
+        auth=Auth.INTERNAL,
+        summary="The user's active jobs and this month's spend (the gateway's `/api/v1/usage` asks it)",
+        tag="internal",
+        responses={200: Reply("Usage held in Postgres", api.InternalUsage)},
     ),
     Route(
         method="GET",
@@ -616,7 +651,9 @@ ROUTES: tuple[Route, ...] = (
         responses={
             200: Reply("Cancelled", api.Cancelled),
             403: ADMIN_403,
-            409: CONFLICT,
+            # No longer answered: a finished job is 400 (`VALIDATION_ERROR`), as the owner's cancel
+            # answers; still listed so that clients of the released document are not broken.
+            409: Reply("Not answered any more: a finished job is 400, as for the owner's cancel", api.Error),
             **errors(400, 404, *AUTHED),
         },
         params=(JOB_ID,),

@@ -40,6 +40,20 @@ HEADERS: dict[str, tuple[str, Any, bool, str]] = {
         False,
         "`true` when this is the first answer to the request's `Idempotency-Key`, sent again",
     ),
+    # draft-ietf-httpapi-ratelimit-headers (structured fields); the job-creation limit only.
+    "RateLimit-Policy": (
+        "RateLimit-Policy",
+        str,
+        False,
+        'The job-creation quota: `"jobs";q=<jobs>;w=<window seconds>`, e.g. `"jobs";q=5;w=3600`',
+    ),
+    "RateLimit": (
+        "RateLimit",
+        str,
+        False,
+        '`"jobs";r=<jobs remaining>;t=<seconds until the oldest counted job frees its slot>`'
+        " (absent when the request guard answered)",
+    ),
 }
 SECURITY: dict[Security, list[dict[str, list[str]]]] = {
     "bearer": [{"bearer": []}],

@@ -45,6 +45,8 @@ DROP_FROM_UPSTREAM = HOP_BY_HOP | {"access-control-allow-origin", "access-contro
 CHUNK = 64 * 1024
 
 StatusHook = Callable[[int], Awaitable[None]]
+# Headers of the gateway's own to add to an answer, by its status (the upload's `RateLimit`).
+HeadersHook = Callable[[int], Mapping[str, str]]
 # The largest answer ``forward(on_reply=...)`` reads whole (an upload's JSON answer is ~200 bytes).
 BUFFERED_REPLY_BYTES = 1024 * 1024
 
@@ -145,6 +147,7 @@ class Forwarder:
         on_status: StatusHook | None = None,
         extra_headers: Mapping[str, str] | None = None,
         on_reply: ReplyHook | None = None,
+        reply_headers: HeadersHook | None = None,
     ) -> web.StreamResponse:
         """Send ``request`` (same method, path and query) to ``upstream`` and stream back its answer.
 
@@ -170,9 +173,10 @@ class Forwarder:
                 UPSTREAM_LATENCY.labels(upstream.name).observe(time.perf_counter() - start)
                 if on_status is not None:
                     await on_status(reply.status)
+                own = reply_headers(reply.status) if reply_headers is not None else {}
                 if on_reply is not None:
-                    return await self._relay_buffered(request, reply, upstream, on_reply)
-                return await self._relay(request, reply, upstream)
+                    return await self._relay_buffered(request, reply, upstream, on_reply, own)
+                return await self._relay(request, reply, upstream, own)
         except _TooLarge:
             raise PayloadTooLarge("Request body too large") from None
         except TimeoutError:
@@ -193,12 +197,17 @@ class Forwarder:
             raise UpstreamUnavailable(f"{upstream.name} is unavailable") from None
 
     async def _relay(
-        self, request: web.Request, reply: aiohttp.ClientResponse, upstream: Upstream
+        self,
+        request: web.Request,
+        reply: aiohttp.ClientResponse,
+        upstream: Upstream,
+        own: Mapping[str, str] | None = None,
     ) -> web.StreamResponse:
         resp = web.StreamResponse(status=reply.status, reason=reply.reason)
         for name, value in reply.headers.items():
             if _relayed(name):
                 resp.headers.add(name, value)
+        resp.headers.update(own or {})
         resp.headers[HEADER_REQUEST_ID] = request[REQUEST_ID]
         if reply.content_length is not None:
             resp.content_length = reply.content_length
@@ -216,7 +225,12 @@ class Forwarder:
         return resp
 
     async def _relay_buffered(
-        self, request: web.Request, reply: aiohttp.ClientResponse, upstream: Upstream, on_reply: ReplyHook
+        self,
+        request: web.Request,
+        reply: aiohttp.ClientResponse,
+        upstream: Upstream,
+        on_reply: ReplyHook,
+        own: Mapping[str, str] | None = None,
     ) -> web.Response:
         body = b""
         try:
@@ -231,7 +245,7 @@ class Forwarder:
             raise UpstreamUnavailable(f"{upstream.name} answered more than expected")
         headers = {name: value for name, value in reply.headers.items() if name.lower() not in DROP_FROM_UPSTREAM}
         await on_reply(UpstreamReply(reply.status, body, reply.headers.get("Content-Type", ""), headers))
-        relayed = {name: value for name, value in headers.items() if _relayed(name)}
+        relayed = {name: value for name, value in headers.items() if _relayed(name)} | dict(own or {})
         relayed[HEADER_REQUEST_ID] = request[REQUEST_ID]
         return _response(reply.status, body, relayed)
 

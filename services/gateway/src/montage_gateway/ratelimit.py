@@ -27,20 +27,37 @@ from montage_gateway.metrics import RATE_LIMITED
 
 log = structlog.get_logger()
 
-# KEYS: zset. ARGV: window_ms, limit, member. Returns {allowed, count, retry_after_ms}.
+# KEYS: zset. ARGV: window_ms, limit, member. Returns {allowed, count, ms until the oldest entry
+# leaves the window} (when refused, that is the retry-after).
 _SLIDING = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local window = tonumber(ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 local n = redis.call('ZCARD', KEYS[1])
+local allowed = 0
 if n < tonumber(ARGV[2]) then
   redis.call('ZADD', KEYS[1], now, ARGV[3])
   redis.call('PEXPIRE', KEYS[1], window)
-  return {1, n + 1, 0}
+  allowed = 1
+  n = n + 1
 end
 local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return {0, n, tonumber(oldest[2]) + window - now}
+return {allowed, n, tonumber(oldest[2]) + window - now}
+"""
+
+# KEYS: zset. ARGV: window_ms. Read only: what the next acquire would see (entries newer than
+# now - window). Returns {count, oldest score or -1, now_ms}.
+_PEEK = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local since = '(' .. (now - tonumber(ARGV[1]))
+local n = redis.call('ZCOUNT', KEYS[1], since, '+inf')
+local oldest = redis.call('ZRANGEBYSCORE', KEYS[1], since, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+if n == 0 then
+  return {0, -1, now}
+end
+return {n, tonumber(oldest[2]), now}
 """
 
 # KEYS: counter. ARGV: window_s. Returns {count, ttl_s}.
@@ -60,6 +77,46 @@ class Decision:
     allowed: bool
     count: int
     retry_after: int  # seconds until the oldest entry leaves the window (0 when allowed)
+    reset: int = 0  # seconds until the oldest entry leaves the window (the `RateLimit` header's `t`)
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A user's window as the next creation would see it, read without taking a slot."""
+
+    used: int
+    limit: int
+    window_seconds: int
+    next_slot_ms: int | None  # epoch ms when the oldest counted entry leaves (None: nothing counted)
+    now_ms: int  # Redis server time of the reading
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.limit - self.used)
+
+    @property
+    def reset(self) -> int:
+        """Seconds until the oldest counted entry leaves the window (0 when nothing counts)."""
+        return 0 if self.next_slot_ms is None else max(0, math.ceil((self.next_slot_ms - self.now_ms) / 1000))
+
+    @property
+    def retry_after(self) -> int:
+        """Seconds until a creation would be accepted (0 while a slot is free)."""
+        return 0 if self.remaining > 0 else max(1, self.reset)
+
+
+def policy_header(limit: int, window_seconds: int) -> str:
+    """``RateLimit-Policy`` (draft-ietf-httpapi-ratelimit-headers, structured-field form)."""
+    return f'"jobs";q={limit};w={window_seconds}'
+
+
+def ratelimit_headers(limit: int, window_seconds: int, remaining: int, reset: int) -> dict[str, str]:
+    """``RateLimit-Policy`` and ``RateLimit`` of the job-creation limit: ``r`` jobs remaining now,
+    ``t`` seconds until the oldest counted job frees its slot."""
+    return {
+        "RateLimit-Policy": policy_header(limit, window_seconds),
+        "RateLimit": f'"jobs";r={max(0, remaining)};t={max(0, reset)}',
+    }
 
 
 class JobRateLimiter:
@@ -71,18 +128,37 @@ class JobRateLimiter:
         self.limit = limit
         self.window_seconds = window_seconds
         self._script: Any = redis.register_script(_SLIDING)
+        self._peek: Any = redis.register_script(_PEEK)
 
     async def acquire(self, user_id: str, request_id: str) -> Decision:
         try:
-            allowed, count, retry_ms = await self._script(
+            allowed, count, reset_ms = await self._script(
                 keys=[self.keys.rate_limit(user_id)], args=[self.window_seconds * 1000, self.limit, request_id]
             )
         except REDIS_DOWN:  # the job limit fails closed: no unlimited creations while Redis is away
             raise ServiceUnavailable("Rate limiter unavailable; retry shortly") from None
+        reset = max(1, math.ceil(int(reset_ms) / 1000))
         if allowed:
-            return Decision(True, int(count), 0)
+            return Decision(True, int(count), 0, reset)
         RATE_LIMITED.labels("jobs").inc()
-        return Decision(False, int(count), max(1, math.ceil(int(retry_ms) / 1000)))
+        return Decision(False, int(count), reset, reset)
+
+    async def window(self, user_id: str) -> Window:
+        """The user's current window (``GET /api/v1/usage``), by the same rule as :meth:`acquire`."""
+        try:
+            used, oldest, now = await self._peek(
+                keys=[self.keys.rate_limit(user_id)], args=[self.window_seconds * 1000]
+            )
+        except REDIS_DOWN:
+            raise ServiceUnavailable("Rate limiter unavailable; retry shortly") from None
+        next_slot = None if int(oldest) < 0 else int(oldest) + self.window_seconds * 1000
+        return Window(int(used), self.limit, self.window_seconds, next_slot, int(now))
+
+    def headers(self, decision: Decision, *, released: bool = False) -> dict[str, str]:
+        """The ``RateLimit`` headers of a creation's answer; ``released``: its slot was given back."""
+        remaining = self.limit - decision.count + (1 if released and decision.allowed else 0)
+        reset = 0 if remaining >= self.limit else decision.reset
+        return ratelimit_headers(self.limit, self.window_seconds, remaining, reset)
 
     async def release(self, user_id: str, request_id: str) -> None:
         """Give a slot back (the creation was rejected or failed)."""

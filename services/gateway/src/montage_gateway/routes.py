@@ -21,7 +21,7 @@ from montage_contracts import routes
 from montage_contracts.errors import RateLimitError, Unauthorized
 from montage_contracts.routes import Auth, Route, Service
 
-from montage_gateway import admin
+from montage_gateway import admin, usage
 from montage_gateway.auth import request_user
 from montage_gateway.client_address import client_address
 from montage_gateway.deps import GATEWAY, Gateway
@@ -118,7 +118,7 @@ class CreatingForward(Forward):
                     "limit": gw.limiter.limit,
                     "window": gw.limiter.window_text,
                 },
-                headers={"Retry-After": str(decision.retry_after)},
+                headers={"Retry-After": str(decision.retry_after), **gw.limiter.headers(decision)},
             )
         answered = False
 
@@ -136,6 +136,7 @@ class CreatingForward(Forward):
                 time_limit=gw.settings.upload_timeout_seconds,
                 on_status=on_status,
                 on_reply=on_reply,
+                reply_headers=lambda status: gw.limiter.headers(decision, released=status != 201),
             )
         except BaseException:
             if not answered:
@@ -191,6 +192,7 @@ def own_handlers(settings: GatewaySettings, console: admin.AdminHandlers) -> dic
         "getFile": files,
         "streamJobEvents": stream,
         "createStreamTicket": stream_ticket,
+        "getUsage": usage.get_usage,
         **console.handlers(),
     }
     if development:  # the development routes are not in the table's production view at all

@@ -73,7 +73,8 @@ def rebuilt_final(state: StateData, after: str) -> bytes:
     payload the orchestrator logged, as far as the state tells it (``retryable`` by the same rule)."""
     entry_id = f"{id_key(after)[0]}-{REBUILT_SEQ}"
     if state.status == JobStatus.COMPLETED:
-        return render(CompletedData(video_url=state.video_url, total_cost=state.total_cost), entry_id)
+        # No URL once the video expired (its files cleaned): the event says so with an empty one.
+        return render(CompletedData(video_url=state.video_url or "", total_cost=state.total_cost), entry_id)
     code = ErrorCode(state.error_code) if state.error_code else ErrorCode.MODULE_FAILURE
     error = state.error_message or "Job failed"
     return render(ErrorData(error=error, code=code, retryable=job_retryable(code)), entry_id)

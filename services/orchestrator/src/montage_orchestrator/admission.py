@@ -1,4 +1,6 @@
-"""Fair turns: a user's jobs beyond ``USER_MAX_ACTIVE_JOBS`` wait in Postgres, and start in turn.
+"""Fair turns, the start forecast and admission at the door.
+
+**Turns.** A user's jobs beyond ``USER_MAX_ACTIVE_JOBS`` wait in Postgres, and start in turn.
 
 A job is *waiting* while ``status = 'queued' AND deadline_at IS NULL``: its row exists, its song is
 stored, and no task of it is in any stream. It *holds a slot* from the moment its first stage is
@@ -11,20 +13,47 @@ held slots, asks :func:`turns.pick_turns` which start, and starts each with its 
 outbox (sent after the commit, re-sent by the sweeper after a crash). It runs after every upload,
 promptly after any job becomes final (:func:`~montage_orchestrator.transitions.after_commit` sets
 ``Deps.turns_due``; :func:`run` wakes), and on every sweep interval as a safety net.
+
+**Forecast.** :func:`read_system` reads every unfinished job (its stage and how long it has been
+there, or its place among the waiting) and the live workers of each stage (their heartbeats x
+``WORKER_CONCURRENCY``); :func:`turns.forecast` simulates the stages' queues with each stage's
+measured duration (``jobs.RATES`` x the song's length). A stage with no live worker counts as one
+(KEDA starts one for work waiting); as workers are added the predicted waits fall.
+
+**The door.** :func:`door` wraps the upload handler: before the body is read it predicts when a new
+job of this user would start; past ``ADMISSION_MAX_WAIT_SECONDS`` it answers 503 (``ServiceBusy``)
+with ``Retry-After`` (nothing read, nothing stored; the gateway gives the rate-limit slot back on
+any answer but 201). An admitted upload counts as a waiting job of its user in this process's
+forecasts until its handler returns, so a burst of uploads is not all admitted on one reading.
+:func:`places` gives ``queue_position`` and ``estimated_start`` of waiting jobs to the status bodies.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import math
+import time
 import uuid
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 import asyncpg
 import structlog
-from montage_contracts.pipeline import STAGES
+from aiohttp import web
+from montage_common.web import internal_user
+from montage_contracts import api
+from montage_contracts.api import timestamp
+from montage_contracts.errors import ErrorCode, ServiceBusy
+from montage_contracts.pipeline import PIPELINE, STAGES, TYPICAL_SONG_SECONDS, JobStatus
 
-from montage_orchestrator import turns
-from montage_orchestrator.deps import Deps
+from montage_orchestrator import metrics, turns
+from montage_orchestrator.deps import DEPS, Deps
+from montage_orchestrator.health import stage_workers
+from montage_orchestrator.jobs import RATES
 from montage_orchestrator.pipeline import dispatch_stage
 from montage_orchestrator.transitions import Effects, after_commit, begin
 
@@ -50,9 +79,12 @@ ORDER BY w.created_at, w.job_id
 LIMIT $2
 """
 
+# statement_timestamp(), not now(): the transaction may have waited for the lock since before the
+# job's row was written, and its deadline must count from the start itself.
 _START_SQL = """
-UPDATE jobs SET status = 'processing', current_stage = COALESCE(current_stage, $3), started_at = now(),
-       updated_at = now(), deadline_at = now() + make_interval(secs => $2)
+UPDATE jobs SET status = 'processing', current_stage = COALESCE(current_stage, $3),
+       started_at = statement_timestamp(), updated_at = statement_timestamp(),
+       deadline_at = statement_timestamp() + make_interval(secs => $2)
 WHERE job_id = $1 AND status = 'queued' AND deadline_at IS NULL
 RETURNING *
 """
@@ -115,3 +147,137 @@ async def run(deps: Deps, stop: asyncio.Event) -> None:
                 w.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await w
+
+
+# --- the forecast ---------------------------------------------------------------------------
+SYSTEM_LIMIT = 5000  # unfinished jobs a forecast reads at most (beyond: the door is closed anyway)
+WORKERS_CACHE_SECONDS = 2.0  # live workers per stage are read at most this often per process
+
+_SYSTEM_SQL = """
+SELECT now() AS now, j.job_id, j.user_id, j.created_at, j.audio_duration, j.deadline_at IS NULL AS waiting,
+       COALESCE(s.stage_name, j.current_stage) AS stage,
+       COALESCE(EXTRACT(EPOCH FROM now() - s.started_at)::float8, 0) AS elapsed
+FROM jobs j
+LEFT JOIN LATERAL (
+    SELECT st.stage_name, st.started_at FROM job_stages st
+    WHERE st.job_id = j.job_id AND st.status = 'running' ORDER BY st.started_at DESC LIMIT 1
+) s ON j.deadline_at IS NOT NULL
+WHERE j.status IN ('queued', 'processing')
+ORDER BY j.created_at
+LIMIT $1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class System:
+    """Every unfinished job and the live slots per stage, as read at ``now`` (the database's clock)."""
+
+    now: datetime
+    running: list[turns.Running]
+    waiting: list[turns.Waiting]
+    slots: dict[str, int]
+    typical: tuple[float, ...]  # what each stage takes for a song of the usual length here
+
+
+def stage_seconds(audio_seconds: float) -> tuple[float, ...]:
+    """What each stage is expected to take for a song of ``audio_seconds`` (measured rates)."""
+    return tuple(RATES.rate(spec) * audio_seconds for spec in PIPELINE)
+
+
+# Per process and Redis namespace (one deployment; tests run several in one process).
+_workers: dict[str, tuple[float, dict[str, int]]] = {}
+
+
+async def live_slots(deps: Deps) -> dict[str, int]:
+    """Tasks each stage can run at once: its workers with a live heartbeat (at least one) x concurrency."""
+    space = deps.settings.redis_namespace
+    read_at, slots = _workers.get(space, (-math.inf, {}))
+    if time.monotonic() - read_at >= WORKERS_CACHE_SECONDS:
+        each = deps.settings.worker_concurrency
+        slots = {stage: max(1, await stage_workers(deps, stage)) * each for stage in STAGES}
+        _workers[space] = (time.monotonic(), slots)
+    return slots
+
+
+async def read_system(deps: Deps) -> System:
+    with contextlib.suppress(asyncpg.PostgresError):
+        await RATES.refresh(deps.pool)  # at most once a minute
+    rows = await deps.pool.fetch(_SYSTEM_SQL, SYSTEM_LIMIT)
+    now = rows[0]["now"] if rows else await deps.pool.fetchval("SELECT now()")
+    running: list[turns.Running] = []
+    waiting: list[turns.Waiting] = []
+    for r in rows:
+        seconds = stage_seconds(r["audio_duration"])
+        if r["waiting"]:
+            waiting.append(turns.Waiting(str(r["job_id"]), r["user_id"], r["created_at"], seconds))
+        else:
+            running.append(turns.Running(str(r["job_id"]), r["user_id"], r["stage"], r["elapsed"], seconds))
+    durations = sorted(r["audio_duration"] for r in rows)
+    usual = durations[len(durations) // 2] if durations else TYPICAL_SONG_SECONDS
+    return System(now, running, waiting, await live_slots(deps), stage_seconds(usual))
+
+
+# --- the door -------------------------------------------------------------------------------
+# Uploads admitted by this process whose job row may not exist yet: namespace -> ticket -> user.
+_admitted: dict[str, dict[int, str]] = defaultdict(dict)
+_tickets = itertools.count()
+
+
+def predicted_wait(system: System, user: str, admitted: Iterable[str], per_user: int) -> float:
+    """Seconds until a job of ``user`` uploaded now would start, behind ``admitted`` uploads too."""
+    pending = [turns.Waiting(f"admitted-{k}", u, system.now, system.typical) for k, u in enumerate(admitted)]
+    f = turns.forecast(system.running, [*system.waiting, *pending], system.slots, per_user, new_user=user)
+    return f.starts.get(turns.NEW_JOB, math.inf)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def door(handler: Handler) -> Handler:
+    """Admission at the door for the upload handler (see the module docstring)."""
+
+    async def at_the_door(request: web.Request) -> web.StreamResponse:
+        deps = request.app[DEPS]
+        s = deps.settings
+        user = internal_user(request, s.internal_secret)
+        if s.admission_max_wait_seconds <= 0:
+            return await handler(request)
+        admitted = _admitted[s.redis_namespace]
+        system = await read_system(deps)
+        wait = predicted_wait(system, user, admitted.values(), s.user_max_active_jobs)
+        metrics.ADMISSION_PREDICTED_WAIT.set(wait if math.isfinite(wait) else -1)
+        if wait > s.admission_max_wait_seconds:
+            metrics.ADMISSION_REFUSED.inc()
+            metrics.UPLOAD_REJECTED.labels(ErrorCode.SERVICE_UNAVAILABLE).inc()
+            after = turns.retry_after(wait, s.admission_max_wait_seconds) if math.isfinite(wait) else 60
+            shown = int(wait) if math.isfinite(wait) else 0
+            log.info("upload_refused_busy", user_id=user, predicted_wait=round(wait, 1), retry_after=after)
+            raise ServiceBusy(
+                f"Montage is busy: a new job would wait about {shown} s to start"
+                f" (the limit is {s.admission_max_wait_seconds:.0f} s); retry in {after} s",
+                retry_after=after,
+                estimated_wait=shown,
+            )
+        ticket = next(_tickets)
+        admitted[ticket] = user
+        try:
+            return await handler(request)
+        finally:
+            admitted.pop(ticket, None)
+
+    return at_the_door
+
+
+# --- places in line -------------------------------------------------------------------------
+async def places(deps: Deps, bodies: Sequence[api.Job | api.JobListItem]) -> None:
+    """Set ``queue_position`` and ``estimated_start`` on each queued job's body (the others keep null)."""
+    if not any(b.status == JobStatus.QUEUED for b in bodies):
+        return
+    system = await read_system(deps)
+    f = turns.forecast(system.running, system.waiting, system.slots, deps.settings.user_max_active_jobs)
+    for body in bodies:
+        if body.status == JobStatus.QUEUED and body.job_id in f.positions:
+            body.queue_position = f.positions[body.job_id]
+            start = f.starts.get(body.job_id)
+            if start is not None:
+                body.estimated_start = timestamp(system.now + timedelta(seconds=start))

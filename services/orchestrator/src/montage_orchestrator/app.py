@@ -43,6 +43,7 @@ def create_app(settings: OrchestratorSettings) -> web.Application:
                 settings.database_url,
                 pool_size=settings.db_pool_size,
                 migrations="montage_orchestrator" if settings.run_migrations else None,
+                schema="montage_orchestrator",  # ready only once this release's migrations are applied
             ),
             shared.redis_client(settings, socket_timeout=10.0),
             resources.storage(settings),

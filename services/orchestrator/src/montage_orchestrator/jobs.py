@@ -121,6 +121,8 @@ def status_body(snap: dict[str, Any], video_url: str | None) -> api.Job:
         retryable=job_retryable(code),
         created_at=snap["created_at"],
         updated_at=snap["updated_at"],
+        queue_position=None,  # while it waits: ``admission.places``
+        estimated_start=None,
         retry_of=snap.get("retry_of"),
         retried_by=snap.get("retried_by"),
     )
@@ -136,6 +138,8 @@ def list_item(row: asyncpg.Record) -> api.JobListItem:
         total_cost=money(row["total_cost"]),
         created_at=timestamp(row["created_at"]),
         completed_at=iso(row["completed_at"]),
+        queue_position=None,  # while it waits: ``admission.places``
+        estimated_start=None,
         **retry_links(row),
     )
 

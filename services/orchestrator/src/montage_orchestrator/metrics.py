@@ -40,3 +40,7 @@ STAGES_STUCK = Counter(
     "Stages whose live worker reported no progress for STAGE_STALL_SECONDS (outcome: redispatched or failed)",
     ["stage", "outcome"],
 )
+ADMISSION_PREDICTED_WAIT = Gauge(
+    "montage_admission_predicted_wait_seconds", "Predicted start delay of a job uploaded now (at the last upload)"
+)
+ADMISSION_REFUSED = Counter("montage_admission_refused_total", "Uploads refused at the door (503 (busy))")

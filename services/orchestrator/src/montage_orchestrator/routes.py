@@ -9,7 +9,6 @@ import uuid
 from typing import Any
 
 import asyncpg
-import msgspec
 import structlog
 from aiohttp import web
 from montage_common import db
@@ -19,37 +18,17 @@ from montage_common.storage import layout
 from montage_common.web import Handler, internal_user, query_int
 from montage_contracts import api
 from montage_contracts.api import timestamp
-from montage_contracts.errors import BudgetExceededError, ErrorCode, Forbidden, Gone, NotFound, ValidationError
-from montage_contracts.pipeline import FINAL_STATUSES, JOB_STATUSES, STAGES, JobStatus
+from montage_contracts.errors import BudgetExceededError, ErrorCode, Gone, NotFound, ValidationError
+from montage_contracts.pipeline import JOB_STATUSES, STAGES, JobStatus
 
-from montage_orchestrator import admin, admission, costs, metrics, retry, store, upload
+from montage_orchestrator import admin, admission, costs, metrics, retry, store, upload, usage
 from montage_orchestrator.deps import DEPS, Deps
-from montage_orchestrator.errors import JobNotCancellable
 from montage_orchestrator.health import health_report
+from montage_orchestrator.http import job_uuid, owned, respond
 from montage_orchestrator.jobs import RATES, list_item, money, snapshot, status_body
-from montage_orchestrator.transitions import CANCELLED_MESSAGE, Effects, after_commit, fail_job
+from montage_orchestrator.transitions import CANCELLED_MESSAGE, cancel
 
 log = structlog.get_logger()
-_json = msgspec.json.Encoder(decimal_format="number")
-
-
-def respond(body: msgspec.Struct, status: int = 200) -> web.Response:
-    """A contract body (a Struct of ``montage_contracts.api``), encoded by msgspec."""
-    return web.Response(body=_json.encode(body), status=status, content_type="application/json")
-
-
-def _job_uuid(request: web.Request) -> uuid.UUID:
-    job_id = store.as_uuid(request.match_info["job_id"])
-    if job_id is None:
-        raise NotFound("Job not found")
-    return job_id
-
-
-def _owned(row: asyncpg.Record | dict[str, Any] | None, user: str) -> None:
-    if row is None:
-        raise NotFound("Job not found")
-    if row["user_id"] != user:
-        raise Forbidden("Job belongs to another user", job_id=str(row["job_id"]))
 
 
 def _user(request: web.Request) -> tuple[Deps, str]:
@@ -57,6 +36,7 @@ def _user(request: web.Request) -> tuple[Deps, str]:
     return deps, internal_user(request, deps.settings.internal_secret)
 
 
+@admission.door  # 503 (busy) + Retry-After, before the body is read, when the wait is too long
 async def upload_audio(request: web.Request) -> web.Response:
     deps, user = _user(request)
     s = deps.settings
@@ -163,16 +143,18 @@ async def _snapshot(deps: Deps, job_id: uuid.UUID) -> dict[str, Any] | None:
 
 async def get_job(request: web.Request) -> web.Response:
     deps, user = _user(request)
-    job_id = _job_uuid(request)
+    job_id = job_uuid(request)
     snap = await _snapshot(deps, job_id)
-    _owned(snap, user)
+    owned(snap, user)
     assert snap is not None
     url = None
     if snap["status"] == JobStatus.COMPLETED and snap["video_key"] and not snap["files_cleaned_at"]:
         url = await deps.storage.signed_url(snap["video_key"], deps.settings.download_url_seconds)
     with contextlib.suppress(asyncpg.PostgresError, *db.TRANSIENT):
         await RATES.refresh(deps.pool)  # at most once a minute; the spec's priors meanwhile
-    return respond(status_body(snap, url))
+    body = status_body(snap, url)
+    await admission.places(deps, [body])  # queue_position, estimated_start
+    return respond(body)
 
 
 async def list_jobs(request: web.Request) -> web.Response:
@@ -183,40 +165,31 @@ async def list_jobs(request: web.Request) -> web.Response:
     limit = query_int(request, "limit", 10, 1, 50)
     offset = query_int(request, "offset", 0, 0, 1_000_000)
     rows, total = await store.list_jobs(deps.pool, user, status, limit, offset)
-    return respond(api.JobList(jobs=[list_item(r) for r in rows], total=total, limit=limit, offset=offset))
+    items = [list_item(r) for r in rows]
+    await admission.places(deps, items)
+    return respond(api.JobList(jobs=items, total=total, limit=limit, offset=offset))
 
 
 async def cancel_job(request: web.Request) -> web.Response:
     deps, user = _user(request)
-    job_id = _job_uuid(request)
-    eff = Effects(job_id=str(job_id))
-    async with deps.pool.acquire() as conn, conn.transaction():
-        row = await store.lock_job(conn, job_id)
-        _owned(row, user)
-        assert row is not None
-        if row["status"] in FINAL_STATUSES:
-            raise JobNotCancellable(f"Job already {row['status']}; it cannot be cancelled", job_id=str(job_id))
-        was = row["status"]
-        await fail_job(conn, deps, eff, ErrorCode.CANCELLED, CANCELLED_MESSAGE)
-        outbox_id = await deps.outbox.add(conn, job_id, eff.emits)
-    eff.delete_prefixes = layout.intermediate_prefixes(str(job_id))
-    await after_commit(deps, eff)
-    await deps.outbox.send_quietly(outbox_id)
-    log.info("job_cancelled", job_id=str(job_id), was=was)
+    job_id = job_uuid(request)
+    row = await cancel(deps, job_id, CANCELLED_MESSAGE, check=lambda row: owned(row, user))
+    log.info("job_cancelled", job_id=str(job_id), was=row["status"])
     return respond(api.Cancelled(job_id=str(job_id), status=JobStatus.FAILED, message=CANCELLED_MESSAGE))
 
 
+@admission.door  # a retry adds work like an upload: the same 503 + Retry-After when the wait is too long
 async def retry_job(request: web.Request) -> web.Response:
     """A new job continuing a failed or cancelled one from the stage it did not finish (``retry``)."""
     deps, user = _user(request)
-    return respond(await retry.retry_job(deps, _job_uuid(request), user), status=201)
+    return respond(await retry.retry_job(deps, job_uuid(request), user), status=201)
 
 
 async def download(request: web.Request) -> web.Response:
     deps, user = _user(request)
-    job_id = _job_uuid(request)
+    job_id = job_uuid(request)
     row = await store.get_job(deps.pool, job_id)
-    _owned(row, user)
+    owned(row, user)
     assert row is not None
     if row["status"] != JobStatus.COMPLETED or not row["video_key"]:
         raise NotFound("Job not completed", job_id=str(job_id))
@@ -244,5 +217,6 @@ def handlers() -> dict[str, Handler]:
         "retryJob": retry_job,
         "getDownload": download,
         "getInternalHealth": internal_health,
+        "getInternalUsage": usage.internal_usage,
         **admin.handlers(),  # /api/v1/admin/*: the operator console (admins only; see admin.py)
     }

@@ -34,6 +34,20 @@ class OrchestratorSettings(PricingSettings, frozen=True, kw_only=True):
             description="jobs of one user processing at once; the rest wait as queued (no deadline) and start in turn, round robin over users",
         ),
     ] = 2
+    admission_max_wait_seconds: Annotated[
+        float,
+        Meta(
+            ge=0,
+            description="an upload whose job is predicted to wait longer than this to start gets 503 (busy) with Retry-After (0: never refused); default: as long as a job may run",
+        ),
+    ] = 900.0
+    worker_concurrency: Annotated[
+        int,
+        Meta(
+            ge=1,
+            description="tasks at once per stage worker (the workers' own setting): the admission forecast counts live workers x this",
+        ),
+    ] = 3
     status_cache_seconds: Annotated[int, Meta(description="TTL of the cached job status")] = 30
     cancel_flag_seconds: Annotated[int, Meta(description="TTL of the job_cancel:{job_id} flag workers check")] = 900
     download_url_seconds: Annotated[int, Meta(description="validity of signed download URLs")] = 3600

@@ -1,4 +1,4 @@
-"""Job-level transitions shared by the pipeline, the cancel endpoint and the sweepers.
+"""Job-level transitions shared by the pipeline, the cancels (the owner's and the operator's) and the sweepers.
 
 Each runs inside the caller's transaction (the job row locked) and records its side effects in
 :class:`Effects`: the emits that go out with the hand-off, and what happens after the commit
@@ -9,7 +9,7 @@ intermediate files).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
@@ -17,19 +17,22 @@ from decimal import Decimal
 import asyncpg
 import structlog
 from montage_common.events import event_emit
+from montage_common.storage import layout
 from montage_contracts.api import ErrorData
-from montage_contracts.errors import ErrorCode, job_retryable
+from montage_contracts.errors import ErrorCode, MontageError, job_retryable
 from montage_contracts.events import EventData
 from montage_contracts.pipeline import FINAL_STATUSES, JobStatus
 from montage_streams import Emit
 
 from montage_orchestrator import cleanup, job_metrics, metrics, purge, store
 from montage_orchestrator.deps import Deps
+from montage_orchestrator.errors import JobNotCancellable
 from montage_orchestrator.jobs import snapshot
 
 log = structlog.get_logger()
 
 CANCELLED_MESSAGE = "Job cancelled by user"
+OPERATOR_CANCEL_MESSAGE = "Job cancelled by an operator"
 BUDGET_MESSAGE = "Budget limit exceeded"
 
 
@@ -111,4 +114,52 @@ async def fail_job(conn: asyncpg.Connection, deps: Deps, eff: Effects, code: Err
     job_failed(deps, eff, code, message)
     eff.settle_purge = True
     eff.row = row
+    return row
+
+
+# What a cancel may do besides its own rows: write the operator's action log row, in the same
+# transaction, whether the cancel was done or refused (``refusal``).
+Audit = Callable[[asyncpg.Connection, asyncpg.Record | None, MontageError | None], Awaitable[None]]
+
+
+async def cancel(
+    deps: Deps,
+    job_id: uuid.UUID,
+    message: str,
+    *,
+    check: Callable[[asyncpg.Record | None], None],
+    audit: Audit | None = None,
+) -> asyncpg.Record:
+    """Cancel a queued or running job: the one cancel transaction, the owner's and the operator's.
+
+    With the job row locked: ``check`` refuses the caller (it raises: 404, 403), a final job is
+    refused with :class:`JobNotCancellable` (400, one status for this cause wherever it is asked),
+    else the job fails with code ``CANCELLED`` and ``message`` (:func:`fail_job`), its events go
+    through the outbox. ``audit`` runs last in the transaction, so a refusal is logged too.
+    After the commit: the cancel flag, the cache, the intermediate files, the outbox entry.
+    Returns the job row as it was before the cancel.
+    """
+    eff = Effects(job_id=str(job_id))
+    outbox_id = None
+    async with deps.pool.acquire() as conn, conn.transaction():
+        row = await store.lock_job(conn, job_id)
+        refusal: MontageError | None = None
+        try:
+            check(row)
+            assert row is not None
+            if row["status"] in FINAL_STATUSES:
+                raise JobNotCancellable(f"Job already {row['status']}; it cannot be cancelled", job_id=str(job_id))
+        except MontageError as err:
+            refusal = err
+        if refusal is None:
+            await fail_job(conn, deps, eff, ErrorCode.CANCELLED, message)
+            outbox_id = await deps.outbox.add(conn, job_id, eff.emits)
+        if audit is not None:
+            await audit(conn, row, refusal)
+    if refusal is not None:
+        raise refusal
+    assert row is not None and outbox_id is not None
+    eff.delete_prefixes = layout.intermediate_prefixes(str(job_id))
+    await after_commit(deps, eff)
+    await deps.outbox.send_quietly(outbox_id)
     return row

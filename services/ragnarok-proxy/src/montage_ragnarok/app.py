@@ -45,6 +45,7 @@ def create_app(settings: ProxySettings) -> web.Application:
                 settings.database_url,
                 pool_size=settings.db_pool_size,
                 migrations="montage_ragnarok" if settings.run_migrations else None,
+                schema="montage_ragnarok",  # ready only once this release's migrations are applied
             ),
             shared.redis_client(settings),
             resources.http_session,

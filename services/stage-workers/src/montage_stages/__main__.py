@@ -17,6 +17,7 @@ from montage_common.redis import create_redis, keys_for, ready, target_of
 from montage_common.storage import create_storage
 from montage_contracts.pipeline import STAGES
 
+from montage_stages.runtime.provider_check import provider_refusal
 from montage_stages.worker import StageWorker, WorkerSettings
 
 log = structlog.get_logger()
@@ -70,6 +71,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stage", required=True, choices=STAGES)
     args = parser.parse_args(argv)
     settings = settings_mod.load(WorkerSettings)
+    refusal = provider_refusal(settings, args.stage)
+    if refusal is not None:
+        raise SystemExit(refusal)
     logs.configure(settings, f"stage-{args.stage}")
     asyncio.run(run(settings, args.stage))
 

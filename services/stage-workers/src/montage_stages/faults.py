@@ -16,7 +16,7 @@ from montage_contracts.errors import PipelineError
 from montage_contracts.keys import Keys
 from redis.asyncio import Redis
 
-from montage_stages.settings import StageSettings
+from montage_stages.runtime.settings import StageSettings
 
 
 def enabled(settings: StageSettings) -> bool:

@@ -13,8 +13,8 @@ import msgspec
 from montage_contracts.models import AudioAnalysis, ClipPrompts, Clips, ReferenceImages, ScenePlan, VideoOutput
 from montage_contracts.pipeline import PIPELINE, JobFacts
 
-from montage_stages.context import StageContext
-from montage_stages.worker import MODULES
+from montage_stages.runtime.context import StageContext
+from montage_stages.stages import PROCESS
 
 
 @dataclass
@@ -37,7 +37,7 @@ async def run_all(ctx: StageContext, job_id: str, audio_key: str, user_prompt: s
     job = JobFacts(audio_key=audio_key, user_prompt=user_prompt)
     for stage in PIPELINE:
         start = time.perf_counter()
-        outputs[stage.name] = await MODULES[stage.name].process(ctx, job_id, stage.build_input(job, outputs))
+        outputs[stage.name] = await PROCESS[stage.name](ctx, job_id, stage.build_input(job, outputs))
         seconds[stage.name] = time.perf_counter() - start
     return LocalRun(**{_FIELDS[name]: output for name, output in outputs.items()}, seconds=seconds)  # type: ignore[arg-type]
 

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import math
 import shutil
 import tempfile
@@ -44,7 +43,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Annotated
 
 import msgspec
@@ -66,7 +64,7 @@ from montage_contracts.messages import (
     task_decoder,
 )
 from montage_contracts.models import CostItem
-from montage_contracts.pipeline import PIPELINE, STAGES
+from montage_contracts.pipeline import STAGES
 from montage_streams import (
     DeadLetter,
     DeadLetterHook,
@@ -82,15 +80,13 @@ from msgspec import Meta
 from redis.asyncio import Redis
 
 from montage_stages import faults
-from montage_stages.clip_fanout import ClipFanout, ClipWorker
-from montage_stages.context import StageContext
-from montage_stages.provider_http import Providers
-from montage_stages.settings import StageSettings
+from montage_stages.runtime.context import StageContext
+from montage_stages.runtime.provider_http import Providers
+from montage_stages.runtime.settings import StageSettings
+from montage_stages.stages import PROCESS
+from montage_stages.stages.clip_fanout import ClipFanout, ClipWorker
 
 log = structlog.get_logger()
-
-# One module per stage, named after it, with ``async process(ctx, job_id, input) -> output``.
-MODULES: dict[str, ModuleType] = {s.name: importlib.import_module(f"montage_stages.{s.name}") for s in PIPELINE}
 
 HEARTBEAT_SECONDS = 10
 HEARTBEAT_TTL = 30
@@ -197,14 +193,14 @@ class StageWorker:
     def __init__(
         self, settings: WorkerSettings, stage: str, redis: Redis, storage: Storage, keys: Keys, *, consumer: str = ""
     ) -> None:
-        if stage not in MODULES:
+        if stage not in PROCESS:
             raise ValueError(f"unknown stage {stage!r}; one of {', '.join(STAGES)}")
         self.settings = settings
         self.stage = stage
         self.redis = redis
         self.storage = storage
         self.keys = keys
-        self.module = MODULES[stage]
+        self.process = PROCESS[stage]
         self.faults = faults.enabled(settings)
         self.providers = Providers()  # one pool of provider connections per process
         self.producer = StreamProducer(redis)
@@ -306,7 +302,7 @@ class StageWorker:
                 if self.faults:  # development only: a test made this stage fail
                     await faults.raise_injected(self.redis, self.keys, task.job_id, self.stage)
                 log.info("stage_started", delivery=d.delivery_count)
-                output = await self.module.process(ctx, task.job_id, task.input)
+                output = await self.process(ctx, task.job_id, task.input)
             except JobCancelled as exc:
                 log.info("stage_cancelled")
                 return [

@@ -56,8 +56,9 @@ async def serve(
     api_limits = ConnectionLimits.of(settings, max_per_client=max_connections_per_client)
     api = AppRunner(app, limits=api_limits, access_log=None, shutdown_timeout=settings.shutdown_grace_seconds)
     ops: AppRunner | None = None
-    await api.setup()
     try:
+        # The ops port first: while the API app starts (e.g. waiting for its schema) the kubelet
+        # sees /healthz alive and /readyz saying why it is not ready yet.
         if settings.ops_port:
             ops = AppRunner(
                 create_ops_app(app, settings.dependency_probe_seconds),
@@ -67,6 +68,7 @@ async def serve(
             )
             await ops.setup()
             await web.TCPSite(ops, settings.host, settings.ops_port).start()
+        await api.setup()
         await web.TCPSite(api, settings.host, port or settings.port).start()
         await stop.wait()
     finally:

@@ -1,0 +1,113 @@
+"""The provider clients of one worker process, and provider failures translated at the boundary.
+
+:class:`Providers` holds one ``openai.AsyncOpenAI`` client per (base URL, key, timeout) — the
+text, transcription and image seams each get one, created on first use — and one
+``aiohttp.ClientSession`` for ragnarok-proxy and clip downloads. The worker makes one
+:class:`Providers` and closes it at shutdown, so connections are pooled across tasks, never made
+per call. The SDK's own retries are off (``max_retries=0``): the stream runtime retries a failed
+stage on its schedule (2 s, 4 s, 8 s), which keeps every retry visible and bounded in one place.
+
+Failures (:func:`translate`):
+
+- 429, 5xx, a timeout, a connection error or an unparseable answer → :class:`ProviderUnavailable`
+  (``GENERATION_ERROR``, retryable: the runtime retries; after the last retry the job fails with
+  ``GENERATION_ERROR``, ``retryable: true``, unless the stage has a fallback);
+- a content-policy refusal → :class:`ContentRefused` (``VALIDATION_ERROR``: neither the runtime nor
+  the user should retry it, since the same prompt is refused again; a stage with a fallback takes it);
+- another 4xx → :class:`~montage_contracts.errors.GenerationError` (not retried by the runtime).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import openai
+from montage_contracts.errors import ErrorCode, GenerationError, RetryableError
+
+
+class ProviderUnavailable(GenerationError, RetryableError):
+    """A generation provider failed in a way that may pass: retried, then ``GENERATION_ERROR``."""
+
+    default_message = "Generation provider unavailable"
+
+
+class ContentRefused(GenerationError):
+    """A provider refused the request under its content policy: resubmitting the same prompt is
+    refused again, so the job's failure is ``VALIDATION_ERROR`` (``retryable: false``), not the
+    retryable ``GENERATION_ERROR``. Still a :class:`GenerationError`, so stages that degrade on a
+    provider failure (text-only stills, no lyrics, the fallback plan) degrade on it too."""
+
+    code, default_message = ErrorCode.VALIDATION_ERROR, "Refused by the provider's content policy"
+
+
+# The error codes OpenAI-compatible providers give a content-policy refusal (DALL-E and the
+# transcriptions endpoint: content_policy_violation; GPT image models: moderation_blocked).
+REFUSAL_CODES = frozenset({"content_policy_violation", "moderation_blocked"})
+
+
+class Providers:
+    """The HTTP clients of one worker process (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._openai: dict[tuple[str, str, float], openai.AsyncOpenAI] = {}
+        self._session: aiohttp.ClientSession | None = None
+        self._lock = asyncio.Lock()
+
+    def openai(self, base_url: str, api_key: str, timeout: float) -> openai.AsyncOpenAI:
+        """The client of one OpenAI-compatible endpoint (created once, then reused)."""
+        key = (base_url.rstrip("/"), api_key, timeout)
+        client = self._openai.get(key)
+        if client is None:
+            client = openai.AsyncOpenAI(
+                base_url=key[0],
+                api_key=api_key or "not-needed",  # local servers (vLLM, Ollama) take any key
+                timeout=timeout,
+                max_retries=0,
+            )
+            self._openai[key] = client
+        return client
+
+    async def http(self) -> aiohttp.ClientSession:
+        """The process's aiohttp session (ragnarok-proxy, clip downloads); per-call timeouts."""
+        async with self._lock:
+            if self._session is None or self._session.closed:
+                self._session = aiohttp.ClientSession()
+            return self._session
+
+    async def aclose(self) -> None:
+        for client in self._openai.values():
+            await client.close()
+        self._openai.clear()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def _detail(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict):
+            return str(inner.get("message") or inner.get("detail") or "")[:200]
+    return str(exc.message)[:200]
+
+
+def translate(what: str, exc: Exception) -> GenerationError:
+    """The Montage error of an ``openai`` SDK failure (``what`` names the provider)."""
+    if isinstance(exc, openai.APITimeoutError):
+        return ProviderUnavailable(f"{what} timed out")
+    if isinstance(exc, openai.APIConnectionError):
+        return ProviderUnavailable(f"{what} unreachable: {type(exc.__cause__ or exc).__name__}")
+    if isinstance(exc, openai.APIStatusError):
+        status, detail = exc.status_code, _detail(exc)
+        if status == 429 or status >= 500:
+            wait = exc.response.headers.get("retry-after")
+            hint = f" (Retry-After {wait} s)" if wait else ""
+            return ProviderUnavailable(f"{what} answered {status}{hint}: {detail}")
+        if getattr(exc, "code", None) in REFUSAL_CODES:
+            return ContentRefused(f"{what} refused the request (content policy): {detail}")
+        return GenerationError(f"{what} answered {status}: {detail}")
+    if isinstance(exc, openai.APIResponseValidationError | ValueError):
+        return ProviderUnavailable(f"{what} answered with an unusable body: {type(exc).__name__}")
+    return ProviderUnavailable(f"{what} failed: {type(exc).__name__}: {exc}"[:300])
