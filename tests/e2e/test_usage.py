@@ -3,17 +3,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from montage_cli.client import MontageClient, audio_content_type
+from montage_cli.errors import ApiError
 from montage_contracts.routes import route
 
 from tests.e2e.flows import PROMPT
-from tests.stack import ClientFactory, unique
+from tests.stack import ClientFactory, RunningStack, unique
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -75,3 +81,33 @@ async def test_usage_agrees_with_the_sixth_uploads_429(as_user: ClientFactory, s
     cancelled = await gina.usage()
     assert cancelled["active_jobs"] == 0
     assert cancelled["jobs_used"] == 5  # cancelling does not give a creation back
+
+
+def _montage(args: list[str], env: dict[str, str]) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "montage_cli.main", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+async def test_montage_usage(e2e_stack: RunningStack, as_user: ClientFactory, song: Path, tmp_path: Path) -> None:
+    user = unique("hank")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MONTAGE_", "REDIS_", "DATABASE_"))}
+    env |= {"MONTAGE_URL": e2e_stack.url, "MONTAGE_STACK_ENV": str(tmp_path / "none.env")}
+    env["MONTAGE_TOKEN"] = _montage(["token", "--user", user], {**env, "ENVIRONMENT": "development"}).strip()
+    assert _montage(["usage"], env).startswith("0 of 5 jobs used in the last 3600 s\n")
+    hank = await as_user(user)
+    job = await hank.upload(song, PROMPT)
+    try:
+        body = json.loads(_montage(["usage", "--json"], env))
+        assert body["jobs_used"] == 1 and body["jobs_remaining"] == 4
+        assert f"a slot frees at {body['next_slot_at']}" in _montage(["usage"], env)
+    finally:
+        with contextlib.suppress(ApiError):  # keep the machine free, unless it finished already
+            await hank.cancel(job["job_id"])

@@ -115,6 +115,8 @@ const job: GetJob = {
   retryable: false,
   created_at: "2026-01-01T12:00:00.000Z",
   updated_at: "2026-01-01T12:01:00.000Z",
+  queue_position: null,
+  estimated_start: null,
   retry_of: null,
   retried_by: null,
 };

@@ -10,7 +10,7 @@ from montage_contracts.errors import GenerationError
 from montage_contracts.models import ReferenceGeneratorInput
 from montage_stages.providers import image_provider
 from montage_stages.runtime.context import StageContext
-from montage_stages.runtime.provider_http import ProviderUnavailable
+from montage_stages.runtime.provider_http import ContentRefused, ProviderUnavailable
 from montage_stages.stages import reference_generator, scene_planner
 
 from tests.providers.conftest import Costs, Fake
@@ -51,7 +51,7 @@ async def test_other_models_are_asked_for_b64_json(
         ("429", ProviderUnavailable, "answered 429 (Retry-After 1 s)"),
         ("500", ProviderUnavailable, "answered 500"),
         ("malformed", ProviderUnavailable, "unusable body"),
-        ("refuse", GenerationError, "content policy"),
+        ("refuse", ContentRefused, "content policy"),
     ],
 )
 async def test_failures(

@@ -12,7 +12,7 @@ from montage_contracts.models import AudioParserInput
 from montage_stages.media import synth
 from montage_stages.providers import lyrics
 from montage_stages.runtime.context import StageContext
-from montage_stages.runtime.provider_http import ProviderUnavailable
+from montage_stages.runtime.provider_http import ContentRefused, ProviderUnavailable
 from montage_stages.stages import audio_parser
 
 from tests.providers.conftest import Costs, Fake
@@ -62,7 +62,7 @@ async def test_request_shape_words_and_cost(
         ("429", ProviderUnavailable, "answered 429"),
         ("500", ProviderUnavailable, "answered 500"),
         ("malformed", ProviderUnavailable, "unusable body"),
-        ("refuse", GenerationError, "content policy"),
+        ("refuse", ContentRefused, "content policy"),
     ],
 )
 async def test_failures(

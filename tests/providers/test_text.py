@@ -23,7 +23,7 @@ from montage_contracts.models import (
 from montage_stages.providers import llm_planner
 from montage_stages.providers.text_provider import complete_json, strict_object
 from montage_stages.runtime.context import StageContext
-from montage_stages.runtime.provider_http import ProviderUnavailable
+from montage_stages.runtime.provider_http import ContentRefused, ProviderUnavailable
 from montage_stages.stages import prompt_generator, scene_planner
 
 from tests.providers.conftest import Costs, Fake
@@ -97,7 +97,7 @@ async def test_price_table_from_settings(make_ctx: Callable[..., StageContext], 
         ("429", ProviderUnavailable, "answered 429 (Retry-After 7 s)"),
         ("500", ProviderUnavailable, "answered 500"),
         ("malformed", ProviderUnavailable, "unusable body"),
-        ("refuse", GenerationError, "refused"),
+        ("refuse", ContentRefused, "refused"),
     ],
 )
 async def test_failures(
@@ -107,7 +107,9 @@ async def test_failures(
     with pytest.raises(GenerationError) as caught:
         await complete_json(make_ctx(), call="c", name="n", schema=SCHEMA, system="s", user="{}")
     assert caught.type is error and text in caught.value.message
-    assert caught.value.code == ErrorCode.GENERATION_ERROR
+    # a refusal is the prompt's fault: the job's failure is not retryable (VALIDATION_ERROR)
+    refused = error is ContentRefused
+    assert caught.value.code == (ErrorCode.VALIDATION_ERROR if refused else ErrorCode.GENERATION_ERROR)
     assert caught.value.retryable is (error is ProviderUnavailable)
     # a refusal was billed (usage came back); the failures that never answered were not
     assert [c.call_id for c in costs] == (["c"] if mode == "refuse" else [])

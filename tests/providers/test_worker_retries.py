@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 import pytest
 from montage_common.storage import LocalStorage
+from montage_contracts.errors import job_retryable
 from montage_contracts.keys import Keys
 from montage_contracts.messages import StageResult, StageTask, dispatch_message_id, encode, result_decoder
 from montage_contracts.models import PromptGeneratorInput
@@ -91,6 +92,8 @@ async def test_down_for_good_is_a_generation_error(redis: Redis, keys: Keys, fak
 async def test_a_refusal_is_not_retried(redis: Redis, keys: Keys, fake: Fake, worker_for: Any) -> None:
     await fake.control(mode="refuse", endpoints=["chat"])
     result = await _run_task(redis, keys, worker_for())
-    assert not result.ok and result.error is not None and result.error.code == "GENERATION_ERROR"
+    # not retried by the runtime, and the job's failure is not retryable either (VALIDATION_ERROR)
+    assert not result.ok and result.error is not None and result.error.code == "VALIDATION_ERROR"
+    assert not job_retryable(result.error.code) and "refused" in result.error.message
     assert result.attempts == 1 and len(fake.requests("chat")) == 1
     assert msgspec.json.decode(bytes(result.output)) is None

@@ -8,7 +8,7 @@ from montage_common.web import Handler
 
 ALLOW_METHODS = "GET, POST, OPTIONS"
 ALLOW_HEADERS = "Authorization, Content-Type, Last-Event-ID, X-Request-ID"
-EXPOSE_HEADERS = "X-Request-ID, Retry-After"
+EXPOSE_HEADERS = "X-Request-ID, Retry-After, RateLimit, RateLimit-Policy"
 MAX_AGE = "3600"
 
 

@@ -19,7 +19,7 @@ from montage_contracts.models import CostItem
 
 from montage_stages.providers.costing import llm_reserve_usd, llm_usd
 from montage_stages.runtime.context import StageContext
-from montage_stages.runtime.provider_http import ProviderUnavailable, translate
+from montage_stages.runtime.provider_http import ContentRefused, ProviderUnavailable, translate
 
 WHAT = "text provider"
 
@@ -56,9 +56,9 @@ async def complete_json(
         raise ProviderUnavailable(f"{WHAT} answered without a choice")
     choice = completion.choices[0]
     if choice.message.refusal:
-        raise GenerationError(f"{WHAT} refused the request: {choice.message.refusal[:200]}")
+        raise ContentRefused(f"{WHAT} refused the request: {choice.message.refusal[:200]}")
     if choice.finish_reason == "content_filter":
-        raise GenerationError(f"{WHAT} refused the request (content filter)")
+        raise ContentRefused(f"{WHAT} refused the request (content filter)")
     if choice.finish_reason == "length":
         raise GenerationError(f"{WHAT} answer was cut off (length)")
     try:

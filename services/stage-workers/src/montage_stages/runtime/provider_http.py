@@ -12,8 +12,9 @@ Failures (:func:`translate`):
 - 429, 5xx, a timeout, a connection error or an unparseable answer → :class:`ProviderUnavailable`
   (``GENERATION_ERROR``, retryable: the runtime retries; after the last retry the job fails with
   ``GENERATION_ERROR``, ``retryable: true``, unless the stage has a fallback);
-- a content-policy refusal or another 4xx → :class:`~montage_contracts.errors.GenerationError`
-  (not retried: the same request would be refused again).
+- a content-policy refusal → :class:`ContentRefused` (``VALIDATION_ERROR``: neither the runtime nor
+  the user should retry it, since the same prompt is refused again; a stage with a fallback takes it);
+- another 4xx → :class:`~montage_contracts.errors.GenerationError` (not retried by the runtime).
 """
 
 from __future__ import annotations
@@ -22,13 +23,27 @@ import asyncio
 
 import aiohttp
 import openai
-from montage_contracts.errors import GenerationError, RetryableError
+from montage_contracts.errors import ErrorCode, GenerationError, RetryableError
 
 
 class ProviderUnavailable(GenerationError, RetryableError):
     """A generation provider failed in a way that may pass: retried, then ``GENERATION_ERROR``."""
 
     default_message = "Generation provider unavailable"
+
+
+class ContentRefused(GenerationError):
+    """A provider refused the request under its content policy: resubmitting the same prompt is
+    refused again, so the job's failure is ``VALIDATION_ERROR`` (``retryable: false``), not the
+    retryable ``GENERATION_ERROR``. Still a :class:`GenerationError`, so stages that degrade on a
+    provider failure (text-only stills, no lyrics, the fallback plan) degrade on it too."""
+
+    code, default_message = ErrorCode.VALIDATION_ERROR, "Refused by the provider's content policy"
+
+
+# The error codes OpenAI-compatible providers give a content-policy refusal (DALL-E and the
+# transcriptions endpoint: content_policy_violation; GPT image models: moderation_blocked).
+REFUSAL_CODES = frozenset({"content_policy_violation", "moderation_blocked"})
 
 
 class Providers:
@@ -90,8 +105,8 @@ def translate(what: str, exc: Exception) -> GenerationError:
             wait = exc.response.headers.get("retry-after")
             hint = f" (Retry-After {wait} s)" if wait else ""
             return ProviderUnavailable(f"{what} answered {status}{hint}: {detail}")
-        if getattr(exc, "code", None) == "content_policy_violation":
-            return GenerationError(f"{what} refused the request (content policy): {detail}")
+        if getattr(exc, "code", None) in REFUSAL_CODES:
+            return ContentRefused(f"{what} refused the request (content policy): {detail}")
         return GenerationError(f"{what} answered {status}: {detail}")
     if isinstance(exc, openai.APIResponseValidationError | ValueError):
         return ProviderUnavailable(f"{what} answered with an unusable body: {type(exc).__name__}")
