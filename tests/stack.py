@@ -95,6 +95,31 @@ def stack_on_free_ports(
     )
 
 
+# A fake-provider stack must not inherit real provider addresses from the caller's environment.
+PROVIDER_SETTINGS = ("RAGNAROK_URL", "TRINITY_URL", "LLM_URL", "STT_URL", "IMAGE_PROVIDER_URL", "VIDEO_PROVIDER")
+
+
+def service_env(
+    redis_url: str, database_url: str, namespace: str, var_dir: Path, *, fake_providers: bool = False
+) -> dict[str, str]:
+    """The environment every test stack's services share: this process's (without pytest's and the
+    launcher's own variables), the test's Redis namespace and database, development mode, storage
+    under ``var_dir``; with ``fake_providers`` the provider path against the stand-ins."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MONTAGE_", "PYTEST_"))}
+    env |= {
+        "REDIS_URL": redis_url,
+        "DATABASE_URL": database_url,
+        "REDIS_NAMESPACE": namespace,
+        "ENVIRONMENT": "development",
+        "STORAGE_DIR": str(var_dir / "storage"),
+    }
+    if fake_providers:
+        for key in PROVIDER_SETTINGS:
+            env.pop(key, None)
+        env["PROVIDERS"] = "fake"
+    return env
+
+
 @dataclass
 class RunningStack:
     stack: LoggedStack
@@ -157,14 +182,7 @@ def e2e_stack(
 ) -> Iterator[RunningStack]:
     var_dir = tmp_path_factory.mktemp("stack")
     namespace = f"e2e{uuid.uuid4().hex[:10]}"
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("MONTAGE_", "PYTEST_"))},
-        "REDIS_URL": redis_url,
-        "DATABASE_URL": e2e_database_url,
-        "REDIS_NAMESPACE": namespace,
-        "ENVIRONMENT": "development",
-        "STORAGE_DIR": str(var_dir / "storage"),
-    }
+    env = service_env(redis_url, e2e_database_url, namespace, var_dir)
     if LOG_DIR.exists():
         for old in LOG_DIR.glob("*.log"):
             old.unlink()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
 import subprocess
 import sys
@@ -33,7 +32,15 @@ from montage_contracts.pipeline import STAGES
 from redis.asyncio import Redis
 
 from tests.e2e.flows import PROMPT
-from tests.stack import E2E_ENV, LoggedStack, _drop_namespace, _wait_healthy, fresh_database, stack_on_free_ports
+from tests.stack import (
+    E2E_ENV,
+    LoggedStack,
+    _drop_namespace,
+    _wait_healthy,
+    fresh_database,
+    service_env,
+    stack_on_free_ports,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 CHAOS_ENV = {
@@ -75,14 +82,7 @@ def supervised_stack(
 ) -> Iterator[Supervised]:
     namespace = f"chaos{uuid.uuid4().hex[:8]}"
     with fresh_database(server_database_url, "montage_chaos") as database_url:
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("MONTAGE_", "PYTEST_"))},
-            "REDIS_URL": redis_url,
-            "DATABASE_URL": database_url,
-            "REDIS_NAMESPACE": namespace,
-            "ENVIRONMENT": "development",
-            "STORAGE_DIR": str(var_dir / "storage"),
-        }
+        env = service_env(redis_url, database_url, namespace, var_dir)
         stack = stack_on_free_ports(var_dir, env, {**CHAOS_ENV, **(extra or {})}, log_dir=log_dir)
         stack.workers_per_stage = 2
         url = f"http://127.0.0.1:{stack.gateway_port}"

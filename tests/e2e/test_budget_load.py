@@ -41,7 +41,16 @@ from montage_dev.devstack import ServiceSpec, free_port
 from montage_streams import read_range
 
 from tests.e2e.flows import PROMPT
-from tests.stack import ARTIFACTS, E2E_ENV, LoggedStack, _drop_namespace, _wait_healthy, dev_token, fresh_database
+from tests.stack import (
+    ARTIFACTS,
+    E2E_ENV,
+    _drop_namespace,
+    _wait_healthy,
+    dev_token,
+    fresh_database,
+    service_env,
+    stack_on_free_ports,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -71,47 +80,22 @@ def budget_stack(
     var_dir = tmp_path_factory.mktemp("budget-stack")
     namespace = f"budget{os.getpid()}{int(time.time()) % 100000}"
     with fresh_database(server_database_url, "montage_budget") as database_url:
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("MONTAGE_", "PYTEST_"))},
-            "REDIS_URL": redis_url,
-            "DATABASE_URL": database_url,
-            "REDIS_NAMESPACE": namespace,
-            "ENVIRONMENT": "development",
-            "STORAGE_DIR": str(var_dir / "storage"),
-            "PROVIDERS": "fake",
+        env = service_env(redis_url, database_url, namespace, var_dir, fake_providers=True)
+        extra_env = {
+            **E2E_ENV,
+            "JOB_COST_LIMIT": str(CAP),
+            "RAGNAROK_POLL_SECONDS": "0.25",
+            "POLL_INTERVAL_SECONDS": "0.2",
+            "POLL_MAX_INTERVAL_SECONDS": "0.5",
+            "POLL_TICK_SECONDS": "0.1",
+            "RETRY_BASE_SECONDS": "0.25",
+            # the whole batch is admitted and runs side by side (the door and fair turns are
+            # tested elsewhere); every user's five jobs may run at once
+            "ADMISSION_MAX_WAIT_SECONDS": "100000",
+            "USER_MAX_ACTIVE_JOBS": str(JOBS_PER_USER),
         }
-        for key in ("RAGNAROK_URL", "TRINITY_URL", "LLM_URL", "STT_URL", "IMAGE_PROVIDER_URL", "VIDEO_PROVIDER"):
-            env.pop(key, None)
-        ports = {name: free_port() for name in ("gw", "orch", "proxy", "rag", "tri", "oai", "gwo", "orcho", "proxyo")}
-        stack = LoggedStack(
-            var_dir=var_dir,
-            env=env,
-            gateway_port=ports["gw"],
-            orchestrator_port=ports["orch"],
-            proxy_port=ports["proxy"],
-            ragnarok_port=ports["rag"],
-            trinity_port=ports["tri"],
-            openai_port=ports["oai"],
-            gateway_ops_port=ports["gwo"],
-            orchestrator_ops_port=ports["orcho"],
-            proxy_ops_port=ports["proxyo"],
-            prefix_output=False,
-            extra_env={
-                **E2E_ENV,
-                "JOB_COST_LIMIT": str(CAP),
-                "RAGNAROK_POLL_SECONDS": "0.25",
-                "POLL_INTERVAL_SECONDS": "0.2",
-                "POLL_MAX_INTERVAL_SECONDS": "0.5",
-                "POLL_TICK_SECONDS": "0.1",
-                "RETRY_BASE_SECONDS": "0.25",
-                # the whole batch is admitted and runs side by side (the door and fair turns are
-                # tested elsewhere); every user's five jobs may run at once
-                "ADMISSION_MAX_WAIT_SECONDS": "100000",
-                "USER_MAX_ACTIVE_JOBS": str(JOBS_PER_USER),
-            },
-            log_dir=LOGS,
-        )
-        url = f"http://127.0.0.1:{ports['gw']}"
+        stack = stack_on_free_ports(var_dir, env, extra_env, log_dir=LOGS)
+        url = f"http://127.0.0.1:{stack.gateway_port}"
         try:
             stack.start(timeout=60)
             first = stack.specs["video_generator"]  # a second process reading the same streams
@@ -120,7 +104,7 @@ def budget_stack(
                 ServiceSpec("video_generator-2", list(first.argv), {**first.env, "OPS_PORT": str(ops)}, ops_port=ops)
             )
             asyncio.run(_wait_healthy(url, stack, 90))
-            yield BudgetStack(url, database_url, redis_url, namespace, f"http://127.0.0.1:{ports['rag']}")
+            yield BudgetStack(url, database_url, redis_url, namespace, f"http://127.0.0.1:{stack.ragnarok_port}")
         finally:
             stack.stop()
             asyncio.run(_drop_namespace(redis_url, namespace))

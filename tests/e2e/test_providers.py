@@ -34,10 +34,18 @@ import msgspec
 import pytest
 from montage_cli.client import MontageClient
 from montage_cli.sse import job_events
-from montage_dev.devstack import free_port
 
 from tests.e2e.flows import PROMPT
-from tests.stack import ARTIFACTS, E2E_ENV, LoggedStack, _drop_namespace, _wait_healthy, dev_token, fresh_database
+from tests.stack import (
+    ARTIFACTS,
+    E2E_ENV,
+    _drop_namespace,
+    _wait_healthy,
+    dev_token,
+    fresh_database,
+    service_env,
+    stack_on_free_ports,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -65,48 +73,23 @@ def provider_stack(
     var_dir = tmp_path_factory.mktemp("provider-stack")
     namespace = f"prov{os.getpid()}{int(time.time()) % 100000}"
     with fresh_database(server_database_url, "montage_providers") as database_url:
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("MONTAGE_", "PYTEST_"))},
-            "REDIS_URL": redis_url,
-            "DATABASE_URL": database_url,
-            "REDIS_NAMESPACE": namespace,
-            "ENVIRONMENT": "development",
-            "STORAGE_DIR": str(var_dir / "storage"),
-            "PROVIDERS": "fake",
+        env = service_env(redis_url, database_url, namespace, var_dir, fake_providers=True)
+        extra_env = {
+            **E2E_ENV,
+            "RETRY_COUNT": str(RETRY_COUNT),
+            "RETRY_BASE_SECONDS": "0.25",
+            "RAGNAROK_POLL_SECONDS": "0.25",
+            "POLL_INTERVAL_SECONDS": "0.2",
+            "POLL_MAX_INTERVAL_SECONDS": "0.5",
+            "POLL_TICK_SECONDS": "0.1",
         }
-        for key in ("RAGNAROK_URL", "TRINITY_URL", "LLM_URL", "STT_URL", "IMAGE_PROVIDER_URL", "VIDEO_PROVIDER"):
-            env.pop(key, None)
-        ports = {name: free_port() for name in ("gw", "orch", "proxy", "rag", "tri", "oai", "gwo", "orcho", "proxyo")}
-        stack = LoggedStack(
-            var_dir=var_dir,
-            env=env,
-            gateway_port=ports["gw"],
-            orchestrator_port=ports["orch"],
-            proxy_port=ports["proxy"],
-            ragnarok_port=ports["rag"],
-            trinity_port=ports["tri"],
-            openai_port=ports["oai"],
-            gateway_ops_port=ports["gwo"],
-            orchestrator_ops_port=ports["orcho"],
-            proxy_ops_port=ports["proxyo"],
-            prefix_output=False,
-            extra_env={
-                **E2E_ENV,
-                "RETRY_COUNT": str(RETRY_COUNT),
-                "RETRY_BASE_SECONDS": "0.25",
-                "RAGNAROK_POLL_SECONDS": "0.25",
-                "POLL_INTERVAL_SECONDS": "0.2",
-                "POLL_MAX_INTERVAL_SECONDS": "0.5",
-                "POLL_TICK_SECONDS": "0.1",
-            },
-            log_dir=LOGS,
-        )
-        url = f"http://127.0.0.1:{ports['gw']}"
+        stack = stack_on_free_ports(var_dir, env, extra_env, log_dir=LOGS)
+        url = f"http://127.0.0.1:{stack.gateway_port}"
         try:
             stack.start(timeout=60)
             asyncio.run(_wait_healthy(url, stack, 90))
             yield ProviderStack(
-                url, database_url, f"http://127.0.0.1:{ports['oai']}", f"http://127.0.0.1:{ports['rag']}"
+                url, database_url, f"http://127.0.0.1:{stack.openai_port}", f"http://127.0.0.1:{stack.ragnarok_port}"
             )
         finally:
             stack.stop()

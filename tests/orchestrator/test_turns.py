@@ -81,6 +81,7 @@ def test_forecast_with_no_worker_counts_one_and_an_unstarted_job_never_hangs() -
 
 
 def test_retry_after_is_when_the_wait_would_fit() -> None:
-    assert retry_after(300.0, 120.0) == 180
+    assert retry_after(200.0, 120.0) == 80
+    assert retry_after(2050.0, 120.0) == 120  # never longer than a job may wait
     assert retry_after(120.4, 120.0) == 1
     assert retry_after(0.0, 120.0) == 1

@@ -152,5 +152,7 @@ def forecast(
 
 def retry_after(predicted_wait: float, max_wait: float) -> int:
     """Seconds until a job uploaded then would wait no longer than ``max_wait`` (the work ahead
-    drains as time passes); at least 1."""
-    return max(1, int(predicted_wait - max_wait + 0.999))
+    drains as time passes); at least 1, and at most ``max_wait``: the forecast is read again on
+    every upload (workers added, measured rates replacing the priors), so no client is sent away
+    for longer than a job may wait."""
+    return max(1, min(int(predicted_wait - max_wait + 0.999), int(max_wait)))
