@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import uuid
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
@@ -23,7 +22,6 @@ from montage_common.storage import LocalStorage, layout
 from montage_contracts.messages import ErrorInfo, StageTask
 from montage_contracts.pipeline import STAGES
 from montage_orchestrator import cleanup
-from montage_orchestrator.jobs import RATES
 from montage_orchestrator.retry import StageRow, plan, rebase_output, refusal
 
 from tests.orchestrator.conftest import Orchestrator, Reply, headers, wait_for
@@ -264,16 +262,11 @@ async def test_cleanup_of_the_original_never_touches_a_live_retry(orch: Orchestr
     reason="timing-dependent: the busy job's forecast remaining work shrinks while it waits; under investigation",
 )
 async def test_a_retry_passes_the_same_door_as_an_upload(
-    orchestrator_factory: Callable[..., Awaitable[Orchestrator]], monkeypatch: pytest.MonkeyPatch
+    orchestrator_factory: Callable[..., Awaitable[Orchestrator]],
 ) -> None:
     """A retry adds work like an upload: while its user's one slot is taken by a job sitting in
     audio_parser, it would wait past ADMISSION_MAX_WAIT_SECONDS, so 503 + Retry-After and nothing
     is created; once the slot is free it is admitted."""
-    # The forecast uses the stage durations measured in this database; the session's earlier jobs
-    # (instant fake stages) could make the busy job's remaining work look shorter than the limit.
-    # Pin the spec's priors (a job takes tens of seconds) and keep them for the whole test.
-    monkeypatch.setattr(RATES, "measured", {})
-    monkeypatch.setattr(RATES, "_read_at", math.inf)
     orch = await orchestrator_factory(user_max_active_jobs=1, admission_max_wait_seconds=1.0)
     orch.fakes.behaviour["composer"] = lambda t: Reply(error=ErrorInfo(code="MODULE_FAILURE", message="boom"))
     old = await orch.create_job()
