@@ -211,17 +211,22 @@ async def _drop_namespace(redis_url: str, namespace: str) -> None:
         await redis.aclose()
 
 
-@pytest.fixture(scope="session")
-def song(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real ~14 s song (drums, bass, chords) as MP3, made by the stage workers' synthesizer."""
-    out = tmp_path_factory.mktemp("songs") / "e2e-song.mp3"
+def synth_song(out: Path, seconds: float) -> Path:
+    """A real song (drums, bass, chords) of ``seconds`` as MP3 at ``out``, by the stage workers' synthesizer."""
     subprocess.run(
-        [sys.executable, "-m", "montage_stages.media.synth", str(out), "--seconds", str(SONG_SECONDS), "--bpm", "120"],
+        [sys.executable, "-m", "montage_stages.media.synth", str(out), "--seconds", str(seconds), "--bpm", "120"],
         check=True,
         capture_output=True,
         timeout=120,
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def song(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real ~14 s song (drums, bass, chords) as MP3, made by the stage workers' synthesizer."""
+    out = tmp_path_factory.mktemp("songs") / "e2e-song.mp3"
+    return synth_song(out, SONG_SECONDS)
 
 
 async def dev_token(session: aiohttp.ClientSession, url: str, user_id: str) -> str:

@@ -21,8 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -50,6 +48,7 @@ from tests.stack import (
     fresh_database,
     service_env,
     stack_on_free_ports,
+    synth_song,
 )
 
 pytestmark = pytest.mark.e2e
@@ -113,13 +112,7 @@ def budget_stack(
 @pytest.fixture(scope="module")
 def song(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("songs") / "budget-song.mp3"
-    subprocess.run(
-        [sys.executable, "-m", "montage_stages.media.synth", str(out), "--seconds", str(SONG_SECONDS), "--bpm", "120"],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    return out
+    return synth_song(out, SONG_SECONDS)
 
 
 async def _upload(s: aiohttp.ClientSession, url: str, token: str, song: bytes) -> str:

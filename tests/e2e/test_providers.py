@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -45,6 +43,7 @@ from tests.stack import (
     fresh_database,
     service_env,
     stack_on_free_ports,
+    synth_song,
 )
 
 pytestmark = pytest.mark.e2e
@@ -99,13 +98,7 @@ def provider_stack(
 @pytest.fixture(scope="module")
 def short_song(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("songs") / "providers-song.mp3"
-    subprocess.run(
-        [sys.executable, "-m", "montage_stages.media.synth", str(out), "--seconds", str(SONG_SECONDS), "--bpm", "120"],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    return out
+    return synth_song(out, SONG_SECONDS)
 
 
 class Run:
