@@ -21,7 +21,7 @@ from montage_contracts.api import timestamp
 from montage_contracts.errors import BudgetExceededError, ErrorCode, Gone, NotFound, ValidationError
 from montage_contracts.pipeline import JOB_STATUSES, STAGES, JobStatus
 
-from montage_orchestrator import admin, admission, costs, metrics, retry, store, upload, usage
+from montage_orchestrator import admin, admission, assets, costs, metrics, retry, store, upload, usage
 from montage_orchestrator.deps import DEPS, Deps
 from montage_orchestrator.health import health_report
 from montage_orchestrator.http import job_uuid, owned, respond
@@ -148,11 +148,14 @@ async def get_job(request: web.Request) -> web.Response:
     owned(snap, user)
     assert snap is not None
     url = None
+    poster = None
     if snap["status"] == JobStatus.COMPLETED and snap["video_key"] and not snap["files_cleaned_at"]:
         url = await deps.storage.signed_url(snap["video_key"], deps.settings.download_url_seconds)
+        poster = await assets.poster_url(deps, snap["job_id"])
     with contextlib.suppress(asyncpg.PostgresError, *db.TRANSIENT):
         await RATES.refresh(deps.pool)  # at most once a minute; the spec's priors meanwhile
     body = status_body(snap, url)
+    body.poster_url = poster
     await admission.places(deps, [body])  # queue_position, estimated_start
     return respond(body)
 
@@ -216,6 +219,7 @@ def handlers() -> dict[str, Handler]:
         "cancelJob": cancel_job,
         "retryJob": retry_job,
         "getDownload": download,
+        "getJobAssets": assets.list_assets,
         "getInternalHealth": internal_health,
         "getInternalUsage": usage.internal_usage,
         **admin.handlers(),  # /api/v1/admin/*: the operator console (admins only; see admin.py)
