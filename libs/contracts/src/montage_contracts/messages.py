@@ -33,6 +33,15 @@ def call_id(job_id: str, stage: str, what: str) -> str:
     return f"{job_id}:{stage}:{what}"
 
 
+def request_call_id(call: str, request_id: str) -> str:
+    """The id of one billed provider request of the call ``call`` (``call_id(...)``): the provider's
+    own id of the request (a Runway task id) after ``@``. A stage retried after the provider billed
+    a request makes a new request with a new id, so ``job_costs`` gets a row per billed request,
+    and the same request reported twice is recorded once. ``job_costs.request_id`` is the part
+    after ``@``."""
+    return f"{call}@{request_id}"
+
+
 def clip_message_id(job_id: str, sig: str) -> str:
     """The message id of one clip entry of video_generator's fan-out (``sig``: the hash of what
     decides its frames), so the same clip asked for twice is one entry; its record's is

@@ -81,7 +81,9 @@ from redis.asyncio import Redis
 
 from montage_stages import faults
 from montage_stages.runtime.context import StageContext
+from montage_stages.runtime.provider_check import stage_provider
 from montage_stages.runtime.provider_http import Providers
+from montage_stages.runtime.provider_limits import ProviderLimits
 from montage_stages.runtime.settings import StageSettings
 from montage_stages.stages import PROCESS
 from montage_stages.stages.clip_fanout import ClipFanout, ClipWorker
@@ -202,7 +204,10 @@ class StageWorker:
         self.keys = keys
         self.process = PROCESS[stage]
         self.faults = faults.enabled(settings)
-        self.providers = Providers()  # one pool of provider connections per process
+        # one pool of provider connections per process; the providers' slots and backoff shared in Redis
+        self.providers = Providers(
+            ProviderLimits(redis, keys, settings.provider_limits, lease_seconds=settings.provider_lease_seconds)
+        )
         self.producer = StreamProducer(redis)
         self.ledger = BudgetLedger(redis, keys)  # every provider call and clip reserves its price here
         self._stopping = asyncio.Event()
@@ -417,6 +422,8 @@ class StageWorker:
         return dog
 
     async def run(self) -> None:
+        provider, configured, setting = stage_provider(self.settings, self.stage)
+        await self.providers.limits.announce(self.stage, provider, configured, setting)
         beat = asyncio.create_task(self.heartbeat(), name=f"heartbeat-{self.stage}")
         ticking = asyncio.create_task(self.watchdog.run(self._stopping), name="watchdog")
         try:
