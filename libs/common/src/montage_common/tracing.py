@@ -18,8 +18,8 @@ bytes) and log lines get no ids.
 On, the maintained instrumentations give the spans of the libraries: aiohttp server (every
 API request; the ops port's ``/healthz``, ``/readyz``, ``/metrics`` excluded unless
 ``OTEL_PYTHON_AIOHTTP_SERVER_EXCLUDED_URLS`` says otherwise) and client (with W3C ``traceparent``
-injected: gateway → orchestrator, workers → ragnarok-proxy), httpx (the ``openai`` SDK's provider
-calls, Supabase Storage), redis and asyncpg. A client span without a parent (a background loop's
+injected: gateway → orchestrator, workers → ragnarok-proxy), httpx and httpx2 (the ``openai``
+SDK's provider calls, Supabase Storage), redis and asyncpg. A client span without a parent (a background loop's
 Redis poll, a sweeper's query) is not recorded (:class:`NoOrphanClientSpans`), so traces are the
 work of requests and jobs, not the polling between them. Across Redis Streams the context travels
 inside the message (``traceparent`` of :mod:`montage_contracts.messages`): :func:`traceparent`
@@ -28,6 +28,7 @@ writes it, :func:`span` with ``parent=`` continues it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from contextlib import contextmanager
@@ -143,12 +144,14 @@ def _instrument(env: Mapping[str, str]) -> None:
         os.environ["OTEL_PYTHON_AIOHTTP_SERVER_EXCLUDED_URLS"] = OPS_PATHS_EXCLUDED
     from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
     from opentelemetry.instrumentation.aiohttp_server import AioHttpServerInstrumentor
-    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+    from opentelemetry.instrumentation.httpx import HTTPX2ClientInstrumentor, HTTPXClientInstrumentor
     from opentelemetry.instrumentation.redis import RedisInstrumentor
 
     AioHttpServerInstrumentor().instrument()
     AioHttpClientInstrumentor().instrument()
-    HTTPXClientInstrumentor().instrument()
+    HTTPXClientInstrumentor().instrument()  # Supabase Storage
+    with contextlib.suppress(ModuleNotFoundError):  # the openai SDK's client (httpx2), in the workers
+        HTTPX2ClientInstrumentor().instrument()
     RedisInstrumentor().instrument()
     try:  # the [postgres] extra: the gateway and the workers have no asyncpg
         import asyncpg  # noqa: F401
