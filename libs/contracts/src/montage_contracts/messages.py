@@ -17,7 +17,12 @@ from montage_contracts.models import CostItem, StageInput
 
 
 class Wire(msgspec.Struct, frozen=True, kw_only=True):
-    pass
+    """A pipeline message. ``traceparent``: the W3C trace context of the span that wrote it (the
+    orchestrator's for a task, the worker's for a result, progress or cost), so the reader's span
+    continues the job's one trace (``montage_common.tracing``). Left out of the bytes when
+    tracing is off (``UNSET``), so an untraced message is what it was before."""
+
+    traceparent: str | msgspec.UnsetType = msgspec.UNSET
 
 
 # --- idempotency keys: built here only -------------------------------------------------

@@ -114,6 +114,9 @@ class _Render:
         self.provider_errors: list[GenerationError] = []  # the renderer's failures, in order
         self.stored: dict[int, ClipSource] = {}  # fan-out: each source's copy in storage
         self.costed: set[int] = set()
+        # A refused reservation ends the stage, but only once the calls already paid for are done:
+        # a clip handed to a clip worker (or a provider call) in flight renders anyway, and is billed.
+        self.refused: BudgetExceededError | None = None
 
     async def run(self) -> Clips:
         for p in self.prompts:
@@ -123,13 +126,15 @@ class _Render:
                 self._spawn(self._fetch(p), "fetch", p.index)
         stop = asyncio.Event()
         poller = asyncio.create_task(_poll_cancel(self.ctx, stop), name=f"cancel-poll-{self.job_id}")
+        plan: dict[int, Segment] = {}
         try:
             while True:
-                plan = plan_segments(self.prompts, self.ok, self.transitions, self.fps)
-                for index, seg in plan.items():
-                    if self.encoded.get(index) != seg and index not in self.encoding:
-                        self.encoding.add(index)
-                        self._spawn(self._encode(seg), "encode", index, seg)
+                if self.refused is None:  # after a refusal nothing new starts; what runs ends
+                    plan = plan_segments(self.prompts, self.ok, self.transitions, self.fps)
+                    for index, seg in plan.items():
+                        if self.encoded.get(index) != seg and index not in self.encoding:
+                            self.encoding.add(index)
+                            self._spawn(self._encode(seg), "encode", index, seg)
                 if not self.tasks:
                     break
                 finished, _ = await asyncio.wait({*self.tasks, poller}, return_when=asyncio.FIRST_COMPLETED)
@@ -149,6 +154,8 @@ class _Render:
             for t in {*self.tasks, poller} - stuck:
                 if not t.cancelled():
                     t.exception()  # retrieved: no "exception never retrieved" noise
+        if self.refused is not None:
+            raise self.refused
         self._check_provider(len(plan))
         done = []
         for index, seg in sorted(plan.items()):
@@ -187,7 +194,12 @@ class _Render:
         if kind == "encode":
             self.encoding.discard(index)
         exc = task.exception()
-        if isinstance(exc, JobCancelled | BudgetExceededError | ClipsStalled):  # the whole stage ends, not this clip
+        if isinstance(exc, BudgetExceededError):  # the stage ends once the calls in flight are done
+            if self.refused is None:
+                log.info("clips_draining_after_refusal", job_id=self.job_id, in_flight=len(self.tasks))
+            self.refused = self.refused or exc
+            return
+        if isinstance(exc, JobCancelled | ClipsStalled):  # the whole stage ends, not this clip
             raise exc
         if exc is not None and not isinstance(exc, Exception):
             raise exc
@@ -218,6 +230,8 @@ class _Render:
     async def _fetch(self, prompt: ClipPrompt) -> Source:
         async with self.fetch_slots:
             await self.ctx.check_cancelled()
+            if self.refused is not None:
+                raise self.refused
             dest = self.sources_dir / f"clip_{prompt.index}.mp4"
             source = await self.renderer.render(self.ctx, self.job_id, prompt, dest)
             if not isinstance(source, StillSource | VideoSource):
@@ -240,6 +254,8 @@ class _Render:
         """Encode the clip (here or on a clip worker) once its price is reserved against the job's
         budget; a refused reservation stops the stage (``BudgetExceededError``)."""
         index = seg.span.index
+        if self.refused is not None:
+            raise self.refused
         price = clip_encode_usd(self.ctx.settings, seg.span.frames / self.fps)
         async with self.ctx.budget.reserved(call_id(self.job_id, STAGE, f"clip_{index}"), price):
             if self.ctx.fanout is not None:
@@ -252,6 +268,8 @@ class _Render:
         previous = self.sources.get(seg.previous.index) if seg.previous is not None else None
         async with self.encode_slots:
             await self.ctx.check_cancelled()
+            if self.refused is not None:  # refused while this one waited for a slot: not started
+                raise self.refused
             if index not in self.started:
                 self.started.add(index)
                 await self.ctx.progress(f"Rendering clip {len(self.started)} of {len(self.prompts)}")
