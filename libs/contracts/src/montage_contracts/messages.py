@@ -17,7 +17,12 @@ from montage_contracts.models import CostItem, StageInput
 
 
 class Wire(msgspec.Struct, frozen=True, kw_only=True):
-    pass
+    """A pipeline message. ``traceparent``: the W3C trace context of the span that wrote it (the
+    orchestrator's for a task, the worker's for a result, progress or cost), so the reader's span
+    continues the job's one trace (``montage_common.tracing``). Left out of the bytes when
+    tracing is off (``UNSET``), so an untraced message is what it was before."""
+
+    traceparent: str | msgspec.UnsetType = msgspec.UNSET
 
 
 # --- idempotency keys: built here only -------------------------------------------------
@@ -31,6 +36,15 @@ def call_id(job_id: str, stage: str, what: str) -> str:
     """The id of one provider call (``job_costs`` is unique on it, so a retried call's cost is
     recorded once): the same job, stage and ``what`` (e.g. ``clip_3``) give the same id."""
     return f"{job_id}:{stage}:{what}"
+
+
+def request_call_id(call: str, request_id: str) -> str:
+    """The id of one billed provider request of the call ``call`` (``call_id(...)``): the provider's
+    own id of the request (a Runway task id) after ``@``. A stage retried after the provider billed
+    a request makes a new request with a new id, so ``job_costs`` gets a row per billed request,
+    and the same request reported twice is recorded once. ``job_costs.request_id`` is the part
+    after ``@``."""
+    return f"{call}@{request_id}"
 
 
 def clip_message_id(job_id: str, sig: str) -> str:

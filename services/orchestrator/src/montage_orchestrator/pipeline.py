@@ -32,7 +32,7 @@ from typing import Literal
 import asyncpg
 import msgspec
 import structlog
-from montage_common import db
+from montage_common import db, tracing
 from montage_common.storage import layout
 from montage_contracts.api import (
     CompletedData,
@@ -99,6 +99,7 @@ def queue_stage(  # noqa: PLR0917
         budget_remaining=str(limit - eff.total),
         cost_limit=str(limit),
         dispatch=dispatch,
+        traceparent=tracing.traceparent(),  # the worker's span continues the caller's (the job's trace)
     )
     eff.emits.append(stage_task_emit(deps, task))
     eff.event(deps, StageUpdateData(stage=stage, status=StageUpdate.STARTED))
@@ -122,7 +123,11 @@ async def dispatch_stage(conn: asyncpg.Connection, deps: Deps, job: asyncpg.Reco
     )
     dispatch = await store.start_stage(conn, job_id, stage)
     eff.row = await store.update_job(conn, job_id, current_stage=stage)
-    queue_stage(deps, eff, stage, stage_input, job["user_id"], limit, dispatch)
+    # In the job's own trace (its row's traceparent), whoever dispatches: its turn given while
+    # another job's result is applied, the reconciler, the operator console.
+    attributes = {"montage.job_id": str(job_id), "montage.stage": stage, "montage.dispatch": dispatch}
+    with tracing.span(f"dispatch {stage}", parent=job.get("traceparent"), attributes=attributes):
+        queue_stage(deps, eff, stage, stage_input, job["user_id"], limit, dispatch)
     return True
 
 
@@ -194,12 +199,18 @@ class Pipeline:
         if job_uuid is None:
             log.warning("result_bad_job_id", entry=d.entry_id)
             return []
-        async with self._job_lock(msg.job_id):
-            with structlog.contextvars.bound_contextvars(job_id=msg.job_id, stage=msg.stage):
-                try:
-                    return await db.retrying(lambda: self._apply(d, msg, job_uuid))
-                except (asyncpg.PostgresError, *db.TRANSIENT) as exc:
-                    raise RetryableError(f"database: {type(exc).__name__}: {exc}"[:300]) from None
+        attributes = {"montage.job_id": msg.job_id, "montage.stage": msg.stage, "montage.dispatch": msg.dispatch}
+        attributes["montage.message"] = type(msg).__name__
+        attributes["montage.attempt"] = msg.attempts if isinstance(msg, StageResult) else d.attempt
+        # A child of the worker's span that wrote the message; the next task continues from here.
+        name = f"apply {type(msg).__name__} {msg.stage}"
+        with tracing.span(name, parent=msg.traceparent, kind=tracing.SpanKind.CONSUMER, attributes=attributes):
+            async with self._job_lock(msg.job_id):
+                with structlog.contextvars.bound_contextvars(job_id=msg.job_id, stage=msg.stage):
+                    try:
+                        return await db.retrying(lambda: self._apply(d, msg, job_uuid))
+                    except (asyncpg.PostgresError, *db.TRANSIENT) as exc:
+                        raise RetryableError(f"database: {type(exc).__name__}: {exc}"[:300]) from None
 
     async def _apply(self, d: Delivery, msg: ResultMessage, job_id: uuid.UUID) -> list[Emit]:
         """Read the job (one statement, no lock), decide, write everything (one statement, which
@@ -307,6 +318,7 @@ class Pipeline:
         change.completed = True
         change.expire_after = timedelta(days=self.deps.settings.failed_retention_days)
         job_failed(self.deps, eff, code, message)
+        tracing.fail(tracing.current(), code, message)
 
     # --- results --------------------------------------------------------------------
     async def _result(

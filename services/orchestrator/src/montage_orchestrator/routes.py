@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 import structlog
 from aiohttp import web
-from montage_common import db
+from montage_common import db, tracing
 from montage_common.idempotency import FINGERPRINT_HEADER
 from montage_common.redis import REDIS_DOWN
 from montage_common.storage import layout
@@ -55,6 +55,7 @@ async def upload_audio(request: web.Request) -> web.Response:
         if estimate > limit:
             raise BudgetExceededError(f"Estimated cost ${estimate} exceeds the ${limit} limit per job")
         job_id = uuid.uuid4()
+        tracing.current().set_attribute("montage.job_id", str(job_id))
         filename = upload.safe_filename(received.filename, audio.kind)
         audio_key = layout.audio_upload(user, str(job_id), filename)
         await deps.storage.put_file(audio_key, received.path, audio.content_type)
@@ -103,21 +104,23 @@ async def _create_job(  # noqa: PLR0917
         now = await conn.fetchval("SELECT now()")
         return await store.insert_job(
             conn,
-            {
-                "job_id": job_id,
-                "user_id": user,
-                "status": JobStatus.QUEUED,
-                "current_stage": STAGES[0],
-                "user_prompt": prompt,
-                "audio_key": audio_key,
-                "audio_filename": filename,
-                "audio_duration": duration,
-                "environment": s.environment,
-                "estimated_cost": estimate,
-                "cost_limit": s.cost_limit,
-                "created_at": now,
-                "updated_at": now,
-            },
+            store.traced(
+                {
+                    "job_id": job_id,
+                    "user_id": user,
+                    "status": JobStatus.QUEUED,
+                    "current_stage": STAGES[0],
+                    "user_prompt": prompt,
+                    "audio_key": audio_key,
+                    "audio_filename": filename,
+                    "audio_duration": duration,
+                    "environment": s.environment,
+                    "estimated_cost": estimate,
+                    "cost_limit": s.cost_limit,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+            ),
         )
 
 
