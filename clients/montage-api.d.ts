@@ -241,7 +241,7 @@ export interface paths {
          *     2. Every logged event after the resume point.
          *     3. Live events as they happen, each with its `id:`; `event: heartbeat` (no `id:`) every 30 s.
          *
-         *     Logged events: `stage_update`, `progress`, `message`, `cost_update`, and the final `completed` or
+         *     Logged events: `stage_update`, `progress`, `message`, `cost_update`, `preview`, and the final `completed` or
          *     `error`. The stream closes 30 s after a final event; resuming after the final event answers 204
          *     (an `EventSource` then stops reconnecting). A reconnecting client that sends the last `id:` it
          *     saw gets every event exactly once, in order. An `EventSource` cannot read the status of a
@@ -252,6 +252,57 @@ export interface paths {
          *
          */
         get: operations["streamJobEvents"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/events/ticket": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** A ticket (20 minutes, reusable) to open the caller's event stream (`GET /api/v1/events`) from a browser */
+        post: operations["createEventsTicket"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/events": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Server-Sent Events of all the caller's jobs on one connection, each with its `job_id`
+         * @description Every event of every job of the caller on one connection: the job stream's messages, each with
+         *     the job's `job_id` first in its `data`, in one log per user (kept 24 hours, at most 10 000 events),
+         *     so `Last-Event-ID` resumes it across reconnects and gateway restarts. Browsers use
+         *     `?ticket=` from `POST /api/v1/events/ticket`.
+         *
+         *     1. `event: state` whose `data` lists the caller's queued and processing jobs now; its `id:` is the
+         *        resume point (the `Last-Event-ID` sent, else the newest event of the caller's log, `0-0` when
+         *        empty; `Last-Event-ID: 0-0` replays the whole log).
+         *     2. Every logged event after the resume point, in order (per job, the job stream's order).
+         *     3. Live events as they happen; `event: heartbeat` (no `id:`) every 30 s. The stream never ends
+         *        by itself: a job's `completed` or `error` ends that job, not the stream.
+         *
+         *     Each message is described by the `UserSseEvent` schema (a union tagged by `event`). The connection
+         *     takes one of the caller's stream slots (30 per user, shared with the job streams).
+         *
+         */
+        get: operations["streamUserEvents"];
         put?: never;
         post?: never;
         delete?: never;
@@ -797,6 +848,231 @@ export interface components {
             timestamp: string;
         };
         /**
+         * UserStateEvent
+         * @description First message of every connection: the caller's active jobs now. Its ``id:`` is the resume
+         *         point in the caller's log (``Last-Event-ID``, or the newest logged event on a fresh connection).
+         */
+        UserStateEvent: {
+            /** @enum {unknown} */
+            event: "state";
+            /** @description SSE `id:`; resume with `Last-Event-ID` */
+            id: string;
+            data: components["schemas"]["UserStateData"];
+        };
+        /** UserStateData */
+        UserStateData: {
+            /** @description The caller's queued and processing jobs now, newest first (at most 50 of each) */
+            jobs: components["schemas"]["JobListItem"][];
+        };
+        /**
+         * JobListItem
+         * @description One entry of ``GET /api/v1/jobs`` (a summary: no URL, no error text).
+         */
+        JobListItem: {
+            /**
+             * Format: uuid
+             * @description The job's UUID
+             */
+            job_id: string;
+            status: components["schemas"]["JobStatus"];
+            current_stage: ("audio_parser" | "composer" | "prompt_generator" | "reference_generator" | "scene_planner" | "video_generator") | null;
+            /** @description Percent done (fixed marks per stage) */
+            progress: number;
+            /**
+             * @description US dollars (a JSON number, up to 6 decimals)
+             * @example 0.0125
+             */
+            total_cost: number;
+            /**
+             * @description RFC 3339 in UTC with milliseconds
+             * @example 2026-01-01T12:00:00.000Z
+             */
+            created_at: string;
+            completed_at: string | null;
+            /** @description While `queued`: the job's place in line for a turn (1 = next); `null` otherwise */
+            queue_position: number | null;
+            /** @description While `queued`: when its first stage is expected to start (UTC); `null` otherwise */
+            estimated_start: string | null;
+            /**
+             * @description The failed or cancelled job this one retries (`POST …/retry`); `null` for an upload
+             * @default null
+             */
+            retry_of: string | null;
+            /**
+             * @description The job that retries this one; `null` until it is retried (at most once)
+             * @default null
+             */
+            retried_by: string | null;
+        };
+        /** UserStageUpdateEvent */
+        UserStageUpdateEvent: {
+            /** @enum {unknown} */
+            event: "stage_update";
+            /** @description SSE `id:`; resume with `Last-Event-ID` */
+            id: string;
+            data: components["schemas"]["UserStageUpdateData"];
+        };
+        /** UserStageUpdateData */
+        UserStageUpdateData: {
+            /** @enum {unknown} */
+            stage: "audio_parser" | "composer" | "prompt_generator" | "reference_generator" | "scene_planner" | "video_generator";
+            status: components["schemas"]["StageUpdate"];
+            /**
+             * @description Seconds the stage took (on `completed`)
+             * @default null
+             */
+            duration: number | null;
+            /**
+             * Format: uuid
+             * @description The job's UUID
+             */
+            job_id: string;
+        };
+        /** UserProgressEvent */
+        UserProgressEvent: {
+            /** @enum {unknown} */
+            event: "progress";
+            /** @description SSE `id:`; resume with `Last-Event-ID` */
+            id: string;
+            data: components["schemas"]["UserProgressData"];
+        };
+        /** UserProgressData */
+        UserProgressData: {
+            /** @description Percent done (fixed marks per stage) */
+            progress: number;
+            /** @description Seconds */
+            estimated_remaining: number;
+            /**
+             * Format: uuid
+             * @description The job's UUID
+             */
+            job_id: string;
+        };
+        /** UserMessageEvent */
+        UserMessageEvent: {
+            /** @enum {unknown} */
+            event: "message";
+            /** @description SSE `id:`; resume with `Last-Event-ID` */
+            id: string;
+            data: components["schemas"]["UserMessageData"];
+        };
+        /** UserMessageData */
+        UserMessageData: {
+            text: string;
+            /** @enum {unknown} */
+            stage: "audio_parser" | "composer" | "prompt_generator" | "reference_generator" | "scene_planner" | "video_generator";
+            /**
+             * Format: uuid
+             * @description The job's UUID
+             */
+            job_id: string;
+        };
+        /** UserCostUpdateEvent */
+        UserCostUpdateEvent: {
+            /** @enum {unknown} */
+            event: "cost_update";
+            /** @description SSE `id:`; resume with `Last-Event-ID` */
+            id: string;
+            data: components["schemas"]["UserCostUpdateData"];
+        };
+        /** UserCostUpdateData */
+        UserCostUpdateData: {
+            /** @enum {unknown} */
+            stage: "audio_parser" | "composer" | "prompt_generator" | "reference_generator" | "scene_planner" | "video_generator";
+            /**
+             * @description US dollars (a JSON number, up to 6 decimals)
+             * @example 0.0125
+             */
+            cost: number;
+            /**
+             * @description US dollars (a JSON number, up to 6 decimals)
+             * @example 0.0125
+             */
+            total: number;
+            /**
+             * Format: uuid
+             * @description The job's UUID
+             */
+            job_id: string;
+        };
+        /** UserPreviewEvent */
+        UserPreviewEvent: {
+            /** @enum {unknown} */
+            event: "preview";
+            /** @description SSE `id:`; resume with `Last-Event-ID` */
+            id: string;
+            data: components["schemas"]["UserPreviewData"];
+        };
+        /** UserPreviewData */
+        UserPreviewData: {
+            /**
+             * @description `still`: a PNG reference image; `clip`: an MP4 clip (no sound)
+             * @enum {unknown}
+             */
+            kind: "clip" | "still";
+            /** @description The scene's (or character's) place in the plan, or the clip's index */
+            index: number;
+            /** @description Signed URL of the file (1 hour); `GET …/assets` gives fresh ones */
+            url: string;
+            /**
+             * @description What a still shows: a scene (`index`: the scene's place in the plan) or a character; `null` for a clip
+             * @default null
+             */
+            subject: ("character" | "scene") | null;
+            /**
+             * Format: uuid
+             * @description The job's UUID
+             */
+            job_id: string;
+        };
+        /** UserCompletedEvent */
+        UserCompletedEvent: {
+            /** @enum {unknown} */
+            event: "completed";
+            /** @description SSE `id:`; resume with `Last-Event-ID` */
+            id: string;
+            data: components["schemas"]["UserCompletedData"];
+        };
+        /** UserCompletedData */
+        UserCompletedData: {
+            /** @description Signed URL of the video (1 hour); empty when rebuilt after the video expired */
+            video_url: string;
+            /**
+             * @description US dollars (a JSON number, up to 6 decimals)
+             * @example 0.0125
+             */
+            total_cost: number;
+            /**
+             * @description Signed URL (1 hour) of a frame of the final video (JPEG) once completed; `null` otherwise
+             * @default null
+             */
+            poster_url: string | null;
+            /**
+             * Format: uuid
+             * @description The job's UUID
+             */
+            job_id: string;
+        };
+        /** UserErrorEvent */
+        UserErrorEvent: {
+            /** @enum {unknown} */
+            event: "error";
+            /** @description SSE `id:`; resume with `Last-Event-ID` */
+            id: string;
+            data: components["schemas"]["UserErrorData"];
+        };
+        /** UserErrorData */
+        UserErrorData: {
+            error: string;
+            code: components["schemas"]["ErrorCode"];
+            retryable: boolean;
+            /**
+             * Format: uuid
+             * @description The job's UUID
+             */
+            job_id: string;
+        };
+        /**
          * Healthy
          * @description 200 of ``GET /api/v1/health``.
          */
@@ -941,46 +1217,6 @@ export interface components {
             total: number;
             limit: number;
             offset: number;
-        };
-        /**
-         * JobListItem
-         * @description One entry of ``GET /api/v1/jobs`` (a summary: no URL, no error text).
-         */
-        JobListItem: {
-            /**
-             * Format: uuid
-             * @description The job's UUID
-             */
-            job_id: string;
-            status: components["schemas"]["JobStatus"];
-            current_stage: ("audio_parser" | "composer" | "prompt_generator" | "reference_generator" | "scene_planner" | "video_generator") | null;
-            /** @description Percent done (fixed marks per stage) */
-            progress: number;
-            /**
-             * @description US dollars (a JSON number, up to 6 decimals)
-             * @example 0.0125
-             */
-            total_cost: number;
-            /**
-             * @description RFC 3339 in UTC with milliseconds
-             * @example 2026-01-01T12:00:00.000Z
-             */
-            created_at: string;
-            completed_at: string | null;
-            /** @description While `queued`: the job's place in line for a turn (1 = next); `null` otherwise */
-            queue_position: number | null;
-            /** @description While `queued`: when its first stage is expected to start (UTC); `null` otherwise */
-            estimated_start: string | null;
-            /**
-             * @description The failed or cancelled job this one retries (`POST …/retry`); `null` for an upload
-             * @default null
-             */
-            retry_of: string | null;
-            /**
-             * @description The job that retries this one; `null` until it is retried (at most once)
-             * @default null
-             */
-            retried_by: string | null;
         };
         /**
          * Job
@@ -1650,6 +1886,7 @@ export interface components {
             completed_at: string | null;
         };
         SseEvent: components["schemas"]["StateEvent"] | components["schemas"]["StageUpdateEvent"] | components["schemas"]["ProgressEvent"] | components["schemas"]["MessageEvent"] | components["schemas"]["CostUpdateEvent"] | components["schemas"]["PreviewEvent"] | components["schemas"]["CompletedEvent"] | components["schemas"]["ErrorEvent"] | components["schemas"]["HeartbeatEvent"];
+        UserSseEvent: components["schemas"]["UserStateEvent"] | components["schemas"]["UserStageUpdateEvent"] | components["schemas"]["UserProgressEvent"] | components["schemas"]["UserMessageEvent"] | components["schemas"]["UserCostUpdateEvent"] | components["schemas"]["UserPreviewEvent"] | components["schemas"]["UserCompletedEvent"] | components["schemas"]["UserErrorEvent"] | components["schemas"]["HeartbeatEvent"];
         /** @description A JSON value without NUL characters in its text or keys (they cannot be stored); the proxy refuses NUL at any depth, this schema checks the first level (a recursive schema is not something generated TypeScript types can express) */
         StorableJson: string | (number | boolean | null) | unknown[] | Record<string, never>;
     };
@@ -2713,6 +2950,147 @@ export interface operations {
             };
             /** @description Not found (`NOT_FOUND`) */
             404: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Rate limited (`RATE_LIMIT_EXCEEDED`): the request guard, or the job-creation limit */
+            429: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RateLimited"];
+                };
+            };
+            /** @description A dependency is unavailable, or too many open streams (`SERVICE_UNAVAILABLE`, `TOO_MANY_CONNECTIONS`) */
+            503: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description An internal or external service did not answer in time (`TIMEOUT`) */
+            504: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    createEventsTicket: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Ticket */
+            201: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["StreamTicket"];
+                };
+            };
+            /** @description Missing or invalid credentials (`UNAUTHORIZED`) */
+            401: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Rate limited (`RATE_LIMIT_EXCEEDED`): the request guard, or the job-creation limit */
+            429: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RateLimited"];
+                };
+            };
+            /** @description A dependency is unavailable, or too many open streams (`SERVICE_UNAVAILABLE`, `TOO_MANY_CONNECTIONS`) */
+            503: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description An internal or external service did not answer in time (`TIMEOUT`) */
+            504: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    streamUserEvents: {
+        parameters: {
+            query?: {
+                /** @description Same as the `Last-Event-ID` header */
+                last_event_id?: string;
+            };
+            header?: {
+                "Last-Event-ID"?: string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Event stream (each message: `UserSseEvent`) */
+            200: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/event-stream": components["schemas"]["UserStateEvent"] | components["schemas"]["UserStageUpdateEvent"] | components["schemas"]["UserProgressEvent"] | components["schemas"]["UserMessageEvent"] | components["schemas"]["UserCostUpdateEvent"] | components["schemas"]["UserPreviewEvent"] | components["schemas"]["UserCompletedEvent"] | components["schemas"]["UserErrorEvent"] | components["schemas"]["HeartbeatEvent"];
+                };
+            };
+            /** @description Invalid request (code `VALIDATION_ERROR`), including a malformed path */
+            400: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Missing or invalid credentials (`UNAUTHORIZED`) */
+            401: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
                     [name: string]: unknown;
