@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 import structlog
 from aiohttp import web
-from montage_common import db
+from montage_common import db, tracing
 from montage_common.idempotency import FINGERPRINT_HEADER
 from montage_common.redis import REDIS_DOWN
 from montage_common.storage import layout
@@ -21,7 +21,7 @@ from montage_contracts.api import timestamp
 from montage_contracts.errors import BudgetExceededError, ErrorCode, Gone, NotFound, ValidationError
 from montage_contracts.pipeline import JOB_STATUSES, STAGES, JobStatus
 
-from montage_orchestrator import admin, admission, costs, metrics, retry, store, upload, usage
+from montage_orchestrator import admin, admission, assets, costs, metrics, retry, store, upload, usage
 from montage_orchestrator.deps import DEPS, Deps
 from montage_orchestrator.health import health_report
 from montage_orchestrator.http import job_uuid, owned, respond
@@ -55,6 +55,7 @@ async def upload_audio(request: web.Request) -> web.Response:
         if estimate > limit:
             raise BudgetExceededError(f"Estimated cost ${estimate} exceeds the ${limit} limit per job")
         job_id = uuid.uuid4()
+        tracing.current().set_attribute("montage.job_id", str(job_id))
         filename = upload.safe_filename(received.filename, audio.kind)
         audio_key = layout.audio_upload(user, str(job_id), filename)
         await deps.storage.put_file(audio_key, received.path, audio.content_type)
@@ -104,21 +105,23 @@ async def _create_job(  # noqa: PLR0917
         now = await conn.fetchval("SELECT now()")
         row = await store.insert_job(
             conn,
-            {
-                "job_id": job_id,
-                "user_id": user,
-                "status": JobStatus.QUEUED,
-                "current_stage": STAGES[0],
-                "user_prompt": prompt,
-                "audio_key": audio_key,
-                "audio_filename": filename,
-                "audio_duration": duration,
-                "environment": s.environment,
-                "estimated_cost": estimate,
-                "cost_limit": s.cost_limit,
-                "created_at": now,
-                "updated_at": now,
-            },
+            store.traced(
+                {
+                    "job_id": job_id,
+                    "user_id": user,
+                    "status": JobStatus.QUEUED,
+                    "current_stage": STAGES[0],
+                    "user_prompt": prompt,
+                    "audio_key": audio_key,
+                    "audio_filename": filename,
+                    "audio_duration": duration,
+                    "environment": s.environment,
+                    "estimated_cost": estimate,
+                    "cost_limit": s.cost_limit,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+            ),
         )
         return row, await admission.give_turns_quietly(conn, deps)
 
@@ -150,11 +153,14 @@ async def get_job(request: web.Request) -> web.Response:
     owned(snap, user)
     assert snap is not None
     url = None
+    poster = None
     if snap["status"] == JobStatus.COMPLETED and snap["video_key"] and not snap["files_cleaned_at"]:
         url = await deps.storage.signed_url(snap["video_key"], deps.settings.download_url_seconds)
+        poster = await assets.poster_url(deps, snap["job_id"])
     with contextlib.suppress(asyncpg.PostgresError, *db.TRANSIENT):
         await RATES.refresh(deps.pool)  # at most once a minute; the spec's priors meanwhile
     body = status_body(snap, url)
+    body.poster_url = poster
     await admission.places(deps, [body])  # queue_position, estimated_start
     return respond(body)
 
@@ -218,6 +224,7 @@ def handlers() -> dict[str, Handler]:
         "cancelJob": cancel_job,
         "retryJob": retry_job,
         "getDownload": download,
+        "getJobAssets": assets.list_assets,
         "getInternalHealth": internal_health,
         "getInternalUsage": usage.internal_usage,
         **admin.handlers(),  # /api/v1/admin/*: the operator console (admins only; see admin.py)
