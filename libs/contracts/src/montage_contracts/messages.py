@@ -1,7 +1,7 @@
 """Wire messages carried on Redis Streams: tagged, frozen Structs, one union per stream.
 
 - ``stage:<name>`` streams carry :class:`StageTask`.
-- the ``results`` stream carries :data:`ResultMessage` (result, progress text, cost).
+- the ``results`` stream carries :data:`ResultMessage` (result, progress text, cost, preview).
 - per-job event logs carry the events of :mod:`montage_contracts.events`.
 - the RAGNAROK events stream carries :class:`RagnarokJobFinished`.
 """
@@ -128,7 +128,21 @@ class StageCost(Wire, tag="cost", frozen=True, kw_only=True):
     dispatch: int = 1
 
 
-ResultMessage = StageResult | StageProgress | StageCost
+class StagePreview(Wire, tag="preview", frozen=True, kw_only=True):
+    """A reference still or a clip was stored and copied to its preview key (``layout.preview``):
+    the orchestrator lists it (``job_assets``) and sends a ``preview`` event with a signed URL.
+    Best effort, as a progress text; the same preview sent twice is listed once."""
+
+    job_id: str
+    stage: str
+    kind: str  # "still" | "clip"
+    index: int
+    key: str  # the preview's storage key
+    subject: str | None = None  # a still's "scene" | "character"
+    dispatch: int = 1
+
+
+ResultMessage = StageResult | StageProgress | StageCost | StagePreview
 
 
 class RagnarokJobFinished(msgspec.Struct, tag="ragnarok_job_finished", tag_field="type", frozen=True, kw_only=True):

@@ -50,13 +50,14 @@ import structlog
 from montage_common import tracing
 from montage_common.budget import BudgetLedger, JobBudget, Seed
 from montage_common.liveness import Watchdog
-from montage_common.storage import Storage
+from montage_common.storage import Storage, layout
 from montage_contracts.errors import BudgetExceededError, ErrorCode, JobCancelled
 from montage_contracts.keys import Keys
 from montage_contracts.messages import (
     ErrorInfo,
     StageAlive,
     StageCost,
+    StagePreview,
     StageProgress,
     StageResult,
     StageTask,
@@ -310,6 +311,7 @@ class StageWorker:
                     providers=self.providers,
                     fanout=fanout,
                     budget=budget,
+                    preview=self._preview(task, alive),
                 )
                 await ctx.check_cancelled()
                 if self.faults:  # development only: a test made this stage fail
@@ -400,6 +402,28 @@ class StageWorker:
                 await self.producer.emit([Emit(self.results_stream(task.job_id), encode(msg))])
 
         return progress
+
+    def _preview(self, task: StageTask, alive: Liveness) -> Callable[[str, int, str, str | None], Awaitable[None]]:
+        async def preview(kind: str, index: int, key: str, subject: str | None) -> None:
+            alive.touch()
+            target = layout.preview(task.job_id, kind, index, subject)
+            content_type = "video/mp4" if kind == "clip" else "image/png"
+            msg = StagePreview(
+                job_id=task.job_id,
+                stage=self.stage,
+                kind=kind,
+                index=index,
+                key=target,
+                subject=subject,
+                dispatch=task.dispatch,
+            )
+            try:  # best effort, as a progress text: the stage's own file is what the pipeline uses
+                await self.storage.copy(key, target, content_type)
+                await self.producer.emit([Emit(self.results_stream(task.job_id), encode(msg))])
+            except Exception as exc:
+                log.warning("preview_failed", kind=kind, index=index, error=str(exc)[:200])
+
+        return preview
 
     def _cost(
         self, task: StageTask, costs: list[CostItem], alive: Liveness, budget: JobBudget

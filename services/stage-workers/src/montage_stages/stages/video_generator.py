@@ -289,6 +289,7 @@ class _Render:
         with contextlib.suppress(OSError):
             dest.unlink()
         await self._cost(index, seconds)
+        await self.ctx.preview("clip", index, clip_key(self.job_id, index), None)
 
     async def _cost(self, index: int, seconds: float) -> None:
         """The clip's cost: one per clip (a clip encoded again keeps its call id)."""
@@ -326,6 +327,7 @@ class _Render:
             self.started.add(index)
             await self.ctx.progress(f"Rendering clip {len(self.started)} of {len(self.prompts)}")
         await self._cost(index, record.seconds)
+        await self.ctx.preview("clip", index, entry.output_key, None)
 
 
 def _digest(path: Path) -> str:
