@@ -157,10 +157,31 @@ async def plain_worker(url: str, loops: int) -> None:
     await redis.aclose()
 
 
+def switch_off_owner_check() -> None:
+    """Benchmark only (never in the product): ``ack_emit.lua`` without its ownership check, so an
+    entry is handed off even when another consumer took it over. Shows that guarantee's price."""
+    import montage_streams._scripts as scripts
+
+    source = scripts.lua("ack_emit")
+    checks = (
+        ("if ARGV[5] ~= '' then", "if false then"),  # the XPENDING of the batch's range
+        ("    owned = mine[entry]\n", "    owned = mine[entry] ~= false\n"),  # only: once per batch
+    )
+    for old, new in checks:
+        if old not in source:
+            raise SystemExit(f"ack_emit.lua changed: cannot switch its owner check off ({old!r})")
+        source = source.replace(old, new)
+    original = scripts.lua
+    scripts.lua = lambda name: source if name == "ack_emit" else original(name)  # type: ignore[assignment]
+
+
 async def montage_worker(url: str, concurrency: int) -> None:
     from montage_common.redis import create_redis
     from montage_contracts.keys import Keys
     from montage_streams import Delivery, Emit, StreamConsumer
+
+    if os.environ.get("BENCH_NO_OWNER_CHECK"):
+        switch_off_owner_check()
 
     keys = Keys("bench")
     redis = create_redis(url)
@@ -249,6 +270,8 @@ async def one_run(system: str, url: str, args: argparse.Namespace, log: Path, pr
         conc = system.partition(":")[2] or str(args.concurrency)
         cmd = [sys.executable, str(HERE), "--role", "montage", "--url", url, "--concurrency", conc]
     env = dict(os.environ)
+    if system.startswith("montage-noowner"):  # the owner check's price (benchmark only)
+        env["BENCH_NO_OWNER_CHECK"] = "1"
     if system.startswith("montage-base"):
         if not os.environ.get("BENCH_BASE_SRC"):
             raise SystemExit("montage-base needs BENCH_BASE_SRC (a directory holding montage_streams)")
