@@ -385,6 +385,10 @@ async def controller(args: argparse.Namespace) -> None:
         if not args.keep_logs:
             shutil.rmtree(data, ignore_errors=True)
     med = {s: {k: statistics.median(r.get(k, 0.0) for r in rs) for k in rs[0]} for s, rs in rows.items() if rs}
+    lost = {s: (sum(r["missing"] for r in rs), sum(r["duplicates"] for r in rs)) for s, rs in rows.items()}
+    print(
+        "\nlost / duplicated jobs over all runs: " + ", ".join(f"{s} {m:.0f} / {d:.0f}" for s, (m, d) in lost.items())
+    )
     print(f"\n{args.jobs} jobs pre-filled, {args.workers} worker processes, medians of {args.runs}; "
           f"load average (1 min) {min(loads):.1f}-{max(loads):.1f}, median {statistics.median(loads):.1f}")  # fmt: skip
     print(
