@@ -55,6 +55,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -175,6 +176,29 @@ def switch_off_owner_check() -> None:
     scripts.lua = lambda name: source if name == "ack_emit" else original(name)  # type: ignore[assignment]
 
 
+def switch_off_atomic_hand_off() -> None:
+    """Benchmark only (never in the product): a hand-off as a plain pipeline of the emits'
+    ``XADD``s, one ``XACK`` and the fetch, without the script: no owner check and no atomicity (a
+    crash between them duplicates or loses). Shows the price of the atomic hand-off."""
+    from montage_streams import StreamConsumer
+    from montage_streams._replies import HandOffReply, read_reply
+
+    async def hand_off(self: Any, pairs: Any, fetch: int = 0) -> HandOffReply:
+        pipe = self.redis.pipeline(transaction=False)
+        for _, emits in pairs:
+            for e in emits:
+                pipe.xadd(e.stream, {"id": e.message_id, "a": "1", "m": e.payload, **dict(e.extra)})
+        ids = [entry_id for entry_id, _ in pairs if entry_id]
+        if ids:
+            pipe.xack(self.stream, self.group, *ids)
+        if fetch:
+            pipe.xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=fetch)
+        res = await pipe.execute()
+        return HandOffReply([[] for _ in pairs], read_reply(res[-1]) if fetch else [])
+
+    StreamConsumer._hand_off = hand_off  # type: ignore[method-assign]
+
+
 async def montage_worker(url: str, concurrency: int) -> None:
     from montage_common.redis import create_redis
     from montage_contracts.keys import Keys
@@ -182,6 +206,8 @@ async def montage_worker(url: str, concurrency: int) -> None:
 
     if os.environ.get("BENCH_NO_OWNER_CHECK"):
         switch_off_owner_check()
+    if os.environ.get("BENCH_PLAIN_HAND_OFF"):
+        switch_off_atomic_hand_off()
 
     keys = Keys("bench")
     redis = create_redis(url)
@@ -272,6 +298,8 @@ async def one_run(system: str, url: str, args: argparse.Namespace, log: Path, pr
     env = dict(os.environ)
     if system.startswith("montage-noowner"):  # the owner check's price (benchmark only)
         env["BENCH_NO_OWNER_CHECK"] = "1"
+    if system.startswith("montage-nolua"):  # the atomic hand-off's price (benchmark only)
+        env["BENCH_PLAIN_HAND_OFF"] = "1"
     if system.startswith("montage-base"):
         if not os.environ.get("BENCH_BASE_SRC"):
             raise SystemExit("montage-base needs BENCH_BASE_SRC (a directory holding montage_streams)")
