@@ -1,12 +1,12 @@
-"""Drain mode: Montage's stream runtime against the fast bare loop on a pre-filled queue.
+"""Drain mode: Montage's stream runtime against the plain loop (the ceiling) on a pre-filled queue.
 
-    .venv/bin/python bench/streams/drain.py [--jobs 10000] [--runs 3] [--systems fast,montage]
+    .venv/bin/python bench/streams/drain.py [--jobs 20000] [--runs 3] [--systems plain,montage]
 
-The workload of issue #17: six no-op stages, 2 worker processes x concurrency 3, one local
-redis-server (no persistence), ``--jobs`` entries already waiting on the first stage's stream
-when the workers start. Each worker process connects, says it is ready and waits for a go
-signal; the clock starts at the go and stops at the last job's completion (the last stage
-stamps ``t1`` on a ``done`` entry). Per run:
+The workload of issues #17 and #27: six no-op stages, 2 worker processes x concurrency 3, one
+local redis-server (no persistence, on a free port: its CPU is the benchmark's alone), ``--jobs``
+entries already waiting on the first stage's stream when the workers start. Each worker process
+connects, says it is ready and waits for a go signal; the clock starts at the go and stops at
+the last job's completion (the last stage stamps ``t1`` on a ``done`` entry). Per run:
 
 - jobs/s = jobs / (last t1 - go);
 - worker CPU per stage-task = the two processes' user+system CPU (``/proc/<pid>/stat``) between
@@ -16,22 +16,26 @@ stamps ``t1`` on a ``done`` entry). Per run:
 
 Systems:
 
+- ``plain`` (issue #27's ceiling, no guarantees): per process ``--fast-loops`` (3) coroutines,
+  each ``XREADGROUP COUNT 10`` across all six streams in one call, then per batch one
+  non-transactional pipeline of the next stage's ``XADD``s and one ``XACK`` per stream.
+- ``fast`` (issue #17's baseline): the same read, then ``XADD`` + ``XACK`` per entry.
 - ``montage``: six :class:`montage_streams.StreamConsumer` per process, concurrency 3 each,
   every default on (owner-checked atomic hand-off, claim renewal, reclaim, promotion of
   retries, safe trimming, metrics), as the stage workers run it.
-- ``fast``: the simplest fast loop, no guarantees: ``XREADGROUP COUNT 10`` across all six
-  streams in one call, then one pipeline of ``XADD`` (next stage) + ``XACK`` per entry;
-  ``--fast-loops`` such loops per process (default 3, the concurrency).
+- ``montage-noowner`` / ``montage-nolua``: the runtime with, in this benchmark only (never in
+  the product), the hand-off's ownership check switched off / the atomic hand-off replaced by a
+  plain pipeline of ``XADD``s, ``XACK`` and the read: the price of those guarantees.
 
-``montage:N`` is the runtime with concurrency N per stage (``--systems fast,montage,montage:10``).
+``montage:N`` is the runtime with concurrency N per stage (``--systems plain,montage,montage:10``).
 ``montage-base`` (and ``montage-base:N``) is the same on another checkout's runtime: the directory
 holding its ``montage_streams`` in ``BENCH_BASE_SRC`` (put first on the workers' ``PYTHONPATH``),
-for before/after figures from one run.
+for before/after figures from one run. Ratios are against ``plain`` (``fast`` when no ``plain``).
 
 Every run also checks what the last stage received: each job exactly once (``duplicates`` and
 ``missing`` are reported per run and must be 0).
 
-Runs are interleaved (fast, montage, fast, montage, …) so a change in the machine's load falls on
+Runs are interleaved (plain, montage, plain, montage, …) so a change in the machine's load falls on
 both; medians of ``--runs``. ``--profile DIR`` records each system's first run with py-spy
 (``PY_SPY``, default /tmp/pyspy/bin/py-spy; never from the project's lockfile) as collapsed
 stacks, one file per worker process, in an extra round before the counted ones (sampling slows
