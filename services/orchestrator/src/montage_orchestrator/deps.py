@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import asyncpg
 from aiohttp import web
@@ -18,6 +20,18 @@ from montage_orchestrator.outbox import Outbox
 from montage_orchestrator.settings import OrchestratorSettings
 
 
+@dataclass(slots=True)
+class Forecasts:
+    """The door's last reading of the system (``admission.System``), kept for
+    ``admission.FORECAST_CACHE_SECONDS`` and dropped as soon as a job becomes final here."""
+
+    reading: Any = None
+    read_at: float = -math.inf  # time.monotonic() when the reading began
+
+    def drop(self) -> None:
+        self.reading = None
+
+
 @dataclass(frozen=True, slots=True)
 class Deps:
     settings: OrchestratorSettings
@@ -30,6 +44,7 @@ class Deps:
     producer: StreamProducer
     # Set when a slot may have freed (a job became final): the turn-giver wakes (``admission.run``).
     turns_due: asyncio.Event = field(default_factory=asyncio.Event)
+    forecasts: Forecasts = field(default_factory=Forecasts)
 
     @classmethod
     def build(cls, settings: OrchestratorSettings, pool: asyncpg.Pool, redis: Redis, storage: Storage) -> Deps:

@@ -21,7 +21,7 @@ from montage_contracts.api import timestamp
 from montage_contracts.errors import BudgetExceededError, ErrorCode, Gone, NotFound, ValidationError
 from montage_contracts.pipeline import JOB_STATUSES, STAGES, JobStatus
 
-from montage_orchestrator import admin, admission, costs, metrics, retry, store, upload, usage
+from montage_orchestrator import admin, admission, assets, costs, metrics, retry, store, upload, usage
 from montage_orchestrator.deps import DEPS, Deps
 from montage_orchestrator.health import health_report
 from montage_orchestrator.http import job_uuid, owned, respond
@@ -68,13 +68,13 @@ async def upload_audio(request: web.Request) -> web.Response:
     finally:
         received.discard()
     try:
-        row = await _create_job(deps, job_id, user, prompt, audio_key, filename, audio.duration, estimate)
+        row, started = await _create_job(deps, job_id, user, prompt, audio_key, filename, audio.duration, estimate)
     except BaseException:
         # No job row: the stored song must not stay behind (nothing is left by a failed upload).
         with contextlib.suppress(Exception):
             await asyncio.shield(deps.storage.delete([audio_key]))
         raise
-    await admission.start_turns_quietly(deps)  # its turn now if its user has a free slot
+    await admission.turns_given(deps, started)
     metrics.JOBS_CREATED.inc()
     log.info("job_created", job_id=str(job_id), duration=round(audio.duration, 2), estimate=str(estimate))
     body = api.JobCreated(
@@ -97,12 +97,13 @@ async def _create_job(  # noqa: PLR0917
     filename: str,
     duration: float,
     estimate: Any,
-) -> asyncpg.Record:
-    """Insert the job waiting for its turn (``queued``, no deadline, no task: see ``admission``)."""
+) -> tuple[asyncpg.Record, admission.Started]:
+    """Insert the job waiting for its turn (``queued``, no deadline, no task: see ``admission``),
+    and in the same transaction give the turns now due: its own when its user has a free slot."""
     s = deps.settings
-    async with deps.pool.acquire() as conn:
+    async with deps.pool.acquire() as conn, conn.transaction():
         now = await conn.fetchval("SELECT now()")
-        return await store.insert_job(
+        row = await store.insert_job(
             conn,
             store.traced(
                 {
@@ -122,6 +123,7 @@ async def _create_job(  # noqa: PLR0917
                 }
             ),
         )
+        return row, await admission.give_turns_quietly(conn, deps)
 
 
 async def _snapshot(deps: Deps, job_id: uuid.UUID) -> dict[str, Any] | None:
@@ -151,11 +153,14 @@ async def get_job(request: web.Request) -> web.Response:
     owned(snap, user)
     assert snap is not None
     url = None
+    poster = None
     if snap["status"] == JobStatus.COMPLETED and snap["video_key"] and not snap["files_cleaned_at"]:
         url = await deps.storage.signed_url(snap["video_key"], deps.settings.download_url_seconds)
+        poster = await assets.poster_url(deps, snap["job_id"])
     with contextlib.suppress(asyncpg.PostgresError, *db.TRANSIENT):
         await RATES.refresh(deps.pool)  # at most once a minute; the spec's priors meanwhile
     body = status_body(snap, url)
+    body.poster_url = poster
     await admission.places(deps, [body])  # queue_position, estimated_start
     return respond(body)
 
@@ -219,6 +224,7 @@ def handlers() -> dict[str, Handler]:
         "cancelJob": cancel_job,
         "retryJob": retry_job,
         "getDownload": download,
+        "getJobAssets": assets.list_assets,
         "getInternalHealth": internal_health,
         "getInternalUsage": usage.internal_usage,
         **admin.handlers(),  # /api/v1/admin/*: the operator console (admins only; see admin.py)

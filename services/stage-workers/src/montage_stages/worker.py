@@ -50,13 +50,14 @@ import structlog
 from montage_common import tracing
 from montage_common.budget import BudgetLedger, JobBudget, Seed
 from montage_common.liveness import Watchdog
-from montage_common.storage import Storage
+from montage_common.storage import Storage, layout
 from montage_contracts.errors import BudgetExceededError, ErrorCode, JobCancelled
 from montage_contracts.keys import Keys
 from montage_contracts.messages import (
     ErrorInfo,
     StageAlive,
     StageCost,
+    StagePreview,
     StageProgress,
     StageResult,
     StageTask,
@@ -82,7 +83,9 @@ from redis.asyncio import Redis
 
 from montage_stages import faults
 from montage_stages.runtime.context import StageContext
+from montage_stages.runtime.provider_check import stage_provider
 from montage_stages.runtime.provider_http import Providers
+from montage_stages.runtime.provider_limits import ProviderLimits
 from montage_stages.runtime.settings import StageSettings
 from montage_stages.stages import PROCESS
 from montage_stages.stages.clip_fanout import ClipFanout, ClipWorker
@@ -203,7 +206,10 @@ class StageWorker:
         self.keys = keys
         self.process = PROCESS[stage]
         self.faults = faults.enabled(settings)
-        self.providers = Providers()  # one pool of provider connections per process
+        # one pool of provider connections per process; the providers' slots and backoff shared in Redis
+        self.providers = Providers(
+            ProviderLimits(redis, keys, settings.provider_limits, lease_seconds=settings.provider_lease_seconds)
+        )
         self.producer = StreamProducer(redis)
         self.ledger = BudgetLedger(redis, keys)  # every provider call and clip reserves its price here
         self._stopping = asyncio.Event()
@@ -305,6 +311,7 @@ class StageWorker:
                     providers=self.providers,
                     fanout=fanout,
                     budget=budget,
+                    preview=self._preview(task, alive),
                 )
                 await ctx.check_cancelled()
                 if self.faults:  # development only: a test made this stage fail
@@ -396,6 +403,28 @@ class StageWorker:
 
         return progress
 
+    def _preview(self, task: StageTask, alive: Liveness) -> Callable[[str, int, str, str | None], Awaitable[None]]:
+        async def preview(kind: str, index: int, key: str, subject: str | None) -> None:
+            alive.touch()
+            target = layout.preview(task.job_id, kind, index, subject)
+            content_type = "video/mp4" if kind == "clip" else "image/png"
+            msg = StagePreview(
+                job_id=task.job_id,
+                stage=self.stage,
+                kind=kind,
+                index=index,
+                key=target,
+                subject=subject,
+                dispatch=task.dispatch,
+            )
+            try:  # best effort, as a progress text: the stage's own file is what the pipeline uses
+                await self.storage.copy(key, target, content_type)
+                await self.producer.emit([Emit(self.results_stream(task.job_id), encode(msg))])
+            except Exception as exc:
+                log.warning("preview_failed", kind=kind, index=index, error=str(exc)[:200])
+
+        return preview
+
     def _cost(
         self, task: StageTask, costs: list[CostItem], alive: Liveness, budget: JobBudget
     ) -> Callable[[CostItem], Awaitable[None]]:
@@ -449,6 +478,8 @@ class StageWorker:
         return dog
 
     async def run(self) -> None:
+        provider, configured, setting = stage_provider(self.settings, self.stage)
+        await self.providers.limits.announce(self.stage, provider, configured, setting)
         beat = asyncio.create_task(self.heartbeat(), name=f"heartbeat-{self.stage}")
         ticking = asyncio.create_task(self.watchdog.run(self._stopping), name="watchdog")
         try:

@@ -19,7 +19,8 @@ go on (whether enough succeeded is the orchestrator's rule), except when fewer t
 minimum rendered and the clip provider was unavailable for some (a retryable failure): then the
 stage raises :class:`ProviderUnavailable`, so the runtime retries it on its schedule and the job
 ends with ``GENERATION_ERROR``, ``retryable: true``, once the retries are spent (clips the
-provider refused are only counted). A clip whose encode fails is failed
+provider refused are only counted, unless every missing clip was refused: then the stage fails with
+:class:`ContentRefused`, ``VALIDATION_ERROR``, not retryable). A clip whose encode fails is failed
 too and its neighbours are encoded again to cover it (an encode with a transition is first tried
 again as a cut, since the previous clip's source may be the broken one). Cancellation is checked
 before each step and polled while clips render; when it raises, in-flight ffmpeg processes are
@@ -57,7 +58,7 @@ from montage_stages.providers.costing import clip_encode_usd, local_cost
 from montage_stages.providers.renderers import ClipRenderer, renderer_for
 from montage_stages.runtime.context import StageContext
 from montage_stages.runtime.metrics import CLIPS_RENDERED, track_stage
-from montage_stages.runtime.provider_http import ProviderUnavailable
+from montage_stages.runtime.provider_http import ContentRefused, ProviderUnavailable
 from montage_stages.stages.clip_fanout import ClipEncoding, ClipEntry, ClipSource, ClipSpan, ClipsStalled
 
 STAGE = "video_generator"
@@ -181,10 +182,15 @@ class _Render:
     def _check_provider(self, rendered: int) -> None:
         """Too few clips because the clip provider was unavailable: the stage fails retryably."""
         transient = [e for e in self.provider_errors if e.retryable]
-        if rendered >= spec(STAGE).min_clips or not transient:
+        refused = [e for e in self.provider_errors if isinstance(e, ContentRefused)]
+        if rendered >= spec(STAGE).min_clips or not (transient or refused):
             return
-        message = f"Insufficient clips generated ({rendered} of {len(self.prompts)}): {transient[0].message}"
-        raise ProviderUnavailable(message[:500])
+        if transient:
+            message = f"Insufficient clips generated ({rendered} of {len(self.prompts)}): {transient[0].message}"
+            raise ProviderUnavailable(message[:500])
+        # the provider refused clips under its content policy: the same prompts are refused again
+        message = f"Insufficient clips generated ({rendered} of {len(self.prompts)}): {refused[0].message}"
+        raise ContentRefused(message[:500])
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], kind: str, index: int, seg: Segment | None = None) -> None:
         self.tasks[asyncio.create_task(coro)] = (kind, index, seg)
@@ -283,6 +289,7 @@ class _Render:
         with contextlib.suppress(OSError):
             dest.unlink()
         await self._cost(index, seconds)
+        await self.ctx.preview("clip", index, clip_key(self.job_id, index), None)
 
     async def _cost(self, index: int, seconds: float) -> None:
         """The clip's cost: one per clip (a clip encoded again keeps its call id)."""
@@ -320,6 +327,7 @@ class _Render:
             self.started.add(index)
             await self.ctx.progress(f"Rendering clip {len(self.started)} of {len(self.prompts)}")
         await self._cost(index, record.seconds)
+        await self.ctx.preview("clip", index, entry.output_key, None)
 
 
 def _digest(path: Path) -> str:
