@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import asyncpg
 from aiohttp import web
@@ -19,6 +21,18 @@ from montage_orchestrator.settings import OrchestratorSettings
 from montage_orchestrator.user_events import UserEventRelay
 
 
+@dataclass(slots=True)
+class Forecasts:
+    """The door's last reading of the system (``admission.System``), kept for
+    ``admission.FORECAST_CACHE_SECONDS`` and dropped as soon as a job becomes final here."""
+
+    reading: Any = None
+    read_at: float = -math.inf  # time.monotonic() when the reading began
+
+    def drop(self) -> None:
+        self.reading = None
+
+
 @dataclass(frozen=True, slots=True)
 class Deps:
     settings: OrchestratorSettings
@@ -32,6 +46,7 @@ class Deps:
     user_events: UserEventRelay  # copies job events into their users' logs (``GET /api/v1/events``)
     # Set when a slot may have freed (a job became final): the turn-giver wakes (``admission.run``).
     turns_due: asyncio.Event = field(default_factory=asyncio.Event)
+    forecasts: Forecasts = field(default_factory=Forecasts)
 
     @classmethod
     def build(cls, settings: OrchestratorSettings, pool: asyncpg.Pool, redis: Redis, storage: Storage) -> Deps:

@@ -345,7 +345,9 @@ class Pipeline:
         error: str | None = None,
     ) -> None:
         stage = msg.stage
-        duration = state.stages[stage].elapsed
+        # The worker's own time on it (what the door's forecast multiplies by the queue it
+        # simulates); dispatch-to-result would count the time queued in the stream twice.
+        duration = msg.duration_seconds if msg.duration_seconds > 0 else state.stages[stage].elapsed
         change.finish, change.attempts, change.stage_error, change.duration = status, msg.attempts, error, duration
         change.output = None if output is None else _out.encode(output).decode()
         change.stage_meta = metadata or None

@@ -68,13 +68,13 @@ async def upload_audio(request: web.Request) -> web.Response:
     finally:
         received.discard()
     try:
-        row = await _create_job(deps, job_id, user, prompt, audio_key, filename, audio.duration, estimate)
+        row, started = await _create_job(deps, job_id, user, prompt, audio_key, filename, audio.duration, estimate)
     except BaseException:
         # No job row: the stored song must not stay behind (nothing is left by a failed upload).
         with contextlib.suppress(Exception):
             await asyncio.shield(deps.storage.delete([audio_key]))
         raise
-    await admission.start_turns_quietly(deps)  # its turn now if its user has a free slot
+    await admission.turns_given(deps, started)
     metrics.JOBS_CREATED.inc()
     log.info("job_created", job_id=str(job_id), duration=round(audio.duration, 2), estimate=str(estimate))
     body = api.JobCreated(
@@ -97,12 +97,13 @@ async def _create_job(  # noqa: PLR0917
     filename: str,
     duration: float,
     estimate: Any,
-) -> asyncpg.Record:
-    """Insert the job waiting for its turn (``queued``, no deadline, no task: see ``admission``)."""
+) -> tuple[asyncpg.Record, admission.Started]:
+    """Insert the job waiting for its turn (``queued``, no deadline, no task: see ``admission``),
+    and in the same transaction give the turns now due: its own when its user has a free slot."""
     s = deps.settings
-    async with deps.pool.acquire() as conn:
+    async with deps.pool.acquire() as conn, conn.transaction():
         now = await conn.fetchval("SELECT now()")
-        return await store.insert_job(
+        row = await store.insert_job(
             conn,
             store.traced(
                 {
@@ -122,6 +123,7 @@ async def _create_job(  # noqa: PLR0917
                 }
             ),
         )
+        return row, await admission.give_turns_quietly(conn, deps)
 
 
 async def _snapshot(deps: Deps, job_id: uuid.UUID) -> dict[str, Any] | None:

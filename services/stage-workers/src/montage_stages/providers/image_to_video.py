@@ -10,7 +10,8 @@ own retries off), as the API requires:
    (gen4_turbo's closest to the video's), ``duration`` (5 s, or 10 s for a clip longer than 5 s).
    The answer is the task id.
 2. **Poll** ``GET /v1/tasks/{id}`` every ``RUNWAY_POLL_SECONDS`` while ``PENDING``,
-   ``THROTTLED`` or ``RUNNING``, at most ``RUNWAY_CLIP_TIMEOUT_SECONDS``.
+   ``THROTTLED`` or ``RUNNING``, at most ``RUNWAY_CLIP_TIMEOUT_SECONDS``; a poll that fails
+   transiently (5xx, a timeout) is made again, since the task runs, and is billed, regardless.
 3. ``SUCCEEDED``: its first ``output`` URL is downloaded; video_generator cuts it to the clip's
    beat-aligned span and encodes it once with every other clip (:mod:`clip_encoder`), fanned out
    over the video_generator workers as any clip.
@@ -194,7 +195,12 @@ class RunwayRenderer:
                 continue
             except runwayml.APIError as exc:
                 await limits.report(PROVIDER, False, str(exc))
-                raise translate(f"Runway task {task_id}", exc) from None
+                error = translate(f"Runway task {task_id}", exc)
+                if not error.retryable:
+                    raise error from None
+                # the task exists and will be billed: keep asking for it (until the clip's deadline)
+                log.warning("runway_poll_failed", task=task_id, error=error.message[:200])
+                continue
             if task.status not in RUNNING:
                 return task
 

@@ -21,15 +21,15 @@ the official ``runwayml`` SDK (point the SDK's ``base_url`` / ``RUNWAY_BASE_URL`
 Test controls (not part of the contract):
 
 - ``POST /_control {"mode": "ok"|"429"|"500", "endpoints": ["create", "tasks"], "times": N,
-  "retry_after": s, "step_seconds": s, "credits_per_second": n, "fail_tasks": N,
+  "retry_after": s, "grace_seconds": s, "step_seconds": s, "credits_per_second": n, "fail_tasks": N,
   "failure_code": "SAFETY.INPUT.TEXT", "failure": "…"}``: the next ``times`` calls of those
   endpoints (``create`` when absent) answer 429 with ``Retry-After`` (``{"error"}`` body) or 500;
   the next ``fail_tasks`` tasks end ``FAILED`` with that code;
 - ``GET /_stats``: every task (its body without the image, status, credits), creates and polls,
   the most tasks ever open at once (created and their end not yet seen by a poll), every 429
   answered (when, its ``Retry-After``) and every API call received inside a 429's
-  ``Retry-After`` (``backoff_violations``; calls within ``GRACE_SECONDS`` of the 429 are calls
-  already on their way, not counted); ``POST /_reset`` forgets everything.
+  ``Retry-After`` (``backoff_violations``; calls within ``grace_seconds`` of the 429, 0.25 s by
+  default, are calls already on their way, not counted); ``POST /_reset`` forgets everything.
 """
 
 from __future__ import annotations
@@ -77,6 +77,7 @@ class FakeRunway:
     endpoints: set[str] = field(default_factory=lambda: {"create"})
     times: int | None = None
     retry_after: float = 1.0
+    grace_seconds: float = GRACE_SECONDS  # calls this soon after a 429 were already on their way
     fail_tasks: int = 0
     failure_code: str = "SAFETY.INPUT.TEXT"
     failure: str = "The prompt text did not pass content moderation."
@@ -225,7 +226,7 @@ def create_app(state: FakeRunway | None = None) -> tuple[web.Application, FakeRu
     def gate(request: web.Request, endpoint: str) -> web.Response | None:
         now = time.time()
         for t in fake.throttled:
-            if t["at"] + GRACE_SECONDS < now < t["at"] + t["retry_after"]:
+            if t["at"] + fake.grace_seconds < now < t["at"] + t["retry_after"]:
                 fake.violations.append({"at": now, "path": request.path, "after_429": round(now - t["at"], 3)})
                 break
         if fake.api_key and request.headers.get("Authorization") != f"Bearer {fake.api_key}":
@@ -302,7 +303,7 @@ def create_app(state: FakeRunway | None = None) -> tuple[web.Application, FakeRu
             fake.mode = str(body["mode"])
             fake.endpoints = set(body.get("endpoints") or ["create"])
             fake.times = body.get("times")
-        for name in ("retry_after", "step_seconds"):
+        for name in ("retry_after", "step_seconds", "grace_seconds"):
             if name in body:
                 setattr(fake, name, float(body[name]))
         for name in ("credits_per_second", "fail_tasks", "concurrency"):
