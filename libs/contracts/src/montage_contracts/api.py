@@ -750,6 +750,10 @@ USER_LOGGED_EVENTS: tuple[type[Struct], ...] = tuple(
     _user_event(cls) for cls in SSE_EVENTS if cls not in (StateEvent, HeartbeatEvent)
 )
 USER_SSE_EVENTS: tuple[type[Struct], ...] = (UserStateEvent, *USER_LOGGED_EVENTS, HeartbeatEvent)
+for _cls in USER_LOGGED_EVENTS:  # module attributes like the written ones (the document's schemas come from here)
+    globals()[_cls.__name__] = _cls
+    _data_type = next(f.type for f in msgspec.structs.fields(_cls) if f.name == "data")
+    globals()[_data_type.__name__] = _data_type
 if TYPE_CHECKING:
     UserSseEvent = Struct
 else:
