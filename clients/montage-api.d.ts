@@ -495,6 +495,40 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/admin/jobs/{job_id}/webhooks": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** A job's webhook deliveries: state, attempts, last status and error, next attempt (admins only) */
+        get: operations["listAdminJobWebhooks"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/admin/webhooks/{webhook_id}/resend": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Send a webhook delivery again now, same `webhook-id` (any state; a failed one gets a new retry window) (admins only) */
+        post: operations["resendAdminWebhook"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/admin/actions": {
         parameters: {
             query?: never;
@@ -530,7 +564,32 @@ export interface paths {
         trace?: never;
     };
 }
-export type webhooks = Record<string, never>;
+export interface webhooks {
+    jobFinished: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * A job became final: `job.completed`, `job.failed` or `job.cancelled`
+         * @description What Montage POSTs to the `webhook_url` given at upload when the job becomes final, signed by the
+         *     Standard Webhooks specification with the deployment's `WEBHOOK_SECRET` (verify with any
+         *     `standardwebhooks` library; docs/frontend.md). Answer 2xx quickly: any other answer, a redirect
+         *     (never followed) or no answer within 10 s is retried with exponential backoff for at least 24 h,
+         *     with the same `webhook-id` (deduplicate on it).
+         */
+        post: operations["jobFinishedWebhook"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+}
 export interface components {
     schemas: {
         /**
@@ -739,6 +798,53 @@ export interface components {
             timestamp: string;
         };
         /**
+         * WebhookEvent
+         * @description The body of every webhook delivery (Standard Webhooks: `type`, `timestamp`, `data`). The same
+         *         event is sent with the same `webhook-id` header on every attempt: deduplicate on it.
+         */
+        WebhookEvent: {
+            /** @enum {unknown} */
+            type: "job.cancelled" | "job.completed" | "job.failed";
+            /**
+             * @description When the job became final
+             * @example 2026-01-01T12:00:00.000Z
+             */
+            timestamp: string;
+            data: components["schemas"]["WebhookJobData"];
+        };
+        /**
+         * WebhookJobData
+         * @description The job a webhook event is about, as it was when it became final.
+         */
+        WebhookJobData: {
+            /**
+             * Format: uuid
+             * @description The job's UUID
+             */
+            job_id: string;
+            /** @description `completed` or `failed` (a cancelled job is `failed`) */
+            status: components["schemas"]["JobStatus"];
+            /** @description `job.completed`: a signed URL of the video, made when this attempt was sent and valid for `DOWNLOAD_URL_SECONDS` (1 hour) from then; `null` otherwise or once the video is gone */
+            video_url: string | null;
+            /**
+             * @description US dollars (a JSON number, up to 6 decimals)
+             * @example 0.0125
+             */
+            total_cost: number;
+            /** @description Why it failed; `null` for `job.completed` */
+            error: string | null;
+            /** @description `CANCELLED` for `job.cancelled` */
+            error_code: ("BUDGET_EXCEEDED" | "CANCELLED" | "GENERATION_ERROR" | "MODULE_FAILURE" | "TIMEOUT" | "VALIDATION_ERROR") | null;
+            /** @description As the job's `retryable`: submitting again may succeed */
+            retryable: boolean;
+            completed_at: string | null;
+            /**
+             * @description The job this one retried, if it is a retry
+             * @default null
+             */
+            retry_of: string | null;
+        };
+        /**
          * Healthy
          * @description 200 of ``GET /api/v1/health``.
          */
@@ -819,6 +925,12 @@ export interface components {
             audio_file: string;
             /** @description What the video should show: 50 to 500 characters once trimmed (at most 2000 as sent); no control character but tab and line breaks */
             user_prompt: string;
+            /**
+             * @description Optional: where Montage POSTs this job's final event (`job.completed`, `job.failed`, `job.cancelled`), signed by the Standard Webhooks rules (docs/frontend.md). `https` only outside development; the host must resolve to public addresses only (no loopback, private, link-local, CGNAT, multicast or metadata address; development allows loopback): else 400
+             * @default
+             * @example https://example.com/hooks/montage
+             */
+            webhook_url: string;
         };
         /**
          * JobCreated
@@ -1375,6 +1487,11 @@ export interface components {
             files: components["schemas"]["AdminFile"][];
             actions: components["schemas"]["AdminAction"][];
             cancellable: boolean;
+            /**
+             * @description The job's webhook deliveries (none without `webhook_url`)
+             * @default []
+             */
+            webhooks: components["schemas"]["AdminWebhookDelivery"][];
         };
         /** AdminJobFull */
         AdminJobFull: {
@@ -1505,6 +1622,50 @@ export interface components {
              * @example 2026-01-01T12:00:00.000Z
              */
             created_at: string;
+        };
+        /**
+         * AdminWebhookDelivery
+         * @description One webhook delivery of a job (the outbox row): its id is the `webhook-id` of every attempt.
+         */
+        AdminWebhookDelivery: {
+            /**
+             * @description A delivery's `webhook-id`
+             * @example msg_00000000000000000000000000000000
+             */
+            webhook_id: string;
+            /**
+             * Format: uuid
+             * @description The job's UUID
+             */
+            job_id: string;
+            url: string;
+            /** @enum {unknown} */
+            event_type: "job.cancelled" | "job.completed" | "job.failed";
+            /** @description pending: attempts go on; delivered: a 2xx came back; failed: retries ran out */
+            state: components["schemas"]["WebhookState"];
+            attempts: number;
+            /** @description The receiver's last HTTP status (null: no answer) */
+            last_status: number | null;
+            last_error: string | null;
+            last_attempt_at: string | null;
+            /** @description While pending: when it is tried next */
+            next_attempt_at: string | null;
+            delivered_at: string | null;
+            /**
+             * @description When the event happened (the job became final)
+             * @example 2026-01-01T12:00:00.000Z
+             */
+            created_at: string;
+        };
+        /**
+         * WebhookState
+         * @description Where a webhook delivery stands: attempts go on, a 2xx came back, or its retries ran out.
+         * @enum {unknown}
+         */
+        WebhookState: "delivered" | "failed" | "pending";
+        /** AdminWebhookDeliveries */
+        AdminWebhookDeliveries: {
+            deliveries: components["schemas"]["AdminWebhookDelivery"][];
         };
         /** AdminActions */
         AdminActions: {
@@ -3894,6 +4055,196 @@ export interface operations {
             };
         };
     };
+    listAdminJobWebhooks: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                job_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Deliveries */
+            200: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AdminWebhookDeliveries"];
+                };
+            };
+            /** @description Invalid request (code `VALIDATION_ERROR`), including a malformed path */
+            400: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Missing or invalid credentials (`UNAUTHORIZED`) */
+            401: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not an admin (`FORBIDDEN`) */
+            403: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not found (`NOT_FOUND`) */
+            404: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Rate limited (`RATE_LIMIT_EXCEEDED`): the request guard, or the job-creation limit */
+            429: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RateLimited"];
+                };
+            };
+            /** @description A dependency is unavailable, or too many open streams (`SERVICE_UNAVAILABLE`, `TOO_MANY_CONNECTIONS`) */
+            503: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description An internal or external service did not answer in time (`TIMEOUT`) */
+            504: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    resendAdminWebhook: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                webhook_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Back in line */
+            200: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AdminWebhookDelivery"];
+                };
+            };
+            /** @description Invalid request (code `VALIDATION_ERROR`), including a malformed path */
+            400: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Missing or invalid credentials (`UNAUTHORIZED`) */
+            401: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not an admin (`FORBIDDEN`) */
+            403: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not found (`NOT_FOUND`) */
+            404: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Rate limited (`RATE_LIMIT_EXCEEDED`): the request guard, or the job-creation limit */
+            429: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RateLimited"];
+                };
+            };
+            /** @description A dependency is unavailable, or too many open streams (`SERVICE_UNAVAILABLE`, `TOO_MANY_CONNECTIONS`) */
+            503: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description An internal or external service did not answer in time (`TIMEOUT`) */
+            504: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
     listAdminActions: {
         parameters: {
             query?: {
@@ -4065,6 +4416,35 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["Error"];
                 };
+            };
+        };
+    };
+    jobFinishedWebhook: {
+        parameters: {
+            query?: never;
+            header: {
+                /** @description The event's id, the same on every attempt */
+                "webhook-id": string;
+                /** @description Unix seconds of this attempt */
+                "webhook-timestamp": string;
+                /** @description `v1,<base64 HMAC-SHA256 of "<webhook-id>.<webhook-timestamp>.<body>">` */
+                "webhook-signature": string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["WebhookEvent"];
+            };
+        };
+        responses: {
+            /** @description Received (anything else is retried) */
+            "2XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
         };
     };

@@ -660,6 +660,37 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route(
         method="GET",
+        path="/api/v1/admin/jobs/{job_id}/webhooks",
+        operation_id="listAdminJobWebhooks",
+        service=Service.ORCHESTRATOR,
+        auth=Auth.ADMIN,
+        summary="A job's webhook deliveries: state, attempts, last status and error, next attempt" + ADMIN_TEXT,
+        tag="admin",
+        responses={
+            200: Reply("Deliveries", api.AdminWebhookDeliveries),
+            403: ADMIN_403,
+            **errors(400, 404, *AUTHED),
+        },
+        params=(JOB_ID,),
+    ),
+    Route(
+        method="POST",
+        path="/api/v1/admin/webhooks/{webhook_id}/resend",
+        operation_id="resendAdminWebhook",
+        service=Service.ORCHESTRATOR,
+        auth=Auth.ADMIN,
+        summary="Send a webhook delivery again now, same `webhook-id` (any state; a failed one gets a new retry"
+        " window)" + ADMIN_TEXT,
+        tag="admin",
+        responses={
+            200: Reply("Back in line", api.AdminWebhookDelivery),
+            403: ADMIN_403,
+            **errors(400, 404, *AUTHED),
+        },
+        params=(Param("webhook_id", "path", api.WebhookId, required=True),),
+    ),
+    Route(
+        method="GET",
         path="/api/v1/admin/actions",
         operation_id="listAdminActions",
         service=Service.ORCHESTRATOR,

@@ -30,6 +30,8 @@ class Deps:
     producer: StreamProducer
     # Set when a slot may have freed (a job became final): the turn-giver wakes (``admission.run``).
     turns_due: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set when a job with a webhook became final: the delivery loop wakes (``webhooks.Sender``).
+    webhooks_due: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
     def build(cls, settings: OrchestratorSettings, pool: asyncpg.Pool, redis: Redis, storage: Storage) -> Deps:

@@ -21,7 +21,7 @@ from montage_contracts.api import timestamp
 from montage_contracts.errors import BudgetExceededError, ErrorCode, Gone, NotFound, ValidationError
 from montage_contracts.pipeline import JOB_STATUSES, STAGES, JobStatus
 
-from montage_orchestrator import admin, admission, costs, metrics, retry, store, upload, usage
+from montage_orchestrator import admin, admission, costs, metrics, retry, store, upload, usage, webhooks
 from montage_orchestrator.deps import DEPS, Deps
 from montage_orchestrator.health import health_report
 from montage_orchestrator.http import job_uuid, owned, respond
@@ -47,6 +47,7 @@ async def upload_audio(request: web.Request) -> web.Response:
         raise
     try:
         prompt = upload.check_prompt(received.prompt, s.prompt_min_chars, s.prompt_max_chars)
+        webhook_url = await webhooks.check_upload_url(deps, received.webhook_url)  # SSRF rules: 400
         audio = await upload.probe(received.path)
         if audio.duration > s.max_audio_seconds:
             raise ValidationError(f"Audio is {audio.duration:.0f} s long; the limit is {s.max_audio_seconds:.0f} s")
@@ -67,7 +68,9 @@ async def upload_audio(request: web.Request) -> web.Response:
     finally:
         received.discard()
     try:
-        row = await _create_job(deps, job_id, user, prompt, audio_key, filename, audio.duration, estimate)
+        row = await _create_job(
+            deps, job_id, user, prompt, audio_key, filename, audio.duration, estimate, webhook_url=webhook_url
+        )
     except BaseException:
         # No job row: the stored song must not stay behind (nothing is left by a failed upload).
         with contextlib.suppress(Exception):
@@ -96,6 +99,8 @@ async def _create_job(  # noqa: PLR0917
     filename: str,
     duration: float,
     estimate: Any,
+    *,
+    webhook_url: str | None = None,
 ) -> asyncpg.Record:
     """Insert the job waiting for its turn (``queued``, no deadline, no task: see ``admission``)."""
     s = deps.settings
@@ -117,6 +122,7 @@ async def _create_job(  # noqa: PLR0917
                 "cost_limit": s.cost_limit,
                 "created_at": now,
                 "updated_at": now,
+                "webhook_url": webhook_url,
             },
         )
 

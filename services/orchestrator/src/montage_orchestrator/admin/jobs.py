@@ -21,7 +21,7 @@ from montage_contracts.errors import MontageError, NotFound, ValidationError
 from montage_contracts.events import decode_event
 from montage_contracts.pipeline import FINAL_STATUSES, JOB_STATUSES, STAGES, JobStatus, StageStatus
 
-from montage_orchestrator import store
+from montage_orchestrator import store, webhooks
 from montage_orchestrator.admin.access import admin
 from montage_orchestrator.admin.actions import action_row, record_action
 from montage_orchestrator.admin.dead_letters import job_dead_letters
@@ -184,6 +184,7 @@ async def job_detail(request: web.Request) -> web.Response:
         files=files,
         actions=[action_row(a) for a in actions_rows],
         cancellable=row["status"] not in FINAL_STATUSES,
+        webhooks=await webhooks.deliveries(deps.pool, job_id),
     )
     return respond(body)
 

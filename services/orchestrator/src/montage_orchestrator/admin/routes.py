@@ -14,6 +14,7 @@ from montage_orchestrator.admin.dead_letters import (
 )
 from montage_orchestrator.admin.jobs import cancel_job, job_detail, search_jobs
 from montage_orchestrator.admin.queues import ResultWindow, queues
+from montage_orchestrator.admin.webhooks import job_webhooks, resend_webhook
 
 
 def handlers() -> dict[str, Handler]:
@@ -34,4 +35,6 @@ def handlers() -> dict[str, Handler]:
         "getAdminJob": job_detail,
         "cancelAdminJob": cancel_job,
         "listAdminActions": list_actions,
+        "listAdminJobWebhooks": job_webhooks,
+        "resendAdminWebhook": resend_webhook,
     }
