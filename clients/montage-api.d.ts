@@ -100,7 +100,11 @@ export interface paths {
         get: operations["getJob"];
         put?: never;
         post?: never;
-        delete?: never;
+        /**
+         * Delete a job: cancels it if running, deletes its song, stills, clips and video, its rows and events
+         * @description The owner's delete (a right to erasure): a queued or processing job is cancelled first, then every stored file of the job and its records are deleted; only what billing must keep stays (each provider charge's amount and time, the job id and its owner; docs/frontend.md). Afterwards the job is 404 on every route and its signed URLs stop working. Idempotent: deleting it again answers 204 too; a job that is not the caller's is 404. 503 (retryable) when storage is unavailable: nothing was deleted, ask again.
+         */
+        delete: operations["deleteJob"];
         options?: never;
         head?: never;
         patch?: never;
@@ -472,7 +476,8 @@ export interface paths {
         get: operations["getAdminJob"];
         put?: never;
         post?: never;
-        delete?: never;
+        /** Delete any user's job as its owner's delete does (cancel, files, rows, events; logged) (admins only) */
+        delete: operations["deleteAdminJob"];
         options?: never;
         head?: never;
         patch?: never;
@@ -1667,6 +1672,21 @@ export interface components {
         AdminWebhookDeliveries: {
             deliveries: components["schemas"]["AdminWebhookDelivery"][];
         };
+        /**
+         * AdminJobDeleted
+         * @description The console's delete: the job is gone (`already_deleted`: it was before this call).
+         */
+        AdminJobDeleted: {
+            /**
+             * Format: uuid
+             * @description The job's UUID
+             */
+            job_id: string;
+            /** @enum {unknown} */
+            outcome: "already_deleted" | "deleted";
+            /** @description Stored objects of the job deleted by this call */
+            files_deleted: number;
+        };
         /** AdminActions */
         AdminActions: {
             actions: components["schemas"]["AdminAction"][];
@@ -2098,6 +2118,89 @@ export interface operations {
             };
             /** @description Not the caller's (`FORBIDDEN`) */
             403: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not found (`NOT_FOUND`) */
+            404: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Rate limited (`RATE_LIMIT_EXCEEDED`): the request guard, or the job-creation limit */
+            429: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RateLimited"];
+                };
+            };
+            /** @description A dependency is unavailable, or too many open streams (`SERVICE_UNAVAILABLE`, `TOO_MANY_CONNECTIONS`) */
+            503: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description An internal or external service did not answer in time (`TIMEOUT`) */
+            504: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    deleteJob: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                job_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Deleted (or deleted before) */
+            204: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Invalid request (code `VALIDATION_ERROR`), including a malformed path */
+            400: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Missing or invalid credentials (`UNAUTHORIZED`) */
+            401: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
                     [name: string]: unknown;
@@ -3874,6 +3977,101 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["AdminJobDetail"];
+                };
+            };
+            /** @description Invalid request (code `VALIDATION_ERROR`), including a malformed path */
+            400: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Missing or invalid credentials (`UNAUTHORIZED`) */
+            401: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not an admin (`FORBIDDEN`) */
+            403: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not found (`NOT_FOUND`) */
+            404: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Rate limited (`RATE_LIMIT_EXCEEDED`): the request guard, or the job-creation limit */
+            429: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RateLimited"];
+                };
+            };
+            /** @description A dependency is unavailable, or too many open streams (`SERVICE_UNAVAILABLE`, `TOO_MANY_CONNECTIONS`) */
+            503: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description An internal or external service did not answer in time (`TIMEOUT`) */
+            504: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    deleteAdminJob: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                job_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Deleted */
+            200: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AdminJobDeleted"];
                 };
             };
             /** @description Invalid request (code `VALIDATION_ERROR`), including a malformed path */

@@ -312,3 +312,43 @@ def test_backoff_doubles_up_to_the_cap_and_retries_for_a_day() -> None:
         n += 1
         total += webhooks.backoff_seconds(n, 5.0, 3600.0)
     assert 25 <= n <= 40
+
+
+def _admin(user: str = "ops-1") -> dict[str, str]:
+    return {**headers(user), "X-Montage-Role": "admin"}
+
+
+async def test_console_lists_and_resends_a_delivery(
+    orchestrator_factory: Any, receiver: Receiver, pool: asyncpg.Pool
+) -> None:
+    orch: Orchestrator = await orchestrator_factory(**FAST)
+    job_id = (await (await orch.upload(webhook_url=receiver.url)).json())["job_id"]
+    await orch.wait_final(job_id)
+    await wait_for(lambda: asyncio.sleep(0, receiver.received))
+    listed = await orch.session.get(f"{orch.url}/api/v1/admin/jobs/{job_id}/webhooks", headers=_admin())
+    assert listed.status == 200
+    [delivery] = (await listed.json())["deliveries"]
+    assert delivery["event_type"] == "job.completed" and delivery["attempts"] == 1
+    assert delivery["state"] == "delivered" and delivery["next_attempt_at"] is None
+    detail = await (await orch.session.get(f"{orch.url}/api/v1/admin/jobs/{job_id}", headers=_admin())).json()
+    assert [w["webhook_id"] for w in detail["webhooks"]] == [delivery["webhook_id"]]
+    # not an admin: 403
+    refused = await orch.session.post(
+        f"{orch.url}/api/v1/admin/webhooks/{delivery['webhook_id']}/resend", headers=headers()
+    )
+    assert refused.status == 403
+    resp = await orch.session.post(
+        f"{orch.url}/api/v1/admin/webhooks/{delivery['webhook_id']}/resend", headers=_admin()
+    )
+    assert resp.status == 200 and (await resp.json())["state"] == "pending"
+    await wait_for(lambda: asyncio.sleep(0, len(receiver.received) == 2))
+    assert [wid for wid, _ in receiver.verified()] == [delivery["webhook_id"]] * 2
+    missing = await orch.session.post(f"{orch.url}/api/v1/admin/webhooks/msg_{'0' * 32}/resend", headers=_admin())
+    assert missing.status == 404
+    actions = await pool.fetch(
+        "SELECT outcome, job_id FROM admin_actions WHERE action = 'webhook.resend' AND actor = 'ops-1' ORDER BY id"
+    )
+    assert [(a["outcome"], a["job_id"] and str(a["job_id"])) for a in actions][-2:] == [
+        ("done", job_id),
+        ("not_found", None),
+    ]

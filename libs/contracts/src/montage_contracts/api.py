@@ -932,6 +932,14 @@ class AdminJobDetail(Struct, kw_only=True):
     ] = []
 
 
+class AdminJobDeleted(Struct, kw_only=True):
+    """The console's delete: the job is gone (`already_deleted`: it was before this call)."""
+
+    job_id: JobId
+    outcome: Literal["deleted", "already_deleted"]
+    files_deleted: Annotated[int, Meta(ge=0, description="Stored objects of the job deleted by this call")]
+
+
 class AdminNexusJob(Struct, kw_only=True):
     job_id: str
     user_id: str

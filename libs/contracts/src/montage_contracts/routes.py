@@ -327,6 +327,25 @@ ROUTES: tuple[Route, ...] = (
         params=(JOB_ID,),
     ),
     Route(
+        method="DELETE",
+        path="/api/v1/jobs/{job_id}",
+        operation_id="deleteJob",
+        service=Service.ORCHESTRATOR,
+        auth=Auth.USER,
+        summary="Delete a job: cancels it if running, deletes its song, stills, clips and video, its rows and events",
+        description=(
+            "The owner's delete (a right to erasure): a queued or processing job is cancelled first, then"
+            " every stored file of the job and its records are deleted; only what billing must keep stays"
+            " (each provider charge's amount and time, the job id and its owner; docs/frontend.md). Afterwards"
+            " the job is 404 on every route and its signed URLs stop working. Idempotent: deleting it again"
+            " answers 204 too; a job that is not the caller's is 404. 503 (retryable) when storage is"
+            " unavailable: nothing was deleted, ask again."
+        ),
+        tag="jobs",
+        responses={204: Reply("Deleted (or deleted before)"), **errors(400, 404, *AUTHED)},
+        params=(JOB_ID,),
+    ),
+    Route(
         method="POST",
         path="/api/v1/jobs/{job_id}/retry",
         operation_id="retryJob",
@@ -688,6 +707,17 @@ ROUTES: tuple[Route, ...] = (
             **errors(400, 404, *AUTHED),
         },
         params=(Param("webhook_id", "path", api.WebhookId, required=True),),
+    ),
+    Route(
+        method="DELETE",
+        path="/api/v1/admin/jobs/{job_id}",
+        operation_id="deleteAdminJob",
+        service=Service.ORCHESTRATOR,
+        auth=Auth.ADMIN,
+        summary="Delete any user's job as its owner's delete does (cancel, files, rows, events; logged)" + ADMIN_TEXT,
+        tag="admin",
+        responses={200: Reply("Deleted", api.AdminJobDeleted), 403: ADMIN_403, **errors(400, 404, *AUTHED)},
+        params=(JOB_ID,),
     ),
     Route(
         method="GET",

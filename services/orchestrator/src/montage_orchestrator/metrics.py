@@ -65,3 +65,4 @@ WEBHOOK_BACKLOG = Gauge("montage_webhook_backlog", "Webhook deliveries not yet d
 WEBHOOK_OLDEST_PENDING = Gauge(
     "montage_webhook_oldest_pending_seconds", "Age of the oldest webhook delivery still pending (0: none)"
 )
+JOBS_DELETED = Counter("montage_jobs_deleted_total", "Jobs deleted (by: owner, operator)", ["by"])

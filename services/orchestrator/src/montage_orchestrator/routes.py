@@ -21,7 +21,7 @@ from montage_contracts.api import timestamp
 from montage_contracts.errors import BudgetExceededError, ErrorCode, Gone, NotFound, ValidationError
 from montage_contracts.pipeline import JOB_STATUSES, STAGES, JobStatus
 
-from montage_orchestrator import admin, admission, costs, metrics, retry, store, upload, usage, webhooks
+from montage_orchestrator import admin, admission, costs, deletion, metrics, retry, store, upload, usage, webhooks
 from montage_orchestrator.deps import DEPS, Deps
 from montage_orchestrator.health import health_report
 from montage_orchestrator.http import job_uuid, owned, respond
@@ -184,6 +184,14 @@ async def cancel_job(request: web.Request) -> web.Response:
     return respond(api.Cancelled(job_id=str(job_id), status=JobStatus.FAILED, message=CANCELLED_MESSAGE))
 
 
+async def delete_job(request: web.Request) -> web.Response:
+    """Delete the caller's job: cancel it if running, its files, rows and event log (``deletion``); 204,
+    also when it was deleted before; 404 for a job that is not the caller's."""
+    deps, user = _user(request)
+    await deletion.delete_job(deps, job_uuid(request), owner=user, deleted_by="user")
+    return web.Response(status=204)
+
+
 @admission.door  # a retry adds work like an upload: the same 503 + Retry-After when the wait is too long
 async def retry_job(request: web.Request) -> web.Response:
     """A new job continuing a failed or cancelled one from the stage it did not finish (``retry``)."""
@@ -220,6 +228,7 @@ def handlers() -> dict[str, Handler]:
         "listJobs": list_jobs,
         "getJob": get_job,
         "cancelJob": cancel_job,
+        "deleteJob": delete_job,
         "retryJob": retry_job,
         "getDownload": download,
         "getInternalHealth": internal_health,

@@ -187,6 +187,15 @@
     try { await api("POST", `/webhooks/${id}/resend`); flash(`Webhook ${id} queued again`); }
     catch (err) { flash(`Resend: ${err.message}`, true); }
   }
+  $("delete-btn").addEventListener("click", async () => {
+    if (!state.jobId) return;
+    if (!window.montageAdmin.noConfirm && !confirm(`Delete job ${state.jobId}, its files and records?`)) return;
+    try {
+      const r = await api("DELETE", `/jobs/${state.jobId}`);
+      flash(`Job ${r.outcome.replace("_", " ")} (${r.files_deleted} files)`);
+      state.jobId = null; $("job").hidden = true; location.hash = "jobs";
+    } catch (err) { flash(`Delete: ${err.message}`, true); }
+  });
   $("cancel-btn").addEventListener("click", async () => {
     if (!state.jobId) return;
     if (!window.montageAdmin.noConfirm && !confirm(`Cancel job ${state.jobId}?`)) return;
