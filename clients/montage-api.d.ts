@@ -184,6 +184,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/jobs/{job_id}/assets": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The job's previews (reference stills, clips) as stored, then its video and poster, as signed URLs
+         * @description Each still and clip is listed as soon as it is stored (the same ones the stream's `preview` events announce), with its index and when it was stored; a completed job adds its final `video` and its `poster` (a frame of the video). URLs are signed for `expires_in` seconds: ask again for fresh ones. Empty once the job's files expired; a cancelled job's previews are deleted with its other intermediates.
+         */
+        get: operations["getJobAssets"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/jobs/{job_id}/stream-ticket": {
         parameters: {
             query?: never;
@@ -645,6 +665,11 @@ export interface components {
              * @default null
              */
             estimated_start: string | null;
+            /**
+             * @description Signed URL (1 hour) of a frame of the final video (JPEG) once completed; `null` otherwise
+             * @default null
+             */
+            poster_url: string | null;
         };
         /**
          * JobStatus
@@ -742,6 +767,34 @@ export interface components {
             total: number;
         };
         /**
+         * PreviewEvent
+         * @description A reference still or a clip was stored: something to show before the video is done.
+         */
+        PreviewEvent: {
+            /** @enum {unknown} */
+            event: "preview";
+            /** @description SSE `id:`; resume with `Last-Event-ID` */
+            id: string;
+            data: components["schemas"]["PreviewData"];
+        };
+        /** PreviewData */
+        PreviewData: {
+            /**
+             * @description `still`: a PNG reference image; `clip`: an MP4 clip (no sound)
+             * @enum {unknown}
+             */
+            kind: "clip" | "still";
+            /** @description The scene's (or character's) place in the plan, or the clip's index */
+            index: number;
+            /** @description Signed URL of the file (1 hour); `GET …/assets` gives fresh ones */
+            url: string;
+            /**
+             * @description What a still shows: a scene (`index`: the scene's place in the plan) or a character; `null` for a clip
+             * @default null
+             */
+            subject: ("character" | "scene") | null;
+        };
+        /**
          * CompletedEvent
          * @description Final: the video is ready.
          */
@@ -761,6 +814,11 @@ export interface components {
              * @example 0.0125
              */
             total_cost: number;
+            /**
+             * @description Signed URL (1 hour) of a frame of the final video (JPEG) once completed; `null` otherwise
+             * @default null
+             */
+            poster_url: string | null;
         };
         /**
          * ErrorEvent
@@ -1093,6 +1151,11 @@ export interface components {
              * @default null
              */
             retried_by: string | null;
+            /**
+             * @description Signed URL (1 hour) of a frame of the final video (JPEG) once completed; `null` otherwise
+             * @default null
+             */
+            poster_url: string | null;
         };
         /**
          * Cancelled
@@ -1184,6 +1247,43 @@ export interface components {
             expires_in: number;
             /** @example music_video_6f1c….mp4 */
             filename: string;
+        };
+        /**
+         * JobAssets
+         * @description ``GET /api/v1/jobs/{job_id}/assets``: the job's stills and clips as they were stored, then the
+         *         final video and its poster once completed; empty once its files expired or were deleted.
+         */
+        JobAssets: {
+            /**
+             * Format: uuid
+             * @description The job's UUID
+             */
+            job_id: string;
+            assets: components["schemas"]["Asset"][];
+            /** @description Seconds the URLs stay valid */
+            expires_in: number;
+        };
+        /**
+         * Asset
+         * @description One file of a job a page can show: a preview (still, clip), the final video or its poster.
+         */
+        Asset: {
+            /**
+             * @description `still` (PNG), `clip` (MP4), `video` (the final MP4), `poster` (JPEG)
+             * @enum {unknown}
+             */
+            kind: "clip" | "poster" | "still" | "video";
+            /** @description The still's or clip's index (as in its `preview` event); 0 for the video and the poster */
+            index: number;
+            /** @description What a still shows: a scene (`index`: the scene's place in the plan) or a character; `null` for a clip */
+            subject: ("character" | "scene") | null;
+            /** @description Signed URL (valid `expires_in` seconds) */
+            url: string;
+            /**
+             * @description RFC 3339 in UTC with milliseconds
+             * @example 2026-01-01T12:00:00.000Z
+             */
+            created_at: string;
         };
         /**
          * StreamTicket
@@ -1730,7 +1830,7 @@ export interface components {
             updated_at: string;
             completed_at: string | null;
         };
-        SseEvent: components["schemas"]["StateEvent"] | components["schemas"]["StageUpdateEvent"] | components["schemas"]["ProgressEvent"] | components["schemas"]["MessageEvent"] | components["schemas"]["CostUpdateEvent"] | components["schemas"]["CompletedEvent"] | components["schemas"]["ErrorEvent"] | components["schemas"]["HeartbeatEvent"];
+        SseEvent: components["schemas"]["StateEvent"] | components["schemas"]["StageUpdateEvent"] | components["schemas"]["ProgressEvent"] | components["schemas"]["MessageEvent"] | components["schemas"]["CostUpdateEvent"] | components["schemas"]["PreviewEvent"] | components["schemas"]["CompletedEvent"] | components["schemas"]["ErrorEvent"] | components["schemas"]["HeartbeatEvent"];
         /** @description A JSON value without NUL characters in its text or keys (they cannot be stored); the proxy refuses NUL at any depth, this schema checks the first level (a recursive schema is not something generated TypeScript types can express) */
         StorableJson: string | (number | boolean | null) | unknown[] | Record<string, never>;
     };
@@ -2621,6 +2721,101 @@ export interface operations {
             };
         };
     };
+    getJobAssets: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                job_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The job's assets */
+            200: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["JobAssets"];
+                };
+            };
+            /** @description Invalid request (code `VALIDATION_ERROR`), including a malformed path */
+            400: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Missing or invalid credentials (`UNAUTHORIZED`) */
+            401: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not the caller's (`FORBIDDEN`) */
+            403: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not found (`NOT_FOUND`) */
+            404: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Rate limited (`RATE_LIMIT_EXCEEDED`): the request guard, or the job-creation limit */
+            429: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RateLimited"];
+                };
+            };
+            /** @description A dependency is unavailable, or too many open streams (`SERVICE_UNAVAILABLE`, `TOO_MANY_CONNECTIONS`) */
+            503: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description An internal or external service did not answer in time (`TIMEOUT`) */
+            504: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
     createStreamTicket: {
         parameters: {
             query?: never;
@@ -2739,7 +2934,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "text/event-stream": components["schemas"]["StateEvent"] | components["schemas"]["StageUpdateEvent"] | components["schemas"]["ProgressEvent"] | components["schemas"]["MessageEvent"] | components["schemas"]["CostUpdateEvent"] | components["schemas"]["CompletedEvent"] | components["schemas"]["ErrorEvent"] | components["schemas"]["HeartbeatEvent"];
+                    "text/event-stream": components["schemas"]["StateEvent"] | components["schemas"]["StageUpdateEvent"] | components["schemas"]["ProgressEvent"] | components["schemas"]["MessageEvent"] | components["schemas"]["CostUpdateEvent"] | components["schemas"]["PreviewEvent"] | components["schemas"]["CompletedEvent"] | components["schemas"]["ErrorEvent"] | components["schemas"]["HeartbeatEvent"];
                 };
             };
             /** @description Resumed after the job's final event: nothing more will come (stops `EventSource`) */

@@ -86,6 +86,7 @@ def stack_on_free_ports(
         ragnarok_port=free_port(),
         trinity_port=free_port(),
         openai_port=free_port(),
+        runway_port=free_port(),
         gateway_ops_port=free_port(),
         orchestrator_ops_port=free_port(),
         proxy_ops_port=free_port(),

@@ -136,8 +136,13 @@ class Kill:
 class Chaos:
     """SIGKILLs one process about every ``interval`` seconds (the first round twice as fast): in
     each round every kind once (the stages and the orchestrator, shuffled; a kind with a process
-    holding a task first, and that process); besides, as soon as there is one, a video_generator coordinating a job's clips and
-    one rendering a clip."""
+    holding a task first, and that process).
+
+    Besides, paced by the jobs' progress rather than the clock, so that every kind is hit however
+    fast the batch runs: each stage's workers as soon as the batch's first task of that stage is
+    in its stream (the one holding it if any), the orchestrator once half the stages have been
+    hit, and as soon as there is one, a video_generator coordinating a job's clips and one
+    rendering a clip."""
 
     target: Supervised
     interval: float = 3.0
@@ -145,6 +150,24 @@ class Chaos:
     kills: list[Kill] = field(default_factory=list)
     started: float = 0.0
     _round: list[str] = field(default_factory=list)  # kinds not killed yet in this round
+    _marks: dict[str, bytes | None] = field(default_factory=dict)  # each stage stream's last id before the batch
+
+    async def _last_id(self, redis: Redis, stage: str) -> bytes | None:
+        r: Any = redis
+        try:
+            info = await r.xinfo_stream(self.target.keys.stage_stream(stage))
+        except Exception:  # no stream yet
+            return None
+        last = info.get("last-generated-id")
+        return last if isinstance(last, bytes) else str(last).encode()
+
+    async def mark(self) -> None:
+        """Note where each stage's stream stands: called before the batch is uploaded."""
+        redis = create_redis(self.target.redis_url)
+        try:
+            self._marks = {stage: await self._last_id(redis, stage) for stage in STAGES}
+        finally:
+            await redis.aclose()
 
     def _roles(self) -> dict[str, tuple[str, str]]:
         keys = self.target.keys
@@ -194,6 +217,8 @@ class Chaos:
         redis = create_redis(self.target.redis_url)
         self.started = started
         needed = dict(self._roles())
+        unreached = list(STAGES)  # stages whose workers are killed once the batch reaches them
+        orchestrator_hit = False
         next_kill = time.monotonic() + self.interval * rng.uniform(0.5, 1.5)
         try:
             for _ in range(1_000_000):  # bounded: ends with the batch
@@ -203,6 +228,13 @@ class Chaos:
                     if holder := await self._holder(redis, stream, group):
                         self._kill(holder, role)
                         del needed[role]
+                for stage in list(unreached):
+                    if await self._last_id(redis, stage) != self._marks.get(stage):
+                        self._kill(*await self.victim(redis, stage, rng))
+                        unreached.remove(stage)
+                if not orchestrator_hit and len(unreached) <= len(STAGES) // 2:
+                    self._kill("orchestrator", "orchestrator")
+                    orchestrator_hit = True
                 if time.monotonic() >= next_kill:
                     self._kill(*await self._next(redis, rng))
                     # the first round twice as fast: every kind is hit while the batch still runs
@@ -282,5 +314,7 @@ async def follow_all(batch: Batch, chaos: Chaos | None = None) -> list[JobRun]:
 
 async def run_batch(target: Supervised, songs: list[tuple[Path, float]], chaos: Chaos | None = None) -> list[JobRun]:
     """Upload every song and follow every job to its end; with ``chaos`` meanwhile."""
+    if chaos is not None:
+        await chaos.mark()
     async with session() as http:
         return await follow_all(await upload_all(http, target, songs), chaos)

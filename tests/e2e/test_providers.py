@@ -10,7 +10,11 @@ the real ragnarok-proxy), each service its own process, real Redis and Postgres.
 - with transcription down the job completes without lyrics, after one transcription attempt, and a
   ``message`` event says so (lyrics are optional to the video);
 - provider costs that leave too little of the budget for video_generator stop the job with
-  ``BUDGET_EXCEEDED`` before it, and nothing more is spent.
+  ``BUDGET_EXCEEDED`` before it, and nothing more is spent;
+- traces: the stack exports OpenTelemetry spans (``OTEL_EXPORTER_OTLP_ENDPOINT``) to an OTLP/HTTP
+  receiver in this process (``montage_dev.fakes.otlp``); one job is one trace, from the gateway's
+  upload request through the orchestrator, every stage worker (each a child of the orchestrator's
+  dispatch), their provider calls and ragnarok-proxy, linked parent to child.
 
 The stack is lean: a 10 s song at E2E_ENV's resolution, retries after 0.25/0.5/1 s, fast polling.
 """
@@ -18,6 +22,7 @@ The stack is lean: a 10 s song at E2E_ENV's resolution, retries after 0.25/0.5/1
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -32,6 +37,8 @@ import msgspec
 import pytest
 from montage_cli.client import MontageClient
 from montage_cli.sse import job_events
+from montage_contracts.pipeline import STAGES
+from montage_dev.fakes.otlp import ReceivedSpan, ReceiverThread
 
 from tests.e2e.flows import PROMPT
 from tests.stack import (
@@ -63,6 +70,7 @@ class ProviderStack:
     database_url: str
     openai: str  # the fake's root URL
     ragnarok: str
+    traces: ReceiverThread  # what the services exported
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +79,7 @@ def provider_stack(
 ) -> Iterator[ProviderStack]:
     var_dir = tmp_path_factory.mktemp("provider-stack")
     namespace = f"prov{os.getpid()}{int(time.time()) % 100000}"
-    with fresh_database(server_database_url, "montage_providers") as database_url:
+    with fresh_database(server_database_url, "montage_providers") as database_url, ReceiverThread() as traces:
         env = service_env(redis_url, database_url, namespace, var_dir, fake_providers=True)
         extra_env = {
             **E2E_ENV,
@@ -81,6 +89,9 @@ def provider_stack(
             "POLL_INTERVAL_SECONDS": "0.2",
             "POLL_MAX_INTERVAL_SECONDS": "0.5",
             "POLL_TICK_SECONDS": "0.1",
+            # Traces on, by the standard variables, to the receiver here; exported every 0.2 s.
+            "OTEL_EXPORTER_OTLP_ENDPOINT": traces.url,
+            "OTEL_BSP_SCHEDULE_DELAY": "200",
         }
         stack = stack_on_free_ports(var_dir, env, extra_env, log_dir=LOGS)
         url = f"http://127.0.0.1:{stack.gateway_port}"
@@ -88,7 +99,11 @@ def provider_stack(
             stack.start(timeout=60)
             asyncio.run(_wait_healthy(url, stack, 90))
             yield ProviderStack(
-                url, database_url, f"http://127.0.0.1:{stack.openai_port}", f"http://127.0.0.1:{stack.ragnarok_port}"
+                url,
+                database_url,
+                f"http://127.0.0.1:{stack.openai_port}",
+                f"http://127.0.0.1:{stack.ragnarok_port}",
+                traces,
             )
         finally:
             stack.stop()
@@ -301,3 +316,110 @@ async def test_provider_costs_exhaust_the_budget_before_video_generator(run: Run
     assert await run.submissions() == 0
     assert (await run.control("openai", "/_stats"))["calls"]["chat"] == 2
     assert await run.costs(job) == costs
+
+
+TRACED_SERVICES = {
+    "montage-gateway",
+    "montage-orchestrator",
+    "montage-ragnarok-proxy",
+    *(f"montage-stage-{stage}" for stage in STAGES),
+}
+
+
+def _job_trace(spans: list[ReceivedSpan], job: str) -> tuple[str, list[ReceivedSpan]]:
+    """The job's trace id (every span naming the job is in it) and that trace's spans."""
+    named = [s for s in spans if s.attributes.get("montage.job_id") == job]
+    traces = {s.trace_id for s in named}
+    assert len(traces) == 1, f"the job's spans are in {len(traces)} traces: {sorted({s.name for s in named})}"
+    [trace_id] = traces
+    return trace_id, [s for s in spans if s.trace_id == trace_id]
+
+
+async def test_one_job_is_one_trace_across_every_service(run: Run, short_song: Path) -> None:
+    job = await run.submit(short_song)
+    final = await run.final(job)
+    assert final["status"] == "completed", final
+    # The last spans (the composer's result applied) are exported within OTEL_BSP_SCHEDULE_DELAY.
+    deadline = time.monotonic() + 30  # liveness guard only
+    while True:
+        _, spans = _job_trace(run.stack.traces.spans(), job)
+        applied = [s for s in spans if s.name == "apply StageResult composer"]
+        if (applied and {s.service for s in spans} >= TRACED_SERVICES) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    by_id = {s.span_id: s for s in spans}
+    assert {s.service for s in spans} >= TRACED_SERVICES, sorted({s.service for s in spans})
+
+    # one root: the gateway's upload request (the client sent no traceparent); every other span's
+    # parent is in the trace (no orphan, no second root)
+    roots = [s for s in spans if not s.parent_id]
+    assert len(roots) == 1, [(r.service, r.name) for r in roots]
+    [root] = roots
+    assert (root.service, root.kind) == ("montage-gateway", "server") and "upload-audio" in root.name + str(
+        root.attributes
+    )
+    orphans = [(s.service, s.name) for s in spans if s.parent_id and s.parent_id not in by_id]
+    assert not orphans, orphans
+
+    def parent(s: ReceivedSpan) -> ReceivedSpan:
+        return by_id[s.parent_id]
+
+    def ancestors(s: ReceivedSpan) -> list[ReceivedSpan]:
+        out = []
+        while s.parent_id:
+            s = parent(s)
+            out.append(s)
+        return out
+
+    # gateway (server → client) → orchestrator's upload request → its dispatch of audio_parser
+    upload = next(s for s in spans if s.service == "montage-orchestrator" and s.kind == "server")
+    assert upload.attributes["montage.job_id"] == job
+    assert parent(upload).service == "montage-gateway" and parent(upload).kind == "client"
+    assert parent(parent(upload)) == root
+
+    # each stage: the worker's span is a child of the orchestrator's dispatch (the first) or of its
+    # applying the previous stage's result, which is a child of that stage's worker span
+    previous: ReceivedSpan | None = None
+    for stage in STAGES:
+        [worker] = [s for s in spans if s.name == f"stage {stage}" and s.service == f"montage-stage-{stage}"]
+        assert worker.kind == "consumer" and not worker.error
+        assert worker.attributes["montage.job_id"] == job and worker.attributes["montage.stage"] == stage
+        assert worker.attributes["montage.attempt"] == 1
+        link = parent(worker)
+        assert link.service == "montage-orchestrator"
+        if previous is None:
+            assert link.name == f"dispatch {stage}" and upload in ancestors(link)
+        else:
+            assert link.name == f"apply StageResult {previous.attributes['montage.stage']}"
+            assert parent(link) == previous
+        previous = worker
+    assert parent(applied[0]).name == "stage composer"
+
+    # provider calls (the openai SDK's httpx) and ragnarok-proxy under the stages that made them
+    planner = next(s for s in spans if s.name == "stage scene_planner")
+    llm = [
+        s
+        for s in spans
+        if s.service == "montage-stage-scene_planner" and s.kind == "client" and planner in ancestors(s)
+    ]
+    assert any(s.attributes.get("http.request.method", s.attributes.get("http.method")) == "POST" for s in llm), llm
+    video = next(s for s in spans if s.name == "stage video_generator")
+    nexus = [s for s in spans if s.service == "montage-ragnarok-proxy" and s.kind == "server"]
+    assert nexus and all(video in ancestors(s) and parent(s).kind == "client" for s in nexus)
+    # ... and Postgres and Redis spans where the instrumentations give them
+    assert any(
+        s.service == "montage-orchestrator" and "postgresql" in str(s.attributes.get("db.system")) for s in spans
+    )
+    assert any(str(s.attributes.get("db.system")) == "redis" for s in spans if s.service.startswith("montage-stage-"))
+
+    # every log line written inside the job's spans carries its trace id: the orchestrator's
+    # job_created, each worker's stage_started
+    def logged(name: str, event: str) -> list[dict[str, Any]]:
+        lines = (LOGS / f"{name}.log").read_text(errors="replace").splitlines()
+        entries = (json.loads(line) for line in lines if line.startswith("{"))
+        return [e for e in entries if e.get("event") == event and e.get("job_id") == job]
+
+    assert [e["trace_id"] for e in logged("orchestrator", "job_created")] == [root.trace_id]
+    for stage in STAGES:
+        started = logged(stage, "stage_started")
+        assert started and {e["trace_id"] for e in started} == {root.trace_id}, stage

@@ -91,6 +91,7 @@ def test_state_is_the_old_bytes() -> None:
         "updated_at": "2026-01-01T12:15:00.000Z",
         "queue_position": None,
         "estimated_start": None,
+        "poster_url": None,  # added with previews (issue #25): the state carries it as the job body does
     }
     wire = _old.encode(body)
     fields = list(msgspec.structs.fields(api.StateData))

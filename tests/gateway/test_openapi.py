@@ -131,7 +131,7 @@ def test_sse_events_cover_every_event_the_pipeline_emits() -> None:
 
     names = {api.sse_event_name(cls) for cls in api.SSE_EVENTS}
     assert names == {*LOGGED_EVENTS, "state", "heartbeat"} == set(DATA)
-    assert set(LOGGED_EVENTS) == {"stage_update", "progress", "message", "cost_update", "completed", "error"}
+    assert set(LOGGED_EVENTS) == {"stage_update", "progress", "message", "cost_update", "preview", "completed", "error"}
     event = api.decode_sse("cost_update", b'{"stage":"composer","cost":0.01,"total":0.25}', "1700000000000-3")
     assert isinstance(event, api.CostUpdateEvent) and event.data.total == 0.25
     with pytest.raises(msgspec.ValidationError):

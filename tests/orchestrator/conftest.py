@@ -346,7 +346,8 @@ async def orchestrator_factory(
     storage_dir = tmp_path / "storage"
 
     async def make(workers: bool = True, **overrides: Any) -> Orchestrator:
-        settings = make_settings(redis_url, database_url, namespace, storage_dir, **overrides)
+        own = overrides.pop("database_url", database_url)  # a test may bring its own database
+        settings = make_settings(redis_url, own, namespace, storage_dir, **overrides)
         app = create_app(settings)
         runner = web.AppRunner(app, shutdown_timeout=0.5, access_log=None)
         await runner.setup()

@@ -177,7 +177,7 @@ async def test_get_job_status_and_ownership(orchestrator_factory: Any) -> None:
     assert set(body) == {
         "job_id", "status", "current_stage", "progress", "estimated_remaining", "total_cost",
         "video_url", "error_message", "error_code", "retryable", "created_at", "updated_at", "retry_of", "retried_by",
-        "queue_position", "estimated_start",
+        "queue_position", "estimated_start", "poster_url",
     }  # fmt: skip
     assert body["status"] == "processing" and body["progress"] == 0 and body["estimated_remaining"] > 0
     assert body["queue_position"] is None and body["estimated_start"] is None  # not waiting

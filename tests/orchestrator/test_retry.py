@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+from montage_common import db
 from montage_common.storage import LocalStorage, layout
 from montage_contracts.messages import ErrorInfo, StageTask
-from montage_contracts.pipeline import STAGES
+from montage_contracts.pipeline import PIPELINE, STAGES
 from montage_orchestrator import cleanup
+from montage_orchestrator.jobs import RATES
 from montage_orchestrator.retry import StageRow, plan, rebase_output, refusal
 
 from tests.orchestrator.conftest import Orchestrator, Reply, headers, wait_for
@@ -257,17 +261,38 @@ async def test_cleanup_of_the_original_never_touches_a_live_retry(orch: Orchestr
     assert (await orch.wait_final(new))["status"] == "completed"
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="timing-dependent: the busy job's forecast remaining work shrinks while it waits; under investigation",
-)
+@pytest.fixture
+async def own_database(server_database_url: str) -> AsyncIterator[str]:
+    """A fresh, migrated database of this test alone: the door's forecast reads every unfinished
+    job, and the session's shared database holds the earlier tests' jobs."""
+    name = f"montage_door_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(server_database_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        url = urlunsplit(urlsplit(server_database_url)._replace(path=f"/{name}"))
+        pool = await db.create_pool(url)
+        try:
+            await db.migrate(pool, "montage_orchestrator", "montage_ragnarok")
+        finally:
+            await pool.close()
+        yield url
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
 async def test_a_retry_passes_the_same_door_as_an_upload(
-    orchestrator_factory: Callable[..., Awaitable[Orchestrator]],
+    orchestrator_factory: Callable[..., Awaitable[Orchestrator]], own_database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A retry adds work like an upload: while its user's one slot is taken by a job sitting in
     audio_parser, it would wait past ADMISSION_MAX_WAIT_SECONDS, so 503 + Retry-After and nothing
-    is created; once the slot is free it is admitted."""
-    orch = await orchestrator_factory(user_max_active_jobs=1, admission_max_wait_seconds=1.0)
+    is created; once the slot is free it is admitted.
+
+    The forecast prices each stage at 10 s of work per second of song (``RATES`` pinned, not
+    measured), so the busy job's remaining work is minutes, however fast this machine runs it."""
+    monkeypatch.setattr(RATES, "measured", {spec.name: 10.0 for spec in PIPELINE})
+    monkeypatch.setattr(RATES, "_read_at", math.inf)  # never refreshed from the table in this test
+    orch = await orchestrator_factory(user_max_active_jobs=1, admission_max_wait_seconds=1.0, database_url=own_database)
     orch.fakes.behaviour["composer"] = lambda t: Reply(error=ErrorInfo(code="MODULE_FAILURE", message="boom"))
     old = await orch.create_job()
     await orch.wait_final(old)

@@ -107,3 +107,11 @@ def test_configured_allowed_or_not_production_starts() -> None:
         assert provider_refusal(configured, stage) is None
         assert provider_refusal(StageSettings(environment="production", allow_local_providers=True), stage) is None
         assert provider_refusal(StageSettings(environment="development"), stage) is None
+
+
+def test_runway_needs_its_key_in_production() -> None:
+    bare = StageSettings(environment="production", video_provider="runway")
+    assert unconfigured(bare, "video_generator") == ["RUNWAY_API_KEY"]
+    assert "RUNWAY_API_KEY" in (provider_refusal(bare, "video_generator") or "")
+    keyed = StageSettings(environment="production", video_provider="runway", runway_api_key="key_from_a_secret")
+    assert provider_refusal(keyed, "video_generator") is None

@@ -136,6 +136,10 @@ class MontageClient:
         result: dict[str, Any] = await self.call("GET", route("getUsage").path)
         return result
 
+    async def assets(self, job_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self.call("GET", route("getJobAssets").url(job_id=job_id))
+        return result
+
     async def download_info(self, job_id: str) -> dict[str, Any]:
         result: dict[str, Any] = await self.call("GET", route("getDownload").url(job_id=job_id))
         return result

@@ -3,7 +3,8 @@
 structlog renders Montage's own events; the standard library's loggers (aiohttp, asyncpg,
 redis-py) go through the same processors (``structlog.stdlib.ProcessorFormatter``), and so do
 Python ``warnings`` (``logging.captureWarnings``), so no plain text ever lands in the JSON stream. Each request gets one ``access`` line (see
-:func:`montage_common.web.observe.observe_middleware`).
+:func:`montage_common.web.observe.observe_middleware`). With tracing on (:mod:`montage_common.tracing`)
+every line logged inside a span carries its ``trace_id`` and ``span_id``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 
 import structlog
 
+from montage_common import tracing
 from montage_common.settings import CommonSettings
 
 
@@ -30,6 +32,7 @@ def configure(settings: CommonSettings, service: str) -> None:
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        tracing.add_trace_ids,  # trace_id and span_id while a span is current (tracing on)
     ]
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],

@@ -169,9 +169,20 @@ class PricingSettings(CommonSettings, frozen=True, kw_only=True):
     ] = ""
     image_provider_model: Annotated[str, Meta(description="image model name")] = "gpt-image-2"
     video_provider: Annotated[
-        Literal["local", "ragnarok"],
-        Meta(description="clips: local (ffmpeg animates the stills) or ragnarok (RAGNAROK through ragnarok-proxy)"),
+        Literal["local", "ragnarok", "runway"],
+        Meta(
+            description="clips: local (ffmpeg animates the stills), ragnarok (RAGNAROK through ragnarok-proxy) or"
+            " runway (Runway's image-to-video API: each scene's still animated by RUNWAY_MODEL)"
+        ),
     ] = "local"
+    runway_usd_per_second: Annotated[
+        float,
+        Meta(
+            description="price per second of Runway video: what a Runway clip reserves and the estimate counts"
+            " (gen4_turbo: 5 credits a second at $0.01, checked 2026-12-07, docs/providers.md); the cost recorded"
+            " is the task's reported credits times RUNWAY_USD_PER_CREDIT"
+        ),
+    ] = 0.05
     ragnarok_usd_per_second: Annotated[
         float,
         Meta(
@@ -225,6 +236,7 @@ class PricingSettings(CommonSettings, frozen=True, kw_only=True):
             image_prices=price_table(self.image_prices, 1),
             video_provider=self.video_provider,
             ragnarok_usd_per_second=self.ragnarok_usd_per_second,
+            runway_usd_per_second=self.runway_usd_per_second,
             local_compute_rate=self.local_compute_rate_usd_per_second,
             clip_min_seconds=self.clip_min_seconds,
             clip_max_seconds=self.clip_max_seconds,

@@ -210,6 +210,12 @@ class JobCreated(Struct, kw_only=True):
     created_at: Timestamp
 
 
+PosterUrl = Annotated[
+    str | None,
+    Meta(description="Signed URL (1 hour) of a frame of the final video (JPEG) once completed; `null` otherwise"),
+]
+
+
 class Job(Struct, kw_only=True):
     """One job (``GET /api/v1/jobs/{job_id}``)."""
 
@@ -239,6 +245,7 @@ class Job(Struct, kw_only=True):
     retried_by: Annotated[
         JobId | None, Meta(description="The job that retries this one; `null` until it is retried (at most once)")
     ] = None
+    poster_url: PosterUrl = None
 
 
 class JobListItem(Struct, kw_only=True):
@@ -343,6 +350,36 @@ class WebhookEvent(Struct, kw_only=True):
     type: WebhookEventType
     timestamp: Annotated[Timestamp, Meta(description="When the job became final")]
     data: WebhookJobData
+
+
+# --- assets ---------------------------------------------------------------------------------
+AssetKind = Literal["still", "clip", "video", "poster"]
+
+
+class Asset(Struct, kw_only=True):
+    """One file of a job a page can show: a preview (still, clip), the final video or its poster."""
+
+    kind: Annotated[
+        AssetKind, Meta(description="`still` (PNG), `clip` (MP4), `video` (the final MP4), `poster` (JPEG)")
+    ]
+    index: Annotated[
+        int,
+        Meta(
+            ge=0, description="The still's or clip's index (as in its `preview` event); 0 for the video and the poster"
+        ),
+    ]
+    subject: StillSubject
+    url: Annotated[str, Meta(description="Signed URL (valid `expires_in` seconds)")]
+    created_at: Timestamp
+
+
+class JobAssets(Struct, kw_only=True):
+    """``GET /api/v1/jobs/{job_id}/assets``: the job's stills and clips as they were stored, then the
+    final video and its poster once completed; empty once its files expired or were deleted."""
+
+    job_id: JobId
+    assets: list[Asset]
+    expires_in: Annotated[int, Meta(ge=1, description="Seconds the URLs stay valid")]
 
 
 # --- usage ----------------------------------------------------------------------------------
@@ -537,6 +574,7 @@ class StateData(Struct, kw_only=True):
     error_code: Annotated[JobErrorCode | None, Meta(description="Why the job failed (`null` unless failed)")] = None
     queue_position: QueuePosition = None
     estimated_start: EstimatedStart = None
+    poster_url: PosterUrl = None
 
 
 class StageUpdateData(Struct, kw_only=True, omit_defaults=True):
@@ -561,11 +599,29 @@ class CostUpdateData(Struct, kw_only=True):
     total: Money
 
 
-class CompletedData(Struct, kw_only=True):
+class CompletedData(Struct, kw_only=True, omit_defaults=True):
     video_url: Annotated[
         str, Meta(description="Signed URL of the video (1 hour); empty when rebuilt after the video expired")
     ]
     total_cost: Money
+    poster_url: PosterUrl = None
+
+
+# A preview is a reference still (reference_generator) or a clip (video_generator) as it is stored.
+PreviewKind = Literal["still", "clip"]
+StillSubject = Annotated[
+    Literal["scene", "character"] | None,
+    Meta(
+        description="What a still shows: a scene (`index`: the scene's place in the plan) or a character; `null` for a clip"
+    ),
+]
+
+
+class PreviewData(Struct, kw_only=True):
+    kind: Annotated[PreviewKind, Meta(description="`still`: a PNG reference image; `clip`: an MP4 clip (no sound)")]
+    index: Annotated[int, Meta(ge=0, description="The scene's (or character's) place in the plan, or the clip's index")]
+    url: Annotated[str, Meta(description="Signed URL of the file (1 hour); `GET …/assets` gives fresh ones")]
+    subject: StillSubject = None
 
 
 class ErrorData(Struct, kw_only=True):
@@ -615,6 +671,13 @@ class CostUpdateEvent(Struct, kw_only=True, tag="cost_update", tag_field="event"
     data: CostUpdateData
 
 
+class PreviewEvent(Struct, kw_only=True, tag="preview", tag_field="event"):
+    """A reference still or a clip was stored: something to show before the video is done."""
+
+    id: EventId
+    data: PreviewData
+
+
 class CompletedEvent(Struct, kw_only=True, tag="completed", tag_field="event"):
     """Final: the video is ready."""
 
@@ -641,6 +704,7 @@ SseEvent = (
     | ProgressEvent
     | MessageEvent
     | CostUpdateEvent
+    | PreviewEvent
     | CompletedEvent
     | ErrorEvent
     | HeartbeatEvent
@@ -651,6 +715,7 @@ SSE_EVENTS: tuple[type[Struct], ...] = (
     ProgressEvent,
     MessageEvent,
     CostUpdateEvent,
+    PreviewEvent,
     CompletedEvent,
     ErrorEvent,
     HeartbeatEvent,

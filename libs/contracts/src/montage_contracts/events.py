@@ -40,7 +40,13 @@ FINAL_EVENTS: Final[tuple[str, ...]] = (api.sse_event_name(api.CompletedEvent), 
 
 # A logged event's payload.
 EventData = (
-    api.StageUpdateData | api.ProgressData | api.MessageData | api.CostUpdateData | api.CompletedData | api.ErrorData
+    api.StageUpdateData
+    | api.ProgressData
+    | api.MessageData
+    | api.CostUpdateData
+    | api.PreviewData
+    | api.CompletedData
+    | api.ErrorData
 )
 # Any event's payload.
 Payload = EventData | api.StateData | api.HeartbeatData

@@ -187,6 +187,21 @@ class Keys:
         """Development only: the next attempt of this job's stage fails (``montage_stages.faults``)."""
         return f"{self.partition_tag(self.partition_of(job_id))}:fault:{job_id}:{stage}"
 
+    # --- generation providers, shared by every worker and replica ----------------
+    def provider_slots(self, provider: str) -> str:
+        """The calls in flight at ``provider`` (a sorted set: one member per slot, scored by its
+        lease's expiry), capped by ``PROVIDER_MAX_CONCURRENCY``; one hash tag with its backoff."""
+        return "{" + f"{self.namespace}:provider:{provider}" + "}:slots"
+
+    def provider_backoff(self, provider: str) -> str:
+        """Set (with its expiry) when ``provider`` answered 429: no worker calls it until it expires."""
+        return "{" + f"{self.namespace}:provider:{provider}" + "}:backoff"
+
+    def provider_status(self) -> str:
+        """Each stage's configured provider and its last success and failure (a hash: stage -> JSON),
+        written by the stage workers, read by the gateway's health and the operator console."""
+        return f"{self.namespace}:provider_status"
+
     # --- gateway --------------------------------------------------------------
     def rate_limit(self, user_id: str) -> str:
         return f"{self.namespace}:rate_limit:{user_id}"

@@ -1,7 +1,7 @@
 """Wire messages carried on Redis Streams: tagged, frozen Structs, one union per stream.
 
 - ``stage:<name>`` streams carry :class:`StageTask`.
-- the ``results`` stream carries :data:`ResultMessage` (result, progress text, cost).
+- the ``results`` stream carries :data:`ResultMessage` (result, progress text, cost, preview).
 - per-job event logs carry the events of :mod:`montage_contracts.events`.
 - the RAGNAROK events stream carries :class:`RagnarokJobFinished`.
 """
@@ -17,7 +17,12 @@ from montage_contracts.models import CostItem, StageInput
 
 
 class Wire(msgspec.Struct, frozen=True, kw_only=True):
-    pass
+    """A pipeline message. ``traceparent``: the W3C trace context of the span that wrote it (the
+    orchestrator's for a task, the worker's for a result, progress or cost), so the reader's span
+    continues the job's one trace (``montage_common.tracing``). Left out of the bytes when
+    tracing is off (``UNSET``), so an untraced message is what it was before."""
+
+    traceparent: str | msgspec.UnsetType = msgspec.UNSET
 
 
 # --- idempotency keys: built here only -------------------------------------------------
@@ -31,6 +36,15 @@ def call_id(job_id: str, stage: str, what: str) -> str:
     """The id of one provider call (``job_costs`` is unique on it, so a retried call's cost is
     recorded once): the same job, stage and ``what`` (e.g. ``clip_3``) give the same id."""
     return f"{job_id}:{stage}:{what}"
+
+
+def request_call_id(call: str, request_id: str) -> str:
+    """The id of one billed provider request of the call ``call`` (``call_id(...)``): the provider's
+    own id of the request (a Runway task id) after ``@``. A stage retried after the provider billed
+    a request makes a new request with a new id, so ``job_costs`` gets a row per billed request,
+    and the same request reported twice is recorded once. ``job_costs.request_id`` is the part
+    after ``@``."""
+    return f"{call}@{request_id}"
 
 
 def clip_message_id(job_id: str, sig: str) -> str:
@@ -114,7 +128,21 @@ class StageCost(Wire, tag="cost", frozen=True, kw_only=True):
     dispatch: int = 1
 
 
-ResultMessage = StageResult | StageProgress | StageCost
+class StagePreview(Wire, tag="preview", frozen=True, kw_only=True):
+    """A reference still or a clip was stored and copied to its preview key (``layout.preview``):
+    the orchestrator lists it (``job_assets``) and sends a ``preview`` event with a signed URL.
+    Best effort, as a progress text; the same preview sent twice is listed once."""
+
+    job_id: str
+    stage: str
+    kind: str  # "still" | "clip"
+    index: int
+    key: str  # the preview's storage key
+    subject: str | None = None  # a still's "scene" | "character"
+    dispatch: int = 1
+
+
+ResultMessage = StageResult | StageProgress | StageCost | StagePreview
 
 
 class RagnarokJobFinished(msgspec.Struct, tag="ragnarok_job_finished", tag_field="type", frozen=True, kw_only=True):

@@ -165,6 +165,7 @@ class VideoOutput(Frozen, frozen=True, kw_only=True):
     height: int
     size_bytes: int
     cuts: list[float] = []  # where the composer cut, seconds into the video
+    poster_key: str | None = None  # a frame of the video, "video-outputs/{job_id}/poster.jpg" (None: not made)
 
 
 # --- per-stage inputs ---------------------------------------------------------------

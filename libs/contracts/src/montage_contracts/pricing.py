@@ -18,7 +18,7 @@ The plan of a song of ``D`` seconds (:func:`plan`):
 - stills: one per scene (one scene per kind of section, at most five; about one per 15 s of song)
   and one for the lead character;
 - calls: one transcription of the song, two chat completions (the plan, the prompts) whose tokens
-  grow with the clips, one image per still, one RAGNAROK render per clip (each at least 5 s);
+  grow with the clips, one image per still, one RAGNAROK render or one Runway task per clip (each at least 5 s);
 - local compute: each stage's measured seconds on a 2-core machine (:data:`COMPUTE`), scaled by
   the frame size where it draws or encodes.
 """
@@ -35,6 +35,7 @@ from montage_contracts.pipeline import MIN_CLIPS, STAGES
 
 QUANTUM = Decimal("0.000001")  # costs are recorded to the micro-dollar
 RAGNAROK_MIN_SECONDS, RAGNAROK_MAX_SECONDS = 5, 120  # what RAGNAROK renders per clip
+RUNWAY_SHORT_SECONDS, RUNWAY_LONG_SECONDS = 5, 10  # the durations a Runway gen4_turbo task is asked for
 
 # A chat completion's usage is known only after it. What it reserves before: a token per
 # LLM_CHARS_PER_TOKEN characters sent (English runs about 4, JSON about 3: the high side) and an
@@ -84,8 +85,9 @@ class PriceCard(msgspec.Struct, frozen=True, kw_only=True):
     stt_prices: dict[str, tuple[float, ...]] = {}  # model -> (USD per minute,)
     image_model: str = ""  # empty: local stills
     image_prices: dict[str, tuple[float, ...]] = {}  # model -> (USD per image,)
-    video_provider: Literal["local", "ragnarok"] = "local"
+    video_provider: Literal["local", "ragnarok", "runway"] = "local"
     ragnarok_usd_per_second: float = 0.05
+    runway_usd_per_second: float = 0.05  # gen4_turbo: 5 credits a second at $0.01 a credit
     local_compute_rate: float = 0.002  # USD per compute second
     clip_min_seconds: float = 3.0
     clip_max_seconds: float = 8.0
@@ -148,6 +150,17 @@ def ragnarok_usd(card: PriceCard, requested_seconds: float) -> Decimal:
     return usd(requested_seconds * card.ragnarok_usd_per_second)
 
 
+def runway_requested_seconds(clip_seconds: float) -> int:
+    """What a Runway image-to-video task of a clip asks for: 5 s, or 10 s for a clip longer than 5 s
+    (gen4_turbo's durations; a clip longer than 10 s loops its render)."""
+    return RUNWAY_SHORT_SECONDS if clip_seconds <= RUNWAY_SHORT_SECONDS else RUNWAY_LONG_SECONDS
+
+
+def runway_usd(card: PriceCard, requested_seconds: float) -> Decimal:
+    """What a Runway task of ``requested_seconds`` reserves (its list price)."""
+    return usd(requested_seconds * card.runway_usd_per_second)
+
+
 def compute_usd(card: PriceCard, seconds: float) -> Decimal:
     """Local work, by compute seconds."""
     return usd(seconds * card.local_compute_rate)
@@ -197,6 +210,8 @@ def plan(card: PriceCard, duration: float) -> dict[str, Decimal]:
         cost["reference_generator"] += image_usd(card, stills)
     if card.video_provider == "ragnarok":
         cost["video_generator"] += clips * ragnarok_usd(card, ragnarok_requested_seconds(duration / clips))
+    elif card.video_provider == "runway":
+        cost["video_generator"] += clips * runway_usd(card, runway_requested_seconds(duration / clips))
     return cost
 
 

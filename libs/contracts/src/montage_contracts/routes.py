@@ -403,6 +403,24 @@ ROUTES: tuple[Route, ...] = (
         params=(JOB_ID,),
     ),
     Route(
+        method="GET",
+        path="/api/v1/jobs/{job_id}/assets",
+        operation_id="getJobAssets",
+        service=Service.ORCHESTRATOR,
+        auth=Auth.USER,
+        summary="The job's previews (reference stills, clips) as stored, then its video and poster, as signed URLs",
+        description=(
+            "Each still and clip is listed as soon as it is stored (the same ones the stream's `preview`"
+            " events announce), with its index and when it was stored; a completed job adds its final"
+            " `video` and its `poster` (a frame of the video). URLs are signed for `expires_in` seconds:"
+            " ask again for fresh ones. Empty once the job's files expired; a cancelled job's previews"
+            " are deleted with its other intermediates."
+        ),
+        tag="jobs",
+        responses={200: Reply("The job's assets", api.JobAssets), **errors(400, 403, 404, *AUTHED)},
+        params=(JOB_ID,),
+    ),
+    Route(
         method="POST",
         path="/api/v1/jobs/{job_id}/stream-ticket",
         operation_id="createStreamTicket",

@@ -67,7 +67,7 @@ from typing import Any
 import msgspec
 import structlog
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
 from montage_streams._maintenance import ConsumerMaintenance
 from montage_streams._metrics import DEAD, DURATION, FAILED, LOST, PROCESSED, RETRIED
@@ -86,7 +86,7 @@ from montage_streams._model import (
 )
 from montage_streams._replies import HandOffReply, StreamEntry, count_reply, hand_off_reply, read_reply
 from montage_streams._retry import RetryPolicy
-from montage_streams._scripts import Scripts, batch_args, entry_fields, netstrings
+from montage_streams._scripts import Scripts, batch_args, entry_fields, netstrings, pool_of, send_both
 
 log = structlog.get_logger()
 
@@ -153,6 +153,7 @@ class StreamConsumer:
         self._workers: list[asyncio.Task[None]] = []
         self._last_seen = "0-0"
         self._scripts = Scripts(self.redis)
+        self._pool = pool_of(self.redis)  # hand-offs fetch with a plain read in the same write
         self._dead_stream = self.keys.dead_letter_stream(self.stream)
         self._labels = (self.stream, self.group)
         self._processed = PROCESSED.labels(*self._labels)
@@ -374,6 +375,7 @@ class StreamConsumer:
     # --- handling -------------------------------------------------------------------
     async def _work(self) -> None:
         """One of ``concurrency`` handler loops: take an entry, run it, queue its hand-off."""
+        structlog.contextvars.bind_contextvars(stream=self.stream)  # task-local, for every entry it runs
         while True:
             while not self._buffer:
                 if self._stop.is_set():
@@ -393,7 +395,7 @@ class StreamConsumer:
     async def _handle(self, d: Delivery) -> None:
         """Run one entry's handler; queue its hand-off, or schedule its retry or dead letter."""
         start = time.perf_counter()
-        structlog.contextvars.bind_contextvars(stream=self.stream, entry=d.entry_id, attempt=d.attempt)  # task-local
+        structlog.contextvars.bind_contextvars(entry=d.entry_id, attempt=d.attempt)  # task-local
         limit = self.retry.handler_timeout
         deadline = None if limit is None else asyncio.timeout(limit)
         try:
@@ -501,10 +503,29 @@ class StreamConsumer:
         return (await self._hand_off([(entry_id, emits)])).owned[0]
 
     async def _hand_off(self, pairs: Sequence[tuple[str, Sequence[Emit]]], fetch: int = 0) -> HandOffReply:
-        """One ``ack_emit`` call: each ``(entry id, emits)`` handed off, then ``fetch`` new entries."""
-        keys, argv = batch_args(self.stream, pairs, fetch)
-        res = await self._scripts.ack_emit(keys=keys, args=[self.group, self.consumer, *argv])
-        return hand_off_reply(res, len(pairs))
+        """One ``ack_emit`` call: each ``(entry id, emits)`` handed off, then ``fetch`` new entries
+        (read by an ``XREADGROUP`` sent in the same write behind the script, when the client
+        has a connection pool: cheaper for Redis than the script's own fetch)."""
+        pool = self._pool
+        keys, argv = batch_args(self.stream, pairs, 0 if pool is not None else fetch, ids=False)
+        args = [self.group, self.consumer, *argv]
+        if not fetch or pool is None:
+            res = await self._scripts.ack_emit(keys=keys, args=args)
+            return hand_off_reply(res, len(pairs))
+        script = self._scripts.ack_emit
+        res, read = await send_both(
+            pool,
+            ("EVALSHA", script.sha, len(keys), *keys, *args),
+            ("XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", fetch, "STREAMS", self.stream, ">"),
+        )
+        fetched = [] if isinstance(read, BaseException) else read_reply(read)
+        if isinstance(res, BaseException):
+            self._push(fetched, delivery_count=1)  # ours now, whatever became of the hand-off
+            if not isinstance(res, NoScriptError):
+                raise res
+            res = await script(keys=keys, args=args)  # loads the script (Redis restarted, or its first use)
+            fetched = []
+        return hand_off_reply(res, len(pairs))._replace(fetched=fetched)
 
     async def _ack_only(self, entry_id: str) -> None:
         await self._retrying(lambda: self._r.xack(self.stream, self.group, entry_id))

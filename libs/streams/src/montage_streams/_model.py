@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 import msgspec
@@ -28,9 +27,11 @@ class KeyLayout(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
-class Emit:
-    """An entry to add atomically with an ack (or on its own through ``StreamProducer``)."""
+class Emit(msgspec.Struct, frozen=True):
+    """An entry to add atomically with an ack (or on its own through ``StreamProducer``).
+
+    Emits, deliveries and entries are frozen msgspec structs rather than dataclasses: one is made
+    per entry and hop, and a frozen dataclass costs ~1 µs to construct against ~0.1 µs."""
 
     stream: str
     payload: bytes
@@ -42,8 +43,7 @@ class Emit:
     extra: tuple[tuple[str, str], ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Delivery:
+class Delivery(msgspec.Struct, frozen=True):
     """One entry handed to a handler, with what it needs to be idempotent."""
 
     stream: str
@@ -71,8 +71,7 @@ DeadLetterHook = Callable[[Delivery, DeadLetter], Sequence[Emit]]
 _history_decoder = msgspec.json.Decoder(list[str])
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(msgspec.Struct, frozen=True):
     """A stream entry as the runtime wrote it, read outside a consumer group (logs, operators)."""
 
     entry_id: str
@@ -96,9 +95,20 @@ def decode_entry(entry_id: str, fields: dict[bytes, bytes]) -> Entry:
 
 
 def delivery(stream: str, group: str, entry_id: str, fields: dict[bytes, bytes], delivery_count: int) -> Delivery:
-    """The :class:`Delivery` of an entry read in ``group``."""
-    e = decode_entry(entry_id, fields)
-    return Delivery(stream, group, entry_id, e.message_id, e.attempt, delivery_count, e.payload, e.history)
+    """The :class:`Delivery` of an entry read in ``group`` (the fields as :func:`decode_entry` reads them)."""
+    raw_id = fields.get(b"id")
+    raw_attempt = fields.get(b"a")
+    raw_history = fields.get(b"h")
+    return Delivery(
+        stream,
+        group,
+        entry_id,
+        raw_id.decode() if raw_id else entry_id,
+        1 if raw_attempt is None or raw_attempt == b"1" else int(raw_attempt),
+        delivery_count,
+        fields.get(b"m", b""),
+        tuple(_history_decoder.decode(raw_history)) if raw_history is not None else (),
+    )
 
 
 def id_key(entry_id: str) -> tuple[int, int]:

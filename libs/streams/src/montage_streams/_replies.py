@@ -228,7 +228,8 @@ class HandOffReply(NamedTuple):
 
 
 def hand_off_reply(res: Any, n_entries: int) -> HandOffReply:
-    ids = [None if r is None else [text(i) for i in r] for r in res[:n_entries]]
+    """Also the reply of a call that asked for no ids (1 per handed-off entry: no ids listed)."""
+    ids = [None if r is None else [] if isinstance(r, int) else [text(i) for i in r] for r in res[:n_entries]]
     fetched: list[StreamEntry] = []
     if len(res) > n_entries and res[n_entries]:
         for raw_id, flat in res[n_entries]:  # the script returns the fetched entries, flat

@@ -12,10 +12,12 @@ import uuid
 from collections.abc import Sequence
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 import msgspec
-from redis.asyncio import Redis
+from hiredis import pack_command  # redis[hiredis]: packs in C (redis-py's asyncio client packs in Python)
+from redis.asyncio import ConnectionPool, Redis
+from redis.exceptions import ResponseError
 
 from montage_streams._model import Emit
 
@@ -43,6 +45,36 @@ class Scripts:
 _history_codec = msgspec.json.Encoder()
 
 
+def pool_of(redis: Redis) -> ConnectionPool | None:
+    """The connection pool :func:`send_both` may use: a plain client's (not a cluster client, not a
+    single-connection client)."""
+    pool = getattr(redis, "connection_pool", None)
+    if not isinstance(pool, ConnectionPool) or getattr(redis, "connection", None) is not None:
+        return None
+    return pool
+
+
+async def send_both(pool: ConnectionPool, first: tuple[Any, ...], second: tuple[Any, ...]) -> tuple[Any, Any]:
+    """Two commands in one write on one pooled connection (a pipeline without redis-py's
+    per-command overhead); their raw replies, a :class:`ResponseError` in place of an error
+    reply. Connection errors raise, as from any command (the connection is then dropped)."""
+    conn: Any = await cast(Any, pool).get_connection()
+    try:
+        await conn.send_packed_command(pack_command(first) + pack_command(second))
+        replies: list[Any] = []
+        for _ in range(2):
+            try:
+                replies.append(await conn.read_response())
+            except ResponseError as exc:
+                replies.append(exc)
+    except BaseException:
+        await conn.disconnect()
+        raise
+    finally:
+        await pool.release(conn)
+    return replies[0], replies[1]
+
+
 def entry_fields(emit: Emit, attempt: int = 1, history: Sequence[str] = ()) -> list[str | bytes]:
     """The fields of an entry as ``promote.lua`` re-adds it (id, attempt, payload, history, extras)."""
     out: list[str | bytes] = ["id", emit.message_id or uuid.uuid4().hex, "a", str(attempt), "m", emit.payload]
@@ -53,23 +85,34 @@ def entry_fields(emit: Emit, attempt: int = 1, history: Sequence[str] = ()) -> l
     return out
 
 
-def batch_args(source: str, batch: Sequence[tuple[str, Sequence[Emit]]], fetch: int = 0) -> tuple[list[str], list[Any]]:
-    """KEYS and ARGV of ``ack_emit.lua`` (minus group and consumer) for ``(entry, emits)`` pairs."""
+def batch_args(
+    source: str, batch: Sequence[tuple[str, Sequence[Emit]]], fetch: int = 0, *, ids: bool = True
+) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of ``ack_emit.lua`` (minus group and consumer) for ``(entry, emits)`` pairs;
+    ``ids=False``: the script answers 1 per handed-off entry instead of its new entries' ids."""
     keys: list[str] = [source]
     index: dict[str, int] = {source: 1}
-    ids = [entry_id for entry_id, _ in batch if entry_id]
+    first = last = ""
+    for entry_id, _ in batch:
+        if entry_id:
+            first = first or entry_id
+            last = entry_id
     # The range of the batch's ownership check: a guess (hand-offs mostly come in the order the
     # entries were read); the script checks what it misses one by one.
-    argv: list[Any] = [len(batch), fetch, *((ids[0], ids[-1]) if ids else ("", ""))]
+    argv: list[Any] = [len(batch), fetch, first, last, 1 if ids else 0]
+    append = argv.append
     for entry_id, emits in batch:
-        argv += [entry_id, len(emits)]
+        append(entry_id)
+        append(len(emits))
         for e in emits:
             k = index.get(e.stream)
             if k is None:
                 keys.append(e.stream)
                 k = index[e.stream] = len(keys)
             if not (e.maxlen or e.ttl_seconds or e.extra or e.channel or e.sharded):
-                argv += [k, e.message_id or uuid.uuid4().hex, e.payload]
+                append(k)
+                append(e.message_id or uuid.uuid4().hex)
+                append(e.payload)
                 continue
             argv += [-k, e.maxlen, e.ttl_seconds, len(e.extra), int(e.sharded), e.channel,
                      e.message_id or uuid.uuid4().hex, e.payload]  # fmt: skip

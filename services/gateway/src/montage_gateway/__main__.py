@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from montage_common import logs
+from montage_common import logs, tracing
 from montage_common.settings import load
 from montage_common.web import run
 
@@ -15,6 +15,7 @@ def main() -> None:
     if problems := settings.problems():
         raise SystemExit("invalid configuration: " + "; ".join(problems))
     logs.configure(settings, "gateway")
+    tracing.setup("gateway")  # before the app: its server and client spans
     run(create_app(settings), settings, max_connections_per_client=settings.connection_cap)
 
 

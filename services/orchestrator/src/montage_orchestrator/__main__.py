@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from montage_common import logs
+from montage_common import logs, tracing
 from montage_common.settings import load
 from montage_common.web import run
 
@@ -13,6 +13,7 @@ from montage_orchestrator.settings import OrchestratorSettings
 def main() -> None:
     settings = load(OrchestratorSettings)
     logs.configure(settings, SERVICE)
+    tracing.setup(SERVICE)  # before the app: its server and client spans
     run(create_app(settings), settings)
 
 

@@ -23,8 +23,10 @@ measured duration (``jobs.RATES`` x the song's length). A stage with no live wor
 **The door.** :func:`door` wraps the upload handler: before the body is read it predicts when a new
 job of this user would start; past ``ADMISSION_MAX_WAIT_SECONDS`` it answers 503 (``ServiceBusy``)
 with ``Retry-After`` (nothing read, nothing stored; the gateway gives the rate-limit slot back on
-any answer but 201). An admitted upload counts as a waiting job of its user in this process's
-forecasts until its handler returns, so a burst of uploads is not all admitted on one reading.
+any answer but 201). The door reads the system at most once a second per process (:func:`cached_system`; again as soon
+as a job of this process becomes final); an admitted upload counts as a waiting job of its user in
+this process's forecasts until a reading holds its row, so a burst of uploads is not all admitted
+on one reading.
 :func:`places` gives ``queue_position`` and ``estimated_start`` of waiting jobs to the status bodies.
 """
 
@@ -90,23 +92,49 @@ RETURNING *
 """
 
 
+Started = list[tuple[Effects, int]]  # each started job's effects and its outbox row
+
+
 async def start_turns(deps: Deps) -> int:
     """Start every waiting job whose turn it is; returns how many started."""
-    s = deps.settings
-    started: list[tuple[Effects, int]] = []
     async with deps.pool.acquire() as conn, conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", TURNS_LOCK_ID)
-        rows = await conn.fetch(_CANDIDATES_SQL, s.user_max_active_jobs, BATCH)
-        held: dict[str, int] = {r["user_id"]: r["held"] for r in rows}
-        waiting = [turns.Waiting(str(r["job_id"]), r["user_id"], r["created_at"]) for r in rows]
-        for w in turns.pick_turns(waiting, held, s.user_max_active_jobs):
-            eff = await _start(conn, deps, uuid.UUID(w.job_id))
-            if eff is not None:
-                started.append((eff, await deps.outbox.add(conn, uuid.UUID(w.job_id), eff.emits)))
+        started = await give_turns(conn, deps)
+    await turns_given(deps, started)
+    return len(started)
+
+
+async def give_turns(conn: asyncpg.Connection, deps: Deps) -> Started:
+    """:func:`start_turns` in the caller's transaction (an upload's, with the job it inserts);
+    :func:`turns_given` once that has committed."""
+    s = deps.settings
+    started: Started = []
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", TURNS_LOCK_ID)
+    rows = await conn.fetch(_CANDIDATES_SQL, s.user_max_active_jobs, BATCH)
+    held: dict[str, int] = {r["user_id"]: r["held"] for r in rows}
+    waiting = [turns.Waiting(str(r["job_id"]), r["user_id"], r["created_at"]) for r in rows]
+    for w in turns.pick_turns(waiting, held, s.user_max_active_jobs):
+        eff = await _start(conn, deps, uuid.UUID(w.job_id))
+        if eff is not None:
+            started.append((eff, await deps.outbox.add(conn, uuid.UUID(w.job_id), eff.emits)))
+    return started
+
+
+async def give_turns_quietly(conn: asyncpg.Connection, deps: Deps) -> Started:
+    """:func:`give_turns` in a savepoint: a failure leaves the caller's transaction whole (the
+    turns are given on the next pass)."""
+    try:
+        async with conn.transaction():
+            return await give_turns(conn, deps)
+    except (asyncpg.PostgresError, OSError) as exc:
+        log.warning("turns_failed", error=f"{type(exc).__name__}: {exc}"[:300])
+        return []
+
+
+async def turns_given(deps: Deps, started: Started) -> None:
+    """After the commit: each started job's effects, and its first task sent from the outbox."""
     for eff, outbox_id in started:
         await after_commit(deps, eff)
         await deps.outbox.send_quietly(outbox_id)
-    return len(started)
 
 
 async def _start(conn: asyncpg.Connection, deps: Deps, job_id: uuid.UUID) -> Effects | None:
@@ -217,10 +245,42 @@ async def read_system(deps: Deps) -> System:
     return System(now, running, waiting, await live_slots(deps), stage_seconds(usual))
 
 
+# The door reads the system at most this often per process (and again as soon as a job of this
+# process becomes final): under a burst of uploads one reading serves many of them.
+FORECAST_CACHE_SECONDS = 1.0
+
+
+async def cached_system(deps: Deps) -> System:
+    """:func:`read_system`, or this process's reading of less than ``FORECAST_CACHE_SECONDS`` ago
+    (its running jobs' elapsed times a little behind: the waits it predicts err long)."""
+    f = deps.forecasts
+    if f.reading is None or time.monotonic() - f.read_at >= FORECAST_CACHE_SECONDS:
+        began = time.monotonic()
+        f.reading = await read_system(deps)
+        f.read_at = began
+    reading: System = f.reading
+    return reading
+
+
 # --- the door -------------------------------------------------------------------------------
-# Uploads admitted by this process whose job row may not exist yet: namespace -> ticket -> user.
-_admitted: dict[str, dict[int, str]] = defaultdict(dict)
+@dataclass(slots=True)
+class _Admitted:
+    user: str
+    done_at: float | None = None  # time.monotonic() when its job row was committed
+
+
+# Uploads admitted by this process whose job a reading of the system may not hold: those still in
+# their handler, and those whose row was committed after the reading began.
+_admitted: dict[str, dict[int, _Admitted]] = defaultdict(dict)
 _tickets = itertools.count()
+
+
+def _pending(admitted: dict[int, _Admitted], read_at: float) -> list[str]:
+    """The users of the admitted uploads a reading begun at ``read_at`` may not hold (the rest are
+    forgotten: every later reading holds their rows)."""
+    for ticket in [t for t, a in admitted.items() if a.done_at is not None and a.done_at < read_at]:
+        del admitted[ticket]
+    return [a.user for a in admitted.values()]
 
 
 def predicted_wait(system: System, user: str, admitted: Iterable[str], per_user: int) -> float:
@@ -243,8 +303,8 @@ def door(handler: Handler) -> Handler:
         if s.admission_max_wait_seconds <= 0:
             return await handler(request)
         admitted = _admitted[s.redis_namespace]
-        system = await read_system(deps)
-        wait = predicted_wait(system, user, admitted.values(), s.user_max_active_jobs)
+        system = await cached_system(deps)
+        wait = predicted_wait(system, user, _pending(admitted, deps.forecasts.read_at), s.user_max_active_jobs)
         metrics.ADMISSION_PREDICTED_WAIT.set(wait if math.isfinite(wait) else -1)
         if wait > s.admission_max_wait_seconds:
             metrics.ADMISSION_REFUSED.inc()
@@ -259,11 +319,17 @@ def door(handler: Handler) -> Handler:
                 estimated_wait=shown,
             )
         ticket = next(_tickets)
-        admitted[ticket] = user
+        admitted[ticket] = entry = _Admitted(user)
         try:
-            return await handler(request)
-        finally:
+            resp = await handler(request)
+        except BaseException:
             admitted.pop(ticket, None)
+            raise
+        if resp.status == 201:
+            entry.done_at = time.monotonic()  # counted until a reading holds its row
+        else:
+            admitted.pop(ticket, None)
+        return resp
 
     return at_the_door
 
@@ -273,7 +339,7 @@ async def places(deps: Deps, bodies: Sequence[api.Job | api.JobListItem]) -> Non
     """Set ``queue_position`` and ``estimated_start`` on each queued job's body (the others keep null)."""
     if not any(b.status == JobStatus.QUEUED for b in bodies):
         return
-    system = await read_system(deps)
+    system = await cached_system(deps)
     f = turns.forecast(system.running, system.waiting, system.slots, deps.settings.user_max_active_jobs)
     for body in bodies:
         if body.status == JobStatus.QUEUED and body.job_id in f.positions:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import asyncpg
 from aiohttp import web
@@ -16,6 +18,18 @@ from redis.asyncio import Redis
 from montage_orchestrator.cache import StatusCache
 from montage_orchestrator.outbox import Outbox
 from montage_orchestrator.settings import OrchestratorSettings
+
+
+@dataclass(slots=True)
+class Forecasts:
+    """The door's last reading of the system (``admission.System``), kept for
+    ``admission.FORECAST_CACHE_SECONDS`` and dropped as soon as a job becomes final here."""
+
+    reading: Any = None
+    read_at: float = -math.inf  # time.monotonic() when the reading began
+
+    def drop(self) -> None:
+        self.reading = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +46,7 @@ class Deps:
     turns_due: asyncio.Event = field(default_factory=asyncio.Event)
     # Set when a job with a webhook became final: the delivery loop wakes (``webhooks.Sender``).
     webhooks_due: asyncio.Event = field(default_factory=asyncio.Event)
+    forecasts: Forecasts = field(default_factory=Forecasts)
 
     @classmethod
     def build(cls, settings: OrchestratorSettings, pool: asyncpg.Pool, redis: Redis, storage: Storage) -> Deps:

@@ -32,7 +32,8 @@ GROUP BY stage_name
 class StageRates:
     """Seconds of work per second of song, per stage, measured on this deployment.
 
-    The median over each stage's most recent completed runs (``window``, last 7 days), read at
+    The median over each stage's most recent completed runs (``window``, last 7 days; each run's
+    ``job_stages.duration_seconds``, the worker's own time on it), read at
     most every ``refresh_seconds``; a stage with fewer than ``min_samples`` runs uses its spec's
     prior (:attr:`StageSpec.seconds_per_audio_second`).
     """

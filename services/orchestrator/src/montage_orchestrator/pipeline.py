@@ -27,18 +27,28 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from decimal import Decimal
+from typing import Literal
 
 import asyncpg
 import msgspec
 import structlog
-from montage_common import db
+from montage_common import db, tracing
 from montage_common.storage import layout
-from montage_contracts.api import CompletedData, CostUpdateData, MessageData, ProgressData, StageUpdateData
+from montage_contracts.api import (
+    CompletedData,
+    CostUpdateData,
+    MessageData,
+    PreviewData,
+    PreviewKind,
+    ProgressData,
+    StageUpdateData,
+)
 from montage_contracts.errors import ErrorCode, RetryableError
 from montage_contracts.messages import (
     ErrorInfo,
     ResultMessage,
     StageCost,
+    StagePreview,
     StageProgress,
     StageResult,
     StageTask,
@@ -50,7 +60,7 @@ from montage_contracts.models import AudioAnalysis, CostItem, StageInput, VideoO
 from montage_contracts.pipeline import FINAL_STATUSES, JobFacts, JobStatus, StageStatus, StageUpdate, spec
 from montage_streams import Delivery, Emit
 
-from montage_orchestrator import costs, decisions, job_metrics, metrics, stages, store
+from montage_orchestrator import assets, costs, decisions, job_metrics, metrics, stages, store
 from montage_orchestrator.batching import Coalescer
 from montage_orchestrator.deps import Deps
 from montage_orchestrator.jobs import RATES, estimated_remaining
@@ -65,8 +75,8 @@ _out = msgspec.json.Encoder(decimal_format="number")
 CONFLICT_ATTEMPTS = 5
 
 
-def decode_result(payload: bytes) -> StageResult | StageProgress | StageCost:
-    msg: StageResult | StageProgress | StageCost = result_decoder.decode(payload)
+def decode_result(payload: bytes) -> ResultMessage:
+    msg: ResultMessage = result_decoder.decode(payload)
     return msg
 
 
@@ -89,6 +99,7 @@ def queue_stage(  # noqa: PLR0917
         budget_remaining=str(limit - eff.total),
         cost_limit=str(limit),
         dispatch=dispatch,
+        traceparent=tracing.traceparent(),  # the worker's span continues the caller's (the job's trace)
     )
     eff.emits.append(stage_task_emit(deps, task))
     eff.event(deps, StageUpdateData(stage=stage, status=StageUpdate.STARTED))
@@ -112,7 +123,11 @@ async def dispatch_stage(conn: asyncpg.Connection, deps: Deps, job: asyncpg.Reco
     )
     dispatch = await store.start_stage(conn, job_id, stage)
     eff.row = await store.update_job(conn, job_id, current_stage=stage)
-    queue_stage(deps, eff, stage, stage_input, job["user_id"], limit, dispatch)
+    # In the job's own trace (its row's traceparent), whoever dispatches: its turn given while
+    # another job's result is applied, the reconciler, the operator console.
+    attributes = {"montage.job_id": str(job_id), "montage.stage": stage, "montage.dispatch": dispatch}
+    with tracing.span(f"dispatch {stage}", parent=job.get("traceparent"), attributes=attributes):
+        queue_stage(deps, eff, stage, stage_input, job["user_id"], limit, dispatch)
     return True
 
 
@@ -184,12 +199,18 @@ class Pipeline:
         if job_uuid is None:
             log.warning("result_bad_job_id", entry=d.entry_id)
             return []
-        async with self._job_lock(msg.job_id):
-            with structlog.contextvars.bound_contextvars(job_id=msg.job_id, stage=msg.stage):
-                try:
-                    return await db.retrying(lambda: self._apply(d, msg, job_uuid))
-                except (asyncpg.PostgresError, *db.TRANSIENT) as exc:
-                    raise RetryableError(f"database: {type(exc).__name__}: {exc}"[:300]) from None
+        attributes = {"montage.job_id": msg.job_id, "montage.stage": msg.stage, "montage.dispatch": msg.dispatch}
+        attributes["montage.message"] = type(msg).__name__
+        attributes["montage.attempt"] = msg.attempts if isinstance(msg, StageResult) else d.attempt
+        # A child of the worker's span that wrote the message; the next task continues from here.
+        name = f"apply {type(msg).__name__} {msg.stage}"
+        with tracing.span(name, parent=msg.traceparent, kind=tracing.SpanKind.CONSUMER, attributes=attributes):
+            async with self._job_lock(msg.job_id):
+                with structlog.contextvars.bound_contextvars(job_id=msg.job_id, stage=msg.stage):
+                    try:
+                        return await db.retrying(lambda: self._apply(d, msg, job_uuid))
+                    except (asyncpg.PostgresError, *db.TRANSIENT) as exc:
+                        raise RetryableError(f"database: {type(exc).__name__}: {exc}"[:300]) from None
 
     async def _apply(self, d: Delivery, msg: ResultMessage, job_id: uuid.UUID) -> list[Emit]:
         """Read the job (one statement, no lock), decide, write everything (one statement, which
@@ -221,7 +242,7 @@ class Pipeline:
                 msg.dispatch,
                 state.status,
                 state.total_cost,
-                record=not isinstance(msg, StageProgress),
+                record=not isinstance(msg, StageProgress | StagePreview),
             )
             if state.status == JobStatus.QUEUED:
                 change.status, change.started = JobStatus.PROCESSING, True
@@ -229,6 +250,11 @@ class Pipeline:
                 case StageProgress():
                     eff.event(self.deps, MessageData(text=msg.text, stage=msg.stage))
                     if change.status is None:  # nothing to write
+                        return eff.emits
+                case StagePreview():
+                    if not await self._preview(job_id, msg, eff):
+                        return []
+                    if change.status is None:
                         return eff.emits
                 case StageCost():
                     self._cost(state, change, msg.cost, eff)
@@ -250,6 +276,21 @@ class Pipeline:
                 return []
             log.info("result_conflict", kind=type(msg).__name__)  # the job changed since the read
         raise RetryableError(f"the job kept changing while its result was applied ({CONFLICT_ATTEMPTS} reads)")
+
+    async def _preview(self, job_id: uuid.UUID, msg: StagePreview, eff: Effects) -> bool:
+        """List a stored still or clip (``assets``) and send its ``preview`` event; False for a
+        report that names no preview of this job."""
+        if msg.kind not in ("still", "clip") or not msg.key.startswith(layout.preview_prefix(str(job_id))):
+            log.warning("preview_refused", kind=msg.kind, key=msg.key[:200])
+            return False
+        kind: PreviewKind = "still" if msg.kind == "still" else "clip"
+        subject: Literal["scene", "character"] | None = None
+        if kind == "still":
+            subject = "character" if msg.subject == "character" else "scene"
+        await assets.record(self.deps.pool, job_id, kind, msg.index, msg.key, subject)
+        url = await self.deps.storage.signed_url(msg.key, self.deps.settings.download_url_seconds)
+        eff.event(self.deps, PreviewData(kind=kind, index=msg.index, url=url, subject=subject))
+        return True
 
     # --- costs ----------------------------------------------------------------------
     def _cost(self, state: store.JobState, change: store.Change, item: CostItem, eff: Effects) -> bool:
@@ -277,6 +318,7 @@ class Pipeline:
         change.completed = True
         change.expire_after = timedelta(days=self.deps.settings.failed_retention_days)
         job_failed(self.deps, eff, code, message)
+        tracing.fail(tracing.current(), code, message)
 
     # --- results --------------------------------------------------------------------
     async def _result(
@@ -303,7 +345,9 @@ class Pipeline:
         error: str | None = None,
     ) -> None:
         stage = msg.stage
-        duration = state.stages[stage].elapsed
+        # The worker's own time on it (what the door's forecast multiplies by the queue it
+        # simulates); dispatch-to-result would count the time queued in the stream twice.
+        duration = msg.duration_seconds if msg.duration_seconds > 0 else state.stages[stage].elapsed
         change.finish, change.attempts, change.stage_error, change.duration = status, msg.attempts, error, duration
         change.output = None if output is None else _out.encode(output).decode()
         change.stage_meta = metadata or None
@@ -360,7 +404,11 @@ class Pipeline:
         change.status, change.progress, change.video_key, change.completed = JobStatus.COMPLETED, 100, output.key, True
         change.expire_after = timedelta(days=self.deps.settings.video_retention_days)
         url = await self.deps.storage.signed_url(output.key, self.deps.settings.download_url_seconds)
-        eff.event(self.deps, CompletedData(video_url=url, total_cost=float(eff.total)))
+        poster = None
+        if output.poster_key is not None:  # listed before the job completes: its status then has it
+            await assets.record(self.deps.pool, uuid.UUID(eff.job_id), "poster", 0, output.poster_key, None)
+            poster = await self.deps.storage.signed_url(output.poster_key, self.deps.settings.download_url_seconds)
+        eff.event(self.deps, CompletedData(video_url=url, total_cost=float(eff.total), poster_url=poster))
         eff.delete_prefixes = layout.intermediate_prefixes(eff.job_id)
         total = eff.total
 

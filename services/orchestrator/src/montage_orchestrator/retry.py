@@ -262,24 +262,26 @@ async def _insert_job(  # noqa: PLR0917
     now = await conn.fetchval("SELECT now()")
     return await store.insert_job(
         conn,
-        {
-            "job_id": new_id,
-            "user_id": old["user_id"],
-            "status": JobStatus.QUEUED,
-            "current_stage": resume,
-            "progress": spec(reused[-1]).progress if reused else 0,
-            "user_prompt": old["user_prompt"],
-            "audio_key": audio_key,
-            "audio_filename": old["audio_filename"],
-            "audio_duration": old["audio_duration"],
-            "environment": s.environment,
-            "estimated_cost": costs.estimate_job(s, old["audio_duration"]),
-            "cost_limit": s.cost_limit,
-            "created_at": now,
-            "updated_at": now,
-            "retry_of": old["job_id"],
-            "webhook_url": old["webhook_url"],  # the retry's final event goes where the original's went
-        },
+        store.traced(
+            {
+                "job_id": new_id,
+                "user_id": old["user_id"],
+                "status": JobStatus.QUEUED,
+                "current_stage": resume,
+                "progress": spec(reused[-1]).progress if reused else 0,
+                "user_prompt": old["user_prompt"],
+                "audio_key": audio_key,
+                "audio_filename": old["audio_filename"],
+                "audio_duration": old["audio_duration"],
+                "environment": s.environment,
+                "estimated_cost": costs.estimate_job(s, old["audio_duration"]),
+                "cost_limit": s.cost_limit,
+                "created_at": now,
+                "updated_at": now,
+                "retry_of": old["job_id"],
+                "webhook_url": old["webhook_url"],  # the retry's final event goes where the original's went
+            }
+        ),
     )
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 import structlog
 from aiohttp import web
-from montage_common import db
+from montage_common import db, tracing
 from montage_common.idempotency import FINGERPRINT_HEADER
 from montage_common.redis import REDIS_DOWN
 from montage_common.storage import layout
@@ -21,7 +21,19 @@ from montage_contracts.api import timestamp
 from montage_contracts.errors import BudgetExceededError, ErrorCode, Gone, NotFound, ValidationError
 from montage_contracts.pipeline import JOB_STATUSES, STAGES, JobStatus
 
-from montage_orchestrator import admin, admission, costs, deletion, metrics, retry, store, upload, usage, webhooks
+from montage_orchestrator import (
+    admin,
+    admission,
+    assets,
+    costs,
+    deletion,
+    metrics,
+    retry,
+    store,
+    upload,
+    usage,
+    webhooks,
+)
 from montage_orchestrator.deps import DEPS, Deps
 from montage_orchestrator.health import health_report
 from montage_orchestrator.http import job_uuid, owned, respond
@@ -56,6 +68,7 @@ async def upload_audio(request: web.Request) -> web.Response:
         if estimate > limit:
             raise BudgetExceededError(f"Estimated cost ${estimate} exceeds the ${limit} limit per job")
         job_id = uuid.uuid4()
+        tracing.current().set_attribute("montage.job_id", str(job_id))
         filename = upload.safe_filename(received.filename, audio.kind)
         audio_key = layout.audio_upload(user, str(job_id), filename)
         await deps.storage.put_file(audio_key, received.path, audio.content_type)
@@ -68,7 +81,7 @@ async def upload_audio(request: web.Request) -> web.Response:
     finally:
         received.discard()
     try:
-        row = await _create_job(
+        row, started = await _create_job(
             deps, job_id, user, prompt, audio_key, filename, audio.duration, estimate, webhook_url=webhook_url
         )
     except BaseException:
@@ -76,7 +89,7 @@ async def upload_audio(request: web.Request) -> web.Response:
         with contextlib.suppress(Exception):
             await asyncio.shield(deps.storage.delete([audio_key]))
         raise
-    await admission.start_turns_quietly(deps)  # its turn now if its user has a free slot
+    await admission.turns_given(deps, started)
     metrics.JOBS_CREATED.inc()
     log.info("job_created", job_id=str(job_id), duration=round(audio.duration, 2), estimate=str(estimate))
     body = api.JobCreated(
@@ -101,30 +114,34 @@ async def _create_job(  # noqa: PLR0917
     estimate: Any,
     *,
     webhook_url: str | None = None,
-) -> asyncpg.Record:
-    """Insert the job waiting for its turn (``queued``, no deadline, no task: see ``admission``)."""
+) -> tuple[asyncpg.Record, admission.Started]:
+    """Insert the job waiting for its turn (``queued``, no deadline, no task: see ``admission``),
+    and in the same transaction give the turns now due: its own when its user has a free slot."""
     s = deps.settings
-    async with deps.pool.acquire() as conn:
+    async with deps.pool.acquire() as conn, conn.transaction():
         now = await conn.fetchval("SELECT now()")
-        return await store.insert_job(
+        row = await store.insert_job(
             conn,
-            {
-                "job_id": job_id,
-                "user_id": user,
-                "status": JobStatus.QUEUED,
-                "current_stage": STAGES[0],
-                "user_prompt": prompt,
-                "audio_key": audio_key,
-                "audio_filename": filename,
-                "audio_duration": duration,
-                "environment": s.environment,
-                "estimated_cost": estimate,
-                "cost_limit": s.cost_limit,
-                "created_at": now,
-                "updated_at": now,
-                "webhook_url": webhook_url,
-            },
+            store.traced(
+                {
+                    "job_id": job_id,
+                    "user_id": user,
+                    "status": JobStatus.QUEUED,
+                    "current_stage": STAGES[0],
+                    "user_prompt": prompt,
+                    "audio_key": audio_key,
+                    "audio_filename": filename,
+                    "audio_duration": duration,
+                    "environment": s.environment,
+                    "estimated_cost": estimate,
+                    "cost_limit": s.cost_limit,
+                    "created_at": now,
+                    "updated_at": now,
+                    "webhook_url": webhook_url,
+                }
+            ),
         )
+        return row, await admission.give_turns_quietly(conn, deps)
 
 
 async def _snapshot(deps: Deps, job_id: uuid.UUID) -> dict[str, Any] | None:
@@ -154,11 +171,14 @@ async def get_job(request: web.Request) -> web.Response:
     owned(snap, user)
     assert snap is not None
     url = None
+    poster = None
     if snap["status"] == JobStatus.COMPLETED and snap["video_key"] and not snap["files_cleaned_at"]:
         url = await deps.storage.signed_url(snap["video_key"], deps.settings.download_url_seconds)
+        poster = await assets.poster_url(deps, snap["job_id"])
     with contextlib.suppress(asyncpg.PostgresError, *db.TRANSIENT):
         await RATES.refresh(deps.pool)  # at most once a minute; the spec's priors meanwhile
     body = status_body(snap, url)
+    body.poster_url = poster
     await admission.places(deps, [body])  # queue_position, estimated_start
     return respond(body)
 
@@ -231,6 +251,7 @@ def handlers() -> dict[str, Handler]:
         "deleteJob": delete_job,
         "retryJob": retry_job,
         "getDownload": download,
+        "getJobAssets": assets.list_assets,
         "getInternalHealth": internal_health,
         "getInternalUsage": usage.internal_usage,
         **admin.handlers(),  # /api/v1/admin/*: the operator console (admins only; see admin.py)

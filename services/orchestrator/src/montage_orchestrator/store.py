@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
+from montage_common import tracing
 from montage_contracts.api import timestamp
 from montage_contracts.errors import ErrorCode
 from montage_contracts.models import CostItem
@@ -44,6 +45,15 @@ def as_uuid(value: str) -> uuid.UUID | None:
 
 
 # --- jobs -------------------------------------------------------------------------------
+def traced(job: dict[str, Any]) -> dict[str, Any]:
+    """``job`` with the current span's ``traceparent`` (its column, migration 0900) when tracing
+    is on: later dispatches continue the job's trace (``pipeline.dispatch_stage``)."""
+    parent = tracing.traceparent()
+    if isinstance(parent, str):
+        job["traceparent"] = parent
+    return job
+
+
 async def insert_job(conn: asyncpg.Connection, job: dict[str, Any]) -> asyncpg.Record:
     cols = list(job)
     placeholders = ", ".join(f"${i}" for i in range(1, len(cols) + 1))

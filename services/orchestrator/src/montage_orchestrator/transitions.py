@@ -24,7 +24,7 @@ from montage_contracts.events import EventData
 from montage_contracts.pipeline import FINAL_STATUSES, JobStatus
 from montage_streams import Emit
 
-from montage_orchestrator import cleanup, job_metrics, metrics, purge, store
+from montage_orchestrator import assets, cleanup, job_metrics, metrics, purge, store
 from montage_orchestrator.deps import Deps
 from montage_orchestrator.errors import JobNotCancellable
 from montage_orchestrator.jobs import snapshot
@@ -67,6 +67,7 @@ async def after_commit(deps: Deps, eff: Effects) -> None:
         deps.turns_due.set()  # its slot is free: a waiting job's turn (``admission``)
         if eff.row.get("webhook_url"):
             deps.webhooks_due.set()  # its delivery row was written with the status (``webhooks``)
+        deps.forecasts.drop()  # the door reads the system again
     if eff.tomb is not None and eff.row is not None:
         try:
             await deps.cache.end_write(eff.job_id, eff.tomb, snapshot(eff.row))
@@ -155,13 +156,14 @@ async def cancel(
             refusal = err
         if refusal is None:
             await fail_job(conn, deps, eff, ErrorCode.CANCELLED, message)
+            await assets.drop_previews(conn, job_id)
             outbox_id = await deps.outbox.add(conn, job_id, eff.emits)
         if audit is not None:
             await audit(conn, row, refusal)
     if refusal is not None:
         raise refusal
     assert row is not None and outbox_id is not None
-    eff.delete_prefixes = layout.intermediate_prefixes(str(job_id))
+    eff.delete_prefixes = [*layout.intermediate_prefixes(str(job_id)), layout.preview_prefix(str(job_id))]
     await after_commit(deps, eff)
     await deps.outbox.send_quietly(outbox_id)
     return row

@@ -9,7 +9,7 @@ import signal
 
 import structlog
 from aiohttp import web
-from montage_common import logs
+from montage_common import logs, tracing
 from montage_common import settings as settings_mod
 from montage_common import web as common_web
 from montage_common.liveness import WATCHDOG
@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     if refusal is not None:
         raise SystemExit(refusal)
     logs.configure(settings, f"stage-{args.stage}")
+    tracing.setup(f"stage-{args.stage}")
     asyncio.run(run(settings, args.stage))
 
 

@@ -47,15 +47,17 @@ from typing import Annotated
 
 import msgspec
 import structlog
+from montage_common import tracing
 from montage_common.budget import BudgetLedger, JobBudget, Seed
 from montage_common.liveness import Watchdog
-from montage_common.storage import Storage
+from montage_common.storage import Storage, layout
 from montage_contracts.errors import BudgetExceededError, ErrorCode, JobCancelled
 from montage_contracts.keys import Keys
 from montage_contracts.messages import (
     ErrorInfo,
     StageAlive,
     StageCost,
+    StagePreview,
     StageProgress,
     StageResult,
     StageTask,
@@ -81,7 +83,9 @@ from redis.asyncio import Redis
 
 from montage_stages import faults
 from montage_stages.runtime.context import StageContext
+from montage_stages.runtime.provider_check import stage_provider
 from montage_stages.runtime.provider_http import Providers
+from montage_stages.runtime.provider_limits import ProviderLimits
 from montage_stages.runtime.settings import StageSettings
 from montage_stages.stages import PROCESS
 from montage_stages.stages.clip_fanout import ClipFanout, ClipWorker
@@ -202,7 +206,10 @@ class StageWorker:
         self.keys = keys
         self.process = PROCESS[stage]
         self.faults = faults.enabled(settings)
-        self.providers = Providers()  # one pool of provider connections per process
+        # one pool of provider connections per process; the providers' slots and backoff shared in Redis
+        self.providers = Providers(
+            ProviderLimits(redis, keys, settings.provider_limits, lease_seconds=settings.provider_lease_seconds)
+        )
         self.producer = StreamProducer(redis)
         self.ledger = BudgetLedger(redis, keys)  # every provider call and clip reserves its price here
         self._stopping = asyncio.Event()
@@ -269,12 +276,19 @@ class StageWorker:
             lease_seconds=3 * interval,
             before_call=self._cancel_check(task.job_id),  # no provider call after a cancel
         )
-        async with job_liveness(self.redis, self.keys, task, interval) as alive, budget.leased(interval):
-            self._reports.add(alive)
-            try:
-                return await self._handle(d, task, alive, budget)
-            finally:
-                self._reports.discard(alive)
+        attributes = {"montage.job_id": task.job_id, "montage.stage": self.stage, "montage.attempt": d.attempt}
+        attributes |= {"montage.dispatch": task.dispatch, "montage.deliveries": d.delivery_count}
+        # The task's span: a child of the orchestrator's dispatch (the task's traceparent), so every
+        # provider, ragnarok-proxy and Redis call below is in the job's one trace.
+        with tracing.span(
+            f"stage {self.stage}", parent=task.traceparent, kind=tracing.SpanKind.CONSUMER, attributes=attributes
+        ):
+            async with job_liveness(self.redis, self.keys, task, interval) as alive, budget.leased(interval):
+                self._reports.add(alive)
+                try:
+                    return await self._handle(d, task, alive, budget)
+                finally:
+                    self._reports.discard(alive)
 
     async def _handle(self, d: Delivery, task: StageTask, alive: Liveness, budget: JobBudget) -> list[Emit]:
         with structlog.contextvars.bound_contextvars(job_id=task.job_id, stage=self.stage, attempt=d.attempt):
@@ -297,6 +311,7 @@ class StageWorker:
                     providers=self.providers,
                     fanout=fanout,
                     budget=budget,
+                    preview=self._preview(task, alive),
                 )
                 await ctx.check_cancelled()
                 if self.faults:  # development only: a test made this stage fail
@@ -339,7 +354,10 @@ class StageWorker:
             duration_seconds=round(time.perf_counter() - start, 3),
             costs=costs,
             attempts=d.attempt,
+            traceparent=tracing.traceparent(),
         )
+        if error is not None:
+            tracing.fail(tracing.current(), error.code, error.message)
         return Emit(
             self.results_stream(task.job_id),
             encode(result),
@@ -354,9 +372,18 @@ class StageWorker:
             log.error("stage_task_undecodable", entry=d.entry_id)
             return []
         error = ErrorInfo(code=dead.code, message=dead.message, retryable=False)
-        result = StageResult(
-            job_id=task.job_id, stage=self.stage, dispatch=task.dispatch, ok=False, error=error, attempts=dead.attempts
-        )
+        attributes = {"montage.job_id": task.job_id, "montage.stage": self.stage, "montage.attempt": dead.attempts}
+        with tracing.span(f"stage {self.stage} dead letter", parent=task.traceparent, attributes=attributes) as span:
+            tracing.fail(span, dead.code, dead.message)
+            result = StageResult(
+                job_id=task.job_id,
+                stage=self.stage,
+                dispatch=task.dispatch,
+                ok=False,
+                error=error,
+                attempts=dead.attempts,
+                traceparent=tracing.traceparent(),
+            )
         results = self.results_stream(task.job_id)
         return [Emit(results, encode(result), message_id=dispatch_message_id(task.job_id, self.stage, task.dispatch))]
 
@@ -364,11 +391,39 @@ class StageWorker:
     def _progress(self, task: StageTask, alive: Liveness) -> Callable[[str], Awaitable[None]]:
         async def progress(text: str) -> None:
             alive.touch()
-            msg = StageProgress(job_id=task.job_id, stage=self.stage, text=text, dispatch=task.dispatch)
+            msg = StageProgress(
+                job_id=task.job_id,
+                stage=self.stage,
+                text=text,
+                dispatch=task.dispatch,
+                traceparent=tracing.traceparent(),
+            )
             with contextlib.suppress(Exception):  # progress is best effort; the result is not
                 await self.producer.emit([Emit(self.results_stream(task.job_id), encode(msg))])
 
         return progress
+
+    def _preview(self, task: StageTask, alive: Liveness) -> Callable[[str, int, str, str | None], Awaitable[None]]:
+        async def preview(kind: str, index: int, key: str, subject: str | None) -> None:
+            alive.touch()
+            target = layout.preview(task.job_id, kind, index, subject)
+            content_type = "video/mp4" if kind == "clip" else "image/png"
+            msg = StagePreview(
+                job_id=task.job_id,
+                stage=self.stage,
+                kind=kind,
+                index=index,
+                key=target,
+                subject=subject,
+                dispatch=task.dispatch,
+            )
+            try:  # best effort, as a progress text: the stage's own file is what the pipeline uses
+                await self.storage.copy(key, target, content_type)
+                await self.producer.emit([Emit(self.results_stream(task.job_id), encode(msg))])
+            except Exception as exc:
+                log.warning("preview_failed", kind=kind, index=index, error=str(exc)[:200])
+
+        return preview
 
     def _cost(
         self, task: StageTask, costs: list[CostItem], alive: Liveness, budget: JobBudget
@@ -377,7 +432,13 @@ class StageWorker:
             alive.touch()
             costs.append(item)  # also carried by the final result: durable, deduped by call_id
             await budget.settle(item)  # its reservation becomes the real amount in the job's ledger
-            msg = StageCost(job_id=task.job_id, stage=self.stage, cost=item, dispatch=task.dispatch)
+            msg = StageCost(
+                job_id=task.job_id,
+                stage=self.stage,
+                cost=item,
+                dispatch=task.dispatch,
+                traceparent=tracing.traceparent(),
+            )
             with contextlib.suppress(Exception):
                 await self.producer.emit([Emit(self.results_stream(task.job_id), encode(msg))])
 
@@ -417,6 +478,8 @@ class StageWorker:
         return dog
 
     async def run(self) -> None:
+        provider, configured, setting = stage_provider(self.settings, self.stage)
+        await self.providers.limits.announce(self.stage, provider, configured, setting)
         beat = asyncio.create_task(self.heartbeat(), name=f"heartbeat-{self.stage}")
         ticking = asyncio.create_task(self.watchdog.run(self._stopping), name="watchdog")
         try:

@@ -52,6 +52,7 @@ PROBE_PERIOD_SECONDS = 2.0
 PROBE_TIMEOUT_SECONDS = 2.0
 PROBE_FAILURES = 3
 FAKES = "montage_dev.fakes"  # the stand-ins, each run as ``python -m montage_dev.fakes.<name>``
+FAKE_RUNWAY_KEY = "key_fake_runway"  # the Runway stand-in refuses any other key
 FAKE_RAGNAROK_USD_PER_SECOND = "0.528"  # $2.64 (the fake RAGNAROK's default cost_usd) for a 5 s render
 COLORS = ("36", "35", "33", "32", "34", "31", "96", "95", "93", "92", "94", "91")
 
@@ -280,6 +281,7 @@ class Stack:
     ragnarok_port: int = 8001
     trinity_port: int = 8002
     openai_port: int = 8003  # the OpenAI-compatible stand-in (PROVIDERS=fake)
+    runway_port: int = 8004  # the Runway stand-in (PROVIDERS=fake; clips from it with VIDEO_PROVIDER=runway)
     # /healthz, /readyz, /metrics of each HTTP service (never on its API port)
     gateway_ops_port: int = 9080
     orchestrator_ops_port: int = 9081
@@ -375,8 +377,15 @@ class Stack:
             ServiceSpec("fake-openai", [sys.executable, "-m", f"{FAKES}.openai", "--port", str(self.openai_port)],
                         port=self.openai_port)
         )  # fmt: skip
+        specs.append(
+            ServiceSpec("fake-runway", [sys.executable, "-m", f"{FAKES}.runway", "--port", str(self.runway_port),
+                                        "--api-key", FAKE_RUNWAY_KEY], port=self.runway_port)
+        )  # fmt: skip
         base = f"http://127.0.0.1:{self.openai_port}/v1"
-        common.update(LLM_URL=base, STT_URL=base, IMAGE_PROVIDER_URL=base, VIDEO_PROVIDER="ragnarok")
+        # clips by RAGNAROK unless VIDEO_PROVIDER=runway asks for the image-to-video stand-in
+        video = "runway" if self.env.get("VIDEO_PROVIDER") == "runway" else "ragnarok"
+        common.update(LLM_URL=base, STT_URL=base, IMAGE_PROVIDER_URL=base, VIDEO_PROVIDER=video)
+        common.update(RUNWAY_BASE_URL=f"http://127.0.0.1:{self.runway_port}", RUNWAY_API_KEY=FAKE_RUNWAY_KEY)
         # the fake RAGNAROK bills $2.64 a clip; RAGNAROK renders at least 5 s, so this is its price per
         # second for the clips of a short song (what clips reserve and the estimate counts)
         common["RAGNAROK_USD_PER_SECOND"] = FAKE_RAGNAROK_USD_PER_SECOND
@@ -552,6 +561,9 @@ class StackSettings(msgspec.Struct, frozen=True, kw_only=True):
         int, Meta(description="the development stand-in Trinity, when TRINITY_URL is unset")
     ] = 8002
     fake_openai_port: Annotated[int, Meta(description="the OpenAI-compatible stand-in, with PROVIDERS=fake")] = 8003
+    fake_runway_port: Annotated[
+        int, Meta(description="the Runway stand-in, with PROVIDERS=fake (clips from it with VIDEO_PROVIDER=runway)")
+    ] = 8004
     providers: Annotated[
         str, Meta(description='"fake": text, lyrics, stills and clips from the stand-ins (docs/providers.md)')
     ] = ""
@@ -574,6 +586,7 @@ def up(args: argparse.Namespace) -> int:
         ragnarok_port=cfg.fake_ragnarok_port,
         trinity_port=cfg.fake_trinity_port,
         openai_port=cfg.fake_openai_port,
+        runway_port=cfg.fake_runway_port,
         gateway_ops_port=cfg.gateway_ops_port,
         orchestrator_ops_port=cfg.orchestrator_ops_port,
         proxy_ops_port=cfg.ragnarok_proxy_ops_port,

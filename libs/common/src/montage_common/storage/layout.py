@@ -36,6 +36,23 @@ def final_video(job_id: str) -> str:
     return f"{VIDEO_OUTPUTS}/{job_id}/final_video.mp4"
 
 
+def poster(job_id: str) -> str:
+    """A frame of the final video, beside it (kept as long as the video)."""
+    return f"{VIDEO_OUTPUTS}/{job_id}/poster.jpg"
+
+
+def preview(job_id: str, kind: str, index: int, subject: str | None = None) -> str:
+    """A copy of a reference still or a clip, beside the final video: the intermediates are deleted
+    when the job completes (spec), the previews are kept as long as the video."""
+    if kind == "clip":
+        return f"{VIDEO_OUTPUTS}/{job_id}/previews/clip_{index}.mp4"
+    return f"{VIDEO_OUTPUTS}/{job_id}/previews/{subject or 'scene'}_{index}.png"
+
+
+def preview_prefix(job_id: str) -> str:
+    return f"{VIDEO_OUTPUTS}/{job_id}/previews/"
+
+
 def intermediate_prefixes(job_id: str) -> list[str]:
     return [f"{bucket}/{job_id}/" for bucket in INTERMEDIATE_BUCKETS]
 

@@ -1,10 +1,13 @@
 -- Hand off a batch of entries, then fetch new ones. For each entry, only while `consumer` owns
 -- it: XADD its emits (fields id, a=1, m, extras; optionally PUBLISH "<id> <payload>" and EXPIRE
 -- the stream) and XACK it. An entry id of '' means "no source entry" (the producer). Returns
--- per entry the new ids, or false if the claim was lost; then, when `fetch` > 0, up to `fetch`
--- new entries of the source (XREADGROUP >) as a flat list of [id, fields] (or false: none).
+-- per entry the new ids (`want_ids` 1) or 1 (`want_ids` 0: the consumer needs no ids, and
+-- returning them costs Redis CPU), or false if the claim was lost; then, when `fetch` > 0, up
+-- to `fetch` new entries of the source (XREADGROUP >) as a flat list of [id, fields] (or
+-- false: none). The consumer fetches with a plain XREADGROUP sent right behind the script in
+-- the same write instead (converting entries to Lua and back costs Redis more than the read).
 -- KEYS: [source, emit streams...].
--- ARGV: group, consumer, n_entries, fetch, lo, hi, then per entry: entry id, n_emits, then per
+-- ARGV: group, consumer, n_entries, fetch, lo, hi, want_ids, then per entry: entry id, n_emits, then per
 -- emit either a plain one: key index (> 0), message id, payload; or a full one: -key index,
 -- maxlen, ttl, n_extra, sharded (1: SPUBLISH, a shard channel in the stream's slot), channel,
 -- message id, payload, then n_extra name, value pairs.
@@ -12,7 +15,7 @@
 -- range: '' for none), then one XPENDING per entry it did not list; so the answer never depends
 -- on the guess, only the number of calls does.
 local src, group, consumer = KEYS[1], ARGV[1], ARGV[2]
-local n, fetch = tonumber(ARGV[3]), tonumber(ARGV[4])
+local n, fetch, want_ids = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[7] == '1'
 local mine, seen = {}, {}
 if ARGV[5] ~= '' then
   for _, p in ipairs(redis.call('XPENDING', src, group, ARGV[5], ARGV[6], 10 * n + 100, consumer)) do
@@ -21,7 +24,7 @@ if ARGV[5] ~= '' then
 end
 local out = {}
 local acks = {'XACK', src, group}
-local i = 7
+local i = 8
 for e = 1, n do
   local entry, nemits = ARGV[i], tonumber(ARGV[i+1])
   i = i + 2
@@ -35,12 +38,13 @@ for e = 1, n do
     end
     seen[entry] = true
   end
-  local ids = {}
+  local ids = want_ids and {} or nil
   for _ = 1, nemits do
     local k = tonumber(ARGV[i])
     if k > 0 then  -- the common case: no argument table to build
       if owned then
-        ids[#ids+1] = redis.call('XADD', KEYS[k], '*', 'id', ARGV[i+1], 'a', '1', 'm', ARGV[i+2])
+        local id = redis.call('XADD', KEYS[k], '*', 'id', ARGV[i+1], 'a', '1', 'm', ARGV[i+2])
+        if ids then ids[#ids+1] = id end
       end
       i = i + 3
     else
@@ -55,7 +59,7 @@ for e = 1, n do
         args[#args+1] = 'm'; args[#args+1] = payload
         for f = i + 8, i + 7 + 2 * nx do args[#args+1] = ARGV[f] end
         local id = redis.call(unpack(args))
-        ids[#ids+1] = id
+        if ids then ids[#ids+1] = id end
         local channel = ARGV[i+5]
         if channel ~= '' then
           redis.call(ARGV[i+4] == '1' and 'SPUBLISH' or 'PUBLISH', channel, id .. ' ' .. payload)
@@ -67,7 +71,7 @@ for e = 1, n do
   end
   if owned then
     if entry ~= '' then acks[#acks+1] = entry end
-    out[e] = ids
+    out[e] = ids or 1
   else
     out[e] = false
   end

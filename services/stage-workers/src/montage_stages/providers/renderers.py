@@ -5,7 +5,8 @@ the clip (see :mod:`clip_encoder`); video_generator then encodes every clip once
 form. :class:`LocalRenderer` provides the reference still (or a palette frame in text-only mode)
 that ffmpeg animates with a zoom or pan plus brightness and scale pulses on the clip's beats.
 :class:`RagnarokRenderer` asks RAGNAROK for the clip through ragnarok-proxy's Nexus endpoints and
-provides the downloaded video.
+provides the downloaded video; :class:`~montage_stages.providers.image_to_video.RunwayRenderer`
+animates the clip's still with Runway's image-to-video API.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from montage_contracts.routes import route
 from montage_stages.media import imaging
 from montage_stages.media.clip_encoder import Source, StillSource, VideoSource
 from montage_stages.providers.costing import local_cost, ragnarok_clip_usd, usd
+from montage_stages.providers.image_to_video import RunwayRenderer
 from montage_stages.runtime.context import StageContext
 from montage_stages.runtime.provider_http import ProviderUnavailable
 
@@ -187,4 +189,6 @@ async def _download(session: aiohttp.ClientSession, url: str, dest: Path, limit:
 
 def renderer_for(ctx: StageContext) -> ClipRenderer:
     """The renderer selected by ``settings.video_provider``."""
+    if ctx.settings.video_provider == "runway":
+        return RunwayRenderer()
     return RagnarokRenderer() if ctx.settings.video_provider == "ragnarok" else LocalRenderer()

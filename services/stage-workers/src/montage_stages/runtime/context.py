@@ -13,6 +13,10 @@ A stage module exports ``async def process(ctx, job_id, input) -> output``. The 
   reservation that would pass the job's cap raises ``BudgetExceededError`` and the call is not
   made. Unlimited by default (tests, the one-process pipeline).
 - ``providers``: the worker's provider clients (one pool per process, see :mod:`provider_http`).
+- ``preview(kind, index, key, subject)``: a stored still (``kind="still"``, ``subject`` scene or
+  character) or clip (``"clip"``) is worth showing: the worker copies it to its preview key
+  (``layout.preview``, kept with the video) and tells the orchestrator, which lists it and sends a
+  ``preview`` event. Best effort, like ``progress``.
 - ``check_cancelled()``: raises :class:`~montage_contracts.errors.JobCancelled` when the job was
   cancelled; stages call it between units of work.
 - ``fanout``: video_generator's link to the clip workers (:mod:`clip_fanout`) when the worker
@@ -42,6 +46,7 @@ if TYPE_CHECKING:
 ProgressFn = Callable[[str], Awaitable[None]]
 CostFn = Callable[[CostItem], Awaitable[None]]
 CancelCheckFn = Callable[[], Awaitable[None]]
+PreviewFn = Callable[[str, int, str, "str | None"], Awaitable[None]]
 
 
 async def _no_progress(text: str) -> None:
@@ -53,6 +58,10 @@ async def _no_cost(item: CostItem) -> None:
 
 
 async def _never_cancelled() -> None:
+    return None
+
+
+async def _no_preview(kind: str, index: int, key: str, subject: str | None) -> None:
     return None
 
 
@@ -69,6 +78,7 @@ class StageContext:
     providers: Providers = field(default_factory=Providers)  # the worker's provider clients, shared
     fanout: ClipFanout | None = None  # video_generator: clips rendered by the clip workers
     budget: JobBudget = field(default_factory=JobBudget.unlimited)  # reservations against the job's cap
+    preview: PreviewFn = _no_preview
 
     @classmethod
     def create(
@@ -85,6 +95,7 @@ class StageContext:
         providers: Providers | None = None,
         fanout: ClipFanout | None = None,
         budget: JobBudget | None = None,
+        preview: PreviewFn | None = None,
     ) -> StageContext:
         """A context with defaults: default settings, a fresh temp workdir, no-op callbacks."""
         wd = workdir if workdir is not None else Path(tempfile.mkdtemp(prefix=f"montage-{job_id}-"))
@@ -101,6 +112,7 @@ class StageContext:
             providers=providers or Providers(),
             fanout=fanout,
             budget=budget or JobBudget.unlimited(job_id),
+            preview=preview or _no_preview,
         )
 
     def scratch(self, name: str) -> Path:

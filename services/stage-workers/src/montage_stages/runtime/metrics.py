@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from montage_contracts.errors import ErrorCode, MontageError
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 STAGE_DURATION = Histogram(
     "montage_stage_duration_seconds",
@@ -38,3 +38,15 @@ async def track_stage(stage: str) -> AsyncIterator[None]:
         raise
     finally:
         STAGE_DURATION.labels(stage=stage).observe(time.perf_counter() - start)
+
+
+PROVIDER_IN_FLIGHT = Gauge(
+    "montage_provider_in_flight",
+    "Provider calls this process has in flight (each holds one of the provider's shared slots)",
+    ["provider"],
+)
+PROVIDER_THROTTLED = Counter(
+    "montage_provider_throttled_total",
+    "429 answers from a provider (each sets the shared backoff every worker honours)",
+    ["provider"],
+)

@@ -21,13 +21,14 @@ _TRANSCRIPTION: _Check = ("STT_URL", lambda s: bool(s.stt_url))
 _TEXT: _Check = ("LLM_URL", lambda s: bool(s.llm_url))
 _IMAGE: _Check = ("IMAGE_PROVIDER_URL", lambda s: bool(s.image_provider_url))
 _VIDEO: _Check = ("VIDEO_PROVIDER", lambda s: s.video_provider != "local")
+_RUNWAY_KEY: _Check = ("RUNWAY_API_KEY", lambda s: s.video_provider != "runway" or bool(s.runway_api_key))
 
 STAGE_PROVIDERS: dict[str, tuple[_Check, ...]] = {
     "audio_parser": (_TRANSCRIPTION,),
     "scene_planner": (_TEXT,),
     "prompt_generator": (_TEXT,),
     "reference_generator": (_IMAGE,),
-    "video_generator": (_VIDEO,),
+    "video_generator": (_VIDEO, _RUNWAY_KEY),
     "composer": (),
 }
 
@@ -49,3 +50,19 @@ def provider_refusal(settings: StageSettings, stage: str) -> str | None:
         f" which stage {stage} would then run; configure the provider (docs/providers.md) or set"
         " ALLOW_LOCAL_PROVIDERS=true if stand-ins are intended"
     )
+
+
+def stage_provider(settings: StageSettings, stage: str) -> tuple[str, bool, str]:
+    """(the provider ``stage`` runs on, whether it is configured, the settings that configure it),
+    as the worker announces it for ``/api/v1/health`` and the operator console."""
+    s = settings
+    provider = {
+        "audio_parser": "openai-transcriptions" if s.stt_url else "none",
+        "scene_planner": "openai-chat" if s.llm_url else "local",
+        "prompt_generator": "openai-chat" if s.llm_url else "local",
+        "reference_generator": "openai-images" if s.image_provider_url else "local",
+        "video_generator": s.video_provider,
+        "composer": "local",
+    }.get(stage, "local")
+    checks = STAGE_PROVIDERS.get(stage, ())
+    return provider, not unconfigured(settings, stage), ", ".join(name for name, _ in checks)

@@ -20,10 +20,16 @@ Failures (:func:`translate`):
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 import aiohttp
 import openai
 from montage_contracts.errors import ErrorCode, GenerationError, RetryableError
+
+from montage_stages.runtime.provider_limits import ProviderLimits
+
+if TYPE_CHECKING:
+    import runwayml
 
 
 class ProviderUnavailable(GenerationError, RetryableError):
@@ -49,10 +55,24 @@ REFUSAL_CODES = frozenset({"content_policy_violation", "moderation_blocked"})
 class Providers:
     """The HTTP clients of one worker process (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, limits: ProviderLimits | None = None) -> None:
         self._openai: dict[tuple[str, str, float], openai.AsyncOpenAI] = {}
+        self._runway: dict[tuple[str, str, float], runwayml.AsyncRunwayML] = {}
         self._session: aiohttp.ClientSession | None = None
         self._lock = asyncio.Lock()
+        # the providers' shared slots, backoff and status (unlimited without Redis: tests, one process)
+        self.limits = limits or ProviderLimits.unlimited()
+
+    def runway(self, base_url: str, api_key: str, timeout: float) -> runwayml.AsyncRunwayML:
+        """The Runway API client (its official SDK; created once, then reused; its retries off)."""
+        import runwayml
+
+        key = (base_url.rstrip("/"), api_key, timeout)
+        client = self._runway.get(key)
+        if client is None:
+            client = runwayml.AsyncRunwayML(api_key=api_key, base_url=key[0], timeout=timeout, max_retries=0)
+            self._runway[key] = client
+        return client
 
     def openai(self, base_url: str, api_key: str, timeout: float) -> openai.AsyncOpenAI:
         """The client of one OpenAI-compatible endpoint (created once, then reused)."""
@@ -79,6 +99,9 @@ class Providers:
         for client in self._openai.values():
             await client.close()
         self._openai.clear()
+        for runway in self._runway.values():
+            await runway.close()
+        self._runway.clear()
         if self._session is not None:
             await self._session.close()
             self._session = None

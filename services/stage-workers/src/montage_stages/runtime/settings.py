@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 from montage_common.settings import PricingSettings
 from msgspec import Meta
 
+from montage_stages.runtime.provider_limits import parse_limits
+
 
 class StageSettings(PricingSettings, frozen=True, kw_only=True):
     """What the six stages need: parallelism and encoding, the providers' credentials and timeouts
@@ -83,4 +85,46 @@ class StageSettings(PricingSettings, frozen=True, kw_only=True):
             description="a RAGNAROK-rendered clip not finished by then counts as failed (the whole clip, not one call)"
         ),
     ] = 600.0
+    runway_api_key: Annotated[
+        str, Meta(description="VIDEO_PROVIDER=runway: the Runway API secret (a Secret by reference in production)")
+    ] = ""
+    runway_base_url: Annotated[
+        str, Meta(description="VIDEO_PROVIDER=runway: the API's base URL (a stand-in's in tests)")
+    ] = "https://api.dev.runwayml.com"
+    runway_model: Annotated[str, Meta(description="VIDEO_PROVIDER=runway: the image-to-video model")] = "gen4_turbo"
+    runway_usd_per_credit: Annotated[
+        float, Meta(description="USD per Runway credit: a task's reported credits times this is its recorded cost")
+    ] = 0.01
+    runway_request_timeout_seconds: Annotated[
+        float, Meta(description="one call to Runway's API (create, retrieve) or one output download")
+    ] = 30.0
+    runway_poll_seconds: Annotated[float, Meta(description="how often a Runway task is polled")] = 5.0
+    runway_clip_timeout_seconds: Annotated[
+        float,
+        Meta(description="a Runway task not finished by then (THROTTLED time included) counts as a retryable failure"),
+    ] = 600.0
+    provider_max_concurrency: Annotated[
+        str,
+        Meta(
+            description="calls in flight at once per provider across every worker and replica, provider=N,…"
+            " (a Redis semaphore; a Runway clip holds its slot from task creation to its end); a provider not"
+            " listed is not limited"
+        ),
+    ] = "runway=5,ragnarok=10"
+    provider_lease_seconds: Annotated[
+        float,
+        Meta(description="a provider slot whose worker stopped renewing it (it died) is freed after this long"),
+    ] = 30.0
     ffmpeg_path: Annotated[str, Meta(description="empty: system ffmpeg, else the imageio-ffmpeg binary")] = ""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        try:
+            parse_limits(self.provider_max_concurrency)
+        except ValueError as exc:
+            raise ValueError(f"PROVIDER_MAX_CONCURRENCY: {exc}") from None
+
+    @property
+    def provider_limits(self) -> dict[str, int]:
+        """``PROVIDER_MAX_CONCURRENCY`` as provider -> N."""
+        return parse_limits(self.provider_max_concurrency)

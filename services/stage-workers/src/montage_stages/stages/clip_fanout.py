@@ -50,6 +50,7 @@ from typing import Any, Literal
 
 import msgspec
 import structlog
+from montage_common import tracing
 from montage_common.storage import Storage
 from montage_contracts.errors import GenerationError
 from montage_contracts.keys import Keys
@@ -151,6 +152,8 @@ class ClipEntry(msgspec.Struct, frozen=True, kw_only=True):
     previous_source: ClipSource | None = None
     encoding: ClipEncoding
     sig: str = ""  # set by :func:`signed`
+    # The coordinator's span (W3C), so the clip's render is in the job's trace; not in the signature.
+    traceparent: str | msgspec.UnsetType = msgspec.UNSET
 
     def segment(self) -> Segment:
         previous = self.previous.span() if self.previous is not None else None
@@ -178,8 +181,9 @@ _record_decoder = msgspec.json.Decoder(ClipRecord)
 
 def signed(entry: ClipEntry) -> ClipEntry:
     """``entry`` with its signature: a hash of everything that decides its frames."""
-    body = _encoder.encode(msgspec.structs.replace(entry, sig=""))
-    return msgspec.structs.replace(entry, sig=hashlib.sha1(body, usedforsecurity=False).hexdigest()[:20])
+    body = _encoder.encode(msgspec.structs.replace(entry, sig="", traceparent=msgspec.UNSET))
+    sig = hashlib.sha1(body, usedforsecurity=False).hexdigest()[:20]
+    return msgspec.structs.replace(entry, sig=sig, traceparent=tracing.traceparent())
 
 
 def source_of(ref: ClipSource, path: Path) -> Source:
@@ -425,12 +429,21 @@ class ClipWorker:
     async def handle(self, d: Delivery) -> list[Emit]:
         entry = _entry_decoder.decode(d.payload)
         records = self.keys.clip_records(entry.job_id)
-        with structlog.contextvars.bound_contextvars(job_id=entry.job_id, clip=entry.index, sig=entry.sig):
+        attributes = {"montage.job_id": entry.job_id, "montage.stage": "video_generator", "montage.clip": entry.index}
+        attributes["montage.attempt"] = d.attempt
+        with (
+            tracing.span(
+                "clip render", parent=entry.traceparent, kind=tracing.SpanKind.CONSUMER, attributes=attributes
+            ) as span,
+            structlog.contextvars.bound_contextvars(job_id=entry.job_id, clip=entry.index, sig=entry.sig),
+        ):
             if any(_record_decoder.decode(e.payload).sig == entry.sig for e in await read_range(self.redis, records)):
                 CLIP_ENTRIES.labels(outcome="duplicate").inc()
                 log.info("clip_entry_already_done", deliveries=d.delivery_count)
                 return []
             record = await self._render(entry, d)
+            if not record.ok:
+                tracing.fail(span, "CLIP_FAILED", record.error)
         CLIP_ENTRIES.labels(outcome="cancelled" if record.cancelled else "ok" if record.ok else "failed").inc()
         return [self._emit(record, d)]
 

@@ -14,6 +14,7 @@ encoded here when missing) and writes ``video-outputs/{job_id}/final_video.mp4``
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import structlog
@@ -100,6 +101,7 @@ async def process(ctx: StageContext, job_id: str, input: ComposerInput) -> Video
             await ffmpeg.run(compose_args(listing, audio, final, s, audio_is_aac=audio_is_aac), exe=s.ffmpeg_path)
             key = output_key(job_id)
             size = await ctx.storage.put_file(key, final, "video/mp4")
+            poster = await _poster(ctx, job_id, final, work / "poster.jpg", input.duration)
         await meter.report()
         cuts = [round(c.start, 4) for c in clips[1:]]
         log.info("video_composed", job_id=job_id, clips=len(clips), size=size)
@@ -110,7 +112,33 @@ async def process(ctx: StageContext, job_id: str, input: ComposerInput) -> Video
             height=video.height,
             size_bytes=size,
             cuts=cuts,
+            poster_key=poster,
         )
+
+
+def _nonempty(path: Path) -> bool:
+    return path.is_file() and path.stat().st_size > 0
+
+
+def poster_args(video: Path, dest: Path, at: float) -> list[str]:
+    """One frame of ``video`` at ``at`` seconds as a JPEG."""
+    return ["-v", "error", "-y", "-ss", f"{at:.3f}", "-i", str(video), "-frames:v", "1", "-q:v", "3", str(dest)]
+
+
+async def _poster(ctx: StageContext, job_id: str, video: Path, dest: Path, duration: float) -> str | None:
+    """A frame a third of the way in, stored beside the video; ``None`` (and a log) when it fails:
+    a video without a poster is still the video."""
+    at = max(0.0, duration / 3)
+    try:
+        await ffmpeg.run(poster_args(video, dest, at), exe=ctx.settings.ffmpeg_path)
+        if not await asyncio.to_thread(_nonempty, dest):  # past the last frame: the first one
+            await ffmpeg.run(poster_args(video, dest, 0.0), exe=ctx.settings.ffmpeg_path)
+        key = layout.poster(job_id)
+        await ctx.storage.put_file(key, dest, "image/jpeg")
+    except Exception as exc:
+        log.warning("poster_failed", job_id=job_id, error=str(exc)[:200])
+        return None
+    return key
 
 
 def _same_codec(paths: list[Path]) -> mp4box.VideoTrack:

@@ -42,7 +42,7 @@ async def process(ctx: StageContext, job_id: str, input: ReferenceGeneratorInput
         scenes: list[ReferenceImage] = []
         characters: list[ReferenceImage] = []
         base_palette = plan.scenes[0].palette if plan.scenes else []
-        for scene in plan.scenes:
+        for number, scene in enumerate(plan.scenes):
             prompt = f"{plan.style}. {scene.description}. {scene.setting}"
             with meter:
                 png, pw, ph = await _draw(
@@ -51,8 +51,9 @@ async def process(ctx: StageContext, job_id: str, input: ReferenceGeneratorInput
             key = reference_key(job_id, "scene", scene.id)
             await ctx.storage.put_bytes(key, png, "image/png")
             scenes.append(ReferenceImage(id=scene.id, kind="scene", key=key, width=pw, height=ph))
+            await ctx.preview("still", number, key, "scene")
             await ctx.check_cancelled()
-        for char in plan.characters:
+        for number, char in enumerate(plan.characters):
             prompt = f"{plan.style}. Character portrait: {char.name}, {char.description}"
             with meter:
                 png, pw, ph = await _draw(
@@ -61,6 +62,7 @@ async def process(ctx: StageContext, job_id: str, input: ReferenceGeneratorInput
             key = reference_key(job_id, "character", char.id)
             await ctx.storage.put_bytes(key, png, "image/png")
             characters.append(ReferenceImage(id=char.id, kind="character", key=key, width=pw, height=ph))
+            await ctx.preview("still", number, key, "character")
         await meter.report()
         log.info("references_ready", job_id=job_id, scenes=len(scenes), characters=len(characters))
         return ReferenceImages(scene_references=scenes, character_references=characters)

@@ -19,7 +19,8 @@ go on (whether enough succeeded is the orchestrator's rule), except when fewer t
 minimum rendered and the clip provider was unavailable for some (a retryable failure): then the
 stage raises :class:`ProviderUnavailable`, so the runtime retries it on its schedule and the job
 ends with ``GENERATION_ERROR``, ``retryable: true``, once the retries are spent (clips the
-provider refused are only counted). A clip whose encode fails is failed
+provider refused are only counted, unless every missing clip was refused: then the stage fails with
+:class:`ContentRefused`, ``VALIDATION_ERROR``, not retryable). A clip whose encode fails is failed
 too and its neighbours are encoded again to cover it (an encode with a transition is first tried
 again as a cut, since the previous clip's source may be the broken one). Cancellation is checked
 before each step and polled while clips render; when it raises, in-flight ffmpeg processes are
@@ -57,7 +58,7 @@ from montage_stages.providers.costing import clip_encode_usd, local_cost
 from montage_stages.providers.renderers import ClipRenderer, renderer_for
 from montage_stages.runtime.context import StageContext
 from montage_stages.runtime.metrics import CLIPS_RENDERED, track_stage
-from montage_stages.runtime.provider_http import ProviderUnavailable
+from montage_stages.runtime.provider_http import ContentRefused, ProviderUnavailable
 from montage_stages.stages.clip_fanout import ClipEncoding, ClipEntry, ClipSource, ClipSpan, ClipsStalled
 
 STAGE = "video_generator"
@@ -114,6 +115,9 @@ class _Render:
         self.provider_errors: list[GenerationError] = []  # the renderer's failures, in order
         self.stored: dict[int, ClipSource] = {}  # fan-out: each source's copy in storage
         self.costed: set[int] = set()
+        # A refused reservation ends the stage, but only once the calls already paid for are done:
+        # a clip handed to a clip worker (or a provider call) in flight renders anyway, and is billed.
+        self.refused: BudgetExceededError | None = None
 
     async def run(self) -> Clips:
         for p in self.prompts:
@@ -123,13 +127,15 @@ class _Render:
                 self._spawn(self._fetch(p), "fetch", p.index)
         stop = asyncio.Event()
         poller = asyncio.create_task(_poll_cancel(self.ctx, stop), name=f"cancel-poll-{self.job_id}")
+        plan: dict[int, Segment] = {}
         try:
             while True:
-                plan = plan_segments(self.prompts, self.ok, self.transitions, self.fps)
-                for index, seg in plan.items():
-                    if self.encoded.get(index) != seg and index not in self.encoding:
-                        self.encoding.add(index)
-                        self._spawn(self._encode(seg), "encode", index, seg)
+                if self.refused is None:  # after a refusal nothing new starts; what runs ends
+                    plan = plan_segments(self.prompts, self.ok, self.transitions, self.fps)
+                    for index, seg in plan.items():
+                        if self.encoded.get(index) != seg and index not in self.encoding:
+                            self.encoding.add(index)
+                            self._spawn(self._encode(seg), "encode", index, seg)
                 if not self.tasks:
                     break
                 finished, _ = await asyncio.wait({*self.tasks, poller}, return_when=asyncio.FIRST_COMPLETED)
@@ -149,6 +155,8 @@ class _Render:
             for t in {*self.tasks, poller} - stuck:
                 if not t.cancelled():
                     t.exception()  # retrieved: no "exception never retrieved" noise
+        if self.refused is not None:
+            raise self.refused
         self._check_provider(len(plan))
         done = []
         for index, seg in sorted(plan.items()):
@@ -174,10 +182,15 @@ class _Render:
     def _check_provider(self, rendered: int) -> None:
         """Too few clips because the clip provider was unavailable: the stage fails retryably."""
         transient = [e for e in self.provider_errors if e.retryable]
-        if rendered >= spec(STAGE).min_clips or not transient:
+        refused = [e for e in self.provider_errors if isinstance(e, ContentRefused)]
+        if rendered >= spec(STAGE).min_clips or not (transient or refused):
             return
-        message = f"Insufficient clips generated ({rendered} of {len(self.prompts)}): {transient[0].message}"
-        raise ProviderUnavailable(message[:500])
+        if transient:
+            message = f"Insufficient clips generated ({rendered} of {len(self.prompts)}): {transient[0].message}"
+            raise ProviderUnavailable(message[:500])
+        # the provider refused clips under its content policy: the same prompts are refused again
+        message = f"Insufficient clips generated ({rendered} of {len(self.prompts)}): {refused[0].message}"
+        raise ContentRefused(message[:500])
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], kind: str, index: int, seg: Segment | None = None) -> None:
         self.tasks[asyncio.create_task(coro)] = (kind, index, seg)
@@ -187,7 +200,12 @@ class _Render:
         if kind == "encode":
             self.encoding.discard(index)
         exc = task.exception()
-        if isinstance(exc, JobCancelled | BudgetExceededError | ClipsStalled):  # the whole stage ends, not this clip
+        if isinstance(exc, BudgetExceededError):  # the stage ends once the calls in flight are done
+            if self.refused is None:
+                log.info("clips_draining_after_refusal", job_id=self.job_id, in_flight=len(self.tasks))
+            self.refused = self.refused or exc
+            return
+        if isinstance(exc, JobCancelled | ClipsStalled):  # the whole stage ends, not this clip
             raise exc
         if exc is not None and not isinstance(exc, Exception):
             raise exc
@@ -218,6 +236,8 @@ class _Render:
     async def _fetch(self, prompt: ClipPrompt) -> Source:
         async with self.fetch_slots:
             await self.ctx.check_cancelled()
+            if self.refused is not None:
+                raise self.refused
             dest = self.sources_dir / f"clip_{prompt.index}.mp4"
             source = await self.renderer.render(self.ctx, self.job_id, prompt, dest)
             if not isinstance(source, StillSource | VideoSource):
@@ -240,6 +260,8 @@ class _Render:
         """Encode the clip (here or on a clip worker) once its price is reserved against the job's
         budget; a refused reservation stops the stage (``BudgetExceededError``)."""
         index = seg.span.index
+        if self.refused is not None:
+            raise self.refused
         price = clip_encode_usd(self.ctx.settings, seg.span.frames / self.fps)
         async with self.ctx.budget.reserved(call_id(self.job_id, STAGE, f"clip_{index}"), price):
             if self.ctx.fanout is not None:
@@ -252,6 +274,8 @@ class _Render:
         previous = self.sources.get(seg.previous.index) if seg.previous is not None else None
         async with self.encode_slots:
             await self.ctx.check_cancelled()
+            if self.refused is not None:  # refused while this one waited for a slot: not started
+                raise self.refused
             if index not in self.started:
                 self.started.add(index)
                 await self.ctx.progress(f"Rendering clip {len(self.started)} of {len(self.prompts)}")
@@ -265,6 +289,7 @@ class _Render:
         with contextlib.suppress(OSError):
             dest.unlink()
         await self._cost(index, seconds)
+        await self.ctx.preview("clip", index, clip_key(self.job_id, index), None)
 
     async def _cost(self, index: int, seconds: float) -> None:
         """The clip's cost: one per clip (a clip encoded again keeps its call id)."""
@@ -302,6 +327,7 @@ class _Render:
             self.started.add(index)
             await self.ctx.progress(f"Rendering clip {len(self.started)} of {len(self.prompts)}")
         await self._cost(index, record.seconds)
+        await self.ctx.preview("clip", index, entry.output_key, None)
 
 
 def _digest(path: Path) -> str:
