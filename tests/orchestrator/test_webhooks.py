@@ -8,18 +8,35 @@ import asyncio
 import base64
 import ipaddress
 import json
+import os
 import secrets
+import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
 from aiohttp import web
+from montage_common.storage import LocalStorage
+from montage_dev.devstack import free_port
 from montage_orchestrator import ssrf, webhooks
 from standardwebhooks.webhooks import Webhook
 
-from tests.orchestrator.conftest import Orchestrator, Reply, headers, wait_for
+from tests.orchestrator.conftest import SECRET as TEST_INTERNAL_SECRET
+from tests.orchestrator.conftest import (
+    FakeStages,
+    Orchestrator,
+    Reply,
+    headers,
+    upload_form,
+    wait_for,
+    wav_bytes,
+)
 
 SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
@@ -352,3 +369,80 @@ async def test_console_lists_and_resends_a_delivery(
         ("done", job_id),
         ("not_found", None),
     ]
+
+
+async def test_sigkill_during_delivery_redelivers_with_the_same_id(
+    orchestrator_factory: Any,
+    receiver: Receiver,
+    pool: asyncpg.Pool,
+    redis_url: str,
+    database_url: str,
+    namespace: str,
+    keys: Any,
+    redis: Any,
+    tmp_path: Path,
+) -> None:
+    """An orchestrator process is SIGKILLed while its delivery is in flight (the receiver holds the
+    request): the claimed row's lease runs out and another orchestrator sends it again, with the same
+    webhook-id; a receiver that deduplicates on it records job.completed once."""
+    storage_dir = tmp_path / "storage"
+    port, ops_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "REDIS_URL": redis_url,
+        "DATABASE_URL": database_url,
+        "REDIS_NAMESPACE": namespace,
+        "PORT": str(port),
+        "OPS_PORT": str(ops_port),
+        "STORAGE_DIR": str(storage_dir),
+        "STORAGE_SIGNING_KEY": "test-signing-key",
+        "INTERNAL_SECRET": TEST_INTERNAL_SECRET,
+        "LOG_FORMAT": "json",
+        "USER_MAX_ACTIVE_JOBS": "1000",
+        "WEBHOOK_SECRET": SECRET,
+        "WEBHOOK_TIMEOUT_SECONDS": "1",  # its claims' lease: 1 s + 5 s
+        "WEBHOOK_POLL_SECONDS": "0.1",
+    }
+    fakes = FakeStages(redis, keys, LocalStorage(storage_dir, "test-signing-key", "http://127.0.0.1:1"))
+    await fakes.start()
+    receiver.hold = asyncio.Event()  # the first request is never answered
+    with (tmp_path / "orchestrator.log").open("ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "montage_orchestrator"], env=env, stdout=log, stderr=log)
+    session = aiohttp.ClientSession()
+    try:
+
+        async def ready() -> bool:
+            try:
+                async with session.get(f"http://127.0.0.1:{ops_port}/readyz") as resp:
+                    return resp.status == 200
+            except aiohttp.ClientError:
+                return False
+
+        await wait_for(ready)
+        form = upload_form(wav_bytes(), webhook_url=receiver.url)
+        resp = await session.post(f"http://127.0.0.1:{port}/api/v1/upload-audio", data=form, headers=headers())
+        assert resp.status == 201, await resp.text()
+        job_id = (await resp.json())["job_id"]
+        await wait_for(lambda: asyncio.sleep(0, receiver.received))  # the delivery is in flight
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        receiver.hold.set()
+        receiver.hold = None
+        await fakes.stop()
+        await orchestrator_factory(workers=False, **FAST)  # another process's delivery loop
+
+        async def delivered() -> asyncpg.Record | None:
+            rows = await _deliveries(pool, job_id)
+            return rows[0] if rows and rows[0]["state"] == "delivered" else None
+
+        row = await wait_for(delivered, attempts=400, every=0.05)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        await session.close()
+        await fakes.stop()
+    verified = receiver.verified()
+    assert [wid for wid, _ in verified] == [row["id"], row["id"]] and row["attempts"] == 2
+    once = {wid: e for wid, e in verified}  # what a receiver deduplicating on webhook-id keeps
+    assert [e["type"] for e in once.values()] == ["job.completed"]
