@@ -26,6 +26,11 @@ before each): the orchestrator process(es) (``python -m montage_orchestrator``),
    result on the results stream to the next stage's task on its stream (for the composer: to the
    job's ``completed`` event); the drain's figure (a backlog) is reported too.
 
+``--traced`` adds each replica count with tracing on (``OTEL_EXPORTER_OTLP_ENDPOINT`` for every
+service and the instant workers, to an OTLP/HTTP receiver process, ``montage_dev.fakes.otlp``; the
+SDK's default batching), interleaved with the same count off (1, 1 traced, 2, 2 traced, …); the
+summary adds the per-run ratios, on / off.
+
 ``--base DIR`` (a checkout of an earlier commit, e.g. ``git worktree add --detach /tmp/base <commit>``)
 adds that checkout's stack as the before figure, interleaved run by run (base 1, 1, base 2, 2, …):
 its services and instant workers run with ``PYTHONPATH`` on the checkout's ``services/*/src`` and
@@ -333,14 +338,21 @@ def pct(values: list[int], q: float) -> float:
 
 
 async def one_run(
-    infra: Infra, replicas: int, args: argparse.Namespace, logs: Path, profile: Path | None, base: Path | None = None
+    infra: Infra,
+    replicas: int,
+    args: argparse.Namespace,
+    logs: Path,
+    profile: Path | None,
+    base: Path | None = None,
+    variant_env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     redis = Redis.from_url(infra.redis.url)
     await redis.flushall()
     pg = await asyncpg.connect(infra.database_url)
     if await pg.fetchval("SELECT to_regclass('jobs') IS NOT NULL"):
         await pg.execute(f"TRUNCATE {TABLES} CASCADE")
-    svc = Services(infra, replicas, args.workers, logs, dict(kv.split("=", 1) for kv in args.env), base)
+    env = dict(kv.split("=", 1) for kv in args.env) | (variant_env or {})
+    svc = Services(infra, replicas, args.workers, logs, env, base)
     spies: list[subprocess.Popen[bytes]] = []
     try:
         svc.start()
@@ -440,6 +452,13 @@ async def one_run(
     return row
 
 
+async def _receiver_stats(url: str) -> dict[str, Any]:
+    with contextlib.suppress(Exception):
+        async with aiohttp.ClientSession() as http, http.get(f"{url}/_stats") as r:
+            return dict(await r.json())
+    return {}
+
+
 def fmt(v: float, d: int = 1) -> str:
     return f"{v:,.{d}f}"
 
@@ -460,18 +479,48 @@ async def main() -> None:
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--base", type=Path, default=None, help="a checkout to measure as the before figure, interleaved")
     p.add_argument("--keep", action="store_true", help="keep the logs and data directory")
+    p.add_argument(
+        "--traced",
+        action="store_true",
+        help="also each replica count with tracing on (OTLP/HTTP to a receiver process), interleaved",
+    )
+    p.add_argument(
+        "--traced-variant",
+        action="append",
+        default=[],
+        help="LABEL:KEY=VALUE;KEY=VALUE: one more traced variant, e.g. 'sampled-10pct:OTEL_TRACES_SAMPLER="
+        "parentbased_traceidratio;OTEL_TRACES_SAMPLER_ARG=0.1'",
+    )
     args = p.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="bench-control-plane-"))
     infra = Infra(root)
     replica_counts = [int(x) for x in args.replicas.split(",")]
-    variants: list[tuple[str, int, Path | None]] = []
+    variants: list[tuple[str, int, Path | None, dict[str, str]]] = []
+    receiver: subprocess.Popen[bytes] | None = None
+    traced_env: dict[str, str] = {}
+    more_traced = []  # parsed before the receiver starts: a typo must not leave it running
+    for spec in args.traced_variant:
+        label, _, pairs = spec.partition(":")
+        more_traced.append((label, dict(kv.split("=", 1) for kv in pairs.split(";") if kv)))
+    if args.traced:
+        port = free_port()
+        receiver = subprocess.Popen(
+            [sys.executable, "-m", "montage_dev.fakes.otlp", "--port", str(port), "--quiet"], start_new_session=True
+        )
+        wait_port("127.0.0.1", port, time.monotonic() + 30)
+        # the SDK's defaults otherwise (batches of 512 every 5 s, a queue of 2,048)
+        traced_env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}"}
     for r in replica_counts:
         if args.base is not None:
             base_sources(args.base)
-            variants.append((f"base {r}", r, args.base))
-        variants.append((str(r), r, None))
-    rows: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _ in variants}
+            variants.append((f"base {r}", r, args.base, {}))
+        variants.append((str(r), r, None, {}))
+        if args.traced:
+            variants.append((f"{r} traced", r, None, traced_env))
+            for label, more in more_traced:
+                variants.append((f"{r} traced {label}", r, None, traced_env | more))
+    rows: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _, _ in variants}
     loads = [os.getloadavg()[0]]
     try:
         infra.start()
@@ -490,10 +539,10 @@ async def main() -> None:
                 row = await one_run(infra, r, args, logs, args.profile)
                 print(f"profiled, {r} replica(s), not counted: jobs/s {row['jobs_s']:.0f}", flush=True)
         for run in range(args.runs):
-            for label, r, base in variants:
+            for label, r, base, variant_env in variants:
                 logs = root / f"run{run + 1}-{label.replace(' ', '-')}"
                 logs.mkdir()
-                row = await one_run(infra, r, args, logs, None, base)
+                row = await one_run(infra, r, args, logs, None, base, variant_env)
                 rows[label].append(row)
                 loads.append(row["load1"])
                 print(
@@ -502,6 +551,11 @@ async def main() -> None:
                 )
     finally:
         infra.stop()
+        if receiver is not None:
+            received = await _receiver_stats(traced_env["OTEL_EXPORTER_OTLP_ENDPOINT"])
+            print(f"OTLP receiver: {received}", flush=True)
+            os.killpg(receiver.pid, signal.SIGTERM)
+            receiver.wait()
         if not args.keep:
             import shutil
 
@@ -549,11 +603,23 @@ async def main() -> None:
             cells.append(f"{m[f'{phase}_p50_ms:{w}']:.0f} / {m[f'{phase}_p99_ms:{w}']:.0f}")
             print(f"| {r} | {phase} | " + " | ".join(cells) + " |")
     for r in replica_counts:
-        before, after = rows.get(f"base {r}", []), rows.get(str(r), [])
-        if before and after:
-            print(f"\n{r} replica(s), this checkout against --base, per run (after / before):")
-            for key in ("jobs_s", "xacts_per_job", "orchestrator_ms_per_job", "postgres_ms_per_job", "uploads_s",
-                        "upload_ms_orchestrator_cpu"):  # fmt: skip
+        for what, (before, after) in {
+            "this checkout against --base": (rows.get(f"base {r}", []), rows.get(str(r), [])),
+            "tracing on against off": (rows.get(str(r), []), rows.get(f"{r} traced", [])),
+            **{
+                f"tracing on ({label}) against off": (rows.get(str(r), []), rows[label])
+                for label in rows
+                if label.startswith(f"{r} traced ")
+            },
+        }.items():
+            if not (before and after):
+                continue
+            print(f"\n{r} replica(s), {what}, per run (after / before):")
+            for key in ("jobs_s", "xacts_per_job", "orchestrator_ms_per_job", "postgres_ms_per_job", "redis_ms_per_job",
+                        "workers_ms_per_job", "uploads_s", "upload_ms_gateway_cpu", "upload_ms_orchestrator_cpu",
+                        f"paced_p50_ms:{STAGES[1]}"):  # fmt: skip
+                if key not in after[0] or key not in before[0]:
+                    continue
                 ratios = [a[key] / b[key] for a, b in zip(after, before, strict=False)]
                 print(
                     f"  {key}: median {statistics.median(ratios):.2f}x (" + " / ".join(f"{x:.2f}" for x in ratios) + ")"

@@ -49,6 +49,11 @@ from montage_contracts.pipeline import MIN_CLIPS, PIPELINE, StageSpec
 from montage_stages.worker import WorkerSettings
 from montage_streams import Delivery, Emit, StreamConsumer, default_consumer_name
 
+try:
+    from montage_common import tracing
+except ImportError:  # a --base checkout older than tracing
+    tracing = None  # type: ignore[assignment]
+
 _out = msgspec.json.Encoder(decimal_format="number")
 SPAN = 2.0  # seconds per clip of the instant plan
 
@@ -120,9 +125,22 @@ def handler_for(stage: StageSpec, keys: Keys):  # type: ignore[no-untyped-def]
     async def handle(d: Delivery) -> list[Emit]:
         task: StageTask = task_decoder.decode(d.payload)
         output = msgspec.Raw(_out.encode(instant_output(stage, task.job_id)))
-        result = StageResult(
-            job_id=task.job_id, stage=stage.name, dispatch=task.dispatch, ok=True, output=output, attempts=d.attempt
-        )
+        if tracing is None:  # a --base checkout older than tracing
+            result = StageResult(
+                job_id=task.job_id, stage=stage.name, dispatch=task.dispatch, ok=True, output=output, attempts=d.attempt
+            )
+        else:  # as the real worker: a span continuing the task's trace, its context on the result
+            attributes = {"montage.job_id": task.job_id, "montage.stage": stage.name, "montage.attempt": d.attempt}
+            with tracing.span(f"stage {stage.name}", parent=task.traceparent, attributes=attributes):
+                result = StageResult(
+                    job_id=task.job_id,
+                    stage=stage.name,
+                    dispatch=task.dispatch,
+                    ok=True,
+                    output=output,
+                    attempts=d.attempt,
+                    traceparent=tracing.traceparent(),
+                )
         stream = keys.results_stream(keys.partition_of(task.job_id))
         return [Emit(stream, encode(result), message_id=dispatch_message_id(task.job_id, stage.name, task.dispatch))]
 
@@ -131,6 +149,8 @@ def handler_for(stage: StageSpec, keys: Keys):  # type: ignore[no-untyped-def]
 
 async def run(go_key: str) -> None:
     settings = load(WorkerSettings)
+    if tracing is not None:
+        tracing.setup("stage-instant")  # on when the OTEL_* variables say so, as in a real worker
     keys = Keys(settings.redis_namespace, settings.redis_partitions)
     redis = create_redis(target_of(settings), socket_timeout=10.0)
     await ready(redis)

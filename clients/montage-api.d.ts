@@ -924,6 +924,11 @@ export interface components {
             database: "connected";
             /** @enum {unknown} */
             redis: "connected";
+            /**
+             * @description Each stage's provider and its readiness (as its workers report)
+             * @default []
+             */
+            providers: components["schemas"]["ProviderReadiness"][];
         };
         /** Queue */
         Queue: {
@@ -936,6 +941,31 @@ export interface components {
             stages: {
                 [key: string]: number;
             };
+        };
+        /**
+         * ProviderReadiness
+         * @description One stage's generation provider, as its workers announce it and its calls went (no paid
+         *         endpoint is called to find out: the workers record each call's outcome in Redis).
+         */
+        ProviderReadiness: {
+            stage: string;
+            /** @description e.g. runway, ragnarok, openai-chat; local or none: no provider */
+            provider: string;
+            /** @description Its settings are present (e.g. RUNWAY_API_KEY) */
+            configured: boolean;
+            /** @description The settings that configure it */
+            setting: string;
+            /**
+             * @description local: the stage runs without a provider; unconfigured: its settings are missing; ready: configured, not called yet; answering: its last call succeeded; failing: its last call failed
+             * @enum {unknown}
+             */
+            state: "answering" | "failing" | "local" | "ready" | "unconfigured";
+            /** @default null */
+            last_success: string | null;
+            /** @default null */
+            last_failure: string | null;
+            /** @default null */
+            last_error: string | null;
         };
         /**
          * Unhealthy
@@ -953,6 +983,11 @@ export interface components {
              *       "database connection failed"
              *     ] */
             issues: string[];
+            /**
+             * @description Each stage's provider and its readiness (as its workers report)
+             * @default []
+             */
+            providers: components["schemas"]["ProviderReadiness"][];
         };
         /**
          * RateLimited

@@ -160,3 +160,9 @@ def test_client_spans_without_a_parent_are_not_recorded() -> None:
         assert proc.returncode == 0, proc.stderr
         names = sorted(s.name for s in receiver.spans())
     assert names == ["redis call", "request"]
+
+
+def test_instrumentations_honour_the_standard_disabled_list() -> None:
+    assert tracing.instrumentations({}) == ["aiohttp-server", "aiohttp-client", "httpx", "redis", "asyncpg"]
+    off = {"OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "redis, asyncpg"}
+    assert tracing.instrumentations(off) == ["aiohttp-server", "aiohttp-client", "httpx"]

@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 from montage_common.storage import sign
+from montage_contracts.keys import Keys
 from montage_gateway.app import create_app
 from montage_gateway.openapi import document
 from montage_gateway.settings import DEV_JWT_SECRET, GatewaySettings
@@ -159,3 +160,33 @@ async def test_metrics_exposed_on_the_ops_port_only(gw: Any) -> None:
         text = await r.text()
     assert "montage_gateway_auth_failures_total" in text
     assert 'montage_http_requests_total{method="GET",route="/api/v1/jobs",service="gateway",status="401"}' in text
+
+
+async def test_health_reports_each_stages_provider(gw: Any, redis: Any, keys: Keys) -> None:
+    """What the stage workers announce and record of their calls (montage_stages' ProviderLimits,
+    the same Redis hash), read back by the gateway: no provider is called for it."""
+    from montage_stages.runtime.provider_limits import ProviderLimits
+
+    limits = ProviderLimits(redis, keys)
+    await limits.announce("video_generator", "runway", True, "VIDEO_PROVIDER, RUNWAY_API_KEY")
+    await limits.announce("reference_generator", "openai-images", False, "IMAGE_PROVIDER_URL")
+    await limits.announce("composer", "local", True, "")
+    await limits.announce("scene_planner", "openai-chat", True, "LLM_URL")
+    body = await (await gw.get("/api/v1/health")).json()
+    states = {p["stage"]: (p["provider"], p["state"]) for p in body["providers"]}
+    assert states == {
+        "scene_planner": ("openai-chat", "ready"),
+        "reference_generator": ("openai-images", "unconfigured"),
+        "video_generator": ("runway", "ready"),
+        "composer": ("local", "local"),
+    }
+    await limits.report("runway", True)
+    await limits.report("openai-chat", False, "Runway answered 500")
+    body = await (await gw.get("/api/v1/health")).json()
+    by_stage = {p["stage"]: p for p in body["providers"]}
+    assert by_stage["video_generator"]["state"] == "answering" and by_stage["video_generator"]["last_success"]
+    failing = by_stage["scene_planner"]
+    assert failing["state"] == "failing" and failing["last_error"] == "Runway answered 500"
+    await limits.report("runway", False, "Runway task t1 failed (INTERNAL)")
+    body = await (await gw.get("/api/v1/health")).json()
+    assert {p["stage"]: p["state"] for p in body["providers"]}["video_generator"] == "failing"

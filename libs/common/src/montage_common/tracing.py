@@ -8,7 +8,8 @@ SDK's own reading of the standard variables: ``OTEL_SERVICE_NAME`` (default: the
 e.g. ``montage-gateway``, ``montage-stage-composer``), ``OTEL_RESOURCE_ATTRIBUTES``,
 ``OTEL_TRACES_SAMPLER``/``OTEL_TRACES_SAMPLER_ARG`` (default ``parentbased_always_on``),
 ``OTEL_EXPORTER_OTLP_HEADERS``/``_TIMEOUT``/``_COMPRESSION``, ``OTEL_BSP_*`` (the batch processor),
-``OTEL_PROPAGATORS`` (default W3C ``tracecontext,baggage``). The exporter is OTLP over HTTP with
+``OTEL_PROPAGATORS`` (default W3C ``tracecontext,baggage``), ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS``
+(:func:`instrumentations`). The exporter is OTLP over HTTP with
 protobuf (``OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf``, port 4318); ``grpc`` is refused at start.
 
 Off, nothing is installed: the API's no-op tracer, :func:`span` is a bare context manager,
@@ -138,28 +139,48 @@ def setup(service: str, env: Mapping[str, str] = os.environ) -> bool:
     return True
 
 
+INSTRUMENTATIONS = ("aiohttp-server", "aiohttp-client", "httpx", "redis", "asyncpg")
+
+
+def instrumentations(env: Mapping[str, str] = os.environ) -> list[str]:
+    """The instrumentations to install: all of :data:`INSTRUMENTATIONS` but those named in the
+    standard ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS`` (e.g. ``redis,asyncpg``: fewer, cheaper
+    spans; the trace still links every service, since the propagation is Montage's own and HTTP's)."""
+    off = {n.strip() for n in env.get("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "").split(",")}
+    return [n for n in INSTRUMENTATIONS if n not in off]
+
+
 def _instrument(env: Mapping[str, str]) -> None:
     """The maintained instrumentations of the libraries Montage uses (those installed here)."""
     if "OTEL_PYTHON_AIOHTTP_SERVER_EXCLUDED_URLS" not in env and "OTEL_PYTHON_EXCLUDED_URLS" not in env:
         os.environ["OTEL_PYTHON_AIOHTTP_SERVER_EXCLUDED_URLS"] = OPS_PATHS_EXCLUDED
-    from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
-    from opentelemetry.instrumentation.aiohttp_server import AioHttpServerInstrumentor
-    from opentelemetry.instrumentation.httpx import HTTPX2ClientInstrumentor, HTTPXClientInstrumentor
-    from opentelemetry.instrumentation.redis import RedisInstrumentor
+    wanted = instrumentations(env)
+    if "aiohttp-server" in wanted:
+        from opentelemetry.instrumentation.aiohttp_server import AioHttpServerInstrumentor
 
-    AioHttpServerInstrumentor().instrument()
-    AioHttpClientInstrumentor().instrument()
-    HTTPXClientInstrumentor().instrument()  # Supabase Storage
-    with contextlib.suppress(ModuleNotFoundError):  # the openai SDK's client (httpx2), in the workers
-        HTTPX2ClientInstrumentor().instrument()
-    RedisInstrumentor().instrument()
-    try:  # the [postgres] extra: the gateway and the workers have no asyncpg
-        import asyncpg  # noqa: F401
-    except ImportError:
-        return
-    from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
+        AioHttpServerInstrumentor().instrument()
+    if "aiohttp-client" in wanted:
+        from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
 
-    AsyncPGInstrumentor().instrument()  # type: ignore[no-untyped-call]
+        AioHttpClientInstrumentor().instrument()
+    if "httpx" in wanted:
+        from opentelemetry.instrumentation.httpx import HTTPX2ClientInstrumentor, HTTPXClientInstrumentor
+
+        HTTPXClientInstrumentor().instrument()  # Supabase Storage
+        with contextlib.suppress(ModuleNotFoundError):  # the openai SDK's client (httpx2), in the workers
+            HTTPX2ClientInstrumentor().instrument()
+    if "redis" in wanted:
+        from opentelemetry.instrumentation.redis import RedisInstrumentor
+
+        RedisInstrumentor().instrument()
+    if "asyncpg" in wanted:
+        try:  # the [postgres] extra: the gateway and the workers have no asyncpg
+            import asyncpg  # noqa: F401
+        except ImportError:
+            return
+        from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
+
+        AsyncPGInstrumentor().instrument()  # type: ignore[no-untyped-call]
 
 
 def shutdown() -> None:

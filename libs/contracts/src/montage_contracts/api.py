@@ -419,6 +419,29 @@ class Queue(Struct, kw_only=True):
     stages: Annotated[dict[str, int], Meta(description="Unfinished tasks per stage")]
 
 
+ProviderState = Literal["local", "unconfigured", "ready", "answering", "failing"]
+
+
+class ProviderReadiness(Struct, kw_only=True):
+    """One stage's generation provider, as its workers announce it and its calls went (no paid
+    endpoint is called to find out: the workers record each call's outcome in Redis)."""
+
+    stage: str
+    provider: Annotated[str, Meta(description="e.g. runway, ragnarok, openai-chat; local or none: no provider")]
+    configured: Annotated[bool, Meta(description="Its settings are present (e.g. RUNWAY_API_KEY)")]
+    setting: Annotated[str, Meta(description="The settings that configure it")]
+    state: Annotated[
+        ProviderState,
+        Meta(
+            description="local: the stage runs without a provider; unconfigured: its settings are missing;"
+            " ready: configured, not called yet; answering: its last call succeeded; failing: its last call failed"
+        ),
+    ]
+    last_success: Timestamp | None = None
+    last_failure: Timestamp | None = None
+    last_error: str | None = None
+
+
 class Healthy(Struct, kw_only=True):
     """200 of ``GET /api/v1/health``."""
 
@@ -427,6 +450,9 @@ class Healthy(Struct, kw_only=True):
     queue: Queue
     database: Literal["connected"]
     redis: Literal["connected"]
+    providers: Annotated[
+        list[ProviderReadiness], Meta(description="Each stage's provider and its readiness (as its workers report)")
+    ] = []
 
 
 class Unhealthy(Struct, kw_only=True):
@@ -435,6 +461,9 @@ class Unhealthy(Struct, kw_only=True):
     status: Literal["unhealthy"]
     timestamp: Timestamp
     issues: Annotated[list[str], Meta(min_length=1, examples=[["database connection failed"]])]
+    providers: Annotated[
+        list[ProviderReadiness], Meta(description="Each stage's provider and its readiness (as its workers report)")
+    ] = []
 
 
 class InternalHealth(Struct, kw_only=True):

@@ -131,7 +131,7 @@ def build(settings: GatewaySettings, redis: Redis, session: aiohttp.ClientSessio
             close_after_final=settings.sse_close_after_final_seconds,
             write_timeout=settings.sse_write_timeout_seconds,
         ),
-        health=HealthHandler(forwarder, orchestrator, redis),
+        health=HealthHandler(forwarder, orchestrator, redis, keys),
     )
 
 

@@ -416,6 +416,7 @@ class StageWorker:
                 key=target,
                 subject=subject,
                 dispatch=task.dispatch,
+                traceparent=tracing.traceparent(),
             )
             try:  # best effort, as a progress text: the stage's own file is what the pipeline uses
                 await self.storage.copy(key, target, content_type)

@@ -1,11 +1,12 @@
 """DEVELOPMENT STAND-IN for an OpenTelemetry collector's OTLP/HTTP trace receiver — not a collector.
 
-    python -m montage_dev.fakes.otlp --port 4318     # prints one JSON line per span received
+    python -m montage_dev.fakes.otlp --port 4318 [--quiet]   # prints one JSON line per span received
 
 - ``POST /v1/traces``: an ``ExportTraceServiceRequest`` (protobuf, optionally gzip), as the SDK's
   OTLP/HTTP exporter sends it (``OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318``); answers an
   empty ``ExportTraceServiceResponse``. Each span is kept as a :class:`ReceivedSpan`.
-- ``GET /_spans``: what was received, as JSON; ``POST /_reset`` forgets it.
+- ``GET /_spans``: what was received, as JSON; ``GET /_stats``: how many requests and spans;
+  ``POST /_reset`` forgets it.
 
 Importable too: :func:`create_app` returns the application and its :class:`Received` state, and
 :class:`ReceiverThread` runs one on a free port in a thread of its own (for a synchronous fixture
@@ -30,6 +31,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
+_EMPTY = ExportTraceServiceResponse().SerializeToString()
 KINDS = {0: "unspecified", 1: "internal", 2: "server", 3: "client", 4: "producer", 5: "consumer"}
 
 
@@ -51,6 +53,8 @@ class ReceivedSpan:
 class Received:
     spans: list[ReceivedSpan] = field(default_factory=list)
     requests: int = 0
+    count: int = 0  # spans received (also when not kept)
+    keep: bool = True
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def snapshot(self) -> list[ReceivedSpan]:
@@ -105,10 +109,19 @@ def create_app(received: Received | None = None, *, echo: bool = False) -> tuple
         body = await request.read()
         if request.headers.get("Content-Encoding", "").lower() == "gzip":
             body = gzip.decompress(body)
+        if not state.keep:  # count only: parse, build nothing (the benchmarks' receiver stays cheap)
+            request = ExportTraceServiceRequest()
+            request.ParseFromString(body)
+            n = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+            with state.lock:
+                state.requests += 1
+                state.count += n
+            return web.Response(body=_EMPTY, content_type="application/x-protobuf")
         spans = decode(body)
         with state.lock:
             state.spans.extend(spans)
             state.requests += 1
+            state.count += len(spans)
         if echo:
             for s in spans:
                 print(json.dumps(asdict(s), default=str), flush=True)
@@ -119,6 +132,10 @@ def create_app(received: Received | None = None, *, echo: bool = False) -> tuple
     async def spans(_: web.Request) -> web.Response:
         return web.json_response([asdict(s) for s in state.snapshot()])
 
+    async def stats(_: web.Request) -> web.Response:
+        with state.lock:
+            return web.json_response({"requests": state.requests, "spans": state.count})
+
     async def reset(_: web.Request) -> web.Response:
         state.reset()
         return web.json_response({"ok": True})
@@ -126,6 +143,7 @@ def create_app(received: Received | None = None, *, echo: bool = False) -> tuple
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_post("/v1/traces", traces)
     app.router.add_get("/_spans", spans)
+    app.router.add_get("/_stats", stats)
     app.router.add_post("/_reset", reset)
     return app, state
 
@@ -180,8 +198,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="montage_dev.fakes.otlp", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=4318)
+    parser.add_argument("--quiet", action="store_true", help="print nothing and keep no spans: only count them")
     args = parser.parse_args(argv)
-    app, _ = create_app(echo=True)
+    app, _ = create_app(Received(keep=not args.quiet), echo=not args.quiet)
     web.run_app(app, host=args.host, port=args.port, access_log=None, print=None)
 
 

@@ -90,6 +90,20 @@
     } catch (err) { state.errors += 1; state.lastError = String(err); $("live").className = "live off"; }
   }
 
+  // --- providers (the public health document: what the stage workers announce and recorded) ---
+  async function pollProviders() {
+    try {
+      const r = await fetch("/api/v1/health");
+      const body = await r.json();
+      state.providers = body.providers || [];
+      $("providers").tBodies[0].replaceChildren(...state.providers.map((p) => el("tr", { "data-stage": p.stage },
+        el("td", {}, el("code", {}, p.stage)), el("td", {}, p.provider),
+        el("td", {}, `${p.configured ? "yes" : "no"}${p.setting ? ` (${p.setting})` : ""}`),
+        el("td", {}, pill(p.state)), el("td", {}, when(p.last_success)), el("td", {}, when(p.last_failure)),
+        el("td", {}, p.last_error || ""))));
+    } catch (err) { state.errors += 1; state.lastError = String(err); }
+  }
+
   // --- dead letters ---------------------------------------------------------------------------
   async function loadDead() {
     const stream = $("dead-stream").value;
@@ -229,12 +243,13 @@
     location.replace("/admin/queues");
   });
   $("interval").textContent = INTERVAL;
-  window.montageAdmin = { state, pollQueues, loadDead, openJob, searchJobs, noConfirm: false };
+  window.montageAdmin = { state, pollQueues, pollProviders, loadDead, openJob, searchJobs, noConfirm: false };
   api("GET", "/me").then((me) => { $("who").textContent = me.user_id; }).catch(() => {});
   route();
-  pollQueues();
+  pollQueues(); pollProviders();
   setInterval(() => {
     pollQueues();
+    if (document.body.dataset.tab === "queues" && state.polls % 5 === 0) pollProviders();
     if (document.body.dataset.tab === "dead") loadDead();
     if (document.body.dataset.tab === "jobs" && state.jobId) openJob(state.jobId);
   }, INTERVAL * 1000);
