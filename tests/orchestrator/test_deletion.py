@@ -32,6 +32,12 @@ async def test_owner_deletes_a_completed_job(
     assert done["status"] == "completed" and done["video_url"]
     storage_dir = tmp_path / "storage"
     assert files_of(storage_dir, job_id), "the job stored nothing"
+
+    async def copied() -> bool:  # its events are in its owner's log too (GET /api/v1/events)
+        user_log = await redis.xrange(orch.deps.keys.user_events_stream("user-1"))
+        return any(fields[b"j"].decode() == job_id for _, fields in user_log)
+
+    await wait_for(copied)
     assert await keys_of(redis, namespace, job_id), "the job has no Redis keys"
     total = await pool.fetchval("SELECT total_cost FROM jobs WHERE job_id = $1::uuid", job_id)
     spent_before = (await (await orch.session.get(f"{orch.url}/internal/usage", headers=headers())).json())[
@@ -47,6 +53,9 @@ async def test_owner_deletes_a_completed_job(
     assert resp.status == 204 and await resp.read() == b""
     assert files_of(storage_dir, job_id) == []
     assert await keys_of(redis, namespace, job_id) == []
+    user_log = await redis.xrange(orch.deps.keys.user_events_stream("user-1"))
+    assert all(fields[b"j"].decode() != job_id for _, fields in user_log)
+    assert not await redis.hexists(orch.deps.keys.user_event_cursors("user-1"), job_id)
     for table in ("jobs", "job_stages", "job_costs", "webhook_deliveries", "orchestrator_outbox", "job_cleanup_log"):
         assert await pool.fetchval(f"SELECT count(*) FROM {table} WHERE job_id = $1::uuid", job_id) == 0, table
     # what billing keeps: the charges' amounts under the job id and its owner, nothing the user wrote

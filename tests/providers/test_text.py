@@ -74,7 +74,8 @@ async def test_request_shape_usage_and_cost(make_ctx: Callable[..., StageContext
     }
     usage = req["usage"]
     [item] = costs
-    assert item.call_id == "job1:scene_planner:llm" and item.api_name == "llm:gpt-5.4-mini"
+    # one row per billed request: the logical call, then the request's id
+    assert item.call_id.startswith("job1:scene_planner:llm@req_") and item.api_name == "llm:gpt-5.4-mini"
     expected = (
         Decimal(usage["prompt_tokens"]) * Decimal("0.75") + Decimal(usage["completion_tokens"]) * Decimal("4.50")
     ) / 10**6
@@ -112,7 +113,7 @@ async def test_failures(
     assert caught.value.code == (ErrorCode.VALIDATION_ERROR if refused else ErrorCode.GENERATION_ERROR)
     assert caught.value.retryable is (error is ProviderUnavailable)
     # a refusal was billed (usage came back); the failures that never answered were not
-    assert [c.call_id for c in costs] == (["c"] if mode == "refuse" else [])
+    assert [c.call_id.split("@")[0] for c in costs] == (["c"] if mode == "refuse" else [])
 
 
 async def test_hang_past_the_timeout(make_ctx: Callable[..., StageContext], fake: Fake) -> None:
@@ -177,7 +178,7 @@ async def test_scene_planner_sends_the_plan_and_its_lyrics(
     # the model's words (the fake mirrors what it got) replace the local ones, timing stays local
     assert all(c.description.startswith("Cinematic, vivid:") for c in plan.clip_scripts)
     assert plan.clip_scripts[0].start == 0.0
-    assert {c.call_id for c in costs} == {"job1:scene_planner:local", "job1:scene_planner:llm"}
+    assert {c.call_id.split("@")[0] for c in costs} == {"job1:scene_planner:local", "job1:scene_planner:llm"}
 
 
 async def test_scene_planner_failure_propagates(make_ctx: Callable[..., StageContext], fake: Fake) -> None:
@@ -202,7 +203,7 @@ async def test_prompt_generator_rewrites_every_prompt(
     assert [c["draft"] for c in sent["clips"]] == [p.prompt for p in local.clips]
     assert [p.prompt for p in out.clips] == [f"Cinematic, vivid: {p.prompt[:400]}".strip() for p in local.clips]
     assert [p.index for p in out.clips] == [p.index for p in local.clips] and out.text_only
-    assert "job1:prompt_generator:llm" in {c.call_id for c in costs}
+    assert "job1:prompt_generator:llm" in {c.call_id.split("@")[0] for c in costs}
 
 
 async def test_a_missing_clip_keeps_its_local_prompt(make_ctx: Callable[..., StageContext]) -> None:
@@ -216,3 +217,15 @@ async def test_a_missing_clip_keeps_its_local_prompt(make_ctx: Callable[..., Sta
 
     merged = prompt_writer.merge(prompts, {"prompts": [{"index": 1, "prompt": "B!"}, {"index": 9, "prompt": "x"}]})
     assert [p.prompt for p in merged.clips] == ["a", "B!"]
+
+
+async def test_a_call_made_again_is_billed_again(make_ctx: Callable[..., StageContext], costs: Costs) -> None:
+    """A retried stage makes its chat completion again and the provider bills both: two rows of the
+    same logical call, each under its own request id (sent as X-Client-Request-Id, or the answer's
+    x-request-id), so the orchestrator records both; a request reported twice has one id."""
+    ctx = make_ctx()
+    for _ in range(2):
+        await complete_json(ctx, call="job1:prompt_generator:llm", name="n", schema=SCHEMA, system="s", user="{}")
+    first, second = (c.call_id for c in costs)
+    assert first.split("@")[0] == second.split("@")[0] == "job1:prompt_generator:llm"
+    assert first != second and all("@req_" in c for c in (first, second))

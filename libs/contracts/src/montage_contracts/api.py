@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import enum
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 import msgspec
 from msgspec import Meta, Struct
@@ -751,11 +751,64 @@ SSE_EVENTS: tuple[type[Struct], ...] = (
 )
 
 
+# --- SSE of all the caller's jobs (GET /api/v1/events) ----------------------------------------
+class UserStateData(Struct, kw_only=True):
+    jobs: Annotated[
+        list[JobListItem],
+        Meta(description="The caller's queued and processing jobs now, newest first (at most 50 of each)"),
+    ]
+
+
+class UserStateEvent(Struct, kw_only=True, tag="state", tag_field="event"):
+    """First message of every connection: the caller's active jobs now. Its ``id:`` is the resume
+    point in the caller's log (``Last-Event-ID``, or the newest logged event on a fresh connection)."""
+
+    id: EventId
+    data: UserStateData
+
+
+def _user_event(cls: type[Struct]) -> type[Struct]:
+    """The user stream's form of a logged job event: the same event, ``job_id`` added to its data."""
+    fields = {f.name: f for f in msgspec.structs.fields(cls)}
+    payload: type[Struct] = fields["data"].type
+    data = msgspec.defstruct(
+        f"User{payload.__name__}",
+        [("job_id", JobId)],
+        bases=(payload,),
+        kw_only=True,
+        module=__name__,
+    )
+    name = sse_event_name(cls)
+    return msgspec.defstruct(
+        f"User{cls.__name__}",
+        [("id", EventId), ("data", data)],
+        kw_only=True,
+        tag=name,
+        tag_field="event",
+        module=__name__,
+    )
+
+
 def sse_event_name(cls: type[Struct]) -> str:
     """The SSE ``event:`` name of one of :data:`SSE_EVENTS`."""
     tag = cls.__struct_config__.tag
     assert isinstance(tag, str)
     return tag
+
+
+# One per logged event of the job stream, in the same order (their ``data`` has ``job_id`` first on the wire).
+USER_LOGGED_EVENTS: tuple[type[Struct], ...] = tuple(
+    _user_event(cls) for cls in SSE_EVENTS if cls not in (StateEvent, HeartbeatEvent)
+)
+USER_SSE_EVENTS: tuple[type[Struct], ...] = (UserStateEvent, *USER_LOGGED_EVENTS, HeartbeatEvent)
+for _cls in USER_LOGGED_EVENTS:  # module attributes like the written ones (the document's schemas come from here)
+    globals()[_cls.__name__] = _cls
+    _data_type = next(f.type for f in msgspec.structs.fields(_cls) if f.name == "data")
+    globals()[_data_type.__name__] = _data_type
+if TYPE_CHECKING:
+    UserSseEvent = Struct
+else:
+    UserSseEvent = Union[USER_SSE_EVENTS]  # noqa: UP007 - a union made at run time
 
 
 def decode_sse(event: str, data: bytes, event_id: str | None = None) -> SseEvent:

@@ -84,13 +84,14 @@ class _Schemas:
     """One ``schema_components`` call over every type of the document; ``of(t)`` is t's schema."""
 
     def __init__(self, ops: tuple[Route, ...]) -> None:
-        types: list[Any] = [api.SseEvent, api.WebhookEvent]
+        types: list[Any] = [api.SseEvent, api.UserSseEvent, api.WebhookEvent]
         types.extend(t for op in ops for t in _types(op))
         types.extend(t for _, t, _, _ in HEADERS.values())
         unique = list(dict.fromkeys(types))
         schemas, self.components = msgspec.json.schema_components(unique, ref_template=REF)
         self._by_type = dict(zip(unique, schemas, strict=True))
         self.components["SseEvent"] = self._by_type[api.SseEvent]
+        self.components["UserSseEvent"] = self._by_type[api.UserSseEvent]
         self.components.update(api.EXTRA_COMPONENTS)
         for name, keywords in api.SCHEMA_EXTRAS.items():
             self.components[name] = {**self.components[name], **keywords}

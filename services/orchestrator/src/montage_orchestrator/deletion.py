@@ -19,7 +19,8 @@ finished by asking again):
    the user wrote or uploaded is kept (no prompt, file name, outputs, error texts, events).
    ``admin_actions`` keeps its rows (the operators' audit log: who did what, not the user's data).
 4. **Its Redis keys go**: the event log (SSE replay), the status cache, clip records, budget
-   ledger, liveness and fault keys, the SSE connection leases. The cancel flag of a job that was
+   ledger, liveness and fault keys, the SSE connection leases; and its events' copies in its
+   owner's event log (``GET /api/v1/events``) with the job's cursor there. The cancel flag of a job that was
    running stays until it expires (``CANCEL_FLAG_SECONDS``): a worker still on the job must see
    it. Files a worker still running writes after step 2 are deleted by a second pass after the
    commit, and anything later by the scheduled cleanup's orphan rule (no job row).
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 import structlog
@@ -107,6 +109,28 @@ async def delete_redis_keys(deps: Deps, job_id: str, *, with_cancel_flag: bool) 
             return
 
 
+async def delete_user_log_entries(deps: Deps, user_id: str, job_id: str) -> int:
+    """Remove the job's copies from its owner's event log (``GET /api/v1/events``; the log is the
+    user's, so it stays with the user's other jobs) and the job's cursor there; how many. Best effort."""
+    log_key, cursors = deps.keys.user_events_stream(user_id), deps.keys.user_event_cursors(user_id)
+    r: Any = deps.redis
+    removed, start = 0, "-"
+    try:
+        while True:
+            batch = await r.xrange(log_key, min=start, max="+", count=1000)
+            ours = [eid for eid, fields in batch if fields.get(b"j", b"").decode() == job_id]
+            if ours:
+                removed += int(await r.xdel(log_key, *ours))
+            if len(batch) < 1000:
+                break
+            last = batch[-1][0].decode() if isinstance(batch[-1][0], bytes) else str(batch[-1][0])
+            start = "(" + last
+        await r.hdel(cursors, job_id)
+    except Exception as exc:
+        log.warning("job_delete_user_log_failed", job_id=job_id, error=str(exc)[:200])
+    return removed
+
+
 async def _delete_rows(deps: Deps, job_id: uuid.UUID, deleted_by: str) -> asyncpg.Record | None:
     """Step 3 in one transaction; the job row as it was (None: it was deleted meanwhile)."""
     async with deps.pool.acquire() as conn, conn.transaction():
@@ -166,6 +190,7 @@ async def delete_job(deps: Deps, job_id: uuid.UUID, *, owner: str | None, delete
         return Deleted(jid, user_id, already=True)
     files += await delete_files(deps, jid, user_id)  # what a worker still running stored meanwhile
     await delete_redis_keys(deps, jid, with_cancel_flag=was in FINAL_STATUSES)
+    await delete_user_log_entries(deps, user_id, jid)  # after the job's log: nothing is copied again
     await delete_redis_keys(deps, jid, with_cancel_flag=False)  # a status read racing the commit
     metrics.JOBS_DELETED.labels("owner" if owner is not None else "operator").inc()
     log.info("job_deleted", job_id=jid, was=was, files=files, by=deleted_by)

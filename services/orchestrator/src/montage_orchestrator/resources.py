@@ -1,8 +1,8 @@
 """The orchestrator's resources, one ``cleanup_ctx`` each, started in this order and stopped in
 the reverse one: the Postgres pool (and migrations) and the Redis client (both from
 ``montage_common.resources``), storage, the container
-(``app[DEPS]``), the results consumers (one per partition), the sweeper, the turn-giver, the
-webhook delivery loop.
+(``app[DEPS]``), the results consumers (one per partition), the sweeper, the turn-giver, the users'
+event logs, the webhook delivery loop.
 """
 
 from __future__ import annotations
@@ -70,6 +70,7 @@ def results_consumers(settings: OrchestratorSettings, replica: str) -> Context:
                 claim_idle_ms=settings.claim_idle_ms,
                 retry=RESULT_RETRY,
                 grace=settings.shutdown_grace_seconds,
+                on_handed_off=deps.user_events.notice,  # copy the events just logged to their users' logs
             )
             for stream in deps.keys.results_streams()
         ]
@@ -89,6 +90,21 @@ def sweeper(settings: OrchestratorSettings, replica: str) -> Context:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         stop = asyncio.Event()
         task = asyncio.create_task(Sweeper(app[DEPS], replica).run(stop), name="sweeper")
+        try:
+            yield
+        finally:
+            stop.set()
+            await _finish([task], settings.shutdown_grace_seconds + 1)
+
+    return ctx
+
+
+def user_events(settings: OrchestratorSettings) -> Context:
+    """The copy of job events into their users' logs (``user_events``)."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        stop = asyncio.Event()
+        task = asyncio.create_task(app[DEPS].user_events.run(stop), name="user-events")
         try:
             yield
         finally:

@@ -16,11 +16,12 @@ from typing import Any
 
 import openai
 from montage_contracts.errors import GenerationError
+from montage_contracts.messages import request_call_id
 from montage_contracts.models import CostItem
 
 from montage_stages.providers.costing import image_usd
 from montage_stages.runtime.context import StageContext
-from montage_stages.runtime.provider_http import ProviderUnavailable, translate
+from montage_stages.runtime.provider_http import ProviderUnavailable, client_request_id, request_id_of, translate
 
 WHAT = "image provider"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -46,14 +47,16 @@ async def generate_png(ctx: StageContext, call_id: str, prompt: str) -> tuple[by
     s = ctx.settings
     client = ctx.providers.openai(s.image_provider_url, s.image_provider_api_key, s.image_timeout_seconds)
     async with ctx.budget.reserved(call_id, image_usd(s, s.image_provider_model, 1)):  # n=1
+        sent = client_request_id()
         try:
-            answer = await client.images.generate(**request(ctx, prompt))
+            answer = await client.images.generate(**request(ctx, prompt), extra_headers={"X-Client-Request-Id": sent})
         except (openai.OpenAIError, ValueError) as exc:
             raise translate(WHAT, exc) from None
         images = answer.data or []
         if images:
             amount = image_usd(s, s.image_provider_model, len(images))
-            await ctx.cost(CostItem(call_id=call_id, api_name=f"image:{s.image_provider_model}", amount=amount))
+            billed = request_call_id(call_id, request_id_of(answer, sent))  # one row per billed request
+            await ctx.cost(CostItem(call_id=billed, api_name=f"image:{s.image_provider_model}", amount=amount))
     if not images or not images[0].b64_json:
         raise ProviderUnavailable(f"{WHAT} answered without b64_json")
     try:

@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import openai
-from montage_contracts.messages import call_id
+from montage_contracts.messages import call_id, request_call_id
 from montage_contracts.models import CostItem, LyricLine, LyricWord
 
 from montage_stages.providers.costing import stt_usd
 from montage_stages.runtime.context import StageContext
-from montage_stages.runtime.provider_http import ProviderUnavailable, translate
+from montage_stages.runtime.provider_http import ProviderUnavailable, client_request_id, request_id_of, translate
 
 WHAT = "transcription provider"
 _LINE_GAP_SECONDS = 1.0  # without segments, a pause this long starts a new line
@@ -40,8 +40,10 @@ async def transcribe(
     mime = mimetypes.guess_type(filename)[0] or "application/octet-stream"
     call = call_id(job_id, "audio_parser", "lyrics")
     async with ctx.budget.reserved(call, stt_usd(s, s.stt_model, planned_seconds)):
+        sent = client_request_id()
         try:
             result = await client.audio.transcriptions.create(
+                extra_headers={"X-Client-Request-Id": sent},
                 file=(filename, data, mime),
                 model=s.stt_model,
                 response_format="verbose_json",
@@ -54,7 +56,8 @@ async def transcribe(
             raise ProviderUnavailable(f"{WHAT} answered without verbose_json's duration")
         usage = raw.get("usage") or {}
         seconds = float(usage.get("seconds") or raw["duration"]) if isinstance(usage, dict) else float(raw["duration"])
-        await ctx.cost(CostItem(call_id=call, api_name=f"stt:{s.stt_model}", amount=stt_usd(s, s.stt_model, seconds)))
+        billed = request_call_id(call, request_id_of(result, sent))  # one row per billed request
+        await ctx.cost(CostItem(call_id=billed, api_name=f"stt:{s.stt_model}", amount=stt_usd(s, s.stt_model, seconds)))
     parsed = [_word(w) for w in raw.get("words") or [] if isinstance(w, dict)]
     words = [w for w in parsed if w is not None]
     return lines(words, [seg for seg in raw.get("segments") or [] if isinstance(seg, dict)])

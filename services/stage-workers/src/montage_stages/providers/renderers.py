@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import aiohttp
 import structlog
 from montage_contracts.errors import GenerationError
-from montage_contracts.messages import call_id
+from montage_contracts.messages import call_id, request_call_id
 from montage_contracts.models import ClipPrompt, CostItem
 from montage_contracts.pipeline import FINAL_STATUSES, JobStatus
 from montage_contracts.routes import route
@@ -151,7 +151,8 @@ class RagnarokRenderer:
             reported = status.get("cost_usd")
             fallback = usd(seconds * s.ragnarok_usd_per_second)
             amount = usd(float(reported)) if isinstance(reported, int | float) else fallback
-            await ctx.cost(CostItem(call_id=call, api_name="ragnarok", amount=amount))
+            # one row per workflow RAGNAROK ran (a retried stage submits, and is billed, again)
+            await ctx.cost(CostItem(call_id=request_call_id(call, nexus_id), api_name="ragnarok", amount=amount))
         log.info("ragnarok_clip_rendered", clip=prompt.index, nexus_job=nexus_id, trace_id=trace_id, cost=str(amount))
         return VideoSource(dest, seconds, provider_job_id=nexus_id, trace_id=trace_id)
 

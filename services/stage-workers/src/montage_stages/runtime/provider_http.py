@@ -20,6 +20,7 @@ Failures (:func:`translate`):
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -50,6 +51,18 @@ class ContentRefused(GenerationError):
 # The error codes OpenAI-compatible providers give a content-policy refusal (DALL-E and the
 # transcriptions endpoint: content_policy_violation; GPT image models: moderation_blocked).
 REFUSAL_CODES = frozenset({"content_policy_violation", "moderation_blocked"})
+
+
+def client_request_id() -> str:
+    """A fresh id for one provider request, sent as ``X-Client-Request-Id`` (OpenAI logs it with the
+    request) and used as the request's billing id when the answer carries no ``x-request-id``."""
+    return f"req_{uuid.uuid4().hex}"
+
+
+def request_id_of(answer: object, sent: str) -> str:
+    """The provider's id of the request that gave ``answer`` (its ``x-request-id``), else ``sent``."""
+    rid = getattr(answer, "_request_id", None)
+    return rid if isinstance(rid, str) and rid else sent
 
 
 class Providers:
