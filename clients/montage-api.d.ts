@@ -100,7 +100,11 @@ export interface paths {
         get: operations["getJob"];
         put?: never;
         post?: never;
-        delete?: never;
+        /**
+         * Delete a job: cancels it if running, deletes its song, stills, clips and video, its rows and events
+         * @description The owner's delete (a right to erasure): a queued or processing job is cancelled first, then every stored file of the job and its records are deleted; only what billing must keep stays (each provider charge's amount and time, the job id and its owner; docs/frontend.md). Afterwards the job is 404 on every route and its signed URLs stop working. Idempotent: deleting it again answers 204 too; a job that is not the caller's is 404. 503 (retryable) when storage is unavailable: nothing was deleted, ask again.
+         */
+        delete: operations["deleteJob"];
         options?: never;
         head?: never;
         patch?: never;
@@ -543,7 +547,8 @@ export interface paths {
         get: operations["getAdminJob"];
         put?: never;
         post?: never;
-        delete?: never;
+        /** Delete any user's job as its owner's delete does (cancel, files, rows, events; logged) (admins only) */
+        delete: operations["deleteAdminJob"];
         options?: never;
         head?: never;
         patch?: never;
@@ -560,6 +565,40 @@ export interface paths {
         put?: never;
         /** Cancel any user's queued or processing job (admins only) */
         post: operations["cancelAdminJob"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/admin/jobs/{job_id}/webhooks": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** A job's webhook deliveries: state, attempts, last status and error, next attempt (admins only) */
+        get: operations["listAdminJobWebhooks"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/admin/webhooks/{webhook_id}/resend": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Send a webhook delivery again now, same `webhook-id` (any state; a failed one gets a new retry window) (admins only) */
+        post: operations["resendAdminWebhook"];
         delete?: never;
         options?: never;
         head?: never;
@@ -601,7 +640,32 @@ export interface paths {
         trace?: never;
     };
 }
-export type webhooks = Record<string, never>;
+export interface webhooks {
+    jobFinished: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * A job became final: `job.completed`, `job.failed` or `job.cancelled`
+         * @description What Montage POSTs to the `webhook_url` given at upload when the job becomes final, signed by the
+         *     Standard Webhooks specification with the deployment's `WEBHOOK_SECRET` (verify with any
+         *     `standardwebhooks` library; docs/frontend.md). Answer 2xx quickly: any other answer, a redirect
+         *     (never followed) or no answer within 10 s is retried with exponential backoff for at least 24 h,
+         *     with the same `webhook-id` (deduplicate on it).
+         */
+        post: operations["jobFinishedWebhook"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+}
 export interface components {
     schemas: {
         /**
@@ -1073,6 +1137,53 @@ export interface components {
             job_id: string;
         };
         /**
+         * WebhookEvent
+         * @description The body of every webhook delivery (Standard Webhooks: `type`, `timestamp`, `data`). The same
+         *         event is sent with the same `webhook-id` header on every attempt: deduplicate on it.
+         */
+        WebhookEvent: {
+            /** @enum {unknown} */
+            type: "job.cancelled" | "job.completed" | "job.failed";
+            /**
+             * @description When the job became final
+             * @example 2026-01-01T12:00:00.000Z
+             */
+            timestamp: string;
+            data: components["schemas"]["WebhookJobData"];
+        };
+        /**
+         * WebhookJobData
+         * @description The job a webhook event is about, as it was when it became final.
+         */
+        WebhookJobData: {
+            /**
+             * Format: uuid
+             * @description The job's UUID
+             */
+            job_id: string;
+            /** @description `completed` or `failed` (a cancelled job is `failed`) */
+            status: components["schemas"]["JobStatus"];
+            /** @description `job.completed`: a signed URL of the video, made when this attempt was sent and valid for `DOWNLOAD_URL_SECONDS` (1 hour) from then; `null` otherwise or once the video is gone */
+            video_url: string | null;
+            /**
+             * @description US dollars (a JSON number, up to 6 decimals)
+             * @example 0.0125
+             */
+            total_cost: number;
+            /** @description Why it failed; `null` for `job.completed` */
+            error: string | null;
+            /** @description `CANCELLED` for `job.cancelled` */
+            error_code: ("BUDGET_EXCEEDED" | "CANCELLED" | "GENERATION_ERROR" | "MODULE_FAILURE" | "TIMEOUT" | "VALIDATION_ERROR") | null;
+            /** @description As the job's `retryable`: submitting again may succeed */
+            retryable: boolean;
+            completed_at: string | null;
+            /**
+             * @description The job this one retried, if it is a retry
+             * @default null
+             */
+            retry_of: string | null;
+        };
+        /**
          * Healthy
          * @description 200 of ``GET /api/v1/health``.
          */
@@ -1188,6 +1299,12 @@ export interface components {
             audio_file: string;
             /** @description What the video should show: 50 to 500 characters once trimmed (at most 2000 as sent); no control character but tab and line breaks */
             user_prompt: string;
+            /**
+             * @description Optional: where Montage POSTs this job's final event (`job.completed`, `job.failed`, `job.cancelled`), signed by the Standard Webhooks rules (docs/frontend.md). `https` only outside development; the host must resolve to public addresses only (no loopback, private, link-local, CGNAT, multicast or metadata address; development allows loopback): else 400
+             * @default
+             * @example https://example.com/hooks/montage
+             */
+            webhook_url: string;
         };
         /**
          * JobCreated
@@ -1746,6 +1863,11 @@ export interface components {
             files: components["schemas"]["AdminFile"][];
             actions: components["schemas"]["AdminAction"][];
             cancellable: boolean;
+            /**
+             * @description The job's webhook deliveries (none without `webhook_url`)
+             * @default []
+             */
+            webhooks: components["schemas"]["AdminWebhookDelivery"][];
         };
         /** AdminJobFull */
         AdminJobFull: {
@@ -1876,6 +1998,65 @@ export interface components {
              * @example 2026-01-01T12:00:00.000Z
              */
             created_at: string;
+        };
+        /**
+         * AdminWebhookDelivery
+         * @description One webhook delivery of a job (the outbox row): its id is the `webhook-id` of every attempt.
+         */
+        AdminWebhookDelivery: {
+            /**
+             * @description A delivery's `webhook-id`
+             * @example msg_00000000000000000000000000000000
+             */
+            webhook_id: string;
+            /**
+             * Format: uuid
+             * @description The job's UUID
+             */
+            job_id: string;
+            url: string;
+            /** @enum {unknown} */
+            event_type: "job.cancelled" | "job.completed" | "job.failed";
+            /** @description pending: attempts go on; delivered: a 2xx came back; failed: retries ran out */
+            state: components["schemas"]["WebhookState"];
+            attempts: number;
+            /** @description The receiver's last HTTP status (null: no answer) */
+            last_status: number | null;
+            last_error: string | null;
+            last_attempt_at: string | null;
+            /** @description While pending: when it is tried next */
+            next_attempt_at: string | null;
+            delivered_at: string | null;
+            /**
+             * @description When the event happened (the job became final)
+             * @example 2026-01-01T12:00:00.000Z
+             */
+            created_at: string;
+        };
+        /**
+         * WebhookState
+         * @description Where a webhook delivery stands: attempts go on, a 2xx came back, or its retries ran out.
+         * @enum {unknown}
+         */
+        WebhookState: "delivered" | "failed" | "pending";
+        /** AdminWebhookDeliveries */
+        AdminWebhookDeliveries: {
+            deliveries: components["schemas"]["AdminWebhookDelivery"][];
+        };
+        /**
+         * AdminJobDeleted
+         * @description The console's delete: the job is gone (`already_deleted`: it was before this call).
+         */
+        AdminJobDeleted: {
+            /**
+             * Format: uuid
+             * @description The job's UUID
+             */
+            job_id: string;
+            /** @enum {unknown} */
+            outcome: "already_deleted" | "deleted";
+            /** @description Stored objects of the job deleted by this call */
+            files_deleted: number;
         };
         /** AdminActions */
         AdminActions: {
@@ -2309,6 +2490,89 @@ export interface operations {
             };
             /** @description Not the caller's (`FORBIDDEN`) */
             403: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not found (`NOT_FOUND`) */
+            404: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Rate limited (`RATE_LIMIT_EXCEEDED`): the request guard, or the job-creation limit */
+            429: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RateLimited"];
+                };
+            };
+            /** @description A dependency is unavailable, or too many open streams (`SERVICE_UNAVAILABLE`, `TOO_MANY_CONNECTIONS`) */
+            503: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description An internal or external service did not answer in time (`TIMEOUT`) */
+            504: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    deleteJob: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                job_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Deleted (or deleted before) */
+            204: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Invalid request (code `VALIDATION_ERROR`), including a malformed path */
+            400: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Missing or invalid credentials (`UNAUTHORIZED`) */
+            401: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
                     [name: string]: unknown;
@@ -4397,6 +4661,101 @@ export interface operations {
             };
         };
     };
+    deleteAdminJob: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                job_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Deleted */
+            200: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AdminJobDeleted"];
+                };
+            };
+            /** @description Invalid request (code `VALIDATION_ERROR`), including a malformed path */
+            400: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Missing or invalid credentials (`UNAUTHORIZED`) */
+            401: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not an admin (`FORBIDDEN`) */
+            403: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not found (`NOT_FOUND`) */
+            404: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Rate limited (`RATE_LIMIT_EXCEEDED`): the request guard, or the job-creation limit */
+            429: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RateLimited"];
+                };
+            };
+            /** @description A dependency is unavailable, or too many open streams (`SERVICE_UNAVAILABLE`, `TOO_MANY_CONNECTIONS`) */
+            503: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description An internal or external service did not answer in time (`TIMEOUT`) */
+            504: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
     cancelAdminJob: {
         parameters: {
             query?: never;
@@ -4460,6 +4819,196 @@ export interface operations {
             };
             /** @description Not answered any more: a finished job is 400, as for the owner's cancel */
             409: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Rate limited (`RATE_LIMIT_EXCEEDED`): the request guard, or the job-creation limit */
+            429: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RateLimited"];
+                };
+            };
+            /** @description A dependency is unavailable, or too many open streams (`SERVICE_UNAVAILABLE`, `TOO_MANY_CONNECTIONS`) */
+            503: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description An internal or external service did not answer in time (`TIMEOUT`) */
+            504: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    listAdminJobWebhooks: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                job_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Deliveries */
+            200: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AdminWebhookDeliveries"];
+                };
+            };
+            /** @description Invalid request (code `VALIDATION_ERROR`), including a malformed path */
+            400: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Missing or invalid credentials (`UNAUTHORIZED`) */
+            401: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not an admin (`FORBIDDEN`) */
+            403: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not found (`NOT_FOUND`) */
+            404: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Rate limited (`RATE_LIMIT_EXCEEDED`): the request guard, or the job-creation limit */
+            429: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RateLimited"];
+                };
+            };
+            /** @description A dependency is unavailable, or too many open streams (`SERVICE_UNAVAILABLE`, `TOO_MANY_CONNECTIONS`) */
+            503: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description An internal or external service did not answer in time (`TIMEOUT`) */
+            504: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    resendAdminWebhook: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                webhook_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Back in line */
+            200: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AdminWebhookDelivery"];
+                };
+            };
+            /** @description Invalid request (code `VALIDATION_ERROR`), including a malformed path */
+            400: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Missing or invalid credentials (`UNAUTHORIZED`) */
+            401: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not an admin (`FORBIDDEN`) */
+            403: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not found (`NOT_FOUND`) */
+            404: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
                     [name: string]: unknown;
@@ -4673,6 +5222,35 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["Error"];
                 };
+            };
+        };
+    };
+    jobFinishedWebhook: {
+        parameters: {
+            query?: never;
+            header: {
+                /** @description The event's id, the same on every attempt */
+                "webhook-id": string;
+                /** @description Unix seconds of this attempt */
+                "webhook-timestamp": string;
+                /** @description `v1,<base64 HMAC-SHA256 of "<webhook-id>.<webhook-timestamp>.<body>">` */
+                "webhook-signature": string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["WebhookEvent"];
+            };
+        };
+        responses: {
+            /** @description Received (anything else is retried) */
+            "2XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
         };
     };

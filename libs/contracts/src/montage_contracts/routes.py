@@ -344,6 +344,25 @@ ROUTES: tuple[Route, ...] = (
         params=(JOB_ID,),
     ),
     Route(
+        method="DELETE",
+        path="/api/v1/jobs/{job_id}",
+        operation_id="deleteJob",
+        service=Service.ORCHESTRATOR,
+        auth=Auth.USER,
+        summary="Delete a job: cancels it if running, deletes its song, stills, clips and video, its rows and events",
+        description=(
+            "The owner's delete (a right to erasure): a queued or processing job is cancelled first, then"
+            " every stored file of the job and its records are deleted; only what billing must keep stays"
+            " (each provider charge's amount and time, the job id and its owner; docs/frontend.md). Afterwards"
+            " the job is 404 on every route and its signed URLs stop working. Idempotent: deleting it again"
+            " answers 204 too; a job that is not the caller's is 404. 503 (retryable) when storage is"
+            " unavailable: nothing was deleted, ask again."
+        ),
+        tag="jobs",
+        responses={204: Reply("Deleted (or deleted before)"), **errors(400, 404, *AUTHED)},
+        params=(JOB_ID,),
+    ),
+    Route(
         method="POST",
         path="/api/v1/jobs/{job_id}/retry",
         operation_id="retryJob",
@@ -720,6 +739,48 @@ ROUTES: tuple[Route, ...] = (
             409: Reply("Not answered any more: a finished job is 400, as for the owner's cancel", api.Error),
             **errors(400, 404, *AUTHED),
         },
+        params=(JOB_ID,),
+    ),
+    Route(
+        method="GET",
+        path="/api/v1/admin/jobs/{job_id}/webhooks",
+        operation_id="listAdminJobWebhooks",
+        service=Service.ORCHESTRATOR,
+        auth=Auth.ADMIN,
+        summary="A job's webhook deliveries: state, attempts, last status and error, next attempt" + ADMIN_TEXT,
+        tag="admin",
+        responses={
+            200: Reply("Deliveries", api.AdminWebhookDeliveries),
+            403: ADMIN_403,
+            **errors(400, 404, *AUTHED),
+        },
+        params=(JOB_ID,),
+    ),
+    Route(
+        method="POST",
+        path="/api/v1/admin/webhooks/{webhook_id}/resend",
+        operation_id="resendAdminWebhook",
+        service=Service.ORCHESTRATOR,
+        auth=Auth.ADMIN,
+        summary="Send a webhook delivery again now, same `webhook-id` (any state; a failed one gets a new retry"
+        " window)" + ADMIN_TEXT,
+        tag="admin",
+        responses={
+            200: Reply("Back in line", api.AdminWebhookDelivery),
+            403: ADMIN_403,
+            **errors(400, 404, *AUTHED),
+        },
+        params=(Param("webhook_id", "path", api.WebhookId, required=True),),
+    ),
+    Route(
+        method="DELETE",
+        path="/api/v1/admin/jobs/{job_id}",
+        operation_id="deleteAdminJob",
+        service=Service.ORCHESTRATOR,
+        auth=Auth.ADMIN,
+        summary="Delete any user's job as its owner's delete does (cancel, files, rows, events; logged)" + ADMIN_TEXT,
+        tag="admin",
+        responses={200: Reply("Deleted", api.AdminJobDeleted), 403: ADMIN_403, **errors(400, 404, *AUTHED)},
         params=(JOB_ID,),
     ),
     Route(

@@ -52,6 +52,7 @@ def create_app(settings: OrchestratorSettings) -> web.Application:
             resources.sweeper(settings, replica),
             resources.turns(settings),
             resources.user_events(settings),
+            resources.webhook_sender(settings),
         ]
     )
     return app

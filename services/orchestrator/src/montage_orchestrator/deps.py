@@ -46,6 +46,8 @@ class Deps:
     user_events: UserEventRelay  # copies job events into their users' logs (``GET /api/v1/events``)
     # Set when a slot may have freed (a job became final): the turn-giver wakes (``admission.run``).
     turns_due: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set when a job with a webhook became final: the delivery loop wakes (``webhooks.Sender``).
+    webhooks_due: asyncio.Event = field(default_factory=asyncio.Event)
     forecasts: Forecasts = field(default_factory=Forecasts)
 
     @classmethod
