@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="sent as Idempotency-Key: submitting again with the same key (e.g. after a network error)"
         " answers the first job instead of creating another",
     )
+    s.add_argument("--webhook-url", help="POST the job's final event there (signed; docs/frontend.md#webhooks)")
     s.add_argument("--json", action="store_true", help="JSON (with --watch: the job, then one line per event)")
 
     w = sub.add_parser("watch", help="follow a job's live progress (resumes dropped streams)")
@@ -66,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("cancel", help="cancel a queued or running job")
     c.add_argument("job")
     c.add_argument("--json", action="store_true")
+
+    dl = sub.add_parser("delete", help="delete a job: cancel it if running, its song, images, clips, video, events")
+    dl.add_argument("job")
+    dl.add_argument("--json", action="store_true")
 
     r = sub.add_parser("retry", help="retry a failed or cancelled job, reusing every stage it finished")
     r.add_argument("job")
@@ -142,7 +147,9 @@ async def run(args: argparse.Namespace, settings: CliSettings) -> int:
 async def dispatch(client: MontageClient, args: argparse.Namespace) -> int:
     match args.cmd:
         case "submit":
-            job = await client.upload(args.song, args.prompt, idempotency_key=args.idempotency_key)
+            job = await client.upload(
+                args.song, args.prompt, idempotency_key=args.idempotency_key, webhook_url=args.webhook_url
+            )
             if args.json and args.watch:  # JSON lines: the job, then its events
                 commands.emit_json_line(job)
                 await commands.follow(client, job["job_id"], json_lines=sys.stdout)
@@ -167,6 +174,11 @@ async def dispatch(client: MontageClient, args: argparse.Namespace) -> int:
         case "cancel":
             body = await client.cancel(args.job)
             commands.emit_json(body) if args.json else print(f"job {body.get('job_id')}: {body.get('message')}")
+        case "delete":
+            await client.delete(args.job)
+            commands.emit_json({"job_id": args.job, "deleted": True}) if args.json else print(
+                f"job {args.job}: deleted"
+            )
         case "retry":
             job = await client.retry(args.job)
             if args.json:
