@@ -84,6 +84,9 @@ class Providers:
         client = self._runway.get(key)
         if client is None:
             client = runwayml.AsyncRunwayML(api_key=api_key, base_url=key[0], timeout=timeout, max_retries=0)
+            # the SDK imports its resources on first use (a few hundred ms): done here, before a
+            # provider slot is held, so a call decided under the shared limits is sent at once
+            _ = (client.image_to_video, client.tasks)
             self._runway[key] = client
         return client
 
