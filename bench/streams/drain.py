@@ -1,12 +1,12 @@
-"""Drain mode: Montage's stream runtime against the fast bare loop on a pre-filled queue.
+"""Drain mode: Montage's stream runtime against the plain loop (the ceiling) on a pre-filled queue.
 
-    .venv/bin/python bench/streams/drain.py [--jobs 10000] [--runs 3] [--systems fast,montage]
+    .venv/bin/python bench/streams/drain.py [--jobs 20000] [--runs 3] [--systems plain,montage]
 
-The workload of issue #17: six no-op stages, 2 worker processes x concurrency 3, one local
-redis-server (no persistence), ``--jobs`` entries already waiting on the first stage's stream
-when the workers start. Each worker process connects, says it is ready and waits for a go
-signal; the clock starts at the go and stops at the last job's completion (the last stage
-stamps ``t1`` on a ``done`` entry). Per run:
+The workload of issues #17 and #27: six no-op stages, 2 worker processes x concurrency 3, one
+local redis-server (no persistence, on a free port: its CPU is the benchmark's alone), ``--jobs``
+entries already waiting on the first stage's stream when the workers start. Each worker process
+connects, says it is ready and waits for a go signal; the clock starts at the go and stops at
+the last job's completion (the last stage stamps ``t1`` on a ``done`` entry). Per run:
 
 - jobs/s = jobs / (last t1 - go);
 - worker CPU per stage-task = the two processes' user+system CPU (``/proc/<pid>/stat``) between
@@ -16,22 +16,26 @@ stamps ``t1`` on a ``done`` entry). Per run:
 
 Systems:
 
+- ``plain`` (issue #27's ceiling, no guarantees): per process ``--fast-loops`` (3) coroutines,
+  each ``XREADGROUP COUNT 10`` across all six streams in one call, then per batch one
+  non-transactional pipeline of the next stage's ``XADD``s and one ``XACK`` per stream.
+- ``fast`` (issue #17's baseline): the same read, then ``XADD`` + ``XACK`` per entry.
 - ``montage``: six :class:`montage_streams.StreamConsumer` per process, concurrency 3 each,
   every default on (owner-checked atomic hand-off, claim renewal, reclaim, promotion of
   retries, safe trimming, metrics), as the stage workers run it.
-- ``fast``: the simplest fast loop, no guarantees: ``XREADGROUP COUNT 10`` across all six
-  streams in one call, then one pipeline of ``XADD`` (next stage) + ``XACK`` per entry;
-  ``--fast-loops`` such loops per process (default 3, the concurrency).
+- ``montage-noowner`` / ``montage-nolua``: the runtime with, in this benchmark only (never in
+  the product), the hand-off's ownership check switched off / the atomic hand-off replaced by a
+  plain pipeline of ``XADD``s, ``XACK`` and the read: the price of those guarantees.
 
-``montage:N`` is the runtime with concurrency N per stage (``--systems fast,montage,montage:10``).
+``montage:N`` is the runtime with concurrency N per stage (``--systems plain,montage,montage:10``).
 ``montage-base`` (and ``montage-base:N``) is the same on another checkout's runtime: the directory
 holding its ``montage_streams`` in ``BENCH_BASE_SRC`` (put first on the workers' ``PYTHONPATH``),
-for before/after figures from one run.
+for before/after figures from one run. Ratios are against ``plain`` (``fast`` when no ``plain``).
 
 Every run also checks what the last stage received: each job exactly once (``duplicates`` and
 ``missing`` are reported per run and must be 0).
 
-Runs are interleaved (fast, montage, fast, montage, …) so a change in the machine's load falls on
+Runs are interleaved (plain, montage, plain, montage, …) so a change in the machine's load falls on
 both; medians of ``--runs``. ``--profile DIR`` records each system's first run with py-spy
 (``PY_SPY``, default /tmp/pyspy/bin/py-spy; never from the project's lockfile) as collapsed
 stacks, one file per worker process, in an extra round before the counted ones (sampling slows
@@ -55,6 +59,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -157,10 +162,56 @@ async def plain_worker(url: str, loops: int) -> None:
     await redis.aclose()
 
 
+def switch_off_owner_check() -> None:
+    """Benchmark only (never in the product): ``ack_emit.lua`` without its ownership check, so an
+    entry is handed off even when another consumer took it over. Shows that guarantee's price."""
+    import montage_streams._scripts as scripts
+
+    source = scripts.lua("ack_emit")
+    checks = (
+        ("if ARGV[5] ~= '' then", "if false then"),  # the XPENDING of the batch's range
+        ("    owned = mine[entry]\n", "    owned = mine[entry] ~= false\n"),  # only: once per batch
+    )
+    for old, new in checks:
+        if old not in source:
+            raise SystemExit(f"ack_emit.lua changed: cannot switch its owner check off ({old!r})")
+        source = source.replace(old, new)
+    original = scripts.lua
+    scripts.lua = lambda name: source if name == "ack_emit" else original(name)  # type: ignore[assignment]
+
+
+def switch_off_atomic_hand_off() -> None:
+    """Benchmark only (never in the product): a hand-off as a plain pipeline of the emits'
+    ``XADD``s, one ``XACK`` and the fetch, without the script: no owner check and no atomicity (a
+    crash between them duplicates or loses). Shows the price of the atomic hand-off."""
+    from montage_streams import StreamConsumer
+    from montage_streams._replies import HandOffReply, read_reply
+
+    async def hand_off(self: Any, pairs: Any, fetch: int = 0) -> HandOffReply:
+        pipe = self.redis.pipeline(transaction=False)
+        for _, emits in pairs:
+            for e in emits:
+                pipe.xadd(e.stream, {"id": e.message_id, "a": "1", "m": e.payload, **dict(e.extra)})
+        ids = [entry_id for entry_id, _ in pairs if entry_id]
+        if ids:
+            pipe.xack(self.stream, self.group, *ids)
+        if fetch:
+            pipe.xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=fetch)
+        res = await pipe.execute()
+        return HandOffReply([[] for _ in pairs], read_reply(res[-1]) if fetch else [])
+
+    StreamConsumer._hand_off = hand_off  # type: ignore[method-assign]
+
+
 async def montage_worker(url: str, concurrency: int) -> None:
     from montage_common.redis import create_redis
     from montage_contracts.keys import Keys
     from montage_streams import Delivery, Emit, StreamConsumer
+
+    if os.environ.get("BENCH_NO_OWNER_CHECK"):
+        switch_off_owner_check()
+    if os.environ.get("BENCH_PLAIN_HAND_OFF"):
+        switch_off_atomic_hand_off()
 
     keys = Keys("bench")
     redis = create_redis(url)
@@ -249,6 +300,10 @@ async def one_run(system: str, url: str, args: argparse.Namespace, log: Path, pr
         conc = system.partition(":")[2] or str(args.concurrency)
         cmd = [sys.executable, str(HERE), "--role", "montage", "--url", url, "--concurrency", conc]
     env = dict(os.environ)
+    if system.startswith("montage-noowner"):  # the owner check's price (benchmark only)
+        env["BENCH_NO_OWNER_CHECK"] = "1"
+    if system.startswith("montage-nolua"):  # the atomic hand-off's price (benchmark only)
+        env["BENCH_PLAIN_HAND_OFF"] = "1"
     if system.startswith("montage-base"):
         if not os.environ.get("BENCH_BASE_SRC"):
             raise SystemExit("montage-base needs BENCH_BASE_SRC (a directory holding montage_streams)")
@@ -362,6 +417,10 @@ async def controller(args: argparse.Namespace) -> None:
         if not args.keep_logs:
             shutil.rmtree(data, ignore_errors=True)
     med = {s: {k: statistics.median(r.get(k, 0.0) for r in rs) for k in rs[0]} for s, rs in rows.items() if rs}
+    lost = {s: (sum(r["missing"] for r in rs), sum(r["duplicates"] for r in rs)) for s, rs in rows.items()}
+    print(
+        "\nlost / duplicated jobs over all runs: " + ", ".join(f"{s} {m:.0f} / {d:.0f}" for s, (m, d) in lost.items())
+    )
     print(f"\n{args.jobs} jobs pre-filled, {args.workers} worker processes, medians of {args.runs}; "
           f"load average (1 min) {min(loads):.1f}-{max(loads):.1f}, median {statistics.median(loads):.1f}")  # fmt: skip
     print(

@@ -164,7 +164,8 @@ class Run:
 
     async def costs(self, job_id: str) -> dict[str, tuple[str, str, Decimal]]:
         rows = await self.rows("SELECT call_id, stage_name, api_name, cost FROM job_costs WHERE job_id = $1", job_id)
-        return {r["call_id"]: (r["stage_name"], r["api_name"], r["cost"]) for r in rows}
+        # by logical call (each provider row is `<call>@<request id>`: one per billed request)
+        return {r["call_id"].split("@")[0]: (r["stage_name"], r["api_name"], r["cost"]) for r in rows}
 
 
 @pytest.fixture

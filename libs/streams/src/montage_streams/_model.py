@@ -81,34 +81,30 @@ class Entry(msgspec.Struct, frozen=True):
     history: tuple[str, ...] = ()
 
 
-def decode_entry(entry_id: str, fields: dict[bytes, bytes]) -> Entry:
-    """An entry's fields (as written by ``ack_emit.lua`` or ``promote.lua``): the only place that
-    knows the wire field names (``id``, ``a``, ``m``, ``h``)."""
-    raw_id = fields.get(b"id")
-    return Entry(
-        entry_id,
-        raw_id.decode() if raw_id else entry_id,
-        int(fields.get(b"a", b"1")),
-        fields.get(b"m", b""),
-        tuple(_history_decoder.decode(fields[b"h"])) if b"h" in fields else (),
-    )
-
-
-def delivery(stream: str, group: str, entry_id: str, fields: dict[bytes, bytes], delivery_count: int) -> Delivery:
-    """The :class:`Delivery` of an entry read in ``group`` (the fields as :func:`decode_entry` reads them)."""
+def _wire(entry_id: str, fields: dict[bytes, bytes]) -> tuple[str, int, bytes, tuple[str, ...]]:
+    """An entry's message id, attempt, payload and history from its fields (as written by
+    ``ack_emit.lua`` or ``promote.lua``): the only place that knows the wire field names (``id``,
+    ``a``, ``m``, ``h``)."""
     raw_id = fields.get(b"id")
     raw_attempt = fields.get(b"a")
     raw_history = fields.get(b"h")
-    return Delivery(
-        stream,
-        group,
-        entry_id,
+    return (
         raw_id.decode() if raw_id else entry_id,
         1 if raw_attempt is None or raw_attempt == b"1" else int(raw_attempt),
-        delivery_count,
         fields.get(b"m", b""),
         tuple(_history_decoder.decode(raw_history)) if raw_history is not None else (),
     )
+
+
+def decode_entry(entry_id: str, fields: dict[bytes, bytes]) -> Entry:
+    """An entry read outside a consumer group."""
+    return Entry(entry_id, *_wire(entry_id, fields))
+
+
+def delivery(stream: str, group: str, entry_id: str, fields: dict[bytes, bytes], delivery_count: int) -> Delivery:
+    """The :class:`Delivery` of an entry read in ``group``."""
+    message_id, attempt, payload, history = _wire(entry_id, fields)
+    return Delivery(stream, group, entry_id, message_id, attempt, delivery_count, payload, history)
 
 
 def id_key(entry_id: str) -> tuple[int, int]:

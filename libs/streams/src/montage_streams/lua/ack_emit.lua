@@ -16,7 +16,7 @@
 -- on the guess, only the number of calls does.
 local src, group, consumer = KEYS[1], ARGV[1], ARGV[2]
 local n, fetch, want_ids = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[7] == '1'
-local mine, seen = {}, {}
+local mine = {}  -- true: this consumer's (listed); false: handed off earlier in this batch
 if ARGV[5] ~= '' then
   for _, p in ipairs(redis.call('XPENDING', src, group, ARGV[5], ARGV[6], 10 * n + 100, consumer)) do
     mine[p[1]] = true
@@ -30,13 +30,12 @@ for e = 1, n do
   i = i + 2
   local owned = true
   if entry ~= '' then
-    if seen[entry] then
-      owned = false  -- twice in one batch: handed off once
-    elseif not mine[entry] then
+    owned = mine[entry]
+    if owned == nil then  -- not listed by the range query: checked on its own
       local p = redis.call('XPENDING', src, group, entry, entry, 1)
       owned = #p > 0 and p[1][2] == consumer
     end
-    seen[entry] = true
+    mine[entry] = false  -- twice in one batch: handed off once
   end
   local ids = want_ids and {} or nil
   for _ = 1, nemits do
