@@ -44,11 +44,17 @@ def before_load_schema(context: schemathesis.HookContext, raw_schema: dict[str, 
     it becomes a string whose JSON content has that schema (``contentMediaType`` and
     ``contentSchema``), which schemathesis decodes and checks event by event."""
     schemas = raw_schema["components"]["schemas"]
-    stream = schemas["SseEvent"]
-    for member in stream.get("anyOf") or stream.get("oneOf") or []:
-        properties = schemas[member["$ref"].rsplit("/", 1)[-1]]["properties"]
-        properties["data"] = {
-            "type": "string",
-            "contentMediaType": "application/json",
-            "contentSchema": properties["data"],
-        }
+    adapted: set[str] = set()
+    for union in ("SseEvent", "UserSseEvent"):  # a job's stream and the user's (HeartbeatEvent in both)
+        stream = schemas[union]
+        for member in stream.get("anyOf") or stream.get("oneOf") or []:
+            name = member["$ref"].rsplit("/", 1)[-1]
+            if name in adapted:
+                continue
+            adapted.add(name)
+            properties = schemas[name]["properties"]
+            properties["data"] = {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "contentSchema": properties["data"],
+            }

@@ -274,9 +274,10 @@ class StreamHandler:
 
     async def user_stream(self, request: web.Request) -> web.StreamResponse:
         user = await self._user(request, EVENTS_SCOPE)
-        resume = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
-        if resume is not None and not valid_event_id(resume):
+        sent = (request.headers.get("Last-Event-ID"), request.query.get("last_event_id"))
+        if any(v is not None and not valid_event_id(v) for v in sent):  # each one sent must be an id
             raise ValidationError("Last-Event-ID must be an event id this stream sent (<ms>-<seq>)")
+        resume = sent[0] or sent[1]
         newest = await last_user_event(self.redis, self.keys, user)  # before the state, as for a job
         state = UserStateData(jobs=await self._active_jobs(request, user))
         after = resume if resume is not None else newest or "0-0"
