@@ -100,7 +100,11 @@ export interface paths {
         get: operations["getJob"];
         put?: never;
         post?: never;
-        delete?: never;
+        /**
+         * Delete a job: cancels it if running, deletes its song, stills, clips and video, its rows and events
+         * @description The owner's delete (a right to erasure): a queued or processing job is cancelled first, then every stored file of the job and its records are deleted; only what billing must keep stays (each provider charge's amount and time, the job id and its owner; docs/frontend.md). Afterwards the job is 404 on every route and its signed URLs stop working. Idempotent: deleting it again answers 204 too; a job that is not the caller's is 404. 503 (retryable) when storage is unavailable: nothing was deleted, ask again.
+         */
+        delete: operations["deleteJob"];
         options?: never;
         head?: never;
         patch?: never;
@@ -241,7 +245,7 @@ export interface paths {
          *     2. Every logged event after the resume point.
          *     3. Live events as they happen, each with its `id:`; `event: heartbeat` (no `id:`) every 30 s.
          *
-         *     Logged events: `stage_update`, `progress`, `message`, `cost_update`, and the final `completed` or
+         *     Logged events: `stage_update`, `progress`, `message`, `cost_update`, `preview`, and the final `completed` or
          *     `error`. The stream closes 30 s after a final event; resuming after the final event answers 204
          *     (an `EventSource` then stops reconnecting). A reconnecting client that sends the last `id:` it
          *     saw gets every event exactly once, in order. An `EventSource` cannot read the status of a
@@ -252,6 +256,57 @@ export interface paths {
          *
          */
         get: operations["streamJobEvents"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/events/ticket": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** A ticket (20 minutes, reusable) to open the caller's event stream (`GET /api/v1/events`) from a browser */
+        post: operations["createEventsTicket"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/events": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Server-Sent Events of all the caller's jobs on one connection, each with its `job_id`
+         * @description Every event of every job of the caller on one connection: the job stream's messages, each with
+         *     the job's `job_id` first in its `data`, in one log per user (kept 24 hours, at most 10 000 events),
+         *     so `Last-Event-ID` resumes it across reconnects and gateway restarts. Browsers use
+         *     `?ticket=` from `POST /api/v1/events/ticket`.
+         *
+         *     1. `event: state` whose `data` lists the caller's queued and processing jobs now; its `id:` is the
+         *        resume point (the `Last-Event-ID` sent, else the newest event of the caller's log, `0-0` when
+         *        empty; `Last-Event-ID: 0-0` replays the whole log).
+         *     2. Every logged event after the resume point, in order (per job, the job stream's order).
+         *     3. Live events as they happen; `event: heartbeat` (no `id:`) every 30 s. The stream never ends
+         *        by itself: a job's `completed` or `error` ends that job, not the stream.
+         *
+         *     Each message is described by the `UserSseEvent` schema (a union tagged by `event`). The connection
+         *     takes one of the caller's stream slots (30 per user, shared with the job streams).
+         *
+         */
+        get: operations["streamUserEvents"];
         put?: never;
         post?: never;
         delete?: never;
@@ -492,7 +547,8 @@ export interface paths {
         get: operations["getAdminJob"];
         put?: never;
         post?: never;
-        delete?: never;
+        /** Delete any user's job as its owner's delete does (cancel, files, rows, events; logged) (admins only) */
+        delete: operations["deleteAdminJob"];
         options?: never;
         head?: never;
         patch?: never;
@@ -509,6 +565,40 @@ export interface paths {
         put?: never;
         /** Cancel any user's queued or processing job (admins only) */
         post: operations["cancelAdminJob"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/admin/jobs/{job_id}/webhooks": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** A job's webhook deliveries: state, attempts, last status and error, next attempt (admins only) */
+        get: operations["listAdminJobWebhooks"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/admin/webhooks/{webhook_id}/resend": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Send a webhook delivery again now, same `webhook-id` (any state; a failed one gets a new retry window) (admins only) */
+        post: operations["resendAdminWebhook"];
         delete?: never;
         options?: never;
         head?: never;
@@ -550,7 +640,32 @@ export interface paths {
         trace?: never;
     };
 }
-export type webhooks = Record<string, never>;
+export interface webhooks {
+    jobFinished: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * A job became final: `job.completed`, `job.failed` or `job.cancelled`
+         * @description What Montage POSTs to the `webhook_url` given at upload when the job becomes final, signed by the
+         *     Standard Webhooks specification with the deployment's `WEBHOOK_SECRET` (verify with any
+         *     `standardwebhooks` library; docs/frontend.md). Answer 2xx quickly: any other answer, a redirect
+         *     (never followed) or no answer within 10 s is retried with exponential backoff for at least 24 h,
+         *     with the same `webhook-id` (deduplicate on it).
+         */
+        post: operations["jobFinishedWebhook"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+}
 export interface components {
     schemas: {
         /**
@@ -797,6 +912,278 @@ export interface components {
             timestamp: string;
         };
         /**
+         * UserStateEvent
+         * @description First message of every connection: the caller's active jobs now. Its ``id:`` is the resume
+         *         point in the caller's log (``Last-Event-ID``, or the newest logged event on a fresh connection).
+         */
+        UserStateEvent: {
+            /** @enum {unknown} */
+            event: "state";
+            /** @description SSE `id:`; resume with `Last-Event-ID` */
+            id: string;
+            data: components["schemas"]["UserStateData"];
+        };
+        /** UserStateData */
+        UserStateData: {
+            /** @description The caller's queued and processing jobs now, newest first (at most 50 of each) */
+            jobs: components["schemas"]["JobListItem"][];
+        };
+        /**
+         * JobListItem
+         * @description One entry of ``GET /api/v1/jobs`` (a summary: no URL, no error text).
+         */
+        JobListItem: {
+            /**
+             * Format: uuid
+             * @description The job's UUID
+             */
+            job_id: string;
+            status: components["schemas"]["JobStatus"];
+            current_stage: ("audio_parser" | "composer" | "prompt_generator" | "reference_generator" | "scene_planner" | "video_generator") | null;
+            /** @description Percent done (fixed marks per stage) */
+            progress: number;
+            /**
+             * @description US dollars (a JSON number, up to 6 decimals)
+             * @example 0.0125
+             */
+            total_cost: number;
+            /**
+             * @description RFC 3339 in UTC with milliseconds
+             * @example 2026-01-01T12:00:00.000Z
+             */
+            created_at: string;
+            completed_at: string | null;
+            /** @description While `queued`: the job's place in line for a turn (1 = next); `null` otherwise */
+            queue_position: number | null;
+            /** @description While `queued`: when its first stage is expected to start (UTC); `null` otherwise */
+            estimated_start: string | null;
+            /**
+             * @description The failed or cancelled job this one retries (`POST …/retry`); `null` for an upload
+             * @default null
+             */
+            retry_of: string | null;
+            /**
+             * @description The job that retries this one; `null` until it is retried (at most once)
+             * @default null
+             */
+            retried_by: string | null;
+        };
+        /** UserStageUpdateEvent */
+        UserStageUpdateEvent: {
+            /** @enum {unknown} */
+            event: "stage_update";
+            /** @description SSE `id:`; resume with `Last-Event-ID` */
+            id: string;
+            data: components["schemas"]["UserStageUpdateData"];
+        };
+        /** UserStageUpdateData */
+        UserStageUpdateData: {
+            /** @enum {unknown} */
+            stage: "audio_parser" | "composer" | "prompt_generator" | "reference_generator" | "scene_planner" | "video_generator";
+            status: components["schemas"]["StageUpdate"];
+            /**
+             * @description Seconds the stage took (on `completed`)
+             * @default null
+             */
+            duration: number | null;
+            /**
+             * Format: uuid
+             * @description The job's UUID
+             */
+            job_id: string;
+        };
+        /** UserProgressEvent */
+        UserProgressEvent: {
+            /** @enum {unknown} */
+            event: "progress";
+            /** @description SSE `id:`; resume with `Last-Event-ID` */
+            id: string;
+            data: components["schemas"]["UserProgressData"];
+        };
+        /** UserProgressData */
+        UserProgressData: {
+            /** @description Percent done (fixed marks per stage) */
+            progress: number;
+            /** @description Seconds */
+            estimated_remaining: number;
+            /**
+             * Format: uuid
+             * @description The job's UUID
+             */
+            job_id: string;
+        };
+        /** UserMessageEvent */
+        UserMessageEvent: {
+            /** @enum {unknown} */
+            event: "message";
+            /** @description SSE `id:`; resume with `Last-Event-ID` */
+            id: string;
+            data: components["schemas"]["UserMessageData"];
+        };
+        /** UserMessageData */
+        UserMessageData: {
+            text: string;
+            /** @enum {unknown} */
+            stage: "audio_parser" | "composer" | "prompt_generator" | "reference_generator" | "scene_planner" | "video_generator";
+            /**
+             * Format: uuid
+             * @description The job's UUID
+             */
+            job_id: string;
+        };
+        /** UserCostUpdateEvent */
+        UserCostUpdateEvent: {
+            /** @enum {unknown} */
+            event: "cost_update";
+            /** @description SSE `id:`; resume with `Last-Event-ID` */
+            id: string;
+            data: components["schemas"]["UserCostUpdateData"];
+        };
+        /** UserCostUpdateData */
+        UserCostUpdateData: {
+            /** @enum {unknown} */
+            stage: "audio_parser" | "composer" | "prompt_generator" | "reference_generator" | "scene_planner" | "video_generator";
+            /**
+             * @description US dollars (a JSON number, up to 6 decimals)
+             * @example 0.0125
+             */
+            cost: number;
+            /**
+             * @description US dollars (a JSON number, up to 6 decimals)
+             * @example 0.0125
+             */
+            total: number;
+            /**
+             * Format: uuid
+             * @description The job's UUID
+             */
+            job_id: string;
+        };
+        /** UserPreviewEvent */
+        UserPreviewEvent: {
+            /** @enum {unknown} */
+            event: "preview";
+            /** @description SSE `id:`; resume with `Last-Event-ID` */
+            id: string;
+            data: components["schemas"]["UserPreviewData"];
+        };
+        /** UserPreviewData */
+        UserPreviewData: {
+            /**
+             * @description `still`: a PNG reference image; `clip`: an MP4 clip (no sound)
+             * @enum {unknown}
+             */
+            kind: "clip" | "still";
+            /** @description The scene's (or character's) place in the plan, or the clip's index */
+            index: number;
+            /** @description Signed URL of the file (1 hour); `GET …/assets` gives fresh ones */
+            url: string;
+            /**
+             * @description What a still shows: a scene (`index`: the scene's place in the plan) or a character; `null` for a clip
+             * @default null
+             */
+            subject: ("character" | "scene") | null;
+            /**
+             * Format: uuid
+             * @description The job's UUID
+             */
+            job_id: string;
+        };
+        /** UserCompletedEvent */
+        UserCompletedEvent: {
+            /** @enum {unknown} */
+            event: "completed";
+            /** @description SSE `id:`; resume with `Last-Event-ID` */
+            id: string;
+            data: components["schemas"]["UserCompletedData"];
+        };
+        /** UserCompletedData */
+        UserCompletedData: {
+            /** @description Signed URL of the video (1 hour); empty when rebuilt after the video expired */
+            video_url: string;
+            /**
+             * @description US dollars (a JSON number, up to 6 decimals)
+             * @example 0.0125
+             */
+            total_cost: number;
+            /**
+             * @description Signed URL (1 hour) of a frame of the final video (JPEG) once completed; `null` otherwise
+             * @default null
+             */
+            poster_url: string | null;
+            /**
+             * Format: uuid
+             * @description The job's UUID
+             */
+            job_id: string;
+        };
+        /** UserErrorEvent */
+        UserErrorEvent: {
+            /** @enum {unknown} */
+            event: "error";
+            /** @description SSE `id:`; resume with `Last-Event-ID` */
+            id: string;
+            data: components["schemas"]["UserErrorData"];
+        };
+        /** UserErrorData */
+        UserErrorData: {
+            error: string;
+            code: components["schemas"]["ErrorCode"];
+            retryable: boolean;
+            /**
+             * Format: uuid
+             * @description The job's UUID
+             */
+            job_id: string;
+        };
+        /**
+         * WebhookEvent
+         * @description The body of every webhook delivery (Standard Webhooks: `type`, `timestamp`, `data`). The same
+         *         event is sent with the same `webhook-id` header on every attempt: deduplicate on it.
+         */
+        WebhookEvent: {
+            /** @enum {unknown} */
+            type: "job.cancelled" | "job.completed" | "job.failed";
+            /**
+             * @description When the job became final
+             * @example 2026-01-01T12:00:00.000Z
+             */
+            timestamp: string;
+            data: components["schemas"]["WebhookJobData"];
+        };
+        /**
+         * WebhookJobData
+         * @description The job a webhook event is about, as it was when it became final.
+         */
+        WebhookJobData: {
+            /**
+             * Format: uuid
+             * @description The job's UUID
+             */
+            job_id: string;
+            /** @description `completed` or `failed` (a cancelled job is `failed`) */
+            status: components["schemas"]["JobStatus"];
+            /** @description `job.completed`: a signed URL of the video, made when this attempt was sent and valid for `DOWNLOAD_URL_SECONDS` (1 hour) from then; `null` otherwise or once the video is gone */
+            video_url: string | null;
+            /**
+             * @description US dollars (a JSON number, up to 6 decimals)
+             * @example 0.0125
+             */
+            total_cost: number;
+            /** @description Why it failed; `null` for `job.completed` */
+            error: string | null;
+            /** @description `CANCELLED` for `job.cancelled` */
+            error_code: ("BUDGET_EXCEEDED" | "CANCELLED" | "GENERATION_ERROR" | "MODULE_FAILURE" | "TIMEOUT" | "VALIDATION_ERROR") | null;
+            /** @description As the job's `retryable`: submitting again may succeed */
+            retryable: boolean;
+            completed_at: string | null;
+            /**
+             * @description The job this one retried, if it is a retry
+             * @default null
+             */
+            retry_of: string | null;
+        };
+        /**
          * Healthy
          * @description 200 of ``GET /api/v1/health``.
          */
@@ -912,6 +1299,12 @@ export interface components {
             audio_file: string;
             /** @description What the video should show: 50 to 500 characters once trimmed (at most 2000 as sent); no control character but tab and line breaks */
             user_prompt: string;
+            /**
+             * @description Optional: where Montage POSTs this job's final event (`job.completed`, `job.failed`, `job.cancelled`), signed by the Standard Webhooks rules (docs/frontend.md). `https` only outside development; the host must resolve to public addresses only (no loopback, private, link-local, CGNAT, multicast or metadata address; development allows loopback): else 400
+             * @default
+             * @example https://example.com/hooks/montage
+             */
+            webhook_url: string;
         };
         /**
          * JobCreated
@@ -976,46 +1369,6 @@ export interface components {
             total: number;
             limit: number;
             offset: number;
-        };
-        /**
-         * JobListItem
-         * @description One entry of ``GET /api/v1/jobs`` (a summary: no URL, no error text).
-         */
-        JobListItem: {
-            /**
-             * Format: uuid
-             * @description The job's UUID
-             */
-            job_id: string;
-            status: components["schemas"]["JobStatus"];
-            current_stage: ("audio_parser" | "composer" | "prompt_generator" | "reference_generator" | "scene_planner" | "video_generator") | null;
-            /** @description Percent done (fixed marks per stage) */
-            progress: number;
-            /**
-             * @description US dollars (a JSON number, up to 6 decimals)
-             * @example 0.0125
-             */
-            total_cost: number;
-            /**
-             * @description RFC 3339 in UTC with milliseconds
-             * @example 2026-01-01T12:00:00.000Z
-             */
-            created_at: string;
-            completed_at: string | null;
-            /** @description While `queued`: the job's place in line for a turn (1 = next); `null` otherwise */
-            queue_position: number | null;
-            /** @description While `queued`: when its first stage is expected to start (UTC); `null` otherwise */
-            estimated_start: string | null;
-            /**
-             * @description The failed or cancelled job this one retries (`POST …/retry`); `null` for an upload
-             * @default null
-             */
-            retry_of: string | null;
-            /**
-             * @description The job that retries this one; `null` until it is retried (at most once)
-             * @default null
-             */
-            retried_by: string | null;
         };
         /**
          * Job
@@ -1510,6 +1863,11 @@ export interface components {
             files: components["schemas"]["AdminFile"][];
             actions: components["schemas"]["AdminAction"][];
             cancellable: boolean;
+            /**
+             * @description The job's webhook deliveries (none without `webhook_url`)
+             * @default []
+             */
+            webhooks: components["schemas"]["AdminWebhookDelivery"][];
         };
         /** AdminJobFull */
         AdminJobFull: {
@@ -1641,6 +1999,65 @@ export interface components {
              */
             created_at: string;
         };
+        /**
+         * AdminWebhookDelivery
+         * @description One webhook delivery of a job (the outbox row): its id is the `webhook-id` of every attempt.
+         */
+        AdminWebhookDelivery: {
+            /**
+             * @description A delivery's `webhook-id`
+             * @example msg_00000000000000000000000000000000
+             */
+            webhook_id: string;
+            /**
+             * Format: uuid
+             * @description The job's UUID
+             */
+            job_id: string;
+            url: string;
+            /** @enum {unknown} */
+            event_type: "job.cancelled" | "job.completed" | "job.failed";
+            /** @description pending: attempts go on; delivered: a 2xx came back; failed: retries ran out */
+            state: components["schemas"]["WebhookState"];
+            attempts: number;
+            /** @description The receiver's last HTTP status (null: no answer) */
+            last_status: number | null;
+            last_error: string | null;
+            last_attempt_at: string | null;
+            /** @description While pending: when it is tried next */
+            next_attempt_at: string | null;
+            delivered_at: string | null;
+            /**
+             * @description When the event happened (the job became final)
+             * @example 2026-01-01T12:00:00.000Z
+             */
+            created_at: string;
+        };
+        /**
+         * WebhookState
+         * @description Where a webhook delivery stands: attempts go on, a 2xx came back, or its retries ran out.
+         * @enum {unknown}
+         */
+        WebhookState: "delivered" | "failed" | "pending";
+        /** AdminWebhookDeliveries */
+        AdminWebhookDeliveries: {
+            deliveries: components["schemas"]["AdminWebhookDelivery"][];
+        };
+        /**
+         * AdminJobDeleted
+         * @description The console's delete: the job is gone (`already_deleted`: it was before this call).
+         */
+        AdminJobDeleted: {
+            /**
+             * Format: uuid
+             * @description The job's UUID
+             */
+            job_id: string;
+            /** @enum {unknown} */
+            outcome: "already_deleted" | "deleted";
+            /** @description Stored objects of the job deleted by this call */
+            files_deleted: number;
+        };
         /** AdminActions */
         AdminActions: {
             actions: components["schemas"]["AdminAction"][];
@@ -1685,6 +2102,7 @@ export interface components {
             completed_at: string | null;
         };
         SseEvent: components["schemas"]["StateEvent"] | components["schemas"]["StageUpdateEvent"] | components["schemas"]["ProgressEvent"] | components["schemas"]["MessageEvent"] | components["schemas"]["CostUpdateEvent"] | components["schemas"]["PreviewEvent"] | components["schemas"]["CompletedEvent"] | components["schemas"]["ErrorEvent"] | components["schemas"]["HeartbeatEvent"];
+        UserSseEvent: components["schemas"]["UserStateEvent"] | components["schemas"]["UserStageUpdateEvent"] | components["schemas"]["UserProgressEvent"] | components["schemas"]["UserMessageEvent"] | components["schemas"]["UserCostUpdateEvent"] | components["schemas"]["UserPreviewEvent"] | components["schemas"]["UserCompletedEvent"] | components["schemas"]["UserErrorEvent"] | components["schemas"]["HeartbeatEvent"];
         /** @description A JSON value without NUL characters in its text or keys (they cannot be stored); the proxy refuses NUL at any depth, this schema checks the first level (a recursive schema is not something generated TypeScript types can express) */
         StorableJson: string | (number | boolean | null) | unknown[] | Record<string, never>;
     };
@@ -2072,6 +2490,89 @@ export interface operations {
             };
             /** @description Not the caller's (`FORBIDDEN`) */
             403: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not found (`NOT_FOUND`) */
+            404: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Rate limited (`RATE_LIMIT_EXCEEDED`): the request guard, or the job-creation limit */
+            429: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RateLimited"];
+                };
+            };
+            /** @description A dependency is unavailable, or too many open streams (`SERVICE_UNAVAILABLE`, `TOO_MANY_CONNECTIONS`) */
+            503: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description An internal or external service did not answer in time (`TIMEOUT`) */
+            504: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    deleteJob: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                job_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Deleted (or deleted before) */
+            204: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Invalid request (code `VALIDATION_ERROR`), including a malformed path */
+            400: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Missing or invalid credentials (`UNAUTHORIZED`) */
+            401: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
                     [name: string]: unknown;
@@ -2748,6 +3249,147 @@ export interface operations {
             };
             /** @description Not found (`NOT_FOUND`) */
             404: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Rate limited (`RATE_LIMIT_EXCEEDED`): the request guard, or the job-creation limit */
+            429: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RateLimited"];
+                };
+            };
+            /** @description A dependency is unavailable, or too many open streams (`SERVICE_UNAVAILABLE`, `TOO_MANY_CONNECTIONS`) */
+            503: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description An internal or external service did not answer in time (`TIMEOUT`) */
+            504: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    createEventsTicket: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Ticket */
+            201: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["StreamTicket"];
+                };
+            };
+            /** @description Missing or invalid credentials (`UNAUTHORIZED`) */
+            401: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Rate limited (`RATE_LIMIT_EXCEEDED`): the request guard, or the job-creation limit */
+            429: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RateLimited"];
+                };
+            };
+            /** @description A dependency is unavailable, or too many open streams (`SERVICE_UNAVAILABLE`, `TOO_MANY_CONNECTIONS`) */
+            503: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description An internal or external service did not answer in time (`TIMEOUT`) */
+            504: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    streamUserEvents: {
+        parameters: {
+            query?: {
+                /** @description Same as the `Last-Event-ID` header */
+                last_event_id?: string;
+            };
+            header?: {
+                "Last-Event-ID"?: string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Event stream (each message: `UserSseEvent`) */
+            200: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/event-stream": components["schemas"]["UserStateEvent"] | components["schemas"]["UserStageUpdateEvent"] | components["schemas"]["UserProgressEvent"] | components["schemas"]["UserMessageEvent"] | components["schemas"]["UserCostUpdateEvent"] | components["schemas"]["UserPreviewEvent"] | components["schemas"]["UserCompletedEvent"] | components["schemas"]["UserErrorEvent"] | components["schemas"]["HeartbeatEvent"];
+                };
+            };
+            /** @description Invalid request (code `VALIDATION_ERROR`), including a malformed path */
+            400: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Missing or invalid credentials (`UNAUTHORIZED`) */
+            401: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
                     [name: string]: unknown;
@@ -4019,6 +4661,101 @@ export interface operations {
             };
         };
     };
+    deleteAdminJob: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                job_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Deleted */
+            200: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AdminJobDeleted"];
+                };
+            };
+            /** @description Invalid request (code `VALIDATION_ERROR`), including a malformed path */
+            400: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Missing or invalid credentials (`UNAUTHORIZED`) */
+            401: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not an admin (`FORBIDDEN`) */
+            403: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not found (`NOT_FOUND`) */
+            404: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Rate limited (`RATE_LIMIT_EXCEEDED`): the request guard, or the job-creation limit */
+            429: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RateLimited"];
+                };
+            };
+            /** @description A dependency is unavailable, or too many open streams (`SERVICE_UNAVAILABLE`, `TOO_MANY_CONNECTIONS`) */
+            503: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description An internal or external service did not answer in time (`TIMEOUT`) */
+            504: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
     cancelAdminJob: {
         parameters: {
             query?: never;
@@ -4082,6 +4819,196 @@ export interface operations {
             };
             /** @description Not answered any more: a finished job is 400, as for the owner's cancel */
             409: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Rate limited (`RATE_LIMIT_EXCEEDED`): the request guard, or the job-creation limit */
+            429: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RateLimited"];
+                };
+            };
+            /** @description A dependency is unavailable, or too many open streams (`SERVICE_UNAVAILABLE`, `TOO_MANY_CONNECTIONS`) */
+            503: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description An internal or external service did not answer in time (`TIMEOUT`) */
+            504: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    listAdminJobWebhooks: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                job_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Deliveries */
+            200: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AdminWebhookDeliveries"];
+                };
+            };
+            /** @description Invalid request (code `VALIDATION_ERROR`), including a malformed path */
+            400: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Missing or invalid credentials (`UNAUTHORIZED`) */
+            401: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not an admin (`FORBIDDEN`) */
+            403: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not found (`NOT_FOUND`) */
+            404: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Rate limited (`RATE_LIMIT_EXCEEDED`): the request guard, or the job-creation limit */
+            429: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RateLimited"];
+                };
+            };
+            /** @description A dependency is unavailable, or too many open streams (`SERVICE_UNAVAILABLE`, `TOO_MANY_CONNECTIONS`) */
+            503: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description An internal or external service did not answer in time (`TIMEOUT`) */
+            504: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    resendAdminWebhook: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                webhook_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Back in line */
+            200: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AdminWebhookDelivery"];
+                };
+            };
+            /** @description Invalid request (code `VALIDATION_ERROR`), including a malformed path */
+            400: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Missing or invalid credentials (`UNAUTHORIZED`) */
+            401: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not an admin (`FORBIDDEN`) */
+            403: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not found (`NOT_FOUND`) */
+            404: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
                     [name: string]: unknown;
@@ -4295,6 +5222,35 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["Error"];
                 };
+            };
+        };
+    };
+    jobFinishedWebhook: {
+        parameters: {
+            query?: never;
+            header: {
+                /** @description The event's id, the same on every attempt */
+                "webhook-id": string;
+                /** @description Unix seconds of this attempt */
+                "webhook-timestamp": string;
+                /** @description `v1,<base64 HMAC-SHA256 of "<webhook-id>.<webhook-timestamp>.<body>">` */
+                "webhook-signature": string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["WebhookEvent"];
+            };
+        };
+        responses: {
+            /** @description Received (anything else is retried) */
+            "2XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
         };
     };

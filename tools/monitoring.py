@@ -417,6 +417,15 @@ PIPELINE_RULES: list[dict[str, Any]] = [
         f"{COST_BUDGET_DOLLARS_PER_DAY} $/day ({_budget_per_hour:.1f} $/h).",
         for_="1h",
     ),
+    _alert(
+        "MontageWebhookBacklog",
+        "max by (namespace) (montage_webhook_oldest_pending_seconds) > 3600",
+        "ticket",
+        "Webhook deliveries pending for over an hour",
+        "The oldest undelivered webhook is {{ $value | humanizeDuration }} old "
+        "(montage_webhook_backlog deliveries pending): receivers fail or refuse, or the delivery loop is stuck.",
+        for_="15m",
+    ),
 ]
 
 HTTP: list[dict[str, Any]] = [

@@ -48,7 +48,8 @@ TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
 def concrete(path: str) -> str:
     path = re.sub(r"\{(\w+):[^}]+\}", r"{\1}", path)  # route patterns: {entry_id:[0-9]+-[0-9]+}
-    return path.replace("{stream}", "composer").replace("{entry_id}", "1-0").replace("{job_id}", str(uuid.uuid4()))
+    path = path.replace("{stream}", "composer").replace("{entry_id}", "1-0").replace("{job_id}", str(uuid.uuid4()))
+    return path.replace("{webhook_id}", "msg_" + "0" * 32)
 
 
 def timestamps(body: Any, key: str = "") -> list[str]:

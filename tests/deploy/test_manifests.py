@@ -602,8 +602,13 @@ def test_production_stage_workers_have_their_providers() -> None:
     from montage_stages.worker import WorkerSettings
 
     def settings_of(objs: tuple[Obj, ...], deploy: Obj) -> WorkerSettings:
-        env = effective_env(objs, pod_spec(deploy)["containers"][0])
-        return load(WorkerSettings, env, internal_secret="x", storage_signing_key="x")
+        container = pod_spec(deploy)["containers"][0]
+        env = effective_env(objs, container)
+        # a key the Secret provides by reference counts as present (its value is never in the manifests)
+        secrets = {
+            e["name"]: "from-secret" for e in container.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})
+        }
+        return load(WorkerSettings, {**secrets, **env}, internal_secret="x", storage_signing_key="x")
 
     objs = render("overlays/production")
     workers = [d for d in of_kind(objs, "Deployment") if "montage.dev/stage" in d["metadata"]["labels"]]
@@ -614,7 +619,9 @@ def test_production_stage_workers_have_their_providers() -> None:
         assert not settings.allow_local_providers
         assert provider_refusal(settings, stage) is None, stage
         refs = {e["name"] for e in pod_spec(deploy)["containers"][0]["env"] if "secretKeyRef" in e.get("valueFrom", {})}
-        assert {"LLM_API_KEY", "STT_API_KEY", "IMAGE_PROVIDER_API_KEY"} <= refs, stage
+        assert {"LLM_API_KEY", "STT_API_KEY", "IMAGE_PROVIDER_API_KEY", "RUNWAY_API_KEY"} <= refs, stage
+        if stage == "video_generator":
+            assert settings.video_provider == "runway" and settings.provider_limits["runway"] >= 1
     # The base alone is production with every provider local: its workers would refuse.
     base = render("base")
     refused = [d for d in of_kind(base, "Deployment") if "montage.dev/stage" in d["metadata"]["labels"]]

@@ -101,6 +101,8 @@ type TooMany = paths["/api/v1/jobs/{job_id}/stream"]["get"]["responses"]["503"][
 type Ticket = components["schemas"]["StreamTicket"];
 type Retried = paths["/api/v1/jobs/{job_id}/retry"]["post"]["responses"]["201"]["content"]["application/json"];
 type SseEvent = components["schemas"]["SseEvent"];
+type UserSseEvent = components["schemas"]["UserSseEvent"];
+type Assets = paths["/api/v1/jobs/{job_id}/assets"]["get"]["responses"]["200"]["content"]["application/json"];
 
 const job: GetJob = {
   job_id: "6f1c0000-0000-4000-8000-000000000000",
@@ -119,6 +121,7 @@ const job: GetJob = {
   estimated_start: null,
   retry_of: null,
   retried_by: null,
+  poster_url: null,
 };
 
 // Required fields are required: strict mode needs no undefined checks here.
@@ -144,6 +147,21 @@ function eventName(event: SseEvent): string {
     case "heartbeat": return "heartbeat";
     default: return `${event.event} ${event.id}`;
   }
+}
+
+// Previews and the user stream (issue #25): narrowing on `event` types `data`, job_id included.
+function userEvent(event: UserSseEvent): string {
+  switch (event.event) {
+    case "state": return event.data.jobs.map((j) => j.job_id).join(",");
+    case "preview": return `${event.data.job_id} ${event.data.kind} ${event.data.index} ${event.data.url}`;
+    case "completed": return `${event.data.job_id} ${event.data.video_url}`;
+    case "heartbeat": return event.data.timestamp;
+    default: return `${event.data.job_id} ${event.event} ${event.id}`;
+  }
+}
+
+function previewUrls(assets: Assets): string[] {
+  return assets.assets.filter((a) => a.kind === "still" || a.kind === "clip").map((a) => a.url);
 }
 
 async function getJob(jobId: string, token: string): Promise<GetJob> {

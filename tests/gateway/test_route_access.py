@@ -17,7 +17,14 @@ from montage_contracts.routes import Auth, Route, public
 
 from tests.gateway.conftest import bearer
 
-VALUES = {"job_id": str(uuid.uuid4()), "stream": "composer", "entry_id": "1-0", "path": "x.js", "key": "b/x"}
+VALUES = {
+    "job_id": str(uuid.uuid4()),
+    "stream": "composer",
+    "entry_id": "1-0",
+    "path": "x.js",
+    "key": "b/x",
+    "webhook_id": "msg_" + "0" * 32,
+}
 
 
 def concrete(route: Route) -> str:

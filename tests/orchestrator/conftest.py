@@ -90,11 +90,17 @@ def encoded_audio(tmp: Path, fmt: str, seconds: float = 2.0) -> bytes:
 
 
 def upload_form(
-    data: bytes, prompt: str = PROMPT, filename: str = "song.wav", ctype: str = "audio/wav"
+    data: bytes,
+    prompt: str = PROMPT,
+    filename: str = "song.wav",
+    ctype: str = "audio/wav",
+    webhook_url: str | None = None,
 ) -> aiohttp.FormData:
     form = aiohttp.FormData()
     form.add_field("user_prompt", prompt)
     form.add_field("audio_file", data, filename=filename, content_type=ctype)
+    if webhook_url is not None:
+        form.add_field("webhook_url", webhook_url)
     return form
 
 
@@ -254,6 +260,14 @@ class Orchestrator:
     session: aiohttp.ClientSession
     fakes: FakeStages
     app: web.Application
+    runner: web.AppRunner | None = None
+
+    async def stop(self) -> None:
+        """Stop this orchestrator now (as a graceful shutdown does: every background loop ends)."""
+        await self.fakes.stop()
+        if self.runner is not None:
+            runner, self.runner = self.runner, None
+            await runner.cleanup()
 
     async def upload(self, data: bytes | None = None, user: str = "user-1", **form: Any) -> aiohttp.ClientResponse:
         return await self.session.post(
@@ -344,13 +358,14 @@ async def orchestrator_factory(
         if workers:
             await fakes.start()
         fakes_all.append(fakes)
-        return Orchestrator(f"http://127.0.0.1:{port}", app[DEPS], session, fakes, app)
+        return Orchestrator(f"http://127.0.0.1:{port}", app[DEPS], session, fakes, app, runner)
 
     yield make
     for f in fakes_all:
         await f.stop()
     for r in runners:
-        await r.cleanup()
+        if r.server is not None:  # not stopped by its test (``Orchestrator.stop``)
+            await r.cleanup()
     await session.close()
 
 

@@ -4,6 +4,7 @@ deadline; they start when their user's slot frees, on any replica, without passi
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -12,8 +13,9 @@ from typing import Any
 import asyncpg
 import pytest
 from montage_contracts.messages import task_decoder
-from montage_contracts.pipeline import STAGES
+from montage_contracts.pipeline import PIPELINE, STAGES
 from montage_orchestrator import admission
+from montage_orchestrator.jobs import StageRates
 
 from tests.orchestrator.conftest import Orchestrator, headers, wait_for
 
@@ -194,3 +196,16 @@ async def test_a_waiting_job_shows_its_place_and_expected_start(orchestrator_fac
     by_id = {j["job_id"]: j for j in listed["jobs"]}
     assert by_id[third]["queue_position"] == 2 and by_id[third]["estimated_start"] >= starts[0]
     assert by_id[first]["queue_position"] is None and by_id[first]["estimated_start"] is None
+
+
+def test_rates_are_read_often_until_every_stage_is_measured() -> None:
+    """A fresh deployment reads its measured rates every few seconds until each stage has one (for
+    its first minutes), then once a minute."""
+    rates = StageRates(refresh_seconds=60.0, cold_refresh_seconds=5.0, cold_window_seconds=600.0)
+    assert rates._interval() == 5.0
+    rates.measured = {s.name: 0.1 for s in PIPELINE[:-1]}
+    assert rates._interval() == 5.0  # one stage still on its prior
+    rates.measured = {s.name: 0.1 for s in PIPELINE}
+    assert rates._interval() == 60.0
+    rates.measured, rates.cold_until = {}, time.monotonic() - 1.0
+    assert rates._interval() == 60.0  # past the first minutes: once a minute whatever is measured

@@ -25,7 +25,7 @@ async def test_request_shape_png_and_cost(make_ctx: Callable[..., StageContext],
     assert req["path"] == "/v1/images/generations" and req["authorization"] == "Bearer sk-test"
     # GPT image models always answer base64 and refuse response_format: it is not sent to them
     assert req["body"] == {"model": "gpt-image-2", "prompt": "a city", "size": "256x144", "n": 1, "quality": "low"}
-    assert [(c.call_id, c.api_name, c.amount) for c in costs] == [
+    assert [(c.call_id.split("@")[0], c.api_name, c.amount) for c in costs] == [
         ("job1:reference_generator:scene_scene_1", "image:gpt-image-2", Decimal("0.008000"))
     ]
 
@@ -83,7 +83,7 @@ async def test_reference_generator_draws_every_still_with_the_provider(
     for r in stills:
         local = await ctx.storage.get_file(r.key, ctx.workdir / "check.png")
         assert local.read_bytes().startswith(image_provider.PNG_MAGIC)
-    image_calls = sorted(c.call_id for c in costs if c.api_name.startswith("image:"))
+    image_calls = sorted(c.call_id.split("@")[0] for c in costs if c.api_name.startswith("image:"))
     assert image_calls == sorted(
         [f"job1:reference_generator:scene_{s.id}" for s in plan.scenes]
         + [f"job1:reference_generator:character_{c.id}" for c in plan.characters]

@@ -106,7 +106,7 @@ async def test_a_clip_through_the_proxy(
     assert source.trace_id.startswith("nxs_")
     # the cost is RAGNAROK's own figure
     assert [(c.call_id, c.api_name, c.amount) for c in costs] == [
-        ("job1:video_generator:ragnarok_2", "ragnarok", Decimal("2.640000"))
+        (f"job1:video_generator:ragnarok_2@{source.provider_job_id}", "ragnarok", Decimal("2.640000"))
     ]
 
 
@@ -169,7 +169,7 @@ async def test_video_generator_renders_ragnarok_clips(
     for clip in clips.clips:
         job = await _nexus_job(proxy, clip.provider_job_id)
         assert job["trace_id"] == clip.trace_id
-    assert sorted(c.call_id for c in costs if c.api_name == "ragnarok") == [
+    assert sorted(c.call_id.split("@")[0] for c in costs if c.api_name == "ragnarok") == [
         f"job1:video_generator:ragnarok_{i}" for i in range(3)
     ]
 

@@ -3,12 +3,14 @@ request, cost from the reported usage, and every failure mode translated."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from decimal import Decimal
 
 import pytest
 from montage_contracts.errors import ErrorCode, GenerationError
+from montage_contracts.keys import Keys
 from montage_contracts.models import (
     AudioAnalysis,
     ClipPrompt,
@@ -20,11 +22,13 @@ from montage_contracts.models import (
     ScenePlannerInput,
     Section,
 )
-from montage_stages.providers import llm_planner
+from montage_stages.providers import llm_planner, text_provider
 from montage_stages.providers.text_provider import complete_json, strict_object
 from montage_stages.runtime.context import StageContext
-from montage_stages.runtime.provider_http import ContentRefused, ProviderUnavailable
+from montage_stages.runtime.provider_http import ContentRefused, Providers, ProviderUnavailable
+from montage_stages.runtime.provider_limits import ProviderLimits
 from montage_stages.stages import prompt_generator, scene_planner
+from redis.asyncio import Redis
 
 from tests.providers.conftest import Costs, Fake
 
@@ -74,7 +78,8 @@ async def test_request_shape_usage_and_cost(make_ctx: Callable[..., StageContext
     }
     usage = req["usage"]
     [item] = costs
-    assert item.call_id == "job1:scene_planner:llm" and item.api_name == "llm:gpt-5.4-mini"
+    # one row per billed request: the logical call, then the request's id
+    assert item.call_id.startswith("job1:scene_planner:llm@req_") and item.api_name == "llm:gpt-5.4-mini"
     expected = (
         Decimal(usage["prompt_tokens"]) * Decimal("0.75") + Decimal(usage["completion_tokens"]) * Decimal("4.50")
     ) / 10**6
@@ -112,7 +117,7 @@ async def test_failures(
     assert caught.value.code == (ErrorCode.VALIDATION_ERROR if refused else ErrorCode.GENERATION_ERROR)
     assert caught.value.retryable is (error is ProviderUnavailable)
     # a refusal was billed (usage came back); the failures that never answered were not
-    assert [c.call_id for c in costs] == (["c"] if mode == "refuse" else [])
+    assert [c.call_id.split("@")[0] for c in costs] == (["c"] if mode == "refuse" else [])
 
 
 async def test_hang_past_the_timeout(make_ctx: Callable[..., StageContext], fake: Fake) -> None:
@@ -177,7 +182,7 @@ async def test_scene_planner_sends_the_plan_and_its_lyrics(
     # the model's words (the fake mirrors what it got) replace the local ones, timing stays local
     assert all(c.description.startswith("Cinematic, vivid:") for c in plan.clip_scripts)
     assert plan.clip_scripts[0].start == 0.0
-    assert {c.call_id for c in costs} == {"job1:scene_planner:local", "job1:scene_planner:llm"}
+    assert {c.call_id.split("@")[0] for c in costs} == {"job1:scene_planner:local", "job1:scene_planner:llm"}
 
 
 async def test_scene_planner_failure_propagates(make_ctx: Callable[..., StageContext], fake: Fake) -> None:
@@ -202,7 +207,7 @@ async def test_prompt_generator_rewrites_every_prompt(
     assert [c["draft"] for c in sent["clips"]] == [p.prompt for p in local.clips]
     assert [p.prompt for p in out.clips] == [f"Cinematic, vivid: {p.prompt[:400]}".strip() for p in local.clips]
     assert [p.index for p in out.clips] == [p.index for p in local.clips] and out.text_only
-    assert "job1:prompt_generator:llm" in {c.call_id for c in costs}
+    assert "job1:prompt_generator:llm" in {c.call_id.split("@")[0] for c in costs}
 
 
 async def test_a_missing_clip_keeps_its_local_prompt(make_ctx: Callable[..., StageContext]) -> None:
@@ -216,3 +221,38 @@ async def test_a_missing_clip_keeps_its_local_prompt(make_ctx: Callable[..., Sta
 
     merged = prompt_writer.merge(prompts, {"prompts": [{"index": 1, "prompt": "B!"}, {"index": 9, "prompt": "x"}]})
     assert [p.prompt for p in merged.clips] == ["a", "B!"]
+
+
+async def test_a_call_made_again_is_billed_again(make_ctx: Callable[..., StageContext], costs: Costs) -> None:
+    """A retried stage makes its chat completion again and the provider bills both: two rows of the
+    same logical call, each under its own request id (sent as X-Client-Request-Id, or the answer's
+    x-request-id), so the orchestrator records both; a request reported twice has one id."""
+    ctx = make_ctx()
+    for _ in range(2):
+        await complete_json(ctx, call="job1:prompt_generator:llm", name="n", schema=SCHEMA, system="s", user="{}")
+    first, second = (c.call_id for c in costs)
+    assert first.split("@")[0] == second.split("@")[0] == "job1:prompt_generator:llm"
+    assert first != second and all("@req_" in c for c in (first, second))
+
+
+async def test_a_429_backs_every_worker_off(
+    make_ctx: Callable[..., StageContext], fake: Fake, redis: Redis, keys: Keys
+) -> None:
+    """The provider's 429 sets the shared backoff for its Retry-After: another worker process (its
+    own clients and limits on the same Redis) waits it out before calling; the readiness says failing."""
+    await fake.control(mode="429", endpoints=["chat"], times=1, retry_after=1)
+    workers = [Providers(ProviderLimits(redis, keys)) for _ in range(2)]
+    first, second = (dataclasses.replace(make_ctx(), providers=p) for p in workers)
+    try:
+        with pytest.raises(ProviderUnavailable, match="429"):
+            await complete_json(first, call="c", name="n", schema=SCHEMA, system="s", user="{}")
+        assert 0 < await redis.pttl(keys.provider_backoff(text_provider.PROVIDER)) <= 1000
+        status = await redis.hgetall(keys.provider_status())
+        assert b"openai-chat.last_failure" in status
+        await complete_json(second, call="c", name="n", schema=SCHEMA, system="s", user="{}")
+    finally:
+        for p in workers:
+            await p.aclose()
+    refused, answered = fake.requests("chat")
+    assert answered["at"] - refused["at"] >= 0.9  # the other worker waited for the Retry-After
+    assert b"openai-chat.last_success" in await redis.hgetall(keys.provider_status())

@@ -78,7 +78,7 @@ async def test_retried_then_it_answers(redis: Redis, keys: Keys, fake: Fake, wor
     assert [r["outcome"] for r in fake.requests("chat")] == ["429", "429", "ok"]
     calls = [r["at"] for r in fake.requests("chat")]
     assert calls[1] - calls[0] >= 0.1 and calls[2] - calls[1] >= 0.2  # the schedule: 0.1 s, then 0.2 s
-    assert "prompt_generator:llm" in {c.call_id.split(":", 1)[1] for c in result.costs}
+    assert "prompt_generator:llm" in {c.call_id.split("@")[0].split(":", 1)[1] for c in result.costs}
 
 
 async def test_down_for_good_is_a_generation_error(redis: Redis, keys: Keys, fake: Fake, worker_for: Any) -> None:

@@ -89,13 +89,18 @@ class MontageClient:
         except TimeoutError:
             raise Unavailable(f"Montage at {self.base_url} did not answer its health check in time") from None
 
-    async def upload(self, song: Path, prompt: str, *, idempotency_key: str | None = None) -> dict[str, Any]:
+    async def upload(
+        self, song: Path, prompt: str, *, idempotency_key: str | None = None, webhook_url: str | None = None
+    ) -> dict[str, Any]:
         """``POST /api/v1/upload-audio``; with ``idempotency_key`` a repeat of this upload (e.g. after
-        a network error) answers the first response instead of creating a second job."""
+        a network error) answers the first response instead of creating a second job; with
+        ``webhook_url`` the job's final event is POSTed there."""
         if not await asyncio.to_thread(song.is_file):
             raise UsageError(f"no such file: {song}")
         form = aiohttp.FormData()
         form.add_field("user_prompt", prompt)
+        if webhook_url:
+            form.add_field("webhook_url", webhook_url)
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
         with song.open("rb") as fh:
             form.add_field("audio_file", fh, filename=song.name, content_type=audio_content_type(song))
@@ -116,6 +121,10 @@ class MontageClient:
     async def cancel(self, job_id: str) -> dict[str, Any]:
         result: dict[str, Any] = await self.call("POST", route("cancelJob").url(job_id=job_id))
         return result
+
+    async def delete(self, job_id: str) -> None:
+        """``DELETE /api/v1/jobs/{job_id}``: the job, its files and records (204, also when deleted before)."""
+        await self.call("DELETE", route("deleteJob").url(job_id=job_id))
 
     async def retry(self, job_id: str) -> dict[str, Any]:
         """``POST …/retry``: a new job continuing a failed or cancelled one (its ``job_id`` is new)."""

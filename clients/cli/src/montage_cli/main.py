@@ -46,12 +46,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="sent as Idempotency-Key: submitting again with the same key (e.g. after a network error)"
         " answers the first job instead of creating another",
     )
+    s.add_argument("--webhook-url", help="POST the job's final event there (signed; docs/frontend.md#webhooks)")
     s.add_argument("--json", action="store_true", help="JSON (with --watch: the job, then one line per event)")
 
     w = sub.add_parser("watch", help="follow a job's live progress (resumes dropped streams)")
     w.add_argument("job")
     w.add_argument("--last-event-id", help="resume after this event id")
     w.add_argument("--json", action="store_true", help="one JSON line per event")
+
+    ev = sub.add_parser("events", help="follow every event of all your jobs on one stream (resumes dropped streams)")
+    ev.add_argument("--last-event-id", help="resume after this event id (the ids `events` prints with --json)")
+    ev.add_argument("--from-start", action="store_true", help="replay your whole event log (24 h) first")
+    ev.add_argument("--max-events", type=int, help="stop after this many events (the first is the state)")
+    ev.add_argument("--json", action="store_true", help="one JSON line per event")
 
     st = sub.add_parser("status", help="a job's current state")
     st.add_argument("job")
@@ -66,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("cancel", help="cancel a queued or running job")
     c.add_argument("job")
     c.add_argument("--json", action="store_true")
+
+    dl = sub.add_parser("delete", help="delete a job: cancel it if running, its song, images, clips, video, events")
+    dl.add_argument("job")
+    dl.add_argument("--json", action="store_true")
 
     r = sub.add_parser("retry", help="retry a failed or cancelled job, reusing every stage it finished")
     r.add_argument("job")
@@ -142,7 +153,9 @@ async def run(args: argparse.Namespace, settings: CliSettings) -> int:
 async def dispatch(client: MontageClient, args: argparse.Namespace) -> int:
     match args.cmd:
         case "submit":
-            job = await client.upload(args.song, args.prompt, idempotency_key=args.idempotency_key)
+            job = await client.upload(
+                args.song, args.prompt, idempotency_key=args.idempotency_key, webhook_url=args.webhook_url
+            )
             if args.json and args.watch:  # JSON lines: the job, then its events
                 commands.emit_json_line(job)
                 await commands.follow(client, job["job_id"], json_lines=sys.stdout)
@@ -158,6 +171,9 @@ async def dispatch(client: MontageClient, args: argparse.Namespace) -> int:
             view = await commands.follow(client, args.job, json_lines=lines, last_event_id=args.last_event_id)
             if not args.json:
                 print(f"completed: total cost {money(view.cost)}")
+        case "events":
+            start = "0-0" if args.from_start else args.last_event_id
+            await commands.follow_user(client, json_lines=args.json, last_event_id=start, max_events=args.max_events)
         case "status":
             job = await client.job(args.job)
             commands.emit_json(job) if args.json else print(commands.format_job(job))
@@ -167,6 +183,11 @@ async def dispatch(client: MontageClient, args: argparse.Namespace) -> int:
         case "cancel":
             body = await client.cancel(args.job)
             commands.emit_json(body) if args.json else print(f"job {body.get('job_id')}: {body.get('message')}")
+        case "delete":
+            await client.delete(args.job)
+            commands.emit_json({"job_id": args.job, "deleted": True}) if args.json else print(
+                f"job {args.job}: deleted"
+            )
         case "retry":
             job = await client.retry(args.job)
             if args.json:

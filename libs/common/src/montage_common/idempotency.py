@@ -5,7 +5,7 @@ A multipart body is not the request's identity: a browser picks a new boundary e
 sends a ``FormData``, so a client's retry of the very same upload differs byte for byte. The
 fingerprint is taken over what the orchestrator reads from the body instead: the bytes of the
 first ``audio_file`` part (as ``BodyPartReader.read_chunk`` returns them) and the decoded bytes of
-the last ``user_prompt`` part, the same parts ``montage_orchestrator.upload.receive`` keeps. The
+the last ``user_prompt`` part (and of the last ``webhook_url`` part, when there is one), the same parts ``montage_orchestrator.upload.receive`` keeps. The
 orchestrator computes it while it streams the song to disk and hands it to the gateway with its
 answer (:data:`FINGERPRINT_HEADER`); the gateway computes it for a repeated key with
 :func:`fingerprint_upload` and compares. One class here, so the two can never disagree.
@@ -33,6 +33,7 @@ class UploadFingerprint:
     def __init__(self) -> None:
         self._file = hashlib.sha256()
         self._prompt: bytes | None = None
+        self._webhook: bytes | None = None
 
     def file_chunk(self, chunk: bytes) -> None:
         self._file.update(chunk)
@@ -41,6 +42,10 @@ class UploadFingerprint:
         """The ``user_prompt`` field as sent (the last one wins, as in the orchestrator)."""
         self._prompt = raw
 
+    def webhook_url(self, raw: bytes) -> None:
+        """The optional ``webhook_url`` field as sent (the last one wins)."""
+        self._webhook = raw
+
     def hexdigest(self) -> str:
         h = hashlib.sha256(_VERSION)
         h.update(self._file.digest())
@@ -48,6 +53,8 @@ class UploadFingerprint:
             h.update(b"\x00")
         else:
             h.update(b"\x01" + hashlib.sha256(self._prompt).digest())
+        if self._webhook is not None:  # absent: the fingerprint of uploads before webhooks, unchanged
+            h.update(b"\x02" + hashlib.sha256(self._webhook).digest())
         return h.hexdigest()
 
 
@@ -79,6 +86,11 @@ async def fingerprint_upload(request: web.Request, limit: int) -> str:
                 if len(raw) > _MAX_PROMPT_FIELD:
                     raise ValidationError("user_prompt is too long")
                 fp.prompt(bytes(raw))
+            elif part.name == "webhook_url":
+                raw = await part.read(decode=True)
+                if len(raw) > _MAX_PROMPT_FIELD:
+                    raise ValidationError("webhook_url is too long")
+                fp.webhook_url(bytes(raw))
             else:
                 await part.release()
     except (HttpProcessingError, ValueError, AssertionError, KeyError) as exc:

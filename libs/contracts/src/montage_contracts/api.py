@@ -15,8 +15,9 @@ for logged events, the ``id:`` to resume from with ``Last-Event-ID``.
 
 from __future__ import annotations
 
+import enum
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 import msgspec
 from msgspec import Meta, Struct
@@ -181,6 +182,23 @@ class UploadForm(Struct, kw_only=True):
             f" {PROMPT_MAX_SENT} as sent); no control character but tab and line breaks",
         ),
     ]
+    webhook_url: WebhookUrl = ""
+
+
+WebhookUrl = Annotated[
+    str,
+    Meta(
+        max_length=2048,
+        pattern=r"^[Hh][Tt][Tt][Pp][Ss]?://[\x21-\x7e]+$",
+        description=(
+            "Optional: where Montage POSTs this job's final event (`job.completed`, `job.failed`,"
+            " `job.cancelled`), signed by the Standard Webhooks rules (docs/frontend.md). `https` only"
+            " outside development; the host must resolve to public addresses only (no loopback, private,"
+            " link-local, CGNAT, multicast or metadata address; development allows loopback): else 400"
+        ),
+        examples=["https://example.com/hooks/montage"],
+    ),
+]
 
 
 class JobCreated(Struct, kw_only=True):
@@ -299,6 +317,39 @@ class StreamTicket(Struct, kw_only=True):
 
     ticket: str
     expires_in: Annotated[int, Meta(ge=1, description="Seconds the ticket stays valid")]
+
+
+# --- webhooks -------------------------------------------------------------------------------
+WebhookEventType = Literal["job.completed", "job.failed", "job.cancelled"]
+
+
+class WebhookJobData(Struct, kw_only=True):
+    """The job a webhook event is about, as it was when it became final."""
+
+    job_id: JobId
+    status: Annotated[JobStatus, Meta(description="`completed` or `failed` (a cancelled job is `failed`)")]
+    video_url: Annotated[
+        str | None,
+        Meta(
+            description="`job.completed`: a signed URL of the video, made when this attempt was sent and valid"
+            " for `DOWNLOAD_URL_SECONDS` (1 hour) from then; `null` otherwise or once the video is gone"
+        ),
+    ]
+    total_cost: Money
+    error: Annotated[str | None, Meta(description="Why it failed; `null` for `job.completed`")]
+    error_code: Annotated[JobErrorCode | None, Meta(description="`CANCELLED` for `job.cancelled`")]
+    retryable: Annotated[bool, Meta(description="As the job's `retryable`: submitting again may succeed")]
+    completed_at: Timestamp | None
+    retry_of: Annotated[JobId | None, Meta(description="The job this one retried, if it is a retry")] = None
+
+
+class WebhookEvent(Struct, kw_only=True):
+    """The body of every webhook delivery (Standard Webhooks: `type`, `timestamp`, `data`). The same
+    event is sent with the same `webhook-id` header on every attempt: deduplicate on it."""
+
+    type: WebhookEventType
+    timestamp: Annotated[Timestamp, Meta(description="When the job became final")]
+    data: WebhookJobData
 
 
 # --- assets ---------------------------------------------------------------------------------
@@ -700,11 +751,64 @@ SSE_EVENTS: tuple[type[Struct], ...] = (
 )
 
 
+# --- SSE of all the caller's jobs (GET /api/v1/events) ----------------------------------------
+class UserStateData(Struct, kw_only=True):
+    jobs: Annotated[
+        list[JobListItem],
+        Meta(description="The caller's queued and processing jobs now, newest first (at most 50 of each)"),
+    ]
+
+
+class UserStateEvent(Struct, kw_only=True, tag="state", tag_field="event"):
+    """First message of every connection: the caller's active jobs now. Its ``id:`` is the resume
+    point in the caller's log (``Last-Event-ID``, or the newest logged event on a fresh connection)."""
+
+    id: EventId
+    data: UserStateData
+
+
+def _user_event(cls: type[Struct]) -> type[Struct]:
+    """The user stream's form of a logged job event: the same event, ``job_id`` added to its data."""
+    fields = {f.name: f for f in msgspec.structs.fields(cls)}
+    payload: type[Struct] = fields["data"].type
+    data = msgspec.defstruct(
+        f"User{payload.__name__}",
+        [("job_id", JobId)],
+        bases=(payload,),
+        kw_only=True,
+        module=__name__,
+    )
+    name = sse_event_name(cls)
+    return msgspec.defstruct(
+        f"User{cls.__name__}",
+        [("id", EventId), ("data", data)],
+        kw_only=True,
+        tag=name,
+        tag_field="event",
+        module=__name__,
+    )
+
+
 def sse_event_name(cls: type[Struct]) -> str:
     """The SSE ``event:`` name of one of :data:`SSE_EVENTS`."""
     tag = cls.__struct_config__.tag
     assert isinstance(tag, str)
     return tag
+
+
+# One per logged event of the job stream, in the same order (their ``data`` has ``job_id`` first on the wire).
+USER_LOGGED_EVENTS: tuple[type[Struct], ...] = tuple(
+    _user_event(cls) for cls in SSE_EVENTS if cls not in (StateEvent, HeartbeatEvent)
+)
+USER_SSE_EVENTS: tuple[type[Struct], ...] = (UserStateEvent, *USER_LOGGED_EVENTS, HeartbeatEvent)
+for _cls in USER_LOGGED_EVENTS:  # module attributes like the written ones (the document's schemas come from here)
+    globals()[_cls.__name__] = _cls
+    _data_type = next(f.type for f in msgspec.structs.fields(_cls) if f.name == "data")
+    globals()[_data_type.__name__] = _data_type
+if TYPE_CHECKING:
+    UserSseEvent = Struct
+else:
+    UserSseEvent = Union[USER_SSE_EVENTS]  # noqa: UP007 - a union made at run time
 
 
 def decode_sse(event: str, data: bytes, event_id: str | None = None) -> SseEvent:
@@ -922,6 +1026,44 @@ class AdminActions(Struct, kw_only=True):
     actions: list[AdminAction]
 
 
+class WebhookState(enum.StrEnum):
+    """Where a webhook delivery stands: attempts go on, a 2xx came back, or its retries ran out."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+WEBHOOK_ID_PATTERN = r"^msg_[0-9a-f]{32}$"
+WebhookId = Annotated[
+    str, Meta(pattern=WEBHOOK_ID_PATTERN, description="A delivery's `webhook-id`", examples=["msg_" + "0" * 32])
+]
+
+
+class AdminWebhookDelivery(Struct, kw_only=True):
+    """One webhook delivery of a job (the outbox row): its id is the `webhook-id` of every attempt."""
+
+    webhook_id: WebhookId
+    job_id: JobId
+    url: str
+    event_type: WebhookEventType
+    state: Annotated[
+        WebhookState,
+        Meta(description="pending: attempts go on; delivered: a 2xx came back; failed: retries ran out"),
+    ]
+    attempts: int
+    last_status: Annotated[int | None, Meta(description="The receiver's last HTTP status (null: no answer)")]
+    last_error: str | None
+    last_attempt_at: Timestamp | None
+    next_attempt_at: Annotated[Timestamp | None, Meta(description="While pending: when it is tried next")]
+    delivered_at: Timestamp | None
+    created_at: Annotated[Timestamp, Meta(description="When the event happened (the job became final)")]
+
+
+class AdminWebhookDeliveries(Struct, kw_only=True):
+    deliveries: list[AdminWebhookDelivery]
+
+
 class AdminJobDetail(Struct, kw_only=True):
     job: AdminJobFull
     stages: list[AdminStage]
@@ -932,6 +1074,17 @@ class AdminJobDetail(Struct, kw_only=True):
     files: list[AdminFile]
     actions: list[AdminAction]
     cancellable: bool
+    webhooks: Annotated[
+        list[AdminWebhookDelivery], Meta(description="The job's webhook deliveries (none without `webhook_url`)")
+    ] = []
+
+
+class AdminJobDeleted(Struct, kw_only=True):
+    """The console's delete: the job is gone (`already_deleted`: it was before this call)."""
+
+    job_id: JobId
+    outcome: Literal["deleted", "already_deleted"]
+    files_deleted: Annotated[int, Meta(ge=0, description="Stored objects of the job deleted by this call")]
 
 
 class AdminNexusJob(Struct, kw_only=True):

@@ -144,6 +144,24 @@ class Keys:
             return f"{self.partition_tag(self.partition_of(job_id))}:job_events:{job_id}"
         return f"{self.namespace}:job_events:{job_id}"
 
+    # --- one user's events (``GET /api/v1/events``) ---------------------------------------
+    def user_tag(self, user_id: str) -> str:
+        """The hash tag of every key of one user's event log: ``{<namespace>:user:<id>}``, so the
+        relay's script (append + cursor + publish) runs in one slot, and users spread over a cluster."""
+        return "{" + f"{self.namespace}:user:{user_id}" + "}"
+
+    def user_events_stream(self, user_id: str) -> str:
+        """Every job event of the user, copied from the jobs' logs (``montage_common.user_events``)."""
+        return f"{self.user_tag(user_id)}:events"
+
+    def user_event_cursors(self, user_id: str) -> str:
+        """Hash: job id → the last entry of that job's log copied to the user's log."""
+        return f"{self.user_tag(user_id)}:event_cursors"
+
+    def user_events_channel(self, user_id: str) -> str:
+        """Live copy of each appended user event (a shard channel in the user's slot on a cluster)."""
+        return f"{self.user_tag(user_id)}:events:live"
+
     def stage_group(self, stage: str) -> str:
         return stage
 

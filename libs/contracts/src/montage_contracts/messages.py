@@ -33,8 +33,9 @@ def dispatch_message_id(job_id: str, stage: str, dispatch: int) -> str:
 
 
 def call_id(job_id: str, stage: str, what: str) -> str:
-    """The id of one provider call (``job_costs`` is unique on it, so a retried call's cost is
-    recorded once): the same job, stage and ``what`` (e.g. ``clip_3``) give the same id."""
+    """The id of one logical call (``job_costs`` is unique on it, so its cost is recorded once; a
+    billed provider request adds its own id, :func:`request_call_id`): the same job, stage and
+    ``what`` (e.g. ``clip_3``) give the same id."""
     return f"{job_id}:{stage}:{what}"
 
 

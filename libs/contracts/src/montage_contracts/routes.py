@@ -193,7 +193,7 @@ Order on the wire:
 2. Every logged event after the resume point.
 3. Live events as they happen, each with its `id:`; `event: heartbeat` (no `id:`) every 30 s.
 
-Logged events: `stage_update`, `progress`, `message`, `cost_update`, and the final `completed` or
+Logged events: `stage_update`, `progress`, `message`, `cost_update`, `preview`, and the final `completed` or
 `error`. The stream closes 30 s after a final event; resuming after the final event answers 204
 (an `EventSource` then stops reconnecting). A reconnecting client that sends the last `id:` it
 saw gets every event exactly once, in order. An `EventSource` cannot read the status of a
@@ -201,6 +201,23 @@ refused connection (401, 403, 404, 429, 503): it fires `error` with `readyState`
 `POST …/stream-ticket` for the reason and a new ticket. Each message's `event:`, `id:` and
 `data:` are described by the `SseEvent` schema: a union tagged by `event`; each member's `data`
 schema is what its `data:` line holds, as one line of JSON text.
+"""
+
+USER_SSE_DESCRIPTION = """\
+Every event of every job of the caller on one connection: the job stream's messages, each with
+the job's `job_id` first in its `data`, in one log per user (kept 24 hours, at most 10 000 events),
+so `Last-Event-ID` resumes it across reconnects and gateway restarts. Browsers use
+`?ticket=` from `POST /api/v1/events/ticket`.
+
+1. `event: state` whose `data` lists the caller's queued and processing jobs now; its `id:` is the
+   resume point (the `Last-Event-ID` sent, else the newest event of the caller's log, `0-0` when
+   empty; `Last-Event-ID: 0-0` replays the whole log).
+2. Every logged event after the resume point, in order (per job, the job stream's order).
+3. Live events as they happen; `event: heartbeat` (no `id:`) every 30 s. The stream never ends
+   by itself: a job's `completed` or `error` ends that job, not the stream.
+
+Each message is described by the `UserSseEvent` schema (a union tagged by `event`). The connection
+takes one of the caller's stream slots (30 per user, shared with the job streams).
 """
 
 # --- the table ------------------------------------------------------------------------------
@@ -327,6 +344,25 @@ ROUTES: tuple[Route, ...] = (
         params=(JOB_ID,),
     ),
     Route(
+        method="DELETE",
+        path="/api/v1/jobs/{job_id}",
+        operation_id="deleteJob",
+        service=Service.ORCHESTRATOR,
+        auth=Auth.USER,
+        summary="Delete a job: cancels it if running, deletes its song, stills, clips and video, its rows and events",
+        description=(
+            "The owner's delete (a right to erasure): a queued or processing job is cancelled first, then"
+            " every stored file of the job and its records are deleted; only what billing must keep stays"
+            " (each provider charge's amount and time, the job id and its owner; docs/frontend.md). Afterwards"
+            " the job is 404 on every route and its signed URLs stop working. Idempotent: deleting it again"
+            " answers 204 too; a job that is not the caller's is 404. 503 (retryable) when storage is"
+            " unavailable: nothing was deleted, ask again."
+        ),
+        tag="jobs",
+        responses={204: Reply("Deleted (or deleted before)"), **errors(400, 404, *AUTHED)},
+        params=(JOB_ID,),
+    ),
+    Route(
         method="POST",
         path="/api/v1/jobs/{job_id}/retry",
         operation_id="retryJob",
@@ -432,6 +468,35 @@ ROUTES: tuple[Route, ...] = (
             Param("last_event_id", "query", ResumeId, description="Same as the `Last-Event-ID` header"),
         ),
         description=SSE_DESCRIPTION,
+    ),
+    Route(
+        method="POST",
+        path="/api/v1/events/ticket",
+        operation_id="createEventsTicket",
+        service=Service.GATEWAY,
+        auth=Auth.USER,
+        summary="A ticket (20 minutes, reusable) to open the caller's event stream (`GET /api/v1/events`) from a browser",
+        tag="jobs",
+        responses={201: Reply("Ticket", api.StreamTicket), **errors(*AUTHED)},
+    ),
+    Route(
+        method="GET",
+        path="/api/v1/events",
+        operation_id="streamUserEvents",
+        service=Service.GATEWAY,
+        auth=Auth.USER,
+        own_auth="ticket",
+        summary="Server-Sent Events of all the caller's jobs on one connection, each with its `job_id`",
+        tag="jobs",
+        responses={
+            200: Reply("Event stream (each message: `UserSseEvent`)", api.UserSseEvent, media=SSE),
+            **errors(400, *AUTHED),
+        },
+        params=(
+            Param("Last-Event-ID", "header", ResumeId),
+            Param("last_event_id", "query", ResumeId, description="Same as the `Last-Event-ID` header"),
+        ),
+        description=USER_SSE_DESCRIPTION,
     ),
     # the Nexus front door (RAGNAROK)
     Route(
@@ -674,6 +739,48 @@ ROUTES: tuple[Route, ...] = (
             409: Reply("Not answered any more: a finished job is 400, as for the owner's cancel", api.Error),
             **errors(400, 404, *AUTHED),
         },
+        params=(JOB_ID,),
+    ),
+    Route(
+        method="GET",
+        path="/api/v1/admin/jobs/{job_id}/webhooks",
+        operation_id="listAdminJobWebhooks",
+        service=Service.ORCHESTRATOR,
+        auth=Auth.ADMIN,
+        summary="A job's webhook deliveries: state, attempts, last status and error, next attempt" + ADMIN_TEXT,
+        tag="admin",
+        responses={
+            200: Reply("Deliveries", api.AdminWebhookDeliveries),
+            403: ADMIN_403,
+            **errors(400, 404, *AUTHED),
+        },
+        params=(JOB_ID,),
+    ),
+    Route(
+        method="POST",
+        path="/api/v1/admin/webhooks/{webhook_id}/resend",
+        operation_id="resendAdminWebhook",
+        service=Service.ORCHESTRATOR,
+        auth=Auth.ADMIN,
+        summary="Send a webhook delivery again now, same `webhook-id` (any state; a failed one gets a new retry"
+        " window)" + ADMIN_TEXT,
+        tag="admin",
+        responses={
+            200: Reply("Back in line", api.AdminWebhookDelivery),
+            403: ADMIN_403,
+            **errors(400, 404, *AUTHED),
+        },
+        params=(Param("webhook_id", "path", api.WebhookId, required=True),),
+    ),
+    Route(
+        method="DELETE",
+        path="/api/v1/admin/jobs/{job_id}",
+        operation_id="deleteAdminJob",
+        service=Service.ORCHESTRATOR,
+        auth=Auth.ADMIN,
+        summary="Delete any user's job as its owner's delete does (cancel, files, rows, events; logged)" + ADMIN_TEXT,
+        tag="admin",
+        responses={200: Reply("Deleted", api.AdminJobDeleted), 403: ADMIN_403, **errors(400, 404, *AUTHED)},
         params=(JOB_ID,),
     ),
     Route(

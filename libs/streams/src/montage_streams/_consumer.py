@@ -138,6 +138,9 @@ class StreamConsumer:
     grace: float = 20.0
     maintenance_interval: float = 5.0
     on_dead_letter: DeadLetterHook | None = None
+    # Called with an entry's emits once they are written (its hand-off answered "owned"): e.g. to
+    # copy what was just logged elsewhere. Must not block; an exception is logged, not raised.
+    on_handed_off: Callable[[Sequence[Emit]], None] | None = None
     read_ahead: int = 16  # entries held beyond the running ones, at most (0: none)
     read_ahead_wait: float = 0.05  # ... and only as many as the handlers get through in about this
 
@@ -479,9 +482,14 @@ class StreamConsumer:
                 self._requested -= fetch
             self._push(fetched, delivery_count=1)
             done = 0
-            for (d, _), res in zip(batch, results, strict=True):
+            for (d, emits), res in zip(batch, results, strict=True):
                 if res is True:
                     done += 1
+                    if self.on_handed_off is not None and emits:
+                        try:
+                            self.on_handed_off(emits)
+                        except Exception as exc:
+                            log.warning("stream_hand_off_hook_failed", stream=self.stream, error=str(exc)[:200])
                 elif res is False:
                     self._lost.inc()
                     log.warning("stream_claim_lost", message_id=d.message_id, entry=d.entry_id)

@@ -7,6 +7,10 @@ pushed to the bounded queue of every local client of that job. A client whose qu
 (it does not read) is closed; it reconnects with ``Last-Event-ID`` and catches up from the log.
 Heartbeats are one timer for all clients. A lost Redis connection closes every client, for the
 same reason: reconnecting replays exactly what was missed.
+
+The same hub carries the user streams (``GET /api/v1/events``): :meth:`Hub.join_user` subscribes
+the user's channel (``keys.user_events_channel``, fed by the copy into the user's log,
+``montage_common.user_events``), whose messages are rendered with their ``job_id``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import msgspec
 import structlog
 from montage_common.events import id_key, parse_published
 from montage_common.redis import RedisTarget
+from montage_common.user_events import parse_user_published, render_user_event
 from montage_contracts.api import HeartbeatData, timestamp
 from montage_contracts.events import encode_data, event_name
 from montage_contracts.keys import Keys
@@ -40,9 +45,9 @@ class Frame:
     kind: str = "event"
 
 
-def render(data: msgspec.Struct, entry_id: str | None = None) -> bytes:
-    """One SSE message: ``event:`` (the payload's event name), ``id:`` when logged, ``data:``."""
-    event = event_name(data)
+def render(data: msgspec.Struct, entry_id: str | None = None, event: str | None = None) -> bytes:
+    """One SSE message: ``event:`` (the payload's event name unless given), ``id:`` when logged, ``data:``."""
+    event = event or event_name(data)
     head = f"event: {event}\nid: {entry_id}\n" if entry_id else f"event: {event}\n"
     return head.encode() + b"data: " + encode_data(data) + b"\n\n"
 
@@ -55,8 +60,9 @@ def heartbeat_frame() -> Frame:
 class Client:
     """One SSE connection's inbox; ``None`` in the queue means: close."""
 
-    job_id: str
+    job_id: str  # the job, or for a user stream the user
     queue: asyncio.Queue[Frame | None]
+    channel: bytes = b""
     close_reason: str = ""
     _close_timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
@@ -96,23 +102,25 @@ class Hub:
         self.heartbeat_seconds = heartbeat_seconds
         self.subscriber = make_subscriber(redis_url, self._on_message, self._on_reset)
         self._clients: dict[bytes, set[Client]] = {}
-        self._channel_of: dict[str, bytes] = {}
         self._subscribing: dict[bytes, asyncio.Future[None]] = {}
+        self._user_channels: set[bytes] = set()  # the channels of user streams (the others: jobs)
 
     @property
     def connections(self) -> int:
         return sum(len(c) for c in self._clients.values())
 
-    def _channel(self, job_id: str) -> bytes:
-        ch = self._channel_of.get(job_id)
-        if ch is None:
-            ch = self.keys.job_events_channel(job_id).encode()
-        return ch
-
     async def join(self, job_id: str) -> Client:
         """A new client of ``job_id``; returns once live events for the job are flowing to it."""
-        channel = self._channel(job_id)
-        client = Client(job_id, asyncio.Queue(self.queue_size))
+        return await self._join(job_id, self.keys.job_events_channel(job_id).encode())
+
+    async def join_user(self, user_id: str) -> Client:
+        """A new client of all of ``user_id``'s events (its log's live channel)."""
+        channel = self.keys.user_events_channel(user_id).encode()
+        self._user_channels.add(channel)
+        return await self._join(user_id, channel)
+
+    async def _join(self, topic: str, channel: bytes) -> Client:
+        client = Client(topic, asyncio.Queue(self.queue_size), channel)
         members = self._clients.get(channel)
         if members is not None:
             members.add(client)
@@ -121,7 +129,6 @@ class Hub:
                 await self._await_subscription(client, channel, waiter)
             return client
         self._clients[channel] = {client}
-        self._channel_of[job_id] = channel
         SSE_SUBSCRIPTIONS.set(len(self._clients))
         waiter = asyncio.ensure_future(self.subscriber.subscribe(channel))
         self._subscribing[channel] = waiter
@@ -141,14 +148,14 @@ class Hub:
 
     def leave(self, client: Client) -> None:
         client.cancel_timer()
-        channel = self._channel(client.job_id)
+        channel = client.channel
         members = self._clients.get(channel)
         if members is None or client not in members:
             return
         members.discard(client)
         if not members:
             del self._clients[channel]
-            self._channel_of.pop(client.job_id, None)
+            self._user_channels.discard(channel)
             self.subscriber.unsubscribe(channel)
             SSE_SUBSCRIPTIONS.set(len(self._clients))
 
@@ -157,11 +164,15 @@ class Hub:
         if not members:
             return
         try:
-            entry_id, event = parse_published(data)
-        except (msgspec.DecodeError, ValueError):
+            if channel in self._user_channels:
+                user_event = parse_user_published(data)
+                frame = Frame(render_user_event(user_event), id_key(user_event.entry_id))
+            else:
+                entry_id, event = parse_published(data)
+                frame = Frame(render(event.data, entry_id), id_key(entry_id), event.final)
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError, KeyError):
             log.warning("event_unparseable", channel=channel.decode(errors="replace"))
             return
-        frame = Frame(render(event.data, entry_id), id_key(entry_id), event.final)
         for client in tuple(members):
             client.push(frame)
 

@@ -84,13 +84,14 @@ class _Schemas:
     """One ``schema_components`` call over every type of the document; ``of(t)`` is t's schema."""
 
     def __init__(self, ops: tuple[Route, ...]) -> None:
-        types: list[Any] = [api.SseEvent]
+        types: list[Any] = [api.SseEvent, api.UserSseEvent, api.WebhookEvent]
         types.extend(t for op in ops for t in _types(op))
         types.extend(t for _, t, _, _ in HEADERS.values())
         unique = list(dict.fromkeys(types))
         schemas, self.components = msgspec.json.schema_components(unique, ref_template=REF)
         self._by_type = dict(zip(unique, schemas, strict=True))
         self.components["SseEvent"] = self._by_type[api.SseEvent]
+        self.components["UserSseEvent"] = self._by_type[api.UserSseEvent]
         self.components.update(api.EXTRA_COMPONENTS)
         for name, keywords in api.SCHEMA_EXTRAS.items():
             self.components[name] = {**self.components[name], **keywords}
@@ -176,6 +177,47 @@ def document(*, development: bool, server_url: str = "/") -> dict[str, Any]:
             "schemas": schemas.components,
         },
         "paths": paths,
+        "webhooks": _webhooks(schemas),
+    }
+
+
+WEBHOOK_DESCRIPTION = """\
+What Montage POSTs to the `webhook_url` given at upload when the job becomes final, signed by the
+Standard Webhooks specification with the deployment's `WEBHOOK_SECRET` (verify with any
+`standardwebhooks` library; docs/frontend.md). Answer 2xx quickly: any other answer, a redirect
+(never followed) or no answer within 10 s is retried with exponential backoff for at least 24 h,
+with the same `webhook-id` (deduplicate on it)."""
+
+
+def _webhooks(schemas: _Schemas) -> dict[str, Any]:
+    """The OpenAPI 3.1 ``webhooks`` of the document: the job's final event (``api.WebhookEvent``)."""
+    header = {"required": True, "schema": {"type": "string"}}
+    params = [
+        {"name": "webhook-id", "in": "header", **header, "description": "The event's id, the same on every attempt"},
+        {"name": "webhook-timestamp", "in": "header", **header, "description": "Unix seconds of this attempt"},
+        {
+            "name": "webhook-signature",
+            "in": "header",
+            **header,
+            "description": '`v1,<base64 HMAC-SHA256 of "<webhook-id>.<webhook-timestamp>.<body>">`',
+        },
+    ]
+    return {
+        "jobFinished": {
+            "post": {
+                "operationId": "jobFinishedWebhook",
+                "summary": "A job became final: `job.completed`, `job.failed` or `job.cancelled`",
+                "description": WEBHOOK_DESCRIPTION,
+                "tags": ["webhooks"],
+                "security": [],
+                "parameters": params,
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": schemas.of(api.WebhookEvent)}},
+                },
+                "responses": {"2XX": {"description": "Received (anything else is retried)"}},
+            }
+        }
     }
 
 

@@ -171,6 +171,14 @@ async def stream_ticket(request: web.Request) -> web.StreamResponse:
     return await request.app[GATEWAY].stream.ticket(request)
 
 
+async def user_stream(request: web.Request) -> web.StreamResponse:
+    return await request.app[GATEWAY].stream.user_stream(request)
+
+
+async def events_ticket(request: web.Request) -> web.StreamResponse:
+    return await request.app[GATEWAY].stream.events_ticket(request)
+
+
 async def health(request: web.Request) -> web.StreamResponse:
     return await request.app[GATEWAY].health.health(request)
 
@@ -192,6 +200,8 @@ def own_handlers(settings: GatewaySettings, console: admin.AdminHandlers) -> dic
         "getFile": files,
         "streamJobEvents": stream,
         "createStreamTicket": stream_ticket,
+        "streamUserEvents": user_stream,
+        "createEventsTicket": events_ticket,
         "getUsage": usage.get_usage,
         **console.handlers(),
     }

@@ -60,18 +60,23 @@ class ConnectionSlots:
         now = int(time.time() * 1000)
         return bool(await self._script(keys=[key], args=[now, self.lease_ms, limit, member]))
 
-    async def acquire(self, job_id: str, user_id: str) -> Lease:
-        lease = Lease(uuid.uuid4().hex, self.keys.sse_job_connections(job_id), self.keys.sse_user_connections(user_id))
-        if not await self._take(lease.job_key, self.per_job, lease.id):
+    async def acquire(self, job_id: str | None, user_id: str) -> Lease:
+        """A job stream's lease (its job's and its user's slot), or with ``job_id`` None a user
+        stream's (its user's slot only)."""
+        job_key = "" if job_id is None else self.keys.sse_job_connections(job_id)
+        lease = Lease(uuid.uuid4().hex, job_key, self.keys.sse_user_connections(user_id))
+        if lease.job_key and not await self._take(lease.job_key, self.per_job, lease.id):
             SSE_REFUSED.labels("job").inc()
             raise TooManyConnections(f"Too many connections for this job (max {self.per_job})", job_id=job_id)
         try:
             user_ok = await self._take(lease.user_key, self.per_user, lease.id)
         except BaseException:
-            await self.redis.zrem(lease.job_key, lease.id)
+            if lease.job_key:
+                await self.redis.zrem(lease.job_key, lease.id)
             raise
         if not user_ok:
-            await self.redis.zrem(lease.job_key, lease.id)
+            if lease.job_key:
+                await self.redis.zrem(lease.job_key, lease.id)
             SSE_REFUSED.labels("user").inc()
             raise TooManyConnections(f"Too many open streams for this user (max {self.per_user})", job_id=job_id)
         self._live[lease.id] = lease
@@ -81,7 +86,8 @@ class ConnectionSlots:
         """Free the slots; if Redis is unreachable the lease simply expires (it is no longer refreshed)."""
         self._live.pop(lease.id, None)
         pipe: Any = self.redis.pipeline(transaction=False)
-        pipe.zrem(lease.job_key, lease.id)
+        if lease.job_key:
+            pipe.zrem(lease.job_key, lease.id)
         pipe.zrem(lease.user_key, lease.id)
         try:
             await pipe.execute()
@@ -107,8 +113,9 @@ class ConnectionSlots:
         for start in range(0, len(leases), 1000):
             pipe: Any = self.redis.pipeline(transaction=False)
             for lease in leases[start : start + 1000]:
-                pipe.zadd(lease.job_key, {lease.id: expiry}, xx=True)
+                if lease.job_key:
+                    pipe.zadd(lease.job_key, {lease.id: expiry}, xx=True)
+                    pipe.pexpire(lease.job_key, self.lease_ms)
                 pipe.zadd(lease.user_key, {lease.id: expiry}, xx=True)
-                pipe.pexpire(lease.job_key, self.lease_ms)
                 pipe.pexpire(lease.user_key, self.lease_ms)
             await pipe.execute()

@@ -26,6 +26,12 @@ A stream whose client goes away ends at once (the server does not cancel handler
 Auth: ``Authorization: Bearer`` or ``?ticket=`` (see :mod:`montage_gateway.tickets`). Ownership
 is the orchestrator's ``GET /api/v1/jobs/{job_id}`` answered for this user; its 403/404 pass
 through unchanged.
+
+``GET /api/v1/events`` (:meth:`StreamHandler.user_stream`) is the same protocol over the user's
+log of all their jobs' events (``montage_common.user_events``): ``state`` first (the user's active
+jobs, its ``id:`` the resume point in the user's log), the log after it, then live events from the
+user's channel, each message's data with its ``job_id``. It holds one user slot (no job slot) and
+never ends by itself: one job's final event is not the stream's.
 """
 
 from __future__ import annotations
@@ -37,9 +43,11 @@ import structlog
 from aiohttp import web
 from montage_common.events import id_key, last_event, replay, valid_event_id
 from montage_common.redis import REDIS_DOWN
+from montage_common.user_events import last_user_event, render_user_event, replay_user
 from montage_common.web import HEADER_REQUEST_ID, REQUEST_ID, json_response, on_connection_lost
-from montage_contracts.api import CompletedData, ErrorData, StateData, StreamTicket
+from montage_contracts.api import CompletedData, ErrorData, JobList, JobListItem, StateData, StreamTicket, UserStateData
 from montage_contracts.errors import ErrorCode, ServiceUnavailable, Unauthorized, ValidationError, job_retryable
+from montage_contracts.events import STATE_EVENT
 from montage_contracts.keys import Keys
 from montage_contracts.pipeline import FINAL_STATUSES, JobStatus
 from montage_contracts.routes import route
@@ -51,9 +59,12 @@ from montage_gateway.metrics import AUTH_FAILURES, SSE_DELIVERED, SSE_DROPPED, S
 from montage_gateway.proxy import Forwarder, Upstream
 from montage_gateway.pubsub import SubscriberUnavailable
 from montage_gateway.slots import ConnectionSlots
-from montage_gateway.tickets import TicketStore
+from montage_gateway.tickets import EVENTS_SCOPE, TicketStore
 
 GET_JOB = route("getJob")  # the owner check and the snapshot: the orchestrator's answer for this user
+LIST_JOBS = route("listJobs")  # the user stream's state: the user's active jobs
+ACTIVE = (JobStatus.PROCESSING, JobStatus.QUEUED)
+_job_list = msgspec.json.Decoder(JobList)
 
 log = structlog.get_logger()
 
@@ -110,11 +121,12 @@ class StreamHandler:
         self.close_after_final = close_after_final
         self.write_timeout = write_timeout
 
-    async def _user(self, request: web.Request, job_id: str) -> str:
+    async def _user(self, request: web.Request, scope: str) -> str:
+        """The caller: its bearer token, or a ticket for ``scope`` (a job id, or the user's events)."""
         ticket = request.query.get("ticket")
         if ticket is None:
             return await self.auth.authenticate(request)
-        user = await self.tickets.redeem(ticket, job_id)
+        user = await self.tickets.redeem(ticket, scope)
         if user is None:
             AUTH_FAILURES.labels("bad_ticket").inc()
             raise Unauthorized("Invalid or expired stream ticket")
@@ -238,3 +250,90 @@ class StreamHandler:
         except (ConnectionError, TimeoutError, RuntimeError):
             raise _Gone from None
         _DELIVERED[frame.kind].inc()
+
+    # --- GET /api/v1/events: every event of every job of the caller ------------------------------
+    async def events_ticket(self, request: web.Request) -> web.Response:
+        """``POST /api/v1/events/ticket`` → ``{ticket, expires_in}`` for the caller's own event stream."""
+        ticket = await self.tickets.issue(request_user(request), EVENTS_SCOPE)
+        return json_response(StreamTicket(ticket=ticket, expires_in=self.tickets.ttl_seconds), status=201)
+
+    async def _active_jobs(self, request: web.Request, user: str) -> list[JobListItem]:
+        jobs: list[JobListItem] = []
+        for status in ACTIVE:
+            reply = await self.forwarder.call(
+                self.orchestrator,
+                "GET",
+                f"{LIST_JOBS.path}?status={status.value}&limit=50",
+                request_id=request[REQUEST_ID],
+                user_id=user,
+            )
+            if reply.status != 200:
+                raise ServiceUnavailable("The job list is unavailable; retry shortly")
+            jobs.extend(_job_list.decode(reply.body).jobs)
+        return sorted(jobs, key=lambda j: j.created_at, reverse=True)
+
+    async def user_stream(self, request: web.Request) -> web.StreamResponse:
+        user = await self._user(request, EVENTS_SCOPE)
+        resume = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
+        if resume is not None and not valid_event_id(resume):
+            raise ValidationError("Last-Event-ID must be an event id this stream sent (<ms>-<seq>)")
+        newest = await last_user_event(self.redis, self.keys, user)  # before the state, as for a job
+        state = UserStateData(jobs=await self._active_jobs(request, user))
+        after = resume if resume is not None else newest or "0-0"
+        lease = await self.slots.acquire(None, user)
+        try:
+            try:
+                client = await self.hub.join_user(user)
+            except SubscriberUnavailable:
+                raise ServiceUnavailable("Live events are unavailable; retry shortly") from None
+            on_connection_lost(request, lambda: client.close("client_gone"))
+            SSE_OPEN.inc()
+            try:
+                return await self._serve_user(request, user, state, after, client)
+            finally:
+                SSE_OPEN.dec()
+                self.hub.leave(client)
+        finally:
+            await self.slots.release(lease)
+
+    async def _serve_user(
+        self, request: web.Request, user: str, state: UserStateData, after: str, client: Client
+    ) -> web.StreamResponse:
+        resp = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache, no-transform",
+                "X-Accel-Buffering": "no",
+                HEADER_REQUEST_ID: request[REQUEST_ID],
+            }
+        )
+        await resp.prepare(request)
+        reason = "client_gone"
+        try:
+            await self._write(resp, Frame(render(state, after, STATE_EVENT), kind="state"))
+            last = id_key(after)
+            for ev in await replay_user(self.redis, self.keys, user, after=after):
+                await self._write(resp, Frame(render_user_event(ev), id_key(ev.entry_id)))
+                last = id_key(ev.entry_id)
+            while (frame := await client.queue.get()) is not None:
+                if frame.key is not None:
+                    if frame.key <= last:
+                        continue  # already sent by the replay
+                    last = frame.key
+                await self._write(resp, frame)
+            reason = client.close_reason
+        except _Gone:
+            SSE_DROPPED.labels("write_failed").inc()
+            return resp
+        except REDIS_DOWN as exc:
+            log.warning("sse_user_replay_failed", error=type(exc).__name__)
+            SSE_DROPPED.labels("redis_error").inc()
+            reason = "redis_error"
+        if reason != "redis_error":
+            SSE_DROPPED.labels(reason or "closed").inc()
+        try:
+            async with asyncio.timeout(self.write_timeout):
+                await resp.write_eof()
+        except (ConnectionError, TimeoutError, RuntimeError):
+            pass
+        return resp

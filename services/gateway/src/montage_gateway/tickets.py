@@ -6,7 +6,8 @@ A browser's ``EventSource`` cannot send ``Authorization``; it first calls
 user and one job, and valid for ``ttl`` seconds (default 20 minutes: longer than a job may run)
 for any number of connections, so ``EventSource``'s own reconnects (same URL, plus the
 ``Last-Event-ID`` header it adds itself) are accepted. It grants nothing else: no other job,
-no other route. Only a hash of the ticket is stored as the key. The reasoning is in
+no other route. A ticket of ``POST /api/v1/events/ticket`` is bound to the user's own event stream
+(scope :data:`EVENTS_SCOPE`) the same way. Only a hash of the ticket is stored as the key. The reasoning is in
 ``docs/sse.md``.
 """
 
@@ -19,6 +20,8 @@ from montage_contracts.keys import Keys
 from redis.asyncio import Redis
 
 MAX_TICKET_CHARS = 128
+# The scope of a ticket for ``GET /api/v1/events`` (all the user's jobs): never a job id.
+EVENTS_SCOPE = "*events"
 
 
 def _digest(ticket: str) -> str:

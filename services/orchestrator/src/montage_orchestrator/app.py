@@ -51,6 +51,8 @@ def create_app(settings: OrchestratorSettings) -> web.Application:
             resources.results_consumers(settings, replica),
             resources.sweeper(settings, replica),
             resources.turns(settings),
+            resources.user_events(settings),
+            resources.webhook_sender(settings),
         ]
     )
     return app

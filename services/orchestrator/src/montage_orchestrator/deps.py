@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 from montage_orchestrator.cache import StatusCache
 from montage_orchestrator.outbox import Outbox
 from montage_orchestrator.settings import OrchestratorSettings
+from montage_orchestrator.user_events import UserEventRelay
 
 
 @dataclass(slots=True)
@@ -42,14 +43,18 @@ class Deps:
     cache: StatusCache
     outbox: Outbox
     producer: StreamProducer
+    user_events: UserEventRelay  # copies job events into their users' logs (``GET /api/v1/events``)
     # Set when a slot may have freed (a job became final): the turn-giver wakes (``admission.run``).
     turns_due: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set when a job with a webhook became final: the delivery loop wakes (``webhooks.Sender``).
+    webhooks_due: asyncio.Event = field(default_factory=asyncio.Event)
     forecasts: Forecasts = field(default_factory=Forecasts)
 
     @classmethod
     def build(cls, settings: OrchestratorSettings, pool: asyncpg.Pool, redis: Redis, storage: Storage) -> Deps:
         keys = keys_for(settings)
         producer = StreamProducer(redis)
+        user_events = UserEventRelay(pool, redis, keys)
         return cls(
             settings=settings,
             pool=pool,
@@ -57,8 +62,9 @@ class Deps:
             keys=keys,
             storage=storage,
             cache=StatusCache(redis, keys, settings.status_cache_seconds),
-            outbox=Outbox(pool, producer),
+            outbox=Outbox(pool, producer, on_sent=user_events.notice),
             producer=producer,
+            user_events=user_events,
         )
 
 

@@ -11,7 +11,7 @@ import asyncpg
 from montage_contracts import api
 from montage_contracts.api import timestamp
 from montage_contracts.errors import job_retryable
-from montage_contracts.pipeline import FINAL_STATUSES, JobStatus, StageSpec, remaining_after
+from montage_contracts.pipeline import FINAL_STATUSES, PIPELINE, JobStatus, StageSpec, remaining_after
 
 from montage_orchestrator.store import iso
 
@@ -35,18 +35,35 @@ class StageRates:
     The median over each stage's most recent completed runs (``window``, last 7 days; each run's
     ``job_stages.duration_seconds``, the worker's own time on it), read at
     most every ``refresh_seconds``; a stage with fewer than ``min_samples`` runs uses its spec's
-    prior (:attr:`StageSpec.seconds_per_audio_second`).
+    prior (:attr:`StageSpec.seconds_per_audio_second`). On a fresh deployment, while some stage
+    has no measured rate yet, the table is read every ``cold_refresh_seconds`` for the process's
+    first ``cold_window_seconds``: the priors (written for real providers) give way to what this
+    deployment measures within seconds of its first jobs, not a minute later.
     """
 
-    def __init__(self, *, refresh_seconds: float = 60.0, min_samples: int = 3, window: int = 50) -> None:
+    def __init__(
+        self,
+        *,
+        refresh_seconds: float = 60.0,
+        min_samples: int = 3,
+        window: int = 50,
+        cold_refresh_seconds: float = 5.0,
+        cold_window_seconds: float = 600.0,
+    ) -> None:
         self.refresh_seconds = refresh_seconds
         self.min_samples = min_samples
         self.window = window
+        self.cold_refresh_seconds = cold_refresh_seconds
+        self.cold_until = time.monotonic() + cold_window_seconds
         self.measured: dict[str, float] = {}
         self._read_at = -math.inf
 
+    def _interval(self) -> float:
+        cold = len(self.measured) < len(PIPELINE) and time.monotonic() < self.cold_until
+        return self.cold_refresh_seconds if cold else self.refresh_seconds
+
     async def refresh(self, db: asyncpg.Pool | asyncpg.Connection) -> None:
-        if time.monotonic() - self._read_at < self.refresh_seconds:
+        if time.monotonic() - self._read_at < self._interval():
             return
         self._read_at = time.monotonic()
         rows = await db.fetch(_RATES_SQL, self.window)

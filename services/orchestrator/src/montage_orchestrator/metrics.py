@@ -44,3 +44,25 @@ ADMISSION_PREDICTED_WAIT = Gauge(
     "montage_admission_predicted_wait_seconds", "Predicted start delay of a job uploaded now (at the last upload)"
 )
 ADMISSION_REFUSED = Counter("montage_admission_refused_total", "Uploads refused at the door (503 (busy))")
+WEBHOOK_ATTEMPTS = Counter(
+    "montage_webhook_attempts_total",
+    "Webhook delivery attempts by outcome: delivered (2xx), failed (another answer, a timeout, no connection),"
+    " refused (the URL broke the SSRF rules at delivery: never contacted)",
+    ["outcome"],
+)
+WEBHOOK_GAVE_UP = Counter(
+    "montage_webhook_gave_up_total", "Webhook deliveries marked failed after WEBHOOK_RETRY_WINDOW_SECONDS of attempts"
+)
+WEBHOOK_URLS_REFUSED = Counter(
+    "montage_webhook_urls_refused_total", "Webhook URLs refused by the SSRF rules (where: upload, delivery)", ["where"]
+)
+WEBHOOK_SECONDS = Histogram(
+    "montage_webhook_attempt_seconds",
+    "One webhook delivery attempt: connect, send and the receiver's answer",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+)
+WEBHOOK_BACKLOG = Gauge("montage_webhook_backlog", "Webhook deliveries not yet delivered nor given up (the outbox)")
+WEBHOOK_OLDEST_PENDING = Gauge(
+    "montage_webhook_oldest_pending_seconds", "Age of the oldest webhook delivery still pending (0: none)"
+)
+JOBS_DELETED = Counter("montage_jobs_deleted_total", "Jobs deleted (by: owner, operator)", ["by"])

@@ -10,7 +10,7 @@ its second result is ignored).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import asyncpg
 import msgspec
@@ -58,9 +58,12 @@ def unpack(data: bytes) -> list[Emit]:
 
 
 class Outbox:
-    def __init__(self, pool: asyncpg.Pool, producer: StreamProducer) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, producer: StreamProducer, on_sent: Callable[[Sequence[Emit]], None] | None = None
+    ) -> None:
         self.pool = pool
         self.producer = producer
+        self.on_sent = on_sent  # told what was written (the users' event logs copy the job events)
 
     @staticmethod
     async def add(conn: asyncpg.Connection, job_id: uuid.UUID | None, emits: Sequence[Emit]) -> int:
@@ -72,7 +75,10 @@ class Outbox:
             data = await store.claim_outbox(conn, outbox_id)
             if data is None:
                 return False
-            await self.producer.emit(unpack(data))
+            emits = unpack(data)
+            await self.producer.emit(emits)
+        if self.on_sent is not None:
+            self.on_sent(emits)
         return True
 
     async def send_quietly(self, outbox_id: int) -> None:

@@ -1,7 +1,8 @@
 """The orchestrator's resources, one ``cleanup_ctx`` each, started in this order and stopped in
 the reverse one: the Postgres pool (and migrations) and the Redis client (both from
 ``montage_common.resources``), storage, the container
-(``app[DEPS]``), the results consumers (one per partition), the sweeper, the turn-giver.
+(``app[DEPS]``), the results consumers (one per partition), the sweeper, the turn-giver, the users'
+event logs, the webhook delivery loop.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from montage_common.storage import Storage, create_storage
 from montage_contracts.keys import ORCHESTRATOR_GROUP
 from montage_streams import RetryPolicy, StreamConsumer
 
-from montage_orchestrator import admission
+from montage_orchestrator import admission, webhooks
 from montage_orchestrator.deps import DEPS, Deps
 from montage_orchestrator.pipeline import Pipeline
 from montage_orchestrator.settings import OrchestratorSettings
@@ -69,6 +70,7 @@ def results_consumers(settings: OrchestratorSettings, replica: str) -> Context:
                 claim_idle_ms=settings.claim_idle_ms,
                 retry=RESULT_RETRY,
                 grace=settings.shutdown_grace_seconds,
+                on_handed_off=deps.user_events.notice,  # copy the events just logged to their users' logs
             )
             for stream in deps.keys.results_streams()
         ]
@@ -97,6 +99,21 @@ def sweeper(settings: OrchestratorSettings, replica: str) -> Context:
     return ctx
 
 
+def user_events(settings: OrchestratorSettings) -> Context:
+    """The copy of job events into their users' logs (``user_events``)."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        stop = asyncio.Event()
+        task = asyncio.create_task(app[DEPS].user_events.run(stop), name="user-events")
+        try:
+            yield
+        finally:
+            stop.set()
+            await _finish([task], settings.shutdown_grace_seconds + 1)
+
+    return ctx
+
+
 def turns(settings: OrchestratorSettings) -> Context:
     """The turn-giver (``admission.run``): waiting jobs start when a slot frees."""
 
@@ -108,6 +125,21 @@ def turns(settings: OrchestratorSettings) -> Context:
         finally:
             stop.set()
             await _finish([task], settings.shutdown_grace_seconds + 1)
+
+    return ctx
+
+
+def webhook_sender(settings: OrchestratorSettings) -> Context:
+    """The webhook delivery loop (``webhooks.Sender``): the outbox rows due, on every replica."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        stop = asyncio.Event()
+        task = asyncio.create_task(webhooks.Sender(app[DEPS]).run(stop), name="webhooks")
+        try:
+            yield
+        finally:
+            stop.set()
+            await _finish([task], settings.webhook_timeout_seconds + 1)
 
     return ctx
 

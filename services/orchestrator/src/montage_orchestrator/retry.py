@@ -279,6 +279,7 @@ async def _insert_job(  # noqa: PLR0917
                 "created_at": now,
                 "updated_at": now,
                 "retry_of": old["job_id"],
+                "webhook_url": old["webhook_url"],  # the retry's final event goes where the original's went
             }
         ),
     )

@@ -21,7 +21,19 @@ from montage_contracts.api import timestamp
 from montage_contracts.errors import BudgetExceededError, ErrorCode, Gone, NotFound, ValidationError
 from montage_contracts.pipeline import JOB_STATUSES, STAGES, JobStatus
 
-from montage_orchestrator import admin, admission, assets, costs, metrics, retry, store, upload, usage
+from montage_orchestrator import (
+    admin,
+    admission,
+    assets,
+    costs,
+    deletion,
+    metrics,
+    retry,
+    store,
+    upload,
+    usage,
+    webhooks,
+)
 from montage_orchestrator.deps import DEPS, Deps
 from montage_orchestrator.health import health_report
 from montage_orchestrator.http import job_uuid, owned, respond
@@ -47,6 +59,7 @@ async def upload_audio(request: web.Request) -> web.Response:
         raise
     try:
         prompt = upload.check_prompt(received.prompt, s.prompt_min_chars, s.prompt_max_chars)
+        webhook_url = await webhooks.check_upload_url(deps, received.webhook_url)  # SSRF rules: 400
         audio = await upload.probe(received.path)
         if audio.duration > s.max_audio_seconds:
             raise ValidationError(f"Audio is {audio.duration:.0f} s long; the limit is {s.max_audio_seconds:.0f} s")
@@ -68,7 +81,9 @@ async def upload_audio(request: web.Request) -> web.Response:
     finally:
         received.discard()
     try:
-        row, started = await _create_job(deps, job_id, user, prompt, audio_key, filename, audio.duration, estimate)
+        row, started = await _create_job(
+            deps, job_id, user, prompt, audio_key, filename, audio.duration, estimate, webhook_url=webhook_url
+        )
     except BaseException:
         # No job row: the stored song must not stay behind (nothing is left by a failed upload).
         with contextlib.suppress(Exception):
@@ -97,6 +112,8 @@ async def _create_job(  # noqa: PLR0917
     filename: str,
     duration: float,
     estimate: Any,
+    *,
+    webhook_url: str | None = None,
 ) -> tuple[asyncpg.Record, admission.Started]:
     """Insert the job waiting for its turn (``queued``, no deadline, no task: see ``admission``),
     and in the same transaction give the turns now due: its own when its user has a free slot."""
@@ -120,6 +137,7 @@ async def _create_job(  # noqa: PLR0917
                     "cost_limit": s.cost_limit,
                     "created_at": now,
                     "updated_at": now,
+                    "webhook_url": webhook_url,
                 }
             ),
         )
@@ -186,6 +204,14 @@ async def cancel_job(request: web.Request) -> web.Response:
     return respond(api.Cancelled(job_id=str(job_id), status=JobStatus.FAILED, message=CANCELLED_MESSAGE))
 
 
+async def delete_job(request: web.Request) -> web.Response:
+    """Delete the caller's job: cancel it if running, its files, rows and event log (``deletion``); 204,
+    also when it was deleted before; 404 for a job that is not the caller's."""
+    deps, user = _user(request)
+    await deletion.delete_job(deps, job_uuid(request), owner=user, deleted_by="user")
+    return web.Response(status=204)
+
+
 @admission.door  # a retry adds work like an upload: the same 503 + Retry-After when the wait is too long
 async def retry_job(request: web.Request) -> web.Response:
     """A new job continuing a failed or cancelled one from the stage it did not finish (``retry``)."""
@@ -222,6 +248,7 @@ def handlers() -> dict[str, Handler]:
         "listJobs": list_jobs,
         "getJob": get_job,
         "cancelJob": cancel_job,
+        "deleteJob": delete_job,
         "retryJob": retry_job,
         "getDownload": download,
         "getJobAssets": assets.list_assets,

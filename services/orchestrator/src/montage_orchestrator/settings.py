@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from decimal import Decimal, InvalidOperation
 from typing import Annotated
 
 from montage_common.settings import PricingSettings
 from msgspec import Meta
+
+# Development only (ENVIRONMENT=development without WEBHOOK_SECRET): a fixed, public secret, so
+# the demo and local receivers can verify signatures with no setup. Never used elsewhere.
+DEV_WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"montage-development-webhook-key!").decode()
+
+
+def signing_key(secret: str) -> bytes | None:
+    """The key of a ``whsec_…`` secret (24 to 64 bytes, as the Standard Webhooks spec asks); None if malformed."""
+    if not secret.startswith("whsec_"):
+        return None
+    try:
+        key = base64.b64decode(secret[len("whsec_") :], validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return key if 24 <= len(key) <= 64 else None
 
 
 class OrchestratorSettings(PricingSettings, frozen=True, kw_only=True):
@@ -75,6 +92,37 @@ class OrchestratorSettings(PricingSettings, frozen=True, kw_only=True):
     stage_max_dispatches: Annotated[
         int, Meta(description="dispatches of one stage of a job before a stuck stage fails the job instead")
     ] = 3
+    webhook_secret: Annotated[
+        str,
+        Meta(
+            description="Standard Webhooks signing secret (`whsec_` + base64 of 24-64 random bytes) of every webhook"
+            " delivery; empty: webhooks are refused at upload outside development (development signs with"
+            " DEV_WEBHOOK_SECRET)"
+        ),
+    ] = ""
+    webhook_timeout_seconds: Annotated[
+        float, Meta(gt=0, description="one webhook delivery attempt: connect, send and the receiver's answer")
+    ] = 10.0
+    webhook_retry_base_seconds: Annotated[
+        float, Meta(gt=0, description="a failed webhook delivery is retried after this, doubling each attempt")
+    ] = 5.0
+    webhook_retry_max_interval_seconds: Annotated[
+        float, Meta(gt=0, description="longest wait between two attempts of one webhook delivery")
+    ] = 3600.0
+    webhook_retry_window_seconds: Annotated[
+        float,
+        Meta(
+            gt=0,
+            description="a webhook delivery is retried until an attempt fails this long after its event (then it"
+            " is marked failed; an operator can resend it)",
+        ),
+    ] = 86400.0
+    webhook_poll_seconds: Annotated[
+        float, Meta(gt=0, description="how often each replica looks for webhook deliveries due")
+    ] = 1.0
+    webhook_concurrency: Annotated[
+        int, Meta(ge=1, description="webhook deliveries sent at once per orchestrator process")
+    ] = 16
     results_concurrency: Annotated[int, Meta(description="results handled at once per orchestrator process")] = 32
     db_pool_size: Annotated[int, Meta(description="Postgres connections per process")] = 10
     run_migrations: Annotated[bool, Meta(description="apply database migrations at start-up")] = True
@@ -101,4 +149,13 @@ class OrchestratorSettings(PricingSettings, frozen=True, kw_only=True):
             found.append("SWEEP_INTERVAL_SECONDS and CLEANUP_INTERVAL_SECONDS must be positive")
         if self.storage_backend == "supabase" and not (self.supabase_url and self.supabase_service_key):
             found.append("STORAGE_BACKEND=supabase needs SUPABASE_URL and SUPABASE_SERVICE_KEY")
+        if self.webhook_secret and signing_key(self.webhook_secret) is None:
+            found.append("WEBHOOK_SECRET must be whsec_ followed by the base64 of 24 to 64 bytes")
         return found
+
+    @property
+    def webhook_signing_secret(self) -> str:
+        """The secret deliveries are signed with ("": webhooks are off)."""
+        if self.webhook_secret:
+            return self.webhook_secret
+        return "" if self.is_production else DEV_WEBHOOK_SECRET

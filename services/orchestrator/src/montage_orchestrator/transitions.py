@@ -65,6 +65,8 @@ async def after_commit(deps: Deps, eff: Effects) -> None:
         note()
     if eff.row is not None and eff.row["status"] in FINAL_STATUSES:
         deps.turns_due.set()  # its slot is free: a waiting job's turn (``admission``)
+        if eff.row.get("webhook_url"):
+            deps.webhooks_due.set()  # its delivery row was written with the status (``webhooks``)
         deps.forecasts.drop()  # the door reads the system again
     if eff.tomb is not None and eff.row is not None:
         try:

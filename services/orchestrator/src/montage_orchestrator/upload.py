@@ -41,6 +41,7 @@ class Upload:
     size: int
     filename: str  # as the client sent it
     prompt: str | None
+    webhook_url: str | None = None
     fingerprint: str = ""  # of the song's bytes and the prompt field (``Idempotency-Key``)
 
     def discard(self) -> None:
@@ -96,6 +97,12 @@ async def receive(request: web.Request, limit: int, tmp_dir: str | None = None) 
                     raise ValidationError("user_prompt is too long")
                 fp.prompt(bytes(raw))
                 upload.prompt = raw.decode("utf-8", errors="replace")
+            elif part.name == "webhook_url":
+                raw = await part.read(decode=True)
+                if len(raw) > MAX_PROMPT_FIELD:
+                    raise ValidationError("webhook_url is too long")
+                fp.webhook_url(bytes(raw))
+                upload.webhook_url = raw.decode("utf-8", errors="replace")
             else:
                 await part.release()
         if not got_file or upload.size == 0:

@@ -2,7 +2,8 @@
 
 Active jobs are the user's queued and processing ones; the month's spend is the cost ledger
 (``job_costs``, one row per provider call) since the first instant of the calendar month in UTC,
-so a job that straddles months is charged to the month each call happened in. The job-creation
+so a job that straddles months is charged to the month each call happened in. A deleted job's
+charges still count (``deleted_job_costs``, kept for billing: ``montage_orchestrator.deletion``). The job-creation
 window is the gateway's rate limiter and is not read here.
 """
 
@@ -23,7 +24,9 @@ WITH m AS (SELECT date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UT
 SELECT m.start,
        (SELECT count(*) FROM jobs WHERE user_id = $1 AND status = ANY($2::text[])) AS active,
        (SELECT COALESCE(sum(c.cost), 0) FROM job_costs c JOIN jobs j USING (job_id)
-         WHERE j.user_id = $1 AND c.created_at >= m.start) AS spent
+         WHERE j.user_id = $1 AND c.created_at >= m.start)
+       + (SELECT COALESCE(sum(c.cost), 0) FROM deleted_job_costs c JOIN deleted_jobs d USING (job_id)
+         WHERE d.user_id = $1 AND c.created_at >= m.start) AS spent
 FROM m
 """
 

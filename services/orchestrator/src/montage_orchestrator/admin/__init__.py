@@ -10,6 +10,7 @@ job ids are read by :func:`~montage_orchestrator.http.job_uuid`; every change go
 - :mod:`.queues`: every stage's stream, group, consumers and workers, throughput and p95;
 - :mod:`.dead_letters`: list, retry (re-dispatch through the job's state machine), delete;
 - :mod:`.jobs`: search, one job's whole story, cancel (the owner's cancel transaction);
+- :mod:`.webhooks`: a job's webhook deliveries, resend one;
 - :mod:`.actions`: the action log, written in the transaction of each action;
 - :mod:`.routes`: the handlers by operation id.
 

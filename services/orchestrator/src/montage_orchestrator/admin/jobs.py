@@ -21,7 +21,7 @@ from montage_contracts.errors import MontageError, NotFound, ValidationError
 from montage_contracts.events import decode_event
 from montage_contracts.pipeline import FINAL_STATUSES, JOB_STATUSES, STAGES, JobStatus, StageStatus
 
-from montage_orchestrator import store
+from montage_orchestrator import deletion, store, webhooks
 from montage_orchestrator.admin.access import admin
 from montage_orchestrator.admin.actions import action_row, record_action
 from montage_orchestrator.admin.dead_letters import job_dead_letters
@@ -184,6 +184,7 @@ async def job_detail(request: web.Request) -> web.Response:
         files=files,
         actions=[action_row(a) for a in actions_rows],
         cancellable=row["status"] not in FINAL_STATUSES,
+        webhooks=await webhooks.deliveries(deps.pool, job_id),
     )
     return respond(body)
 
@@ -212,3 +213,23 @@ async def cancel_job(request: web.Request) -> web.Response:
     await cancel(deps, job_id, OPERATOR_CANCEL_MESSAGE, check=exists, audit=audit)
     log.info("admin_job_cancelled", job_id=str(job_id), actor=actor)
     return respond(api.Cancelled(job_id=str(job_id), status=JobStatus.FAILED, message=OPERATOR_CANCEL_MESSAGE))
+
+
+async def delete_job(request: web.Request) -> web.Response:
+    """Delete any user's job as its owner's delete does (``deletion``), logged in the action log."""
+    deps, actor = admin(request)
+    job_id = job_uuid(request)
+    target = f"job/{job_id}"
+    try:
+        done = await deletion.delete_job(deps, job_id, owner=None, deleted_by=f"operator:{actor}")
+    except NotFound:
+        await record_action(deps.pool, actor, "job.delete", target, job_id, "not_found", {}, request[REQUEST_ID])
+        raise
+    detail = {"user_id": done.user_id, "was": done.was, "files": done.files, "already": done.already}
+    await record_action(deps.pool, actor, "job.delete", target, job_id, "done", detail, request[REQUEST_ID])
+    log.info("admin_job_deleted", job_id=str(job_id), actor=actor, already=done.already)
+    return respond(
+        api.AdminJobDeleted(
+            job_id=str(job_id), outcome="already_deleted" if done.already else "deleted", files_deleted=done.files
+        )
+    )

@@ -12,8 +12,9 @@ from montage_orchestrator.admin.dead_letters import (
     retry_all_dead_letters,
     retry_dead_letter,
 )
-from montage_orchestrator.admin.jobs import cancel_job, job_detail, search_jobs
+from montage_orchestrator.admin.jobs import cancel_job, delete_job, job_detail, search_jobs
 from montage_orchestrator.admin.queues import ResultWindow, queues
+from montage_orchestrator.admin.webhooks import job_webhooks, resend_webhook
 
 
 def handlers() -> dict[str, Handler]:
@@ -33,5 +34,8 @@ def handlers() -> dict[str, Handler]:
         "searchAdminJobs": search_jobs,
         "getAdminJob": job_detail,
         "cancelAdminJob": cancel_job,
+        "deleteAdminJob": delete_job,
         "listAdminActions": list_actions,
+        "listAdminJobWebhooks": job_webhooks,
+        "resendAdminWebhook": resend_webhook,
     }

@@ -16,12 +16,14 @@ from typing import Any
 
 import openai
 from montage_contracts.errors import GenerationError
+from montage_contracts.messages import request_call_id
 from montage_contracts.models import CostItem
 
 from montage_stages.providers.costing import image_usd
 from montage_stages.runtime.context import StageContext
-from montage_stages.runtime.provider_http import ProviderUnavailable, translate
+from montage_stages.runtime.provider_http import ProviderUnavailable, client_request_id, failed, request_id_of
 
+PROVIDER = "openai-images"  # its name in the shared limits and readiness (provider_check.stage_provider)
 WHAT = "image provider"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -46,14 +48,18 @@ async def generate_png(ctx: StageContext, call_id: str, prompt: str) -> tuple[by
     s = ctx.settings
     client = ctx.providers.openai(s.image_provider_url, s.image_provider_api_key, s.image_timeout_seconds)
     async with ctx.budget.reserved(call_id, image_usd(s, s.image_provider_model, 1)):  # n=1
+        sent = client_request_id()
         try:
-            answer = await client.images.generate(**request(ctx, prompt))
+            await ctx.providers.limits.before_call(PROVIDER)  # a 429 any worker got: wait it out
+            answer = await client.images.generate(**request(ctx, prompt), extra_headers={"X-Client-Request-Id": sent})
         except (openai.OpenAIError, ValueError) as exc:
-            raise translate(WHAT, exc) from None
+            raise await failed(ctx.providers.limits, PROVIDER, WHAT, exc) from None
+        await ctx.providers.limits.report(PROVIDER, True)
         images = answer.data or []
         if images:
             amount = image_usd(s, s.image_provider_model, len(images))
-            await ctx.cost(CostItem(call_id=call_id, api_name=f"image:{s.image_provider_model}", amount=amount))
+            billed = request_call_id(call_id, request_id_of(answer, sent))  # one row per billed request
+            await ctx.cost(CostItem(call_id=billed, api_name=f"image:{s.image_provider_model}", amount=amount))
     if not images or not images[0].b64_json:
         raise ProviderUnavailable(f"{WHAT} answered without b64_json")
     try:

@@ -17,13 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import openai
-from montage_contracts.messages import call_id
+from montage_contracts.messages import call_id, request_call_id
 from montage_contracts.models import CostItem, LyricLine, LyricWord
 
 from montage_stages.providers.costing import stt_usd
 from montage_stages.runtime.context import StageContext
-from montage_stages.runtime.provider_http import ProviderUnavailable, translate
+from montage_stages.runtime.provider_http import ProviderUnavailable, client_request_id, failed, request_id_of
 
+PROVIDER = "openai-transcriptions"  # its name in the shared limits and readiness (provider_check.stage_provider)
 WHAT = "transcription provider"
 _LINE_GAP_SECONDS = 1.0  # without segments, a pause this long starts a new line
 _LINE_WORDS = 12
@@ -40,21 +41,26 @@ async def transcribe(
     mime = mimetypes.guess_type(filename)[0] or "application/octet-stream"
     call = call_id(job_id, "audio_parser", "lyrics")
     async with ctx.budget.reserved(call, stt_usd(s, s.stt_model, planned_seconds)):
+        sent = client_request_id()
         try:
+            await ctx.providers.limits.before_call(PROVIDER)  # a 429 any worker got: wait it out
             result = await client.audio.transcriptions.create(
+                extra_headers={"X-Client-Request-Id": sent},
                 file=(filename, data, mime),
                 model=s.stt_model,
                 response_format="verbose_json",
                 timestamp_granularities=["word", "segment"],
             )
         except (openai.OpenAIError, ValueError) as exc:
-            raise translate(WHAT, exc) from None
+            raise await failed(ctx.providers.limits, PROVIDER, WHAT, exc) from None
+        await ctx.providers.limits.report(PROVIDER, True)
         raw: dict[str, Any] = result.model_dump() if hasattr(result, "model_dump") else {}
         if not isinstance(raw.get("duration"), int | float):
             raise ProviderUnavailable(f"{WHAT} answered without verbose_json's duration")
         usage = raw.get("usage") or {}
         seconds = float(usage.get("seconds") or raw["duration"]) if isinstance(usage, dict) else float(raw["duration"])
-        await ctx.cost(CostItem(call_id=call, api_name=f"stt:{s.stt_model}", amount=stt_usd(s, s.stt_model, seconds)))
+        billed = request_call_id(call, request_id_of(result, sent))  # one row per billed request
+        await ctx.cost(CostItem(call_id=billed, api_name=f"stt:{s.stt_model}", amount=stt_usd(s, s.stt_model, seconds)))
     parsed = [_word(w) for w in raw.get("words") or [] if isinstance(w, dict)]
     words = [w for w in parsed if w is not None]
     return lines(words, [seg for seg in raw.get("segments") or [] if isinstance(seg, dict)])

@@ -15,12 +15,20 @@ from typing import Any
 
 import openai
 from montage_contracts.errors import GenerationError
+from montage_contracts.messages import request_call_id
 from montage_contracts.models import CostItem
 
 from montage_stages.providers.costing import llm_reserve_usd, llm_usd
 from montage_stages.runtime.context import StageContext
-from montage_stages.runtime.provider_http import ContentRefused, ProviderUnavailable, translate
+from montage_stages.runtime.provider_http import (
+    ContentRefused,
+    ProviderUnavailable,
+    client_request_id,
+    failed,
+    request_id_of,
+)
 
+PROVIDER = "openai-chat"  # its name in the shared limits and readiness (provider_check.stage_provider)
 WHAT = "text provider"
 
 
@@ -37,8 +45,11 @@ async def complete_json(
     client = ctx.providers.openai(s.llm_url, s.llm_api_key, s.llm_timeout_seconds)
     price = llm_reserve_usd(s, s.llm_model, len(system) + len(user) + len(json.dumps(schema)))
     async with ctx.budget.reserved(call, price):  # BudgetExceededError: the call is not made
+        sent = client_request_id()
         try:
+            await ctx.providers.limits.before_call(PROVIDER)  # a 429 any worker got: wait it out
             completion = await client.chat.completions.create(
+                extra_headers={"X-Client-Request-Id": sent},
                 model=s.llm_model,
                 messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
                 response_format={
@@ -47,11 +58,14 @@ async def complete_json(
                 },
             )
         except (openai.OpenAIError, ValueError) as exc:
-            raise translate(WHAT, exc) from None
+            raise await failed(ctx.providers.limits, PROVIDER, WHAT, exc) from None
+        await ctx.providers.limits.report(PROVIDER, True)
         usage = completion.usage
         if usage is not None:
             amount = llm_usd(s, s.llm_model, usage.prompt_tokens, usage.completion_tokens)
-            await ctx.cost(CostItem(call_id=call, api_name=f"llm:{s.llm_model}", amount=amount))
+            # one row per billed request: a stage retried after it was billed records its new request too
+            billed = request_call_id(call, request_id_of(completion, sent))
+            await ctx.cost(CostItem(call_id=billed, api_name=f"llm:{s.llm_model}", amount=amount))
     if not completion.choices:
         raise ProviderUnavailable(f"{WHAT} answered without a choice")
     choice = completion.choices[0]

@@ -20,6 +20,7 @@ Failures (:func:`translate`):
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -52,6 +53,18 @@ class ContentRefused(GenerationError):
 REFUSAL_CODES = frozenset({"content_policy_violation", "moderation_blocked"})
 
 
+def client_request_id() -> str:
+    """A fresh id for one provider request, sent as ``X-Client-Request-Id`` (OpenAI logs it with the
+    request) and used as the request's billing id when the answer carries no ``x-request-id``."""
+    return f"req_{uuid.uuid4().hex}"
+
+
+def request_id_of(answer: object, sent: str) -> str:
+    """The provider's id of the request that gave ``answer`` (its ``x-request-id``), else ``sent``."""
+    rid = getattr(answer, "_request_id", None)
+    return rid if isinstance(rid, str) and rid else sent
+
+
 class Providers:
     """The HTTP clients of one worker process (see the module docstring)."""
 
@@ -70,7 +83,20 @@ class Providers:
         key = (base_url.rstrip("/"), api_key, timeout)
         client = self._runway.get(key)
         if client is None:
-            client = runwayml.AsyncRunwayML(api_key=api_key, base_url=key[0], timeout=timeout, max_retries=0)
+            limits = self.limits
+
+            async def honour_backoff(request: object) -> None:
+                # the shared 429 backoff, checked as the request goes out (not only when the call
+                # was decided): a call held up meanwhile does not land inside another's Retry-After
+                await limits.before_call("runway")
+
+            http_client = runwayml.DefaultAsyncHttpxClient(timeout=timeout, event_hooks={"request": [honour_backoff]})
+            client = runwayml.AsyncRunwayML(
+                api_key=api_key, base_url=key[0], timeout=timeout, max_retries=0, http_client=http_client
+            )
+            # the SDK imports its resources on first use (a few hundred ms): done here, before a
+            # provider slot is held, so a call decided under the shared limits is sent at once
+            _ = (client.image_to_video, client.tasks)
             self._runway[key] = client
         return client
 
@@ -105,6 +131,23 @@ class Providers:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+async def failed(limits: ProviderLimits, provider: str, what: str, exc: Exception) -> GenerationError:
+    """An ``openai`` SDK failure translated (:func:`translate`), after telling the shared limits:
+    a 429 backs every worker off ``provider`` for its ``Retry-After``; a failure other than a
+    content refusal (the provider answered) is recorded as its last failure."""
+    error = translate(what, exc)
+    if isinstance(exc, openai.APIStatusError) and exc.status_code == 429:
+        raw = exc.response.headers.get("retry-after")
+        try:
+            wait = float(raw) if raw is not None else None
+        except ValueError:
+            wait = None
+        await limits.throttled(provider, wait)
+    if not isinstance(error, ContentRefused):
+        await limits.report(provider, False, error.message)
+    return error
 
 
 def _detail(exc: openai.APIStatusError) -> str:

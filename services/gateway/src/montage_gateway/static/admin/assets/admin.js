@@ -187,9 +187,29 @@
       el("td", {}, el("code", {}, c.call_id)), el("td", { class: "num" }, money(c.cost)), el("td", {}, when(c.created_at)))));
     $("job-events").replaceChildren(...d.events.map((e) => el("li", {}, `${when(e.at)} ${e.event} ${JSON.stringify(e.data)}`)));
     $("job-files").replaceChildren(...(d.files.length ? d.files.map((f) => el("li", {}, el("code", {}, f.key), ` ${f.size} bytes`)) : [el("li", {}, "none")]));
+    const hooks = d.webhooks || [];
+    $("job-webhooks").tBodies[0].replaceChildren(...(hooks.length ? hooks.map((w) => el("tr", { "data-webhook": w.webhook_id, "data-state": w.state },
+      el("td", {}, el("code", {}, w.webhook_id)), el("td", {}, w.event_type), el("td", {}, pill(w.state)),
+      el("td", { class: "num" }, w.attempts), el("td", { class: "num" }, w.last_status ?? "–"), el("td", {}, w.last_error || ""),
+      el("td", {}, when(w.next_attempt_at)),
+      el("td", {}, el("button", { class: "resend", on: { click: () => resend(w.webhook_id).then(() => openJob(j.job_id)) } }, "Resend"))))
+      : [el("tr", {}, el("td", { colSpan: 8 }, "none"))]));
     $("job-actions").replaceChildren(...(d.actions.length ? d.actions.map((a) => el("li", {}, `${when(a.created_at)} ${a.actor} ${a.action} ${a.outcome}`)) : [el("li", {}, "none")]));
     document.body.dataset.jobStatus = j.status;
   }
+  async function resend(id) {
+    try { await api("POST", `/webhooks/${id}/resend`); flash(`Webhook ${id} queued again`); }
+    catch (err) { flash(`Resend: ${err.message}`, true); }
+  }
+  $("delete-btn").addEventListener("click", async () => {
+    if (!state.jobId) return;
+    if (!window.montageAdmin.noConfirm && !confirm(`Delete job ${state.jobId}, its files and records?`)) return;
+    try {
+      const r = await api("DELETE", `/jobs/${state.jobId}`);
+      flash(`Job ${r.outcome.replace("_", " ")} (${r.files_deleted} files)`);
+      state.jobId = null; $("job").hidden = true; location.hash = "jobs";
+    } catch (err) { flash(`Delete: ${err.message}`, true); }
+  });
   $("cancel-btn").addEventListener("click", async () => {
     if (!state.jobId) return;
     if (!window.montageAdmin.noConfirm && !confirm(`Cancel job ${state.jobId}?`)) return;

@@ -1,0 +1,143 @@
+"""The orchestrator's copy of job events into their users' logs (``GET /api/v1/events``).
+
+The log and the copy itself are :mod:`montage_common.user_events`. This is who copies and when:
+
+- **Right after a hand-off.** The results consumers (``StreamConsumer.on_handed_off``) and the
+  outbox (after its ``XADD``s) call :meth:`UserEventRelay.notice` with what they just wrote; the
+  jobs whose logs got events are copied at once by :meth:`run`'s loop (a live user stream sees
+  an event a few milliseconds after the job stream does).
+- **A sweep** every 10 s (and at start, over the last hour): the jobs
+  still running and those changed lately are copied again, which appends only what a copy
+  missed (a process killed between a hand-off and its copy, Redis unreachable for a moment).
+
+A job's owner never changes, so it is read from Postgres once per job and kept (bounded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from datetime import timedelta
+
+import asyncpg
+import structlog
+from montage_common.user_events import UserLog
+from montage_contracts.keys import Keys
+from montage_streams import Emit
+from redis.asyncio import Redis
+
+log = structlog.get_logger()
+
+_MARK = ":job_events:"
+OWNERS_KEPT = 50_000
+START_WINDOW = timedelta(hours=1)  # at start: what a stopped orchestrator may not have copied
+
+
+class UserEventRelay:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        redis: Redis,
+        keys: Keys,
+        *,
+        sweep_seconds: float = 10.0,
+        window_seconds: float = 120.0,
+    ) -> None:
+        self.pool = pool
+        self.log = UserLog(redis, keys)
+        self.sweep_seconds = sweep_seconds
+        self.window = timedelta(seconds=window_seconds)
+        self._owners: OrderedDict[str, str] = OrderedDict()
+        self._due: dict[str, None] = {}
+        self._wake = asyncio.Event()
+        self.copied = 0
+
+    def notice(self, emits: Sequence[Emit]) -> None:
+        """Emits were written: copy the events of every job whose log they appended to."""
+        for e in emits:
+            at = e.stream.find(_MARK)
+            if at >= 0:
+                self._due[e.stream[at + len(_MARK) :]] = None
+        if self._due:
+            self._wake.set()
+
+    async def _owner(self, job_id: str) -> str | None:
+        user = self._owners.get(job_id)
+        if user is not None:
+            self._owners.move_to_end(job_id)
+            return user
+        user = (
+            str(found)
+            if (found := await self.pool.fetchval("SELECT user_id FROM jobs WHERE job_id = $1::uuid", job_id))
+            is not None
+            else None
+        )
+        if user is not None:
+            self._owners[job_id] = user
+            if len(self._owners) > OWNERS_KEPT:
+                self._owners.popitem(last=False)
+        return user
+
+    async def copy(self, job_id: str, user_id: str | None = None) -> int:
+        user = user_id or await self._owner(job_id)
+        if user is None:
+            return 0
+        n = await self.log.relay(user, job_id)
+        self.copied += n
+        return n
+
+    async def copy_due(self) -> None:
+        due, self._due = list(self._due), {}
+        for job_id in due:
+            try:
+                await self.copy(job_id)
+            except Exception as exc:  # the sweep copies it later
+                log.warning("user_events_copy_failed", job_id=job_id, error=str(exc)[:200])
+
+    async def sweep(self, window: timedelta) -> int:
+        """Copy again every running job and every job changed within ``window``; events copied."""
+        rows = await self.pool.fetch(
+            "SELECT job_id::text AS job_id, user_id FROM jobs"
+            " WHERE status IN ('queued', 'processing') OR updated_at > now() - $1::interval",
+            window,
+        )
+        n = 0
+        for r in rows:
+            self._owners.setdefault(r["job_id"], r["user_id"])
+            try:
+                n += await self.copy(r["job_id"], r["user_id"])
+            except Exception as exc:
+                log.warning("user_events_copy_failed", job_id=r["job_id"], error=str(exc)[:200])
+        if n:
+            log.info("user_events_swept", copied=n, jobs=len(rows))
+        return n
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Copy what :meth:`notice` names as it comes, and sweep every ``sweep_seconds``, until ``stop``."""
+        window = START_WINDOW
+        next_sweep = 0.0
+        while not stop.is_set():
+            if time.monotonic() >= next_sweep:
+                try:
+                    await self.sweep(window)
+                    window = self.window
+                except Exception as exc:
+                    log.warning("user_events_sweep_failed", error=str(exc)[:200])
+                next_sweep = time.monotonic() + self.sweep_seconds
+            await self.copy_due()
+            self._wake.clear()
+            if self._due:
+                continue
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, next_sweep - time.monotonic())):
+                    waker = asyncio.ensure_future(self._wake.wait())
+                    stopper = asyncio.ensure_future(stop.wait())
+                    try:
+                        await asyncio.wait({waker, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        waker.cancel()
+                        stopper.cancel()
+        await self.copy_due()  # what was noticed before the stop
