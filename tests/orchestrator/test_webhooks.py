@@ -49,6 +49,7 @@ class Receiver:
     received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
     statuses: list[int] = field(default_factory=list)
     hold: asyncio.Event | None = None
+    location: str = ""  # sent as Location with a 3xx
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
@@ -56,7 +57,8 @@ class Receiver:
         if self.hold is not None:
             await self.hold.wait()
         status = self.statuses.pop(0) if self.statuses else 204
-        return web.Response(status=status)
+        headers = {"Location": self.location} if self.location and 300 <= status < 400 else None
+        return web.Response(status=status, headers=headers)
 
     def verified(self, secret: str = SECRET) -> list[tuple[str, dict[str, Any]]]:
         """Every request's ``webhook-id`` and body, each verified (raises otherwise)."""
@@ -120,7 +122,14 @@ async def test_completed_job_is_delivered_signed(
 async def test_failing_receiver_is_retried_with_the_same_id(
     orchestrator_factory: Any, receiver: Receiver, pool: asyncpg.Pool
 ) -> None:
-    receiver.statuses = [500, 503, 302]  # a redirect is a failed attempt too (never followed)
+    trap = Receiver()  # where a redirect points: never contacted (redirects are not followed)
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", trap.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    receiver.statuses = [500, 503, 302]  # a redirect is a failed attempt too
+    receiver.location = f"http://127.0.0.1:{runner.addresses[0][1]}/internal"
     orch: Orchestrator = await orchestrator_factory(**FAST)
     job_id = (await (await orch.upload(webhook_url=receiver.url)).json())["job_id"]
     await orch.wait_final(job_id)
@@ -138,6 +147,8 @@ async def test_failing_receiver_is_retried_with_the_same_id(
     assert len(bodies) == 1 and all(e["data"]["video_url"] for _, e in events)
     stamps = [int(h["webhook-timestamp"]) for h, _ in receiver.received]
     assert stamps == sorted(stamps)
+    assert trap.received == []
+    await runner.cleanup()
 
 
 async def test_cancel_sends_job_cancelled(orchestrator_factory: Any, receiver: Receiver) -> None:
