@@ -258,6 +258,7 @@ async def test_production_refuses_http_and_loopback_at_upload_and_delivery(
     row = await wait_for(refused)
     assert row["last_error"].startswith("refused:") and "loopback" in row["last_error"]
     assert row["state"] == "pending" and receiver.received == []
+    await pool.execute("UPDATE webhook_deliveries SET state = 'failed' WHERE id = $1", row["id"])  # not for later tests
 
 
 # --- the rules, unit level (a resolver that answers what the test says) --------------------
