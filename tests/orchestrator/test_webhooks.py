@@ -458,3 +458,26 @@ async def test_sigkill_during_delivery_redelivers_with_the_same_id(
     assert [wid for wid, _ in verified] == [row["id"], row["id"]] and row["attempts"] == 2
     once = {wid: e for wid, e in verified}  # what a receiver deduplicating on webhook-id keeps
     assert [e["type"] for e in once.values()] == ["job.completed"]
+
+
+async def test_a_users_default_webhook(orchestrator_factory: Any, receiver: Receiver) -> None:
+    orch: Orchestrator = await orchestrator_factory(**FAST)
+    url = f"{orch.url}/api/v1/webhook"
+    user = headers("u-default")
+    assert await (await orch.session.get(url, headers=user)).json() == {"webhook_url": None, "updated_at": None}
+    refused = await orch.session.post(url, json={"webhook_url": "http://169.254.169.254/"}, headers=user)
+    assert refused.status == 400 and "metadata" in (await refused.json())["error"]
+    bad = await orch.session.post(url, data=b"{}", headers=user)
+    assert bad.status == 400
+    resp = await orch.session.post(url, json={"webhook_url": receiver.url}, headers=user)
+    assert resp.status == 200 and (await resp.json())["webhook_url"] == receiver.url
+    assert (await (await orch.session.get(url, headers=user)).json())["webhook_url"] == receiver.url
+    job = await orch.upload(user="u-default")  # no webhook_url field: the default
+    job_id = (await job.json())["job_id"]
+    await wait_for(lambda: asyncio.sleep(0, receiver.received))
+    [(_, event)] = receiver.verified()
+    assert event["data"]["job_id"] == job_id
+    assert (await orch.session.delete(url, headers=user)).status == 204
+    assert (await (await orch.session.get(url, headers=user)).json())["webhook_url"] is None
+    other = await (await orch.session.get(url, headers=headers("u-other"))).json()
+    assert other["webhook_url"] is None

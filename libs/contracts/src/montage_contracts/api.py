@@ -323,6 +323,19 @@ class StreamTicket(Struct, kw_only=True):
 WebhookEventType = Literal["job.completed", "job.failed", "job.cancelled"]
 
 
+class WebhookDefaultRequest(Struct, kw_only=True):
+    """``POST /api/v1/webhook``: the caller's default webhook URL (its uploads without one take it)."""
+
+    webhook_url: WebhookUrl
+
+
+class WebhookDefault(Struct, kw_only=True):
+    """The caller's default webhook URL (``null``: none; uploads without `webhook_url` send no webhook)."""
+
+    webhook_url: Annotated[str | None, Meta(description="Where the caller's jobs report when the upload names none")]
+    updated_at: Timestamp | None
+
+
 class WebhookJobData(Struct, kw_only=True):
     """The job a webhook event is about, as it was when it became final."""
 
