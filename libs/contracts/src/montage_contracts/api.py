@@ -185,11 +185,13 @@ class UploadForm(Struct, kw_only=True):
     webhook_url: WebhookUrl = ""
 
 
+WEBHOOK_URL_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://[\x21-\x7e]+$"
+WEBHOOK_URL_MAX = 2048
 WebhookUrl = Annotated[
     str,
     Meta(
-        max_length=2048,
-        pattern=r"^[Hh][Tt][Tt][Pp][Ss]?://[\x21-\x7e]+$",
+        max_length=WEBHOOK_URL_MAX,
+        pattern=WEBHOOK_URL_PATTERN,
         description=(
             "Optional: where Montage POSTs this job's final event (`job.completed`, `job.failed`,"
             " `job.cancelled`), signed by the Standard Webhooks rules (docs/frontend.md). `https` only"
