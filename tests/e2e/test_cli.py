@@ -96,3 +96,25 @@ def test_demo_driver_against_a_running_stack(cli_env: dict[str, str], tmp_path: 
     assert "Montage is running at" in demo.stdout  # it did not start a second stack
     video = Path(demo.stdout.strip().splitlines()[-1].removeprefix("video: "))
     assert video.parent == out and video.suffix == ".mp4" and decodes(video) == ""
+
+
+def test_events_follows_the_users_stream(cli_env: dict[str, str], finished_job: FinishedJob) -> None:
+    """``montage events``: the user's stream (issue #25); ``--from-start`` replays the user's log, in
+    which the shared finished job's every event is, with its job id. No job of its own."""
+    token = run([*MONTAGE, "token", "--user", finished_job.user], cli_env).stdout.strip()
+    env = {**cli_env, "MONTAGE_TOKEN": token}
+    logged = [e for e in finished_job.events if e.id and e.event != "state"]
+    want = 1 + len(logged)  # the state, then every event of the job's log
+    out = run([*MONTAGE, "events", "--from-start", "--json", "--max-events", str(want)], env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert lines[0]["event"] == "state" and lines[0]["id"] == "0-0" and lines[0]["data"] == {"jobs": []}
+    events = lines[1:]
+    assert {e["data"]["job_id"] for e in events} == {finished_job.job_id}
+    assert [e["event"] for e in events] == [e.event for e in logged]
+    assert [{k: v for k, v in e["data"].items() if k != "job_id"} for e in events] == [e.json() for e in logged]
+    # the text form: one line per event, the job's short id first
+    text = run([*MONTAGE, "events", "--from-start", "--max-events", "3"], env, timeout=60)
+    assert text.returncode == 0, text.stderr
+    rows = text.stdout.splitlines()
+    assert rows[0] == "active jobs: none" and rows[1].startswith(finished_job.job_id[:8])

@@ -3,12 +3,14 @@ request, cost from the reported usage, and every failure mode translated."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from decimal import Decimal
 
 import pytest
 from montage_contracts.errors import ErrorCode, GenerationError
+from montage_contracts.keys import Keys
 from montage_contracts.models import (
     AudioAnalysis,
     ClipPrompt,
@@ -20,11 +22,13 @@ from montage_contracts.models import (
     ScenePlannerInput,
     Section,
 )
-from montage_stages.providers import llm_planner
+from montage_stages.providers import llm_planner, text_provider
 from montage_stages.providers.text_provider import complete_json, strict_object
 from montage_stages.runtime.context import StageContext
-from montage_stages.runtime.provider_http import ContentRefused, ProviderUnavailable
+from montage_stages.runtime.provider_http import ContentRefused, Providers, ProviderUnavailable
+from montage_stages.runtime.provider_limits import ProviderLimits
 from montage_stages.stages import prompt_generator, scene_planner
+from redis.asyncio import Redis
 
 from tests.providers.conftest import Costs, Fake
 
@@ -229,3 +233,26 @@ async def test_a_call_made_again_is_billed_again(make_ctx: Callable[..., StageCo
     first, second = (c.call_id for c in costs)
     assert first.split("@")[0] == second.split("@")[0] == "job1:prompt_generator:llm"
     assert first != second and all("@req_" in c for c in (first, second))
+
+
+async def test_a_429_backs_every_worker_off(
+    make_ctx: Callable[..., StageContext], fake: Fake, redis: Redis, keys: Keys
+) -> None:
+    """The provider's 429 sets the shared backoff for its Retry-After: another worker process (its
+    own clients and limits on the same Redis) waits it out before calling; the readiness says failing."""
+    await fake.control(mode="429", endpoints=["chat"], times=1, retry_after=1)
+    workers = [Providers(ProviderLimits(redis, keys)) for _ in range(2)]
+    first, second = (dataclasses.replace(make_ctx(), providers=p) for p in workers)
+    try:
+        with pytest.raises(ProviderUnavailable, match="429"):
+            await complete_json(first, call="c", name="n", schema=SCHEMA, system="s", user="{}")
+        assert 0 < await redis.pttl(keys.provider_backoff(text_provider.PROVIDER)) <= 1000
+        status = await redis.hgetall(keys.provider_status())
+        assert b"openai-chat.last_failure" in status
+        await complete_json(second, call="c", name="n", schema=SCHEMA, system="s", user="{}")
+    finally:
+        for p in workers:
+            await p.aclose()
+    refused, answered = fake.requests("chat")
+    assert answered["at"] - refused["at"] >= 0.9  # the other worker waited for the Retry-After
+    assert b"openai-chat.last_success" in await redis.hgetall(keys.provider_status())

@@ -13,7 +13,7 @@ from montage_contracts.pipeline import JobStatus
 from montage_cli.client import MontageClient
 from montage_cli.errors import JobFailed
 from montage_cli.render import JobView, ProgressRenderer, money
-from montage_cli.sse import job_events
+from montage_cli.sse import SseEvent, job_events, user_events
 
 
 def emit_json(value: Any, out: TextIO | None = None) -> None:
@@ -112,3 +112,62 @@ def format_usage(body: dict[str, Any]) -> str:
 
 async def download(client: MontageClient, job_id: str, out_dir: Path) -> Path:
     return await client.download(job_id, out_dir)
+
+
+def format_user_event(ev: SseEvent) -> str:
+    """One line of ``montage events``: the job (short id), the event, what it says."""
+    data = ev.json()
+    if ev.event == "state":
+        jobs = data.get("jobs") or []
+        active = ", ".join(f"{str(j['job_id'])[:8]} {j['status']} {j['progress']}%" for j in jobs) or "none"
+        return f"active jobs: {active}"
+    job = str(data.get("job_id", ""))[:8]
+    match ev.event:
+        case "stage_update":
+            what = f"{data.get('stage')} {data.get('status')}"
+        case "progress":
+            what = f"{data.get('progress')}%"
+        case "message":
+            what = str(data.get("text", ""))
+        case "cost_update":
+            what = f"{data.get('stage')} {money(data.get('cost'))} (total {money(data.get('total'))})"
+        case "preview":
+            what = f"{data.get('kind')} {data.get('subject') or ''} {data.get('index')} {data.get('url')}".replace(
+                "  ", " "
+            )
+        case "completed":
+            what = f"video ready: {data.get('video_url')}"
+        case "error":
+            what = f"[{data.get('code')}] {data.get('error')}"
+        case _:
+            what = ev.data
+    return f"{job} {ev.event:<12} {what}"
+
+
+async def follow_user(
+    client: MontageClient,
+    *,
+    json_lines: bool = False,
+    last_event_id: str | None = None,
+    max_events: int | None = None,
+    out: TextIO | None = None,
+) -> int:
+    """Print the caller's events as they come (``montage events``); how many were printed."""
+    out = out or sys.stdout
+    printed = 0
+
+    def reconnecting(attempt: int, delay: float) -> None:
+        print(f"montage: stream dropped; reconnecting in {delay:g} s (attempt {attempt})", file=sys.stderr)
+
+    async for ev in user_events(client, last_event_id=last_event_id, on_reconnect=reconnecting):
+        if ev.event == "heartbeat":
+            continue
+        if json_lines:
+            emit_json_line({"id": ev.id, "event": ev.event, "data": ev.json()}, out)
+        else:
+            out.write(format_user_event(ev) + "\n")
+            out.flush()
+        printed += 1
+        if max_events is not None and printed >= max_events:
+            break
+    return printed

@@ -54,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--last-event-id", help="resume after this event id")
     w.add_argument("--json", action="store_true", help="one JSON line per event")
 
+    ev = sub.add_parser("events", help="follow every event of all your jobs on one stream (resumes dropped streams)")
+    ev.add_argument("--last-event-id", help="resume after this event id (the ids `events` prints with --json)")
+    ev.add_argument("--from-start", action="store_true", help="replay your whole event log (24 h) first")
+    ev.add_argument("--max-events", type=int, help="stop after this many events (the first is the state)")
+    ev.add_argument("--json", action="store_true", help="one JSON line per event")
+
     st = sub.add_parser("status", help="a job's current state")
     st.add_argument("job")
     st.add_argument("--json", action="store_true")
@@ -165,6 +171,9 @@ async def dispatch(client: MontageClient, args: argparse.Namespace) -> int:
             view = await commands.follow(client, args.job, json_lines=lines, last_event_id=args.last_event_id)
             if not args.json:
                 print(f"completed: total cost {money(view.cost)}")
+        case "events":
+            start = "0-0" if args.from_start else args.last_event_id
+            await commands.follow_user(client, json_lines=args.json, last_event_id=start, max_events=args.max_events)
         case "status":
             job = await client.job(args.job)
             commands.emit_json(job) if args.json else print(commands.format_job(job))

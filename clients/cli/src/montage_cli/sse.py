@@ -25,6 +25,7 @@ from montage_cli.client import MontageClient
 from montage_cli.errors import ApiError, StackNotRunning, Unavailable
 
 STREAM = route("streamJobEvents")
+USER_STREAM = route("streamUserEvents")
 
 BACKOFF_SECONDS: tuple[float, ...] = (2.0, 4.0, 8.0)
 MAX_RECONNECTS = 8
@@ -161,6 +162,44 @@ async def job_events(
         failures += 1
         if failures > max_reconnects:
             raise Unavailable(f"lost the progress stream of job {job_id} after {max_reconnects} reconnects")
+        delay = backoff[min(failures - 1, len(backoff) - 1)]
+        if on_reconnect is not None:
+            on_reconnect(failures, delay)
+        await sleep(delay)
+
+
+async def user_events(
+    client: MontageClient,
+    *,
+    last_event_id: str | None = None,
+    backoff: Sequence[float] = BACKOFF_SECONDS,
+    max_reconnects: int = MAX_RECONNECTS,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    on_reconnect: Callable[[int, float], None] | None = None,
+) -> AsyncIterator[SseEvent]:
+    """Every event of every job of the caller (``GET /api/v1/events``), each with its ``job_id``,
+    resuming after drops with ``Last-Event-ID`` (the ``state`` message's id included), until the
+    caller stops iterating. Without ``last_event_id`` it starts at the user's current state."""
+    parser = SseParser(last_id=last_event_id)
+    failures = 0
+    while True:
+        headers = {"Accept": "text/event-stream"}
+        if parser.last_id:
+            headers["Last-Event-ID"] = parser.last_id
+        try:
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
+            async with client.request("GET", USER_STREAM.path, headers=headers, timeout=timeout) as resp:
+                async for ev in read_events(resp, parser):
+                    failures = 0
+                    yield ev
+        except ApiError as err:
+            if err.status < 500 and err.status != 429:
+                raise
+        except (aiohttp.ClientError, TimeoutError, StackNotRunning):
+            pass
+        failures += 1
+        if failures > max_reconnects:
+            raise Unavailable(f"lost the event stream after {max_reconnects} reconnects")
         delay = backoff[min(failures - 1, len(backoff) - 1)]
         if on_reconnect is not None:
             on_reconnect(failures, delay)

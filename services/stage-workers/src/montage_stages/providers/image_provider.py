@@ -21,8 +21,9 @@ from montage_contracts.models import CostItem
 
 from montage_stages.providers.costing import image_usd
 from montage_stages.runtime.context import StageContext
-from montage_stages.runtime.provider_http import ProviderUnavailable, client_request_id, request_id_of, translate
+from montage_stages.runtime.provider_http import ProviderUnavailable, client_request_id, failed, request_id_of
 
+PROVIDER = "openai-images"  # its name in the shared limits and readiness (provider_check.stage_provider)
 WHAT = "image provider"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -49,9 +50,11 @@ async def generate_png(ctx: StageContext, call_id: str, prompt: str) -> tuple[by
     async with ctx.budget.reserved(call_id, image_usd(s, s.image_provider_model, 1)):  # n=1
         sent = client_request_id()
         try:
+            await ctx.providers.limits.before_call(PROVIDER)  # a 429 any worker got: wait it out
             answer = await client.images.generate(**request(ctx, prompt), extra_headers={"X-Client-Request-Id": sent})
         except (openai.OpenAIError, ValueError) as exc:
-            raise translate(WHAT, exc) from None
+            raise await failed(ctx.providers.limits, PROVIDER, WHAT, exc) from None
+        await ctx.providers.limits.report(PROVIDER, True)
         images = answer.data or []
         if images:
             amount = image_usd(s, s.image_provider_model, len(images))

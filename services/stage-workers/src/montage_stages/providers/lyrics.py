@@ -22,8 +22,9 @@ from montage_contracts.models import CostItem, LyricLine, LyricWord
 
 from montage_stages.providers.costing import stt_usd
 from montage_stages.runtime.context import StageContext
-from montage_stages.runtime.provider_http import ProviderUnavailable, client_request_id, request_id_of, translate
+from montage_stages.runtime.provider_http import ProviderUnavailable, client_request_id, failed, request_id_of
 
+PROVIDER = "openai-transcriptions"  # its name in the shared limits and readiness (provider_check.stage_provider)
 WHAT = "transcription provider"
 _LINE_GAP_SECONDS = 1.0  # without segments, a pause this long starts a new line
 _LINE_WORDS = 12
@@ -42,6 +43,7 @@ async def transcribe(
     async with ctx.budget.reserved(call, stt_usd(s, s.stt_model, planned_seconds)):
         sent = client_request_id()
         try:
+            await ctx.providers.limits.before_call(PROVIDER)  # a 429 any worker got: wait it out
             result = await client.audio.transcriptions.create(
                 extra_headers={"X-Client-Request-Id": sent},
                 file=(filename, data, mime),
@@ -50,7 +52,8 @@ async def transcribe(
                 timestamp_granularities=["word", "segment"],
             )
         except (openai.OpenAIError, ValueError) as exc:
-            raise translate(WHAT, exc) from None
+            raise await failed(ctx.providers.limits, PROVIDER, WHAT, exc) from None
+        await ctx.providers.limits.report(PROVIDER, True)
         raw: dict[str, Any] = result.model_dump() if hasattr(result, "model_dump") else {}
         if not isinstance(raw.get("duration"), int | float):
             raise ProviderUnavailable(f"{WHAT} answered without verbose_json's duration")

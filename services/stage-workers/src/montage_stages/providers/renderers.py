@@ -112,7 +112,9 @@ class RagnarokRenderer:
             "X-Request-ID": call,
         }
         # the clip reserves its price (the requested seconds at RAGNAROK_USD_PER_SECOND) before it is asked for
-        async with ctx.budget.reserved(call, ragnarok_clip_usd(s, requested)):
+        limits = ctx.providers.limits
+        # its price reserved, and one of RAGNAROK's shared slots held (PROVIDER_MAX_CONCURRENCY) until it ends
+        async with ctx.budget.reserved(call, ragnarok_clip_usd(s, requested)), limits.slot("ragnarok"):
             session = await ctx.providers.http()
             timeout = aiohttp.ClientTimeout(total=s.ragnarok_request_timeout_seconds)
             try:
@@ -147,7 +149,12 @@ class RagnarokRenderer:
                     raise GenerationError(f"RAGNAROK job {nexus_id} failed: {str(status.get('error') or '')[:200]}")
                 await _download(session, str(status.get("video_url") or ""), dest, timeout)
             except (aiohttp.ClientError, TimeoutError) as exc:
+                await limits.report("ragnarok", False, f"ragnarok-proxy unreachable: {type(exc).__name__}")
                 raise ProviderUnavailable(f"ragnarok-proxy unreachable: {type(exc).__name__}") from None
+            except GenerationError as exc:
+                await limits.report("ragnarok", False, exc.message)
+                raise
+            await limits.report("ragnarok", True)
             reported = status.get("cost_usd")
             fallback = usd(seconds * s.ragnarok_usd_per_second)
             amount = usd(float(reported)) if isinstance(reported, int | float) else fallback

@@ -24,10 +24,11 @@ from montage_stages.runtime.provider_http import (
     ContentRefused,
     ProviderUnavailable,
     client_request_id,
+    failed,
     request_id_of,
-    translate,
 )
 
+PROVIDER = "openai-chat"  # its name in the shared limits and readiness (provider_check.stage_provider)
 WHAT = "text provider"
 
 
@@ -46,6 +47,7 @@ async def complete_json(
     async with ctx.budget.reserved(call, price):  # BudgetExceededError: the call is not made
         sent = client_request_id()
         try:
+            await ctx.providers.limits.before_call(PROVIDER)  # a 429 any worker got: wait it out
             completion = await client.chat.completions.create(
                 extra_headers={"X-Client-Request-Id": sent},
                 model=s.llm_model,
@@ -56,7 +58,8 @@ async def complete_json(
                 },
             )
         except (openai.OpenAIError, ValueError) as exc:
-            raise translate(WHAT, exc) from None
+            raise await failed(ctx.providers.limits, PROVIDER, WHAT, exc) from None
+        await ctx.providers.limits.report(PROVIDER, True)
         usage = completion.usage
         if usage is not None:
             amount = llm_usd(s, s.llm_model, usage.prompt_tokens, usage.completion_tokens)

@@ -120,6 +120,23 @@ class Providers:
             self._session = None
 
 
+async def failed(limits: ProviderLimits, provider: str, what: str, exc: Exception) -> GenerationError:
+    """An ``openai`` SDK failure translated (:func:`translate`), after telling the shared limits:
+    a 429 backs every worker off ``provider`` for its ``Retry-After``; a failure other than a
+    content refusal (the provider answered) is recorded as its last failure."""
+    error = translate(what, exc)
+    if isinstance(exc, openai.APIStatusError) and exc.status_code == 429:
+        raw = exc.response.headers.get("retry-after")
+        try:
+            wait = float(raw) if raw is not None else None
+        except ValueError:
+            wait = None
+        await limits.throttled(provider, wait)
+    if not isinstance(error, ContentRefused):
+        await limits.report(provider, False, error.message)
+    return error
+
+
 def _detail(exc: openai.APIStatusError) -> str:
     body = exc.body
     if isinstance(body, dict):

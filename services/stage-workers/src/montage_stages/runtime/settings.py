@@ -110,7 +110,7 @@ class StageSettings(PricingSettings, frozen=True, kw_only=True):
             " (a Redis semaphore; a Runway clip holds its slot from task creation to its end); a provider not"
             " listed is not limited"
         ),
-    ] = "runway=5,ragnarok=10"
+    ] = "runway=5"
     provider_lease_seconds: Annotated[
         float,
         Meta(description="a provider slot whose worker stopped renewing it (it died) is freed after this long"),
