@@ -1324,7 +1324,6 @@ export interface components {
             /**
              * @description Optional: where Montage POSTs this job's final event (`job.completed`, `job.failed`, `job.cancelled`), signed by the Standard Webhooks rules (docs/frontend.md). `https` only outside development; the host must resolve to public addresses only (no loopback, private, link-local, CGNAT, multicast or metadata address; development allows loopback): else 400
              * @default
-             * @example https://example.com/hooks/montage
              */
             webhook_url: string;
         };
@@ -1544,10 +1543,7 @@ export interface components {
          * @description ``POST /api/v1/webhook``: the caller's default webhook URL (its uploads without one take it).
          */
         WebhookDefaultRequest: {
-            /**
-             * @description Optional: where Montage POSTs this job's final event (`job.completed`, `job.failed`, `job.cancelled`), signed by the Standard Webhooks rules (docs/frontend.md). `https` only outside development; the host must resolve to public addresses only (no loopback, private, link-local, CGNAT, multicast or metadata address; development allows loopback): else 400
-             * @example https://example.com/hooks/montage
-             */
+            /** @description Optional: where Montage POSTs this job's final event (`job.completed`, `job.failed`, `job.cancelled`), signed by the Standard Webhooks rules (docs/frontend.md). `https` only outside development; the host must resolve to public addresses only (no loopback, private, link-local, CGNAT, multicast or metadata address; development allows loopback): else 400 */
             webhook_url: string;
         };
         /**

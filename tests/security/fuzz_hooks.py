@@ -60,7 +60,8 @@ def before_load_schema(context: schemathesis.HookContext, raw_schema: dict[str, 
 # resolve to nothing. So a schema-valid `webhook_url` (of an upload or of the user's default) is
 # replaced by another schema-valid one that the development stack accepts: a loopback URL on the
 # discard port, where no one listens (its deliveries fail and are retried; nothing is contacted).
-# A schema-invalid one is left as drawn, so the rejection checks still see it.
+# A schema-invalid one is left as drawn, so the rejection checks still see it. (The document gives
+# the field no example: the examples phase applies no hook, and no example host would resolve.)
 FUZZ_WEBHOOK_URL = "http://127.0.0.1:9/fuzz-webhook"
 _WEBHOOK_URL = re.compile(WEBHOOK_URL_PATTERN)
 

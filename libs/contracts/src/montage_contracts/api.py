@@ -198,7 +198,6 @@ WebhookUrl = Annotated[
             " outside development; the host must resolve to public addresses only (no loopback, private,"
             " link-local, CGNAT, multicast or metadata address; development allows loopback): else 400"
         ),
-        examples=["https://example.com/hooks/montage"],
     ),
 ]
 
