@@ -74,6 +74,18 @@ async def drive(page: Page, e2e_stack: RunningStack, song: Path, user: str) -> N
     logged = [i for i in ids if i != "-"]
     assert len(logged) == len(set(logged)), "an event was shown twice after the reconnect"
 
+    # previews (issue #25): a tile per still and per clip, each showing its file, and the poster
+    await page.wait_for(
+        "(() => { const imgs = [...document.querySelectorAll('#previews img')],"
+        " clips = [...document.querySelectorAll('#previews video')];"
+        " return imgs.length > 0 && clips.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0)"
+        " && clips.every(v => v.readyState >= 1); })()",
+        20,
+    )
+    kinds = await page.eval("[...document.querySelectorAll('#previews figure')].map(f => f.dataset.kind)")
+    assert "still" in kinds and "clip" in kinds, kinds
+    assert await page.eval("document.getElementById('video').poster")
+
     # the finished video plays in the page and the download link points at it
     duration = await page.wait_for(
         "(() => { const v = document.getElementById('video'); return v.readyState >= 1 && v.duration; })()", 20

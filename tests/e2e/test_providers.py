@@ -424,3 +424,30 @@ async def test_one_job_is_one_trace_across_every_service(run: Run, short_song: P
     for stage in STAGES:
         started = logged(stage, "stage_started")
         assert started and {e["trace_id"] for e in started} == {root.trace_id}, stage
+
+
+async def test_a_queued_job_keeps_its_own_trace(run: Run, short_song: Path) -> None:
+    """A user's third job waits for a slot (USER_MAX_ACTIVE_JOBS=2) and is started while another
+    job's result is applied: its dispatch is still in its own trace (the traceparent its row
+    kept), under its own upload, never in the trace of the job that freed the slot."""
+    jobs = [await run.submit(short_song) for _ in range(3)]
+    for job in jobs:
+        assert (await run.final(job))["status"] == "completed"
+    deadline = time.monotonic() + 30  # liveness guard only
+    while True:
+        traced = [_job_trace(run.stack.traces.spans(), job) for job in jobs]
+        done = all(any(s.name == "apply StageResult composer" for s in spans) for _, spans in traced)
+        if done or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    assert len({trace_id for trace_id, _ in traced}) == 3  # one trace per job
+    _, spans = traced[2]
+    by_id = {s.span_id: s for s in spans}
+    upload = next(s for s in spans if s.service == "montage-orchestrator" and s.kind == "server")
+    [dispatch] = [s for s in spans if s.name == "dispatch audio_parser"]
+    assert dispatch.parent_id == upload.span_id  # the row's traceparent: the job's upload request
+    assert dispatch.start_ns > upload.end_ns  # dispatched after its upload had answered: its turn came later
+    [worker] = [s for s in spans if s.name == "stage audio_parser"]
+    assert by_id[worker.parent_id] == dispatch
+    others = {s.span_id for _, other in traced[:2] for s in other}
+    assert not others & set(by_id)

@@ -5,9 +5,10 @@ real Redis and Postgres.
 
 - a job's every clip is a Runway task whose MP4 the worker downloaded from the stand-in; the job
   completes, one ``job_costs`` row per task (its request id), equal to the stand-in's credits;
-- two jobs at once (clips wanted by both processes) while Runway answers 429 with
-  ``Retry-After``: the shared backoff key is set, no call reaches Runway inside the window, never
-  more than 2 tasks open at once, both jobs complete;
+- two jobs at once (about ten clips, wanted by both processes) while Runway answers 429 with
+  ``Retry-After`` and refuses one clip (``SAFETY.OUTPUT.*``): the shared backoff key is set, no call
+  reaches Runway inside the window, never more than 2 tasks open at once, both jobs complete (the
+  refused clip's job with the others, the ≥ 3 clips rule);
 - content moderation (every task ``FAILED`` ``SAFETY.INPUT.TEXT``): the job fails
   ``VALIDATION_ERROR``, ``retryable: false``, with the refusal in its error;
 - a stage retried after Runway billed tasks (one task of the first attempt fails ``INTERNAL.*``:
@@ -50,6 +51,7 @@ pytestmark = pytest.mark.e2e
 
 LOGS = ARTIFACTS / "runway-logs"
 SONG_SECONDS = 10.0
+LONGER_SECONDS = 32.0
 LIMIT = 2
 FINAL_WITHIN = 180.0  # liveness guard only
 USD_PER_CREDIT = Decimal("0.01")
@@ -104,6 +106,12 @@ def song(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return synth_song(tmp_path_factory.mktemp("songs") / "runway-song.mp3", SONG_SECONDS)
 
 
+@pytest.fixture(scope="module")
+def longer_song(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Five clips or so: two jobs of it want about ten clips at once."""
+    return synth_song(tmp_path_factory.mktemp("songs") / "runway-longer.mp3", LONGER_SECONDS)
+
+
 class Run:
     def __init__(self, stack: RunwayStack, session: aiohttp.ClientSession) -> None:
         self.stack, self.s = stack, session
@@ -150,10 +158,16 @@ class Run:
         return {r["request_id"]: r["cost"] for r in rows}
 
     async def clips(self, job_id: str) -> list[dict[str, Any]]:
+        return list((await self._clips_output(job_id))["clips"])
+
+    async def failed_clips(self, job_id: str) -> list[dict[str, Any]]:
+        return list((await self._clips_output(job_id)).get("failed") or [])
+
+    async def _clips_output(self, job_id: str) -> dict[str, Any]:
         [[out]] = await self.rows(
             "SELECT output FROM job_stages WHERE job_id = $1 AND stage_name = 'video_generator'", job_id
         )
-        return list(msgspec.json.decode(out if isinstance(out, str) else str(out))["clips"])
+        return dict(msgspec.json.decode(out if isinstance(out, str) else str(out)))
 
 
 @pytest.fixture
@@ -161,7 +175,7 @@ async def run(runway_stack: RunwayStack) -> AsyncIterator[Run]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s:
         r = Run(runway_stack, s)
         await r.fake("/_reset", {})
-        await r.fake("/_control", {"mode": "ok", "step_seconds": 0.3})
+        await r.fake("/_control", {"mode": "ok", "step_seconds": 0.2})
         yield r
 
 
@@ -186,14 +200,16 @@ async def test_every_clip_is_a_runway_task(run: Run, song: Path) -> None:
     assert video[4:8] == b"ftyp"
 
 
-async def test_429_and_the_cap_across_two_workers(run: Run, song: Path) -> None:
+async def test_429_and_the_cap_across_two_workers(run: Run, longer_song: Path) -> None:
     redis = Redis.from_url(run.stack.redis_url)
     keys = Keys(run.stack.namespace)
     # a call already on its way when the 429 was answered may arrive a little later on a loaded
     # machine: calls within 0.75 s of the 429 are not counted, the rest of its 2 s must be silent
     await run.fake("/_control", {"mode": "429", "times": 2, "retry_after": 2, "grace_seconds": 0.75})
+    # and one clip refused by content moderation: its job goes on with the others (the >= 3 clips rule)
+    await run.fake("/_control", {"fail_tasks": 1, "failure_code": "SAFETY.OUTPUT.IMAGE"})
     try:
-        submitted = [await run.submit(song, f"rw-{n}-{time.time_ns()}") for n in range(2)]
+        submitted = [await run.submit(longer_song, f"rw-{n}-{time.time_ns()}") for n in range(2)]
         seen_backoff = 0
         while not seen_backoff and not (await run.fake("/_stats"))["throttled"]:
             await asyncio.sleep(0.02)
@@ -208,8 +224,14 @@ async def test_429_and_the_cap_across_two_workers(run: Run, song: Path) -> None:
     stats = await run.fake("/_stats")
     assert len(stats["throttled"]) == 2 and seen_backoff > 0
     assert stats["backoff_violations"] == [], stats  # no worker called Runway inside a Retry-After
-    assert stats["max_open"] <= LIMIT and stats["creates"] >= 6
-    print(f"runway: {stats['creates']} tasks, at most {stats['max_open']} open, 429s {len(stats['throttled'])}")
+    clips = [len(await run.clips(job)) for job, _ in submitted]
+    assert stats["max_open"] <= LIMIT and stats["creates"] == sum(clips) + 1 >= 9
+    failed = [await run.failed_clips(job) for job, _ in submitted]
+    [refused] = [f for job_failed in failed for f in job_failed]
+    assert sorted(len(f) for f in failed) == [0, 1] and "SAFETY.OUTPUT.IMAGE" in refused["error"]
+    print(
+        f"runway: {clips} clips, {stats['creates']} tasks, at most {stats['max_open']} open, 429s {len(stats['throttled'])}"
+    )
     # both video_generator processes asked Runway for clips
     logs = [(LOGS / f"{name}.log").read_text() for name in ("video_generator", "video_generator-2")]
     assert all("runway_task_created" in text for text in logs)

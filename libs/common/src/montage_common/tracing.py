@@ -32,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import msgspec
@@ -212,20 +212,29 @@ def _context_of(parent: str | msgspec.UnsetType | None) -> otel_context.Context 
 _NO_SPAN: Span = INVALID_SPAN
 
 
-@contextmanager
+_OFF: AbstractContextManager[Span] = nullcontext(_NO_SPAN)  # reusable: what span() is when off
+
+
 def span(
     name: str,
     *,
     parent: str | msgspec.UnsetType | None = None,
     kind: SpanKind = SpanKind.INTERNAL,
     attributes: Mapping[str, Any] | None = None,
-) -> Iterator[Span]:
+) -> AbstractContextManager[Span]:
     """A span of Montage's own work, current inside the block; a child of ``parent`` (a
     ``traceparent`` from a message or a job's row) when given, else of the current span.
-    An exception leaving the block is recorded on it and sets its status to error. Off: nothing."""
+    An exception leaving the block is recorded on it and sets its status to error. Off: a shared
+    no-op context manager (no generator, no context change)."""
     if not _state["enabled"]:
-        yield _NO_SPAN
-        return
+        return _OFF
+    return _span(name, parent, kind, attributes)
+
+
+@contextmanager
+def _span(
+    name: str, parent: str | msgspec.UnsetType | None, kind: SpanKind, attributes: Mapping[str, Any] | None
+) -> Iterator[Span]:
     tracer = trace.get_tracer(TRACER_NAME)
     with tracer.start_as_current_span(name, context=_context_of(parent), kind=kind, attributes=attributes) as s:
         yield s

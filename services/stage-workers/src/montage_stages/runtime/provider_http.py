@@ -83,7 +83,20 @@ class Providers:
         key = (base_url.rstrip("/"), api_key, timeout)
         client = self._runway.get(key)
         if client is None:
-            client = runwayml.AsyncRunwayML(api_key=api_key, base_url=key[0], timeout=timeout, max_retries=0)
+            limits = self.limits
+
+            async def honour_backoff(request: object) -> None:
+                # the shared 429 backoff, checked as the request goes out (not only when the call
+                # was decided): a call held up meanwhile does not land inside another's Retry-After
+                await limits.before_call("runway")
+
+            http_client = runwayml.DefaultAsyncHttpxClient(timeout=timeout, event_hooks={"request": [honour_backoff]})
+            client = runwayml.AsyncRunwayML(
+                api_key=api_key, base_url=key[0], timeout=timeout, max_retries=0, http_client=http_client
+            )
+            # the SDK imports its resources on first use (a few hundred ms): done here, before a
+            # provider slot is held, so a call decided under the shared limits is sent at once
+            _ = (client.image_to_video, client.tasks)
             self._runway[key] = client
         return client
 
