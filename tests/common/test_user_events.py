@@ -1,7 +1,7 @@
 """The per-user event log (``montage_common.user_events``): how it is keyed (one slot per user, so
 the copy script is cluster-safe, and users spread over the slots) and how the copy behaves against
 a real Redis: each job event copied once, in order, whoever copies and however often; trimmed;
-expiring; published live; a job forgotten. On a real cluster: ``tests/redis/test_user_events_cluster.py``."""
+expiring; published live; a job forgotten. On a real cluster: ``tests/common/test_user_events_cluster.py``."""
 
 from __future__ import annotations
 

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from tests.e2e.flows import PROMPT, FinishedJob
 from tests.e2e.media import decodes
-from tests.stack import RunningStack, unique
+from tests.stack import RunningStack, dev_token, unique
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 MONTAGE = [sys.executable, "-m", "montage_cli.main"]
@@ -101,8 +103,12 @@ def test_demo_driver_against_a_running_stack(cli_env: dict[str, str], tmp_path: 
 def test_events_follows_the_users_stream(cli_env: dict[str, str], finished_job: FinishedJob) -> None:
     """``montage events``: the user's stream (issue #25); ``--from-start`` replays the user's log, in
     which the shared finished job's every event is, with its job id. No job of its own."""
-    token = run([*MONTAGE, "token", "--user", finished_job.user], cli_env).stdout.strip()
-    env = {**cli_env, "MONTAGE_TOKEN": token}
+
+    async def mint() -> str:
+        async with aiohttp.ClientSession() as session:
+            return await dev_token(session, cli_env["MONTAGE_URL"], finished_job.user)
+
+    env = {**cli_env, "MONTAGE_TOKEN": asyncio.run(mint())}
     logged = [e for e in finished_job.events if e.id and e.event != "state"]
     want = 1 + len(logged)  # the state, then every event of the job's log
     out = run([*MONTAGE, "events", "--from-start", "--json", "--max-events", str(want)], env, timeout=60)
