@@ -31,11 +31,13 @@ PROMPT = "a slow cinematic journey through neon rain, city lights and long shado
 SONG = b"ID3" + bytes(range(256)) * 40
 
 
-def form(song: bytes = SONG, prompt: str = PROMPT) -> FormData:
+def form(song: bytes = SONG, prompt: str = PROMPT, webhook_url: str | None = None) -> FormData:
     """The upload's parts; each FormData picks a new random boundary, as a browser does."""
     data = FormData()
     data.add_field("user_prompt", prompt)
     data.add_field("audio_file", song, filename="song.mp3", content_type="audio/mpeg")
+    if webhook_url is not None:
+        data.add_field("webhook_url", webhook_url)
     return data
 
 
@@ -142,6 +144,10 @@ async def test_gateway_and_orchestrator_fingerprints_agree(
     assert await fp("/gw", form(prompt=PROMPT + "!")) == await fp("/orch", form(prompt=PROMPT + "!"))
     assert await fp("/gw", form(song=SONG + b"\x00")) != base_fp
     assert await fp("/orch", form(song=SONG + b"\x00")) == await fp("/gw", form(song=SONG + b"\x00"))
+    # a webhook URL is part of the request: another one is another request (422 for a reused key)
+    hooked = await fp("/gw", form(webhook_url="https://a.example/hook"))
+    assert hooked != base_fp and hooked == await fp("/orch", form(webhook_url="https://a.example/hook"))
+    assert await fp("/orch", form(webhook_url="https://b.example/hook")) != hooked
 
 
 # --- the records in Redis ----------------------------------------------------------------------

@@ -49,6 +49,7 @@ class Receiver:
     received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
     statuses: list[int] = field(default_factory=list)
     hold: asyncio.Event | None = None
+    location: str = ""  # sent as Location with a 3xx
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
@@ -56,7 +57,8 @@ class Receiver:
         if self.hold is not None:
             await self.hold.wait()
         status = self.statuses.pop(0) if self.statuses else 204
-        return web.Response(status=status)
+        headers = {"Location": self.location} if self.location and 300 <= status < 400 else None
+        return web.Response(status=status, headers=headers)
 
     def verified(self, secret: str = SECRET) -> list[tuple[str, dict[str, Any]]]:
         """Every request's ``webhook-id`` and body, each verified (raises otherwise)."""
@@ -120,7 +122,14 @@ async def test_completed_job_is_delivered_signed(
 async def test_failing_receiver_is_retried_with_the_same_id(
     orchestrator_factory: Any, receiver: Receiver, pool: asyncpg.Pool
 ) -> None:
-    receiver.statuses = [500, 503, 302]  # a redirect is a failed attempt too (never followed)
+    trap = Receiver()  # where a redirect points: never contacted (redirects are not followed)
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", trap.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    receiver.statuses = [500, 503, 302]  # a redirect is a failed attempt too
+    receiver.location = f"http://127.0.0.1:{runner.addresses[0][1]}/internal"
     orch: Orchestrator = await orchestrator_factory(**FAST)
     job_id = (await (await orch.upload(webhook_url=receiver.url)).json())["job_id"]
     await orch.wait_final(job_id)
@@ -138,6 +147,8 @@ async def test_failing_receiver_is_retried_with_the_same_id(
     assert len(bodies) == 1 and all(e["data"]["video_url"] for _, e in events)
     stamps = [int(h["webhook-timestamp"]) for h, _ in receiver.received]
     assert stamps == sorted(stamps)
+    assert trap.received == []
+    await runner.cleanup()
 
 
 async def test_cancel_sends_job_cancelled(orchestrator_factory: Any, receiver: Receiver) -> None:
@@ -247,6 +258,7 @@ async def test_production_refuses_http_and_loopback_at_upload_and_delivery(
     row = await wait_for(refused)
     assert row["last_error"].startswith("refused:") and "loopback" in row["last_error"]
     assert row["state"] == "pending" and receiver.received == []
+    await pool.execute("UPDATE webhook_deliveries SET state = 'failed' WHERE id = $1", row["id"])  # not for later tests
 
 
 # --- the rules, unit level (a resolver that answers what the test says) --------------------
@@ -446,3 +458,26 @@ async def test_sigkill_during_delivery_redelivers_with_the_same_id(
     assert [wid for wid, _ in verified] == [row["id"], row["id"]] and row["attempts"] == 2
     once = {wid: e for wid, e in verified}  # what a receiver deduplicating on webhook-id keeps
     assert [e["type"] for e in once.values()] == ["job.completed"]
+
+
+async def test_a_users_default_webhook(orchestrator_factory: Any, receiver: Receiver) -> None:
+    orch: Orchestrator = await orchestrator_factory(**FAST)
+    url = f"{orch.url}/api/v1/webhook"
+    user = headers("u-default")
+    assert await (await orch.session.get(url, headers=user)).json() == {"webhook_url": None, "updated_at": None}
+    refused = await orch.session.post(url, json={"webhook_url": "http://169.254.169.254/"}, headers=user)
+    assert refused.status == 400 and "metadata" in (await refused.json())["error"]
+    bad = await orch.session.post(url, data=b"{}", headers=user)
+    assert bad.status == 400
+    resp = await orch.session.post(url, json={"webhook_url": receiver.url}, headers=user)
+    assert resp.status == 200 and (await resp.json())["webhook_url"] == receiver.url
+    assert (await (await orch.session.get(url, headers=user)).json())["webhook_url"] == receiver.url
+    job = await orch.upload(user="u-default")  # no webhook_url field: the default
+    job_id = (await job.json())["job_id"]
+    await wait_for(lambda: asyncio.sleep(0, receiver.received))
+    [(_, event)] = receiver.verified()
+    assert event["data"]["job_id"] == job_id
+    assert (await orch.session.delete(url, headers=user)).status == 204
+    assert (await (await orch.session.get(url, headers=user)).json())["webhook_url"] is None
+    other = await (await orch.session.get(url, headers=headers("u-other"))).json()
+    assert other["webhook_url"] is None

@@ -11,12 +11,13 @@ requests are accepted runs on the upload like on every other operation.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import schemathesis
 from hypothesis import strategies as st
-from montage_contracts.api import PROMPT_MAX_SENT, PROMPT_PATTERN
+from montage_contracts.api import PROMPT_MAX_SENT, PROMPT_PATTERN, WEBHOOK_URL_MAX, WEBHOOK_URL_PATTERN
 
 MEDIA_TYPES = {"mp3": "audio/mpeg", "wav": "audio/wav", "flac": "audio/flac"}
 
@@ -58,3 +59,24 @@ def before_load_schema(context: schemathesis.HookContext, raw_schema: dict[str, 
                 "contentMediaType": "application/json",
                 "contentSchema": properties["data"],
             }
+
+
+# Whether a webhook URL is accepted depends on what its host resolves to (DNS: a name that does not
+# resolve, or resolves to a private address, is 400), not on its shape, and the fuzzer's hosts
+# resolve to nothing. So a schema-valid `webhook_url` (of an upload or of the user's default) is
+# replaced by another schema-valid one that the development stack accepts: a loopback URL on the
+# discard port, where no one listens (its deliveries fail and are retried; nothing is contacted).
+# A schema-invalid one is left as drawn, so the rejection checks still see it. (The document gives
+# the field no example: the examples phase applies no hook, and no example host would resolve.)
+FUZZ_WEBHOOK_URL = "http://127.0.0.1:9/fuzz-webhook"
+_WEBHOOK_URL = re.compile(WEBHOOK_URL_PATTERN)
+
+
+@schemathesis.hook
+def map_case(context: schemathesis.HookContext, case: Any) -> Any:
+    body = case.body
+    if isinstance(body, dict):
+        url = body.get("webhook_url")
+        if isinstance(url, str) and len(url) <= WEBHOOK_URL_MAX and _WEBHOOK_URL.search(url):
+            body["webhook_url"] = FUZZ_WEBHOOK_URL
+    return case

@@ -185,18 +185,19 @@ class UploadForm(Struct, kw_only=True):
     webhook_url: WebhookUrl = ""
 
 
+WEBHOOK_URL_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://[\x21-\x7e]+$"
+WEBHOOK_URL_MAX = 2048
 WebhookUrl = Annotated[
     str,
     Meta(
-        max_length=2048,
-        pattern=r"^[Hh][Tt][Tt][Pp][Ss]?://[\x21-\x7e]+$",
+        max_length=WEBHOOK_URL_MAX,
+        pattern=WEBHOOK_URL_PATTERN,
         description=(
             "Optional: where Montage POSTs this job's final event (`job.completed`, `job.failed`,"
             " `job.cancelled`), signed by the Standard Webhooks rules (docs/frontend.md). `https` only"
             " outside development; the host must resolve to public addresses only (no loopback, private,"
             " link-local, CGNAT, multicast or metadata address; development allows loopback): else 400"
         ),
-        examples=["https://example.com/hooks/montage"],
     ),
 ]
 
@@ -321,6 +322,19 @@ class StreamTicket(Struct, kw_only=True):
 
 # --- webhooks -------------------------------------------------------------------------------
 WebhookEventType = Literal["job.completed", "job.failed", "job.cancelled"]
+
+
+class WebhookDefaultRequest(Struct, kw_only=True):
+    """``POST /api/v1/webhook``: the caller's default webhook URL (its uploads without one take it)."""
+
+    webhook_url: WebhookUrl
+
+
+class WebhookDefault(Struct, kw_only=True):
+    """The caller's default webhook URL (``null``: none; uploads without `webhook_url` send no webhook)."""
+
+    webhook_url: Annotated[str | None, Meta(description="Where the caller's jobs report when the upload names none")]
+    updated_at: Timestamp | None
 
 
 class WebhookJobData(Struct, kw_only=True):

@@ -400,6 +400,42 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route(
         method="GET",
+        path="/api/v1/webhook",
+        operation_id="getWebhookDefault",
+        service=Service.ORCHESTRATOR,
+        auth=Auth.USER,
+        summary="The caller's default webhook URL (uploads without `webhook_url` use it)",
+        tag="webhooks",
+        responses={200: Reply("The default", api.WebhookDefault), **errors(*AUTHED)},
+    ),
+    Route(
+        method="POST",
+        path="/api/v1/webhook",
+        operation_id="setWebhookDefault",
+        service=Service.ORCHESTRATOR,
+        auth=Auth.USER,
+        summary="Set the caller's default webhook URL (the same rules as the upload's `webhook_url`; 400 if refused)",
+        description=(
+            "Every later upload of the caller without a `webhook_url` field reports to this URL; jobs already"
+            " created keep theirs. Checked like the upload's field (https outside development, public addresses"
+            " only) now and before every delivery."
+        ),
+        tag="webhooks",
+        responses={200: Reply("The default", api.WebhookDefault), **errors(400, *AUTHED)},
+        body=Body(api.WebhookDefaultRequest),
+    ),
+    Route(
+        method="DELETE",
+        path="/api/v1/webhook",
+        operation_id="deleteWebhookDefault",
+        service=Service.ORCHESTRATOR,
+        auth=Auth.USER,
+        summary="Remove the caller's default webhook URL (204, also when there was none)",
+        tag="webhooks",
+        responses={204: Reply("Removed"), **errors(*AUTHED)},
+    ),
+    Route(
+        method="GET",
         path="/internal/usage",
         operation_id="getInternalUsage",
         service=Service.ORCHESTRATOR,

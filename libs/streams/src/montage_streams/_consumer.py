@@ -38,7 +38,10 @@ entry with bounded concurrency. Its guarantees:
   claimed by this consumer like running ones: renewed while held, reclaimed by others if it
   dies, and on stop released (made reclaimable at once, their delivery count put back) rather
   than run. A handler does not wait for its hand-off: it takes the next entry while the
-  hand-off goes out with others in one script call.
+  hand-off goes out with others in one script call. The same write carries a plain
+  ``XREADGROUP`` for the next entries (one round trip; reading inside the script would convert
+  every entry to Lua and back, which costs Redis more than the read itself); on a client without
+  a connection pool of its own (a cluster client) the script fetches them instead.
 
 All keys one script touches share a hash tag (the caller's :class:`KeyLayout` decides the
 names), so this also runs on Redis Cluster. Works with Redis 6.2+. The package knows nothing

@@ -60,6 +60,8 @@ async def upload_audio(request: web.Request) -> web.Response:
     try:
         prompt = upload.check_prompt(received.prompt, s.prompt_min_chars, s.prompt_max_chars)
         webhook_url = await webhooks.check_upload_url(deps, received.webhook_url)  # SSRF rules: 400
+        if webhook_url is None:  # the user's default, if any (checked when set, and at every delivery)
+            webhook_url = await webhooks.default_url(deps.pool, user)
         audio = await upload.probe(received.path)
         if audio.duration > s.max_audio_seconds:
             raise ValidationError(f"Audio is {audio.duration:.0f} s long; the limit is {s.max_audio_seconds:.0f} s")
@@ -249,6 +251,9 @@ def handlers() -> dict[str, Handler]:
         "getJob": get_job,
         "cancelJob": cancel_job,
         "deleteJob": delete_job,
+        "getWebhookDefault": webhooks.get_default,
+        "setWebhookDefault": webhooks.set_default,
+        "deleteWebhookDefault": webhooks.delete_default,
         "retryJob": retry_job,
         "getDownload": download,
         "getJobAssets": assets.list_assets,

@@ -42,6 +42,8 @@ import aiohttp
 import asyncpg
 import msgspec
 import structlog
+from aiohttp import web
+from montage_common.web import internal_user
 from montage_contracts import api
 from montage_contracts.api import WebhookState, timestamp
 from montage_contracts.errors import ValidationError, job_retryable
@@ -49,7 +51,8 @@ from montage_contracts.pipeline import JobStatus
 from standardwebhooks.webhooks import Webhook
 
 from montage_orchestrator import metrics, ssrf
-from montage_orchestrator.deps import Deps
+from montage_orchestrator.deps import DEPS, Deps
+from montage_orchestrator.http import respond
 
 log = structlog.get_logger()
 
@@ -283,6 +286,51 @@ async def _first(*events: asyncio.Event) -> None:
     finally:
         for w in waits:
             w.cancel()
+
+
+# --- a user's default URL ----------------------------------------------------------------
+async def default_url(pool: asyncpg.Pool, user: str) -> str | None:
+    url: str | None = await pool.fetchval("SELECT url FROM user_webhooks WHERE user_id = $1", user)
+    return url
+
+
+def _default_body(row: asyncpg.Record | None) -> api.WebhookDefault:
+    if row is None:
+        return api.WebhookDefault(webhook_url=None, updated_at=None)
+    return api.WebhookDefault(webhook_url=row["url"], updated_at=timestamp(row["updated_at"]))
+
+
+async def get_default(request: web.Request) -> web.Response:
+    deps = request.app[DEPS]
+    user = internal_user(request, deps.settings.internal_secret)
+    row = await deps.pool.fetchrow("SELECT url, updated_at FROM user_webhooks WHERE user_id = $1", user)
+    return respond(_default_body(row))
+
+
+async def set_default(request: web.Request) -> web.Response:
+    deps = request.app[DEPS]
+    user = internal_user(request, deps.settings.internal_secret)
+    try:
+        body = msgspec.json.decode(await request.read(), type=api.WebhookDefaultRequest)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        raise ValidationError('Body must be {"webhook_url": "https://…"}') from None
+    url = await check_upload_url(deps, body.webhook_url)
+    if url is None:
+        raise ValidationError("webhook_url must not be empty (DELETE /api/v1/webhook removes the default)")
+    row = await deps.pool.fetchrow(
+        "INSERT INTO user_webhooks (user_id, url) VALUES ($1, $2)"
+        " ON CONFLICT (user_id) DO UPDATE SET url = EXCLUDED.url, updated_at = now() RETURNING url, updated_at",
+        user,
+        url,
+    )
+    return respond(_default_body(row))
+
+
+async def delete_default(request: web.Request) -> web.Response:
+    deps = request.app[DEPS]
+    user = internal_user(request, deps.settings.internal_secret)
+    await deps.pool.execute("DELETE FROM user_webhooks WHERE user_id = $1", user)
+    return web.Response(status=204)
 
 
 # --- the console ------------------------------------------------------------------------
