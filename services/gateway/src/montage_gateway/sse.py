@@ -157,9 +157,10 @@ class StreamHandler:
             return web.Response(status=reply.status, body=reply.body, content_type="application/json")
         # The job id as the client wrote it (the orchestrator's is the canonical form of the same UUID).
         state = msgspec.structs.replace(_state.decode(reply.body), job_id=job_id)
-        resume = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
-        if resume is not None and not valid_event_id(resume):
+        sent = (request.headers.get("Last-Event-ID"), request.query.get("last_event_id"))
+        if any(v is not None and not valid_event_id(v) for v in sent):  # each one sent must be an id
             raise ValidationError("Last-Event-ID must be an event id this stream sent (<ms>-<seq>)", job_id=job_id)
+        resume = sent[0] or sent[1]
         if resume is not None and (
             (newest is not None and newest[1].final and id_key(resume) >= id_key(newest[0]))
             or id_key(resume)[1] == REBUILT_SEQ
