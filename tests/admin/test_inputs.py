@@ -45,6 +45,7 @@ BAD = [
     ("GET", "queues", {"window": "59"}),
     ("GET", "actions", {"job_id": "not-a-uuid"}),
     ("GET", "actions", {"job_id": "\x00"}),
+    ("DELETE", "jobs/not-a-uuid", None),
     ("POST", "dead-letters/composer/retry-all", {"limit": "0"}),
     ("GET", "ragnarok/jobs", {"q": "\x00"}),
     ("GET", "ragnarok/jobs", {"status": "sideways"}),
@@ -99,9 +100,10 @@ def test_admin_api_conforms_to_its_openapi_document(e2e_stack: RunningStack, tmp
     config = tmp_path / "schemathesis.toml"
     config.write_text(ADMIN_CONFIG)
     report = REPORT_DIR / "admin"
-    proc, seconds = run_schemathesis(
-        e2e_stack, asyncio.run(token()), config, report, extra=["--include-path-regex", "^/api/v1/admin/"]
-    )
+    # deleteAdminJob is left out: its stateful phase deletes whatever job the listing shows, the
+    # finished job the other end-to-end tests share among them (its inputs: test_deletion, BAD above).
+    extra = ["--include-path-regex", "^/api/v1/admin/", "--exclude-operation-id", "deleteAdminJob"]
+    proc, seconds = run_schemathesis(e2e_stack, asyncio.run(token()), config, report, extra=extra)
     print(proc.stdout[-20000:])
     print(proc.stderr[-5000:], file=sys.stderr)
     print(f"schemathesis finished in {seconds:.1f} s (reports in {report})")

@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from montage_contracts.pipeline import STAGES
 from montage_dev.devstack import free_port
 
@@ -58,6 +62,19 @@ def _get(url: str) -> tuple[int, bytes]:
         return err.code, err.read()
     except OSError:
         return 0, b""
+
+
+@pytest.fixture
+def tmp_path(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A directory of its own under /tmp, not under pytest's base directory: the embedded Postgres
+    runs as a system user (pgserver as root) that must traverse it, and another pytest session on
+    the machine may make ``/tmp/pytest-of-<user>`` private (0700) at any moment."""
+    path = Path(tempfile.mkdtemp(prefix="montage-devstack-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def test_up_starts_embedded_infra_and_services_and_ctrl_c_stops_all(tmp_path: Path) -> None:
