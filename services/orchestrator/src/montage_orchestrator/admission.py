@@ -263,10 +263,16 @@ async def cached_system(deps: Deps) -> System:
 
 
 # --- the door -------------------------------------------------------------------------------
+# The handler of an admitted upload puts its song's length here (``request[AUDIO_SECONDS]``), so
+# that until a reading holds the job's row the door prices it by its song, not the usual one.
+AUDIO_SECONDS = "montage.audio_seconds"
+
+
 @dataclass(slots=True)
 class _Admitted:
     user: str
     done_at: float | None = None  # time.monotonic() when its job row was committed
+    seconds: float | None = None  # its song's length, once the handler has read it
 
 
 # Uploads admitted by this process whose job a reading of the system may not hold: those still in
@@ -275,17 +281,26 @@ _admitted: dict[str, dict[int, _Admitted]] = defaultdict(dict)
 _tickets = itertools.count()
 
 
-def _pending(admitted: dict[int, _Admitted], read_at: float) -> list[str]:
-    """The users of the admitted uploads a reading begun at ``read_at`` may not hold (the rest are
-    forgotten: every later reading holds their rows)."""
+def _pending(admitted: dict[int, _Admitted], read_at: float) -> list[tuple[str, float | None]]:
+    """The admitted uploads a reading begun at ``read_at`` may not hold, as (user, song seconds if
+    known); the rest are forgotten: every later reading holds their rows."""
     for ticket in [t for t, a in admitted.items() if a.done_at is not None and a.done_at < read_at]:
         del admitted[ticket]
-    return [a.user for a in admitted.values()]
+    return [(a.user, a.seconds) for a in admitted.values()]
 
 
-def predicted_wait(system: System, user: str, admitted: Iterable[str], per_user: int) -> float:
-    """Seconds until a job of ``user`` uploaded now would start, behind ``admitted`` uploads too."""
-    pending = [turns.Waiting(f"admitted-{k}", u, system.now, system.typical) for k, u in enumerate(admitted)]
+def predicted_wait(system: System, user: str, admitted: Iterable[tuple[str, float | None]], per_user: int) -> float:
+    """Seconds until a job of ``user`` uploaded now would start, behind ``admitted`` uploads too
+    (each priced by its song when known, else as the usual song here)."""
+    admitted = list(admitted)
+    known = sorted(sec for _, sec in admitted if sec is not None)
+    usual = system.typical  # the median song of the reading; with none in it, of the uploads since
+    if known and not system.running and not system.waiting:
+        usual = stage_seconds(known[len(known) // 2])
+    pending = [
+        turns.Waiting(f"admitted-{k}", u, system.now, usual if sec is None else stage_seconds(sec))
+        for k, (u, sec) in enumerate(admitted)
+    ]
     f = turns.forecast(system.running, [*system.waiting, *pending], system.slots, per_user, new_user=user)
     return f.starts.get(turns.NEW_JOB, math.inf)
 
@@ -327,6 +342,8 @@ def door(handler: Handler) -> Handler:
             raise
         if resp.status == 201:
             entry.done_at = time.monotonic()  # counted until a reading holds its row
+            seconds = request.get(AUDIO_SECONDS)
+            entry.seconds = float(seconds) if isinstance(seconds, int | float) else None
         else:
             admitted.pop(ticket, None)
         return resp

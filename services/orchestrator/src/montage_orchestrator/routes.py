@@ -92,6 +92,7 @@ async def upload_audio(request: web.Request) -> web.Response:
             await asyncio.shield(deps.storage.delete([audio_key]))
         raise
     await admission.turns_given(deps, started)
+    request[admission.AUDIO_SECONDS] = audio.duration  # the door prices it by its song until a reading holds it
     metrics.JOBS_CREATED.inc()
     log.info("job_created", job_id=str(job_id), duration=round(audio.duration, 2), estimate=str(estimate))
     body = api.JobCreated(
