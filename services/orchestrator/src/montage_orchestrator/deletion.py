@@ -22,8 +22,10 @@ finished by asking again):
    ledger, liveness and fault keys, the SSE connection leases; and its events' copies in its
    owner's event log (``GET /api/v1/events``) with the job's cursor there. The cancel flag of a job that was
    running stays until it expires (``CANCEL_FLAG_SECONDS``): a worker still on the job must see
-   it. Files a worker still running writes after step 2 are deleted by a second pass after the
-   commit, and anything later by the scheduled cleanup's orphan rule (no job row).
+   it. Before step 2 the delete of a running job waits (at most ``SETTLE_SECONDS``) until no
+   worker reports the job alive (``keys.stage_alive``), so a stage that was writing has stopped;
+   files a worker still writes after step 2 are deleted by a second pass after the commit, and
+   anything later by the scheduled cleanup's orphan rule (no job row).
 
 Afterwards the job is 404 everywhere (status, list, stream, download, retry, cancel) and its
 signed URLs fail (the files are gone). Idempotent: a repeated delete by the owner answers 204
@@ -32,6 +34,8 @@ again (``deleted_jobs``); anyone else gets 404, as for a job that never existed.
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +54,7 @@ from montage_orchestrator.transitions import cancel
 log = structlog.get_logger()
 
 DELETED_MESSAGE = "Job deleted by its owner"
+SETTLE_SECONDS = 20.0  # how long the delete of a running job waits for its workers to stop
 OPERATOR_DELETED_MESSAGE = "Job deleted by an operator"
 
 
@@ -60,6 +65,26 @@ class Deleted:
     already: bool  # it was deleted before this call (a repeat)
     was: str | None = None  # its status before the delete
     files: int = 0
+
+
+async def _settle(deps: Deps, job_id: str) -> bool:
+    """Wait until no worker reports the cancelled job alive (each stage's key; they live in the
+    job's partition); False when ``SETTLE_SECONDS`` passed first. Redis unreachable: go on."""
+    names = [deps.keys.stage_alive(job_id, stage) for stage in STAGES]
+    deadline = time.monotonic() + SETTLE_SECONDS
+    for _ in range(int(SETTLE_SECONDS / 0.2) + 1):  # bounded
+        try:
+            alive = await deps.redis.exists(*names)
+        except Exception as exc:
+            log.warning("job_delete_settle_unknown", job_id=job_id, error=str(exc)[:200])
+            return True
+        if not alive:
+            return True
+        if time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(0.2)
+    log.warning("job_delete_workers_still_alive", job_id=job_id, seconds=SETTLE_SECONDS)
+    return False
 
 
 async def _tombstone(pool: asyncpg.Pool, job_id: uuid.UUID) -> asyncpg.Record | None:
@@ -184,6 +209,7 @@ async def delete_job(deps: Deps, job_id: uuid.UUID, *, owner: str | None, delete
             pass  # it became final meanwhile
         except NotFound:
             return Deleted(jid, user_id, already=True)  # deleted by a concurrent call
+        await _settle(deps, jid)  # the cancelled stage has stopped writing
     files = await delete_files(deps, jid, user_id)
     gone = await _delete_rows(deps, job_id, deleted_by)
     if gone is None:  # a concurrent delete won
