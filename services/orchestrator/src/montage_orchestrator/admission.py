@@ -358,6 +358,11 @@ async def places(deps: Deps, bodies: Sequence[api.Job | api.JobListItem]) -> Non
         return
     system = await cached_system(deps)
     f = turns.forecast(system.running, system.waiting, system.slots, deps.settings.user_max_active_jobs)
+    if any(b.status == JobStatus.QUEUED and b.job_id not in f.positions for b in bodies):
+        # a job newer than the shared reading: read again (the reading is shared from then on)
+        deps.forecasts.drop()
+        system = await cached_system(deps)
+        f = turns.forecast(system.running, system.waiting, system.slots, deps.settings.user_max_active_jobs)
     for body in bodies:
         if body.status == JobStatus.QUEUED and body.job_id in f.positions:
             body.queue_position = f.positions[body.job_id]
