@@ -85,6 +85,11 @@ async def test_a_stopped_worker_is_replaced_and_its_task_completes_elsewhere(
     supervised: Supervised, songs_dir: Path
 ) -> None:
     song = make_song(songs_dir, 40)
+    for _ in range(600):  # the supervisor has seen every process answer (bounded: about a minute)
+        if supervised.stack.probed():
+            break
+        await asyncio.sleep(0.1)
+    assert supervised.stack.probed(), "a process never answered its liveness probe"
     async with session() as http:
         batch = await upload_all(http, supervised, [(song, 40)])
         job_id = batch.runs[0][0].job_id

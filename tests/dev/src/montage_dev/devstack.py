@@ -457,6 +457,11 @@ class Stack:
         except (OSError, ValueError):
             return False
 
+    def probed(self) -> bool:
+        """Whether the supervisor has seen every process answer its probe (before that a process
+        counts as starting, and a failing probe of it is not held against it)."""
+        return set(self.procs) <= self._answered
+
     def supervise_once(self, failure_threshold: int = PROBE_FAILURES) -> list[str]:
         """One round of supervision: a service that exited is started again; one whose liveness
         probe failed ``failure_threshold`` times in a row (after it first answered: a starting
