@@ -191,7 +191,7 @@ def switch_off_atomic_hand_off() -> None:
         pipe = self.redis.pipeline(transaction=False)
         for _, emits in pairs:
             for e in emits:
-                pipe.xadd(e.stream, {"id": e.message_id, "a": "1", "m": e.payload, **dict(e.extra)})
+                pipe.xadd(e.stream, {"id": e.message_id, "m": e.payload, **dict(e.extra)})
         ids = [entry_id for entry_id, _ in pairs if entry_id]
         if ids:
             pipe.xack(self.stream, self.group, *ids)
@@ -285,7 +285,7 @@ async def prefill(redis: Redis, system: str, jobs: int) -> None:
             if bare:
                 pipe.xadd(first, {"m": str(n)})
             else:  # the runtime's wire fields (montage_streams._model.decode_entry)
-                pipe.xadd(first, {"id": f"job-{n}", "a": "1", "m": str(n)})
+                pipe.xadd(first, {"id": f"job-{n}", "m": str(n)})
         await pipe.execute()
 
 

@@ -232,7 +232,7 @@ for i = 1, #f, 2 do
   if f[i] == 'id' then id = f[i+1] elseif f[i] == 'm' then m = f[i+1] end
 end
 if m == nil then return false end
-local new = redis.call('XADD', KEYS[2], '*', 'id', id or ARGV[1], 'a', '1', 'm', m)
+local new = redis.call('XADD', KEYS[2], '*', 'id', id or ARGV[1], 'm', m)
 redis.call('XDEL', KEYS[1], ARGV[1])
 return new
 """

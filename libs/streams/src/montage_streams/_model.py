@@ -84,7 +84,7 @@ class Entry(msgspec.Struct, frozen=True):
 def _wire(entry_id: str, fields: dict[bytes, bytes]) -> tuple[str, int, bytes, tuple[str, ...]]:
     """An entry's message id, attempt, payload and history from its fields (as written by
     ``ack_emit.lua`` or ``promote.lua``): the only place that knows the wire field names (``id``,
-    ``a``, ``m``, ``h``)."""
+    ``a``, ``m``, ``h``). A first attempt has no ``a`` (written without it since #27; always read as 1)."""
     raw_id = fields.get(b"id")
     raw_attempt = fields.get(b"a")
     raw_history = fields.get(b"h")

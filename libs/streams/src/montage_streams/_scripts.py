@@ -77,7 +77,10 @@ async def send_both(pool: ConnectionPool, first: tuple[Any, ...], second: tuple[
 
 def entry_fields(emit: Emit, attempt: int = 1, history: Sequence[str] = ()) -> list[str | bytes]:
     """The fields of an entry as ``promote.lua`` re-adds it (id, attempt, payload, history, extras)."""
-    out: list[str | bytes] = ["id", emit.message_id or uuid.uuid4().hex, "a", str(attempt), "m", emit.payload]
+    out: list[str | bytes] = ["id", emit.message_id or uuid.uuid4().hex]
+    if attempt != 1:  # a first attempt carries no attempt field (readers take 1), as from ack_emit.lua
+        out += ["a", str(attempt)]
+    out += ["m", emit.payload]
     if history:
         out += ["h", _history_codec.encode(list(history))]
     for k, v in emit.extra:

@@ -1,6 +1,7 @@
 -- Hand off a batch of entries, then fetch new ones. For each entry, only while `consumer` owns
--- it: XADD its emits (fields id, a=1, m, extras; optionally PUBLISH "<id> <payload>" and EXPIRE
--- the stream) and XACK it. An entry id of '' means "no source entry" (the producer). Returns
+-- it: XADD its emits (fields id, m, extras; optionally PUBLISH "<id> <payload>" and EXPIRE
+-- the stream) and XACK it. A first attempt carries no attempt field (`a`): readers take 1 when it is
+-- absent, and every field an entry does not carry saves Redis work on its write and on each read. An entry id of '' means "no source entry" (the producer). Returns
 -- per entry the new ids (`want_ids` 1) or 1 (`want_ids` 0: the consumer needs no ids, and
 -- returning them costs Redis CPU), or false if the claim was lost; then, when `fetch` > 0, up
 -- to `fetch` new entries of the source (XREADGROUP >) as a flat list of [id, fields] (or
@@ -42,7 +43,7 @@ for e = 1, n do
     local k = tonumber(ARGV[i])
     if k > 0 then  -- the common case: no argument table to build
       if owned then
-        local id = redis.call('XADD', KEYS[k], '*', 'id', ARGV[i+1], 'a', '1', 'm', ARGV[i+2])
+        local id = redis.call('XADD', KEYS[k], '*', 'id', ARGV[i+1], 'm', ARGV[i+2])
         if ids then ids[#ids+1] = id end
       end
       i = i + 3
@@ -54,7 +55,6 @@ for e = 1, n do
         if maxlen > 0 then args[3] = 'MAXLEN'; args[4] = '~'; args[5] = maxlen end
         args[#args+1] = '*'
         args[#args+1] = 'id'; args[#args+1] = ARGV[i+6]
-        args[#args+1] = 'a'; args[#args+1] = '1'
         args[#args+1] = 'm'; args[#args+1] = payload
         for f = i + 8, i + 7 + 2 * nx do args[#args+1] = ARGV[f] end
         local id = redis.call(unpack(args))
