@@ -7,14 +7,17 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import asyncpg
 import pytest
 from montage_contracts.messages import task_decoder
 from montage_contracts.pipeline import PIPELINE, STAGES
-from montage_orchestrator import admission
+from montage_orchestrator import admission, turns
+from montage_orchestrator.deps import Deps, Forecasts
 from montage_orchestrator.jobs import StageRates
 
 from tests.orchestrator.conftest import Orchestrator, headers, wait_for
@@ -209,3 +212,47 @@ def test_rates_are_read_often_until_every_stage_is_measured() -> None:
     assert rates._interval() == 60.0
     rates.measured, rates.cold_until = {}, time.monotonic() - 1.0
     assert rates._interval() == 60.0  # past the first minutes: once a minute whatever is measured
+
+
+async def test_readings_ending_out_of_order_never_lose_an_upload(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two uploads read the system at once and the older reading ends last: it lacks the row of an
+    upload admitted between the two, which the newer one's door has forgotten (its reading holds it).
+    The older one's door is answered with the newer reading, which stays the shared one."""
+    each = tuple(10.0 for _ in STAGES)
+    slots = dict.fromkeys(STAGES, 1)
+    at = datetime.now(UTC)
+    without_x = admission.System(at, [], [], slots, each)
+    with_x = admission.System(at, [turns.Running("x", "other", STAGES[0], 0.0, each)], [], slots, each)
+    readings = iter([("older", without_x), ("newer", with_x)])
+    gates = {"older": asyncio.Event(), "newer": asyncio.Event()}
+    begun: list[str] = []
+
+    async def read_system(deps: Deps) -> admission.System:
+        name, system = next(readings)
+        begun.append(name)
+        await gates[name].wait()
+        return system
+
+    monkeypatch.setattr(admission, "read_system", read_system)
+    space = f"door-{uuid.uuid4().hex[:6]}"
+    monkeypatch.setitem(admission._admitted, space, {})
+    deps = cast(
+        Deps,
+        SimpleNamespace(settings=SimpleNamespace(redis_namespace=space, user_max_active_jobs=1), forecasts=Forecasts()),
+    )
+
+    older = asyncio.ensure_future(admission.new_job_wait(deps, "u"))
+    await asyncio.sleep(0.01)
+    # x's row is committed after the older reading began, before the newer one
+    admission._admitted[space][-1] = admission._Admitted("other", done_at=time.monotonic(), seconds=20.0)
+    await asyncio.sleep(0.01)
+    newer = asyncio.ensure_future(admission.new_job_wait(deps, "u"))
+    await asyncio.sleep(0.01)
+    assert begun == ["older", "newer"]
+    gates["newer"].set()
+    assert await newer == 10.0  # behind x in the first stage
+    assert admission._admitted[space] == {}  # x forgotten: the newer reading holds it
+    gates["older"].set()
+    assert await older == 10.0  # was 0.0: x neither in the older reading nor admitted any more
+    assert deps.forecasts.latest is not None and deps.forecasts.latest[0] is with_x
+    assert await admission.new_job_wait(deps, "u") == 10.0  # the shared reading, not read again

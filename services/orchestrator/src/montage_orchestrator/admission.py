@@ -250,16 +250,25 @@ async def read_system(deps: Deps) -> System:
 FORECAST_CACHE_SECONDS = 1.0
 
 
-async def cached_system(deps: Deps) -> System:
-    """:func:`read_system`, or this process's reading of less than ``FORECAST_CACHE_SECONDS`` ago
-    (its running jobs' elapsed times a little behind: the waits it predicts err long)."""
+Reading = tuple[System, float]  # a reading of the system and when it began (time.monotonic())
+
+
+async def cached_system(deps: Deps) -> Reading:
+    """:func:`read_system` and when it began (``time.monotonic()``), or this process's reading of
+    less than ``FORECAST_CACHE_SECONDS`` ago (its running jobs' elapsed times a little behind: the
+    waits it predicts err long). One value: the door forgets the admitted uploads a reading holds by
+    the time that reading began.
+
+    Readings taken at once may end in any order: the one begun last is kept, and returned to each of
+    them (an older one may lack the rows of uploads that the newer one's caller has forgotten)."""
     f = deps.forecasts
-    if f.reading is None or time.monotonic() - f.read_at >= FORECAST_CACHE_SECONDS:
-        began = time.monotonic()
-        f.reading = await read_system(deps)
-        f.read_at = began
-    reading: System = f.reading
-    return reading
+    began = time.monotonic()
+    if f.latest is None or f.latest[1] < f.dropped_at or began - f.latest[1] >= FORECAST_CACHE_SECONDS:
+        system = await read_system(deps)
+        if f.latest is None or f.latest[1] <= began:
+            f.latest = (system, began)
+    latest: Reading = f.latest
+    return latest
 
 
 # --- the door -------------------------------------------------------------------------------
@@ -305,6 +314,14 @@ def predicted_wait(system: System, user: str, admitted: Iterable[tuple[str, floa
     return f.starts.get(turns.NEW_JOB, math.inf)
 
 
+async def new_job_wait(deps: Deps, user: str) -> float:
+    """What the door predicts for a job of ``user`` uploaded now: the shared reading, and the uploads
+    admitted here that it may not hold."""
+    system, read_at = await cached_system(deps)
+    admitted = _pending(_admitted[deps.settings.redis_namespace], read_at)
+    return predicted_wait(system, user, admitted, deps.settings.user_max_active_jobs)
+
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -318,8 +335,7 @@ def door(handler: Handler) -> Handler:
         if s.admission_max_wait_seconds <= 0:
             return await handler(request)
         admitted = _admitted[s.redis_namespace]
-        system = await cached_system(deps)
-        wait = predicted_wait(system, user, _pending(admitted, deps.forecasts.read_at), s.user_max_active_jobs)
+        wait = await new_job_wait(deps, user)
         metrics.ADMISSION_PREDICTED_WAIT.set(wait if math.isfinite(wait) else -1)
         if wait > s.admission_max_wait_seconds:
             metrics.ADMISSION_REFUSED.inc()
@@ -356,12 +372,12 @@ async def places(deps: Deps, bodies: Sequence[api.Job | api.JobListItem]) -> Non
     """Set ``queue_position`` and ``estimated_start`` on each queued job's body (the others keep null)."""
     if not any(b.status == JobStatus.QUEUED for b in bodies):
         return
-    system = await cached_system(deps)
+    system, _ = await cached_system(deps)
     f = turns.forecast(system.running, system.waiting, system.slots, deps.settings.user_max_active_jobs)
     if any(b.status == JobStatus.QUEUED and b.job_id not in f.positions for b in bodies):
         # a job newer than the shared reading: read again (the reading is shared from then on)
         deps.forecasts.drop()
-        system = await cached_system(deps)
+        system, _ = await cached_system(deps)
         f = turns.forecast(system.running, system.waiting, system.slots, deps.settings.user_max_active_jobs)
     for body in bodies:
         if body.status == JobStatus.QUEUED and body.job_id in f.positions:

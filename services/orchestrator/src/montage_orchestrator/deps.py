@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,14 +24,15 @@ from montage_orchestrator.user_events import UserEventRelay
 
 @dataclass(slots=True)
 class Forecasts:
-    """The door's last reading of the system (``admission.System``), kept for
-    ``admission.FORECAST_CACHE_SECONDS`` and dropped as soon as a job becomes final here."""
+    """The door's newest reading of the system and when it began (``admission.Reading``), kept for
+    ``admission.FORECAST_CACHE_SECONDS``; one begun before the last :meth:`drop` (a job became final
+    here) is read again."""
 
-    reading: Any = None
-    read_at: float = -math.inf  # time.monotonic() when the reading began
+    latest: tuple[Any, float] | None = None
+    dropped_at: float = -math.inf  # time.monotonic() of the last drop
 
     def drop(self) -> None:
-        self.reading = None
+        self.dropped_at = time.monotonic()
 
 
 @dataclass(frozen=True, slots=True)
