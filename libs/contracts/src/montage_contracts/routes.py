@@ -177,6 +177,62 @@ STREAM = Param("stream", "path", api.AdminStreamName, required=True)
 ENTRY = Param("entry_id", "path", api.EntryId, required=True)
 ENTRY_PATH = "{entry_id:[0-9]+-[0-9]+}"
 
+
+def job_route(
+    *,
+    method: Literal["GET", "POST", "DELETE"],
+    subpath: str,
+    operation_id: str,
+    summary: str,
+    ok: dict[int, Reply],
+    codes: tuple[int, ...],
+    service: Service = Service.ORCHESTRATOR,
+    description: str = "",
+) -> Route:
+    """A route of one of the caller's jobs, ``/api/v1/jobs/{job_id}`` + ``subpath`` (tagged ``jobs``):
+    it answers ``ok``, the errors ``codes`` and those of every authenticated route (:data:`AUTHED`)."""
+    return Route(
+        method=method,
+        path="/api/v1/jobs/{job_id}" + subpath,
+        operation_id=operation_id,
+        service=service,
+        auth=Auth.USER,
+        summary=summary,
+        description=description,
+        tag="jobs",
+        responses={**ok, **errors(*codes, *AUTHED)},
+        params=(JOB_ID,),
+    )
+
+
+def admin_route(
+    *,
+    method: Literal["GET", "POST", "DELETE"],
+    path: str,
+    operation_id: str,
+    summary: str,
+    ok: Reply,
+    codes: tuple[int, ...] = (),
+    service: Service = Service.ORCHESTRATOR,
+    params: tuple[Param, ...] = (),
+    also: dict[int, Reply] | None = None,
+) -> Route:
+    """A route of the operator console's API (tagged ``admin``, `` (admins only)`` after its summary):
+    200 with ``ok``, 403 for any other user, ``also``, the errors ``codes`` and those of every
+    authenticated route (:data:`AUTHED`)."""
+    return Route(
+        method=method,
+        path=path,
+        operation_id=operation_id,
+        service=service,
+        auth=Auth.ADMIN,
+        summary=summary + ADMIN_TEXT,
+        tag="admin",
+        responses={200: ok, 403: ADMIN_403, **(also or {}), **errors(*codes, *AUTHED)},
+        params=params,
+    )
+
+
 SSE_DESCRIPTION = """\
 Server-Sent Events of one job; the protocol in full is `docs/sse.md`. Authenticate with
 `Authorization: Bearer`, or (browsers, whose `EventSource` cannot send headers) with `?ticket=`
@@ -321,35 +377,29 @@ ROUTES: tuple[Route, ...] = (
             Param("offset", "query", Offset),
         ),
     ),
-    Route(
+    job_route(
         method="GET",
-        path="/api/v1/jobs/{job_id}",
+        subpath="",
         operation_id="getJob",
-        service=Service.ORCHESTRATOR,
-        auth=Auth.USER,
         summary="One job's status",
-        tag="jobs",
-        responses={200: Reply("The job", api.Job), **errors(400, 403, 404, *AUTHED)},
-        params=(JOB_ID,),
+        ok={200: Reply("The job", api.Job)},
+        codes=(400, 403, 404),
     ),
-    Route(
+    job_route(
         method="POST",
-        path="/api/v1/jobs/{job_id}/cancel",
+        subpath="/cancel",
         operation_id="cancelJob",
-        service=Service.ORCHESTRATOR,
-        auth=Auth.USER,
         summary="Cancel a queued or processing job (400 when it is already final)",
-        tag="jobs",
-        responses={200: Reply("Cancelled", api.Cancelled), **errors(400, 403, 404, *AUTHED)},
-        params=(JOB_ID,),
+        ok={200: Reply("Cancelled", api.Cancelled)},
+        codes=(400, 403, 404),
     ),
-    Route(
+    job_route(
         method="DELETE",
-        path="/api/v1/jobs/{job_id}",
+        subpath="",
         operation_id="deleteJob",
-        service=Service.ORCHESTRATOR,
-        auth=Auth.USER,
         summary="Delete a job: cancels it if running, deletes its song, stills, clips and video, its rows and events",
+        ok={204: Reply("Deleted (or deleted before)")},
+        codes=(400, 404),
         description=(
             "The owner's delete (a right to erasure): a queued or processing job is cancelled first, then"
             " every stored file of the job and its records are deleted; only what billing must keep stays"
@@ -358,17 +408,14 @@ ROUTES: tuple[Route, ...] = (
             " answers 204 too; a job that is not the caller's is 404. 503 (retryable) when storage is"
             " unavailable: nothing was deleted, ask again."
         ),
-        tag="jobs",
-        responses={204: Reply("Deleted (or deleted before)"), **errors(400, 404, *AUTHED)},
-        params=(JOB_ID,),
     ),
-    Route(
+    job_route(
         method="POST",
-        path="/api/v1/jobs/{job_id}/retry",
+        subpath="/retry",
         operation_id="retryJob",
-        service=Service.ORCHESTRATOR,
-        auth=Auth.USER,
         summary="Retry a failed or cancelled job: a new job that reuses every finished stage (takes a job slot)",
+        ok={201: Reply("The new job", api.JobRetried)},
+        codes=(400, 403, 404, 410),
         description=(
             "Creates a new job (`retry_of` names the original, whose `retried_by` then names the new one)"
             " that reuses every stage the original finished, with its stored output and files, and runs"
@@ -379,9 +426,6 @@ ROUTES: tuple[Route, ...] = (
             " its song has expired; 503 with Retry-After at the door, as an upload, when the new job"
             " would wait too long to start."
         ),
-        tag="jobs",
-        responses={201: Reply("The new job", api.JobRetried), **errors(400, 403, 404, 410, *AUTHED)},
-        params=(JOB_ID,),
     ),
     Route(
         method="GET",
@@ -444,24 +488,21 @@ ROUTES: tuple[Route, ...] = (
         tag="internal",
         responses={200: Reply("Usage held in Postgres", api.InternalUsage)},
     ),
-    Route(
+    job_route(
         method="GET",
-        path="/api/v1/jobs/{job_id}/download",
+        subpath="/download",
         operation_id="getDownload",
-        service=Service.ORCHESTRATOR,
-        auth=Auth.USER,
         summary="A signed URL of the finished video (valid 1 hour); 404 until completed",
-        tag="jobs",
-        responses={200: Reply("Download link", api.Download), **errors(400, 403, 404, 410, *AUTHED)},
-        params=(JOB_ID,),
+        ok={200: Reply("Download link", api.Download)},
+        codes=(400, 403, 404, 410),
     ),
-    Route(
+    job_route(
         method="GET",
-        path="/api/v1/jobs/{job_id}/assets",
+        subpath="/assets",
         operation_id="getJobAssets",
-        service=Service.ORCHESTRATOR,
-        auth=Auth.USER,
         summary="The job's previews (reference stills, clips) as stored, then its video and poster, as signed URLs",
+        ok={200: Reply("The job's assets", api.JobAssets)},
+        codes=(400, 403, 404),
         description=(
             "Each still and clip is listed as soon as it is stored (the same ones the stream's `preview`"
             " events announce), with its index and when it was stored; a completed job adds its final"
@@ -469,20 +510,15 @@ ROUTES: tuple[Route, ...] = (
             " ask again for fresh ones. Empty once the job's files expired; a cancelled job's previews"
             " are deleted with its other intermediates."
         ),
-        tag="jobs",
-        responses={200: Reply("The job's assets", api.JobAssets), **errors(400, 403, 404, *AUTHED)},
-        params=(JOB_ID,),
     ),
-    Route(
+    job_route(
         method="POST",
-        path="/api/v1/jobs/{job_id}/stream-ticket",
+        subpath="/stream-ticket",
         operation_id="createStreamTicket",
-        service=Service.GATEWAY,
-        auth=Auth.USER,
         summary="A ticket (20 minutes, reusable for this job) to open the job's event stream from a browser",
-        tag="jobs",
-        responses={201: Reply("Ticket", api.StreamTicket), **errors(400, 403, 404, *AUTHED)},
-        params=(JOB_ID,),
+        ok={201: Reply("Ticket", api.StreamTicket)},
+        codes=(400, 403, 404),
+        service=Service.GATEWAY,
     ),
     Route(
         method="GET",
@@ -657,90 +693,71 @@ ROUTES: tuple[Route, ...] = (
         responses={200: Reply("The asset"), **errors(400, 404, 429)},
         params=(ASSET_PATH,),
     ),
-    Route(
+    admin_route(
         method="GET",
         path="/api/v1/admin/me",
         operation_id="getAdminMe",
+        summary="Who the console is signed in as",
+        ok=Reply("The admin", api.AdminMe),
         service=Service.GATEWAY,
-        auth=Auth.ADMIN,
-        summary="Who the console is signed in as" + ADMIN_TEXT,
-        tag="admin",
-        responses={200: Reply("The admin", api.AdminMe), 403: ADMIN_403, **errors(*AUTHED)},
     ),
-    Route(
+    admin_route(
         method="GET",
         path="/api/v1/admin/queues",
         operation_id="getAdminQueues",
-        service=Service.ORCHESTRATOR,
-        auth=Auth.ADMIN,
-        summary="Every stage's stream: waiting, in flight, delayed, dead letters, consumers, throughput, p95"
-        + ADMIN_TEXT,
-        tag="admin",
-        responses={200: Reply("The queues", api.AdminQueues), 403: ADMIN_403, **errors(400, *AUTHED)},
+        summary="Every stage's stream: waiting, in flight, delayed, dead letters, consumers, throughput, p95",
+        ok=Reply("The queues", api.AdminQueues),
+        codes=(400,),
         params=(Param("window", "query", Annotated[int, Meta(ge=60, le=3600, description="Seconds (default 300)")]),),
     ),
-    Route(
+    admin_route(
         method="GET",
         path="/api/v1/admin/dead-letters",
         operation_id="listAdminDeadLetters",
-        service=Service.ORCHESTRATOR,
-        auth=Auth.ADMIN,
-        summary="Dead letters, newest first, with error, attempts and history" + ADMIN_TEXT,
-        tag="admin",
-        responses={200: Reply("Dead letters", api.AdminDeadLetters), 403: ADMIN_403, **errors(400, 404, *AUTHED)},
+        summary="Dead letters, newest first, with error, attempts and history",
+        ok=Reply("Dead letters", api.AdminDeadLetters),
+        codes=(400, 404),
         params=(
             Param("stream", "query", api.AdminStreamName),
             Param("limit", "query", Annotated[int, Meta(ge=1, le=500)]),
             Param("before", "query", api.EntryId),
         ),
     ),
-    Route(
+    admin_route(
         method="POST",
         path="/api/v1/admin/dead-letters/{stream}/retry-all",
         operation_id="retryAllAdminDeadLetters",
-        service=Service.ORCHESTRATOR,
-        auth=Auth.ADMIN,
-        summary="Retry every dead letter of a stream, oldest first, each on its own" + ADMIN_TEXT,
-        tag="admin",
-        responses={200: Reply("Each entry's outcome", api.AdminRetryAll), 403: ADMIN_403, **errors(400, 404, *AUTHED)},
+        summary="Retry every dead letter of a stream, oldest first, each on its own",
+        ok=Reply("Each entry's outcome", api.AdminRetryAll),
+        codes=(400, 404),
         params=(STREAM, Param("limit", "query", Annotated[int, Meta(ge=1, le=200)])),
     ),
-    Route(
+    admin_route(
         method="POST",
         path=f"/api/v1/admin/dead-letters/{{stream}}/{ENTRY_PATH}/retry",
         operation_id="retryAdminDeadLetter",
-        service=Service.ORCHESTRATOR,
-        auth=Auth.ADMIN,
-        summary="Retry one dead letter: re-dispatch its stage through the job's state machine" + ADMIN_TEXT,
-        tag="admin",
-        responses={
-            200: Reply("Retried", api.AdminRetried),
-            403: ADMIN_403,
-            409: CONFLICT,
-            **errors(400, 404, *AUTHED),
-        },
+        summary="Retry one dead letter: re-dispatch its stage through the job's state machine",
+        ok=Reply("Retried", api.AdminRetried),
+        codes=(400, 404),
         params=(STREAM, ENTRY),
+        also={409: CONFLICT},
     ),
-    Route(
+    admin_route(
         method="DELETE",
         path=f"/api/v1/admin/dead-letters/{{stream}}/{ENTRY_PATH}",
         operation_id="deleteAdminDeadLetter",
-        service=Service.ORCHESTRATOR,
-        auth=Auth.ADMIN,
-        summary="Delete one dead letter" + ADMIN_TEXT,
-        tag="admin",
-        responses={200: Reply("Deleted", api.AdminDeleted), 403: ADMIN_403, **errors(400, 404, *AUTHED)},
+        summary="Delete one dead letter",
+        ok=Reply("Deleted", api.AdminDeleted),
+        codes=(400, 404),
         params=(STREAM, ENTRY),
     ),
-    Route(
+    admin_route(
         method="GET",
         path="/api/v1/admin/jobs",
         operation_id="searchAdminJobs",
-        service=Service.ORCHESTRATOR,
-        auth=Auth.ADMIN,
-        summary="Jobs of every user, newest first; `q` is a job id or a user id" + ADMIN_TEXT,
-        tag="admin",
-        responses={200: Reply("Jobs", api.AdminJobs), 403: ADMIN_403, **errors(400, *AUTHED)},
+        summary="Jobs of every user, newest first; `q` is a job id or a user id",
+        ok=Reply("Jobs", api.AdminJobs),
+        codes=(400,),
         params=(
             Param("q", "query", api.SearchText),
             Param("status", "query", JobStatus),
@@ -748,100 +765,75 @@ ROUTES: tuple[Route, ...] = (
             Param("offset", "query", Offset),
         ),
     ),
-    Route(
+    admin_route(
         method="GET",
         path="/api/v1/admin/jobs/{job_id}",
         operation_id="getAdminJob",
-        service=Service.ORCHESTRATOR,
-        auth=Auth.ADMIN,
-        summary="A job's stages and timings, events, costs, errors, dead letters, files and admin actions" + ADMIN_TEXT,
-        tag="admin",
-        responses={200: Reply("The job", api.AdminJobDetail), 403: ADMIN_403, **errors(400, 404, *AUTHED)},
+        summary="A job's stages and timings, events, costs, errors, dead letters, files and admin actions",
+        ok=Reply("The job", api.AdminJobDetail),
+        codes=(400, 404),
         params=(JOB_ID,),
     ),
-    Route(
+    admin_route(
         method="POST",
         path="/api/v1/admin/jobs/{job_id}/cancel",
         operation_id="cancelAdminJob",
-        service=Service.ORCHESTRATOR,
-        auth=Auth.ADMIN,
-        summary="Cancel any user's queued or processing job" + ADMIN_TEXT,
-        tag="admin",
-        responses={
-            200: Reply("Cancelled", api.Cancelled),
-            403: ADMIN_403,
-            # No longer answered: a finished job is 400 (`VALIDATION_ERROR`), as the owner's cancel
-            # answers; still listed so that clients of the released document are not broken.
-            409: Reply("Not answered any more: a finished job is 400, as for the owner's cancel", api.Error),
-            **errors(400, 404, *AUTHED),
-        },
+        summary="Cancel any user's queued or processing job",
+        ok=Reply("Cancelled", api.Cancelled),
+        codes=(400, 404),
         params=(JOB_ID,),
+        # No longer answered: a finished job is 400 (`VALIDATION_ERROR`), as the owner's cancel
+        # answers; still listed so that clients of the released document are not broken.
+        also={409: Reply("Not answered any more: a finished job is 400, as for the owner's cancel", api.Error)},
     ),
-    Route(
+    admin_route(
         method="GET",
         path="/api/v1/admin/jobs/{job_id}/webhooks",
         operation_id="listAdminJobWebhooks",
-        service=Service.ORCHESTRATOR,
-        auth=Auth.ADMIN,
-        summary="A job's webhook deliveries: state, attempts, last status and error, next attempt" + ADMIN_TEXT,
-        tag="admin",
-        responses={
-            200: Reply("Deliveries", api.AdminWebhookDeliveries),
-            403: ADMIN_403,
-            **errors(400, 404, *AUTHED),
-        },
+        summary="A job's webhook deliveries: state, attempts, last status and error, next attempt",
+        ok=Reply("Deliveries", api.AdminWebhookDeliveries),
+        codes=(400, 404),
         params=(JOB_ID,),
     ),
-    Route(
+    admin_route(
         method="POST",
         path="/api/v1/admin/webhooks/{webhook_id}/resend",
         operation_id="resendAdminWebhook",
-        service=Service.ORCHESTRATOR,
-        auth=Auth.ADMIN,
         summary="Send a webhook delivery again now, same `webhook-id` (any state; a failed one gets a new retry"
-        " window)" + ADMIN_TEXT,
-        tag="admin",
-        responses={
-            200: Reply("Back in line", api.AdminWebhookDelivery),
-            403: ADMIN_403,
-            **errors(400, 404, *AUTHED),
-        },
+        " window)",
+        ok=Reply("Back in line", api.AdminWebhookDelivery),
+        codes=(400, 404),
         params=(Param("webhook_id", "path", api.WebhookId, required=True),),
     ),
-    Route(
+    admin_route(
         method="DELETE",
         path="/api/v1/admin/jobs/{job_id}",
         operation_id="deleteAdminJob",
-        service=Service.ORCHESTRATOR,
-        auth=Auth.ADMIN,
-        summary="Delete any user's job as its owner's delete does (cancel, files, rows, events; logged)" + ADMIN_TEXT,
-        tag="admin",
-        responses={200: Reply("Deleted", api.AdminJobDeleted), 403: ADMIN_403, **errors(400, 404, *AUTHED)},
+        summary="Delete any user's job as its owner's delete does (cancel, files, rows, events; logged)",
+        ok=Reply("Deleted", api.AdminJobDeleted),
+        codes=(400, 404),
         params=(JOB_ID,),
     ),
-    Route(
+    admin_route(
         method="GET",
         path="/api/v1/admin/actions",
         operation_id="listAdminActions",
-        service=Service.ORCHESTRATOR,
-        auth=Auth.ADMIN,
-        summary="The action log: every retry, delete and cancel, who asked and what came of it" + ADMIN_TEXT,
-        tag="admin",
-        responses={200: Reply("Actions", api.AdminActions), 403: ADMIN_403, **errors(400, *AUTHED)},
+        summary="The action log: every retry, delete and cancel, who asked and what came of it",
+        ok=Reply("Actions", api.AdminActions),
+        codes=(400,),
         params=(
             Param("limit", "query", Annotated[int, Meta(ge=1, le=500)]),
             Param("job_id", "query", api.JobId),
         ),
     ),
-    Route(
+    admin_route(
         method="GET",
         path="/api/v1/admin/ragnarok/jobs",
         operation_id="listAdminNexusJobs",
+        summary="Nexus jobs with their workflow ids, statuses and trace ids",
+        ok=Reply("Nexus jobs", api.AdminNexusJobs),
+        codes=(400,),
         service=Service.RAGNAROK,
-        auth=Auth.ADMIN,
-        summary="Nexus jobs with their workflow ids, statuses and trace ids" + ADMIN_TEXT,
-        tag="admin",
-        responses={200: Reply("Nexus jobs", api.AdminNexusJobs), 403: ADMIN_403, **errors(400, *AUTHED)},
         params=(
             Param("q", "query", Annotated[api.SearchText, Meta(description="job, workflow, trace or user id")]),
             Param("status", "query", JobStatus),
