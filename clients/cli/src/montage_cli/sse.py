@@ -120,7 +120,7 @@ def final_event_from_status(body: dict[str, Any]) -> SseEvent | None:
     return SseEvent(event_name(data), encode_data(data).decode())
 
 
-async def job_events(
+def job_events(
     client: MontageClient,
     job_id: str,
     *,
@@ -135,40 +135,21 @@ async def job_events(
     Without ``last_event_id`` the whole log is asked for (``Last-Event-ID: 0-0``): a fresh
     connection would otherwise start at the job's current state (docs/sse.md).
     """
-    parser = SseParser(last_id=last_event_id or "0-0")
-    failures = 0
-    while True:
-        headers = {"Accept": "text/event-stream"}
-        if parser.last_id:
-            headers["Last-Event-ID"] = parser.last_id
-        try:
-            timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
-            async with client.request("GET", STREAM.url(job_id=job_id), headers=headers, timeout=timeout) as resp:
-                async for ev in read_events(resp, parser):
-                    failures = 0
-                    yield ev
-                    if ev.event in FINAL_EVENTS:
-                        return
-            # The server closed the stream without a final event: is the job already over?
-            final = final_event_from_status(await client.job(job_id))
-            if final is not None:
-                yield final
-                return
-        except ApiError as err:
-            if err.status < 500 and err.status != 429:
-                raise
-        except (aiohttp.ClientError, TimeoutError, StackNotRunning):
-            pass
-        failures += 1
-        if failures > max_reconnects:
-            raise Unavailable(f"lost the progress stream of job {job_id} after {max_reconnects} reconnects")
-        delay = backoff[min(failures - 1, len(backoff) - 1)]
-        if on_reconnect is not None:
-            on_reconnect(failures, delay)
-        await sleep(delay)
+
+    async def ended() -> SseEvent | None:  # the server closed the stream: is the job already over?
+        return final_event_from_status(await client.job(job_id))
+
+    return _resumed(
+        client,
+        STREAM.url(job_id=job_id),
+        SseParser(last_id=last_event_id or "0-0"),
+        _Retries(backoff, max_reconnects, sleep, on_reconnect),
+        lost=f"lost the progress stream of job {job_id} after {max_reconnects} reconnects",
+        ended=ended,
+    )
 
 
-async def user_events(
+def user_events(
     client: MontageClient,
     *,
     last_event_id: str | None = None,
@@ -180,7 +161,41 @@ async def user_events(
     """Every event of every job of the caller (``GET /api/v1/events``), each with its ``job_id``,
     resuming after drops with ``Last-Event-ID`` (the ``state`` message's id included), until the
     caller stops iterating. Without ``last_event_id`` it starts at the user's current state."""
-    parser = SseParser(last_id=last_event_id)
+    return _resumed(
+        client,
+        USER_STREAM.path,
+        SseParser(last_id=last_event_id),
+        _Retries(backoff, max_reconnects, sleep, on_reconnect),
+        lost=f"lost the event stream after {max_reconnects} reconnects",
+    )
+
+
+@dataclass(frozen=True)
+class _Retries:
+    """How a dropped stream is opened again: after ``backoff[n - 1]`` (its last value from then on)
+    for the n-th failure in a row, at most ``max_reconnects`` in a row."""
+
+    backoff: Sequence[float]
+    max_reconnects: int
+    sleep: Callable[[float], Awaitable[None]]
+    on_reconnect: Callable[[int, float], None] | None
+
+
+async def _resumed(
+    client: MontageClient,
+    path: str,
+    parser: SseParser,
+    retries: _Retries,
+    *,
+    lost: str,
+    ended: Callable[[], Awaitable[SseEvent | None]] | None = None,
+) -> AsyncIterator[SseEvent]:
+    """The events of the stream at ``path``, opened again with ``Last-Event-ID`` after a drop (a
+    server error, 429 or a lost connection: any other refusal is raised) or the server's close, as
+    ``retries`` says; any event resets the count, and past it :class:`Unavailable` (``lost``).
+
+    With ``ended`` (a job's stream) it stops after a final event, and when the server closed the
+    stream ``ended`` gives the final event it would have sent (None: not final, open it again)."""
     failures = 0
     while True:
         headers = {"Accept": "text/event-stream"}
@@ -188,19 +203,25 @@ async def user_events(
             headers["Last-Event-ID"] = parser.last_id
         try:
             timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
-            async with client.request("GET", USER_STREAM.path, headers=headers, timeout=timeout) as resp:
+            async with client.request("GET", path, headers=headers, timeout=timeout) as resp:
                 async for ev in read_events(resp, parser):
                     failures = 0
                     yield ev
+                    if ended is not None and ev.event in FINAL_EVENTS:
+                        return
+            final = await ended() if ended is not None else None
+            if final is not None:
+                yield final
+                return
         except ApiError as err:
             if err.status < 500 and err.status != 429:
                 raise
         except (aiohttp.ClientError, TimeoutError, StackNotRunning):
             pass
         failures += 1
-        if failures > max_reconnects:
-            raise Unavailable(f"lost the event stream after {max_reconnects} reconnects")
-        delay = backoff[min(failures - 1, len(backoff) - 1)]
-        if on_reconnect is not None:
-            on_reconnect(failures, delay)
-        await sleep(delay)
+        if failures > retries.max_reconnects:
+            raise Unavailable(lost)
+        delay = retries.backoff[min(failures - 1, len(retries.backoff) - 1)]
+        if retries.on_reconnect is not None:
+            retries.on_reconnect(failures, delay)
+        await retries.sleep(delay)
