@@ -12,7 +12,9 @@ who may call it (:class:`Auth`) and which service serves it (:class:`Service`). 
 - the OpenAPI document (``montage_gateway.openapi``, committed as ``clients/openapi.json``) is
   generated from the non-internal routes and the Structs.
 
-Adding a route: one entry here, one handler in the service that serves it (docs/architecture.md).
+Adding a route: one entry here (:func:`user_route`, :func:`job_route` and :func:`admin_route` give
+the usual kinds their auth, tag and error replies), one handler in the service that serves it
+(docs/architecture.md).
 ``tests/test_routes.py`` compares the table with the bound routers, the gateway's forwarding and
 the document; ``tests/test_architecture.py`` checks that no module elsewhere declares a path.
 """
@@ -178,6 +180,37 @@ ENTRY = Param("entry_id", "path", api.EntryId, required=True)
 ENTRY_PATH = "{entry_id:[0-9]+-[0-9]+}"
 
 
+def user_route(
+    *,
+    method: Literal["GET", "POST", "DELETE"],
+    path: str,
+    operation_id: str,
+    summary: str,
+    tag: str,
+    ok: dict[int, Reply],
+    codes: tuple[int, ...] = (),
+    service: Service = Service.ORCHESTRATOR,
+    params: tuple[Param, ...] = (),
+    body: Body | None = None,
+    description: str = "",
+) -> Route:
+    """A signed-in user's route: it answers ``ok``, the errors ``codes`` and those of every
+    authenticated route (:data:`AUTHED`)."""
+    return Route(
+        method=method,
+        path=path,
+        operation_id=operation_id,
+        service=service,
+        auth=Auth.USER,
+        summary=summary,
+        description=description,
+        tag=tag,
+        responses={**ok, **errors(*codes, *AUTHED)},
+        params=params,
+        body=body,
+    )
+
+
 def job_route(
     *,
     method: Literal["GET", "POST", "DELETE"],
@@ -189,19 +222,19 @@ def job_route(
     service: Service = Service.ORCHESTRATOR,
     description: str = "",
 ) -> Route:
-    """A route of one of the caller's jobs, ``/api/v1/jobs/{job_id}`` + ``subpath`` (tagged ``jobs``):
-    it answers ``ok``, the errors ``codes`` and those of every authenticated route (:data:`AUTHED`)."""
-    return Route(
+    """A :func:`user_route` of one of the caller's jobs: ``/api/v1/jobs/{job_id}`` + ``subpath``,
+    tagged ``jobs``."""
+    return user_route(
         method=method,
         path="/api/v1/jobs/{job_id}" + subpath,
         operation_id=operation_id,
-        service=service,
-        auth=Auth.USER,
         summary=summary,
-        description=description,
         tag="jobs",
-        responses={**ok, **errors(*codes, *AUTHED)},
+        ok=ok,
+        codes=codes,
+        service=service,
         params=(JOB_ID,),
+        description=description,
     )
 
 
@@ -362,15 +395,14 @@ ROUTES: tuple[Route, ...] = (
             encoding={"audio_file": "audio/mpeg, audio/wav, audio/flac", "user_prompt": "text/plain"},
         ),
     ),
-    Route(
+    user_route(
         method="GET",
         path="/api/v1/jobs",
         operation_id="listJobs",
-        service=Service.ORCHESTRATOR,
-        auth=Auth.USER,
         summary="The caller's jobs, newest first",
         tag="jobs",
-        responses={200: Reply("Jobs", api.JobList), **errors(400, *AUTHED)},
+        ok={200: Reply("Jobs", api.JobList)},
+        codes=(400,),
         params=(
             Param("status", "query", JobStatus),
             Param("limit", "query", Limit),
@@ -427,12 +459,11 @@ ROUTES: tuple[Route, ...] = (
             " would wait too long to start."
         ),
     ),
-    Route(
+    user_route(
         method="GET",
         path="/api/v1/usage",
         operation_id="getUsage",
         service=Service.GATEWAY,
-        auth=Auth.USER,
         summary="The caller's usage: jobs in the rate-limit window, when a slot frees, active jobs, this month's spend",
         description=(
             "The job-creation window is the one the upload's `RateLimit-Policy` / `RateLimit` headers and"
@@ -440,24 +471,20 @@ ROUTES: tuple[Route, ...] = (
             " oldest counted job leaves it). Reading it takes no slot."
         ),
         tag="jobs",
-        responses={200: Reply("Usage", api.Usage), **errors(*AUTHED)},
+        ok={200: Reply("Usage", api.Usage)},
     ),
-    Route(
+    user_route(
         method="GET",
         path="/api/v1/webhook",
         operation_id="getWebhookDefault",
-        service=Service.ORCHESTRATOR,
-        auth=Auth.USER,
         summary="The caller's default webhook URL (uploads without `webhook_url` use it)",
         tag="webhooks",
-        responses={200: Reply("The default", api.WebhookDefault), **errors(*AUTHED)},
+        ok={200: Reply("The default", api.WebhookDefault)},
     ),
-    Route(
+    user_route(
         method="POST",
         path="/api/v1/webhook",
         operation_id="setWebhookDefault",
-        service=Service.ORCHESTRATOR,
-        auth=Auth.USER,
         summary="Set the caller's default webhook URL (the same rules as the upload's `webhook_url`; 400 if refused)",
         description=(
             "Every later upload of the caller without a `webhook_url` field reports to this URL; jobs already"
@@ -465,18 +492,17 @@ ROUTES: tuple[Route, ...] = (
             " only) now and before every delivery."
         ),
         tag="webhooks",
-        responses={200: Reply("The default", api.WebhookDefault), **errors(400, *AUTHED)},
+        ok={200: Reply("The default", api.WebhookDefault)},
+        codes=(400,),
         body=Body(api.WebhookDefaultRequest),
     ),
-    Route(
+    user_route(
         method="DELETE",
         path="/api/v1/webhook",
         operation_id="deleteWebhookDefault",
-        service=Service.ORCHESTRATOR,
-        auth=Auth.USER,
         summary="Remove the caller's default webhook URL (204, also when there was none)",
         tag="webhooks",
-        responses={204: Reply("Removed"), **errors(*AUTHED)},
+        ok={204: Reply("Removed")},
     ),
     Route(
         method="GET",
@@ -541,15 +567,14 @@ ROUTES: tuple[Route, ...] = (
         ),
         description=SSE_DESCRIPTION,
     ),
-    Route(
+    user_route(
         method="POST",
         path="/api/v1/events/ticket",
         operation_id="createEventsTicket",
         service=Service.GATEWAY,
-        auth=Auth.USER,
         summary="A ticket (20 minutes, reusable) to open the caller's event stream (`GET /api/v1/events`) from a browser",
         tag="jobs",
-        responses={201: Reply("Ticket", api.StreamTicket), **errors(*AUTHED)},
+        ok={201: Reply("Ticket", api.StreamTicket)},
     ),
     Route(
         method="GET",
