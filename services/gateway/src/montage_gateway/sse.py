@@ -37,6 +37,8 @@ never ends by itself: one job's final event is not the stream's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import msgspec
 import structlog
@@ -169,10 +171,55 @@ class StreamHandler:
             # makes an EventSource stop reconnecting.
             return web.Response(status=204, headers={HEADER_REQUEST_ID: request[REQUEST_ID]})
         after = resume if resume is not None else newest[0] if newest is not None else "0-0"
+        logged_final = newest is not None and newest[1].final
+        async with self._connected(request, user, job_id) as client:
+            return await self._serve(
+                request,
+                client,
+                lambda resp: self._replay_job(resp, job_id, state, after, client, logged_final),
+                "sse_replay_failed",
+                job_id=job_id,
+            )
+
+    async def _replay_job(  # noqa: PLR0917
+        self,
+        resp: web.StreamResponse,
+        job_id: str,
+        state: StateData,
+        after: str,
+        client: Client,
+        logged_final: bool,
+    ) -> tuple[int, int]:
+        """The job's ``state``, its logged events after ``after`` and, when Redis lost its final event,
+        one rebuilt; the last id sent. A final job's stream closes ``close_after_final`` later."""
+        await self._write(resp, Frame(render(state, after), kind="state"))
+        if state.status in FINAL_STATUSES:
+            client.close_later(self.close_after_final)
+        last = id_key(after)
+        for entry_id, event in await replay(self.redis, self.keys, job_id, after=after):
+            final = event.final
+            await self._write(resp, Frame(render(event.data, entry_id), id_key(entry_id), final))
+            last = id_key(entry_id)
+            if final:
+                client.close_later(self.close_after_final)
+                logged_final = True
+        if state.status in FINAL_STATUSES and not logged_final:
+            # Redis lost the job's final event (docs/operations.md, Redis): rebuild it from
+            # the state so no client waits for it forever.
+            rebuilt = rebuilt_final(state, after)
+            await self._write(resp, Frame(rebuilt, (id_key(after)[0], REBUILT_SEQ), True))
+            last = (id_key(after)[0], REBUILT_SEQ)
+        return last
+
+    @contextlib.asynccontextmanager
+    async def _connected(self, request: web.Request, user: str, job_id: str | None) -> AsyncIterator[Client]:
+        """A connection slot (the job's and the user's; a user stream's, the user's only) and a client
+        of the hub (the job's live events, else all the user's), subscribed before the log is read;
+        both let go when the stream ends."""
         lease = await self.slots.acquire(job_id, user)
         try:
             try:
-                client = await self.hub.join(job_id)
+                client = await (self.hub.join(job_id) if job_id is not None else self.hub.join_user(user))
             except SubscriberUnavailable:
                 raise ServiceUnavailable("Live events are unavailable; retry shortly", job_id=job_id) from None
             # The server does not cancel a handler whose client went away: wake the loop at
@@ -180,17 +227,24 @@ class StreamHandler:
             on_connection_lost(request, lambda: client.close("client_gone"))
             SSE_OPEN.inc()
             try:
-                logged_final = newest is not None and newest[1].final
-                return await self._serve(request, job_id, state, after, client, logged_final)
+                yield client
             finally:
                 SSE_OPEN.dec()
                 self.hub.leave(client)
         finally:
             await self.slots.release(lease)
 
-    async def _serve(  # noqa: PLR0917
-        self, request: web.Request, job_id: str, state: StateData, after: str, client: Client, logged_final: bool
+    async def _serve(
+        self,
+        request: web.Request,
+        client: Client,
+        replayed: Callable[[web.StreamResponse], Awaitable[tuple[int, int]]],
+        failed: str,
+        **context: str,
     ) -> web.StreamResponse:
+        """The stream: what ``replayed`` writes (the state and the log; it returns the last id sent),
+        then the client's live frames after that id until the client is closed (a job's final event
+        closes it ``close_after_final`` later). A failed replay is logged as ``failed``."""
         resp = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",
@@ -202,37 +256,21 @@ class StreamHandler:
         await resp.prepare(request)
         reason = "client_gone"
         try:
-            await self._write(resp, Frame(render(state, after), kind="state"))
-            if state.status in FINAL_STATUSES:
-                client.close_later(self.close_after_final)
-            last = id_key(after)
-            for entry_id, event in await replay(self.redis, self.keys, job_id, after=after):
-                final = event.final
-                await self._write(resp, Frame(render(event.data, entry_id), id_key(entry_id), final))
-                last = id_key(entry_id)
-                if final:
-                    client.close_later(self.close_after_final)
-                    logged_final = True
-            if state.status in FINAL_STATUSES and not logged_final:
-                # Redis lost the job's final event (docs/operations.md, Redis): rebuild it from
-                # the state so no client waits for it forever.
-                rebuilt = rebuilt_final(state, after)
-                await self._write(resp, Frame(rebuilt, (id_key(after)[0], REBUILT_SEQ), True))
-                last = (id_key(after)[0], REBUILT_SEQ)
+            last = await replayed(resp)
             while (frame := await client.queue.get()) is not None:
                 if frame.key is not None:
                     if frame.key <= last:
                         continue  # already sent by the replay
                     last = frame.key
                 await self._write(resp, frame)
-                if frame.final:
+                if frame.final:  # a job's final event (a user stream's frames never are)
                     client.close_later(self.close_after_final)
             reason = client.close_reason
         except _Gone:
             SSE_DROPPED.labels("write_failed").inc()
             return resp
         except REDIS_DOWN as exc:  # the replay failed: end the stream, the client resumes from its last id
-            log.warning("sse_replay_failed", job_id=job_id, error=type(exc).__name__)
+            log.warning(failed, **context, error=type(exc).__name__)
             SSE_DROPPED.labels("redis_error").inc()
             reason = "redis_error"
         if reason not in ("job_finished", "redis_error"):
@@ -282,60 +320,18 @@ class StreamHandler:
         newest = await last_user_event(self.redis, self.keys, user)  # before the state, as for a job
         state = UserStateData(jobs=await self._active_jobs(request, user))
         after = resume if resume is not None else newest or "0-0"
-        lease = await self.slots.acquire(None, user)
-        try:
-            try:
-                client = await self.hub.join_user(user)
-            except SubscriberUnavailable:
-                raise ServiceUnavailable("Live events are unavailable; retry shortly") from None
-            on_connection_lost(request, lambda: client.close("client_gone"))
-            SSE_OPEN.inc()
-            try:
-                return await self._serve_user(request, user, state, after, client)
-            finally:
-                SSE_OPEN.dec()
-                self.hub.leave(client)
-        finally:
-            await self.slots.release(lease)
+        async with self._connected(request, user, None) as client:
+            return await self._serve(
+                request, client, lambda resp: self._replay_user(resp, user, state, after), "sse_user_replay_failed"
+            )
 
-    async def _serve_user(
-        self, request: web.Request, user: str, state: UserStateData, after: str, client: Client
-    ) -> web.StreamResponse:
-        resp = web.StreamResponse(
-            headers={
-                "Content-Type": "text/event-stream",
-                "Cache-Control": "no-cache, no-transform",
-                "X-Accel-Buffering": "no",
-                HEADER_REQUEST_ID: request[REQUEST_ID],
-            }
-        )
-        await resp.prepare(request)
-        reason = "client_gone"
-        try:
-            await self._write(resp, Frame(render(state, after, STATE_EVENT), kind="state"))
-            last = id_key(after)
-            for ev in await replay_user(self.redis, self.keys, user, after=after):
-                await self._write(resp, Frame(render_user_event(ev), id_key(ev.entry_id)))
-                last = id_key(ev.entry_id)
-            while (frame := await client.queue.get()) is not None:
-                if frame.key is not None:
-                    if frame.key <= last:
-                        continue  # already sent by the replay
-                    last = frame.key
-                await self._write(resp, frame)
-            reason = client.close_reason
-        except _Gone:
-            SSE_DROPPED.labels("write_failed").inc()
-            return resp
-        except REDIS_DOWN as exc:
-            log.warning("sse_user_replay_failed", error=type(exc).__name__)
-            SSE_DROPPED.labels("redis_error").inc()
-            reason = "redis_error"
-        if reason != "redis_error":
-            SSE_DROPPED.labels(reason or "closed").inc()
-        try:
-            async with asyncio.timeout(self.write_timeout):
-                await resp.write_eof()
-        except (ConnectionError, TimeoutError, RuntimeError):
-            pass
-        return resp
+    async def _replay_user(
+        self, resp: web.StreamResponse, user: str, state: UserStateData, after: str
+    ) -> tuple[int, int]:
+        """The user's ``state`` and the events of their log after ``after``; the last id sent."""
+        await self._write(resp, Frame(render(state, after, STATE_EVENT), kind="state"))
+        last = id_key(after)
+        for ev in await replay_user(self.redis, self.keys, user, after=after):
+            await self._write(resp, Frame(render_user_event(ev), id_key(ev.entry_id)))
+            last = id_key(ev.entry_id)
+        return last
