@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -87,59 +88,36 @@ def results_consumers(settings: OrchestratorSettings, replica: str) -> Context:
 
 
 def sweeper(settings: OrchestratorSettings, replica: str) -> Context:
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
-        stop = asyncio.Event()
-        task = asyncio.create_task(Sweeper(app[DEPS], replica).run(stop), name="sweeper")
-        try:
-            yield
-        finally:
-            stop.set()
-            await _finish([task], settings.shutdown_grace_seconds + 1)
-
-    return ctx
+    return _loop("sweeper", lambda deps, stop: Sweeper(deps, replica).run(stop), settings.shutdown_grace_seconds + 1)
 
 
 def user_events(settings: OrchestratorSettings) -> Context:
     """The copy of job events into their users' logs (``user_events``)."""
-
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
-        stop = asyncio.Event()
-        task = asyncio.create_task(app[DEPS].user_events.run(stop), name="user-events")
-        try:
-            yield
-        finally:
-            stop.set()
-            await _finish([task], settings.shutdown_grace_seconds + 1)
-
-    return ctx
+    return _loop("user-events", lambda deps, stop: deps.user_events.run(stop), settings.shutdown_grace_seconds + 1)
 
 
 def turns(settings: OrchestratorSettings) -> Context:
     """The turn-giver (``admission.run``): waiting jobs start when a slot frees."""
-
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
-        stop = asyncio.Event()
-        task = asyncio.create_task(admission.run(app[DEPS], stop), name="turns")
-        try:
-            yield
-        finally:
-            stop.set()
-            await _finish([task], settings.shutdown_grace_seconds + 1)
-
-    return ctx
+    return _loop("turns", admission.run, settings.shutdown_grace_seconds + 1)
 
 
 def webhook_sender(settings: OrchestratorSettings) -> Context:
     """The webhook delivery loop (``webhooks.Sender``): the outbox rows due, on every replica."""
+    return _loop("webhooks", lambda deps, stop: webhooks.Sender(deps).run(stop), settings.webhook_timeout_seconds + 1)
+
+
+def _loop(name: str, run: Callable[[Deps, asyncio.Event], Coroutine[Any, Any, None]], grace: float) -> Context:
+    """``run(deps, stop)`` as a task named ``name`` while the app lives; at shutdown ``stop`` is set,
+    and the task is cancelled if it has not ended ``grace`` seconds later."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         stop = asyncio.Event()
-        task = asyncio.create_task(webhooks.Sender(app[DEPS]).run(stop), name="webhooks")
+        task = asyncio.create_task(run(app[DEPS], stop), name=name)
         try:
             yield
         finally:
             stop.set()
-            await _finish([task], settings.webhook_timeout_seconds + 1)
+            await _finish([task], grace)
 
     return ctx
 
