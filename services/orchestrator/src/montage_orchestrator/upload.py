@@ -70,6 +70,14 @@ async def _read_file_part(part: BodyPartReader, dest: Path, limit: int, fp: Uplo
     return size
 
 
+async def _read_text_part(part: BodyPartReader) -> bytes:
+    """A text field, at most ``MAX_PROMPT_FIELD`` bytes."""
+    raw = bytes(await part.read(decode=True))
+    if len(raw) > MAX_PROMPT_FIELD:
+        raise ValidationError(f"{part.name} is too long")
+    return raw
+
+
 async def receive(request: web.Request, limit: int, tmp_dir: str | None = None) -> Upload:
     """Stream ``audio_file`` to a temporary file (refusing it as soon as it passes ``limit``)."""
     if not request.content_type.startswith("multipart/"):
@@ -92,16 +100,12 @@ async def receive(request: web.Request, limit: int, tmp_dir: str | None = None) 
                 upload.size = await _read_file_part(part, upload.path, limit, fp)
                 got_file = True
             elif part.name == "user_prompt":
-                raw = await part.read(decode=True)
-                if len(raw) > MAX_PROMPT_FIELD:
-                    raise ValidationError("user_prompt is too long")
-                fp.prompt(bytes(raw))
+                raw = await _read_text_part(part)
+                fp.prompt(raw)
                 upload.prompt = raw.decode("utf-8", errors="replace")
             elif part.name == "webhook_url":
-                raw = await part.read(decode=True)
-                if len(raw) > MAX_PROMPT_FIELD:
-                    raise ValidationError("webhook_url is too long")
-                fp.webhook_url(bytes(raw))
+                raw = await _read_text_part(part)
+                fp.webhook_url(raw)
                 upload.webhook_url = raw.decode("utf-8", errors="replace")
             else:
                 await part.release()
