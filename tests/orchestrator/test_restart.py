@@ -46,18 +46,13 @@ async def test_killed_orchestrator_resumes_without_duplicates(
     port, ops_port = free_port(), free_port()
     url = f"http://127.0.0.1:{port}"
     ops = f"http://127.0.0.1:{ops_port}"
-    env = process_env(
-        redis_url,
-        database_url,
-        namespace,
-        storage_dir,
-        port,
-        ops_port,
-        CLAIM_IDLE_MS="1000",
-        SWEEP_INTERVAL_SECONDS="0.2",
-        OUTBOX_GRACE_SECONDS="1",
-        SHUTDOWN_GRACE_SECONDS="1",
-    )
+    fast = {
+        "CLAIM_IDLE_MS": "1000",
+        "SWEEP_INTERVAL_SECONDS": "0.2",
+        "OUTBOX_GRACE_SECONDS": "1",
+        "SHUTDOWN_GRACE_SECONDS": "1",
+    }
+    env = process_env(redis_url, database_url, namespace, storage_dir, port, ops_port, **fast)
     fakes = FakeStages(redis, keys, LocalStorage(storage_dir, "test-signing-key", "http://127.0.0.1:1"))
     hold = asyncio.Event()
     fakes.behaviour["video_generator"] = lambda t: Reply(hold=hold, costs=["0.10", "0.20"], progress=["rendering"])

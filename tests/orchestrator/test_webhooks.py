@@ -398,17 +398,9 @@ async def test_sigkill_during_delivery_redelivers_with_the_same_id(
     webhook-id; a receiver that deduplicates on it records job.completed once."""
     storage_dir = tmp_path / "storage"
     port, ops_port = free_port(), free_port()
-    env = process_env(
-        redis_url,
-        database_url,
-        namespace,
-        storage_dir,
-        port,
-        ops_port,
-        WEBHOOK_SECRET=SECRET,
-        WEBHOOK_TIMEOUT_SECONDS="1",  # its claims' lease: 1 s + 5 s
-        WEBHOOK_POLL_SECONDS="0.1",
-    )
+    # WEBHOOK_TIMEOUT_SECONDS=1: its claims' lease is 1 s + 5 s
+    delivery = {"WEBHOOK_SECRET": SECRET, "WEBHOOK_TIMEOUT_SECONDS": "1", "WEBHOOK_POLL_SECONDS": "0.1"}
+    env = process_env(redis_url, database_url, namespace, storage_dir, port, ops_port, **delivery)
     fakes = FakeStages(redis, keys, LocalStorage(storage_dir, "test-signing-key", "http://127.0.0.1:1"))
     await fakes.start()
     receiver.hold = asyncio.Event()  # the first request is never answered
