@@ -19,6 +19,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
@@ -152,6 +153,25 @@ async def _wait_healthy(url: str, stack: Stack, limit: float) -> dict[str, objec
     raise RuntimeError(f"the stack did not become healthy in {limit:.0f} s: {last} (see {LOG_DIR})")
 
 
+@contextlib.contextmanager
+def started(stack: LoggedStack, redis_url: str, namespace: str, *, second: str | None = None) -> Iterator[str]:
+    """``stack`` started and healthy (with a second process of the service ``second``, reading the
+    same streams on its own ops port, when given): yields the gateway's URL; stops the stack and
+    drops the namespace's keys afterwards."""
+    url = f"http://127.0.0.1:{stack.gateway_port}"
+    try:
+        stack.start(timeout=60)
+        if second is not None:
+            first = stack.specs[second]
+            ops = free_port()
+            stack.spawn(ServiceSpec(f"{second}-2", list(first.argv), {**first.env, "OPS_PORT": str(ops)}, ops_port=ops))
+        asyncio.run(_wait_healthy(url, stack, HEALTH_TIMEOUT))
+        yield url
+    finally:
+        stack.stop()
+        asyncio.run(_drop_namespace(redis_url, namespace))
+
+
 @pytest.fixture(scope="session")
 def e2e_database_url(server_database_url: str) -> Iterator[str]:
     """A database of the suite's own (the stack's services migrate it), dropped at the end."""
@@ -188,17 +208,20 @@ def e2e_stack(
         for old in LOG_DIR.glob("*.log"):
             old.unlink()
     stack = stack_on_free_ports(var_dir, env, E2E_ENV)
-    started = time.monotonic()
-    url = f"http://127.0.0.1:{stack.gateway_port}"
-    try:
-        stack.start(timeout=60)
-        asyncio.run(_wait_healthy(url, stack, HEALTH_TIMEOUT))
+    begun = time.monotonic()
+    with started(stack, redis_url, namespace) as url:
         running = RunningStack(stack, url, var_dir, redis_url, namespace, var_dir / "storage")
-        running.timings["start_seconds"] = time.monotonic() - started
+        running.timings["start_seconds"] = time.monotonic() - begun
         yield running
+
+
+async def fetch(database_url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
+    """The rows of one query on the stack's database (a test looking behind the gateway)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        return list(await conn.fetch(sql, *args))
     finally:
-        stack.stop()
-        asyncio.run(_drop_namespace(redis_url, namespace))
+        await conn.close()
 
 
 async def _drop_namespace(redis_url: str, namespace: str) -> None:
@@ -235,6 +258,32 @@ async def dev_token(session: aiohttp.ClientSession, url: str, user_id: str) -> s
         assert r.status == 200, await r.text()
         body = await r.json()
     return str(body.get("access_token") or body["token"])
+
+
+async def when_final(
+    session: aiohttp.ClientSession, url: str, job_id: str, auth: dict[str, str], *, within: float, every: float
+) -> dict[str, Any]:
+    """The job's status once ``completed`` or ``failed``, asked of the gateway every ``every`` s
+    (bounded by ``within`` s)."""
+    deadline = time.monotonic() + within
+    body: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        async with session.get(f"{url}/api/v1/jobs/{job_id}", headers=auth) as r:
+            body = dict(await r.json())
+        if body.get("status") in ("completed", "failed"):
+            return body
+        await asyncio.sleep(every)
+    raise AssertionError(f"job {job_id} not final: {body}")
+
+
+async def stand_in(
+    session: aiohttp.ClientSession, base: str, path: str, body: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A call of a stand-in's test routes at ``base``: GET ``path``, or POST ``body`` to it."""
+    method = session.get if body is None else session.post
+    async with method(f"{base}{path}", **({} if body is None else {"json": body})) as r:
+        assert r.status == 200, await r.text()
+        return dict(await r.json())
 
 
 ClientFactory = Callable[[str], Awaitable[MontageClient]]

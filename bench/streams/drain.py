@@ -58,6 +58,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -96,13 +97,20 @@ async def wait_go(redis: Redis) -> None:
     raise SystemExit("no go signal")
 
 
-async def fast_worker(url: str, loops: int) -> None:
+async def bare_worker(url: str, loops: int, stream_of: Callable[[int], str], *, ack_per_entry: bool) -> None:
+    """A loop without the runtime's guarantees: per process ``loops`` coroutines, each
+    ``XREADGROUP COUNT 10`` over all six stage streams at once, then per batch one
+    non-transactional pipeline of the next stage's ``XADD``s and the ``XACK``s.
+
+    ``ack_per_entry=False`` is the ceiling of issue #27 (the plain loop: one ``XACK`` per stream
+    with all of the batch's ids of that stream); ``True`` the fast loop of issue #17 (one ``XACK``
+    per entry)."""
     redis = Redis.from_url(url)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     me = f"{socket.gethostname()}-{os.getpid()}"
-    streams = [fast_stream(i) for i in range(STAGES)]
-    nxt = {s.encode(): (fast_stream(i + 1) if i + 1 < STAGES else DONE) for i, s in enumerate(streams)}
+    streams = [stream_of(i) for i in range(STAGES)]
+    nxt = {s.encode(): (stream_of(i + 1) if i + 1 < STAGES else DONE) for i, s in enumerate(streams)}
     last = streams[-1].encode()
     await wait_go(redis)
 
@@ -114,48 +122,13 @@ async def fast_worker(url: str, loops: int) -> None:
                 continue
             pipe = redis.pipeline(transaction=False)
             for stream, entries in resp:
-                src = stream.decode() if isinstance(stream, bytes) else stream
-                to = nxt[stream if isinstance(stream, bytes) else stream.encode()]
+                to, done = nxt[stream], stream == last
                 for entry_id, fields in entries:
-                    if stream == last:
-                        pipe.xadd(to, {"m": fields[b"m"], "t1": repr(time.time())})
-                    else:
-                        pipe.xadd(to, {"m": fields[b"m"]})
-                    pipe.xack(src, "g", entry_id)
-            await pipe.execute()
-
-    await asyncio.gather(*(loop(n) for n in range(loops)))
-    await redis.aclose()
-
-
-async def plain_worker(url: str, loops: int) -> None:
-    """The ceiling of issue #27: per batch one non-transactional pipeline of the next stage's
-    ``XADD``s and one ``XACK`` per stream (all of the batch's ids of that stream)."""
-    redis = Redis.from_url(url)
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    me = f"{socket.gethostname()}-{os.getpid()}"
-    streams = [plain_stream(i) for i in range(STAGES)]
-    nxt = {s.encode(): (plain_stream(i + 1) if i + 1 < STAGES else DONE) for i, s in enumerate(streams)}
-    last = streams[-1].encode()
-    await wait_go(redis)
-
-    async def loop(n: int) -> None:
-        name = f"{me}-{n}"
-        while not stop.is_set():
-            resp = await redis.xreadgroup("g", name, dict.fromkeys(streams, ">"), count=10, block=1000)
-            if not resp:
-                continue
-            pipe = redis.pipeline(transaction=False)
-            for stream, entries in resp:
-                to = nxt[stream]
-                if stream == last:
-                    for _, fields in entries:
-                        pipe.xadd(to, {"m": fields[b"m"], "t1": repr(time.time())})
-                else:
-                    for _, fields in entries:
-                        pipe.xadd(to, {"m": fields[b"m"]})
-                pipe.xack(stream, "g", *(entry_id for entry_id, _ in entries))
+                    pipe.xadd(to, {"m": fields[b"m"], "t1": repr(time.time())} if done else {"m": fields[b"m"]})
+                    if ack_per_entry:
+                        pipe.xack(stream, "g", entry_id)
+                if not ack_per_entry:
+                    pipe.xack(stream, "g", *(entry_id for entry_id, _ in entries))
             await pipe.execute()
 
     await asyncio.gather(*(loop(n) for n in range(loops)))
@@ -170,7 +143,7 @@ def switch_off_owner_check() -> None:
     source = scripts.lua("ack_emit")
     checks = (
         ("if ARGV[5] ~= '' then", "if false then"),  # the XPENDING of the batch's range
-        ("    owned = mine[entry]\n", "    owned = mine[entry] ~= false\n"),  # only: once per batch
+        ("  local owned = mine[entry]\n", "  local owned = mine[entry] ~= false\n"),  # only: once per batch
     )
     for old, new in checks:
         if old not in source:
@@ -464,9 +437,9 @@ def main() -> None:
     p.add_argument("--keep-logs", action="store_true")
     args = p.parse_args()
     if args.role == "fast":
-        asyncio.run(fast_worker(args.url, args.fast_loops))
+        asyncio.run(bare_worker(args.url, args.fast_loops, fast_stream, ack_per_entry=True))
     elif args.role == "plain":
-        asyncio.run(plain_worker(args.url, args.fast_loops))
+        asyncio.run(bare_worker(args.url, args.fast_loops, plain_stream, ack_per_entry=False))
     elif args.role == "montage":
         asyncio.run(montage_worker(args.url, args.concurrency))
     else:

@@ -20,23 +20,15 @@ from montage_dev.devstack import EmbeddedCluster
 from montage_gateway.pubsub import make_subscriber
 from montage_streams import StreamProducer
 
-from tests.redis.stacks import redis_version
+from tests.redis.stacks import redis_version, three_primaries
 
 pytestmark = pytest.mark.skipif(redis_version() < (7, 0), reason="Redis Cluster with sharded pub/sub needs Redis 7")
 
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[EmbeddedCluster]:
-    c = EmbeddedCluster(tmp_path / "cluster", primaries=3)
-    try:
-        c.start()
+    with three_primaries(tmp_path / "cluster", kill=True) as c:  # nothing to keep
         yield c
-    finally:  # nothing to keep: SIGKILL (a graceful stop of three cluster nodes takes ~10 s)
-        for node in c.nodes:
-            if node.proc is not None and node.proc.poll() is None:
-                node.proc.kill()
-                node.proc.wait()
-        c.stop()
 
 
 def _node_of(cluster: EmbeddedCluster, key: str) -> int:

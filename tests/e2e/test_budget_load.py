@@ -35,19 +35,17 @@ import pytest
 from montage_common.budget import BudgetLedger
 from montage_common.redis import create_redis
 from montage_contracts.keys import Keys
-from montage_dev.devstack import ServiceSpec, free_port
 from montage_streams import read_range
 
 from tests.e2e.flows import PROMPT
 from tests.stack import (
     ARTIFACTS,
     E2E_ENV,
-    _drop_namespace,
-    _wait_healthy,
     dev_token,
     fresh_database,
     service_env,
     stack_on_free_ports,
+    started,
     synth_song,
 )
 
@@ -94,19 +92,8 @@ def budget_stack(
             "USER_MAX_ACTIVE_JOBS": str(JOBS_PER_USER),
         }
         stack = stack_on_free_ports(var_dir, env, extra_env, log_dir=LOGS)
-        url = f"http://127.0.0.1:{stack.gateway_port}"
-        try:
-            stack.start(timeout=60)
-            first = stack.specs["video_generator"]  # a second process reading the same streams
-            ops = free_port()  # its own ops port (liveness), like every worker the stack starts
-            stack.spawn(
-                ServiceSpec("video_generator-2", list(first.argv), {**first.env, "OPS_PORT": str(ops)}, ops_port=ops)
-            )
-            asyncio.run(_wait_healthy(url, stack, 90))
+        with started(stack, redis_url, namespace, second="video_generator") as url:
             yield BudgetStack(url, database_url, redis_url, namespace, f"http://127.0.0.1:{stack.ragnarok_port}")
-        finally:
-            stack.stop()
-            asyncio.run(_drop_namespace(redis_url, namespace))
 
 
 @pytest.fixture(scope="module")

@@ -44,13 +44,15 @@ from tests.e2e.flows import PROMPT
 from tests.stack import (
     ARTIFACTS,
     E2E_ENV,
-    _drop_namespace,
-    _wait_healthy,
     dev_token,
+    fetch,
     fresh_database,
     service_env,
     stack_on_free_ports,
+    stand_in,
+    started,
     synth_song,
+    when_final,
 )
 
 pytestmark = pytest.mark.e2e
@@ -94,10 +96,7 @@ def provider_stack(
             "OTEL_BSP_SCHEDULE_DELAY": "200",
         }
         stack = stack_on_free_ports(var_dir, env, extra_env, log_dir=LOGS)
-        url = f"http://127.0.0.1:{stack.gateway_port}"
-        try:
-            stack.start(timeout=60)
-            asyncio.run(_wait_healthy(url, stack, 90))
+        with started(stack, redis_url, namespace) as url:
             yield ProviderStack(
                 url,
                 database_url,
@@ -105,9 +104,6 @@ def provider_stack(
                 f"http://127.0.0.1:{stack.ragnarok_port}",
                 traces,
             )
-        finally:
-            stack.stop()
-            asyncio.run(_drop_namespace(redis_url, namespace))
 
 
 @pytest.fixture(scope="module")
@@ -129,11 +125,7 @@ class Run:
         return int((await self.control("ragnarok", "/_stats"))["submissions"]) - self.submissions_before
 
     async def control(self, fake: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        base = self.stack.openai if fake == "openai" else self.stack.ragnarok
-        method = self.s.get if body is None else self.s.post
-        async with method(f"{base}{path}", **({} if body is None else {"json": body})) as r:
-            assert r.status == 200, await r.text()
-            return dict(await r.json())
+        return await stand_in(self.s, self.stack.openai if fake == "openai" else self.stack.ragnarok, path, body)
 
     async def submit(self, song: Path) -> str:
         form = aiohttp.FormData()
@@ -145,22 +137,10 @@ class Run:
             return str(body["job_id"])
 
     async def final(self, job_id: str) -> dict[str, Any]:
-        deadline = time.monotonic() + FINAL_WITHIN
-        body: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            async with self.s.get(f"{self.stack.url}/api/v1/jobs/{job_id}", headers=self.auth) as r:
-                body = dict(await r.json())
-            if body.get("status") in ("completed", "failed"):
-                return body
-            await asyncio.sleep(0.5)
-        raise AssertionError(f"job {job_id} not final: {body}")
+        return await when_final(self.s, self.stack.url, job_id, self.auth, within=FINAL_WITHIN, every=0.5)
 
     async def rows(self, sql: str, *args: Any) -> list[asyncpg.Record]:
-        conn = await asyncpg.connect(self.stack.database_url)
-        try:
-            return list(await conn.fetch(sql, *args))
-        finally:
-            await conn.close()
+        return await fetch(self.stack.database_url, sql, *args)
 
     async def costs(self, job_id: str) -> dict[str, tuple[str, str, Decimal]]:
         rows = await self.rows("SELECT call_id, stage_name, api_name, cost FROM job_costs WHERE job_id = $1", job_id)

@@ -31,20 +31,21 @@ import asyncpg
 import msgspec
 import pytest
 from montage_contracts.keys import Keys
-from montage_dev.devstack import ServiceSpec, free_port
 from redis.asyncio import Redis
 
 from tests.e2e.flows import PROMPT
 from tests.stack import (
     ARTIFACTS,
     E2E_ENV,
-    _drop_namespace,
-    _wait_healthy,
     dev_token,
+    fetch,
     fresh_database,
     service_env,
     stack_on_free_ports,
+    stand_in,
+    started,
     synth_song,
+    when_final,
 )
 
 pytestmark = pytest.mark.e2e
@@ -86,19 +87,8 @@ def runway_stack(
             "WORKER_CONCURRENCY": "1",
         }
         stack = stack_on_free_ports(var_dir, env, extra_env, log_dir=LOGS)
-        url = f"http://127.0.0.1:{stack.gateway_port}"
-        try:
-            stack.start(timeout=60)
-            first = stack.specs["video_generator"]  # a second process reading the same streams
-            ops = free_port()
-            stack.spawn(
-                ServiceSpec("video_generator-2", list(first.argv), {**first.env, "OPS_PORT": str(ops)}, ops_port=ops)
-            )
-            asyncio.run(_wait_healthy(url, stack, 90))
+        with started(stack, redis_url, namespace, second="video_generator") as url:
             yield RunwayStack(url, database_url, redis_url, namespace, f"http://127.0.0.1:{stack.runway_port}")
-        finally:
-            stack.stop()
-            asyncio.run(_drop_namespace(redis_url, namespace))
 
 
 @pytest.fixture(scope="module")
@@ -117,10 +107,7 @@ class Run:
         self.stack, self.s = stack, session
 
     async def fake(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        method = self.s.get if body is None else self.s.post
-        async with method(f"{self.stack.runway}{path}", **({} if body is None else {"json": body})) as r:
-            assert r.status == 200, await r.text()
-            return dict(await r.json())
+        return await stand_in(self.s, self.stack.runway, path, body)
 
     async def submit(self, song: Path, user: str) -> tuple[str, dict[str, str]]:
         auth = {"Authorization": f"Bearer {await dev_token(self.s, self.stack.url, user)}"}
@@ -133,22 +120,10 @@ class Run:
             return str(body["job_id"]), auth
 
     async def final(self, job_id: str, auth: dict[str, str]) -> dict[str, Any]:
-        deadline = time.monotonic() + FINAL_WITHIN
-        body: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            async with self.s.get(f"{self.stack.url}/api/v1/jobs/{job_id}", headers=auth) as r:
-                body = dict(await r.json())
-            if body.get("status") in ("completed", "failed"):
-                return body
-            await asyncio.sleep(0.25)
-        raise AssertionError(f"job {job_id} not final: {body}")
+        return await when_final(self.s, self.stack.url, job_id, auth, within=FINAL_WITHIN, every=0.25)
 
     async def rows(self, sql: str, *args: Any) -> list[asyncpg.Record]:
-        conn = await asyncpg.connect(self.stack.database_url)
-        try:
-            return list(await conn.fetch(sql, *args))
-        finally:
-            await conn.close()
+        return await fetch(self.stack.database_url, sql, *args)
 
     async def runway_rows(self, job_id: str) -> dict[str, Decimal]:
         rows = await self.rows(

@@ -8,8 +8,10 @@ from __future__ import annotations
 import asyncio
 import io
 import math
+import os
 import struct
 import subprocess
+import sys
 import wave
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -334,6 +336,46 @@ def make_settings(
     }
     values.update(overrides)
     return load(OrchestratorSettings, env={}, **values)
+
+
+# --- the orchestrator as its own process ---------------------------------------------------
+def process_env(
+    redis_url: str, database_url: str, namespace: str, storage_dir: Path, port: int, ops_port: int, **extra: str
+) -> dict[str, str]:
+    """The environment of ``python -m montage_orchestrator`` on ``port`` (ops on ``ops_port``): the
+    test's Redis namespace and database, local storage under ``storage_dir`` with the key and secret
+    of :func:`make_settings`, JSON logs, no per-user turns; ``extra`` adds variables."""
+    return {
+        **os.environ,
+        "REDIS_URL": redis_url,
+        "DATABASE_URL": database_url,
+        "REDIS_NAMESPACE": namespace,
+        "PORT": str(port),
+        "OPS_PORT": str(ops_port),
+        "STORAGE_DIR": str(storage_dir),
+        "STORAGE_SIGNING_KEY": "test-signing-key",
+        "INTERNAL_SECRET": SECRET,
+        "LOG_FORMAT": "json",
+        "USER_MAX_ACTIVE_JOBS": "1000",  # jobs of earlier tests (same database, same user) hold slots
+        **extra,
+    }
+
+
+def spawn_orchestrator(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """``python -m montage_orchestrator`` with ``env``, its output appended to ``log``."""
+    with log.open("ab") as fh:
+        return subprocess.Popen(
+            [sys.executable, "-m", "montage_orchestrator"], env=env, stdout=fh, stderr=subprocess.STDOUT
+        )
+
+
+async def orchestrator_ready(session: aiohttp.ClientSession, ops_url: str) -> bool:
+    """Whether the orchestrator process answers ``/readyz`` at ``ops_url`` with 200."""
+    try:
+        async with session.get(f"{ops_url}/readyz") as resp:
+            return resp.status == 200
+    except aiohttp.ClientError:
+        return False
 
 
 @pytest.fixture

@@ -25,31 +25,18 @@ from montage_streams import Delivery
 from redis.asyncio import Redis
 
 from tests.orchestrator.conftest import (
-    SECRET,
     FakeStages,
     Orchestrator,
     Reply,
     canned_output,
     headers,
+    orchestrator_ready,
+    process_env,
+    spawn_orchestrator,
     upload_form,
     wait_for,
     wav_bytes,
 )
-
-
-def _spawn(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as fh:
-        return subprocess.Popen(
-            [sys.executable, "-m", "montage_orchestrator"], env=env, stdout=fh, stderr=subprocess.STDOUT
-        )
-
-
-async def _ready(session: aiohttp.ClientSession, url: str) -> bool:
-    try:
-        async with session.get(f"{url}/readyz") as resp:
-            return resp.status == 200
-    except aiohttp.ClientError:
-        return False
 
 
 async def test_killed_orchestrator_resumes_without_duplicates(
@@ -59,32 +46,22 @@ async def test_killed_orchestrator_resumes_without_duplicates(
     port, ops_port = free_port(), free_port()
     url = f"http://127.0.0.1:{port}"
     ops = f"http://127.0.0.1:{ops_port}"
-    env = {
-        **os.environ,
-        "REDIS_URL": redis_url,
-        "DATABASE_URL": database_url,
-        "REDIS_NAMESPACE": namespace,
-        "PORT": str(port),
-        "OPS_PORT": str(ops_port),
-        "STORAGE_DIR": str(storage_dir),
-        "STORAGE_SIGNING_KEY": "test-signing-key",
-        "INTERNAL_SECRET": SECRET,
+    fast = {
         "CLAIM_IDLE_MS": "1000",
         "SWEEP_INTERVAL_SECONDS": "0.2",
         "OUTBOX_GRACE_SECONDS": "1",
-        "LOG_FORMAT": "json",
         "SHUTDOWN_GRACE_SECONDS": "1",
-        "USER_MAX_ACTIVE_JOBS": "1000",  # jobs of earlier tests (same database, same user) hold slots
     }
+    env = process_env(redis_url, database_url, namespace, storage_dir, port, ops_port, **fast)
     fakes = FakeStages(redis, keys, LocalStorage(storage_dir, "test-signing-key", "http://127.0.0.1:1"))
     hold = asyncio.Event()
     fakes.behaviour["video_generator"] = lambda t: Reply(hold=hold, costs=["0.10", "0.20"], progress=["rendering"])
     await fakes.start()
     log = tmp_path / "orchestrator.log"
-    proc = _spawn(env, log)
+    proc = spawn_orchestrator(env, log)
     session = aiohttp.ClientSession()
     try:
-        await wait_for(lambda: _ready(session, ops))
+        await wait_for(lambda: orchestrator_ready(session, ops))
         resp = await session.post(f"{url}/api/v1/upload-audio", data=upload_form(wav_bytes()), headers=headers())
         assert resp.status == 201, await resp.text()
         job_id = (await resp.json())["job_id"]
@@ -94,8 +71,8 @@ async def test_killed_orchestrator_resumes_without_duplicates(
         hold.set()  # results, progress and costs arrive while no orchestrator runs
         r: Any = redis
         await wait_for(lambda: _stream_len_at_least(r, keys.results_stream(), 1))
-        proc = _spawn(env, log)
-        await wait_for(lambda: _ready(session, ops))
+        proc = spawn_orchestrator(env, log)
+        await wait_for(lambda: orchestrator_ready(session, ops))
 
         async def completed() -> bool:
             return await pool.fetchval("SELECT status FROM jobs WHERE job_id = $1::uuid", job_id) == "completed"

@@ -8,11 +8,8 @@ import asyncio
 import base64
 import ipaddress
 import json
-import os
 import secrets
 import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,12 +24,14 @@ from montage_dev.devstack import free_port
 from montage_orchestrator import ssrf, webhooks
 from standardwebhooks.webhooks import Webhook
 
-from tests.orchestrator.conftest import SECRET as TEST_INTERNAL_SECRET
 from tests.orchestrator.conftest import (
     FakeStages,
     Orchestrator,
     Reply,
     headers,
+    orchestrator_ready,
+    process_env,
+    spawn_orchestrator,
     upload_form,
     wait_for,
     wav_bytes,
@@ -399,38 +398,16 @@ async def test_sigkill_during_delivery_redelivers_with_the_same_id(
     webhook-id; a receiver that deduplicates on it records job.completed once."""
     storage_dir = tmp_path / "storage"
     port, ops_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "REDIS_URL": redis_url,
-        "DATABASE_URL": database_url,
-        "REDIS_NAMESPACE": namespace,
-        "PORT": str(port),
-        "OPS_PORT": str(ops_port),
-        "STORAGE_DIR": str(storage_dir),
-        "STORAGE_SIGNING_KEY": "test-signing-key",
-        "INTERNAL_SECRET": TEST_INTERNAL_SECRET,
-        "LOG_FORMAT": "json",
-        "USER_MAX_ACTIVE_JOBS": "1000",
-        "WEBHOOK_SECRET": SECRET,
-        "WEBHOOK_TIMEOUT_SECONDS": "1",  # its claims' lease: 1 s + 5 s
-        "WEBHOOK_POLL_SECONDS": "0.1",
-    }
+    # WEBHOOK_TIMEOUT_SECONDS=1: its claims' lease is 1 s + 5 s
+    delivery = {"WEBHOOK_SECRET": SECRET, "WEBHOOK_TIMEOUT_SECONDS": "1", "WEBHOOK_POLL_SECONDS": "0.1"}
+    env = process_env(redis_url, database_url, namespace, storage_dir, port, ops_port, **delivery)
     fakes = FakeStages(redis, keys, LocalStorage(storage_dir, "test-signing-key", "http://127.0.0.1:1"))
     await fakes.start()
     receiver.hold = asyncio.Event()  # the first request is never answered
-    with (tmp_path / "orchestrator.log").open("ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "montage_orchestrator"], env=env, stdout=log, stderr=log)
+    proc = spawn_orchestrator(env, tmp_path / "orchestrator.log")
     session = aiohttp.ClientSession()
     try:
-
-        async def ready() -> bool:
-            try:
-                async with session.get(f"http://127.0.0.1:{ops_port}/readyz") as resp:
-                    return resp.status == 200
-            except aiohttp.ClientError:
-                return False
-
-        await wait_for(ready)
+        await wait_for(lambda: orchestrator_ready(session, f"http://127.0.0.1:{ops_port}"))
         form = upload_form(wav_bytes(), webhook_url=receiver.url)
         resp = await session.post(f"http://127.0.0.1:{port}/api/v1/upload-audio", data=form, headers=headers())
         assert resp.status == 201, await resp.text()

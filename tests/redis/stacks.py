@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from montage_dev.devstack import EmbeddedRedis, free_port, redis_executable, wait_port
+from montage_dev.devstack import EmbeddedCluster, EmbeddedRedis, free_port, redis_executable, wait_port
 
 from tests.e2e.flows import PROMPT
 from tests.stack import (
@@ -120,6 +120,25 @@ async def wait_stage(
                 return body
         await asyncio.sleep(0.2)
     raise AssertionError(f"job {job} never reached {stages}: {body}")
+
+
+# --- Cluster ----------------------------------------------------------------------------
+@contextlib.contextmanager
+def three_primaries(data_dir: Path, *, kill: bool = False) -> Iterator[EmbeddedCluster]:
+    """A started Redis Cluster of three primaries under ``data_dir``, stopped afterwards; with
+    ``kill`` its nodes are SIGKILLed first, for a test that keeps nothing in them (a graceful stop of
+    three cluster nodes takes ~10 s)."""
+    cluster = EmbeddedCluster(data_dir, primaries=3)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        if kill:
+            for node in cluster.nodes:
+                if node.proc is not None and node.proc.poll() is None:
+                    node.proc.kill()
+                    node.proc.wait()
+        cluster.stop()
 
 
 # --- Sentinel ---------------------------------------------------------------------------

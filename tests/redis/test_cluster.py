@@ -19,7 +19,7 @@ from montage_contracts.keys import Keys
 from montage_dev.devstack import EmbeddedCluster
 
 from tests.e2e.flows import run_job
-from tests.redis.stacks import redis_version, stack_on
+from tests.redis.stacks import redis_version, stack_on, three_primaries
 from tests.stack import dev_token
 
 PARTITIONS = 6
@@ -29,12 +29,8 @@ pytestmark = pytest.mark.skipif(redis_version() < (7, 0), reason="Redis Cluster 
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[EmbeddedCluster]:
-    c = EmbeddedCluster(tmp_path / "cluster", primaries=3)
-    try:
-        c.start()
+    with three_primaries(tmp_path / "cluster") as c:
         yield c
-    finally:
-        c.stop()
 
 
 def test_main_path_on_a_three_primary_cluster(

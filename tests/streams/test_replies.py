@@ -192,9 +192,11 @@ async def test_hand_off_script_reply(r: Any) -> None:
     assert hand_off_reply(await Scripts(r).ack_emit(keys=keys, args=["g", "c", *argv]), 1).fetched == []
 
 
-async def test_hand_off_owner_check_does_not_depend_on_the_range_guess(r: Any) -> None:
+@pytest.mark.parametrize("ids", [True, False], ids=["general", "compact"])
+async def test_hand_off_owner_check_does_not_depend_on_the_range_guess(r: Any, ids: bool) -> None:
     # the batch's range guess (its first and last id) misses entries out of order, which the
-    # script then checks one by one; here the guess is even an empty range (6-1 > 5-9)
+    # script then checks one by one; here the guess is even an empty range (6-1 > 5-9). Without
+    # ids, such a batch (one plain emit per entry, all to one stream) goes in the compact form.
     await r.xgroup_create("{t}:s", "g", id="0", mkstream=True)
     ids = ["5-9", "5-10", "5-11", "6-1"]
     for i in ids:
@@ -202,11 +204,14 @@ async def test_hand_off_owner_check_does_not_depend_on_the_range_guess(r: Any) -
     await r.xreadgroup("g", "c", {"{t}:s": ">"}, count=10)
     await r.xclaim("{t}:s", "g", "thief", 0, ["5-10"])
     batch = [(i, [Emit("{t}:out", i.encode(), i)]) for i in ["6-1", "5-10", "5-9", "5-11", "5-9"]]
-    keys, argv = batch_args("{t}:s", batch)
-    assert argv[2:4] == ["6-1", "5-9"]
+    keys, argv = batch_args("{t}:s", batch, ids=ids)
+    assert argv[2:5] == ["6-1", "5-9", 1 if ids else 2]
     reply = hand_off_reply(await Scripts(r).ack_emit(keys=keys, args=["g", "c", *argv]), len(batch))
     assert reply.owned == [True, False, True, True, False]  # 5-10 is the thief's; 5-9 only once
-    assert [e.fields[b"m"] for e in range_reply(await r.xrange("{t}:out")) if e.fields] == [b"6-1", b"5-9", b"5-11"]
+    written = range_reply(await r.xrange("{t}:out"))
+    assert [e.fields for e in written] == [{b"id": i.encode(), b"m": i.encode()} for i in ["6-1", "5-9", "5-11"]]
+    assert reply.ids == ([[e.entry_id] for e in written[:1]] + [None] + [[e.entry_id] for e in written[1:]] + [None]
+                         if ids else [[], None, [], [], None])  # fmt: skip
     assert pending_summary_reply(await r.xpending("{t}:s", "g")).consumers == {"thief": 1}
 
 

@@ -92,7 +92,9 @@ def batch_args(
     source: str, batch: Sequence[tuple[str, Sequence[Emit]]], fetch: int = 0, *, ids: bool = True
 ) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of ``ack_emit.lua`` (minus group and consumer) for ``(entry, emits)`` pairs;
-    ``ids=False``: the script answers 1 per handed-off entry instead of its new entries' ids."""
+    ``ids=False``: the script answers 1 per handed-off entry instead of its new entries' ids.
+    A batch whose every entry emits one plain entry, all to one stream (a worker's usual
+    hand-off), goes in the script's compact form (mode 2: three arguments per entry)."""
     keys: list[str] = [source]
     index: dict[str, int] = {source: 1}
     first = last = ""
@@ -102,7 +104,12 @@ def batch_args(
             last = entry_id
     # The range of the batch's ownership check: a guess (hand-offs mostly come in the order the
     # entries were read); the script checks what it misses one by one.
-    argv: list[Any] = [len(batch), fetch, first, last, 1 if ids else 0]
+    if not ids and batch and _compact(batch):
+        argv: list[Any] = [len(batch), fetch, first, last, 2]
+        for entry_id, (e,) in batch:
+            argv += [entry_id, e.message_id or uuid.uuid4().hex, e.payload]
+        return [source, batch[0][1][0].stream], argv
+    argv = [len(batch), fetch, first, last, 1 if ids else 0]
     append = argv.append
     for entry_id, emits in batch:
         append(entry_id)
@@ -122,6 +129,27 @@ def batch_args(
             for name, value in e.extra:
                 argv += [name, value]
     return keys, argv
+
+
+def _compact(batch: Sequence[tuple[str, Sequence[Emit]]]) -> bool:
+    """Every entry has a source entry and one plain emit (no maxlen, ttl, extra fields or
+    channel), all to one stream."""
+    stream = None
+    for entry_id, emits in batch:
+        if not entry_id or len(emits) != 1:
+            return False
+        e = emits[0]
+        if (
+            e.maxlen
+            or e.ttl_seconds
+            or e.extra
+            or e.channel
+            or e.sharded
+            or (stream is not None and e.stream != stream)
+        ):
+            return False
+        stream = e.stream
+    return True
 
 
 def netstrings(parts: Sequence[str | bytes]) -> bytes:

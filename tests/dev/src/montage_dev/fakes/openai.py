@@ -29,7 +29,6 @@ Importable too: :func:`create_app` returns the application and its :class:`FakeO
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import contextlib
@@ -45,6 +44,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from montage_dev.fakes.serving import add_test_routes, arguments, bearer_ok, serve
 
 STAND_IN = {"X-Development-Stand-In": "openai"}
 ENDPOINTS = ("chat", "transcriptions", "images")
@@ -268,7 +269,7 @@ def create_app(state: FakeOpenAI | None = None) -> tuple[web.Application, FakeOp
     async def failure(request: web.Request, endpoint: str, body: Any) -> web.StreamResponse | None:
         """The controlled failure of this call, or None to answer normally."""
         fake.calls[endpoint] += 1
-        if fake.api_key and request.headers.get("Authorization") != f"Bearer {fake.api_key}":
+        if not bearer_ok(request, fake.api_key):
             record(request, endpoint, body, "401")
             return _error(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
         mode = fake.take(endpoint)
@@ -467,12 +468,6 @@ def create_app(state: FakeOpenAI | None = None) -> tuple[web.Application, FakeOp
         fake.released.set()
         return web.json_response(fake.stats(), headers=STAND_IN)
 
-    async def stats(request: web.Request) -> web.Response:
-        return web.json_response(fake.stats(), headers=STAND_IN)
-
-    async def healthz(request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "service": "fake-openai"}, headers=STAND_IN)
-
     async def release_hangs(app: web.Application) -> None:
         fake.released.set()
 
@@ -480,25 +475,14 @@ def create_app(state: FakeOpenAI | None = None) -> tuple[web.Application, FakeOp
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_post("/v1/audio/transcriptions", transcriptions)
     app.router.add_post("/v1/images/generations", images)
-    app.router.add_post("/_control", control)
-    app.router.add_post("/_reset", reset)
-    app.router.add_get("/_stats", stats)
-    app.router.add_get("/healthz", healthz)
+    add_test_routes(app, "openai", control=control, reset=reset, stats=fake.stats)
     return app, fake
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="DEVELOPMENT STAND-IN for an OpenAI-compatible API")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8003)
-    parser.add_argument("--api-key", default="", help="when set, other keys are refused with 401")
-    args = parser.parse_args(argv)
+    args = arguments("DEVELOPMENT STAND-IN for an OpenAI-compatible API", 8003, api_key=True).parse_args(argv)
     app, _ = create_app(FakeOpenAI(api_key=args.api_key))
-    print(
-        f"fake-openai: DEVELOPMENT STAND-IN for an OpenAI-compatible API on http://{args.host}:{args.port}/v1",
-        flush=True,
-    )
-    web.run_app(app, host=args.host, port=args.port, print=None, access_log=None, shutdown_timeout=1.0)
+    serve(app, "openai", "an OpenAI-compatible API", args.host, args.port, "/v1")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ Importable too: :func:`create_app` returns the application and its :class:`FakeR
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import datetime as dt
@@ -39,6 +38,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from montage_dev.fakes.media import pattern_mp4
+from montage_dev.fakes.serving import add_test_routes, arguments, serve
 
 STAND_IN = {"X-Development-Stand-In": "ragnarok"}
 MODES = ("ok", "503", "429", "500", "malformed", "refuse", "hang")
@@ -159,30 +161,11 @@ def _number(body: dict[str, Any], key: str, default: float, low: float, high: fl
 
 
 async def _render(body: dict[str, Any]) -> bytes:
-    import shutil
-    import tempfile
-
-    exe = shutil.which("ffmpeg")
-    if exe is None:
-        import imageio_ffmpeg
-
-        exe = imageio_ffmpeg.get_ffmpeg_exe()
     w = int(_number(body, "width", 320, 16, 1920)) // 2 * 2
     h = int(_number(body, "height", 180, 16, 1080)) // 2 * 2
     fps = int(_number(body, "fps", 24, 1, 60))
     seconds = _number(body, "duration_seconds", 5, 1, 120)
-    with tempfile.TemporaryDirectory(prefix="fake-ragnarok-") as tmp:
-        out = f"{tmp}/clip.mp4"
-        proc = await asyncio.create_subprocess_exec(
-            exe, "-v", "error", "-f", "lavfi", "-i", f"testsrc2=size={w}x{h}:rate={fps}:duration={seconds}",
-            "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-movflags", "+faststart", "-y", out,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        _, err = await proc.communicate()
-        if proc.returncode != 0:
-            raise RuntimeError(f"ffmpeg failed: {err.decode(errors='replace')[-300:]}")
-        with open(out, "rb") as f:
-            return f.read()
+    return await pattern_mp4(w, h, fps, seconds)
 
 
 def create_app(state: FakeRagnarok | None = None) -> tuple[web.Application, FakeRagnarok]:
@@ -300,12 +283,6 @@ def create_app(state: FakeRagnarok | None = None) -> tuple[web.Application, Fake
             fake.rng.seed(body["seed"])
         return web.json_response(fake.stats(), headers=STAND_IN)
 
-    async def stats(request: web.Request) -> web.Response:
-        return web.json_response(fake.stats(), headers=STAND_IN)
-
-    async def healthz(request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "service": "fake-ragnarok"}, headers=STAND_IN)
-
     async def release_hangs(app: web.Application) -> None:
         fake.released.set()
 
@@ -313,16 +290,12 @@ def create_app(state: FakeRagnarok | None = None) -> tuple[web.Application, Fake
     app.router.add_post("/api/v1/workflows", submit)
     app.router.add_get("/api/v1/workflows/{workflow_id}", get_workflow)
     app.router.add_get("/videos/{workflow_id}.mp4", video)
-    app.router.add_post("/_control", control)
-    app.router.add_get("/_stats", stats)
-    app.router.add_get("/healthz", healthz)
+    add_test_routes(app, "ragnarok", control=control, stats=fake.stats)
     return app, fake
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="DEVELOPMENT STAND-IN for RAGNAROK (see docs/ragnarok-contract.md)")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8001)
+    parser = arguments("DEVELOPMENT STAND-IN for RAGNAROK (see docs/ragnarok-contract.md)", 8001)
     parser.add_argument("--step-seconds", type=float, default=2.0, help="time in queued, then in processing")
     parser.add_argument("--daily-limit", type=int, default=3, help="workflows per business_name per UTC day")
     parser.add_argument("--poll-delay-seconds", type=float, default=0.0, help="added latency of status calls")
@@ -335,8 +308,7 @@ def main(argv: list[str] | None = None) -> None:
         serve_videos=args.serve_videos,
     )
     app, _ = create_app(state)
-    print(f"fake-ragnarok: DEVELOPMENT STAND-IN for RAGNAROK on http://{args.host}:{args.port}", flush=True)
-    web.run_app(app, host=args.host, port=args.port, print=None, access_log=None, shutdown_timeout=1.0)
+    serve(app, "ragnarok", "RAGNAROK", args.host, args.port)
 
 
 if __name__ == "__main__":

@@ -34,17 +34,16 @@ Test controls (not part of the contract):
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import base64
-import shutil
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from montage_dev.fakes.media import pattern_mp4
+from montage_dev.fakes.serving import add_test_routes, arguments, bearer_ok, serve
 
 STAND_IN = {"X-Development-Stand-In": "runway"}
 API_VERSION = "2024-11-06"
@@ -198,27 +197,6 @@ def _validate(body: object) -> tuple[str, list[str]] | dict[str, Any]:
     return clean
 
 
-async def _render(seconds: int, ratio: str) -> bytes:
-    exe = shutil.which("ffmpeg")
-    if exe is None:
-        import imageio_ffmpeg
-
-        exe = imageio_ffmpeg.get_ffmpeg_exe()
-    w, h = OUTPUT_SIZE.get(ratio, (240, 240))
-    with tempfile.TemporaryDirectory(prefix="fake-runway-") as tmp:
-        out = f"{tmp}/out.mp4"
-        proc = await asyncio.create_subprocess_exec(
-            exe, "-v", "error", "-f", "lavfi", "-i", f"testsrc2=size={w}x{h}:rate=24:duration={seconds}",
-            "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-movflags", "+faststart", "-y", out,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        _, err = await proc.communicate()
-        if proc.returncode != 0:
-            raise RuntimeError(f"ffmpeg failed: {err.decode(errors='replace')[-300:]}")
-        with open(out, "rb") as f:
-            return f.read()
-
-
 def create_app(state: FakeRunway | None = None) -> tuple[web.Application, FakeRunway]:
     fake = state or FakeRunway()
     app = web.Application(client_max_size=8 * 1024 * 1024)
@@ -229,7 +207,7 @@ def create_app(state: FakeRunway | None = None) -> tuple[web.Application, FakeRu
             if t["at"] + fake.grace_seconds < now < t["at"] + t["retry_after"]:
                 fake.violations.append({"at": now, "path": request.path, "after_429": round(now - t["at"], 3)})
                 break
-        if fake.api_key and request.headers.get("Authorization") != f"Bearer {fake.api_key}":
+        if not bearer_ok(request, fake.api_key):
             fake.rejected["401"] = fake.rejected.get("401", 0) + 1
             return _error(401, "Invalid API key")
         if request.headers.get("X-Runway-Version") != API_VERSION:
@@ -265,28 +243,30 @@ def create_app(state: FakeRunway | None = None) -> tuple[web.Application, FakeRu
         credits = fake.credits_per_second * int(checked.get("duration") or 5)
         return web.json_response({"id": task.id, "estimatedCost": {"credits": credits}}, headers=STAND_IN)
 
-    async def get_task(request: web.Request) -> web.Response:
+    def task_of(request: web.Request) -> Task | web.Response:
+        """The task the path names, or the answer to the call (the gate's refusal, or 404)."""
         if (refused := gate(request, "tasks")) is not None:
             return refused
         task = fake.tasks.get(request.match_info["task_id"])
-        if task is None:
-            return _error(404, "Task not found")
+        return _error(404, "Task not found") if task is None else task
+
+    async def get_task(request: web.Request) -> web.Response:
+        if isinstance(task := task_of(request), web.Response):
+            return task
         fake.polls += 1
         body = fake.status(task, time.time())
         if body["status"] == "SUCCEEDED":
             if task.id not in fake.videos:
-                fake.videos[task.id] = await _render(int(task.body.get("duration") or 5), str(task.body["ratio"]))
+                w, h = OUTPUT_SIZE.get(str(task.body["ratio"]), (240, 240))
+                fake.videos[task.id] = await pattern_mp4(w, h, 24, int(task.body.get("duration") or 5))
             body["output"] = [f"{request.scheme}://{request.host}/_outputs/{task.id}.mp4"]
         if body["status"] in ("SUCCEEDED", "FAILED", "CANCELLED"):
             task.seen_final = True
         return web.json_response(body, headers=STAND_IN)
 
     async def delete_task(request: web.Request) -> web.Response:
-        if (refused := gate(request, "tasks")) is not None:
-            return refused
-        task = fake.tasks.get(request.match_info["task_id"])
-        if task is None:
-            return _error(404, "Task not found")
+        if isinstance(task := task_of(request), web.Response):
+            return task
         task.cancelled = task.seen_final = True
         return web.Response(status=204, headers=STAND_IN)
 
@@ -319,35 +299,22 @@ def create_app(state: FakeRunway | None = None) -> tuple[web.Application, FakeRu
         fake.__dict__.update(fresh.__dict__)
         return web.json_response({"ok": True}, headers=STAND_IN)
 
-    async def stats(request: web.Request) -> web.Response:
-        return web.json_response(fake.stats(), headers=STAND_IN)
-
-    async def healthz(request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "service": "fake-runway"}, headers=STAND_IN)
-
     app.router.add_post("/v1/image_to_video", create)
     app.router.add_get("/v1/tasks/{task_id}", get_task)
     app.router.add_delete("/v1/tasks/{task_id}", delete_task)
     app.router.add_get("/_outputs/{task_id}.mp4", output)
-    app.router.add_post("/_control", control)
-    app.router.add_post("/_reset", reset)
-    app.router.add_get("/_stats", stats)
-    app.router.add_get("/healthz", healthz)
+    add_test_routes(app, "runway", control=control, reset=reset, stats=fake.stats)
     return app, fake
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="DEVELOPMENT STAND-IN for Runway's image-to-video API")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8004)
-    parser.add_argument("--api-key", default="", help="when set, other keys are refused with 401")
+    parser = arguments("DEVELOPMENT STAND-IN for Runway's image-to-video API", 8004, api_key=True)
     parser.add_argument("--step-seconds", type=float, default=1.0, help="time PENDING, then RUNNING")
     parser.add_argument("--concurrency", type=int, default=0, help="the account's own cap (THROTTLED beyond)")
     args = parser.parse_args(argv)
     state = FakeRunway(api_key=args.api_key, step_seconds=args.step_seconds, concurrency=args.concurrency)
     app, _ = create_app(state)
-    print(f"fake-runway: DEVELOPMENT STAND-IN for Runway's API on http://{args.host}:{args.port}", flush=True)
-    web.run_app(app, host=args.host, port=args.port, print=None, access_log=None, shutdown_timeout=1.0)
+    serve(app, "runway", "Runway's API", args.host, args.port)
 
 
 if __name__ == "__main__":

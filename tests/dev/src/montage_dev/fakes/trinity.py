@@ -11,7 +11,6 @@ Importable too: :func:`create_app` returns the application and its :class:`FakeT
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import hashlib
@@ -20,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from montage_dev.fakes.serving import add_test_routes, arguments, serve
 
 STAND_IN = {"X-Development-Stand-In": "trinity"}
 MODES = ("ok", "503", "hang")
@@ -32,6 +33,9 @@ class FakeTrinity:
     calls: int = 0
     trace_ids: list[str] = field(default_factory=list)
     released: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def stats(self) -> dict[str, Any]:
+        return {"mode": self.mode, "calls": self.calls}
 
 
 def enrichment_for(company: str, industry: str | None) -> dict[str, Any]:
@@ -82,33 +86,21 @@ def create_app(state: FakeTrinity | None = None) -> tuple[web.Application, FakeT
             fake.released.clear()
         else:
             fake.released.set()
-        return web.json_response({"mode": fake.mode, "calls": fake.calls}, headers=STAND_IN)
-
-    async def stats(request: web.Request) -> web.Response:
-        return web.json_response({"mode": fake.mode, "calls": fake.calls}, headers=STAND_IN)
-
-    async def healthz(request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "service": "fake-trinity"}, headers=STAND_IN)
+        return web.json_response(fake.stats(), headers=STAND_IN)
 
     async def release_hangs(app: web.Application) -> None:
         fake.released.set()
 
     app.on_shutdown.append(release_hangs)
     app.router.add_post("/api/v1/enrich", enrich)
-    app.router.add_post("/_control", control)
-    app.router.add_get("/_stats", stats)
-    app.router.add_get("/healthz", healthz)
+    add_test_routes(app, "trinity", control=control, stats=fake.stats)
     return app, fake
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="DEVELOPMENT STAND-IN for Trinity (see docs/ragnarok-contract.md)")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8002)
-    args = parser.parse_args(argv)
+    args = arguments("DEVELOPMENT STAND-IN for Trinity (see docs/ragnarok-contract.md)", 8002).parse_args(argv)
     app, _ = create_app()
-    print(f"fake-trinity: DEVELOPMENT STAND-IN for Trinity on http://{args.host}:{args.port}", flush=True)
-    web.run_app(app, host=args.host, port=args.port, print=None, access_log=None, shutdown_timeout=1.0)
+    serve(app, "trinity", "Trinity", args.host, args.port)
 
 
 if __name__ == "__main__":
