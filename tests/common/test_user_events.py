@@ -58,6 +58,35 @@ def _messages(job: str, n: int, start: int = 0) -> list[Any]:
     return [MessageData(text=f"{job} step {i}", stage="video_generator") for i in range(start, start + n)]
 
 
+async def test_a_batch_copies_many_jobs_and_a_remembered_cursor_never_loses_or_doubles(
+    redis: Redis, keys: Keys
+) -> None:
+    # two processes (two UserLog instances) copy the same jobs in batches, each remembering where it
+    # read up to: what the other copied meanwhile is read again and skipped; what Redis lost is
+    # copied again only by a fresh (sweep) batch, which reads the cursors Redis keeps
+    one, two = UserLog(redis, keys), UserLog(redis, keys)
+    jobs = [("carol", "job-c1"), ("carol", "job-c2"), ("dave", "job-d1")]
+    for _, job in jobs:
+        await _log_job_events(redis, keys, job, _messages(job, 2))
+    assert await one.relay_many([*jobs, jobs[0]]) == 6  # a job named twice in a batch: copied once
+    for _, job in jobs:
+        await _log_job_events(redis, keys, job, _messages(job, 1, start=2))
+    assert await two.relay_many(jobs[:2]) == 2  # the other process: its first read of the cursors
+    assert await one.relay_many(jobs) == 1  # reads from where it was: c1's and c2's new ones skipped
+    assert await one.relay_many(jobs) == 0
+    for user, n in (("carol", 6), ("dave", 3)):
+        events = await replay_user(redis, keys, user)
+        assert len(events) == n and len({(e.job_id, e.event.data.text) for e in events}) == n  # type: ignore[union-attr]
+    # Redis loses dave's log and cursors (e.g. a failover): a remembered cursor does not see it,
+    # the sweep's fresh batch copies it again
+    await redis.delete(keys.user_events_stream("dave"), keys.user_event_cursors("dave"))
+    assert await one.relay_many(jobs) == 0
+    assert await one.relay_many(jobs, fresh=True) == 3
+    assert [e.event.data.text for e in await replay_user(redis, keys, "dave")] == [  # type: ignore[union-attr]
+        f"job-d1 step {i}" for i in range(3)
+    ]
+
+
 async def test_copy_appends_each_event_once_in_order_however_often_and_by_whom(redis: Redis, keys: Keys) -> None:
     user, a, b = "alice", "job-a", "job-b"
     log = UserLog(redis, keys)

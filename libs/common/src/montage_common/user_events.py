@@ -28,12 +28,17 @@ the wire the job id is the first field of each event's ``data``.
 
 from __future__ import annotations
 
+import asyncio
+from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
 from montage_contracts.events import JobEvent, decode_event, encode_data, event_name
 from montage_contracts.keys import Keys
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import NoScriptError
 
 __all__ = [
     "USER_LOG_MAXLEN",
@@ -48,6 +53,7 @@ __all__ = [
 
 USER_LOG_MAXLEN = 10_000
 USER_LOG_TTL_SECONDS = 24 * 3600
+CURSORS_KEPT = 50_000  # jobs whose last copied entry one process remembers
 
 # KEYS: the user's log, its cursors. ARGV: job id, maxlen, ttl, channel ('' = none), sharded
 # ('1': SPUBLISH), then per entry of the job's log (oldest first): its id, its payload.
@@ -95,7 +101,16 @@ def _text(value: Any) -> str:
 
 
 class UserLog:
-    """The copy from jobs' logs into their users' logs (one instance per process)."""
+    """The copy from jobs' logs into their users' logs (one instance per process).
+
+    Each copy reads the job's log after a cursor, then runs the copy script, which appends only
+    what is newer than the cursor kept in Redis. The process remembers, per job, the last entry
+    it read and saw copied, and starts the next read there (no read of the cursor first): an
+    entry another replica copied meanwhile is read again and skipped by the script, so the
+    remembered cursor only saves a round trip. :meth:`relay_many` with ``fresh=True`` (the
+    periodic sweep) reads the cursors kept in Redis instead, so a copy Redis lost is made again.
+    Copies of many jobs go in two pipelined round trips (their reads, then their scripts).
+    """
 
     def __init__(self, redis: Redis, keys: Keys, *, maxlen: int = USER_LOG_MAXLEN, ttl: int = USER_LOG_TTL_SECONDS):
         self.redis = redis
@@ -103,15 +118,60 @@ class UserLog:
         self.maxlen = maxlen
         self.ttl = ttl
         self._copy: Any = redis.register_script(_COPY)
+        self._read: OrderedDict[str, str] = OrderedDict()  # job id -> its last entry read and copied
+        self._cluster = isinstance(redis, RedisCluster)
 
     async def relay(self, user_id: str, job_id: str) -> int:
         """Copy the job's logged events the user's log does not have yet; how many were copied."""
-        r: Any = self.redis
-        cursor = await r.hget(self.keys.user_event_cursors(user_id), job_id)
-        start = f"({_text(cursor)}" if cursor else "-"
-        entries = await r.xrange(self.keys.job_events_stream(job_id), min=start, max="+")
-        if not entries:
+        return await self.relay_many([(user_id, job_id)], fresh=True)
+
+    async def relay_many(self, jobs: Sequence[tuple[str, str]], *, fresh: bool = False) -> int:
+        """:meth:`relay` for each ``(user id, job id)``; how many events were copied in all. A job
+        whose read or copy failed is logged in no cursor (its next copy reads from where it was);
+        the first such error is raised after the others were copied."""
+        pairs = list(dict.fromkeys(jobs))
+        if not pairs:
             return 0
+        r: Any = self.redis
+        starts: dict[str, str | None] = {}
+        unknown = [(u, j) for u, j in pairs if fresh or j not in self._read]
+        if unknown:
+            pipe = r.pipeline(transaction=False)
+            for u, j in unknown:
+                pipe.hget(self.keys.user_event_cursors(u), j)
+            for (_, j), cursor in zip(unknown, await pipe.execute(), strict=True):
+                starts[j] = _text(cursor) if cursor else None
+        pipe = r.pipeline(transaction=False)
+        for _, j in pairs:
+            start = starts[j] if j in starts else self._read.get(j)
+            pipe.xrange(self.keys.job_events_stream(j), min=f"({start}" if start else "-", max="+")
+        logs = await pipe.execute(raise_on_error=False)
+        copies: list[tuple[str, list[str], list[Any]]] = []
+        failed: BaseException | None = None
+        for (u, j), entries in zip(pairs, logs, strict=True):
+            if isinstance(entries, BaseException):
+                failed = failed or entries
+                continue
+            args = self._copy_args(u, j, entries)
+            if args is not None:
+                copies.append((j, [self.keys.user_events_stream(u), self.keys.user_event_cursors(u)], args))
+        copied = 0
+        for (j, _, args), res in zip(copies, await self._run_copies(copies), strict=True):
+            if isinstance(res, BaseException):
+                failed = failed or res
+                self._read.pop(j, None)
+                continue
+            copied += int(res)
+            self._read[j] = args[-2]  # the last entry read: copied now, or before
+            self._read.move_to_end(j)
+        while len(self._read) > CURSORS_KEPT:
+            self._read.popitem(last=False)
+        if failed is not None:
+            raise failed
+        return copied
+
+    def _copy_args(self, user_id: str, job_id: str, entries: Any) -> list[Any] | None:
+        """The copy script's ARGV for a job's entries (``None``: nothing to copy)."""
         args: list[Any] = [
             job_id,
             self.maxlen,
@@ -119,15 +179,31 @@ class UserLog:
             self.keys.user_events_channel(user_id),
             "1" if self.keys.sharded_events else "0",
         ]
-        for entry_id, fields in entries:
+        for entry_id, fields in entries or ():
             payload = fields.get(b"m") if isinstance(fields, dict) else None
-            if payload is None:
-                continue
-            args.extend((_text(entry_id), payload))
-        if len(args) == 5:
-            return 0
-        keys = [self.keys.user_events_stream(user_id), self.keys.user_event_cursors(user_id)]
-        return int(await self._copy(keys=keys, args=args))
+            if payload is not None:
+                args.extend((_text(entry_id), payload))
+        return args if len(args) > 5 else None
+
+    async def _run_copies(self, copies: Sequence[tuple[str, list[str], list[Any]]]) -> list[Any]:
+        """The copy scripts' replies (an exception in place of a failed one): one pipeline, or on a
+        cluster (whose pipelines do not load scripts) one call each, at once."""
+        if not copies:
+            return []
+        if self._cluster:
+            calls = (self._copy(keys=keys, args=args) for _, keys, args in copies)
+            return list(await asyncio.gather(*calls, return_exceptions=True))
+        replies = await self._pipelined(copies)
+        if any(isinstance(x, NoScriptError) for x in replies):  # a restarted Redis: load it, run again
+            await self.redis.script_load(_COPY)  # (the script copies nothing twice)
+            replies = await self._pipelined(copies)
+        return replies
+
+    async def _pipelined(self, copies: Sequence[tuple[str, list[str], list[Any]]]) -> list[Any]:
+        pipe: Any = self.redis.pipeline(transaction=False)
+        for _, keys, args in copies:
+            pipe.evalsha(self._copy.sha, len(keys), *keys, *args)
+        return list(await pipe.execute(raise_on_error=False))
 
     async def forget_job(self, user_id: str, job_id: str) -> int:
         """Delete one job's entries from the user's log and its cursor (a deleted job); how many."""
@@ -136,6 +212,7 @@ class UserLog:
         if ids:
             await r.xdel(self.keys.user_events_stream(user_id), *ids)
         await r.hdel(self.keys.user_event_cursors(user_id), job_id)
+        self._read.pop(job_id, None)
         return len(ids)
 
 

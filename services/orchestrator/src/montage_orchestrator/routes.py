@@ -144,6 +144,7 @@ async def _create_job(  # noqa: PLR0917
                 }
             ),
         )
+        deps.user_events.remember(str(job_id), user)  # the first copy of its events needs no lookup
         return row, await admission.give_turns_quietly(conn, deps)
 
 

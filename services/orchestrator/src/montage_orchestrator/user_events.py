@@ -10,7 +10,10 @@ The log and the copy itself are :mod:`montage_common.user_events`. This is who c
   still running and those changed lately are copied again, which appends only what a copy
   missed (a process killed between a hand-off and its copy, Redis unreachable for a moment).
 
-A job's owner never changes, so it is read from Postgres once per job and kept (bounded).
+A job's owner never changes: the upload that creates the job tells it (:meth:`UserEventRelay.remember`),
+else it is read from Postgres once per job (one query for a batch), and kept (bounded). The jobs
+noticed since the last copy are copied in one batch (``UserLog.relay_many``: two pipelined
+round trips for all of them).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ log = structlog.get_logger()
 
 _MARK = ":job_events:"
 OWNERS_KEPT = 50_000
+SWEEP_BATCH = 500  # jobs copied per batch (two pipelined round trips) by the sweep
 START_WINDOW = timedelta(hours=1)  # at start: what a stopped orchestrator may not have copied
 
 
@@ -64,38 +68,47 @@ class UserEventRelay:
         if self._due:
             self._wake.set()
 
-    async def _owner(self, job_id: str) -> str | None:
-        user = self._owners.get(job_id)
-        if user is not None:
-            self._owners.move_to_end(job_id)
-            return user
-        user = (
-            str(found)
-            if (found := await self.pool.fetchval("SELECT user_id FROM jobs WHERE job_id = $1::uuid", job_id))
-            is not None
-            else None
-        )
-        if user is not None:
-            self._owners[job_id] = user
-            if len(self._owners) > OWNERS_KEPT:
-                self._owners.popitem(last=False)
-        return user
+    def remember(self, job_id: str, user_id: str) -> None:
+        """A job's owner, known where the job is created (no lookup at its first copy)."""
+        self._owners[job_id] = user_id
+        if len(self._owners) > OWNERS_KEPT:
+            self._owners.popitem(last=False)
+
+    async def _owned(self, job_ids: Sequence[str]) -> list[tuple[str, str]]:
+        """``(user id, job id)`` of each job that exists (owners not known yet: one query)."""
+        unknown = [j for j in job_ids if j not in self._owners]
+        if unknown:
+            rows = await self.pool.fetch(
+                "SELECT job_id::text AS job_id, user_id FROM jobs WHERE job_id = ANY($1::uuid[])", unknown
+            )
+            for row in rows:
+                self.remember(row["job_id"], str(row["user_id"]))
+        out: list[tuple[str, str]] = []
+        for j in job_ids:
+            user = self._owners.get(j)
+            if user is not None:
+                self._owners.move_to_end(j)
+                out.append((user, j))
+        return out
 
     async def copy(self, job_id: str, user_id: str | None = None) -> int:
-        user = user_id or await self._owner(job_id)
-        if user is None:
-            return 0
-        n = await self.log.relay(user, job_id)
+        pairs = [(user_id, job_id)] if user_id else await self._owned([job_id])
+        return await self._relay(pairs, fresh=True)
+
+    async def _relay(self, pairs: Sequence[tuple[str, str]], *, fresh: bool) -> int:
+        n = await self.log.relay_many(pairs, fresh=fresh)
         self.copied += n
         return n
 
     async def copy_due(self) -> None:
+        """Copy the jobs :meth:`notice` named since the last call, all in one batch."""
         due, self._due = list(self._due), {}
-        for job_id in due:
-            try:
-                await self.copy(job_id)
-            except Exception as exc:  # the sweep copies it later
-                log.warning("user_events_copy_failed", job_id=job_id, error=str(exc)[:200])
+        if not due:
+            return
+        try:
+            await self._relay(await self._owned(due), fresh=False)
+        except Exception as exc:  # the sweep copies them later
+            log.warning("user_events_copy_failed", jobs=len(due), error=str(exc)[:200])
 
     async def sweep(self, window: timedelta) -> int:
         """Copy again every running job and every job changed within ``window``; events copied."""
@@ -104,13 +117,17 @@ class UserEventRelay:
             " WHERE status IN ('queued', 'processing') OR updated_at > now() - $1::interval",
             window,
         )
+        pairs = [(str(r["user_id"]), r["job_id"]) for r in rows]
+        for user, job in pairs:
+            self._owners.setdefault(job, user)
         n = 0
-        for r in rows:
-            self._owners.setdefault(r["job_id"], r["user_id"])
+        for start in range(0, len(pairs), SWEEP_BATCH):
             try:
-                n += await self.copy(r["job_id"], r["user_id"])
+                n += await self._relay(pairs[start : start + SWEEP_BATCH], fresh=True)
             except Exception as exc:
-                log.warning("user_events_copy_failed", job_id=r["job_id"], error=str(exc)[:200])
+                log.warning(
+                    "user_events_copy_failed", jobs=len(pairs[start : start + SWEEP_BATCH]), error=str(exc)[:200]
+                )
         if n:
             log.info("user_events_swept", copied=n, jobs=len(rows))
         return n
