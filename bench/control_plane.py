@@ -37,8 +37,9 @@ its services and instant workers run with ``PYTHONPATH`` on the checkout's ``ser
 ``libs/*/src``, so the same venv imports the older packages; the summary adds the per-run ratios.
 
 Every job must complete; a run that does not is an error. ``--env KEY=VALUE`` (repeatable) sets a
-variable for every service, e.g. ``--env RESULTS_CONCURRENCY=32 --env DB_POOL_SIZE=40``. ``--profile DIR`` records the first
-replica with py-spy during the first drain (``PY_SPY``, default /tmp/pyspy/bin/py-spy, a throwaway
+variable for every service, e.g. ``--env RESULTS_CONCURRENCY=32 --env DB_POOL_SIZE=40``.
+``--profile DIR`` records with py-spy the gateway and the first orchestrator during the uploads,
+and the first replica during the drain, of one extra run (``PY_SPY``, default /tmp/pyspy/bin/py-spy, a throwaway
 venv: ``uv venv /tmp/pyspy && uv pip install --python /tmp/pyspy/bin/python py-spy``); that run
 is extra and not counted. Summarise with ``bench/pyspy_summary.py``.
 """
@@ -258,6 +259,14 @@ class Meter:
         }
 
 
+def _spy(pid: int, output: Path) -> subprocess.Popen[bytes]:
+    """py-spy recording a process (raw collapsed stacks, 200 Hz) until SIGINT."""
+    spy = os.environ.get("PY_SPY", "/tmp/pyspy/bin/py-spy")
+    argv = [spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "200", "--nonblocking",
+            "--output", str(output), "--duration", "600"]  # fmt: skip
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def delta(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
     return {k: b[k] - a[k] for k in a}
 
@@ -372,6 +381,11 @@ async def one_run(
         # only the upload path is warmed (connections, imports, JIT-free caches)
         await upload_all(base, wav, [f"warm-{run_tag}-{i}" for i in range(10)], args.upload_concurrency)
 
+        upload_spies = []
+        if profile is not None:  # the uploads: the gateway and the first orchestrator
+            targets = [("gateway", svc.gateway), ("orchestrator", svc.orchestrators[0])]
+            upload_spies = [_spy(p.pid, profile / f"upload-{name}-{replicas}r.txt") for name, p in targets if p]
+            await asyncio.sleep(1.0)
         s0 = await meter.snapshot()
         t0 = time.perf_counter()
         drain_jobs = await upload_all(
@@ -379,14 +393,13 @@ async def one_run(
         )
         upload_wall = time.perf_counter() - t0
         s1 = await meter.snapshot()
+        for spy in upload_spies:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(30)
 
         if profile is not None:
-            spy = os.environ.get("PY_SPY", "/tmp/pyspy/bin/py-spy")
             for i, p in enumerate(svc.orchestrators[:1]):
-                spies.append(subprocess.Popen(
-                    [spy, "record", "--pid", str(p.pid), "--format", "raw", "--rate", "200", "--nonblocking",
-                     "--output", str(profile / f"orchestrator-{replicas}r-{i + 1}.txt"), "--duration", "600"],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))  # fmt: skip
+                spies.append(_spy(p.pid, profile / f"orchestrator-{replicas}r-{i + 1}.txt"))
             await asyncio.sleep(1.0)
         before = await meter.snapshot()
         go = time.time()
