@@ -274,7 +274,7 @@ async def cached_system(deps: Deps) -> Reading:
 # --- the door -------------------------------------------------------------------------------
 # The handler of an admitted upload puts its song's length here (``request[AUDIO_SECONDS]``), so
 # that until a reading holds the job's row the door prices it by its song, not the usual one.
-AUDIO_SECONDS = "montage.audio_seconds"
+AUDIO_SECONDS: web.RequestKey[float] = web.RequestKey("audio_seconds", float)
 
 
 @dataclass(slots=True)
