@@ -37,7 +37,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import asyncpg
-from montage_dev.devstack import ROOT, ServiceSpec, Stack, free_port
+from montage_dev.devstack import ROOT, ServiceSpec, Stack
 
 PROMPT = "A neon city at night, rain on glass, a lone dancer under flickering signs, cut on the beat."
 
@@ -202,24 +202,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "ADMISSION_MAX_WAIT_SECONDS": str(args.max_wait),
         "USER_MAX_ACTIVE_JOBS": "2",
     }
-    ports = [free_port() for _ in range(9)]
-    stack = LoggedStack(
-        var_dir=var_dir,
-        env=env,
-        gateway_port=ports[0],
-        orchestrator_port=ports[1],
-        proxy_port=ports[2],
-        ragnarok_port=ports[3],
-        trinity_port=ports[4],
-        openai_port=ports[5],
-        gateway_ops_port=ports[6],
-        orchestrator_ops_port=ports[7],
-        proxy_ops_port=ports[8],
-        prefix_output=False,
-        extra_env=extra,
-        log_dir=var_dir / "logs",
-    )
-    url = f"http://127.0.0.1:{ports[0]}"
+    stack = LoggedStack.on_free_ports(var_dir, env=env, extra_env=extra, log_dir=var_dir / "logs")
+    url = f"http://127.0.0.1:{stack.gateway_port}"
     try:
         stack.start(timeout=90)
         await _wait_healthy(url, 120)

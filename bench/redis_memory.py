@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 import redis as redis_sync
 from montage_cli.client import MontageClient
-from montage_dev.devstack import EmbeddedRedis, ServiceSpec, Stack, free_port
+from montage_dev.devstack import EmbeddedRedis, ServiceSpec, Stack
 
 PROMPT = "A neon city at night, rain on the streets, a lone dancer moving to the beat of the song."
 ENV = {
@@ -91,17 +91,11 @@ def main() -> None:
                    check=True, capture_output=True)  # fmt: skip
     redis_server = EmbeddedRedis(root / "redis")
     redis_server.start()
-    gw = free_port()
-    stack = QuietStack(
-        var_dir=root, env={**os.environ, "REDIS_URL": redis_server.url}, gateway_port=gw,
-        orchestrator_port=free_port(), proxy_port=free_port(), ragnarok_port=free_port(), trinity_port=free_port(),
-        gateway_ops_port=free_port(), orchestrator_ops_port=free_port(), proxy_ops_port=free_port(),
-        prefix_output=False, extra_env=ENV,
-    )  # fmt: skip
+    stack = QuietStack.on_free_ports(root, env={**os.environ, "REDIS_URL": redis_server.url}, extra_env=ENV)
     client = redis_sync.Redis(port=redis_server.port)
     try:
         stack.start(timeout=90)
-        url = f"http://127.0.0.1:{gw}"
+        url = f"http://127.0.0.1:{stack.gateway_port}"
         asyncio.run(healthy(url))
         time.sleep(2)
         before = used(client)

@@ -32,7 +32,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 from montage_common.storage import LocalStorage
-from montage_dev.devstack import Stack, free_port
+from montage_dev.devstack import Stack
 from montage_gateway.settings import DEV_JWT_SECRET
 from montage_gateway.tokens import mint_dev_token
 from montage_stages.local_pipeline import run_all
@@ -46,20 +46,8 @@ FINAL = {"completed", "failed"}
 
 
 async def through_stack(root: Path, song: Path, run: int, limit: float) -> dict[str, float]:
-    stack = Stack(
-        var_dir=root / f"var{run}",
-        gateway_port=free_port(),
-        orchestrator_port=free_port(),
-        proxy_port=free_port(),
-        ragnarok_port=free_port(),
-        trinity_port=free_port(),
-        openai_port=free_port(),
-        runway_port=free_port(),
-        gateway_ops_port=free_port(),
-        orchestrator_ops_port=free_port(),
-        proxy_ops_port=free_port(),
-        prefix_output=False,
-        extra_env={"LOG_LEVEL": "warning", "REDIS_NAMESPACE": f"bench{uuid.uuid4().hex[:8]}"},
+    stack = Stack.on_free_ports(
+        root / f"var{run}", extra_env={"LOG_LEVEL": "warning", "REDIS_NAMESPACE": f"bench{uuid.uuid4().hex[:8]}"}
     )
     env = stack.start()
     base = f"http://127.0.0.1:{stack.gateway_port}"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import aiohttp
 import numpy as np
-from montage_dev.devstack import Stack, free_port
+from montage_dev.devstack import Stack
 from montage_gateway.settings import DEV_JWT_SECRET
 from montage_gateway.tokens import mint_dev_token
 
@@ -41,16 +41,7 @@ def write_song(path: Path, seconds: float = 112.0, sr: int = 44100) -> int:
 
 async def run(n: int) -> None:
     var = Path(tempfile.mkdtemp(prefix="montage-bench-"))
-    stack = Stack(
-        var_dir=var,
-        gateway_port=free_port(),
-        orchestrator_port=free_port(),
-        proxy_port=free_port(),
-        ragnarok_port=free_port(),
-        trinity_port=free_port(),
-        prefix_output=False,
-        extra_env={"LOG_LEVEL": "warning", "REDIS_NAMESPACE": f"bench{int(time.time())}"},
-    )
+    stack = Stack.on_free_ports(var, extra_env={"LOG_LEVEL": "warning", "REDIS_NAMESPACE": f"bench{int(time.time())}"})
     song = var / "song.wav"
     size = write_song(song)
     stack.start()

@@ -78,23 +78,7 @@ def stack_on_free_ports(
     var_dir: Path, env: dict[str, str], extra_env: dict[str, str], *, log_dir: Path = LOG_DIR
 ) -> LoggedStack:
     """A stack like ``make up``'s with every service (API and ops ports) on a free port."""
-    return LoggedStack(
-        var_dir=var_dir,
-        env=env,
-        gateway_port=free_port(),
-        orchestrator_port=free_port(),
-        proxy_port=free_port(),
-        ragnarok_port=free_port(),
-        trinity_port=free_port(),
-        openai_port=free_port(),
-        runway_port=free_port(),
-        gateway_ops_port=free_port(),
-        orchestrator_ops_port=free_port(),
-        proxy_ops_port=free_port(),
-        prefix_output=False,
-        extra_env=dict(extra_env),
-        log_dir=log_dir,
-    )
+    return LoggedStack.on_free_ports(var_dir, env=env, extra_env=dict(extra_env), log_dir=log_dir)
 
 
 # A fake-provider stack must not inherit real provider addresses from the caller's environment.

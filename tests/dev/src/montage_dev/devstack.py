@@ -36,7 +36,7 @@ import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Self
 
 import msgspec
 from montage_common.settings import load
@@ -296,6 +296,15 @@ class Stack:
     base_env: dict[str, str] = field(default_factory=dict)
     _failures: dict[str, int] = field(default_factory=dict)  # consecutive failed liveness probes
     _answered: set[str] = field(default_factory=set)  # answered a probe since it was started
+
+    @classmethod
+    def on_free_ports(cls, var_dir: Path, **fields: Any) -> Self:
+        """A stack like ``make up``'s with every service (API and ops ports) on a free port and its
+        output not prefixed to ours; ``fields``: the rest (``env``, ``extra_env``, a subclass's own)."""
+        ports = ("gateway_port", "orchestrator_port", "proxy_port", "ragnarok_port", "trinity_port", "openai_port",
+                 "runway_port", "gateway_ops_port", "orchestrator_ops_port", "proxy_ops_port")  # fmt: skip
+        free: dict[str, Any] = {p: free_port() for p in ports}
+        return cls(var_dir=var_dir, prefix_output=False, **free, **fields)
 
     def start_infra(self) -> dict[str, str]:
         env = dict(self.env)
