@@ -358,8 +358,7 @@ def door(handler: Handler) -> Handler:
             raise
         if resp.status == 201:
             entry.done_at = time.monotonic()  # counted until a reading holds its row
-            seconds = request.get(AUDIO_SECONDS)
-            entry.seconds = float(seconds) if isinstance(seconds, int | float) else None
+            entry.seconds = request.get(AUDIO_SECONDS)
         else:
             admitted.pop(ticket, None)
         return resp

@@ -57,7 +57,6 @@ class UserEventRelay:
         self._owners: OrderedDict[str, str] = OrderedDict()
         self._due: dict[str, None] = {}
         self._wake = asyncio.Event()
-        self.copied = 0
 
     def notice(self, emits: Sequence[Emit]) -> None:
         """Emits were written: copy the events of every job whose log they appended to."""
@@ -69,7 +68,7 @@ class UserEventRelay:
             self._wake.set()
 
     def remember(self, job_id: str, user_id: str) -> None:
-        """A job's owner, known where the job is created (no lookup at its first copy)."""
+        """Keep a job's owner (bounded): told by the upload that creates it, so its first copy needs no lookup."""
         self._owners[job_id] = user_id
         if len(self._owners) > OWNERS_KEPT:
             self._owners.popitem(last=False)
@@ -91,22 +90,13 @@ class UserEventRelay:
                 out.append((user, j))
         return out
 
-    async def copy(self, job_id: str, user_id: str | None = None) -> int:
-        pairs = [(user_id, job_id)] if user_id else await self._owned([job_id])
-        return await self._relay(pairs, fresh=True)
-
-    async def _relay(self, pairs: Sequence[tuple[str, str]], *, fresh: bool) -> int:
-        n = await self.log.relay_many(pairs, fresh=fresh)
-        self.copied += n
-        return n
-
     async def copy_due(self) -> None:
         """Copy the jobs :meth:`notice` named since the last call, all in one batch."""
         due, self._due = list(self._due), {}
         if not due:
             return
         try:
-            await self._relay(await self._owned(due), fresh=False)
+            await self.log.relay_many(await self._owned(due))
         except Exception as exc:  # the sweep copies them later
             log.warning("user_events_copy_failed", jobs=len(due), error=str(exc)[:200])
 
@@ -119,11 +109,11 @@ class UserEventRelay:
         )
         pairs = [(str(r["user_id"]), r["job_id"]) for r in rows]
         for user, job in pairs:
-            self._owners.setdefault(job, user)
+            self.remember(job, user)
         n = 0
         for start in range(0, len(pairs), SWEEP_BATCH):
             try:
-                n += await self._relay(pairs[start : start + SWEEP_BATCH], fresh=True)
+                n += await self.log.relay_many(pairs[start : start + SWEEP_BATCH], fresh=True)
             except Exception as exc:
                 log.warning(
                     "user_events_copy_failed", jobs=len(pairs[start : start + SWEEP_BATCH]), error=str(exc)[:200]
